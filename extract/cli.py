@@ -1,0 +1,212 @@
+"""img-extract: videos in, an HDF5 feature store with provenance out.
+
+The CLI maps flags onto RunConfig / presets / ExtractorOptions and nothing else reads flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from extract import __version__
+from extract.errors import ImgVmrError, UsageError
+from extract.presets import PRESETS
+
+log = logging.getLogger("img_vmr.extract")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+class _DefaultToRun(click.Group):
+    """`img-extract VIDEOS --out X` runs extraction; named subcommands (inspect) work as usual."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("img_vmr")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("img-extract: %(message)s"))
+    root.addHandler(console)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"img-extract: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _resolve_device(spec: str) -> Any:
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _preset_table() -> str:
+    return "\n".join(f"  {name:<8} {preset.description}" for name, preset in PRESETS.items())
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="img-extract")
+def main() -> None:
+    """Extract video and audio features for video moment retrieval into an HDF5 feature store.
+
+    \b
+    img-extract VIDEOS --out feats.h5 [options]   extract (same as `img-extract run ...`)
+    img-extract inspect feats.h5                  what a store holds, with provenance and failures
+    """
+
+
+@main.command(
+    "run",
+    epilog="\b\nPresets (--features):\n" + _preset_table() + "\n\n\b\n"
+    "Exit status: 0 every video extracted, 1 some videos failed (the others are kept), 2 usage error.\n"
+    "Re-running the same command resumes: committed videos are skipped, nothing is recomputed.",
+)
+@click.argument("videos", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Feature store to create or extend (parts go to OUT.parts/ beside it).")
+@click.option("--features", default="clip", show_default=True,
+              help="Comma-separated presets to extract (see the list below).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Model inputs per forward pass, filled across videos.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Videos decoded in parallel (each by its own ffmpeg process).")
+@click.option("--fps", type=float, default=None, help="Frame sampling rate for visual presets (default: preset's).")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder with model weights for offline use (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
+@click.option("--clip-model", default=None,
+              help="CLIP model: HF id or local folder (default openai/clip-vit-base-patch32).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Autocast precision on CUDA (CPU always runs fp32).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Skip videos already in the store (--no-resume extracts everything again).")
+@click.option("--retry-failed", is_flag=True, help="Also retry videos that failed in an earlier run.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Extract at most N videos this run.")
+@click.option("--commit-every", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Videos per committed part: a crash loses at most this many finished videos.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (tracebacks of failures).")
+def run_command(
+    videos: Path,
+    out: Path,
+    features: str,
+    device: str,
+    batch_size: int,
+    workers: int,
+    fps: float | None,
+    weights_dir: Path | None,
+    clip_model: str | None,
+    precision: str,
+    resume: bool,
+    retry_failed: bool,
+    limit: int | None,
+    commit_every: int,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Extract features of every video in VIDEOS into the store OUT.
+
+    VIDEOS is a folder (scanned recursively; a video's id is its path relative to the folder without the
+    extension) or a manifest: .jsonl lines {"video_id": ..., "path": ...} or a .csv with a
+    video_id,path header (relative paths are relative to the manifest).
+
+    \b
+    Examples:
+      img-extract videos/ --out feats.h5
+      img-extract videos/ --out feats.h5 --fps 0.5 --device cuda:0 --batch-size 256
+      img-extract manifest.jsonl --out feats.h5 --retry-failed
+    """
+    _setup_logging(verbose)
+    try:
+        summary = _run(videos, out, features, device, batch_size, workers, fps, weights_dir, clip_model,
+                       precision, resume, retry_failed, limit, commit_every, not no_progress)
+    except ImgVmrError as error:
+        log.debug("usage error", exc_info=True)
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished videos were committed, re-run the same command to resume", 130)
+    sys.exit(summary.exit_code)
+
+
+def _run(
+    videos: Path, out: Path, features: str, device_spec: str, batch_size: int, workers: int, fps: float | None,
+    weights_dir: Path | None, clip_model: str | None, precision: str, resume: bool, retry_failed: bool,
+    limit: int | None, commit_every: int, progress: bool,
+) -> Any:
+    from extract.models import ExtractorOptions, build_extractor
+    from extract.presets import get_preset
+    from extract.runner import ExtractionRun, RunConfig
+    from extract.sources import find_videos
+    from extract.weights import default_weights_dir
+
+    names = [name.strip() for name in features.split(",") if name.strip()]
+    if not names:
+        raise UsageError("--features is empty; name at least one preset, e.g. --features clip")
+    presets = []
+    for name in dict.fromkeys(names):
+        preset = get_preset(name)
+        if preset.frames is not None:
+            preset = preset.with_overrides(fps=fps)
+        if preset.model == "clip-vision" and clip_model:
+            preset = preset.with_overrides(weights=clip_model)
+        presets.append(preset)
+    sources = find_videos(videos)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
+    options = ExtractorOptions(
+        device=_resolve_device(device_spec),
+        weights_dir=weights_dir or default_weights_dir(),
+        precision=precision,
+    )
+    extractors = [build_extractor(preset, options) for preset in presets]
+    config = RunConfig(
+        batch_size=batch_size, workers=workers, resume=resume, retry_failed=retry_failed, limit=limit,
+        commit_every=commit_every, progress=progress,
+    )
+    return ExtractionRun(sources, out, extractors, config).run()
+
+
+@main.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--videos", "max_videos", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Per-video lines to show (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
+    """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
+    from extract.inspect import describe, render
+
+    _setup_logging(False)
+    try:
+        report = describe(store)
+    except ImgVmrError as error:
+        _fail(str(error))
+    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report, max_videos))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""One exception type per failure family; each message is one actionable line for the user."""
+
+
+class ImgVmrError(Exception):
+    """Base class of every error img-extract turns into a one-line message."""
+
+
+class UsageError(ImgVmrError):
+    """The command line or its inputs are wrong before any video is touched (exit code 2)."""
+
+
+class VideoDecodeError(ImgVmrError):
+    """A video (or its audio) could not be probed or decoded; becomes a failure record for that video."""
+
+
+class MissingWeightsError(ImgVmrError):
+    """A model's weights are not where they should be."""
+
+
+class StoreCorruptError(ImgVmrError):
+    """A feature store file is unreadable or not an img-vmr store."""
+
+
+class StoreLockedError(ImgVmrError):
+    """Another process is writing the same feature store."""
+
+
+class ProvenanceMismatchError(ImgVmrError):
+    """Features with different provenance would be mixed under one name."""

@@ -1,0 +1,101 @@
+"""The extractor interface every feature model implements (visual and audio alike).
+
+The runner turns decoded chunks of one video into model *units* with a per-video `Windower` (a frame for
+CLIP, a window of frames for I3D, an audio example for VGGish or PANNs), batches units ACROSS videos, and
+calls `embed` on each batch. An extractor therefore only says how to cut units and how to embed a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from extract.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
+from extract.presets import Preset
+
+
+@dataclass(frozen=True)
+class ExtractorOptions:
+    device: torch.device
+    weights_dir: Path | None = None
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
+
+
+@dataclass
+class Units:
+    """Model inputs cut from one video: `inputs[i]` covers seconds `spans[i, 0]` to `spans[i, 1]`."""
+
+    inputs: np.ndarray
+    spans: np.ndarray  # [N, 2] float64
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+class Windower(abc.ABC):
+    """Per-video state that turns decoded chunks into units. `finish` flushes what is left at the end."""
+
+    @abc.abstractmethod
+    def push(self, chunk: FrameBatch | AudioChunk) -> Units | None: ...
+
+    def finish(self) -> Units | None:
+        return None
+
+
+class FrameUnits(Windower):
+    """One unit per sampled frame: the frame and the time span it stands for."""
+
+    def push(self, chunk: FrameBatch | AudioChunk) -> Units | None:
+        assert isinstance(chunk, FrameBatch)
+        spans = np.stack([chunk.pts_seconds, chunk.pts_seconds + chunk.duration_seconds], axis=1)
+        return Units(chunk.data, spans)
+
+
+class FeatureExtractor(abc.ABC):
+    """A loaded feature model bound to a preset and a device."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        self.preset = preset
+        self.options = options
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def frame_sampling(self) -> FrameSampling | None:
+        return self.preset.frames
+
+    @property
+    def audio_sampling(self) -> AudioSampling | None:
+        return self.preset.audio
+
+    @abc.abstractmethod
+    def windower(self) -> Windower:
+        """Fresh per-video unit cutter."""
+
+    @abc.abstractmethod
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        """Embed a batch of units (stacked along axis 0) into float32 rows [B, D]."""
+
+    @abc.abstractmethod
+    def recipe(self) -> dict[str, Any]:
+        """The preset's recipe with what loading resolved (actual weights file, its sha256, output dim)."""
+
+    def autocast(self) -> Any:
+        """Autocast context for the configured precision (a no-op for fp32 or on CPU)."""
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.options.precision)
+        enabled = dtype is not None and self.options.device.type == "cuda"
+        return torch.autocast(self.options.device.type, dtype=dtype, enabled=enabled)
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """Host array to the model's device (pinned, non-blocking copy on CUDA)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.options.device.type == "cuda":
+            return tensor.pin_memory().to(self.options.device, non_blocking=True)
+        return tensor

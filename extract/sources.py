@@ -1,0 +1,98 @@
+"""The list of videos to extract: a folder scanned recursively, or a manifest (JSONL or CSV: video_id,path)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from extract.errors import UsageError
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".ogv"}
+)
+MANIFEST_EXTENSIONS = frozenset({".jsonl", ".csv"})
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    video_id: str
+    path: Path
+
+
+def _check_unique(sources: list[VideoSource], origin: str) -> list[VideoSource]:
+    seen: dict[str, Path] = {}
+    for source in sources:
+        if source.video_id in seen:
+            raise UsageError(
+                f"duplicate video id {source.video_id!r} in {origin}: {seen[source.video_id]} and {source.path}; "
+                "rename or remove one"
+            )
+        seen[source.video_id] = source.path
+    return sources
+
+
+def scan_folder(folder: Path) -> list[VideoSource]:
+    """Every video file under folder; id = path relative to folder, without extension, '/'-separated."""
+    sources = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
+                video_id = path.relative_to(folder).with_suffix("").as_posix()
+                sources.append(VideoSource(video_id, path))
+    if not sources:
+        raise UsageError(
+            f"no video files under {folder} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "
+            "point VIDEOS at the folder that holds them or at a manifest"
+        )
+    return _check_unique(sources, str(folder))
+
+
+def _manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"manifest {manifest} is not UTF-8 text; save it as UTF-8") from None
+    if manifest.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"manifest {manifest} line {number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"manifest {manifest} line {number}: expected an object with video_id and path")
+            rows.append((number, {k: str(v) for k, v in row.items()}))
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    return [(number, dict(row)) for number, row in enumerate(reader, 2)]
+
+
+def read_manifest(manifest: Path) -> list[VideoSource]:
+    """Rows of video_id,path; relative paths are relative to the manifest's folder."""
+    sources = []
+    for number, row in _manifest_rows(manifest):
+        video_id, path = (row.get("video_id") or "").strip(), (row.get("path") or "").strip()
+        if not video_id or not path:
+            raise UsageError(f"manifest {manifest} line {number}: needs both video_id and path")
+        resolved = Path(path) if Path(path).is_absolute() else manifest.parent / path
+        sources.append(VideoSource(video_id, resolved))
+    if not sources:
+        raise UsageError(f"manifest {manifest} lists no videos")
+    return _check_unique(sources, str(manifest))
+
+
+def find_videos(videos: Path) -> list[VideoSource]:
+    if videos.is_dir():
+        return scan_folder(videos)
+    if videos.is_file() and videos.suffix.lower() in MANIFEST_EXTENSIONS:
+        return read_manifest(videos)
+    if videos.is_file():
+        raise UsageError(f"{videos} is neither a folder of videos nor a manifest (.jsonl or .csv)")
+    raise UsageError(f"{videos} does not exist; pass a folder of videos or a manifest file")
