@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from extract.decode import FrameSampling, iter_frames
+from extract.errors import MissingWeightsError
+from extract.models import ExtractorOptions, build_extractor
+from extract.presets import CLIP
+from extract.probe import probe
+from tests.videos import REAL_VIDEO, make_video
+
+CPU = ExtractorOptions(device=torch.device("cpu"))
+
+
+def _frames(path: Path, sampling: FrameSampling) -> np.ndarray:
+    return np.concatenate([b.data for b in iter_frames(probe(path), sampling)])
+
+
+def _hf_reference(model_dir: Path, frames: np.ndarray) -> np.ndarray:
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    processor = CLIPImageProcessor.from_pretrained(model_dir)
+    model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
+    pixels = processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        return model(pixel_values=pixels).image_embeds.numpy()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("source", ["real", "synthetic"])
+def test_our_decode_path_matches_clip_image_processor(tiny_clip: Path, tmp_path: Path, source: str) -> None:
+    video = REAL_VIDEO if source == "real" else make_video(tmp_path / "s.mp4", seconds=4, size="640x360")
+    extractor = build_extractor(CLIP.with_overrides(weights=str(tiny_clip)), CPU)
+    assert extractor.frame_sampling is not None
+    ours = extractor.embed(_frames(video, extractor.frame_sampling))
+    native = _frames(video, FrameSampling(fps=1.0, resize="none", crop=0))
+    reference = _hf_reference(tiny_clip, native)
+    cosine = _cosine(ours, reference)
+    print(f"{source}: cosine per frame min {cosine.min():.6f} mean {cosine.mean():.6f}")
+    assert ours.shape == reference.shape
+    assert cosine.min() >= 0.999
+
+
+def test_recipe_records_the_resolved_model(tiny_clip: Path) -> None:
+    extractor = build_extractor(CLIP.with_overrides(weights=str(tiny_clip), fps=0.5), CPU)
+    recipe = extractor.recipe()
+    assert recipe["output_dim"] == 16 and recipe["frames.fps"] == 0.5 and recipe["frames.crop"] == 224
+    assert recipe["weights_file"] == "model.safetensors" and len(recipe["weights_sha256"]) == 64
+
+
+def test_model_found_under_weights_dir(tiny_clip: Path) -> None:
+    extractor = build_extractor(CLIP.with_overrides(weights=f"someone/{tiny_clip.name}"),
+                                ExtractorOptions(device=torch.device("cpu"), weights_dir=tiny_clip.parent))
+    assert extractor.recipe()["output_dim"] == 16
+
+
+def test_missing_model_offline_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    options = ExtractorOptions(device=torch.device("cpu"), weights_dir=tmp_path)
+    with pytest.raises(MissingWeightsError) as error:
+        build_extractor(CLIP.with_overrides(weights="openai/not-a-model-here"), options)
+    message = str(error.value)
+    assert "\n" not in message and "https://huggingface.co/openai/not-a-model-here" in message
+    assert "--weights-dir" in message
