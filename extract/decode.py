@@ -160,6 +160,11 @@ def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str) -> Iterator[bytes]
             raise VideoDecodeError(f"{what}: decoding failed ({detail})")
 
 
+def sample_count(video_end: float, fps: float) -> int:
+    """How many times k / fps fall inside [0, video_end): at least one, so a 1-frame video gives one row."""
+    return max(1, math.ceil(video_end * fps - 1e-9))
+
+
 def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) -> Iterator[FrameBatch]:
     width, height = sampling.resized_size(meta.width, meta.height)
     filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps!r}:round=up", f"scale={width}:{height}:{SCALE_OPTIONS}"]
@@ -171,10 +176,13 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
     cmd += ["-map", "0:V:0", "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = out_w * out_h * 3
+    # The fps filter repeats the last frame up to the next whole output tick at the end of the stream;
+    # frames past the end of the video stream are not "shown at t", so they are dropped.
+    wanted = sample_count(meta.video_end, fps)
     index = 0
     for block in _pipe_chunks(cmd, frame_bytes * sampling.chunk_frames, meta.path):
-        count = len(block) // frame_bytes
-        if count == 0:
+        count = min(len(block) // frame_bytes, wanted - index)
+        if count <= 0:
             continue
         data = np.frombuffer(block, np.uint8, count * frame_bytes).reshape(count, out_h, out_w, 3)
         pts = (index + np.arange(count)) / fps
@@ -184,8 +192,7 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
 
 def sample_times(frame_starts: np.ndarray, stream_end: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
     """Target times k / fps within [0, stream_end) and, for each, the index of the frame shown then."""
-    count = max(1, math.ceil(stream_end * fps - 1e-9))
-    targets = np.arange(count) / fps
+    targets = np.arange(sample_count(stream_end, fps)) / fps
     indices = np.searchsorted(frame_starts, targets + 1e-9, side="right") - 1
     return targets, np.clip(indices, 0, len(frame_starts) - 1)
 
@@ -200,7 +207,9 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
     except decord.DECORDError as error:
         raise VideoDecodeError(f"{meta.path}: decord could not open it ({str(error).splitlines()[0]})") from None
     starts = spans[:, 0] - spans[0, 0]
-    targets, indices = sample_times(starts, float(spans[-1, 1] - spans[0, 0]), fps)
+    if not (np.all(np.isfinite(spans)) and np.all(np.diff(spans[:, 0]) >= 0) and spans[-1, 1] < 1e7):
+        raise VideoDecodeError(f"{meta.path}: decord cannot read this file's timestamps; use the ffmpeg decoder")
+    targets, indices = sample_times(starts, meta.video_end, fps)
     crop = sampling.crop
     for first in range(0, len(indices), sampling.chunk_frames):
         chunk = indices[first : first + sampling.chunk_frames]
@@ -214,14 +223,19 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
         yield FrameBatch(data, targets[first : first + len(chunk)], np.full(len(chunk), 1.0 / fps))
 
 
+DECORD_CONTAINERS = ("mov,mp4",)  # where decord2's frame timestamps were checked (it loses them in mkv)
+
+
 def frame_decoder_for(meta: StreamMetadata, sampling: FrameSampling) -> DecoderName:
-    """The decoder that will actually run: decord cannot apply rotation metadata, ffmpeg can."""
-    return "ffmpeg" if meta.rotation else sampling.decoder
+    """The decoder that will actually run: decord only for unrotated mp4/mov files, ffmpeg for the rest."""
+    if sampling.decoder == "decord" and not meta.rotation and meta.container.startswith(DECORD_CONTAINERS):
+        return "decord"
+    return "ffmpeg"
 
 
 def iter_frames(meta: StreamMetadata, sampling: FrameSampling) -> Iterator[FrameBatch]:
     """Yield the sampled frames of one video in chunks of at most sampling.chunk_frames frames."""
-    fps = sampling.fps or meta.fps
+    fps = sampling.fps or meta.native_fps
     if fps <= 0:
         raise VideoDecodeError(f"{meta.path}: unknown frame rate; pass --fps")
     if frame_decoder_for(meta, sampling) == "decord":

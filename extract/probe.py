@@ -14,14 +14,15 @@ from extract.ffmpeg_binary import ffmpeg_path, input_args
 
 PROBE_TIMEOUT_S = 120.0
 
+_CONTAINER = re.compile(r"^Input #0, (.+?), from ", re.MULTILINE)
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"^\s*Stream #(\d+):(\d+)\S*: (Video|Audio): (.*)$", re.MULTILINE)
 _SIZE = re.compile(r"[ ,](\d{1,6})x(\d{1,6})[ ,\[]")
 _FPS = re.compile(r"([\d.]+)(k?) (?:fps|tbr)")
 _SAMPLE_RATE = re.compile(r"(\d+) Hz")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
-_FRAMES = re.compile(r"frame=\s*(\d+)")
-_LAST_TIME = re.compile(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)")
+_PROGRESS_FRAMES = re.compile(r"^frame=(\d+)$", re.MULTILINE)
+_PROGRESS_END_US = re.compile(r"^out_time_us=(\d+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,30 @@ class StreamMetadata:
 
     path: str
     size_bytes: int
-    duration: float
-    fps: float
+    duration: float  # of the container (the longest stream)
+    fps: float  # the stream's nominal rate
     frame_count: int
+    video_end: float  # seconds from the first frame to the end of the last one
     width: int
     height: int
     has_audio: bool
     codec: str
+    container: str = ""
     rotation: int = 0
     audio_codec: str | None = None
     audio_sample_rate: int | None = None
+
+    @property
+    def average_fps(self) -> float:
+        return self.frame_count / self.video_end if self.video_end > 0 else self.fps
+
+    @property
+    def native_fps(self) -> float:
+        """The nominal rate, unless it is far from the average (VFR files often report a timebase instead)."""
+        average = self.average_fps
+        if self.fps > 0 and abs(self.fps - average) <= 0.25 * average:
+            return self.fps
+        return average
 
     def as_attrs(self) -> dict[str, object]:
         """Flat attributes for the feature store (None becomes an empty string: HDF5 has no null)."""
@@ -51,9 +66,20 @@ def _seconds(match: re.Match[str]) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _last_error_line(stderr: str) -> str:
+_COMPONENT = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ")
+_HINTS = {"moov atom not found": "the file is truncated or was never finished"}
+
+
+def _ffmpeg_reason(stderr: str) -> str:
+    """ffmpeg's most specific complaint (a demuxer's own line beats the generic 'Error opening input')."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else "ffmpeg gave no message"
+    specific = [
+        _COMPONENT.sub("", line) for line in lines
+        if _COMPONENT.match(line) and "Error opening input" not in line
+    ]
+    reason = specific[0] if specific else (lines[-1] if lines else "ffmpeg gave no message")
+    hint = next((h for key, h in _HINTS.items() if key in reason), None)
+    return f"{reason}: {hint}" if hint else reason
 
 
 def probe(path: str | os.PathLike[str]) -> StreamMetadata:
@@ -68,22 +94,22 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     size = file.stat().st_size
     if size == 0:
         raise VideoDecodeError(f"{file}: file is empty (0 bytes); re-download or remove it")
-    cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", *input_args(file)]
-    cmd += ["-map", "0:V:0?", "-c", "copy", "-f", "null", "-"]
+    cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-nostats", *input_args(file)]
+    cmd += ["-map", "0:V:0?", "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise VideoDecodeError(f"{file}: probing took over {PROBE_TIMEOUT_S:.0f} s; the file may be damaged") from None
-    stderr = result.stderr
+    stderr, progress = result.stderr, result.stdout
     streams = _STREAM.findall(stderr)
     if result.returncode != 0 and not streams:
-        raise VideoDecodeError(f"{file}: not a readable media file ({_last_error_line(stderr)})")
+        raise VideoDecodeError(f"{file}: not a readable media file ({_ffmpeg_reason(stderr)})")
     video = next((desc for _, _, kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     audio = next((desc for _, _, kind, desc in streams if kind == "Audio"), None)
     if video is None:
         raise VideoDecodeError(f"{file}: has no video stream (audio-only or data file); remove it from the input")
     if result.returncode != 0:
-        raise VideoDecodeError(f"{file}: video stream unreadable ({_last_error_line(stderr)})")
+        raise VideoDecodeError(f"{file}: video stream unreadable ({_ffmpeg_reason(stderr)})")
     size_match = _SIZE.search(video)
     if size_match is None:
         raise VideoDecodeError(f"{file}: video stream has no frame size ({video.strip()[:80]})")
@@ -94,18 +120,18 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         width, height = height, width
     fps_match = _FPS.search(video)
     fps = float(fps_match.group(1)) * (1000 if fps_match.group(2) else 1) if fps_match else 0.0
-    frames = [int(n) for n in _FRAMES.findall(stderr)]
-    frame_count = frames[-1] if frames else 0
+    frames = _PROGRESS_FRAMES.findall(progress)
+    frame_count = int(frames[-1]) if frames else 0
     if frame_count == 0:
         raise VideoDecodeError(f"{file}: video stream holds no frames; the file is truncated or empty")
+    ends = _PROGRESS_END_US.findall(progress)
+    video_end = int(ends[-1]) / 1e6 if ends else 0.0
     duration_match = _DURATION.search(stderr)
-    if duration_match is not None:
-        duration = _seconds(duration_match)
-    else:
-        times = list(_LAST_TIME.finditer(stderr))
-        duration = _seconds(times[-1]) if times else (frame_count / fps if fps else 0.0)
-    if fps == 0.0 and duration > 0:
-        fps = frame_count / duration
+    duration = _seconds(duration_match) if duration_match is not None else video_end
+    if video_end <= 0:
+        video_end = duration if duration > 0 else frame_count / (fps or 1.0)
+    if fps == 0.0:
+        fps = frame_count / video_end
     audio_rate = _SAMPLE_RATE.search(audio) if audio else None
     return StreamMetadata(
         path=str(file),
@@ -113,10 +139,12 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         duration=duration,
         fps=fps,
         frame_count=frame_count,
+        video_end=video_end,
         width=width,
         height=height,
         has_audio=audio is not None,
         codec=video.split()[0].rstrip(","),
+        container=container.group(1) if (container := _CONTAINER.search(stderr)) else "",
         rotation=rotation,
         audio_codec=audio.split()[0].rstrip(",") if audio else None,
         audio_sample_rate=int(audio_rate.group(1)) if audio_rate else None,
