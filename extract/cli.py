@@ -87,28 +87,63 @@ def main() -> None:
     "Re-running the same command resumes: committed videos are skipped, nothing is recomputed.",
 )
 @click.argument("videos", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Feature store to create or extend (parts go to OUT.parts/ beside it).")
-@click.option("--features", default="clip", show_default=True,
-              help="Comma-separated presets to extract (see the list below).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Feature store to create or extend (parts go to OUT.parts/ beside it).",
+)
+@click.option(
+    "--features", default="clip", show_default=True, help="Comma-separated presets to extract (see the list below)."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Model inputs per forward pass, filled across videos.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Videos decoded in parallel (each by its own ffmpeg process).")
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Model inputs per forward pass, filled across videos.",
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Videos decoded in parallel (each by its own ffmpeg process).",
+)
 @click.option("--fps", type=float, default=None, help="Frame sampling rate for visual presets (default: preset's).")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder with model weights for offline use (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
-@click.option("--clip-model", default=None,
-              help="CLIP model: HF id or local folder (default openai/clip-vit-base-patch32).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Autocast precision on CUDA (CPU always runs fp32).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip videos already in the store (--no-resume extracts everything again).")
+@click.option(
+    "--weights-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with model weights for offline use (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).",
+)
+@click.option(
+    "--clip-model", default=None, help="CLIP model: HF id or local folder (default openai/clip-vit-base-patch32)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Autocast precision on CUDA (CPU always runs fp32).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip videos already in the store (--no-resume extracts everything again).",
+)
 @click.option("--retry-failed", is_flag=True, help="Also retry videos that failed in an earlier run.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Extract at most N videos this run.")
-@click.option("--commit-every", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Videos per committed part: a crash loses at most this many finished videos.")
+@click.option(
+    "--commit-every",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Videos per committed part: a crash loses at most this many finished videos.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (tracebacks of failures).")
 def run_command(
@@ -143,8 +178,23 @@ def run_command(
     """
     _setup_logging(verbose)
     try:
-        summary = _run(videos, out, features, device, batch_size, workers, fps, weights_dir, clip_model,
-                       precision, resume, retry_failed, limit, commit_every, not no_progress)
+        summary = _run(
+            videos,
+            out,
+            features,
+            device,
+            batch_size,
+            workers,
+            fps,
+            weights_dir,
+            clip_model,
+            precision,
+            resume,
+            retry_failed,
+            limit,
+            commit_every,
+            not no_progress,
+        )
     except ImgVmrError as error:
         log.debug("usage error", exc_info=True)
         _fail(str(error))
@@ -154,9 +204,21 @@ def run_command(
 
 
 def _run(
-    videos: Path, out: Path, features: str, device_spec: str, batch_size: int, workers: int, fps: float | None,
-    weights_dir: Path | None, clip_model: str | None, precision: str, resume: bool, retry_failed: bool,
-    limit: int | None, commit_every: int, progress: bool,
+    videos: Path,
+    out: Path,
+    features: str,
+    device_spec: str,
+    batch_size: int,
+    workers: int,
+    fps: float | None,
+    weights_dir: Path | None,
+    clip_model: str | None,
+    precision: str,
+    resume: bool,
+    retry_failed: bool,
+    limit: int | None,
+    commit_every: int,
+    progress: bool,
 ) -> Any:
     from extract.models import ExtractorOptions, build_extractor
     from extract.presets import get_preset
@@ -185,16 +247,27 @@ def _run(
     )
     extractors = [build_extractor(preset, options) for preset in presets]
     config = RunConfig(
-        batch_size=batch_size, workers=workers, resume=resume, retry_failed=retry_failed, limit=limit,
-        commit_every=commit_every, progress=progress,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        retry_failed=retry_failed,
+        limit=limit,
+        commit_every=commit_every,
+        progress=progress,
     )
     return ExtractionRun(sources, out, extractors, config).run()
 
 
 @main.command("inspect")
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--videos", "max_videos", default=20, show_default=True, type=click.IntRange(min=0),
-              help="Per-video lines to show (0 = all).")
+@click.option(
+    "--videos",
+    "max_videos",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Per-video lines to show (0 = all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
     """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""

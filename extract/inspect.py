@@ -28,15 +28,17 @@ def describe(store_path: Path) -> dict[str, Any]:
             for name in store.feature_names(video_id):
                 track = store.track(video_id, name)
                 rows[name] = list(track.features.shape)
-            videos.append({
-                "video_id": video_id,
-                "duration": meta.get("duration"),
-                "fps": meta.get("fps"),
-                "frames": meta.get("frame_count"),
-                "size": f"{meta.get('width')}x{meta.get('height')}",
-                "has_audio": bool(meta.get("has_audio")),
-                "tracks": rows,
-            })
+            videos.append(
+                {
+                    "video_id": video_id,
+                    "duration": meta.get("duration"),
+                    "fps": meta.get("fps"),
+                    "frames": meta.get("frame_count"),
+                    "size": f"{meta.get('width')}x{meta.get('height')}",
+                    "has_audio": bool(meta.get("has_audio")),
+                    "tracks": rows,
+                }
+            )
         return {
             "store": str(store_path),
             "parts": len(store.parts),

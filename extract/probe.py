@@ -74,8 +74,7 @@ def _ffmpeg_reason(stderr: str) -> str:
     """ffmpeg's most specific complaint (a demuxer's own line beats the generic 'Error opening input')."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     specific = [
-        _COMPONENT.sub("", line) for line in lines
-        if _COMPONENT.match(line) and "Error opening input" not in line
+        _COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line) and "Error opening input" not in line
     ]
     reason = specific[0] if specific else (lines[-1] if lines else "ffmpeg gave no message")
     hint = next((h for key, h in _HINTS.items() if key in reason), None)
@@ -115,7 +114,7 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         raise VideoDecodeError(f"{file}: video stream has no frame size ({video.strip()[:80]})")
     width, height = int(size_match.group(1)), int(size_match.group(2))
     rotation_match = _ROTATION.search(stderr)
-    rotation = int(round(float(rotation_match.group(1)))) % 360 if rotation_match else 0
+    rotation = round(float(rotation_match.group(1))) % 360 if rotation_match else 0
     if rotation in (90, 270):
         width, height = height, width
     fps_match = _FPS.search(video)

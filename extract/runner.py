@@ -152,7 +152,11 @@ class ExtractionRun:
     """One img-extract invocation over a list of videos into one store."""
 
     def __init__(
-        self, sources: Sequence[VideoSource], store_path: Path, extractors: Sequence[FeatureExtractor], config: RunConfig
+        self,
+        sources: Sequence[VideoSource],
+        store_path: Path,
+        extractors: Sequence[FeatureExtractor],
+        config: RunConfig,
     ) -> None:
         self.sources = list(sources)
         self.store_path = store_path
@@ -206,7 +210,11 @@ class ExtractionRun:
         log_file = _attach_log_file(writer.parts_dir / "extract.log")
         log.info(
             "%d videos: %d to extract, %d already in %s, %d failed before",
-            len(self.sources), len(todo), self.summary.skipped, self.store_path, self.summary.skipped_failed,
+            len(self.sources),
+            len(todo),
+            self.summary.skipped,
+            self.store_path,
+            self.summary.skipped_failed,
         )
         writer_thread = _WriterThread(writer, self.config)
         writer_thread.start()
@@ -398,7 +406,10 @@ class ExtractionRun:
             except Exception as error:
                 log.debug("%s: %s failed", video_id, extractor.name, exc_info=True)
                 record = FailureRecord(
-                    video_id, str(state.source.path), "compute", type(error).__name__,
+                    video_id,
+                    str(state.source.path),
+                    "compute",
+                    type(error).__name__,
                     f"{extractor.name} failed on {state.source.path}: {type(error).__name__}: {error}",
                     tuple(self.extractors),
                 )

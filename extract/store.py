@@ -328,8 +328,13 @@ class FeatureStore:
                 group = failures.create_group(escape_id(record.video_id))
                 _write_attrs(
                     group.attrs,
-                    {"video_id": record.video_id, "path": record.path, "stage": record.stage,
-                     "error_type": record.error_type, "message": record.message},
+                    {
+                        "video_id": record.video_id,
+                        "path": record.path,
+                        "stage": record.stage,
+                        "error_type": record.error_type,
+                        "message": record.message,
+                    },
                 )
         os.replace(tmp, self.path)
 
@@ -359,7 +364,9 @@ class StoreWriter:
             probe.touch()
             probe.unlink()
         except OSError as error:
-            raise UsageError(f"cannot write the store at {self.path} ({error.strerror}); choose a writable --out") from None
+            raise UsageError(
+                f"cannot write the store at {self.path} ({error.strerror}); choose a writable --out"
+            ) from None
         self._lock()
         for stale in self.parts_dir.glob(PART_GLOB + ".tmp"):
             stale.unlink(missing_ok=True)
@@ -391,7 +398,9 @@ class StoreWriter:
                 continue
             stored = existing.provenance(name)
             if stored != record["recipe"]:
-                changed = sorted(k for k in set(stored) | set(record["recipe"]) if stored.get(k) != record["recipe"].get(k))
+                changed = sorted(
+                    k for k in set(stored) | set(record["recipe"]) if stored.get(k) != record["recipe"].get(k)
+                )
                 detail = ", ".join(f"{k}: {stored.get(k)!r} -> {record['recipe'].get(k)!r}" for k in changed[:3])
                 raise ProvenanceMismatchError(
                     f"{self.path} already holds {name!r} features made differently ({detail}); "

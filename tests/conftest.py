@@ -21,8 +21,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        image_size=224, patch_size=32, projection_dim=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=32,
+        projection_dim=16,
     )
     folder = tmp_path_factory.mktemp("tiny-clip")
     CLIPVisionModelWithProjection(config).save_pretrained(folder)

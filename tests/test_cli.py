@@ -26,8 +26,17 @@ def _zoo(folder: Path) -> dict[str, str]:
     make_video(folder / "odd" / "17x9.mp4", seconds=2, size="17x9", extra=("-pix_fmt", "yuv444p"))
     plain = folder / "plain.mp4"
     ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(folder / "rotated.mp4"))
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "1", "-c:v", "libx264",
-           str(folder / "one frame.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=25",
+        "-frames:v",
+        "1",
+        "-c:v",
+        "libx264",
+        str(folder / "one frame.mp4"),
+    )
     make_indexed_video(folder / "vfr.mkv", [0.0, 0.1, 1.5, 1.6, 2.9])
     (folder / "sub dir" / "ünïcode 名前").mkdir(parents=True)
     (folder / "sub dir" / "ünïcode 名前" / "clip #1.mp4").write_bytes(REAL_VIDEO.read_bytes())
@@ -38,15 +47,24 @@ def _zoo(folder: Path) -> dict[str, str]:
     (folder / "truncated.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     whole.unlink()
     return {
-        "plain": "ok", "no audio": "ok", "odd/17x9": "ok", "rotated": "ok", "one frame": "ok", "vfr": "ok",
+        "plain": "ok",
+        "no audio": "ok",
+        "odd/17x9": "ok",
+        "rotated": "ok",
+        "one frame": "ok",
+        "vfr": "ok",
         "sub dir/ünïcode 名前/clip #1": "ok",
-        "zero": "empty (0 bytes)", "notes": "not a readable media file", "song": "no video stream",
+        "zero": "empty (0 bytes)",
+        "notes": "not a readable media file",
+        "song": "no video stream",
         "truncated": "moov atom not found: the file is truncated",
     }
 
 
 @pytest.fixture(scope="module")
-def zoo_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[Path, dict[str, str], subprocess.CompletedProcess[str]]:
+def zoo_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path
+) -> tuple[Path, dict[str, str], subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("zoo")
     expected = _zoo(root / "videos")
     result = run_cli(root / "videos", "--out", root / "feats.h5", "--clip-model", tiny_clip, "--batch-size", "4")
@@ -129,8 +147,10 @@ def test_manifests_jsonl_and_csv(tmp_path: Path, tiny_clip: Path) -> None:
     make_video(tmp_path / "media" / "a.mp4", seconds=2)
     make_video(tmp_path / "media" / "b.mp4", seconds=3, audio=False)
     (tmp_path / "list.jsonl").write_text(
-        json.dumps({"video_id": "first/one", "path": "media/a.mp4"}) + "\n"
-        + json.dumps({"video_id": "second", "path": str(tmp_path / "media" / "b.mp4")}) + "\n"
+        json.dumps({"video_id": "first/one", "path": "media/a.mp4"})
+        + "\n"
+        + json.dumps({"video_id": "second", "path": str(tmp_path / "media" / "b.mp4")})
+        + "\n"
     )
     (tmp_path / "list.csv").write_text("video_id,path\nx y,media/a.mp4\n")
     for manifest, ids in (("list.jsonl", ["first/one", "second"]), ("list.csv", ["x y"])):
@@ -216,11 +236,28 @@ def test_kill_9_loses_only_uncommitted_work_and_resume_completes(tmp_path: Path,
     for i in range(count):
         make_video(tmp_path / "v" / f"{i:02d}.mp4", seconds=4, size="160x120", audio=False)
     out = tmp_path / "feats.h5"
-    args = [tmp_path / "v", "--out", out, "--clip-model", tiny_clip, "--commit-every", "1", "--workers", "1",
-            "--batch-size", "2", "--fps", "4"]
+    args = [
+        tmp_path / "v",
+        "--out",
+        out,
+        "--clip-model",
+        tiny_clip,
+        "--commit-every",
+        "1",
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+        "--fps",
+        "4",
+    ]
     script = Path(sys.executable).parent / "img-extract"
-    process = subprocess.Popen([str(script), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [str(script), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(parts_dir(out).glob("part-*.h5"))) < 2:
         time.sleep(0.01)

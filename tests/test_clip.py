@@ -55,8 +55,10 @@ def test_recipe_records_the_resolved_model(tiny_clip: Path) -> None:
 
 
 def test_model_found_under_weights_dir(tiny_clip: Path) -> None:
-    extractor = build_extractor(CLIP.with_overrides(weights=f"someone/{tiny_clip.name}"),
-                                ExtractorOptions(device=torch.device("cpu"), weights_dir=tiny_clip.parent))
+    extractor = build_extractor(
+        CLIP.with_overrides(weights=f"someone/{tiny_clip.name}"),
+        ExtractorOptions(device=torch.device("cpu"), weights_dir=tiny_clip.parent),
+    )
     assert extractor.recipe()["output_dim"] == 16
 
 

@@ -54,7 +54,7 @@ def test_truncated_mp4_is_reported(tmp_path: Path) -> None:
     whole = make_video(tmp_path / "whole.mp4", seconds=3)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with pytest.raises(VideoDecodeError, match="cut.mp4"):
+    with pytest.raises(VideoDecodeError, match=r"cut\.mp4: not a readable media file \(moov atom not found"):
         probe(cut)
 
 
@@ -65,7 +65,9 @@ def test_network_playlists_are_not_followed(tmp_path: Path) -> None:
     server.settimeout(0.2)
     port = server.getsockname()[1]
     playlist = tmp_path / "innocent.m3u8"
-    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:{port}/s.ts\n#EXT-X-ENDLIST\n")
+    playlist.write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:{port}/s.ts\n#EXT-X-ENDLIST\n"
+    )
     with pytest.raises(VideoDecodeError):
         probe(playlist)
     with pytest.raises(TimeoutError):

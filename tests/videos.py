@@ -45,15 +45,42 @@ def make_indexed_video(path: Path, pts: list[float], size: int = 64) -> Path:
     # ffmpeg's setpts with a per-frame lookup table: build the expression from the list of times.
     expression = "+".join(f"eq(N\\,{i})*{t}" for i, t in enumerate(pts))
     subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-         "-s", f"{size}x{size}", "-r", "1000", "-i", "pipe:0", "-vf", f"setpts=({expression})/TB",
-         "-fps_mode", "passthrough", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", "-preset", "ultrafast",
-         str(path)],
-        input=frames.tobytes(), check=True,
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{size}x{size}",
+            "-r",
+            "1000",
+            "-i",
+            "pipe:0",
+            "-vf",
+            f"setpts=({expression})/TB",
+            "-fps_mode",
+            "passthrough",
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            "-pix_fmt",
+            "yuv444p",
+            "-preset",
+            "ultrafast",
+            str(path),
+        ],
+        input=frames.tobytes(),
+        check=True,
     )
     return path
 
 
 def grey_index(frame: np.ndarray) -> int:
     """Which source frame of make_indexed_video this decoded frame is."""
-    return int(round(float(frame.mean()) / 8))
+    return round(float(frame.mean()) / 8)
