@@ -114,6 +114,13 @@ def main() -> None:
 )
 @click.option("--fps", type=float, default=None, help="Frame sampling rate for visual presets (default: preset's).")
 @click.option(
+    "--decoder",
+    type=click.Choice(["ffmpeg", "decord"]),
+    default=None,
+    help="Frame decoder (default: the preset's). decord seeks but ignores rotation and needs ~0.9 GB; "
+    "rotated or non-mp4 files always go through ffmpeg.",
+)
+@click.option(
     "--weights-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -146,24 +153,7 @@ def main() -> None:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (tracebacks of failures).")
-def run_command(
-    videos: Path,
-    out: Path,
-    features: str,
-    device: str,
-    batch_size: int,
-    workers: int,
-    fps: float | None,
-    weights_dir: Path | None,
-    clip_model: str | None,
-    precision: str,
-    resume: bool,
-    retry_failed: bool,
-    limit: int | None,
-    commit_every: int,
-    no_progress: bool,
-    verbose: bool,
-) -> None:
+def run_command(**flags: Any) -> None:
     """Extract features of every video in VIDEOS into the store OUT.
 
     VIDEOS is a folder (scanned recursively; a video's id is its path relative to the folder without the
@@ -176,25 +166,9 @@ def run_command(
       img-extract videos/ --out feats.h5 --fps 0.5 --device cuda:0 --batch-size 256
       img-extract manifest.jsonl --out feats.h5 --retry-failed
     """
-    _setup_logging(verbose)
+    _setup_logging(flags["verbose"])
     try:
-        summary = _run(
-            videos,
-            out,
-            features,
-            device,
-            batch_size,
-            workers,
-            fps,
-            weights_dir,
-            clip_model,
-            precision,
-            resume,
-            retry_failed,
-            limit,
-            commit_every,
-            not no_progress,
-        )
+        summary = _run(**flags)
     except ImgVmrError as error:
         log.debug("usage error", exc_info=True)
         _fail(str(error))
@@ -207,10 +181,11 @@ def _run(
     videos: Path,
     out: Path,
     features: str,
-    device_spec: str,
+    device: str,
     batch_size: int,
     workers: int,
     fps: float | None,
+    decoder: str | None,
     weights_dir: Path | None,
     clip_model: str | None,
     precision: str,
@@ -218,7 +193,8 @@ def _run(
     retry_failed: bool,
     limit: int | None,
     commit_every: int,
-    progress: bool,
+    no_progress: bool,
+    verbose: bool,
 ) -> Any:
     from extract.models import ExtractorOptions, build_extractor
     from extract.presets import get_preset
@@ -233,7 +209,7 @@ def _run(
     for name in dict.fromkeys(names):
         preset = get_preset(name)
         if preset.frames is not None:
-            preset = preset.with_overrides(fps=fps)
+            preset = preset.with_overrides(fps=fps, decoder=decoder)
         if preset.model == "clip-vision" and clip_model:
             preset = preset.with_overrides(weights=clip_model)
         presets.append(preset)
@@ -241,7 +217,7 @@ def _run(
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
     options = ExtractorOptions(
-        device=_resolve_device(device_spec),
+        device=_resolve_device(device),
         weights_dir=weights_dir or default_weights_dir(),
         precision=precision,
     )
@@ -253,7 +229,7 @@ def _run(
         retry_failed=retry_failed,
         limit=limit,
         commit_every=commit_every,
-        progress=progress,
+        progress=not no_progress,
     )
     return ExtractionRun(sources, out, extractors, config).run()
 

@@ -165,14 +165,14 @@ def sample_count(video_end: float, fps: float) -> int:
     return max(1, math.ceil(video_end * fps - 1e-9))
 
 
-def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) -> Iterator[FrameBatch]:
+def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, threads: int) -> Iterator[FrameBatch]:
     width, height = sampling.resized_size(meta.width, meta.height)
     filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps!r}:round=up", f"scale={width}:{height}:{SCALE_OPTIONS}"]
     if sampling.crop:
         left, top = (width - sampling.crop) // 2, (height - sampling.crop) // 2
         filters.append(f"crop={sampling.crop}:{sampling.crop}:{left}:{top}")
     out_w, out_h = sampling.output_size(meta.width, meta.height)
-    cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-v", "error", *input_args(meta.path)]
+    cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-v", "error", "-threads", str(threads), *input_args(meta.path)]
     cmd += ["-map", "0:V:0", "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = out_w * out_h * 3
@@ -233,15 +233,19 @@ def frame_decoder_for(meta: StreamMetadata, sampling: FrameSampling) -> DecoderN
     return "ffmpeg"
 
 
-def iter_frames(meta: StreamMetadata, sampling: FrameSampling) -> Iterator[FrameBatch]:
-    """Yield the sampled frames of one video in chunks of at most sampling.chunk_frames frames."""
+def iter_frames(meta: StreamMetadata, sampling: FrameSampling, threads: int = 0) -> Iterator[FrameBatch]:
+    """Yield the sampled frames of one video in chunks of at most sampling.chunk_frames frames.
+
+    threads: decoder threads for this video (0 = ffmpeg's choice). With several videos decoded at once, one
+    or two threads each beat oversubscribing the cores (benchmarks/bench_extract.py).
+    """
     fps = sampling.fps or meta.native_fps
     if fps <= 0:
         raise VideoDecodeError(f"{meta.path}: unknown frame rate; pass --fps")
     if frame_decoder_for(meta, sampling) == "decord":
         yield from _decord_frames(meta, sampling, fps)
     else:
-        yield from _ffmpeg_frames(meta, sampling, fps)
+        yield from _ffmpeg_frames(meta, sampling, fps, threads)
 
 
 def iter_audio(meta: StreamMetadata, sampling: AudioSampling) -> Iterator[AudioChunk]:

@@ -33,9 +33,15 @@ class Preset:
     weights_url: str | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
-    def with_overrides(self, *, fps: float | None = None, weights: str | None = None) -> Preset:
-        """The same preset with a user's --fps or model choice (both end up in the recipe)."""
+    def with_overrides(
+        self, *, fps: float | None = None, weights: str | None = None, decoder: str | None = None
+    ) -> Preset:
+        """The same preset with a user's --fps, --decoder or model choice (all end up in the recipe)."""
         preset = self
+        if decoder is not None and preset.frames is not None:
+            if decoder not in ("ffmpeg", "decord"):
+                raise UsageError(f"--decoder must be ffmpeg or decord, got {decoder!r}")
+            preset = dataclasses.replace(preset, frames=dataclasses.replace(preset.frames, decoder=decoder))
         if fps is not None:
             if preset.frames is None:
                 raise UsageError(f"--fps does not apply to the audio preset {preset.name!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -165,6 +166,7 @@ class ExtractionRun:
         self.summary = RunSummary(total=len(self.sources))
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * config.workers))
         self._stop = threading.Event()
+        self._decoder_threads = max(1, (os.cpu_count() or 1) // config.workers)
         self._frame_groups: dict[FrameSampling, list[FeatureExtractor]] = defaultdict(list)
         self._audio_groups: dict[AudioSampling, list[FeatureExtractor]] = defaultdict(list)
         for extractor in extractors:
@@ -307,7 +309,8 @@ class ExtractionRun:
             frames = 0
             for sampling, extractors in self._frame_groups.items():
                 decoder = frame_decoder_for(meta, sampling)
-                frames += self._cut_units(source, extractors, iter_frames(meta, sampling))
+                chunks = iter_frames(meta, sampling, threads=self._decoder_threads)
+                frames += self._cut_units(source, extractors, chunks)
                 decoders.update({e.name: decoder for e in extractors})
             stage = "audio"
             for sampling, extractors in self._audio_groups.items():

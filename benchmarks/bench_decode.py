@@ -1,0 +1,96 @@
+"""Decode benchmark: our frame decoders against `ffmpeg -i FILE -f null -` on the same 720p H.264 file.
+
+Prints, for each decoder and rate, wall time as a ratio of the full-decode baseline, and peak memory (RSS of
+the Python process plus its ffmpeg child) for a 1-minute vs a 10-minute video (target: ratio <= 1.2, memory flat
+in video length). Every measurement runs in a fresh subprocess so that peak RSS is its own.
+
+    python benchmarks/bench_decode.py [--workdir bench-out] [--long-minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from extract.ffmpeg_binary import ffmpeg_path
+
+CONFIGS = [("ffmpeg", 1.0), ("decord", 1.0), ("ffmpeg", 24.0), ("decord", 24.0)]
+
+
+def make_720p(path: Path, minutes: float) -> Path:
+    if not path.exists():
+        seconds = int(minutes * 60)
+        subprocess.run(
+            [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
+             "-i", f"testsrc2=size=1280x720:rate=30:duration={seconds}",
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p", str(path)],
+            check=True,
+        )  # fmt: skip
+    return path
+
+
+def child(decoder: str, fps: float, path: str) -> None:
+    """Decode one file, then report wall time and peak RSS of this process and of its ffmpeg children."""
+    from extract.decode import FrameSampling, iter_frames
+    from extract.probe import probe
+
+    meta = probe(path)
+    start = time.perf_counter()
+    frames = 0
+    for batch in iter_frames(meta, FrameSampling(fps=fps, short_side=224, crop=224, decoder=decoder)):
+        frames += len(batch)
+    wall = time.perf_counter() - start
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"wall": wall, "frames": frames, "self_mb": self_mb, "ffmpeg_mb": child_mb}))
+
+
+def measure(decoder: str, fps: float, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "_child", decoder, str(fps), str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def baseline(path: Path, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([ffmpeg_path(), "-v", "error", "-i", str(path), "-f", "null", "-"], check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
+    parser.add_argument("--long-minutes", type=float, default=10.0)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    short = make_720p(args.workdir / "720p-1min.mp4", 1.0)
+    long = make_720p(args.workdir / f"720p-{args.long_minutes:g}min.mp4", args.long_minutes)
+    base = baseline(short)
+    print(f"baseline: ffmpeg -i 720p-1min.mp4 -f null -  {base:.2f} s")
+    header = f"{'decoder':<8} {'fps':>5} {'time/baseline':>14} {'frames':>7} {'RSS 1 min':>10} {'RSS long':>9}"
+    print(f"{header} {'ratio':>6}")
+    for decoder, fps in CONFIGS:
+        one = min((measure(decoder, fps, short) for _ in range(2)), key=lambda r: r["wall"])
+        ten = measure(decoder, fps, long)
+        rss_one = one["self_mb"] + one["ffmpeg_mb"]
+        rss_ten = ten["self_mb"] + ten["ffmpeg_mb"]
+        print(
+            f"{decoder:<8} {fps:>5g} {one['wall'] / base:>14.2f} {one['frames']:>7d} {rss_one:>8.0f}MB "
+            f"{rss_ten:>7.0f}MB {rss_ten / rss_one:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child(sys.argv[2], float(sys.argv[3]), sys.argv[4])
+    else:
+        main()
