@@ -179,6 +179,8 @@ class ExtractionRun:
 
     def _plan(self, existing: FeatureStore | None) -> list[VideoSource]:
         names = list(self.extractors)
+        for part, reason in existing.corrupt_parts if existing is not None else []:
+            log.warning("damaged part %s ignored (%s); its videos will be extracted again", part.name, reason)
         todo = []
         failed_before = {f.video_id for f in existing.failures()} if existing is not None else set()
         for source in self.sources:
