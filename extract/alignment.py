@@ -1,0 +1,105 @@
+"""Read-time alignment of feature tracks: what IMG consumes, computed from the raw tracks in the store.
+
+Two rules:
+- `img`: the published IMG loader (img_spec.md §2.2). Visual rows are mean-pooled to at most max_pos_len rows
+  with boundaries b_k = round(k * T / M) (numpy's half-to-even), clamped to T - 1; the audio track is then
+  resampled onto exactly that many rows with the same boundary rule (which also upsamples). The clamp means
+  the last source row is never averaged in: this quirk is reproduced on purpose so features match the paper.
+- `time`: every output visual row keeps its time span, and each gets the mean of the audio rows whose spans
+  overlap it (the nearest audio row when none does). Exact in time, independent of the two rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from extract.store import FeatureStore, Track
+
+AlignmentRule = Literal["img", "time"]
+
+
+def img_boundaries(length: int, target: int) -> np.ndarray:
+    """b_k = round(k * length / target) for k = 0..target, half to even, clamped to length - 1."""
+    k = np.arange(target + 1, dtype=np.float64)
+    return np.minimum(np.round(k * length / target), length - 1).astype(np.int64)
+
+
+def img_resample(rows: np.ndarray, target: int) -> np.ndarray:
+    """Row k = mean(rows[b_k : b_k+1]) when b_k < b_k+1, else rows[b_k] (IMG's sampling and rescale)."""
+    length = len(rows)
+    if length == 0:
+        raise ValueError("cannot resample an empty track")
+    bounds = img_boundaries(length, target)
+    starts, ends = bounds[:-1], bounds[1:]
+    totals = np.concatenate([np.zeros((1, *rows.shape[1:])), np.cumsum(rows, axis=0, dtype=np.float64)])
+    counts = (ends - starts).reshape(-1, *([1] * (rows.ndim - 1)))
+    means = (totals[ends] - totals[starts]) / np.maximum(counts, 1)
+    return np.where(counts > 0, means, rows[starts].astype(np.float64))
+
+
+def img_visual_sampling(rows: np.ndarray, max_pos_len: int) -> np.ndarray:
+    """IMG's visual_feature_sampling: unchanged when T <= max_pos_len, else pooled to max_pos_len rows."""
+    return rows if len(rows) <= max_pos_len else img_resample(rows, max_pos_len)
+
+
+def pooled_spans(spans: np.ndarray, max_pos_len: int) -> np.ndarray:
+    """Time span of each pooled visual row: from the first to the last source row it stands for."""
+    if len(spans) <= max_pos_len:
+        return spans
+    bounds = img_boundaries(len(spans), max_pos_len)
+    last = np.maximum(bounds[1:] - 1, bounds[:-1])
+    return np.stack([spans[bounds[:-1], 0], spans[last, 1]], axis=1)
+
+
+def time_resample(rows: np.ndarray, spans: np.ndarray, target_spans: np.ndarray) -> np.ndarray:
+    """Mean of the rows overlapping each target span (by overlap), the nearest row where none overlaps."""
+    overlap = np.minimum(spans[None, :, 1], target_spans[:, None, 1]) - np.maximum(
+        spans[None, :, 0], target_spans[:, None, 0]
+    )
+    weights = (overlap > 0).astype(np.float64)
+    covered = weights.sum(axis=1)
+    centres = spans.mean(axis=1)
+    nearest = np.abs(centres[None, :] - target_spans.mean(axis=1)[:, None]).argmin(axis=1)
+    weights[covered == 0, nearest[covered == 0]] = 1.0
+    return weights @ rows.astype(np.float64) / weights.sum(axis=1, keepdims=True)
+
+
+def decode_values(track: Track) -> np.ndarray:
+    """Track rows as float: quantised uint8 rows (vggish-quantized) are divided by 255, as IMG's loader does."""
+    if track.features.dtype == np.uint8:
+        return track.features.astype(np.float32) / 255.0
+    return track.features.astype(np.float32, copy=False)
+
+
+@dataclass
+class AlignedVideo:
+    visual: np.ndarray  # [T', Dv] float32
+    audio: np.ndarray | None  # [T', Da] float32, None when the video has no audio track
+    spans: np.ndarray  # [T', 2] seconds covered by each visual row
+
+
+def aligned_tracks(
+    store: FeatureStore,
+    video_id: str,
+    visual: str,
+    audio: str | None,
+    max_pos_len: int = 128,
+    rule: AlignmentRule = "img",
+) -> AlignedVideo:
+    """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid."""
+    visual_track = store.track(video_id, visual)
+    visual_rows = img_visual_sampling(decode_values(visual_track), max_pos_len)
+    spans = pooled_spans(visual_track.timestamps, max_pos_len)
+    audio_rows = None
+    if audio is not None and audio in store.feature_names(video_id):
+        audio_track = store.track(video_id, audio)
+        values = decode_values(audio_track)
+        if rule == "img":
+            audio_rows = img_resample(values, len(visual_rows))
+        else:
+            audio_rows = time_resample(values, audio_track.timestamps, spans)
+        audio_rows = audio_rows.astype(np.float32)
+    return AlignedVideo(visual_rows.astype(np.float32), audio_rows, spans)
