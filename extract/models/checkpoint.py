@@ -1,0 +1,75 @@
+"""Reading published PyTorch checkpoints and checking that they fit a model, with one-line errors.
+
+Every model loader (I3D, VGGish, PANNs) reads its file with `load_torch_file` and calls `check_state_dict`
+before `load_state_dict(strict=True)`, so a wrong or damaged file becomes one `MissingWeightsError` line that
+names the file and the offending keys instead of a multi-line RuntimeError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from extract.errors import MissingWeightsError
+
+_LISTED_KEYS = 3  # keys named per problem kind; the rest are counted
+
+
+def load_torch_file(path: str | Path) -> object:
+    """`torch.load` on CPU with `weights_only=True`; a missing or unreadable file raises `MissingWeightsError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MissingWeightsError(
+            f"{path} could not be read as a PyTorch checkpoint ({_first_sentence(exc)}); "
+            "if it is truncated or corrupt, download it again"
+        ) from exc
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The informative part of torch.load's multi-paragraph errors, e.g. 'Unsupported operand 103'."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return line.split(". ", 1)[0].rstrip(".")
+
+
+def _shape(value: object) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else ""
+    return ", ".join(keys[:_LISTED_KEYS]) + more
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: object, source: str) -> None:
+    """Raise `MissingWeightsError` unless `state_dict` has exactly `model`'s keys with the same shapes.
+
+    A missing `*.num_batches_tracked` is accepted: checkpoints written before PyTorch 0.4.1 have none, and
+    BatchNorm fills the counter itself when the loaded dict carries no version metadata (a plain `dict`).
+    """
+    name = type(model).__name__
+    if not isinstance(state_dict, Mapping):
+        raise MissingWeightsError(
+            f"{source} does not fit {name}: it holds a {type(state_dict).__name__}, not a state dict"
+        )
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {_shape(v)} where the model has {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and _shape(v) != str(tuple(expected[k].shape))
+    ]
+    problems = [
+        f"{label} {_listed(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape))
+        if keys
+    ]
+    if problems:
+        raise MissingWeightsError(f"{source} does not fit {name}: " + "; ".join(problems))

@@ -1,0 +1,183 @@
+"""InceptionI3d against the pytorch-i3d golden vectors (shared/golden/i3d/README.md) and its checkpoint loader."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.errors import MissingWeightsError
+from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+I3D_GOLDEN = GOLDEN / "i3d"
+WEIGHTS_SEED = 101
+ATOL = RTOL = 1e-4
+
+
+def _make_weights_module():
+    spec = importlib.util.spec_from_file_location("make_weights", GOLDEN / "make_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def golden_state_dict() -> dict[str, torch.Tensor]:
+    """The golden weights under the published checkpoint's key names (no num_batches_tracked)."""
+    mw = _make_weights_module()
+    entries, _ = mw.load_spec(I3D_GOLDEN / "spec.json")
+    weights = mw.make_weights(entries, seed=WEIGHTS_SEED, fixed=mw.load_fixed(None))
+    return {name: torch.from_numpy(array) for name, array in weights.items()}
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, np.ndarray]:
+    with np.load(I3D_GOLDEN / "expected.npz") as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+@pytest.fixture(scope="module")
+def outputs(golden_state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """One pass of the golden clip: features, logits and every endpoint's mean over (T, H, W) and shape."""
+    with np.load(I3D_GOLDEN / "inputs.npz") as npz:
+        frames = npz["frames_uint8"]
+    clip = ((frames / 255.0) * 2 - 1).astype(np.float32)  # float64 scaling, then one cast (README "Input")
+    x = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)[None]))  # (T,H,W,C) -> (N,C,T,H,W)
+
+    model = InceptionI3d(num_classes=400)
+    model.load_state_dict(golden_state_dict, strict=True)
+    model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            got = {
+                "features": model.extract_features(x).numpy(),
+                "logits": model(x).numpy(),
+            }
+            for name, endpoint in model.iter_endpoints(x):
+                got[f"endpoint_mean/{name}"] = endpoint.mean(dim=(2, 3, 4))[0].numpy()
+                got[f"endpoint_shape/{name}"] = np.array(endpoint.shape, dtype=np.int64)
+    finally:
+        torch.set_num_threads(threads)
+    return got
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray, key: str) -> float:
+    assert got.shape == want.shape, f"{key}: shape {got.shape} vs expected {want.shape}"
+    diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+    assert np.allclose(got, want, atol=ATOL, rtol=RTOL), f"{key}: max |diff| {diff:.3g}"
+    return diff
+
+
+def test_features_match_the_reference_implementation(outputs, expected):
+    diff = _assert_close(outputs["features"], expected["features"], "features")
+    print(f"\nI3D features: max |diff| {diff:.3g}")
+
+
+def test_logits_match_the_reference_implementation(outputs, expected):
+    diff = _assert_close(outputs["logits"], expected["logits"], "logits")
+    print(f"\nI3D logits: max |diff| {diff:.3g}")
+
+
+def test_every_endpoint_matches_the_reference_in_mean_and_shape(outputs, expected):
+    endpoint_keys = sorted(k for k in expected if k.startswith("endpoint_"))
+    assert endpoint_keys, "expected.npz has no endpoint diagnostics"
+    assert set(endpoint_keys) == {k for k in outputs if k.startswith("endpoint_")}
+    for key in endpoint_keys:
+        if key.startswith("endpoint_shape/"):
+            assert tuple(outputs[key]) == tuple(expected[key]), key
+        else:
+            _assert_close(outputs[key], expected[key], key)
+
+
+def test_temporal_size_follows_the_stride_rule():
+    model = InceptionI3d(num_classes=7).eval()
+    with torch.inference_mode():
+        logits = model(torch.zeros(2, 3, 24, 224, 224))
+    assert logits.shape == (2, 7, 2)  # T = 24 -> T5 = 3 -> t = 2
+
+
+@pytest.fixture(scope="module")
+def imagenet_layout_file(golden_state_dict, tmp_path_factory) -> Path:
+    """The golden weights saved like rgb_imagenet.pt: a plain state dict, no num_batches_tracked."""
+    path = tmp_path_factory.mktemp("i3d") / "rgb_imagenet.pt"
+    torch.save(dict(golden_state_dict), path)
+    return path
+
+
+def test_loader_reads_the_published_layout_and_infers_400_classes(imagenet_layout_file, golden_state_dict):
+    model = load_i3d_checkpoint(imagenet_layout_file)
+    assert model.num_classes == 400
+    assert not model.training
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in golden_state_dict.items())
+
+
+def test_loader_infers_157_classes_from_a_charades_head(golden_state_dict, tmp_path):
+    state_dict = dict(golden_state_dict)
+    state_dict["logits.conv3d.weight"] = torch.zeros(157, 1024, 1, 1, 1)
+    state_dict["logits.conv3d.bias"] = torch.zeros(157)
+    path = tmp_path / "rgb_charades.pt"
+    torch.save(state_dict, path)
+    model = load_i3d_checkpoint(path)
+    assert model.num_classes == 157
+    assert model.logits.conv3d.weight.shape == (157, 1024, 1, 1, 1)
+
+
+def test_loader_accepts_a_state_dict_saved_by_a_newer_torch_without_counters():
+    """An OrderedDict from `state_dict()` carries version metadata; dropping the counters must still load."""
+    state_dict = InceptionI3d(num_classes=400).state_dict()
+    for key in [k for k in state_dict if k.endswith("num_batches_tracked")]:
+        del state_dict[key]
+    assert load_i3d_checkpoint(state_dict).num_classes == 400
+
+
+def test_a_renamed_key_is_reported_in_one_line(golden_state_dict, tmp_path):
+    state_dict = dict(golden_state_dict)
+    state_dict["Mixed_5c.b0.conv.weight"] = state_dict.pop("Mixed_5c.b0.conv3d.weight")
+    path = tmp_path / "renamed.pt"
+    torch.save(state_dict, path)
+    with pytest.raises(MissingWeightsError) as info:
+        load_i3d_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "missing Mixed_5c.b0.conv3d.weight" in message
+    assert "unexpected Mixed_5c.b0.conv.weight" in message
+
+
+def test_a_wrong_shape_is_reported_in_one_line(golden_state_dict, tmp_path):
+    state_dict = dict(golden_state_dict)
+    state_dict["Mixed_3b.b1b.conv3d.weight"] = torch.zeros(128, 96, 1, 1, 1)
+    path = tmp_path / "wrong_shape.pt"
+    torch.save(state_dict, path)
+    with pytest.raises(MissingWeightsError) as info:
+        load_i3d_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "Mixed_3b.b1b.conv3d.weight (128, 96, 1, 1, 1)" in message
+    assert "(128, 96, 3, 3, 3)" in message
+
+
+def test_a_truncated_file_is_reported_in_one_line(imagenet_layout_file, tmp_path):
+    data = imagenet_layout_file.read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MissingWeightsError) as info:
+        load_i3d_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "could not be read as a PyTorch checkpoint" in message
+
+
+def test_a_missing_file_is_reported_in_one_line(tmp_path):
+    path = tmp_path / "rgb_imagenet.pt"
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        load_i3d_checkpoint(path)
