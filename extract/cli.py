@@ -120,11 +120,19 @@ def main() -> None:
     help="Frame decoder (default: the preset's). decord seeks but ignores rotation and needs ~0.9 GB; "
     "rotated or non-mp4 files always go through ffmpeg.",
 )
+@click.option("--audio-window", type=float, default=None, help="PANNs window in seconds (default 1.0).")
+@click.option("--audio-hop", type=float, default=None, help="PANNs hop between windows in seconds (default 0.5).")
 @click.option(
     "--weights-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Folder with model weights for offline use (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).",
+)
+@click.option(
+    "--trust-weights",
+    is_flag=True,
+    help="Accept files in --weights-dir whose sha256 differs from the published one (converted or test weights); "
+    "the sha256 is still recorded in provenance.",
 )
 @click.option(
     "--clip-model", default=None, help="CLIP model: HF id or local folder (default openai/clip-vit-base-patch32)."
@@ -186,7 +194,10 @@ def _run(
     workers: int,
     fps: float | None,
     decoder: str | None,
+    audio_window: float | None,
+    audio_hop: float | None,
     weights_dir: Path | None,
+    trust_weights: bool,
     clip_model: str | None,
     precision: str,
     resume: bool,
@@ -200,7 +211,6 @@ def _run(
     from extract.presets import get_preset
     from extract.runner import ExtractionRun, RunConfig
     from extract.sources import find_videos
-    from extract.weights import default_weights_dir
 
     names = [name.strip() for name in features.split(",") if name.strip()]
     if not names:
@@ -212,14 +222,19 @@ def _run(
             preset = preset.with_overrides(fps=fps, decoder=decoder)
         if preset.model == "clip-vision" and clip_model:
             preset = preset.with_overrides(weights=clip_model)
+        if "window_seconds" in preset.windowing:
+            preset = preset.with_audio_windows(audio_window, audio_hop)
         presets.append(preset)
+    if (audio_window or audio_hop) and not any("window_seconds" in p.windowing for p in presets):
+        raise UsageError("--audio-window/--audio-hop apply to windowed audio presets (panns); none was requested")
     sources = find_videos(videos)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
     options = ExtractorOptions(
         device=_resolve_device(device),
-        weights_dir=weights_dir or default_weights_dir(),
+        weights_dir=weights_dir,
         precision=precision,
+        verify_weights=not trust_weights,
     )
     extractors = [build_extractor(preset, options) for preset in presets]
     config = RunConfig(
@@ -255,6 +270,109 @@ def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
     except ImgVmrError as error:
         _fail(str(error))
     click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report, max_videos))
+
+
+@main.group("weights")
+def weights_group() -> None:
+    """The published model files: list them, fetch them into the cache, verify their checksums."""
+
+
+@weights_group.command("list")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+def weights_list(weights_dir: Path | None) -> None:
+    """Every published file the presets use, where it is found (or 'missing'), and its URL."""
+    from extract.weights import REGISTRY, search_dirs
+
+    for entry in REGISTRY.values():
+        found = next((d / entry.name for d in search_dirs(weights_dir) if (d / entry.name).is_file()), None)
+        click.echo(f"{entry.name:<32} {'missing' if found is None else found}")
+        click.echo(f"    {entry.layout}; presets: {', '.join(entry.used_by)}")
+        click.echo(f"    {entry.url}")
+
+
+@weights_group.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")  # fmt: skip
+def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
+    """Download published files NAMES (see `weights list`), verified, unless already there."""
+    from extract.weights import default_weights_dir, fetch
+
+    _setup_logging(False)
+    try:
+        for name in names:
+            click.echo(str(fetch(name, weights_dir or default_weights_dir())))
+    except ImgVmrError as error:
+        _fail(str(error))
+
+
+@weights_group.command("verify")
+@click.argument("names", nargs=-1)
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
+    """Check the sha256 of the local copies of NAMES (default: all that are present) and print it."""
+    from extract.weights import REGISTRY, registry_entry, search_dirs, verify
+
+    _setup_logging(False)
+    bad = 0
+    for name in names or tuple(REGISTRY):
+        try:
+            entry = registry_entry(name)
+            path = next((d / name for d in search_dirs(weights_dir) if (d / name).is_file()), None)
+            if path is None:
+                if names:
+                    click.echo(f"{name}: missing", err=True)
+                    bad += 1
+                continue
+            click.echo(f"{name}: ok sha256 {verify(path, entry)} ({path})")
+        except ImgVmrError as error:
+            click.echo(f"img-extract: error: {error}", err=True)
+            bad += 1
+    sys.exit(EXIT_FAILURES if bad else EXIT_OK)
+
+
+@main.command("export-img")
+@click.option("--store", "store", required=True, type=click.Path(path_type=Path), help="Feature store to read.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder.")
+@click.option("--visual", default=None, help="Visual feature kind to export (e.g. i3d-charades-vslnet, clip).")
+@click.option("--audio", default=None, help="Audio feature kind to export (panns, or vggish-quantized as pickle).")
+def export_command(store: Path, out: Path, visual: str | None, audio: str | None) -> None:
+    """Write features in the layout the IMG authors' code reads (one .npy per video, shape json files,
+    VGGish.pickle for quantised VGGish)."""
+    from extract.interop import export_img
+
+    _setup_logging(False)
+    if visual is None and audio is None:
+        _fail("name at least one of --visual and --audio")
+    try:
+        counts = export_img(store, out, visual, audio)
+    except ImgVmrError as error:
+        _fail(str(error))
+    for name, count in counts.items():
+        log.info("exported %s for %d videos into %s", name, count, out)
+
+
+@main.command("import-img")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Feature store to write.")
+@click.option("--feature", required=True, help="Name to store the features under (e.g. i3d-released).")
+@click.option(
+    "--row-seconds",
+    type=float,
+    default=None,
+    help="Seconds per row when known (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
+)
+def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
+    """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle
+    (only dicts of numpy arrays are unpickled)."""
+    from extract.interop import import_img
+
+    _setup_logging(False)
+    try:
+        count = import_img(source, out, feature, row_seconds)
+    except ImgVmrError as error:
+        _fail(str(error))
+    log.info("imported %d videos from %s into %s as %r", count, source, out, feature)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def describe(store_path: Path) -> dict[str, Any]:
             latest = store.part_provenance(holders[-1], name) if holders else {}
             features[name] = {
                 "videos": len(holders),
-                "recipe": store.provenance(name),
+                "recipe": latest.get("recipe", {}),
                 "software": latest.get("software", {}),
                 "runtime": latest.get("runtime", {}),
             }

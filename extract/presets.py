@@ -32,6 +32,8 @@ class Preset:
     weights_sha256: str | None = None
     weights_url: str | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    windowing: dict[str, Any] = field(default_factory=dict)  # how units are cut (frames or seconds)
+    extra_weights: tuple[str, ...] = ()  # further published files (VGGish's PCA parameters)
 
     def with_overrides(
         self, *, fps: float | None = None, weights: str | None = None, decoder: str | None = None
@@ -52,6 +54,20 @@ class Preset:
             preset = dataclasses.replace(preset, weights=weights, weights_sha256=None, weights_url=None)
         return preset
 
+    def with_audio_windows(self, window: float | None, hop: float | None) -> Preset:
+        """PANNs-style presets with a user's window / hop in seconds (recorded in the recipe)."""
+        if window is None and hop is None:
+            return self
+        if self.modality != "audio" or "window_seconds" not in self.windowing:
+            raise UsageError(f"--audio-window/--audio-hop do not apply to {self.name!r}")
+        windowing = dict(self.windowing)
+        for key, value in (("window_seconds", window), ("hop_seconds", hop)):
+            if value is not None:
+                if value <= 0:
+                    raise UsageError(f"--audio-window and --audio-hop must be positive, got {value}")
+                windowing[key] = value
+        return dataclasses.replace(self, windowing=windowing)
+
     def recipe(self) -> dict[str, Any]:
         """Every parameter that changes the numbers, as plain JSON-able values."""
         out: dict[str, Any] = {
@@ -62,6 +78,8 @@ class Preset:
             "modality": self.modality,
             "output_dim": self.output_dim,
             **{f"preprocessing.{k}": v for k, v in self.preprocessing.items()},
+            **{f"windowing.{k}": v for k, v in self.windowing.items()},
+            **({"extra_weights": list(self.extra_weights)} if self.extra_weights else {}),
         }
         if self.frames is not None:
             frames = dataclasses.asdict(self.frames)
@@ -86,7 +104,92 @@ CLIP = Preset(
     preprocessing={"interpolation": "bicubic", "scale": "1/255", "mean": CLIP_MEAN, "std": CLIP_STD},
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (CLIP,)}
+I3D_SCALING = {"scale": "x / 255 * 2 - 1"}
+SHORT_VIDEO = "videos of at most one window: all frames, padded by repeating the last frame"
+
+I3D_CHARADES_VSLNET = Preset(
+    name="i3d-charades-vslnet",
+    model="i3d",
+    weights="rgb_charades.pt",
+    modality="visual",
+    output_dim=1024,
+    description="VSLNet's Charades I3D: 24 fps, 24-frame windows, two 1024-d rows per window, rgb_charades.pt",
+    frames=FrameSampling(
+        fps=24.0, short_side=226, resize="shorter_if_below", crop=224, interpolation="bilinear",
+        crop_rounding="half_even", chunk_frames=48,
+    ),
+    preprocessing=I3D_SCALING,
+    windowing={"window": 24, "stride": 24, "chunk": None, "rule": "vslnet", "short_video": SHORT_VIDEO},
+)  # fmt: skip
+
+I3D_ANET_VSLNET = Preset(
+    name="i3d-anet-vslnet",
+    model="i3d",
+    weights="rgb_imagenet.pt",
+    modality="visual",
+    output_dim=1024,
+    description="VSLNet's ActivityNet I3D: native fps, short side 224, 16-frame windows in 10000-frame chunks",
+    frames=FrameSampling(
+        fps=None, short_side=224, resize="shorter", crop=224, interpolation="bilinear", crop_rounding="half_even",
+        chunk_frames=48,
+    ),
+    preprocessing=I3D_SCALING,
+    windowing={"window": 16, "stride": 16, "chunk": 10000, "rule": "vslnet", "short_video": SHORT_VIDEO},
+)  # fmt: skip
+
+I3D_DEFAULT = Preset(
+    name="i3d",
+    model="i3d",
+    weights="rgb_imagenet.pt",
+    modality="visual",
+    output_dim=1024,
+    description="I3D Kinetics: 24 fps, short side 256, centre crop 224, 16-frame windows, stride 16",
+    frames=FrameSampling(fps=24.0, short_side=256, resize="shorter", crop=224, chunk_frames=48),
+    preprocessing=I3D_SCALING,
+    windowing={"window": 16, "stride": 16, "chunk": None, "rule": "vslnet", "short_video": SHORT_VIDEO},
+)
+
+VGGISH_WINDOWING = {
+    "example_seconds": 0.96,
+    "window_samples": 15600,  # 96 log-mel frames of 25 ms every 10 ms
+    "hop_samples": 15360,
+    "tail": "dropped (as the reference); audio shorter than one example: one zero-padded example",
+}
+
+VGGISH = Preset(
+    name="vggish",
+    model="vggish",
+    weights="vggish-10086976.pth",
+    modality="audio",
+    output_dim=128,
+    description="VGGish 128-d post-ReLU embedding per 0.96-s example, 16 kHz",
+    audio=AudioSampling(sample_rate=16000),
+    windowing=VGGISH_WINDOWING,
+)
+
+VGGISH_QUANTIZED = dataclasses.replace(
+    VGGISH,
+    name="vggish-quantized",
+    description="VGGish + PCA + 8-bit quantisation (uint8; IMG's ActivityNet audio, /255 at read time)",
+    extra_weights=("vggish_pca_params-970ea276.pth",),
+    preprocessing={"postprocess": "PCA, clip to [-2, 2], x 63.75, round half to even, uint8"},
+)
+
+PANNS = Preset(
+    name="panns",
+    model="panns-cnn14",
+    weights="Cnn14_mAP=0.431.pth",
+    modality="audio",
+    output_dim=2048,
+    description="PANNs Cnn14 2048-d embedding over 1-s windows every 0.5 s, 32 kHz (--audio-window/--audio-hop)",
+    audio=AudioSampling(sample_rate=32000),
+    windowing={"window_seconds": 1.0, "hop_seconds": 0.5, "tail": "one zero-padded window over the rest"},
+)
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (CLIP, I3D_CHARADES_VSLNET, I3D_ANET_VSLNET, I3D_DEFAULT, VGGISH, VGGISH_QUANTIZED, PANNS)
+}
 
 
 def get_preset(name: str) -> Preset:

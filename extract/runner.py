@@ -134,7 +134,9 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
     software = software_provenance()
     records = {}
     for extractor in extractors:
-        runtime = {"device": str(extractor.options.device), "precision": extractor.options.precision}
+        options = extractor.options
+        runtime = {"device": str(options.device), "precision": options.precision}
+        runtime["weights_checked"] = options.verify_weights
         frames = extractor.frame_sampling
         decoder = {"frame_decoder": frames.decoder, "rotated_videos_decoder": "ffmpeg"} if frames else {}
         if frames and frames.decoder == "decord":
@@ -270,7 +272,7 @@ class ExtractionRun:
                     self._fail(states[message.record.video_id], message.record, pending, writer, progress)
                 flush_all = message is None or alive == 0
                 for feature, items in pending.items():
-                    while items and (flush_all or _count(items) >= self.config.batch_size):
+                    while items and (flush_all or _count(items) >= self._batch_size(self.extractors[feature])):
                         self._embed_batch(feature, items, states, writer, progress)
                 for state in list(states.values()):
                     if state.decoded is not None and state.outstanding == 0 and not state.failed:
@@ -280,6 +282,9 @@ class ExtractionRun:
         finally:
             self._stop.set()
             progress.close()
+
+    def _batch_size(self, extractor: FeatureExtractor) -> int:
+        return min(self.config.batch_size, extractor.max_batch or self.config.batch_size)
 
     # --- decode side -----------------------------------------------------------------------------------------
 
@@ -363,7 +368,8 @@ class ExtractionRun:
     ) -> None:
         """Take up to batch_size units from the front of `items` (across videos), embed, hand rows back."""
         taken: list[tuple[str, Units]] = []
-        room = self.config.batch_size
+        extractor = self.extractors[feature]
+        room = self._batch_size(extractor)
         while items and room:
             video_id, units = items[0]
             if len(units) <= room:
@@ -373,7 +379,6 @@ class ExtractionRun:
                 taken.append((video_id, Units(units.inputs[:room], units.spans[:room])))
                 items[0] = (video_id, Units(units.inputs[room:], units.spans[room:]))
                 room = 0
-        extractor = self.extractors[feature]
         try:
             rows = extractor.embed(np.concatenate([units.inputs for _, units in taken]))
             results = []
@@ -442,14 +447,14 @@ class ExtractionRun:
     def _finish_video(self, state: _VideoState, writer: _WriterThread, progress: Any) -> None:
         decoded = state.decoded
         assert decoded is not None
-        tracks = {
-            name: Track(
-                np.concatenate(state.rows[name]).astype(np.float32, copy=False),
-                np.concatenate(state.spans[name]),
+        tracks = {}
+        for name in state.rows:
+            rows = np.concatenate(state.rows[name])
+            tracks[name] = Track(
+                rows.reshape(-1, rows.shape[-1]),  # units with several rows (I3D windows) become consecutive rows
+                np.concatenate(state.spans[name]).reshape(-1, 2),
                 {"decoder": decoded.decoders.get(name, "")},
             )
-            for name in state.rows
-        }
         metadata = {**decoded.metadata.as_attrs(), "source_path": str(state.source.path.resolve())}
         writer.put(VideoRecord(state.source.video_id, metadata, tracks))
         self.summary.done += 1

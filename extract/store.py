@@ -235,7 +235,8 @@ class FeatureStore:
 
     def feature_names(self, video_id: str | None = None) -> list[str]:
         if video_id is None:
-            return sorted(self._provenance)
+            tracks = {name for entry in self._videos.values() for name in entry.tracks}
+            return sorted(tracks | set(self._provenance))
         return sorted(self._entry(video_id).tracks)
 
     def provenance(self, feature: str) -> dict[str, Any]:
@@ -247,7 +248,7 @@ class FeatureStore:
     def part_provenance(self, video_id: str, feature: str) -> dict[str, Any]:
         """Full provenance (recipe + software versions) of the part that holds this track."""
         ref = self._track_ref(video_id, feature)
-        return self._part_provenance[ref.part][feature]
+        return self._part_provenance[ref.part].get(feature, {})
 
     def has_features(self, video_id: str, features: Iterable[str]) -> bool:
         entry = self._videos.get(video_id)

@@ -205,4 +205,5 @@ class AudioWindows(Windower):
             piece = self._buffer[start - self._base : start - self._base + self.window]
             windows[row, : len(piece)] = piece
         begin = np.asarray(starts, np.float64) / self.sample_rate
-        return Units(windows, np.stack([begin, begin + self.span_seconds], axis=1))
+        end = np.minimum(begin + self.span_seconds, self._seen / self.sample_rate)  # padding holds no audio
+        return Units(windows, np.stack([begin, end], axis=1))

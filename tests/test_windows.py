@@ -91,4 +91,5 @@ def test_streaming_audio_windows_equal_the_rule(total: int, keep_tail: bool) -> 
     expected = audio_window_starts(total, 1000, 500, keep_tail)
     np.testing.assert_array_equal(inputs[:, 0], samples[expected])
     np.testing.assert_allclose(np.concatenate([u.spans for u in got])[:, 0], expected / 1000)
+    np.testing.assert_allclose(np.concatenate([u.spans for u in got])[:, 1], np.minimum(expected + 1000, total) / 1000)
     assert inputs.shape[1] == 1000

@@ -24,6 +24,7 @@ class ExtractorOptions:
     device: torch.device
     weights_dir: Path | None = None
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
+    verify_weights: bool = True  # refuse published files whose sha256 contradicts the published one
 
 
 @dataclass
@@ -59,6 +60,9 @@ class FrameUnits(Windower):
 class FeatureExtractor(abc.ABC):
     """A loaded feature model bound to a preset and a device."""
 
+    # Most units one forward pass may take (None: --batch-size decides), e.g. I3D windows are heavy.
+    max_batch: int | None = None
+
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         self.preset = preset
         self.options = options
@@ -81,7 +85,7 @@ class FeatureExtractor(abc.ABC):
 
     @abc.abstractmethod
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        """Embed a batch of units (stacked along axis 0) into float32 rows [B, D]."""
+        """Embed a batch of units (stacked along axis 0) into rows [B, D], or [B, R, D] for R rows per unit."""
 
     @abc.abstractmethod
     def recipe(self) -> dict[str, Any]:

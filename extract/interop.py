@@ -1,0 +1,159 @@
+"""Exchange with the IMG authors' feature layout (img_spec.md §2.1): export a store, import released features.
+
+Export writes what their loader reads:
+    DIR/i3d_video/<vid>.npy (or DIR/visual_features/<vid>.npy for CLIP)   [T, D] float32
+    DIR/audio/<vid>.npy (PANNs)  or  DIR/audio/VGGish.pickle (dict vid -> [Ta, 128] uint8-range array)
+    DIR/feature_shapes_<i3d|clip>_v.json, DIR/feature_shapes_a.json (vid -> rows), DIR/i3d_video/feature_shapes.json
+
+Import reads one released source (a folder of .npy / .npz files with key `features`, or a VGGish.pickle) into a
+store, with provenance "imported from DIR" and every unknown recipe field marked unknown. Pickles are read with
+an unpickler that only builds numpy arrays inside a dict: anything else (code, other classes) is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.errors import StoreCorruptError, UsageError
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
+
+log = logging.getLogger("img_vmr.extract")
+
+UNKNOWN = "unknown"
+VGGISH_PICKLE = "VGGish.pickle"
+
+# What numpy needs to rebuild arrays (numpy 1.x and 2.x module names), and nothing else.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+
+
+def load_array_pickle(path: Path) -> dict[str, np.ndarray]:
+    """A pickled dict of name -> numpy array, refusing any pickle that would build anything else."""
+    try:
+        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise StoreCorruptError(
+            f"{path}: refused to unpickle ({error}); only dicts of numpy arrays are accepted"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, np.ndarray) for v in data.values()):
+        raise StoreCorruptError(f"{path}: expected a dict of numpy arrays, found {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def _check_file_stem(video_id: str) -> None:
+    if "/" in video_id or "." in video_id or not video_id:
+        raise UsageError(
+            f"video id {video_id!r} cannot be an IMG feature file name (their loader keys files by the text "
+            "before the first '.'); export from a store whose ids have no '/' or '.'"
+        )
+
+
+def _visual_folder(feature: str) -> tuple[str, str]:
+    """(sub-folder, shapes-file tag) the IMG code expects for a visual feature kind."""
+    return ("visual_features", "clip") if feature.startswith("clip") else ("i3d_video", "i3d")
+
+
+def export_img(store_path: Path, out: Path, visual: str | None, audio: str | None) -> dict[str, int]:
+    """Write the IMG layout for the chosen visual and audio feature kinds; return rows written per kind."""
+    counts: dict[str, int] = {}
+    with FeatureStore(store_path) as store:
+        names = store.feature_names()
+        for feature in (visual, audio):
+            if feature is not None and feature not in names:
+                raise UsageError(f"{store_path} holds no {feature!r} features (has: {', '.join(names) or 'none'})")
+        ids = [v for v in store.video_ids() if any(f in store.feature_names(v) for f in (visual, audio) if f)]
+        for video_id in ids:
+            _check_file_stem(video_id)
+        if visual is not None:
+            folder, tag = _visual_folder(visual)
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            shapes = {}
+            for video_id in ids:
+                if visual in store.feature_names(video_id):
+                    rows = store.track(video_id, visual).features.astype(np.float32)
+                    np.save(out / folder / f"{video_id}.npy", rows)
+                    shapes[video_id] = len(rows)
+            (out / f"feature_shapes_{tag}_v.json").write_text(json.dumps(shapes, indent=1))
+            (out / folder / "feature_shapes.json").write_text(json.dumps(shapes, indent=1))
+            counts[visual] = len(shapes)
+        if audio is not None:
+            (out / "audio").mkdir(parents=True, exist_ok=True)
+            tracks = {v: store.track(v, audio).features for v in ids if audio in store.feature_names(v)}
+            if all(rows.dtype == np.uint8 for rows in tracks.values()) and tracks:
+                with open(out / "audio" / VGGISH_PICKLE, "wb") as f:
+                    pickle.dump(tracks, f, protocol=4)
+            else:
+                for video_id, rows in tracks.items():
+                    np.save(out / "audio" / f"{video_id}.npy", rows.astype(np.float32))
+            (out / "feature_shapes_a.json").write_text(json.dumps({v: len(r) for v, r in tracks.items()}, indent=1))
+            counts[audio] = len(tracks)
+    return counts
+
+
+def _read_source(source: Path) -> dict[str, np.ndarray]:
+    if source.is_file() and source.suffix == ".pickle":
+        return load_array_pickle(source)
+    if not source.is_dir():
+        raise UsageError(f"{source} is neither a folder of .npy/.npz files nor a .pickle file")
+    out: dict[str, np.ndarray] = {}
+    for path in sorted(source.iterdir()):
+        stem = path.name.split(".", 1)[0]  # as the IMG loader does: the text before the first "."
+        if path.suffix == ".npy":
+            out[stem] = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if "features" not in npz:
+                    raise StoreCorruptError(f"{path}: no array named 'features' (has: {', '.join(npz.files)})")
+                out[stem] = npz["features"]
+    if not out:
+        raise UsageError(f"{source} holds no .npy or .npz feature files")
+    return out
+
+
+def import_img(source: Path, store_path: Path, feature: str, row_seconds: float | None) -> int:
+    """Import one released feature source into a store under the name `feature`; return the video count."""
+    arrays = _read_source(source)
+    sampling = UNKNOWN if row_seconds is None else f"{row_seconds} s per row"
+    recipe = {"preset": feature, "imported_from": str(source.resolve()), "model": UNKNOWN, "weights": UNKNOWN,
+              "weights_sha256": UNKNOWN, "sampling": sampling}  # fmt: skip
+    provenance = {feature: {"recipe": recipe, "software": {"img_vmr_import": True}, "runtime": {}}}
+    writer = StoreWriter(store_path, provenance)
+    try:
+        with FeatureStore(store_path) as existing:
+            writer.check_provenance(existing)
+        for video_id, rows in arrays.items():
+            rows = np.squeeze(rows) if rows.ndim > 2 else rows  # IMG squeezes (T,1,1,1024)-style arrays too
+            rows = rows.reshape(len(rows), -1)
+            if row_seconds is None:
+                spans = np.full((len(rows), 2), np.nan)
+            else:
+                start = np.arange(len(rows)) * row_seconds
+                spans = np.stack([start, start + row_seconds], axis=1)
+            metadata = {"imported": True, "has_audio": True, "source_path": str(source)}
+            writer.add_video(VideoRecord(video_id, metadata, {feature: Track(rows, spans, {"decoder": UNKNOWN})}))
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
+    return len(arrays)

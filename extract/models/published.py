@@ -1,0 +1,115 @@
+"""Extractors around the published checkpoints: I3D, VGGish, PANNs Cnn14.
+
+Each one finds its published file (weights registry: --weights-dir, the cache, or a download), loads it with the
+published key names, cuts its units with a streaming windower and embeds batches of units from many videos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from extract.errors import UsageError
+from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
+from extract.presets import Preset
+from extract.weights import locate, sha256_file
+from extract.windows import AudioWindows, FrameWindows
+
+
+class _PublishedExtractor(FeatureExtractor):
+    """Resolves and checksums the preset's published files; the recipe records what was loaded."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        super().__init__(preset, options)
+        check = options.verify_weights
+        self.weights_path = locate(preset.weights, options.weights_dir, check)
+        self.extra_paths = [locate(name, options.weights_dir, check) for name in preset.extra_weights]
+        self.preset = dataclasses.replace(preset, weights_sha256=sha256_file(self.weights_path))
+
+    def recipe(self) -> dict[str, Any]:
+        recipe = self.preset.recipe()
+        recipe["weights_file"] = self.weights_path.name
+        if self.extra_paths:
+            recipe["extra_weights_sha256"] = [sha256_file(p) for p in self.extra_paths]
+        return recipe
+
+
+class I3DExtractor(_PublishedExtractor):
+    """I3D RGB: windows of frames scaled to [-1, 1] -> Mixed_5c average-pooled rows, [B, t, 1024] per batch."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        from extract.models.i3d import load_i3d_checkpoint
+
+        super().__init__(preset, options)
+        self.model = load_i3d_checkpoint(self.weights_path).eval().to(options.device)
+        self.max_batch = 32 if options.device.type == "cuda" else 4
+
+    def windower(self) -> Windower:
+        w = self.preset.windowing
+        return FrameWindows(w["window"], w["stride"], w["chunk"])
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        clips = self.to_device(inputs).permute(0, 4, 1, 2, 3).float().div_(255.0).mul_(2.0).sub_(1.0)
+        with self.autocast():
+            pooled = self.model.extract_features(clips)  # (B, 1024, t, 1, 1)
+        return pooled.float().flatten(3).squeeze(3).transpose(1, 2).cpu().numpy()  # (B, t, 1024)
+
+
+class VGGishExtractor(_PublishedExtractor):
+    """VGGish: 0.96-s examples of 16-kHz audio -> 128-d post-ReLU rows (float32), or PCA + uint8 rows."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        from extract.models.vggish import load_pca_params, load_vggish_checkpoint
+
+        super().__init__(preset, options)
+        self.model = load_vggish_checkpoint(self.weights_path).eval().to(options.device)
+        self.postprocessor = load_pca_params(self.extra_paths[0]).to(options.device) if self.extra_paths else None
+
+    def windower(self) -> Windower:
+        w = self.preset.windowing
+        return AudioWindows(w["window_samples"], w["hop_samples"], 16000, False, w["example_seconds"])
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        from extract.models.vggish import log_mel_spectrogram
+
+        waveforms = self.to_device(inputs).to(torch.float64)
+        examples = log_mel_spectrogram(waveforms).unsqueeze(1).float()  # (B, 1, 96, 64)
+        embeddings = self.model(examples)
+        if self.postprocessor is not None:
+            return self.postprocessor(embeddings).cpu().numpy()  # uint8, divided by 255 at read time
+        return embeddings.float().cpu().numpy()
+
+
+class PannsExtractor(_PublishedExtractor):
+    """PANNs Cnn14 at 32 kHz: windows of audio -> 2048-d embeddings (ReLU(fc1), before the AudioSet head)."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        from extract.models.panns import load_cnn14_checkpoint
+
+        super().__init__(preset, options)
+        self.model = load_cnn14_checkpoint(self.weights_path).eval().to(options.device)
+        sample_rate = self.model.config.sample_rate
+        self.window = round(preset.windowing["window_seconds"] * sample_rate)
+        self.hop = round(preset.windowing["hop_seconds"] * sample_rate)
+        if self.window < self.model.config.min_samples:
+            raise UsageError(
+                f"--audio-window {preset.windowing['window_seconds']} s is shorter than Cnn14 accepts "
+                f"({self.model.config.min_samples / sample_rate:.2f} s)"
+            )
+        if self.hop > self.window:
+            raise UsageError("--audio-hop must not exceed --audio-window (audio between windows would be lost)")
+        self.max_batch = 256 if options.device.type == "cuda" else 32
+
+    def windower(self) -> Windower:
+        return AudioWindows(self.window, self.hop, self.model.config.sample_rate, keep_tail=True)
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        with self.autocast():
+            embedding = self.model(self.to_device(inputs)).embedding
+        return embedding.float().cpu().numpy()

@@ -1,0 +1,187 @@
+"""PANNs Cnn14 against the original code (shared/golden/panns_cnn14), checkpoint loading, and audio windowing."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.errors import MissingWeightsError
+from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, cut_windows, load_cnn14_checkpoint
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+PANNS = GOLDEN / "panns_cnn14"
+WEIGHTS_SEED = 301
+SAMPLE_RATE = 32000
+
+State = dict[str, torch.Tensor]
+
+
+def _make_weights_module():
+    spec = importlib.util.spec_from_file_location("make_weights", GOLDEN / "make_weights.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def golden_state() -> State:
+    """The golden weights under their published names, in spec order (the README: no fixed.npz, and no
+    front-end tensors)."""
+    make_weights = _make_weights_module()
+    entries, _ = make_weights.load_spec(PANNS / "spec.json")
+    weights = make_weights.make_weights(entries, seed=WEIGHTS_SEED, fixed=make_weights.load_fixed(None))
+    return {name: torch.from_numpy(array) for name, array in weights.items()}
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_state: State) -> Cnn14:
+    model = Cnn14()
+    model.load_state_dict(golden_state, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ours(golden_model: Cnn14) -> dict[str, np.ndarray]:
+    """Our outputs for the golden input: (1, 96000) float32 at 32 kHz, fed as stored."""
+    waveform = torch.from_numpy(np.load(PANNS / "inputs.npz")["waveform"])
+    with torch.inference_mode():
+        spectrogram = golden_model.front_end.power_spectrogram(waveform)
+        log_mel = golden_model.front_end.log_mel(spectrogram)
+        output = golden_model(waveform)
+    return {
+        "spectrogram": spectrogram.numpy(),
+        "logmel": log_mel.numpy(),
+        "embedding": output.embedding.numpy(),
+        "clipwise_output": output.clipwise_output.numpy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def front_end_tensors() -> State:
+    return LogMelFrontEnd(Cnn14Config()).published_tensors()
+
+
+@pytest.fixture(scope="module")
+def published_file(
+    tmp_path_factory: pytest.TempPathFactory, golden_state: State, front_end_tensors: State
+) -> Iterator[Path]:
+    """The golden weights saved like `Cnn14_mAP=0.431.pth`: a dict, front-end tensors first, under 'model'."""
+    path = tmp_path_factory.mktemp("panns") / "Cnn14_mAP=0.431.pth"
+    torch.save({"iteration": 0, "model": {**front_end_tensors, **golden_state}}, path)
+    yield path
+    path.unlink()  # 327 MB: not worth keeping among pytest's retained temp dirs
+
+
+def _save_small_published_layout(path: Path, state: State) -> Path:
+    """`state` in the published layout, each tensor of 1 M values or more saved as a stride-0 view of one zero:
+    every shape stays right and the file stays small. The front-end tensors are saved as they are."""
+    small = {k: v if v.numel() < 2**20 else torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in state.items()}
+    torch.save({"iteration": 0, "model": small}, path)
+    return path
+
+
+def test_state_dict_names_are_the_published_ones_in_order(golden_state: State) -> None:
+    assert list(Cnn14().state_dict()) == list(golden_state)
+
+
+@pytest.mark.parametrize(
+    ("name", "atol", "rtol"),
+    [
+        ("spectrogram", None, 1e-3),  # atol: 1e-5 of the largest expected value
+        ("logmel", 1e-3, 0.0),
+        ("embedding", 1e-4, 1e-3),
+        ("clipwise_output", 1e-4, 1e-3),
+    ],
+)
+def test_matches_original_cnn14(ours: dict[str, np.ndarray], name: str, atol: float | None, rtol: float) -> None:
+    expected = np.load(PANNS / "expected.npz")[name]
+    atol = 1e-5 * float(np.abs(expected).max()) if atol is None else atol
+    print(f"\npanns {name}: max |diff| = {np.abs(ours[name] - expected).max():.3g} (atol {atol:.3g}, rtol {rtol})")
+    np.testing.assert_allclose(ours[name], expected, atol=atol, rtol=rtol)
+
+
+def test_loads_published_layout_with_front_end_tensors(published_file: Path, golden_state: State) -> None:
+    model = load_cnn14_checkpoint(published_file)
+    loaded = model.state_dict()
+    assert not model.training
+    assert list(loaded) == list(golden_state)
+    assert all(torch.equal(loaded[name], value) for name, value in golden_state.items())
+
+
+def _rename(state: State, old: str, new: str) -> State:
+    return {new if name == old else name: value for name, value in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("change", "mentions"),
+    [
+        (lambda s: _rename(s, "fc1.weight", "module.fc1.weight"), "module.fc1.weight"),
+        (lambda s: {k: v for k, v in s.items() if k != "conv_block3.bn2.running_var"}, "conv_block3.bn2.running_var"),
+        (lambda s: {**s, "fc_audioset.weight": torch.zeros(10, 2048)}, "fc_audioset.weight"),
+        (lambda s: {**s, "logmel_extractor.melW": torch.zeros(257, 64)}, "logmel_extractor.melW"),
+        (lambda s: {**s, "logmel_extractor.melW": 2 * s["logmel_extractor.melW"]}, "logmel_extractor.melW"),
+    ],
+    ids=["unexpected-key", "missing-key", "wrong-shape", "front-end-shape", "front-end-values"],
+)
+def test_wrong_checkpoint_is_one_clear_line(
+    tmp_path: Path,
+    golden_state: State,
+    front_end_tensors: State,
+    change: Callable[[State], State],
+    mentions: str,
+) -> None:
+    path = _save_small_published_layout(tmp_path / "Cnn14.pth", change({**front_end_tensors, **golden_state}))
+    with pytest.raises(MissingWeightsError) as error:
+        load_cnn14_checkpoint(path)
+    message = str(error.value)
+    print(f"\n{message}")
+    assert "\n" not in message and mentions in message and str(path) in message
+
+
+def test_truncated_checkpoint_is_one_clear_line(tmp_path: Path, golden_state: State, front_end_tensors: State) -> None:
+    path = _save_small_published_layout(tmp_path / "Cnn14.pth", {**front_end_tensors, **golden_state})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(MissingWeightsError) as error:
+        load_cnn14_checkpoint(path)
+    message = str(error.value)
+    print(f"\n{message}")
+    assert "\n" not in message and str(path) in message
+
+
+def test_windows_of_a_3_2_second_input_have_exact_timestamps() -> None:
+    windows, spans = cut_windows(np.ones(int(3.2 * SAMPLE_RATE), np.float32), SAMPLE_RATE)
+    assert windows.shape == (6, SAMPLE_RATE) and windows.dtype == np.float32
+    assert spans.tolist() == [[0.0, 1.0], [0.5, 1.5], [1.0, 2.0], [1.5, 2.5], [2.0, 3.0], [2.5, 3.2]]
+    real = int(0.7 * SAMPLE_RATE)  # the last window holds 2.5-3.2 s, then zeros
+    assert windows[:5].min() == 1.0 and windows[5, :real].min() == 1.0 and not windows[5, real:].any()
+
+
+def test_audio_shorter_than_a_window_is_one_zero_padded_window(golden_model: Cnn14) -> None:
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, int(0.3 * SAMPLE_RATE)).astype(np.float32)
+    windows, spans = cut_windows(audio, SAMPLE_RATE)
+    assert windows.shape == (1, SAMPLE_RATE) and spans.tolist() == [[0.0, 0.3]]
+    assert np.array_equal(windows[0, : audio.size], audio) and not windows[0, audio.size :].any()
+    with torch.inference_mode():
+        assert torch.isfinite(golden_model(torch.from_numpy(windows)).embedding).all()
+
+
+def test_silent_audio_gives_finite_outputs(golden_model: Cnn14) -> None:
+    windows, _ = cut_windows(np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    with torch.inference_mode():
+        output = golden_model(torch.from_numpy(windows))
+    assert output.embedding.shape == (3, 2048) and output.clipwise_output.shape == (3, 527)
+    assert torch.isfinite(output.embedding).all() and torch.isfinite(output.clipwise_output).all()
+
+
+def test_batched_windows_match_one_at_a_time(golden_model: Cnn14) -> None:
+    windows = torch.from_numpy(cut_windows(np.load(PANNS / "inputs.npz")["waveform"][0], SAMPLE_RATE)[0])
+    with torch.inference_mode():
+        batched = golden_model(windows).embedding
+        single = torch.cat([golden_model(window[None]).embedding for window in windows])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
