@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -32,6 +34,31 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-clip")
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
     CLIPImageProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --weights-dir holding the goldens' weights in the published files' names and layouts."""
+    from extract.models.panns import Cnn14
+    from tests.golden import SHARED, golden_tensors
+
+    folder = tmp_path_factory.mktemp("weights")
+    i3d = golden_tensors("i3d", 101)
+    torch.save(i3d, folder / "rgb_imagenet.pt")
+    generator = torch.Generator().manual_seed(157)
+    charades_head = {
+        "logits.conv3d.weight": torch.randn(157, 1024, 1, 1, 1, generator=generator) / 32,
+        "logits.conv3d.bias": torch.zeros(157),
+    }
+    torch.save({**i3d, **charades_head}, folder / "rgb_charades.pt")
+    vggish = golden_tensors("vggish", 201)
+    torch.save({k: v for k, v in vggish.items() if not k.startswith("pca_")}, folder / "vggish-10086976.pth")
+    with np.load(SHARED / "weights" / "vggish_pca_params.npz") as google:  # Google's real PCA parameters
+        pca = {key: torch.from_numpy(google[key]) for key in ("pca_eigen_vectors", "pca_means")}
+    torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
+    panns = {**golden_tensors("panns_cnn14", 301), **Cnn14().front_end.published_tensors()}
+    torch.save({"iteration": 0, "model": panns}, folder / "Cnn14_mAP=0.431.pth")
     return folder
 
 

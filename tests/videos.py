@@ -24,14 +24,24 @@ def make_video(
     audio: bool = True,
     audio_rate: int = 44100,
     extra: tuple[str, ...] = (),
+    audio_seconds: float | None = None,
+    channels: int = 1,
+    silent: bool = False,
 ) -> Path:
-    """An H.264 (+ AAC) mp4 with a moving test pattern and a sine tone."""
+    """An H.264 (+ AAC) mp4 with a moving test pattern and a sine tone (or silence)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
     if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={audio_rate}:duration={seconds}"]
+        length = seconds if audio_seconds is None else audio_seconds
+        layout = "mono" if channels == 1 else "stereo"
+        source = (
+            f"anullsrc=channel_layout={layout}:sample_rate={audio_rate}"
+            if silent
+            else f"sine=frequency=440:sample_rate={audio_rate}"
+        )
+        args += ["-f", "lavfi", "-t", str(length), "-i", source]
     args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    args += ["-c:a", "aac"] if audio else []
+    args += ["-c:a", "aac", "-ac", str(channels), "-ar", str(audio_rate)] if audio else []
     ffmpeg(*args, *extra, str(path))
     return path
 
