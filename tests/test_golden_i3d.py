@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from extract.errors import MissingWeightsError
 from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
+from tests.golden import golden_tensors
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 I3D_GOLDEN = GOLDEN / "i3d"
@@ -18,20 +18,10 @@ WEIGHTS_SEED = 101
 ATOL = RTOL = 1e-4
 
 
-def _make_weights_module():
-    spec = importlib.util.spec_from_file_location("make_weights", GOLDEN / "make_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def golden_state_dict() -> dict[str, torch.Tensor]:
     """The golden weights under the published checkpoint's key names (no num_batches_tracked)."""
-    mw = _make_weights_module()
-    entries, _ = mw.load_spec(I3D_GOLDEN / "spec.json")
-    weights = mw.make_weights(entries, seed=WEIGHTS_SEED, fixed=mw.load_fixed(None))
-    return {name: torch.from_numpy(array) for name, array in weights.items()}
+    return golden_tensors("i3d", WEIGHTS_SEED)
 
 
 @pytest.fixture(scope="module")

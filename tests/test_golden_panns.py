@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from extract.errors import MissingWeightsError
 from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, cut_windows, load_cnn14_checkpoint
+from tests.golden import golden_tensors
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 PANNS = GOLDEN / "panns_cnn14"
@@ -21,22 +21,11 @@ SAMPLE_RATE = 32000
 State = dict[str, torch.Tensor]
 
 
-def _make_weights_module():
-    spec = importlib.util.spec_from_file_location("make_weights", GOLDEN / "make_weights.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def golden_state() -> State:
     """The golden weights under their published names, in spec order (the README: no fixed.npz, and no
     front-end tensors)."""
-    make_weights = _make_weights_module()
-    entries, _ = make_weights.load_spec(PANNS / "spec.json")
-    weights = make_weights.make_weights(entries, seed=WEIGHTS_SEED, fixed=make_weights.load_fixed(None))
-    return {name: torch.from_numpy(array) for name, array in weights.items()}
+    return golden_tensors("panns_cnn14", WEIGHTS_SEED)
 
 
 @pytest.fixture(scope="module")

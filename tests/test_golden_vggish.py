@@ -3,7 +3,6 @@ its post-processor with Google's real PCA parameters, and its checkpoint errors.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,13 @@ from extract.models.vggish import (
     mel_weight_matrix,
     waveform_to_examples,
 )
+from tests.golden import golden_arrays
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GOLDEN = SHARED / "golden" / "vggish"
 GOOGLE_PCA = SHARED / "weights" / "vggish_pca_params.npz"
 WEIGHTS_SEED = 201
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")
-
-
-def _make_weights_module():
-    spec = importlib.util.spec_from_file_location("make_weights", SHARED / "golden" / "make_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +37,7 @@ def expected() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def golden_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The golden weights saved like the published files: the VGG state dict and the PCA dict, as two .pth."""
-    make_weights = _make_weights_module()
-    entries, _ = make_weights.load_spec(GOLDEN / "spec.json")
-    arrays = make_weights.make_weights(entries, seed=WEIGHTS_SEED, fixed=make_weights.load_fixed(None))
+    arrays = golden_arrays("vggish", WEIGHTS_SEED)
     folder = tmp_path_factory.mktemp("vggish-golden")
     vgg, pca = folder / "vggish.pth", folder / "vggish_pca_params.pth"
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items() if k not in PCA_KEYS}, vgg)
