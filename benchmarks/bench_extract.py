@@ -1,12 +1,17 @@
-"""Extraction benchmark: CLIP over 40 short videos, cross-video batching vs one video at a time.
+"""Extraction benchmark: cross-video batching vs one video at a time, for any preset, in one process.
 
-The baseline is what a typical per-video script does: probe, decode the video, embed its frames in one
-forward pass, write, next video. Ours is `ExtractionRun` (parallel decode threads, batches filled across
-videos, a writer thread). Both use the same decoder, model and store, in this process; the ratio is printed.
+The baseline is what a typical per-video script does: probe, decode one video, cut its units, embed them in
+batches of that video only, write, next video. Ours is `ExtractionRun` (parallel decode threads, batches filled
+across videos, a writer thread). Both use the same decoder, model and store; the ratio is printed.
 
-    python benchmarks/bench_extract.py [--videos 40] [--seconds 8] [--model-dir DIR] [--batch-size 64]
+    python benchmarks/bench_extract.py --features clip                 # tiny random CLIP (no download)
+    python benchmarks/bench_extract.py --features i3d-charades-vslnet --videos 8 --seconds 6
+    python benchmarks/bench_extract.py --features panns --videos 16 --seconds 10
+    python benchmarks/bench_extract.py --features i3d,panns --device cuda --precision bf16   # on a GPU node
 
-Without --model-dir a tiny random CLIP vision tower is built (no download).
+Published models get randomly initialised weights in their published layouts (timing does not depend on the
+values). On CUDA with --precision fp16/bf16 the script also reports the per-row cosine of the autocast features
+against fp32 on the same inputs (target >= 0.999).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.decode import iter_frames
+from extract.decode import iter_audio, iter_frames
 from extract.ffmpeg_binary import ffmpeg_path
-from extract.models import ExtractorOptions, build_extractor
-from extract.presets import CLIP
+from extract.models import ExtractorOptions, FeatureExtractor, build_extractor
+from extract.models.base import Units
+from extract.presets import get_preset
 from extract.probe import probe
 from extract.runner import ExtractionRun, RunConfig, provenance_records
 from extract.sources import scan_folder
@@ -45,75 +51,123 @@ def make_videos(folder: Path, count: int, seconds: float) -> None:
             )  # fmt: skip
 
 
-def tiny_clip(folder: Path) -> Path:
+def random_weights(folder: Path) -> Path:
+    """Randomly initialised models saved under the published names and layouts, plus a tiny CLIP."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    from extract.models.i3d import InceptionI3d
+    from extract.models.panns import Cnn14
+    from extract.models.vggish import VGGish
+
     torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(InceptionI3d(400).state_dict(), folder / "rgb_imagenet.pt")
+    torch.save(InceptionI3d(157).state_dict(), folder / "rgb_charades.pt")
+    torch.save(VGGish().state_dict(), folder / "vggish-10086976.pth")
+    pca = {"pca_eigen_vectors": torch.eye(128, dtype=torch.float64), "pca_means": torch.zeros(128, dtype=torch.float64)}
+    torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
+    torch.save({"model": Cnn14().state_dict()}, folder / "Cnn14_mAP=0.431.pth")
     config = CLIPVisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         image_size=224, patch_size=32, projection_dim=32,
     )  # fmt: skip
-    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    CLIPVisionModelWithProjection(config).save_pretrained(folder / "tiny-clip")
     return folder
 
 
-def one_at_a_time(extractor, videos: Path, out: Path) -> tuple[float, int]:
+def _units_of(extractor: FeatureExtractor, path: Path) -> tuple[list[Units], float]:
+    """All units of one video and how much input they stand for (frames, or seconds of audio)."""
+    meta = probe(path)
+    windower = extractor.windower()
+    if extractor.frame_sampling is not None:
+        chunks, amount = iter_frames(meta, extractor.frame_sampling), 0.0
+    else:
+        assert extractor.audio_sampling is not None
+        chunks, amount = iter_audio(meta, extractor.audio_sampling), meta.duration
+    units = []
+    for chunk in chunks:
+        if extractor.frame_sampling is not None:
+            amount += len(chunk)
+        units.append(windower.push(chunk))
+    units.append(windower.finish())
+    return [u for u in units if u is not None and len(u)], amount
+
+
+def one_at_a_time(extractor: FeatureExtractor, videos: Path, out: Path, batch_size: int) -> tuple[float, float]:
     start = time.perf_counter()
     writer = StoreWriter(out, provenance_records([extractor]))
-    frames = 0
+    total = 0.0
+    limit = min(batch_size, extractor.max_batch or batch_size)
     for source in scan_folder(videos):
-        meta = probe(source.path)
-        batches = list(iter_frames(meta, extractor.frame_sampling))
-        data = np.concatenate([b.data for b in batches])
-        pts = np.concatenate([b.pts_seconds for b in batches])
-        rows = extractor.embed(data)
-        frames += len(data)
-        spans = np.stack([pts, pts + 1.0 / extractor.frame_sampling.fps], axis=1)
-        writer.add_video(VideoRecord(source.video_id, meta.as_attrs(), {extractor.name: Track(rows, spans)}))
+        units, amount = _units_of(extractor, source.path)
+        inputs = np.concatenate([u.inputs for u in units])
+        spans = np.concatenate([u.spans for u in units])
+        rows = np.concatenate([extractor.embed(inputs[i : i + limit]) for i in range(0, len(inputs), limit)])
+        total += amount
+        track = Track(rows.reshape(-1, rows.shape[-1]), spans.reshape(-1, 2))
+        writer.add_video(VideoRecord(source.video_id, {}, {extractor.name: track}))
     writer.close()
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, total
 
 
-def batched(extractor, videos: Path, out: Path, batch_size: int, workers: int) -> tuple[float, int]:
+def batched(extractor: FeatureExtractor, videos: Path, out: Path, batch_size: int, workers: int) -> float:
     start = time.perf_counter()
     config = RunConfig(batch_size=batch_size, workers=workers, progress=False)
-    summary = ExtractionRun(scan_folder(videos), out, [extractor], config).run()
-    return time.perf_counter() - start, summary.units
+    ExtractionRun(scan_folder(videos), out, [extractor], config).run()
+    return time.perf_counter() - start
+
+
+def precision_check(name: str, weights: Path, device: torch.device, precision: str, videos: Path) -> float:
+    """Min per-row cosine between autocast and fp32 features of the same units."""
+    preset = get_preset(name)
+    reference = build_extractor(preset, ExtractorOptions(device, weights, "fp32", verify_weights=False))
+    low = build_extractor(preset, ExtractorOptions(device, weights, precision, verify_weights=False))
+    units, _ = _units_of(reference, next(iter(sorted(videos.glob("*.mp4")))))
+    inputs = np.concatenate([u.inputs for u in units])[:16]
+    a = reference.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
+    b = low.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(cosine.min())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", default="clip", help="comma-separated presets, each benchmarked alone")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     args = parser.parse_args()
     videos = args.workdir / f"clips-{args.videos}x{args.seconds:g}s"
     make_videos(videos, args.videos, args.seconds)
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_dir or tiny_clip(Path(tmp) / "tiny-clip")
-        preset = CLIP.with_overrides(weights=str(model), fps=args.fps)
-        extractor = build_extractor(preset, ExtractorOptions(device=torch.device(args.device)))
-        extractor.embed(np.zeros((2, 224, 224, 3), np.uint8))  # warm-up
-        results = {}
-        for name in ("one video at a time", "cross-video batching", "one video at a time ", "cross-video batching "):
-            out = Path(tmp) / f"{len(results)}.h5"
-            if name.startswith("one"):
-                results[name] = one_at_a_time(extractor, videos, out)
-            else:
-                results[name] = batched(extractor, videos, out, args.batch_size, args.workers)
-            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    base = min(v[0] for k, v in results.items() if k.startswith("one"))
-    ours = min(v[0] for k, v in results.items() if k.startswith("cross"))
-    frames = next(iter(results.values()))[1]
-    print(f"{args.videos} videos x {args.seconds:g} s at {args.fps:g} fps = {frames} frames, device {args.device}")
-    print(f"one video at a time : {base:6.2f} s  {args.videos / base:6.2f} videos/s  {frames / base:7.1f} frames/s")
-    print(f"cross-video batching: {ours:6.2f} s  {args.videos / ours:6.2f} videos/s  {frames / ours:7.1f} frames/s")
-    print(f"throughput ratio (batched / one-at-a-time): {base / ours:.2f}x")
+        weights = random_weights(Path(tmp) / "weights")
+        for name in args.features.split(","):
+            preset = get_preset(name)
+            if preset.model == "clip-vision":
+                preset = preset.with_overrides(weights=str(weights / "tiny-clip"))
+            options = ExtractorOptions(device, weights, args.precision, verify_weights=False)
+            extractor = build_extractor(preset, options)
+            unit = "frames" if extractor.frame_sampling is not None else "s of audio"
+            times, amount = {"one": [], "batched": []}, 0.0
+            for repeat in range(2):
+                out = Path(tmp) / f"{name}-{repeat}"
+                seconds, amount = one_at_a_time(extractor, videos, out / "a.h5", args.batch_size)
+                times["one"].append(seconds)
+                times["batched"].append(batched(extractor, videos, out / "b.h5", args.batch_size, args.workers))
+                shutil.rmtree(out)
+            base, ours = min(times["one"]), min(times["batched"])
+            print(f"{name}: {args.videos} videos x {args.seconds:g} s, {amount:.0f} {unit}, {device} {args.precision}")
+            print(f"  one video at a time : {base:7.2f} s  {amount / base:8.1f} {unit}/s")
+            print(f"  cross-video batching: {ours:7.2f} s  {amount / ours:8.1f} {unit}/s")
+            print(f"  ratio: {base / ours:.2f}x")
+            if device.type == "cuda" and args.precision != "fp32":
+                cosine = precision_check(name, weights, device, args.precision, videos)
+                print(f"  {args.precision} vs fp32: min cosine per row {cosine:.5f}")
 
 
 if __name__ == "__main__":
