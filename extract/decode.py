@@ -34,7 +34,10 @@ ResizeRule = Literal["shorter", "shorter_if_below", "none"]
 # A decoder that sends nothing for this long is killed and the video fails (instead of hanging the run).
 STALL_TIMEOUT_S = 300.0
 Interpolation = Literal["bicubic", "bilinear"]
-CropRounding = Literal["floor", "half_even"]
+# truncate: long side int(), crop offsets floored (CLIPImageProcessor, torchvision).
+# round: long side round(size * factor) as cv2.resize(fx=fy=factor) gives, crop offsets round((size - crop) / 2)
+# half to even, as VSLNet's numpy code does.
+Rounding = Literal["truncate", "round"]
 
 # Bicubic with a = -0.5 (swscale's param1 is -a), PIL's kernel and so CLIPImageProcessor's: per-frame cosine
 # to the HF processor path went from 0.9985 to 0.99999 on the real test video (tests/test_clip.py).
@@ -55,7 +58,7 @@ class FrameSampling:
     crop: int = 224  # centre crop to crop x crop; 0 keeps the resized frame
     decoder: DecoderName = "ffmpeg"
     interpolation: Interpolation = "bicubic"
-    crop_rounding: CropRounding = "floor"  # half_even: round((size - crop) / 2) as VSLNet's numpy code does
+    rounding: Rounding = "truncate"
     chunk_frames: int = 32
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -64,9 +67,9 @@ class FrameSampling:
         if self.resize == "none" or (self.resize == "shorter_if_below" and short >= self.short_side):
             new_w, new_h = width, height
         else:
-            # The long side is truncated, as CLIPImageProcessor and torchvision's Resize do.
-            new_w = self.short_side if width == short else max(1, int(self.short_side * width / short))
-            new_h = self.short_side if height == short else max(1, int(self.short_side * height / short))
+            fit = round if self.rounding == "round" else int
+            new_w = self.short_side if width == short else max(1, fit(self.short_side * width / short))
+            new_h = self.short_side if height == short else max(1, fit(self.short_side * height / short))
         if self.crop:
             if self.crop > min(new_w, new_h):
                 raise VideoDecodeError(f"frame {new_w}x{new_h} is smaller than the {self.crop}-pixel crop")
@@ -79,7 +82,7 @@ class FrameSampling:
 
     def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
         """(left, top) of the centre crop in a resized width x height frame."""
-        if self.crop_rounding == "half_even":
+        if self.rounding == "round":
             return round((width - self.crop) / 2), round((height - self.crop) / 2)
         return (width - self.crop) // 2, (height - self.crop) // 2
 
