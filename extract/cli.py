@@ -180,6 +180,12 @@ def run_command(**flags: Any) -> None:
     except ImgVmrError as error:
         log.debug("usage error", exc_info=True)
         _fail(str(error))
+    except Exception as error:  # a bug or the machine (disk full, out of memory): one line, details in the log
+        log.debug("run failed", exc_info=True)
+        _fail(
+            f"the run stopped: {type(error).__name__}: {error}; "
+            "finished videos were committed (details in OUT.parts/extract.log)"
+        )
     except KeyboardInterrupt:
         _fail("interrupted; finished videos were committed, re-run the same command to resume", 130)
     sys.exit(summary.exit_code)

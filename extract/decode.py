@@ -1,13 +1,14 @@
 """Decoding: frames sampled by timestamp, resized and cropped on decode, and mono float audio, in bounded chunks.
 
 Two frame decoders sit behind one interface (`iter_frames`):
-- `ffmpeg`: one ffmpeg process per video, `setpts,fps,scale,crop` filters, raw RGB on a pipe. Fastest for
+- `ffmpeg`: one ffmpeg process per video, `fps,scale,crop` filters, raw RGB on a pipe. Fastest for
   dense sequential passes and flat in memory (issue 2 measurements; benchmarks/bench_decode.py).
 - `decord`: random access by index through decord2, for sparse sampling; it seeks past the frames it does not
   need. It ignores rotation metadata, so rotated files always go through ffmpeg.
 
 Frame k of a sampled stream is the frame *shown* at t = k / fps (the last frame whose presentation time is
-<= t), measured from the first frame, so variable-frame-rate files are sampled correctly.
+<= t), so variable-frame-rate files are sampled correctly. t = 0 is the start of the file's timeline (its
+earliest stream), for frames and audio samples alike, so the two line up even when one stream starts later.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def sample_count(video_end: float, fps: float) -> int:
 def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, threads: int) -> Iterator[FrameBatch]:
     width, height = sampling.resized_size(meta.width, meta.height)
     scale = f"scale={width}:{height}:{SCALE_OPTIONS[sampling.interpolation]}"
-    filters = ["setpts=PTS-STARTPTS", f"fps=fps={fps!r}:round=up", scale]
+    # start_time=0: t = 0 is the start of the file's timeline, shared with the audio (which aresample pads the
+    # same way); a video that starts late repeats its first frame, as the frame "shown" before it is none.
+    filters = [f"fps=fps={fps!r}:start_time=0:round=up", scale]
     if sampling.crop:
         left, top = sampling.crop_offsets(width, height)
         filters.append(f"crop={sampling.crop}:{sampling.crop}:{left}:{top}")
@@ -226,7 +229,7 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
         spans = reader.get_frame_timestamp(np.arange(len(reader)))
     except decord.DECORDError as error:
         raise VideoDecodeError(f"{meta.path}: decord could not open it ({str(error).splitlines()[0]})") from None
-    starts = spans[:, 0] - spans[0, 0]
+    starts = spans[:, 0] - spans[0, 0] + meta.video_start  # decord's clock starts at the first frame
     if not (np.all(np.isfinite(spans)) and np.all(np.diff(spans[:, 0]) >= 0) and spans[-1, 1] < 1e7):
         raise VideoDecodeError(f"{meta.path}: decord cannot read this file's timestamps; use the ffmpeg decoder")
     targets, indices = sample_times(starts, meta.video_end, fps)
@@ -273,7 +276,9 @@ def iter_audio(meta: StreamMetadata, sampling: AudioSampling) -> Iterator[AudioC
     if not meta.has_audio:
         raise VideoDecodeError(f"{meta.path}: has no audio stream")
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-v", "error", *input_args(meta.path)]
-    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sampling.sample_rate)]
+    # first_pts=0 pads (or trims) the start so that sample 0 is t = 0 of the file's timeline, as frame 0 is.
+    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-af", "aresample=async=1:first_pts=0"]
+    cmd += ["-ac", "1", "-ar", str(sampling.sample_rate)]
     cmd += ["-f", "f32le", "pipe:1"]
     chunk_samples = max(1, int(sampling.chunk_seconds * sampling.sample_rate))
     offset = 0

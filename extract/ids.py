@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_to_bytes
 
 _SAFE = "-_."
 
@@ -14,9 +14,15 @@ def escape_id(video_id: str) -> str:
     """
     if not video_id:
         raise ValueError("a video id cannot be empty")
-    name = quote(video_id, safe=_SAFE, encoding="utf-8", errors="strict")
+    # surrogateescape: a file name that is not valid UTF-8 (Python holds its bytes as surrogates) keeps them.
+    name = quote(video_id.encode("utf-8", "surrogateescape"), safe=_SAFE)
     return "%2E" + name[1:] if name.startswith(".") else name
 
 
 def unescape_id(name: str) -> str:
-    return unquote(name, encoding="utf-8", errors="strict")
+    return unquote_to_bytes(name).decode("utf-8", "surrogateescape")
+
+
+def storable_text(text: str) -> str:
+    """text as an HDF5 string attribute can hold it: undecodable bytes of file names become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

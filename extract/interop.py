@@ -119,13 +119,16 @@ def _read_source(source: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path in sorted(source.iterdir()):
         stem = path.name.split(".", 1)[0]  # as the IMG loader does: the text before the first "."
-        if path.suffix == ".npy":
-            out[stem] = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                if "features" not in npz:
-                    raise StoreCorruptError(f"{path}: no array named 'features' (has: {', '.join(npz.files)})")
-                out[stem] = npz["features"]
+        try:
+            if path.suffix == ".npy":
+                out[stem] = np.load(path, allow_pickle=False)
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as npz:
+                    if "features" not in npz:
+                        raise StoreCorruptError(f"{path}: no array named 'features' (has: {', '.join(npz.files)})")
+                    out[stem] = npz["features"]
+        except (ValueError, OSError, EOFError) as error:
+            raise StoreCorruptError(f"{path}: not a readable numpy array file ({error})") from None
     if not out:
         raise UsageError(f"{source} holds no .npy or .npz feature files")
     return out
@@ -142,15 +145,19 @@ def import_img(source: Path, store_path: Path, feature: str, row_seconds: float 
     try:
         with FeatureStore(store_path) as existing:
             writer.check_provenance(existing)
+            known = {v: existing.metadata(v) for v in arrays if v in existing}
         for video_id, rows in arrays.items():
-            rows = np.squeeze(rows) if rows.ndim > 2 else rows  # IMG squeezes (T,1,1,1024)-style arrays too
-            rows = rows.reshape(len(rows), -1)
+            if rows.ndim == 0 or not np.issubdtype(rows.dtype, np.number):
+                raise StoreCorruptError(
+                    f"{source}: {video_id} is not a numeric [T, D] array ({rows.dtype}, {rows.shape})"
+                )
+            rows = rows.reshape(rows.shape[0], -1)  # (T, 1, 1, 1024)-style arrays, as IMG's squeeze does
             if row_seconds is None:
                 spans = np.full((len(rows), 2), np.nan)
             else:
                 start = np.arange(len(rows)) * row_seconds
                 spans = np.stack([start, start + row_seconds], axis=1)
-            metadata = {"imported": True, "has_audio": True, "source_path": str(source)}
+            metadata = known.get(video_id) or {"imported_from": str(source), "has_audio": True}
             writer.add_video(VideoRecord(video_id, metadata, {feature: Track(rows, spans, {"decoder": UNKNOWN})}))
     except BaseException:
         writer.abandon()

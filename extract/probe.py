@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_path, input_args
 
@@ -21,8 +23,7 @@ _SIZE = re.compile(r"[ ,](\d{1,6})x(\d{1,6})[ ,\[]")
 _FPS = re.compile(r"([\d.]+)(k?) (?:fps|tbr)")
 _SAMPLE_RATE = re.compile(r"(\d+) Hz")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
-_PROGRESS_FRAMES = re.compile(r"^frame=(\d+)$", re.MULTILINE)
-_PROGRESS_END_US = re.compile(r"^out_time_us=(\d+)$", re.MULTILINE)
+_TIMEBASE = re.compile(r"^#tb 0: (\d+)/(\d+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class StreamMetadata:
     duration: float  # of the container (the longest stream)
     fps: float  # the stream's nominal rate
     frame_count: int
-    video_end: float  # seconds from the first frame to the end of the last one
+    video_start: float  # presentation time of the first frame, seconds on the file's timeline
+    video_end: float  # end of the last frame on that timeline (0 = the start of the earliest stream)
     width: int
     height: int
     has_audio: bool
@@ -46,7 +48,8 @@ class StreamMetadata:
 
     @property
     def average_fps(self) -> float:
-        return self.frame_count / self.video_end if self.video_end > 0 else self.fps
+        span = self.video_end - self.video_start
+        return self.frame_count / span if span > 0 else self.fps
 
     @property
     def native_fps(self) -> float:
@@ -81,6 +84,24 @@ def _ffmpeg_reason(stderr: str) -> str:
     return f"{reason}: {hint}" if hint else reason
 
 
+def _packet_times(listing: str) -> tuple[int, float, float]:
+    """(frames, first pts, end of the last frame) in seconds from a `-f framecrc` packet listing.
+
+    The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
+    """
+    timebase = _TIMEBASE.search(listing)
+    rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
+    if not rows or timebase is None:
+        return 0, 0.0, 0.0
+    unit = int(timebase.group(1)) / int(timebase.group(2))
+    pts = np.array([int(row[2]) for row in rows], np.int64)
+    durations = np.array([int(row[3]) for row in rows], np.int64)
+    if len(pts) > 1 and (durations <= 0).any():
+        step = int(np.median(np.diff(np.sort(pts))))
+        durations = np.where(durations > 0, durations, step)
+    return len(rows), float(pts.min() * unit), float((pts + durations).max() * unit)
+
+
 def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     """Read the container header and count the video packets (stream copy: nothing is decoded).
 
@@ -94,7 +115,7 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     if size == 0:
         raise VideoDecodeError(f"{file}: file is empty (0 bytes); re-download or remove it")
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-nostats", *input_args(file)]
-    cmd += ["-map", "0:V:0?", "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"]
+    cmd += ["-map", "0:V:0?", "-c", "copy", "-f", "framecrc", "-"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -119,12 +140,9 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         width, height = height, width
     fps_match = _FPS.search(video)
     fps = float(fps_match.group(1)) * (1000 if fps_match.group(2) else 1) if fps_match else 0.0
-    frames = _PROGRESS_FRAMES.findall(progress)
-    frame_count = int(frames[-1]) if frames else 0
+    frame_count, video_start, video_end = _packet_times(progress)
     if frame_count == 0:
         raise VideoDecodeError(f"{file}: video stream holds no frames; the file is truncated or empty")
-    ends = _PROGRESS_END_US.findall(progress)
-    video_end = int(ends[-1]) / 1e6 if ends else 0.0
     duration_match = _DURATION.search(stderr)
     duration = _seconds(duration_match) if duration_match is not None else video_end
     if video_end <= 0:
@@ -139,6 +157,7 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         fps=fps,
         frame_count=frame_count,
         video_end=video_end,
+        video_start=video_start,
         width=width,
         height=height,
         has_audio=audio is not None,

@@ -143,8 +143,10 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             import decord
 
             decoder["decord"] = getattr(decord, "__version__", "unknown")
+        # fp16/bf16 change the numbers, so the precision that really ran belongs to the recipe (CPU runs fp32).
+        precision = options.precision if options.device.type == "cuda" else "fp32"
         records[extractor.name] = {
-            "recipe": extractor.recipe(),
+            "recipe": {**extractor.recipe(), "precision": precision},
             "software": {**software, **decoder},
             "runtime": runtime,
         }
@@ -187,7 +189,7 @@ class ExtractionRun:
         failed_before = {f.video_id for f in existing.failures()} if existing is not None else set()
         for source in self.sources:
             if existing is not None and self.config.resume:
-                if existing.has_features(source.video_id, names):
+                if self._complete(existing, source.video_id, names):
                     self.summary.skipped += 1
                     continue
                 if source.video_id in failed_before and not self.config.retry_failed:
@@ -197,6 +199,14 @@ class ExtractionRun:
         if self.config.limit is not None:
             todo = todo[: self.config.limit]
         return todo
+
+    def _complete(self, existing: FeatureStore, video_id: str, names: list[str]) -> bool:
+        """Whether the store has every requested track (a video without audio has no audio tracks to have)."""
+        if video_id not in existing:
+            return False
+        silent = not existing.metadata(video_id).get("has_audio", True)
+        needed = [n for n in names if not (silent and self.extractors[n].preset.modality == "audio")]
+        return existing.has_features(video_id, needed)
 
     # --- the run -------------------------------------------------------------------------------------------
 
@@ -466,7 +476,7 @@ class ExtractionRun:
 
 def _attach_log_file(path: Path) -> logging.Handler:
     """Every run appends its full log, failure tracebacks included, to OUT.parts/extract.log."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     logging.getLogger("img_vmr").addHandler(handler)

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
-from extract.ids import escape_id, unescape_id
+from extract.ids import escape_id, storable_text, unescape_id
 
 STORE_FORMAT = "img-vmr-feature-store"
 STORE_FORMAT_VERSION = 1
@@ -86,7 +86,7 @@ def _fsync_path(path: Path) -> None:
 
 def _write_attrs(target: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
-        target[key] = "" if value is None else value
+        target[key] = "" if value is None else storable_text(value) if isinstance(value, str) else value
 
 
 def _read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
@@ -423,7 +423,8 @@ class StoreWriter:
         if not self.pending:
             return None
         self._sequence += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+        now = time.time()  # one clock read; microseconds truncated so that names sort in commit order
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}"
         host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32]
         part = self.parts_dir / f"part-{stamp}-{host}-{os.getpid()}-{self._sequence:06d}.h5"
         writer = {"writer_pid": os.getpid(), "writer_host": socket.gethostname(), "committed_at": time.time()}

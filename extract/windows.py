@@ -93,6 +93,8 @@ class FrameWindows(Windower):
             return None
         if self._seen <= self.window:
             return self._cut([(0, self._seen)])
+        if self._seen == self._chunk_first:  # the video ended exactly at a chunk boundary: nothing is left
+            return None
         return self._cut(self._close_chunk(self._seen - self._chunk_first, final=True))
 
     def _regular_windows(self) -> list[tuple[int, int]]:
@@ -164,6 +166,8 @@ class AudioWindows(Windower):
     """Streams AudioChunk samples into windows of `window` samples every `hop` samples: inputs [N, window]."""
 
     def __init__(self, window: int, hop: int, sample_rate: int, keep_tail: bool, span_seconds: float | None = None):
+        if not 1 <= hop <= window:
+            raise ValueError(f"audio windows need 1 <= hop <= window samples, got hop {hop}, window {window}")
         self.window, self.hop, self.sample_rate, self.keep_tail = window, hop, sample_rate, keep_tail
         self.span_seconds = span_seconds if span_seconds is not None else window / sample_rate
         self._buffer = np.zeros(0, np.float32)

@@ -111,3 +111,9 @@ def test_export_for_the_authors_code(run) -> None:
     assert result.returncode == 0, result.stderr
     assert np.load(root / "img" / "i3d_video" / f"{REAL_ID}.npy").shape == (28, 1024)
     assert (root / "img" / "audio" / "VGGish.pickle").exists()
+
+
+def test_resume_does_not_redo_videos_without_audio(run) -> None:
+    _, _, _, args = run
+    result = run_cli(*args)
+    assert result.returncode == 0 and "0 done, 6 skipped" in result.stderr

@@ -277,3 +277,14 @@ def test_kill_9_loses_only_uncommitted_work_and_resume_completes(tmp_path: Path,
         with h5py.File(part, "r") as f:
             seen += list(f["videos"])
     assert sorted(seen) == sorted(f"{i:02d}" for i in range(count))  # every video exactly once
+
+
+def test_a_file_name_that_is_not_utf8_is_extracted_and_round_trips(tmp_path: Path, tiny_clip: Path) -> None:
+    folder = tmp_path / "v"
+    make_video(folder / "plain.mp4", seconds=1)
+    raw = os.fsencode(str(folder)) + b"/caf\xe9.mp4"
+    os.rename(make_video(folder / "tmp.mp4", seconds=1), raw)
+    result = run_cli(folder, "--out", tmp_path / "f.h5", "--clip-model", tiny_clip)
+    assert result.returncode == 0, result.stderr
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.video_ids() == sorted(["plain", os.fsdecode(b"caf\xe9")])

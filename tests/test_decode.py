@@ -124,3 +124,26 @@ def _probe_ok(path: Path) -> bool:
     except VideoDecodeError:
         return False
     return True
+
+
+def test_b_frames_do_not_shorten_the_stream(tmp_path: Path) -> None:
+    path = tmp_path / "bframes.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30:duration=4", "-c:v", "libx264", "-bf", "3", str(path))
+    meta = probe(path)
+    assert meta.frame_count == 120 and meta.video_end == pytest.approx(4.0)
+    for decoder in ("ffmpeg", "decord"):
+        frames, _ = _decode(path, FrameSampling(fps=24.0, short_side=48, crop=48, decoder=decoder))
+        assert len(frames) == 96
+
+
+def test_audio_that_starts_late_keeps_its_place_on_the_timeline(tmp_path: Path) -> None:
+    tone = tmp_path / "tone.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:a", "aac", str(tone))
+    path = tmp_path / "late_audio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=6", "-itsoffset", "2", "-i", str(tone),
+           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "copy", str(path))  # fmt: skip
+    meta = probe(path)
+    samples = np.concatenate([c.samples for c in iter_audio(meta, AudioSampling(sample_rate=16000))])
+    assert len(samples) / 16000 == pytest.approx(6.0, abs=0.1)
+    assert np.abs(samples[: 16000 * 19 // 10]).max() < 0.01  # silence until the audio stream starts at 2 s
+    assert np.abs(samples[16000 * 21 // 10 : 16000 * 3]).max() > 0.1

@@ -109,3 +109,23 @@ def test_export_cli(store: Path, tmp_path: Path) -> None:
     result = run_cli("export-img", "--store", store, "--out", tmp_path / "x", "--visual", "i3d-charades-vslnet")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x" / "i3d_video" / "v_b.npy").exists()
+
+
+def test_import_keeps_the_metadata_of_videos_already_in_the_store(store: Path, tmp_path: Path) -> None:
+    source = tmp_path / "released"
+    source.mkdir()
+    np.save(source / "v_a.npy", np.ones((3, 8), np.float32))
+    import_img(source, store, "released", None)
+    with FeatureStore(store) as after:
+        assert after.metadata("v_a")["has_audio"] in (True, 1) and "imported_from" not in after.metadata("v_a")
+        assert "i3d-charades-vslnet" in after.feature_names("v_a") and "released" in after.feature_names("v_a")
+
+
+def test_unreadable_array_files_are_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "released"
+    source.mkdir()
+    (source / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(source / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    result = run_cli("import-img", source, "--out", tmp_path / "f.h5", "--feature", "x")
+    assert result.returncode == 2 and "not a readable numpy array file" in result.stderr
+    assert "Traceback" not in result.stderr

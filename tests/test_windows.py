@@ -63,7 +63,7 @@ def test_streaming_frame_windows_equal_the_rule(total: int, chunk: int) -> None:
     assert spans.shape[1:] == (2, 2)
 
 
-@pytest.mark.parametrize("total", [40, 63, 64, 70])
+@pytest.mark.parametrize("total", [40, 60, 63, 64, 70, 90])
 def test_streaming_chunked_windows_equal_the_rule(total: int) -> None:
     got, _ = _stream_frames(total, FrameWindows(16, 16, chunk=30), 9)
     assert got == [(a, b - 1) for a, b in frame_windows(total, 16, 16, chunk=30)]

@@ -101,8 +101,10 @@ class PannsExtractor(_PublishedExtractor):
                 f"--audio-window {preset.windowing['window_seconds']} s is shorter than Cnn14 accepts "
                 f"({self.model.config.min_samples / sample_rate:.2f} s)"
             )
-        if self.hop > self.window:
-            raise UsageError("--audio-hop must not exceed --audio-window (audio between windows would be lost)")
+        if not 1 <= self.hop <= self.window:
+            raise UsageError(
+                f"--audio-hop must be between one sample and --audio-window (got {preset.windowing['hop_seconds']} s)"
+            )
         self.max_batch = 256 if options.device.type == "cuda" else 32
 
     def windower(self) -> Windower:
