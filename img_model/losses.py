@@ -1,0 +1,124 @@
+"""The training objective of IMG (img_spec.md §4), as the authors' training loop combines it.
+
+`img_loss` takes the model outputs and the batch labels and returns every term per sample, the pseudo-label
+gate and the total. Computed in float32 with autocast off, whatever precision the forward used.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from img_model.config import ObjectiveConfig
+from img_model.model import IMGOutput
+
+_KEEP_EPS = 1e-6  # added to the number of kept samples before dividing, as the authors do
+
+
+class SpanLabels(NamedTuple):
+    """Labels of a training batch: start / end step indices (B,) and saliency positives / negatives (B, P)."""
+
+    start_index: torch.Tensor
+    end_index: torch.Tensor
+    saliency_positives: torch.Tensor
+    saliency_negatives: torch.Tensor
+
+
+class IMGLoss(NamedTuple):
+    """Per-sample terms (B,), the pseudo-label gate, the four weighted terms and their sum `total_loss`."""
+
+    loc_av: torch.Tensor  # CE(start) + CE(end) of the fused branch
+    loc_v: torch.Tensor
+    loc_a: torch.Tensor
+    sal_v: torch.Tensor  # saliency hinge, already divided by B
+    sal_a: torch.Tensor
+    sal_av: torch.Tensor
+    kd_a: torch.Tensor  # distillation from the fused branch into the audio branch
+    kd_v: torch.Tensor
+    pl_label: torch.Tensor  # pseudo-label of the audio importance
+    keep: torch.Tensor  # int64 (B,): samples whose audio-branch terms count
+    n_keep: torch.Tensor
+    pl_loss: torch.Tensor  # mean BCE(aip_prob, pl_label)
+    term_loc: torch.Tensor
+    term_sal: torch.Tensor
+    term_kd: torch.Tensor
+    term_pl: torch.Tensor
+    total_loss: torch.Tensor
+
+
+def location_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, labels: SpanLabels) -> torch.Tensor:
+    """CE over the steps of the start and of the end logits, summed, per sample."""
+    start = F.cross_entropy(start_logits, labels.start_index, reduction="none")
+    return start + F.cross_entropy(end_logits, labels.end_index, reduction="none")
+
+
+def saliency_loss(scores: torch.Tensor, labels: SpanLabels, margin: float) -> torch.Tensor:
+    """Σ_pairs max(0, margin + s[neg] − s[pos]) / (B·P) · 2 per sample: the authors' normalisation, which carries
+    the 1/B of a batch mean."""
+    positives = scores.gather(1, labels.saliency_positives)
+    negatives = scores.gather(1, labels.saliency_negatives)
+    hinge = torch.clamp(margin + negatives - positives, min=0).sum(dim=1)
+    return hinge / positives.numel() * 2
+
+
+def distillation_loss(
+    student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor], temperature: float
+) -> torch.Tensor:
+    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)) summed over the steps, start plus end, per sample. The
+    teacher is detached; masked steps have teacher probability 0 and contribute 0."""
+
+    def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        log_student = F.log_softmax(student_logits / temperature, dim=1)
+        target = F.softmax(teacher_logits.detach() / temperature, dim=1)
+        return temperature**2 * F.kl_div(log_student, target, reduction="none").sum(dim=1)
+
+    return kl(student[0], teacher[0]) + kl(student[1], teacher[1])
+
+
+def pseudo_labels(
+    loss_v: torch.Tensor, loss_a: torch.Tensor, threshold: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The audio-importance target from the two branches' location losses (detached): y = exp(Lv/γ) / (exp(La/γ)
+    + exp(Lv/γ)), written as sigmoid((Lv − La)/γ), which does not overflow (§7.13). Returns (label, keep):
+    keep = y > ε; label = 0 where not kept, 1 where y > 1 − ε, else y."""
+    y = torch.sigmoid((loss_v.detach() - loss_a.detach()) / temperature)
+    keep = (y > threshold).long()
+    label = y * keep
+    return torch.where(label > 1 - threshold, torch.ones_like(label), label), keep
+
+
+def img_loss(outputs: IMGOutput, labels: SpanLabels, config: ObjectiveConfig, kd_warm: float) -> IMGLoss:
+    """The full objective of one training step (§4.5), in the authors' order of operations. `kd_warm` is the
+    distillation warm-up factor of the current epoch, `exp_up(epoch, config.distill_warmup_epochs)`.
+
+    The pseudo-label gate `keep` also masks the audio-branch location, saliency and distillation terms (§7.7);
+    the audio saliency is still divided by B."""
+    with torch.autocast(outputs.aip_prob.device.type, enabled=False):
+        out = IMGOutput(*(tensor.float() for tensor in outputs))
+        av = (out.start_logits_av, out.end_logits_av)
+        loc_av = location_loss(*av, labels)
+        loc_v = location_loss(out.start_logits_v, out.end_logits_v, labels)
+        loc_a = location_loss(out.start_logits_a, out.end_logits_a, labels)
+        sal_v = saliency_loss(out.v_score, labels, config.saliency_margin)
+        sal_a = saliency_loss(out.a_score, labels, config.saliency_margin)
+        sal_av = saliency_loss(out.av_score, labels, config.saliency_margin)
+        kd_a = distillation_loss((out.start_logits_a, out.end_logits_a), av, config.distill_temperature)
+        kd_v = distillation_loss((out.start_logits_v, out.end_logits_v), av, config.distill_temperature)
+
+        pl_label, keep = pseudo_labels(loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature)
+        pl_loss = F.binary_cross_entropy(out.aip_prob, pl_label)
+        n_keep = keep.sum()
+        kept = keep.float()
+        denominator = n_keep + _KEEP_EPS
+
+        term_loc = loc_av.mean() + loc_v.mean() + (kept * loc_a).sum() / denominator
+        term_sal = config.saliency_weight * ((kept * sal_a).sum() + sal_av.sum() + sal_v.sum())
+        term_kd = config.distill_weight * kd_warm * ((kept * kd_a).sum() / denominator + kd_v.mean())
+        term_pl = config.importance_weight * pl_loss
+        total = term_loc + term_sal + term_kd + term_pl
+    return IMGLoss(
+        loc_av, loc_v, loc_a, sal_v, sal_a, sal_av, kd_a, kd_v, pl_label, keep, n_keep, pl_loss,
+        term_loc, term_sal, term_kd, term_pl, total,
+    )  # fmt: skip
