@@ -12,19 +12,9 @@ import torch
 from img_model.config import IMGConfig, ObjectiveConfig, exp_up
 from img_model.losses import SpanLabels, img_loss, pseudo_labels
 from img_model.model import IMG, IMGOutput
+from tests.test_img_golden import SMALL
 
-TINY = IMGConfig(
-    dim=32,
-    num_heads=4,
-    word_dim=16,
-    char_dim=8,
-    glove_words=20,
-    char_vocab_size=12,
-    video_feature_dim=24,
-    audio_feature_dim=20,
-    max_pos_len=32,
-    drop_rate=0.0,
-)
+TINY = replace(SMALL, drop_rate=0.0, slot_noise="train")  # the golden's small config, trainable
 LENGTHS = (11, 7, 9)
 QUERY_LENGTHS = (5, 3, 4)
 FUSED = ("start_logits_av", "end_logits_av", "av_score")
