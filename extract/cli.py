@@ -16,6 +16,7 @@ import click
 from extract import __version__
 from extract.errors import ImgVmrError, UsageError
 from extract.presets import PRESETS
+from extract.text_cli import manifest_command, text_command
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -380,6 +381,9 @@ def import_command(source: Path, out: Path, feature: str, row_seconds: float | N
         _fail(str(error))
     log.info("imported %d videos from %s into %s as %r", count, source, out, feature)
 
+
+main.add_command(manifest_command)
+main.add_command(text_command)
 
 if __name__ == "__main__":
     main()

@@ -76,7 +76,7 @@ def parts_dir(store_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + PARTS_SUFFIX)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -140,9 +140,9 @@ def write_part(
                     "time": failure.time,
                 },
             )
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
 
 
 @dataclass

@@ -33,7 +33,7 @@ def resolve_model_source(model: str, weights_dir: Path | None) -> str:
     return model
 
 
-def _weights_file(source: str) -> Path | None:
+def weights_file(source: str) -> Path | None:
     if Path(source).is_dir():
         return next((Path(source) / f for f in WEIGHT_FILES if (Path(source) / f).is_file()), None)
     from huggingface_hub import try_to_load_from_cache
@@ -72,15 +72,15 @@ class ClipVisionExtractor(FeatureExtractor):
         assert preset.frames is not None
         frames = dataclasses.replace(preset.frames, short_side=short_side, crop=crop)
         preprocessing = {**preset.preprocessing, "mean": mean, "std": std}
-        weights_file = _weights_file(self.source)
+        weights_path = weights_file(self.source)
         self.preset = dataclasses.replace(
             preset,
             frames=frames,
             preprocessing=preprocessing,
             output_dim=int(model.config.projection_dim),
-            weights_sha256=sha256_file(weights_file) if weights_file else None,
+            weights_sha256=sha256_file(weights_path) if weights_path else None,
         )
-        self.weights_file = weights_file
+        self.weights_file = weights_path
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)

@@ -1,0 +1,182 @@
+"""`img-extract text`: query records in, a text store with provenance out (GloVe ids or per-token features).
+
+glove:PATH         tokens (tokenize.py), IMG's vocabularies over the vocabulary splits (vocabulary.py) with
+                   the GloVe file's words (glove.py); stores the vocabulary, the vector matrix, the character
+                   vocabulary and every query's word and character ids
+bert[:MODEL]       per-token last hidden states (bert.py), default bert-base-uncased
+clip-text[:MODEL]  per-token features and the pooled projected embedding (clip_text.py), default
+                   openai/clip-vit-base-patch32
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract import __version__
+from extract.errors import UsageError
+from extract.text.encoder import TokenFeatureEncoder
+from extract.text.glove import open_glove
+from extract.text.store import TextBatch, TextStoreWriter
+from extract.text.tokenize import TOKENIZER, nltk_version, tokenize_all
+from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, build_vocabulary
+from manifests.records import QueryRecord
+
+log = logging.getLogger("img_vmr.extract")
+
+EMBED_KINDS = ("glove", "bert", "clip-text")
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    kind: str
+    target: str | None  # GloVe file, or model id / folder (None: the encoder's default)
+
+
+def parse_embed(spec: str) -> EmbedSpec:
+    kind, _, target = spec.partition(":")
+    if kind not in EMBED_KINDS:
+        raise UsageError(f"--embed {spec!r}: use glove:PATH, bert[:MODEL] or clip-text[:MODEL]")
+    if kind == "glove" and not target:
+        raise UsageError("--embed glove needs the vectors file: --embed glove:PATH/glove.840B.300d.txt")
+    return EmbedSpec(kind, target or None)
+
+
+@dataclass(frozen=True)
+class TextQueries:
+    """What to embed: the records, the splits whose words make the vocabulary, and where they came from."""
+
+    records: list[QueryRecord]
+    vocabulary_splits: tuple[str, ...] | None  # None: every split
+    source: Mapping[str, Any]  # dataset name and annotation files (sha256), for provenance
+
+
+@dataclass
+class TextSummary:
+    queries: int = 0
+    computed: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        head = (
+            f"summary: {self.computed} queries embedded, {self.queries - self.computed} already in the store, "
+            f"{self.truncated} truncated; {self.seconds:.1f} s"
+        )
+        return [head, *self.notes]
+
+
+def software_provenance() -> dict[str, Any]:
+    import h5py
+    import torch
+    import transformers
+
+    return {
+        "img_vmr": __version__,
+        "nltk": nltk_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "h5py": h5py.version.version,
+        "hdf5": h5py.version.hdf5_version,
+    }
+
+
+def run_glove(
+    queries: TextQueries, glove_path: Path, out: Path, resume: bool = True, cache_dir: Path | None = None
+) -> TextSummary:
+    started = time.perf_counter()
+    index = open_glove(glove_path, cache_dir)
+    records = queries.records
+    tokens = tokenize_all(r.sentence for r in records)
+    splits = queries.vocabulary_splits
+    vocab_tokens = [t for t, r in zip(tokens, records, strict=True) if splits is None or r.split in splits]
+    looked_up = time.perf_counter()
+    found = index.find({word for query in vocab_tokens for word in query})
+    vocab = build_vocabulary(vocab_tokens, found.__contains__)
+    vectors = index.vectors([found[word] for word in vocab.glove_words])
+    glove_seconds = time.perf_counter() - looked_up
+    recipe = {
+        "kind": "glove",
+        "tokenizer": TOKENIZER,
+        "nltk": nltk_version(),
+        **index.provenance(),
+        "vocabulary_splits": list(splits) if splits is not None else "all",
+        "min_char_count": MIN_CHAR_COUNT,
+        "max_words": MAX_WORDS,
+        "words": len(vocab.words),
+        "chars": len(vocab.chars),
+        "vocabulary_sha256": vocab.sha256(),
+    }
+    provenance = {"recipe": recipe, "software": software_provenance(), "runtime": {}, "queries": dict(queries.source)}
+    writer = TextStoreWriter(out, "glove", provenance, resume)
+    try:
+        rows = {r.qid: i for i, r in enumerate(records)}
+        todo = writer.todo(records)
+        kept = [tokens[rows[r.qid]][:MAX_WORDS] for r in todo]
+        truncated = [len(tokens[rows[r.qid]]) > MAX_WORDS for r in todo]
+        writer.commit(
+            TextBatch(
+                todo, kept, truncated,
+                token_arrays={"word_ids": [vocab.word_ids(t) for t in kept]},
+                char_ids=[vocab.char_ids(t) for t in kept],
+            )
+        )  # fmt: skip
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close({"words": vocab.words, "vectors": vectors, "chars": vocab.chars})
+    in_glove = len(vocab.glove_words)
+    distinct = len({word for query in vocab_tokens for word in query})
+    summary = TextSummary(len(records), len(todo), sum(truncated), time.perf_counter() - started)
+    summary.notes.append(
+        f"vocabulary: {distinct} distinct tokens in {recipe['vocabulary_splits']}, {in_glove} in GloVe "
+        f"({len(vocab.words)} ids with <PAD>, <UNK>), {len(vocab.chars)} characters; GloVe index "
+        f"({index.rows} words, {index.dim}-d) looked up in {glove_seconds:.2f} s"
+    )
+    if sum(truncated):
+        summary.notes.append(f"{sum(truncated)} queries longer than {MAX_WORDS} words keep their first {MAX_WORDS}")
+    return summary
+
+
+def run_encoder(
+    queries: TextQueries, encoder: TokenFeatureEncoder, out: Path, resume: bool = True, commit_every: int = 2048
+) -> TextSummary:
+    started = time.perf_counter()
+    recipe = encoder.recipe()
+    provenance = {
+        "recipe": recipe,
+        "software": software_provenance(),
+        "runtime": {"device": str(encoder.device), "batch_size": encoder.batch_size},
+        "queries": dict(queries.source),
+    }
+    writer = TextStoreWriter(out, encoder.kind, provenance, resume)
+    summary = TextSummary(len(queries.records))
+    try:
+        todo = writer.todo(queries.records)
+        for start in range(0, len(todo), commit_every):
+            chunk = todo[start : start + commit_every]
+            encoded = encoder.encode([r.sentence for r in chunk])
+            writer.commit(
+                TextBatch(
+                    chunk, encoded.tokens, encoded.truncated,
+                    token_arrays={"token_ids": encoded.token_ids, "features": encoded.features},
+                    pooled=encoded.pooled,
+                )
+            )  # fmt: skip
+            summary.computed += len(chunk)
+            summary.truncated += sum(encoded.truncated)
+            log.info("%s: %d / %d queries embedded", out, start + len(chunk), len(todo))
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

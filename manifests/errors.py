@@ -1,0 +1,11 @@
+"""Failure families of the query side; each message is one actionable line (see extract/errors.py)."""
+
+from extract.errors import ImgVmrError
+
+
+class ManifestError(ImgVmrError):
+    """An annotation file (published or the user's own) cannot be turned into query records."""
+
+
+class AnnotationDownloadError(ImgVmrError):
+    """A published annotation file is missing, could not be fetched, or does not match its sha256."""

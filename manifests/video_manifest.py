@@ -1,0 +1,53 @@
+"""The video list img-extract reads (JSONL lines {"video_id", "path"}) for a dataset's videos found on disk.
+
+A video file matches a dataset id when its name without extension equals the id, anywhere under the folder.
+ActivityNet ids carry a "v_" prefix that YouTube downloads usually lack, so "abc.mp4" also matches "v_abc".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from extract.errors import UsageError
+from extract.sources import VIDEO_EXTENSIONS
+
+YOUTUBE_PREFIX = "v_"
+
+
+def find_videos(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """({id: path} of the ids with a video file under folder, [ids without one]), both in the ids' order."""
+    if not folder.is_dir():
+        raise UsageError(f"--videos {folder} is not a folder")
+    by_stem: dict[str, Path] = {}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
+                by_stem.setdefault(path.stem, path)  # the first in sorted order wins for duplicate names
+    found, missing = {}, []
+    for video_id in dict.fromkeys(video_ids):
+        path = by_stem.get(video_id)
+        if path is None and video_id.startswith(YOUTUBE_PREFIX):
+            path = by_stem.get(video_id[len(YOUTUBE_PREFIX) :])
+        if path is None:
+            missing.append(video_id)
+        else:
+            found[video_id] = path
+    return found, missing
+
+
+def write_manifest(found: Mapping[str, Path], out: Path) -> None:
+    """Write the JSONL manifest atomically (absolute paths, so the manifest can live anywhere)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for video_id, path in found.items():
+            f.write(json.dumps({"video_id": video_id, "path": str(path.resolve())}, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+
+
+def write_missing(missing: list[str], out: Path) -> None:
+    out.write_text("".join(f"{video_id}\n" for video_id in missing), encoding="utf-8")
