@@ -11,6 +11,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+MASKED = -1e29  # logits at or below this are masked steps (the model adds -1e30 to them)
+
 
 class Spans(NamedTuple):
     start: torch.Tensor  # (B, k) or (B,) int64 step indices
@@ -37,14 +39,24 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor) -> Spans:
 
 
 def top_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, k: int) -> Spans:
-    """The k most probable distinct spans (start ≤ end) per sample, best first, each (B, k). k is capped at the
-    number of spans L(L+1)/2; spans that touch padding have score 0 and rank last."""
-    scores = span_probabilities(start_logits, end_logits)
-    length = scores.shape[1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril(-1)
-    flat = scores.masked_fill(lower, -1.0).flatten(1)
-    best, index = flat.topk(min(k, length * (length + 1) // 2), dim=1)
-    return Spans(index // length, index % length, best)
+    """The k most probable distinct spans (start ≤ end) per sample, best first, each (B, k).
+
+    Spans are ranked by log P_start(i) + log P_end(j), so tiny probabilities that underflow float32 still rank
+    correctly. Spans touching a masked step (logits at -1e30) never rank: where a sample has fewer than k valid
+    spans, the rest are start = end = -1 with score 0. k is capped at L(L+1)/2.
+    """
+    start_log = torch.log_softmax(start_logits.float(), dim=1)
+    end_log = torch.log_softmax(end_logits.float(), dim=1)
+    valid_start, valid_end = start_logits > MASKED, end_logits > MASKED
+    length = start_log.shape[1]
+    upper = torch.ones(length, length, dtype=torch.bool, device=start_log.device).triu()
+    valid = upper & valid_start.unsqueeze(2) & valid_end.unsqueeze(1)
+    scores = (start_log.unsqueeze(2) + end_log.unsqueeze(1)).masked_fill(~valid, float("-inf")).flatten(1)
+    best, index = scores.topk(min(k, length * (length + 1) // 2), dim=1)
+    found = torch.isfinite(best)
+    start = torch.where(found, index // length, -1)
+    end = torch.where(found, index % length, -1)
+    return Spans(start, end, torch.where(found, best.exp(), 0.0))
 
 
 def index_to_time(

@@ -248,6 +248,9 @@ class CharacterCNN(nn.Module):
         )
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        widest = len(self.convs)
+        if char_ids.shape[2] < widest:  # words shorter than the widest kernel: pad with PAD, as longer words are
+            char_ids = F.pad(char_ids, (0, widest - char_ids.shape[2]))  # (the authors' code crashes here)
         batch, words, chars = char_ids.shape
         embedded = self.dropout(self.table(char_ids)).view(batch * words, chars, -1).transpose(1, 2)
         features = torch.cat([F.relu(conv(embedded)).amax(dim=2) for conv in self.convs], dim=1)

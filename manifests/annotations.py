@@ -10,6 +10,7 @@ the cache held before stays as it was.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import tempfile
@@ -99,7 +100,7 @@ def fetch(file: AnnotationFile, cache: Path, refresh: bool = False) -> Path:
                     tmp.write(block)
             tmp.flush()
             os.fsync(tmp.fileno())
-        except OSError as error:
+        except (OSError, ValueError, http.client.HTTPException) as error:  # ValueError: a URL without a scheme
             tmp_path.unlink(missing_ok=True)
             raise AnnotationDownloadError(
                 f"could not download {file.url} ({error}); put the file at {target} or pass --data-dir DIR"

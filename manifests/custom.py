@@ -154,6 +154,8 @@ def read_custom(
             raise ManifestError(
                 f"{path} line {row.line}: start {row.start} is not before the end of the video ({duration} s)"
             )
+        if row.end <= 0:
+            raise ManifestError(f"{path} line {row.line}: end {row.end} is not after the start of the video (0 s)")
         start, end, changed = clip_span(row.start, row.end, duration)
         clipped += changed
         records.append(QueryRecord(row.qid, row.video_id, start, end, duration, row.query, row.split))

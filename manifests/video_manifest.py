@@ -43,7 +43,12 @@ def find_videos(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path]
 def write_manifest(found: Mapping[str, Path], out: Path) -> None:
     """Write the JSONL manifest atomically (absolute paths, so the manifest can live anywhere)."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except OSError as error:
+        raise UsageError(f"cannot write the manifest {out} ({error.strerror}); choose a writable --out") from None
+    with handle as f:
         for video_id, path in found.items():
             f.write(json.dumps({"video_id": video_id, "path": str(path.resolve())}, ensure_ascii=False) + "\n")
     os.replace(tmp, out)

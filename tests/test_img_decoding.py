@@ -45,12 +45,23 @@ def test_top_spans_are_distinct_sorted_and_start_with_the_best_span() -> None:
     assert len(pairs) == 10
     assert torch.equal(top.start[:, 0], best.start) and torch.equal(top.end[:, 0], best.end)
     matrix = span_probabilities(start, end)
-    assert torch.equal(top.score, matrix[torch.arange(2).unsqueeze(1), top.start, top.end])
+    torch.testing.assert_close(top.score, matrix[torch.arange(2).unsqueeze(1), top.start, top.end])
 
 
 def test_top_spans_caps_k_at_the_number_of_spans() -> None:
     start, end = padded_logits(3, [3])
     assert top_spans(start, end, k=100).start.shape == (1, 6)
+
+
+def test_top_spans_never_rank_padding_even_when_probabilities_underflow() -> None:
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    start = torch.tensor([[0.0, -200.0, -200.0, 0.0, 0.0, 0.0]]) + (1 - mask) * -1e30
+    end = start.clone()
+    top = top_spans(start, end, k=8)
+    found = top.start[0] >= 0
+    assert found.sum() == 6  # the 3 * 4 / 2 spans inside the 3 valid steps, nothing in the padding
+    assert top.end[0][found].max() <= 2 and top.start[0].tolist()[:1] == [0]
+    assert top.start[0][~found].tolist() == [-1, -1] and top.score[0][~found].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(

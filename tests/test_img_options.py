@@ -218,3 +218,12 @@ def test_inputs_beyond_the_position_tables_are_rejected_in_one_line() -> None:
     model, inputs = make_model(replace(TINY, max_pos_len=8)), random_batch(TINY)
     with pytest.raises(ValueError, match="11 video steps exceed max_pos_len 8"):
         model(**inputs)
+
+
+def test_queries_of_short_words_are_padded_to_the_widest_character_kernel() -> None:
+    model = make_model(TINY).eval()
+    inputs = random_batch(TINY)
+    short = inputs | {"char_ids": inputs["char_ids"][:, :, :2]}  # every word 2 characters: "he is on it"
+    padded = inputs | {"char_ids": torch.nn.functional.pad(short["char_ids"], (0, 2))}  # to width 4
+    for name, value in run(model, short)._asdict().items():
+        assert torch.equal(value, run(model, padded)._asdict()[name]), name

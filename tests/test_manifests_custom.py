@@ -121,3 +121,10 @@ def test_empty_file_and_missing_file_are_errors(tmp_path: Path) -> None:
     assert "holds no queries" in _error(_write(tmp_path / "q.jsonl", ""))
     with pytest.raises(ManifestError, match="does not exist"):
         read_rows(tmp_path / "nothing.jsonl")
+
+
+def test_a_span_entirely_before_the_video_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"video_id": "v", "start": -5, "end": -1, "query": "a dog barks", "duration": 10}\n')
+    with pytest.raises(ManifestError, match="end -1"):
+        read_custom(path, None, None)

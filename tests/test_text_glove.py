@@ -134,6 +134,21 @@ def test_second_open_loads_the_cache_without_reading_the_file(charades_840b, tmp
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_damaged_cache_and_a_killed_build_are_cleaned_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "g.txt"
+    path.write_text("the 0.5 1.5 2\nok 1 2 3\n")
+    cache = tmp_path / "cache"
+    first = open_glove(path, cache)
+    killed = cache / f".{first.folder.name}.999999999.tmp"  # a build whose process is gone
+    killed.mkdir()
+    (first.folder / "meta.json").write_text("")  # e.g. a power cut before the file reached the disk
+    again = open_glove(path, cache)
+    assert again.words() == ["the", "ok"] and not killed.exists()
+    with open(first.folder / "vectors.f32", "r+b") as f:
+        f.truncate(8)
+    assert open_glove(path, cache).vectors([1]).tolist() == [[1.0, 2.0, 3.0]]
+
+
 def test_lines_with_bad_numbers_or_bytes_are_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "g.txt"
     path.write_bytes(b"the 0.5 1.5 2\nbad 0.1 x 0.3\ncaf\xe9 1 2 3\nok -1e-3 nan 4\n")

@@ -116,10 +116,10 @@ def test_a_different_recipe_is_refused_unless_no_resume(tmp_path: Path) -> None:
     assert not (tmp_path / "text.h5.parts").exists()
     replacing = TextStoreWriter(path, "bert", other, resume=False)
     assert replacing.todo(_records("one")) == _records("one")
-    replacing.commit(_batch(_records("uno")))
+    replacing.commit(_batch(_records("one")))
     replacing.close()
     with TextStore(path) as store:
-        assert store.provenance["recipe"]["max_length"] == 16 and store.records()[0].sentence == "uno"
+        assert store.provenance["recipe"]["max_length"] == 16 and [r.sentence for r in store.records()] == ["one"]
 
 
 def test_a_second_writer_is_refused(tmp_path: Path) -> None:
@@ -133,3 +133,19 @@ def test_a_non_store_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "text.h5").write_bytes(b"not hdf5")
     with pytest.raises(StoreCorruptError, match="not readable as HDF5"):
         TextStoreWriter(tmp_path / "text.h5", "bert", PROVENANCE)
+
+
+def test_a_rerun_on_other_queries_keeps_only_those_with_their_current_labels(tmp_path: Path) -> None:
+    path = tmp_path / "text.h5"
+    first = TextStoreWriter(path, "bert", PROVENANCE)
+    records = _records("opens the door", "sits down")
+    first.todo(records)
+    first.commit(_batch(records))
+    first.close()
+    second = TextStoreWriter(path, "bert", PROVENANCE)
+    relabelled = [QueryRecord("qid_0", "v9", 4.0, 6.0, 40.0, "opens the door", "train")]
+    assert second.todo(relabelled) == []  # same sentence: its features are reused, not recomputed
+    second.close()
+    with TextStore(path) as store:
+        assert store.records() == relabelled
+        np.testing.assert_array_equal(store.features("qid_0")[:, 0], [0, 1, 2, 3, 4])

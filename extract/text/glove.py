@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import ImgVmrError, MissingWeightsError
+from extract.store import fsync_path
 from extract.weights import default_weights_dir
 
 log = logging.getLogger("img_vmr.extract")
@@ -104,20 +105,36 @@ def open_glove(path: Path, cache_dir: Path | None = None) -> GloveIndex:
         )
     stat = path.stat()
     folder = (cache_dir or default_cache_dir()) / f"{path.name}-{stat.st_size}-{stat.st_mtime_ns}"
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # builds killed before their rename
+        pid = stale.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(stale, ignore_errors=True)
     if (folder / "meta.json").is_file():
-        return _load(folder)
+        try:
+            return _load(folder)
+        except GloveFormatError as error:
+            log.warning("%s; rebuilding it", error)
+            shutil.rmtree(folder, ignore_errors=True)
     log.info("building the GloVe index of %s in %s (once per file)", path, folder)
     return _build(path, folder)
 
 
 def _load(folder: Path) -> GloveIndex:
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("format_version") != CACHE_FORMAT_VERSION:
-        raise GloveFormatError(f"{folder} is a GloVe index of another format version; delete it to rebuild it")
-    return GloveIndex(
-        folder, meta["source_name"], meta["source_size"], meta["sha256"], meta["dim"], meta["rows"],
-        meta["skipped_lines"], meta["build_seconds"],
-    )  # fmt: skip
+    """A finished index; GloveFormatError when it is damaged or of another version (the caller rebuilds it)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        index = GloveIndex(
+            folder, meta["source_name"], meta["source_size"], meta["sha256"], meta["dim"], meta["rows"],
+            meta["skipped_lines"], meta["build_seconds"],
+        )  # fmt: skip
+        complete = meta["format_version"] == CACHE_FORMAT_VERSION and (folder / "vectors.f32").stat().st_size == (
+            meta["rows"] * meta["dim"] * 4
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GloveFormatError(f"the GloVe index {folder} is damaged ({type(error).__name__})") from None
+    if not complete:
+        raise GloveFormatError(f"the GloVe index {folder} is incomplete or of another format version")
+    return index
 
 
 def _text_lines(data: bytes) -> tuple[list[str], int]:
@@ -221,6 +238,8 @@ def _build(path: Path, folder: Path) -> GloveIndex:
             "build_seconds": round(seconds, 3),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for name in ("words.txt", "meta.json", "."):
+            fsync_path(tmp / name)
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished the same index first: use it

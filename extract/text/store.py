@@ -141,6 +141,7 @@ class TextStoreWriter:
         self._lock_handle = self._lock()
         self._sources: list[Path] = []
         self.done: dict[str, str] = {}  # qid -> sentence of every query already stored with this recipe
+        self._current: dict[str, QueryRecord] | None = None  # this run's queries: what the final store holds
         try:
             if resume:
                 self._find_done()
@@ -190,7 +191,9 @@ class TextStoreWriter:
         self._sources = sources
 
     def todo(self, records: Sequence[QueryRecord]) -> list[QueryRecord]:
-        """The records not already stored with this recipe and the same sentence."""
+        """The records not already stored with this recipe and the same sentence (text features depend on the
+        sentence alone). The final store holds exactly these records, with their current times and videos."""
+        self._current = {r.qid: r for r in records}
         return [r for r in records if self.done.get(r.qid) != r.sentence]
 
     def commit(self, batch: TextBatch) -> Path | None:
@@ -214,7 +217,7 @@ class TextStoreWriter:
     def close(self, vocab: Mapping[str, np.ndarray | Sequence[str]] | None = None) -> None:
         """Merge the stored queries and every part into the final file; later copies of a qid win."""
         try:
-            if self._sources != [self.path]:
+            if self._sources != [self.path] or self._current is not None:
                 _fsync_write(self.path, {"format": TEXT_STORE_FORMAT, **self._attrs()}, lambda f: self._merge(f, vocab))
             shutil.rmtree(self.parts_dir)
         finally:
@@ -230,17 +233,27 @@ class TextStoreWriter:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def _merge(self, out: h5py.File, vocab: Mapping[str, Any] | None) -> None:
+        current = self._current
         last: dict[str, int] = {}
         for number, source in enumerate(self._sources):
             with h5py.File(source, "r", locking=False) as f:
-                last.update((qid, number) for qid in f["queries/qid"].asstr()[()].tolist())
+                for qid, sentence in zip(
+                    f["queries/qid"].asstr()[()].tolist(), f["queries/sentence"].asstr()[()].tolist(), strict=True
+                ):
+                    if current is None or (qid in current and current[qid].sentence == sentence):
+                        last[qid] = number
         queries = tokens = 0
         for number, source in enumerate(self._sources):
             with h5py.File(source, "r", locking=False) as f:
-                keep = np.array([last[q] == number for q in f["queries/qid"].asstr()[()].tolist()], bool)
-                queries, tokens = queries + int(keep.sum()), tokens + _append(out, f, keep)
-        if not self._sources:  # nothing at all: an empty store with the full layout
+                keep = np.array([last.get(q) == number for q in f["queries/qid"].asstr()[()].tolist()], bool)
+                if keep.any():
+                    queries, tokens = queries + int(keep.sum()), tokens + _append(out, f, keep)
+        if "queries" not in out:  # nothing at all: an empty store with the full layout
             _write_batch(out, TextBatch([], [], []))
+        elif current is not None:  # labels (video, times, split) are this run's, whatever a stored copy said
+            stored = [current[q] for q in out["queries/qid"].asstr()[()].tolist()]
+            for name in (*RECORD_STRINGS, *RECORD_TIMES):
+                out["queries"][name][...] = [getattr(r, name) for r in stored]
         out.attrs["queries"], out.attrs["tokens"] = queries, tokens
         if vocab:
             group = out.create_group("vocab")
