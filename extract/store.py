@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -100,6 +100,31 @@ def _read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
             value = value.tolist()
         out[key] = value
     return out
+
+
+def acquire_writer_lock(folder: Path, store: Path) -> IO[str]:
+    """flock folder/writer.lock for the one writer of `store`; StoreLockedError naming the holder if taken."""
+    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the writer's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreLockedError(
+            f"{store} is being written by {holder}; wait for it to finish or use another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    handle.flush()
+    return handle
+
+
+def release_writer_lock(handle: IO[str] | None) -> None:
+    if handle is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def write_part(
@@ -373,22 +398,7 @@ class StoreWriter:
             stale.unlink(missing_ok=True)
 
     def _lock(self) -> None:
-        lock_path = self.parts_dir / LOCK_NAME
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the writer's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise StoreLockedError(
-                f"{self.path} is being written by {holder}; wait for it to finish or use another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        handle.flush()
-        self._lock_handle = handle
+        self._lock_handle = acquire_writer_lock(self.parts_dir, self.path)
 
     def check_provenance(self, existing: FeatureStore | None) -> None:
         """Refuse to add features whose recipe differs from what the store already holds under that name."""
@@ -440,17 +450,12 @@ class StoreWriter:
             with contextlib.suppress(StoreCorruptError), FeatureStore(self.path) as store:
                 store.write_index()
         finally:
-            if self._lock_handle is not None:
-                fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
-                self._lock_handle.close()
-                self._lock_handle = None
+            self.abandon()
 
     def abandon(self) -> None:
         """Release the lock without committing (used when the run is interrupted by an error)."""
-        if self._lock_handle is not None:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
-            self._lock_handle.close()
-            self._lock_handle = None
+        release_writer_lock(self._lock_handle)
+        self._lock_handle = None
 
 
 def iter_tracks(store: FeatureStore, feature: str) -> Iterator[tuple[str, Track]]:

@@ -27,12 +27,10 @@ text.h5:
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +40,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
-from extract.store import fsync_path
+from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
+from extract.store import acquire_writer_lock, fsync_path, release_writer_lock
 from manifests.records import QueryRecord
 
 TEXT_STORE_FORMAT = "img-vmr-text-store"
@@ -138,7 +136,7 @@ class TextStoreWriter:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UsageError(f"cannot write {self.parts_dir} ({error.strerror}); choose a writable --out") from None
-        self._lock_handle = self._lock()
+        self._lock_handle: Any = acquire_writer_lock(self.parts_dir, self.path)
         self._sources: list[Path] = []
         self.done: dict[str, str] = {}  # qid -> sentence of every query already stored with this recipe
         self._current: dict[str, QueryRecord] | None = None  # this run's queries: what the final store holds
@@ -152,21 +150,6 @@ class TextStoreWriter:
             self.abandon()
             raise
         self._sequence = len(list(self.parts_dir.glob("part-*.h5")))
-
-    def _lock(self) -> Any:
-        handle = open(self.parts_dir / "writer.lock", "a+")  # noqa: SIM115 - held open for the writer's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise StoreLockedError(f"{self.path} is being written by {holder}; wait or use another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        handle.flush()
-        return handle
 
     def _check(self, path: Path) -> None:
         header = _header(path)
@@ -225,10 +208,8 @@ class TextStoreWriter:
 
     def abandon(self) -> None:
         """Release the lock without merging; committed parts stay for the next run (the folder goes if empty)."""
-        if self._lock_handle is not None:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
-            self._lock_handle.close()
-            self._lock_handle = None
+        release_writer_lock(self._lock_handle)
+        self._lock_handle = None
         if self.parts_dir.is_dir() and not list(self.parts_dir.glob("part-*.h5")):
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
