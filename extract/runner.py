@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from extract import __version__
 from extract.decode import AudioSampling, FrameSampling, frame_decoder_for, iter_audio, iter_frames
 from extract.errors import ImgVmrError, VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_version
@@ -32,6 +31,7 @@ from extract.models.base import FeatureExtractor, Units
 from extract.probe import StreamMetadata, probe
 from extract.sources import VideoSource
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord
+from extract.versions import software_versions
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -116,18 +116,7 @@ class _VideoState:
 
 
 def software_provenance() -> dict[str, Any]:
-    import h5py
-    import torch
-    import transformers
-
-    return {
-        "img_vmr": __version__,
-        "ffmpeg": ffmpeg_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "h5py": h5py.version.version,
-        "hdf5": h5py.version.hdf5_version,
-    }
+    return {**software_versions(), "ffmpeg": ffmpeg_version()}
 
 
 def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict[str, Any]]:

@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from extract import __version__
 from extract.errors import UsageError
 from extract.text.encoder import TokenFeatureEncoder
 from extract.text.glove import open_glove
 from extract.text.store import TextBatch, TextStoreWriter
 from extract.text.tokenize import TOKENIZER, nltk_version, tokenize_all
 from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, build_vocabulary
+from extract.versions import software_versions
 from manifests.records import QueryRecord
 
 log = logging.getLogger("img_vmr.extract")
@@ -74,19 +72,7 @@ class TextSummary:
 
 
 def software_provenance() -> dict[str, Any]:
-    import h5py
-    import torch
-    import transformers
-
-    return {
-        "img_vmr": __version__,
-        "nltk": nltk_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "h5py": h5py.version.version,
-        "hdf5": h5py.version.hdf5_version,
-    }
+    return {**software_versions(), "nltk": nltk_version()}
 
 
 def run_glove(
