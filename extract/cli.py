@@ -104,7 +104,8 @@ def main() -> None:
     default=64,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Model inputs per forward pass, filled across videos.",
+    help="Model inputs per forward pass, filled across videos: frames (CLIP), windows (I3D, PANNs, VGGish; "
+    "I3D takes at most 4 per pass on CPU).",
 )
 @click.option(
     "--workers",
