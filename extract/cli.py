@@ -289,10 +289,10 @@ def weights_group() -> None:
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 def weights_list(weights_dir: Path | None) -> None:
     """Every published file the presets use, where it is found (or 'missing'), and its URL."""
-    from extract.weights import REGISTRY, search_dirs
+    from extract.weights import REGISTRY, find_local
 
     for entry in REGISTRY.values():
-        found = next((d / entry.name for d in search_dirs(weights_dir) if (d / entry.name).is_file()), None)
+        found = find_local(entry.name, weights_dir)
         click.echo(f"{entry.name:<32} {'missing' if found is None else found}")
         click.echo(f"    {entry.layout}; presets: {', '.join(entry.used_by)}")
         click.echo(f"    {entry.url}")
@@ -319,14 +319,14 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Check the sha256 of the local copies of NAMES (default: all that are present) and print it."""
-    from extract.weights import REGISTRY, registry_entry, search_dirs, verify
+    from extract.weights import REGISTRY, find_local, registry_entry, verify
 
     _setup_logging(False)
     bad = 0
     for name in names or tuple(REGISTRY):
         try:
             entry = registry_entry(name)
-            path = next((d / name for d in search_dirs(weights_dir) if (d / name).is_file()), None)
+            path = find_local(name, weights_dir)
             if path is None:
                 if names:
                     click.echo(f"{name}: missing", err=True)

@@ -24,10 +24,7 @@ def describe(store_path: Path) -> dict[str, Any]:
         videos = []
         for video_id in store.video_ids():
             meta = store.metadata(video_id)
-            rows = {}
-            for name in store.feature_names(video_id):
-                track = store.track(video_id, name)
-                rows[name] = list(track.features.shape)
+            rows = {name: list(store.track_shape(video_id, name)) for name in store.feature_names(video_id)}
             videos.append(
                 {
                     "video_id": video_id,

@@ -70,6 +70,17 @@ class FailureRecord:
     features: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)
 
+    def as_attrs(self) -> dict[str, Any]:
+        return {
+            "video_id": self.video_id,
+            "path": self.path,
+            "stage": self.stage,
+            "error_type": self.error_type,
+            "message": self.message,
+            "features": ",".join(self.features),
+            "time": self.time,
+        }
+
 
 def parts_dir(store_path: str | os.PathLike[str]) -> Path:
     path = Path(store_path)
@@ -153,18 +164,7 @@ def write_part(
         failure_group = f.create_group("failures")
         for failure in failures:
             group = failure_group.create_group(escape_id(failure.video_id))
-            _write_attrs(
-                group.attrs,
-                {
-                    "video_id": failure.video_id,
-                    "path": failure.path,
-                    "stage": failure.stage,
-                    "error_type": failure.error_type,
-                    "message": failure.message,
-                    "features": ",".join(failure.features),
-                    "time": failure.time,
-                },
-            )
+            _write_attrs(group.attrs, failure.as_attrs())
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
@@ -288,6 +288,11 @@ class FeatureStore:
                 current.append(record)
         return current
 
+    def track_shape(self, video_id: str, feature: str) -> tuple[int, ...]:
+        """Shape [T, D] of a track, read from the file's metadata without loading the rows."""
+        ref = self._track_ref(video_id, feature)
+        return tuple(self._file(ref.part)["videos"][escape_id(video_id)][feature]["features"].shape)
+
     def track(self, video_id: str, feature: str) -> Track:
         """Read one track from disk: features [T, D], timestamps [T, 2] in seconds, and its attributes."""
         ref = self._track_ref(video_id, feature)
@@ -352,16 +357,7 @@ class FeatureStore:
             failures = f.create_group("failures")
             for record in self.failures():
                 group = failures.create_group(escape_id(record.video_id))
-                _write_attrs(
-                    group.attrs,
-                    {
-                        "video_id": record.video_id,
-                        "path": record.path,
-                        "stage": record.stage,
-                        "error_type": record.error_type,
-                        "message": record.message,
-                    },
-                )
+                _write_attrs(group.attrs, record.as_attrs())
         os.replace(tmp, self.path)
 
 

@@ -117,6 +117,11 @@ def search_dirs(weights_dir: Path | None) -> list[Path]:
     return [*dirs, default_weights_dir()]
 
 
+def find_local(name: str, weights_dir: Path | None) -> Path | None:
+    """The first copy of a published file in --weights-dir or the cache, unverified; None when there is none."""
+    return next((folder / name for folder in search_dirs(weights_dir) if (folder / name).is_file()), None)
+
+
 def locate(name: str, weights_dir: Path | None, check: bool = True) -> Path:
     """The verified local file for a published name, fetched into the cache when missing and online.
 
@@ -124,11 +129,11 @@ def locate(name: str, weights_dir: Path | None, check: bool = True) -> Path:
     its sha256 is still what provenance records.
     """
     entry = registry_entry(name)
-    for folder in search_dirs(weights_dir):
-        if (folder / name).is_file():
-            if check:
-                verify(folder / name, entry)
-            return folder / name
+    local = find_local(name, weights_dir)
+    if local is not None:
+        if check:
+            verify(local, entry)
+        return local
     if offline():
         where = " or ".join(str(d) for d in search_dirs(weights_dir))
         raise MissingWeightsError(

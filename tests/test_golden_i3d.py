@@ -127,16 +127,21 @@ def test_loader_accepts_a_state_dict_saved_by_a_newer_torch_without_counters():
     assert load_i3d_checkpoint(state_dict).num_classes == 400
 
 
+def _one_line_error(path: Path) -> str:
+    """The loader's error for path: one line that names the file."""
+    with pytest.raises(MissingWeightsError) as info:
+        load_i3d_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
 def test_a_renamed_key_is_reported_in_one_line(golden_state_dict, tmp_path):
     state_dict = dict(golden_state_dict)
     state_dict["Mixed_5c.b0.conv.weight"] = state_dict.pop("Mixed_5c.b0.conv3d.weight")
     path = tmp_path / "renamed.pt"
     torch.save(state_dict, path)
-    with pytest.raises(MissingWeightsError) as info:
-        load_i3d_checkpoint(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert str(path) in message
+    message = _one_line_error(path)
     assert "missing Mixed_5c.b0.conv3d.weight" in message
     assert "unexpected Mixed_5c.b0.conv.weight" in message
 
@@ -146,11 +151,7 @@ def test_a_wrong_shape_is_reported_in_one_line(golden_state_dict, tmp_path):
     state_dict["Mixed_3b.b1b.conv3d.weight"] = torch.zeros(128, 96, 1, 1, 1)
     path = tmp_path / "wrong_shape.pt"
     torch.save(state_dict, path)
-    with pytest.raises(MissingWeightsError) as info:
-        load_i3d_checkpoint(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert str(path) in message
+    message = _one_line_error(path)
     assert "Mixed_3b.b1b.conv3d.weight (128, 96, 1, 1, 1)" in message
     assert "(128, 96, 3, 3, 3)" in message
 
@@ -159,11 +160,7 @@ def test_a_truncated_file_is_reported_in_one_line(imagenet_layout_file, tmp_path
     data = imagenet_layout_file.read_bytes()
     path = tmp_path / "truncated.pt"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MissingWeightsError) as info:
-        load_i3d_checkpoint(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert str(path) in message
+    message = _one_line_error(path)
     assert "could not be read as a PyTorch checkpoint" in message
 
 
