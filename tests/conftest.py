@@ -12,8 +12,6 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -41,7 +39,8 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --weights-dir holding the goldens' weights in the published files' names and layouts."""
     from extract.models.panns import Cnn14
-    from tests.golden import SHARED, golden_tensors
+    from tests.golden import golden_tensors
+    from tests.testdata import GOOGLE_VGGISH_PCA
 
     folder = tmp_path_factory.mktemp("weights")
     i3d = golden_tensors("i3d", 101)
@@ -54,7 +53,7 @@ def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({**i3d, **charades_head}, folder / "rgb_charades.pt")
     vggish = golden_tensors("vggish", 201)
     torch.save({k: v for k, v in vggish.items() if not k.startswith("pca_")}, folder / "vggish-10086976.pth")
-    with np.load(SHARED / "weights" / "vggish_pca_params.npz") as google:  # Google's real PCA parameters
+    with np.load(GOOGLE_VGGISH_PCA) as google:  # Google's real PCA parameters
         pca = {key: torch.from_numpy(google[key]) for key in ("pca_eigen_vectors", "pca_means")}
     torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
     panns = {**golden_tensors("panns_cnn14", 301), **Cnn14().front_end.published_tensors()}

@@ -1,4 +1,4 @@
-"""InceptionI3d against the pytorch-i3d golden vectors (shared/golden/i3d/README.md) and its checkpoint loader."""
+"""InceptionI3d against the pytorch-i3d golden vectors (tests/data/golden/i3d) and its checkpoint loader."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 
 from extract.errors import MissingWeightsError
 from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
-from tests.golden import golden_tensors
+from tests.golden import GOLDEN, golden_tensors
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 I3D_GOLDEN = GOLDEN / "i3d"
 WEIGHTS_SEED = 101
 ATOL = RTOL = 1e-4

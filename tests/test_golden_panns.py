@@ -1,4 +1,4 @@
-"""PANNs Cnn14 against the original code (shared/golden/panns_cnn14), checkpoint loading, and audio windowing."""
+"""PANNs Cnn14 against the original code (tests/data/golden/panns_cnn14), checkpoint loading, and audio windowing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 
 from extract.errors import MissingWeightsError
 from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, cut_windows, load_cnn14_checkpoint
-from tests.golden import golden_tensors
+from tests.golden import GOLDEN, golden_tensors
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 PANNS = GOLDEN / "panns_cnn14"
 WEIGHTS_SEED = 301
 SAMPLE_RATE = 32000

@@ -1,4 +1,4 @@
-"""VGGish against the torchvggish golden vectors (/work/shared/golden/vggish), plus the edges of its front end,
+"""VGGish against the torchvggish golden vectors (tests/data/golden/vggish), plus the edges of its front end,
 its post-processor with Google's real PCA parameters, and its checkpoint errors."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from extract.models.vggish import (
     mel_weight_matrix,
     waveform_to_examples,
 )
+from tests.golden import GOLDEN as GOLDEN_ROOT
 from tests.golden import golden_arrays
+from tests.testdata import GOOGLE_VGGISH_PCA as GOOGLE_PCA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "golden" / "vggish"
-GOOGLE_PCA = SHARED / "weights" / "vggish_pca_params.npz"
+GOLDEN = GOLDEN_ROOT / "vggish"
 WEIGHTS_SEED = 201
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")
 

@@ -1,4 +1,4 @@
-"""IMG against the authors' code (shared/golden/img): eval forward on `small` and `charades`, with the inner-module
+"""IMG against the authors' code (tests/data/golden/img): eval forward on `small` and `charades`, with the inner-module
 outputs and decoded spans, and one training step on `small_train_loss` (every loss term and the gradient norms).
 
 The goldens were made with the slot noise switched off (initial slots = mu), hence slot_noise="never" here.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from img_model.losses import IMGLoss, SpanLabels, img_loss
 from img_model.model import IMG, IMGOutput
 from tests.golden import golden_tensors, load_npz
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 OUTPUT_NAMES = list(IMGOutput._fields)
 BRANCHES = ("av", "v", "a")
 
@@ -171,7 +169,8 @@ def test_trainable_parameter_count_matches_published_model(config: IMGConfig, co
 def training_step() -> tuple[IMGOutput, IMGLoss, IMG]:
     """small_train_loss: drop_rate 0 (train mode is deterministic), p_warm 0.5, KD warm-up 0.3, Charades ε and γ."""
     config = replace(SMALL, drop_rate=0.0)
-    model = golden_model("small_train_loss", config, 401).train()
+    # `small_train_loss` uses the weights of `small` (same spec, fixed arrays and seed).
+    model = golden_model("small", config, 401).train()
     inputs = golden_inputs("small_train_loss")
     outputs = run_model(model, inputs)
     objective = ObjectiveConfig(

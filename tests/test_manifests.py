@@ -1,4 +1,4 @@
-"""Dataset manifests on the real annotation files (../shared/data): counts, qids and clipping of img_spec.md §1."""
+"""Dataset manifests on the real annotation files (tests/data): counts, qids and clipping of img_spec.md §1."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from manifests import activitynet, charades
 from manifests.errors import ManifestError
 from manifests.records import split_counts
 from manifests.registry import DATASETS, DatasetQueries, load_dataset
-from tests.conftest import SHARED
+from tests.testdata import annotations_dir
 
-DATA = SHARED / "data"
+DATA = annotations_dir()
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from manifests import annotations
 from manifests.errors import AnnotationDownloadError
 from manifests.records import split_counts
 from manifests.registry import CHARADES_TRAIN, load_dataset
-from tests.conftest import SHARED
+from tests.testdata import annotations_dir
 
 
 def _serve(folder: Path) -> http.server.ThreadingHTTPServer:
@@ -28,7 +28,7 @@ def _serve(folder: Path) -> http.server.ThreadingHTTPServer:
 def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A loopback HTTP mirror of the authors' data/dataset/ folder (a copy we can corrupt), and an empty cache."""
     served = tmp_path / "served"
-    shutil.copytree(SHARED / "data", served)
+    shutil.copytree(annotations_dir(), served)
     for path in served.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     server = _serve(served)

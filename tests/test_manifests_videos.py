@@ -11,9 +11,9 @@ from extract.sources import read_manifest
 from extract.text_cli import manifest_command
 from manifests.registry import load_dataset
 from manifests.video_manifest import find_videos
-from tests.conftest import SHARED
+from tests.testdata import annotations_dir
 
-DATA = SHARED / "data"
+DATA = annotations_dir()
 
 
 def _touch(folder: Path, *names: str) -> None:

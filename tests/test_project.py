@@ -1,5 +1,6 @@
 """The project's own promises: README in sync with --help, CI runs the README's test command, ruff clean."""
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -42,3 +43,30 @@ def test_help_teaches_every_command() -> None:
             [sys.executable, "-m", "extract.cli", *args, "--help"], capture_output=True, text=True, cwd=ROOT
         )
         assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_readme_first_command_extracts_a_folder_shipped_with_the_repository() -> None:
+    blocks = re.findall(r"```bash\n(.*?)\n```", _readme(), re.DOTALL)
+    install = next(block for block in blocks if "pip install" in block)
+    videos = re.search(r"img-extract (\S+) --out", install)
+    assert videos is not None, install
+    folder = ROOT / videos.group(1)
+    assert folder.is_dir() and any(p.suffix == ".mp4" for p in folder.iterdir()), folder
+
+
+def test_test_data_readme_lists_every_file_with_its_sha256() -> None:
+    data = ROOT / "tests" / "data"
+    listed = dict(
+        re.findall(r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|$", (data / "README.md").read_text(), re.M)
+    )
+    files = {p.relative_to(data).as_posix(): p for p in data.rglob("*") if p.is_file() and p.name != "README.md"}
+    assert set(listed) == set(files)
+    for name, path in files.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == listed[name], name
+
+
+def test_tests_read_nothing_outside_the_repository() -> None:
+    sources = [*(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    for path in (p for p in sources if p.name != Path(__file__).name):
+        text = path.read_text()
+        assert '"shared"' not in text and "../shared" not in text, f"{path} reads ../shared; use tests/testdata.py"

@@ -12,11 +12,11 @@ from click.testing import CliRunner, Result
 from extract.store import StoreWriter, Track, VideoRecord
 from extract.text.store import TextStore
 from extract.text_cli import text_command
-from tests.conftest import SHARED
 from tests.test_text_encoders import minilm_dir, save_tiny_clip_text
 from tests.test_text_glove import glove_6b_subset
+from tests.testdata import annotations_dir
 
-DATA = SHARED / "data"
+DATA = annotations_dir()
 LONG = " ".join(["door"] * 500)
 
 

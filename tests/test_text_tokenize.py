@@ -7,13 +7,13 @@ import functools
 from extract.text.tokenize import tokenize, tokenize_all
 from extract.text.vocabulary import PAD, UNK, Vocabulary, build_vocabulary, count
 from manifests.registry import load_dataset
-from tests.conftest import SHARED
+from tests.testdata import annotations_dir
 
 
 @functools.cache
 def vocabulary_tokens(name: str) -> list[list[str]]:
     """Tokens of the train and test queries of a dataset (the splits its vocabulary counts)."""
-    queries = load_dataset(name, SHARED / "data")
+    queries = load_dataset(name, annotations_dir())
     return tokenize_all(r.sentence for r in queries.records if r.split in queries.vocabulary_splits)
 
 

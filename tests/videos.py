@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.ffmpeg_binary import ffmpeg_path
-
-REAL_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "media" / "v_ZNVhz7ctTq0.mp4"
+from tests.testdata import REAL_VIDEO as REAL_VIDEO  # re-exported for the tests that make videos
 
 
 def ffmpeg(*args: str) -> None:
