@@ -37,8 +37,9 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
     A run commits a part every --commit-every videos or minute, so long runs leave thousands; readers then
     open thousands of files. Compaction rewrites the same content (latest metadata, every current track with
     its provenance, failures per track) as parts of at most --part-size, then removes the old ones. Readers
-    keep working meanwhile and never see a half state; writers wait (it holds the store's writer lock).
-    Damaged parts are left in place and reported (exit status 1).
+    keep working meanwhile and never see a half state; it holds the store's writer lock, so a run started
+    meanwhile is refused with one line (and compact is refused during a run). Damaged parts are left in
+    place and reported (exit status 1).
 
     \b
     Example:

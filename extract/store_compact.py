@@ -1,9 +1,9 @@
 """Merging parts: `img-extract compact` rewrites a store's many small parts as a few large ones.
 
-`write_merged` writes the current view of any FeatureStore (a store's parts, or the parts of several shard
-stores given as one list) as new parts: every video's latest metadata, its current tracks with the provenance
-of the part each came from, and its current failures narrowed per track. `compact` runs it on one store under
-the writer lock and then removes the merged parts. Each step leaves a store that reads the same:
+`plan_merge` + `write_merged` write the current view of any FeatureStore (a store's parts, or the parts of
+several shard stores given as one list) as new parts: every video's latest metadata, its current tracks with
+the provenance of the part each came from, and its current failures narrowed per track. `compact` runs them on
+one store under the writer lock and then removes the merged parts. Each step leaves a store that reads the same:
 
 1. the new parts are renamed in after every old part (their names sort last), so a reader listing the folder
    now sees the old parts and the new ones, which restate the same view and win;
@@ -119,21 +119,30 @@ def _chunks(view: FeatureStore, video_ids: list[str], part_bytes: int) -> Iterat
         yield chunk
 
 
-def write_merged(
-    view: FeatureStore, out_dir: Path, part_bytes: int = DEFAULT_PART_BYTES, progress: bool = False
-) -> list[Path]:
-    """Write the current view of `view` as new parts in out_dir (named after every part there); return them.
+def plan_merge(view: FeatureStore, part_bytes: int = DEFAULT_PART_BYTES) -> list[_Group]:
+    """The new parts that would hold the view: videos grouped by provenance, at most ~part_bytes of tracks each.
 
-    Each video goes into exactly one new part, whole; a part holds at most about part_bytes of tracks. On any
-    error the new parts written so far are removed again and the error (OSError) propagates.
+    Each video goes into exactly one new part, whole. ProvenanceMismatchError when the view mixes recipes.
+    """
+    _check_recipes(view)
+    failed_only = sorted({r.video_id for r in view.failures()} - set(view.video_ids()))
+    return [
+        _Group(group.provenance, chunk)
+        for group in _group_videos(view, failed_only)
+        for chunk in _chunks(view, group.video_ids, part_bytes)
+    ]
+
+
+def write_merged(view: FeatureStore, out_dir: Path, plan: list[_Group], progress: bool = False) -> list[Path]:
+    """Write the view as the planned parts in out_dir (named after every part there); return them.
+
+    On any error the new parts written so far are removed again and the error (OSError) propagates.
     """
     from tqdm import tqdm
 
-    _check_recipes(view)
     failures: dict[str, list[FailureRecord]] = {}
     for record in view.failures():
         failures.setdefault(record.video_id, []).append(record)
-    failed_only = sorted(v for v in failures if v not in view)
     newest = max([p.name for p in view.parts] + [p.name for p in list_parts(out_dir)], default=None)
     writer = {
         "writer_pid": os.getpid(),
@@ -142,23 +151,23 @@ def write_merged(
         "merged_from": len(view.parts),
     }
     written: list[Path] = []
-    bar = tqdm(total=len(view) + len(failed_only), unit="video", desc="compact", disable=None if progress else True)
+    total = sum(len(part.video_ids) for part in plan)
+    bar = tqdm(total=total, unit="video", desc="compact", disable=None if progress else True)
 
-    def records(chunk: list[str]) -> Iterator[VideoRecord]:
-        for video_id in chunk:
+    def records(video_ids: list[str]) -> Iterator[VideoRecord]:
+        for video_id in video_ids:
             if video_id in view:
                 tracks = {name: view.track(video_id, name) for name in view.feature_names(video_id)}
                 yield VideoRecord(video_id, view.metadata(video_id), tracks)
             bar.update()
 
     try:
-        for group in _group_videos(view, failed_only):
-            for chunk in _chunks(view, group.video_ids, part_bytes):
-                part = out_dir / next_part_name(newest, len(written) + 1)
-                chunk_failures = [r for video_id in chunk for r in failures.get(video_id, [])]
-                write_part(part, records(chunk), chunk_failures, group.provenance, writer)
-                written.append(part)
-                newest = part.name
+        for planned in plan:
+            part = out_dir / next_part_name(newest, len(written) + 1)
+            part_failures = [r for video_id in planned.video_ids for r in failures.get(video_id, [])]
+            write_part(part, records(planned.video_ids), part_failures, planned.provenance, writer)
+            written.append(part)
+            newest = part.name
     except BaseException:
         for part in written:
             with contextlib.suppress(OSError):
@@ -183,10 +192,11 @@ def compact(store_path: Path, part_bytes: int = DEFAULT_PART_BYTES, progress: bo
             sources = [part for part in view.parts if part not in broken]
             before = sum(part.stat().st_size for part in sources)
             videos, failures = len(view), len(view.failures())
-            if len(sources) <= 1:
+            plan = plan_merge(view, part_bytes)
+            if len(plan) >= len(sources):  # already as few parts as the content needs
                 return CompactReport(store_path, [], [], damaged, videos, failures, before, before)
             try:
-                written = write_merged(view, folder, part_bytes, progress)
+                written = write_merged(view, folder, plan, progress)
             except OSError as error:
                 raise write_error(store_path, error) from None
         with FeatureStore(store_path) as merged:
