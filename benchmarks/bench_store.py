@@ -41,7 +41,7 @@ def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def read_all(store: Path, repeats: int = 3) -> dict[str, float]:
+def read_all(store: Path, repeats: int = 5) -> dict[str, float]:
     """Best of `repeats`: seconds to open (scan) and to read every track, and the peak of open files."""
     best = {"open_s": float("inf"), "read_s": float("inf"), "peak_open_files": 0.0, "rows": 0.0}
     baseline = open_files()

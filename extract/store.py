@@ -55,6 +55,9 @@ PARTS_SUFFIX = ".parts"
 PART_GLOB = "part-*.h5"
 LOCK_NAME = "writer.lock"
 MAX_OPEN_PARTS = 64
+# JSON [[video id, metadata, [track names]], ...] of a part's videos: a scan reads it at once instead of one
+# HDF5 attribute at a time (~0.2 ms each), which made opening a 10k-video store take a minute.
+CATALOG = "catalog"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S.%f"
 _SCAN_ATTEMPTS = 5
 _CANNOT_OPEN_NOW = (errno.EMFILE, errno.ENFILE)
@@ -122,9 +125,23 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _storable(value: Any) -> Any:
+    return "" if value is None else storable_text(value) if isinstance(value, str) else value
+
+
 def _write_attrs(target: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
-        target[key] = "" if value is None else storable_text(value) if isinstance(value, str) else value
+        target[key] = _storable(value)
+
+
+def _as_read_back(value: Any) -> Any:
+    """A value as _read_attrs returns it after an HDF5 attribute round trip (so the catalog agrees with attrs)."""
+    value = _storable(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | list | tuple):
+        return np.asarray(value).tolist()
+    return value
 
 
 def _read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
@@ -230,14 +247,18 @@ def write_part(
         for name, record in provenance.items():
             prov.attrs[name] = json.dumps(record, sort_keys=True)
         video_group = f.create_group("videos")
+        catalog = []
         for video in videos:
             group = video_group.create_group(escape_id(video.video_id))
-            _write_attrs(group.attrs, {**video.metadata, "video_id": video.video_id})
+            metadata = {**video.metadata, "video_id": video.video_id}
+            _write_attrs(group.attrs, metadata)
+            catalog.append([video.video_id, {k: _as_read_back(v) for k, v in metadata.items()}, list(video.tracks)])
             for name, track in video.tracks.items():
                 track_group = group.create_group(name)
                 track_group.create_dataset("features", data=track.features)
                 track_group.create_dataset("timestamps", data=np.asarray(track.timestamps, np.float64))
                 _write_attrs(track_group.attrs, track.attrs)
+        f.create_dataset(CATALOG, data=np.frombuffer(json.dumps(catalog).encode(), np.uint8))
         _write_failures(f.create_group("failures"), failures)
 
     save_atomically(path, _hdf5_image(fill))
@@ -344,7 +365,10 @@ def _read_part(part: Path) -> _PartContents:
                     f"({STORE_FORMAT_VERSION}); upgrade img-vmr"
                 )
             provenance = {name: json.loads(value) for name, value in f["provenance"].attrs.items()}
-            videos = [(unescape_id(name), _read_attrs(group.attrs), list(group)) for name, group in f["videos"].items()]
+            if CATALOG in f:
+                videos = [tuple(entry) for entry in json.loads(f[CATALOG][()].tobytes())]
+            else:  # parts written before the catalog
+                videos = [(unescape_id(n), _read_attrs(group.attrs), list(group)) for n, group in f["videos"].items()]
             failures = [r for name, group in f["failures"].items() for r in _failure_records(unescape_id(name), group)]
     except OSError as error:
         if error.errno is not None:
@@ -558,7 +582,7 @@ class FeatureStore:
             self._rescan()  # compacted since the scan: the same tracks now live in the new parts
             ref = self._track_ref(video_id, feature)
             handle = self._file(ref.part)
-        return read(handle["videos"][escape_id(video_id)][feature])
+        return read(handle[f"videos/{escape_id(video_id)}/{feature}"])
 
     def _entry(self, video_id: str) -> _VideoEntry:
         try:

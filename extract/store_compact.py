@@ -199,8 +199,8 @@ def compact(store_path: Path, part_bytes: int = DEFAULT_PART_BYTES, progress: bo
                 written = write_merged(view, folder, plan, progress)
             except OSError as error:
                 raise write_error(store_path, error) from None
-        with FeatureStore(store_path) as merged:
-            merged.write_index()  # links the new parts, which win over the old ones
+        with FeatureStore(store_path, parts=written) as merged:  # the new parts alone hold the whole view
+            merged.write_index()
         for part in sources:
             part.unlink(missing_ok=True)
         fsync_path(folder)

@@ -10,7 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
+import extract.store as store_module
 from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, StoreReadError, UsageError
+from extract.ids import escape_id
 from extract.inspect import describe
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord, iter_tracks, parts_dir
 
@@ -277,7 +279,9 @@ def test_a_store_written_with_one_failure_record_per_video_still_reads(tmp_path:
     with h5py.File(folder / "part-20250101T000000.000000-host-1-000001.h5", "w") as f:
         f.attrs.update({"format": "img-vmr-feature-store", "format_version": 1})
         f.create_group("provenance").attrs["clip"] = json.dumps(PROVENANCE["clip"])
-        f.create_group("videos")
+        old_video = f.create_group("videos").create_group("w")  # and no catalog: read attribute by attribute
+        old_video.attrs.update({"video_id": "w", "duration": 2.5})
+        old_video.create_group("clip").create_dataset("features", data=np.ones((2, 4), np.float32))
         old = f.create_group("failures").create_group("v")
         old.attrs.update({"video_id": "v", "path": "/v.mp4", "stage": "decode", "error_type": "E", "message": "m",
                           "features": "clip,panns", "time": 1.0})  # fmt: skip
@@ -285,6 +289,19 @@ def test_a_store_written_with_one_failure_record_per_video_still_reads(tmp_path:
     with FeatureStore(store) as reader:
         [failure] = reader.failures()
         assert (failure.features, failure.message) == (("panns",), "m")
+        assert reader.metadata("w")["duration"] == 2.5 and reader.feature_names("w") == ["clip"]
+
+
+def test_the_part_catalog_reads_back_as_the_attributes_do(tmp_path: Path) -> None:
+    store = tmp_path / "feats.h5"
+    odd = os.fsdecode(b"caf\xe9")
+    metadata = {"path": odd, "rotation": np.int64(90), "fps": np.float32(29.97), "has_audio": np.bool_(False),
+                "codec": None, "size": (640, 480), "truncated": True, "duration": float("inf")}  # fmt: skip
+    _write(store, VideoRecord(odd, metadata, {"clip": _video("x").tracks["clip"]}))
+    [part] = parts_dir(store).glob("part-*.h5")
+    with FeatureStore(store) as reader, h5py.File(part, "r") as f:
+        assert reader.video_ids() == [odd]
+        assert reader.metadata(odd) == store_module._read_attrs(f["videos"][escape_id(odd)].attrs)
 
 
 def test_a_failure_only_part_does_not_fix_the_recipe(tmp_path: Path) -> None:
