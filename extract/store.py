@@ -211,7 +211,7 @@ def save_atomically(path: Path, image: memoryview, tmp: Path | None = None) -> N
     fsync_path(path.parent)
 
 
-def _hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:
+def hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:
     """An HDF5 file built in memory; only save_atomically touches the disk."""
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
@@ -261,7 +261,7 @@ def write_part(
         f.create_dataset(CATALOG, data=np.frombuffer(json.dumps(catalog).encode(), np.uint8))
         _write_failures(f.create_group("failures"), failures)
 
-    save_atomically(path, _hdf5_image(fill))
+    save_atomically(path, hdf5_image(fill))
 
 
 def next_part_name(after: str | None, sequence: int) -> str:
@@ -669,7 +669,7 @@ class FeatureStore:
 
         tmp = self.path.with_name("." + self.path.name + f".{os.getpid()}.tmp")
         try:
-            save_atomically(self.path, _hdf5_image(fill), tmp)
+            save_atomically(self.path, hdf5_image(fill), tmp)
         except OSError as error:
             raise write_error(self.path, error) from None
 
