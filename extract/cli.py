@@ -16,6 +16,7 @@ import click
 from extract import __version__
 from extract.errors import ImgVmrError, UsageError
 from extract.presets import PRESETS
+from extract.store_cli import compact_command
 from extract.text_cli import manifest_command, text_command
 
 log = logging.getLogger("img_vmr.extract")
@@ -385,6 +386,7 @@ def import_command(source: Path, out: Path, feature: str, row_seconds: float | N
 
 main.add_command(manifest_command)
 main.add_command(text_command)
+main.add_command(compact_command)
 
 if __name__ == "__main__":
     main()

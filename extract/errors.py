@@ -21,6 +21,14 @@ class StoreCorruptError(ImgVmrError):
     """A feature store file is unreadable or not an img-vmr store."""
 
 
+class StoreReadError(ImgVmrError):
+    """A store part exists but cannot be read now (too many open files, permissions, I/O): not damage."""
+
+
+class StoreWriteError(ImgVmrError):
+    """A part or the index could not be written (disk full, I/O error); what was pending stays pending."""
+
+
 class StoreLockedError(ImgVmrError):
     """Another process is writing the same feature store."""
 

@@ -1,4 +1,7 @@
-"""`img-extract inspect`: what a store holds, as a dict (for --json) and as text."""
+"""`img-extract inspect`: what a store holds, as a dict (for --json) and as text.
+
+Works on every store: extracted ones, and imported ones whose videos have no probed metadata (shown as "-").
+"""
 
 from __future__ import annotations
 
@@ -9,69 +12,101 @@ from typing import Any
 from extract.store import FeatureStore
 
 
+def _size(meta: dict[str, Any]) -> str | None:
+    width, height = meta.get("width"), meta.get("height")
+    return None if width is None or height is None else f"{width}x{height}"
+
+
 def describe(store_path: Path) -> dict[str, Any]:
     with FeatureStore(store_path) as store:
+        failures = store.failures()
         features: dict[str, Any] = {}
         for name in store.feature_names():
-            holders = [v for v in store.video_ids() if name in store.feature_names(v)]
-            latest = store.part_provenance(holders[-1], name) if holders else {}
+            try:
+                record = store.provenance_record(name)
+            except KeyError:  # tracks written without provenance
+                record = {}
             features[name] = {
-                "videos": len(holders),
-                "recipe": latest.get("recipe", {}),
-                "software": latest.get("software", {}),
-                "runtime": latest.get("runtime", {}),
+                "videos": sum(name in store.feature_names(v) for v in store.video_ids()),
+                "failed": len({f.video_id for f in failures if name in f.features}),
+                "recipe": record.get("recipe", {}),
+                "software": record.get("software", {}),
+                "runtime": record.get("runtime", {}),
             }
         videos = []
         for video_id in store.video_ids():
             meta = store.metadata(video_id)
-            rows = {name: list(store.track_shape(video_id, name)) for name in store.feature_names(video_id)}
-            videos.append(
-                {
-                    "video_id": video_id,
-                    "duration": meta.get("duration"),
-                    "fps": meta.get("fps"),
-                    "frames": meta.get("frame_count"),
-                    "size": f"{meta.get('width')}x{meta.get('height')}",
-                    "has_audio": bool(meta.get("has_audio")),
-                    "tracks": rows,
-                }
-            )
+            entry = {
+                "video_id": video_id,
+                "duration": meta.get("duration"),
+                "fps": meta.get("fps"),
+                "frames": meta.get("frame_count"),
+                "size": _size(meta),
+                "has_audio": meta.get("has_audio"),
+                "tracks": {name: list(store.track_shape(video_id, name)) for name in store.feature_names(video_id)},
+                "failed_tracks": sorted(store.failed_features(video_id)),
+            }
+            if "truncated" in meta:
+                entry["truncated"] = bool(meta["truncated"])
+            videos.append(entry)
         return {
             "store": str(store_path),
             "parts": len(store.parts),
             "corrupt_parts": [f"{p.name}: {why}" for p, why in store.corrupt_parts],
             "videos": len(store),
-            "without_audio": sum(not v["has_audio"] for v in videos),
-            "failed": len(store.failures()),
+            "without_audio": sum(v["has_audio"] is not None and not v["has_audio"] for v in videos),
+            "truncated": sum(bool(v.get("truncated")) for v in videos),
+            "failed": len({f.video_id for f in failures}),
             "features": features,
-            "failures": [dataclasses.asdict(f) for f in store.failures()],
+            "failures": [dataclasses.asdict(f) for f in failures],
             "per_video": videos,
         }
 
 
+def _number(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _audio(value: Any) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
 def render(report: dict[str, Any], max_videos: int) -> str:
-    lines = [
-        f"store    {report['store']}  ({report['parts']} parts)",
-        f"videos   {report['videos']} extracted, {report['without_audio']} without audio, {report['failed']} failed",
-    ]
-    lines += [f"CORRUPT  {entry}" for entry in report["corrupt_parts"]]
+    counts = f"{report['videos']} extracted, {report['without_audio']} without audio, {report['failed']} failed"
+    if report["truncated"]:
+        counts += f", {report['truncated']} truncated"
+    lines = [f"store    {report['store']}  ({report['parts']} parts)", f"videos   {counts}"]
+    lines += [f"DAMAGED  {entry}" for entry in report["corrupt_parts"]]
     for name, info in report["features"].items():
-        lines.append(f"\nfeature {name}: {info['videos']} videos")
+        failed = f", {info['failed']} failed" if info["failed"] else ""
+        lines.append(f"\nfeature {name}: {info['videos']} videos{failed}")
         for key, value in sorted(info["recipe"].items()):
             lines.append(f"  {key:<28} {value}")
         for key, value in sorted({**info["software"], **info["runtime"]}.items()):
             lines.append(f"  {key:<28} {value}")
     if report["failures"]:
-        lines.append("\nfailures:")
-        lines += [f"  {f['video_id']}  [{f['stage']}] {f['message']}" for f in report["failures"]]
+        lines.append("\nfailures (video  tracks  [stage] reason):")
+        lines += [
+            f"  {f['video_id']}  {','.join(f['features']) or 'all'}  [{f['stage']}] {f['message']}"
+            for f in report["failures"]
+        ]
+    truncated = [v for v in report["per_video"] if v.get("truncated")]
+    if truncated:
+        lines.append("\ntruncated (the decoded stream ends before the header's duration; re-download these):")
+        lines += [f"  {v['video_id']}  {_number(v['duration'], 2)} s in the header" for v in truncated]
     shown = report["per_video"] if max_videos == 0 else report["per_video"][:max_videos]
     if shown:
         lines.append("\nvideo_id  duration_s  fps  frames  size  audio  rows")
         for v in shown:
             rows = ", ".join(f"{k} {'x'.join(map(str, shape))}" for k, shape in v["tracks"].items())
+            notes = "".join(f"  {k} FAILED" for k in v["failed_tracks"]) + ("  TRUNCATED" if v.get("truncated") else "")
             lines.append(
-                f"  {v['video_id']}  {v['duration']:.2f}  {v['fps']:.2f}  {v['frames']}  {v['size']}  "
-                f"{'yes' if v['has_audio'] else 'no'}  {rows}"
+                f"  {v['video_id']}  {_number(v['duration'], 2)}  {_number(v['fps'], 2)}  {_text(v['frames'])}  "
+                f"{_text(v['size'])}  {_audio(v['has_audio'])}  {rows}{notes}"
             )
         hidden = len(report["per_video"]) - len(shown)
         if hidden:
