@@ -28,7 +28,7 @@ def describe(store_path: Path) -> dict[str, Any]:
             videos.append(
                 {
                     "video_id": video_id,
-                    "duration": meta.get("duration"),
+                    "duration": meta.get("header_duration", meta.get("duration")) or meta.get("stream_end"),
                     "fps": meta.get("fps"),
                     "frames": meta.get("frame_count"),
                     "size": f"{meta.get('width')}x{meta.get('height')}",

@@ -130,7 +130,7 @@ def test_b_frames_do_not_shorten_the_stream(tmp_path: Path) -> None:
     path = tmp_path / "bframes.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30:duration=4", "-c:v", "libx264", "-bf", "3", str(path))
     meta = probe(path)
-    assert meta.frame_count == 120 and meta.video_end == pytest.approx(4.0)
+    assert meta.frame_count == 120 and meta.stream_end == pytest.approx(4.0)
     for decoder in ("ffmpeg", "decord"):
         frames, _ = _decode(path, FrameSampling(fps=24.0, short_side=48, crop=48, decoder=decoder))
         assert len(frames) == 96

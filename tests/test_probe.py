@@ -12,7 +12,7 @@ from tests.videos import REAL_VIDEO, ffmpeg, make_video
 def test_real_activitynet_video_metadata() -> None:
     meta = probe(REAL_VIDEO)
     assert (meta.width, meta.height, meta.fps, meta.frame_count) == (480, 360, 30.0, 420)
-    assert meta.duration == pytest.approx(14.05, abs=0.01)
+    assert meta.header_duration == pytest.approx(14.05, abs=0.01)
     assert meta.has_audio and meta.audio_codec == "aac" and meta.audio_sample_rate == 44100
     assert meta.codec == "h264"
 
