@@ -359,7 +359,7 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
     import decord  # imported lazily: it maps ~700 MB next to the CUDA torch wheels
 
     in_decord = sampling.interpolation == "bicubic"
-    width, height = sampling.resized_size(meta.width, meta.height) if in_decord else (-1, -1)
+    width, height = sampling.resized_size(meta.width, meta.height) if in_decord else (meta.width, meta.height)
     what = f"{meta.path} (decord)"
     try:
         reader = call_with_deadline(
@@ -370,9 +370,12 @@ def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) ->
         spans = call_with_deadline(lambda: reader.get_frame_timestamp(np.arange(len(reader))), STALL_TIMEOUT_S, what)
     except decord.DECORDError as error:
         raise VideoDecodeError(f"{meta.path}: decord could not open it ({str(error).splitlines()[0]})") from None
-    starts = spans[:, 0] - spans[0, 0] + meta.video_start  # decord's clock starts at the first frame
     if not (np.all(np.isfinite(spans)) and np.all(np.diff(spans[:, 0]) >= 0) and spans[-1, 1] < 1e7):
         raise VideoDecodeError(f"{meta.path}: decord cannot read this file's timestamps; use the ffmpeg decoder")
+    if len(meta.frame_starts) == len(spans):
+        starts = np.asarray(meta.frame_starts)  # exact; decord's are float32
+    else:
+        starts = spans[:, 0].astype(np.float64) - spans[0, 0] + meta.video_start  # decord's clock starts at frame 0
     targets, indices = sample_times(starts, meta.stream_end, fps, sampling.selection)
     for first in range(0, len(indices), sampling.chunk_frames):
         chunk = indices[first : first + sampling.chunk_frames].tolist()

@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class StreamMetadata:
     audio_channels: int | None = None
     audio_end: float | None = None  # end of the last audio packet present
     truncated: bool = False  # the packets end more than TRUNCATION_TOLERANCE_S before header_duration
+    # Start of every frame in presentation order, exact from the packets' integer timestamps (decord reports
+    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick).
+    frame_starts: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def average_fps(self) -> float:
@@ -84,7 +87,8 @@ class StreamMetadata:
 
     def as_attrs(self) -> dict[str, object]:
         """Flat attributes for the feature store (None becomes an empty string: HDF5 has no null)."""
-        return {k: ("" if v is None else v) for k, v in dataclasses.asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "frame_starts"}
+        return {k: ("" if v is None else v) for k, v in values.items()}
 
 
 def read_stream_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -111,11 +115,13 @@ _HINTS = {
 
 
 def ffmpeg_reason(stderr: str) -> str:
-    """ffmpeg's reason in one line: a component's own complaint (a demuxer's, a decoder's) before its generic
-    last line, without the "Error opening input:" wrapper."""
+    """ffmpeg's reason in one line: the last complaint of a component (a demuxer's, a decoder's) before its
+    generic "Error opening input: X" wrapper, which gives X only when no component said more. Earlier component
+    lines are warnings on the way (e.g. "detected only with low score of 1, misdetection possible!")."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    specific = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
-    reason = _WRAPPER.sub("", specific[0] if specific else (lines[-1] if lines else "ffmpeg gave no message"))
+    components = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
+    specific = [line for line in components if not _WRAPPER.match(line)]
+    reason = specific[-1] if specific else _WRAPPER.sub("", (components or lines or ["ffmpeg gave no message"])[-1])
     hint = next((h for key, h in _HINTS.items() if key in reason), None)
     return f"{reason}: {hint}" if hint else reason
 
@@ -127,6 +133,7 @@ class _PacketStream:
     first_pts: float
     end: float  # largest pts + duration
     header: dict[str, str]
+    starts: tuple[float, ...] = ()  # every packet's pts in seconds, sorted
 
 
 def _packet_streams(listing: str) -> list[_PacketStream]:
@@ -152,7 +159,8 @@ def _packet_streams(listing: str) -> list[_PacketStream]:
             step = int(np.median(np.diff(np.sort(pts))))
             durations = np.where(durations > 0, durations, step)
         first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
-        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header))
+        starts = tuple((np.sort(pts) * unit).tolist())
+        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts))
     return out
 
 
@@ -251,4 +259,5 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         audio_channels=channel_count(layout) if layout else None,
         audio_end=audio_end,
         truncated=header_duration is not None and header_duration - packets_end > TRUNCATION_TOLERANCE_S,
+        frame_starts=pictures.starts,
     )

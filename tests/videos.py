@@ -96,7 +96,7 @@ def grey_index(frame: np.ndarray) -> int:
     return round(float(frame.mean()) / 8)
 
 
-def make_numbered_video(path: Path, frames: int, rate: str, size: int = 48) -> Path:
+def make_numbered_video(path: Path, frames: int, rate: str, size: int = 64) -> Path:
     """A lossless constant-rate video of `frames` frames at `rate` (e.g. "30000/1001") whose frame i shows i.
 
     The number is written in base 16 as three vertical stripes of flat grey (16 * digit + 8), so a decoded,
