@@ -38,6 +38,7 @@ _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _HEADER = re.compile(r"^#(\w+) (\d+): (.*)$", re.MULTILINE)
 _CHANNEL_COUNT = re.compile(r"^(\d+) channels")
 _GUESSED_DURATION = "Estimating duration from bitrate"
+_PRINTED_RATE_ERROR = 2.5e-3  # "23.98" is 1.7e-4 from 24000/1001; a 1-ms time base's 42-ms frames are 7e-3 away
 
 # Store attributes written by older versions under names that did not say where the number came from.
 LEGACY_ATTR_NAMES = {"duration": "header_duration", "video_end": "stream_end"}
@@ -53,7 +54,7 @@ class StreamMetadata:
     path: str
     size_bytes: int
     header_duration: float | None  # what the container header states (None: it states none, or ffmpeg guessed)
-    fps: float  # the stream's nominal rate, as the header states it
+    fps: float  # the stream's nominal rate (exact from the packet durations where they agree with the header)
     frame_count: int  # video packets really present
     video_start: float  # presentation time of the first frame
     stream_end: float  # end of the last video packet present (pts + duration): what frame sampling covers
@@ -134,6 +135,7 @@ class _PacketStream:
     end: float  # largest pts + duration
     header: dict[str, str]
     starts: tuple[float, ...] = ()  # every packet's pts in seconds, sorted
+    typical_duration: float = 0.0  # the median packet duration in seconds, exact from the integer timestamps
 
 
 def _packet_streams(listing: str) -> list[_PacketStream]:
@@ -160,7 +162,8 @@ def _packet_streams(listing: str) -> list[_PacketStream]:
             durations = np.where(durations > 0, durations, step)
         first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
         starts = tuple((np.sort(pts) * unit).tolist())
-        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts))
+        typical = float(np.median(durations) * unit)
+        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts, typical))
     return out
 
 
@@ -234,6 +237,10 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         stream_end = header_duration if header_duration else frame_count / (fps or 1.0)
     if fps == 0.0:
         fps = frame_count / stream_end
+    elif pictures.typical_duration > 0 and abs(1 / pictures.typical_duration - fps) < _PRINTED_RATE_ERROR * fps:
+        # ffmpeg prints 4 significant digits: "23.98" for 24000/1001 samples a tick too many every ~3000 frames
+        # at the native rate; the packets' own duration is the exact rate (where the time base can express it).
+        fps = 1 / pictures.typical_duration
     sound = packets.get("audio")
     has_audio = audio is not None and sound is not None and sound.packets > 0
     audio_end = sound.end if has_audio and sound is not None else None

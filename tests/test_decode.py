@@ -390,3 +390,15 @@ def test_a_stalled_decord_call_fails_the_video(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(VideoDecodeError, match="decoder stalled for 1 s"):
         list(iter_frames(probe(path), FrameSampling(fps=4.0, short_side=48, crop=48, decoder="decord")))
     hung.set()
+
+
+def test_native_rate_sampling_takes_every_frame_of_a_23_976_fps_video_once(tmp_path: Path) -> None:
+    """i3d-anet-vslnet samples at the native rate, as VSLNet writes every frame. The header prints "23.98" for
+    24000/1001; sampling at that rate repeated frame 0 (round up) or a frame near 2 min (round to nearest)."""
+    path = make_numbered_video(tmp_path / "film.mp4", 3100, "24000/1001")
+    meta = probe(path)
+    assert meta.fps == pytest.approx(24000 / 1001, rel=1e-12)
+    frames = get_preset("i3d-anet-vslnet").frames
+    assert frames is not None and frames.fps is None
+    sampling = dataclasses.replace(frames, resize="none", crop=0)
+    assert [frame_number(f) for batch in iter_frames(meta, sampling) for f in batch.data] == list(range(3100))
