@@ -8,6 +8,8 @@ import pytest
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import input_args
 from extract.probe import probe, read_stream_attrs
+from extract.store import StoreWriter, Track, VideoRecord
+from manifests.custom import store_durations
 from tests.videos import REAL_VIDEO, ffmpeg, make_video
 
 
@@ -140,3 +142,12 @@ def test_random_bytes_give_the_reason_inside_ffmpegs_wrapper(tmp_path: Path) -> 
     with pytest.raises(VideoDecodeError) as error:
         probe(path)
     assert str(error.value).startswith(f"{path}: not a readable media file (Invalid data found when processing input")
+
+
+def test_durations_of_a_store_come_from_todays_and_older_names(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "feats.h5", {})
+    track = Track(np.zeros((2, 4), np.float32), np.array([[0, 1], [1, 2]], np.float64))
+    writer.add_video(VideoRecord("today", probe(REAL_VIDEO).as_attrs(), {"clip": track}))
+    writer.add_video(VideoRecord("before", {"duration": 31.5, "video_end": 31.4}, {"clip": track}))
+    writer.close()
+    assert store_durations(tmp_path / "feats.h5") == {"today": pytest.approx(14.05, abs=0.01), "before": 31.5}
