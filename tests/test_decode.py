@@ -284,14 +284,14 @@ def _cv2_reference_difference(path: Path, preset: str, chunks: int = 3) -> tuple
 def test_activitynet_downscale_is_cv2_bilinear_without_antialiasing() -> None:
     mean, peak, count = _cv2_reference_difference(REAL_VIDEO, "i3d-anet-vslnet")
     print(f"\ni3d-anet-vslnet vs cv2 on the real video (480x360 -> 299x224): mean |diff| {mean:.3f}, max {peak}")
-    assert count == 144 and mean < 0.25 and peak <= 1  # swscale's antialiased bilinear: mean 2.0, max 76
+    assert count == 144 and mean < 0.5 and peak <= 1  # swscale's antialiased bilinear: mean 2.0, max 76
 
 
 def test_charades_upscale_is_cv2_bilinear(tmp_path: Path) -> None:
     path = make_video(tmp_path / "small.mp4", seconds=2, size="320x180", audio=False)
     mean, peak, count = _cv2_reference_difference(path, "i3d-charades-vslnet")
     print(f"\ni3d-charades-vslnet vs cv2 (320x180 -> 402x226): mean |diff| {mean:.3f}, max {peak}")
-    assert count == 48 and mean < 0.25 and peak <= 1  # swscale's bilinear: mean 1.1, max 93
+    assert count == 48 and mean < 0.5 and peak <= 1  # swscale's bilinear: mean 1.1, max 93
 
 
 # --- audio: channel mean, resampy's filter ----------------------------------------------------------------------
