@@ -151,3 +151,13 @@ def test_durations_of_a_store_come_from_todays_and_older_names(tmp_path: Path) -
     writer.add_video(VideoRecord("before", {"duration": 31.5, "video_end": 31.4}, {"clip": track}))
     writer.close()
     assert store_durations(tmp_path / "feats.h5") == {"today": pytest.approx(14.05, abs=0.01), "before": 31.5}
+
+
+def test_an_audio_stream_without_packets_is_no_audio(tmp_path: Path) -> None:
+    path = tmp_path / "empty audio.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-f", "lavfi",
+           "-i", "anullsrc=sample_rate=16000,atrim=end_sample=0", "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-c:a", "pcm_s16le", str(path))  # fmt: skip
+    meta = probe(path)
+    assert meta.audio_codec == "pcm_s16le"  # the stream is declared ...
+    assert not meta.has_audio and meta.audio_end is None  # ... but holds nothing to decode
