@@ -19,7 +19,15 @@ from pathlib import Path
 
 from extract.ffmpeg_binary import ffmpeg_path
 
-CONFIGS = [("ffmpeg", 1.0), ("decord", 1.0), ("ffmpeg", 24.0), ("decord", 24.0)]
+# (decoder, fps, interpolation): bicubic resizes inside the decoder (CLIP, i3d); cv2_bilinear hands over frames
+# at their own size and resizes them in torch as cv2 does (the VSLNet presets).
+CONFIGS = [
+    ("ffmpeg", 1.0, "bicubic"),
+    ("decord", 1.0, "bicubic"),
+    ("ffmpeg", 24.0, "bicubic"),
+    ("decord", 24.0, "bicubic"),
+    ("ffmpeg", 24.0, "cv2_bilinear"),
+]
 
 
 def make_720p(path: Path, minutes: float) -> Path:
@@ -34,7 +42,7 @@ def make_720p(path: Path, minutes: float) -> Path:
     return path
 
 
-def child(decoder: str, fps: float, path: str) -> None:
+def child(decoder: str, fps: float, interpolation: str, path: str) -> None:
     """Decode one file, then report wall time and peak RSS of this process and of its ffmpeg children."""
     from extract.decode import FrameSampling, iter_frames
     from extract.probe import probe
@@ -42,7 +50,8 @@ def child(decoder: str, fps: float, path: str) -> None:
     meta = probe(path)
     start = time.perf_counter()
     frames = 0
-    for batch in iter_frames(meta, FrameSampling(fps=fps, short_side=224, crop=224, decoder=decoder)):
+    sampling = FrameSampling(fps=fps, short_side=224, crop=224, decoder=decoder, interpolation=interpolation)
+    for batch in iter_frames(meta, sampling):
         frames += len(batch)
     wall = time.perf_counter() - start
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -50,10 +59,9 @@ def child(decoder: str, fps: float, path: str) -> None:
     print(json.dumps({"wall": wall, "frames": frames, "self_mb": self_mb, "ffmpeg_mb": child_mb}))
 
 
-def measure(decoder: str, fps: float, path: Path) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "_child", decoder, str(fps), str(path)], capture_output=True, text=True, check=True
-    ).stdout
+def measure(decoder: str, fps: float, interpolation: str, path: Path) -> dict[str, float]:
+    command = [sys.executable, __file__, "_child", decoder, str(fps), interpolation, str(path)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -76,21 +84,21 @@ def main() -> None:
     long = make_720p(args.workdir / f"720p-{args.long_minutes:g}min.mp4", args.long_minutes)
     base = baseline(short)
     print(f"baseline: ffmpeg -i 720p-1min.mp4 -f null -  {base:.2f} s")
-    header = f"{'decoder':<8} {'fps':>5} {'time/baseline':>14} {'frames':>7} {'RSS 1 min':>10} {'RSS long':>9}"
-    print(f"{header} {'ratio':>6}")
-    for decoder, fps in CONFIGS:
-        one = min((measure(decoder, fps, short) for _ in range(2)), key=lambda r: r["wall"])
-        ten = measure(decoder, fps, long)
+    header = f"{'decoder':<8} {'fps':>5} {'resize':<13} {'time/baseline':>14} {'frames':>7} {'RSS 1 min':>10}"
+    print(f"{header} {'RSS long':>9} {'ratio':>6}")
+    for decoder, fps, interpolation in CONFIGS:
+        one = min((measure(decoder, fps, interpolation, short) for _ in range(2)), key=lambda r: r["wall"])
+        ten = measure(decoder, fps, interpolation, long)
         rss_one = one["self_mb"] + one["ffmpeg_mb"]
         rss_ten = ten["self_mb"] + ten["ffmpeg_mb"]
         print(
-            f"{decoder:<8} {fps:>5g} {one['wall'] / base:>14.2f} {one['frames']:>7d} {rss_one:>8.0f}MB "
-            f"{rss_ten:>7.0f}MB {rss_ten / rss_one:>6.2f}"
+            f"{decoder:<8} {fps:>5g} {interpolation:<13} {one['wall'] / base:>14.2f} {one['frames']:>7d} "
+            f"{rss_one:>8.0f}MB {rss_ten:>7.0f}MB {rss_ten / rss_one:>6.2f}"
         )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        child(sys.argv[2], float(sys.argv[3]), sys.argv[4])
+        child(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         main()

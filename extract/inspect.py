@@ -38,7 +38,7 @@ def describe(store_path: Path) -> dict[str, Any]:
             meta = store.metadata(video_id)
             entry = {
                 "video_id": video_id,
-                "duration": meta.get("duration"),
+                "duration": meta.get("header_duration", meta.get("duration")) or meta.get("stream_end"),
                 "fps": meta.get("fps"),
                 "frames": meta.get("frame_count"),
                 "size": _size(meta),

@@ -1,13 +1,20 @@
-"""Stream metadata of a video file, read with the ffmpeg binary alone (imageio-ffmpeg ships no ffprobe)."""
+"""Stream metadata of a video file, read with the ffmpeg binary alone (imageio-ffmpeg ships no ffprobe).
+
+Two kinds of numbers, named for where they come from: what the container header *says* (`header_duration`,
+`fps`) and what the packets really hold (`frame_count`, `stream_end`, `audio_end`). A half-downloaded faststart
+mp4 keeps its full header, so the two disagree, and the file is flagged `truncated`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,40 +22,60 @@ from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_path, input_args
 
 PROBE_TIMEOUT_S = 120.0
+# A file is `truncated` when its packets end this much before the header's duration. Whole files end within
+# one audio frame or video frame of the header (the real test video: 14.05 s header, audio to 14.05 s); an
+# interrupted download misses whole seconds. The end is that of the longest stream (video or audio), so a
+# soundtrack that outlasts the picture is not a truncation.
+TRUNCATION_TOLERANCE_S = 1.0
 
 _CONTAINER = re.compile(r"^Input #0, (.+?), from ", re.MULTILINE)
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-_STREAM = re.compile(r"^\s*Stream #(\d+):(\d+)\S*: (Video|Audio): (.*)$", re.MULTILINE)
+_STREAM = re.compile(r"^\s*Stream #(\d+):(\d+)\S*: (Video|Audio|Subtitle|Data|Attachment): (.*)$", re.MULTILINE)
 _SIZE = re.compile(r"[ ,](\d{1,6})x(\d{1,6})[ ,\[]")
 _FPS = re.compile(r"([\d.]+)(k?) (?:fps|tbr)")
 _SAMPLE_RATE = re.compile(r"(\d+) Hz")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
-_TIMEBASE = re.compile(r"^#tb 0: (\d+)/(\d+)$", re.MULTILINE)
+_HEADER = re.compile(r"^#(\w+) (\d+): (.*)$", re.MULTILINE)
+_CHANNEL_COUNT = re.compile(r"^(\d+) channels")
+_GUESSED_DURATION = "Estimating duration from bitrate"
+_PRINTED_RATE_ERROR = 2.5e-3  # "23.98" is 1.7e-4 from 24000/1001; a 1-ms time base's 42-ms frames are 7e-3 away
+
+# Store attributes written by older versions under names that did not say where the number came from.
+LEGACY_ATTR_NAMES = {"duration": "header_duration", "video_end": "stream_end"}
 
 
 @dataclass(frozen=True)
 class StreamMetadata:
-    """What one video file holds. width/height are as displayed (after the rotation metadata is applied)."""
+    """What one video file holds. width/height are as displayed (after the rotation metadata is applied).
+
+    Times are seconds on the file's timeline, whose 0 is the start of its earliest stream.
+    """
 
     path: str
     size_bytes: int
-    duration: float  # of the container (the longest stream)
-    fps: float  # the stream's nominal rate
-    frame_count: int
-    video_start: float  # presentation time of the first frame, seconds on the file's timeline
-    video_end: float  # end of the last frame on that timeline (0 = the start of the earliest stream)
+    header_duration: float | None  # what the container header states (None: it states none, or ffmpeg guessed)
+    fps: float  # the stream's nominal rate (exact from the packet durations where they agree with the header)
+    frame_count: int  # video packets really present
+    video_start: float  # presentation time of the first frame
+    stream_end: float  # end of the last video packet present (pts + duration): what frame sampling covers
     width: int
     height: int
-    has_audio: bool
+    has_audio: bool  # an audio stream with at least one packet
     codec: str
     container: str = ""
     rotation: int = 0
     audio_codec: str | None = None
     audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    audio_end: float | None = None  # end of the last audio packet present
+    truncated: bool = False  # the packets end more than TRUNCATION_TOLERANCE_S before header_duration
+    # Start of every frame in presentation order, exact from the packets' integer timestamps (decord reports
+    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick).
+    frame_starts: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def average_fps(self) -> float:
-        span = self.video_end - self.video_start
+        span = self.stream_end - self.video_start
         return self.frame_count / span if span > 0 else self.fps
 
     @property
@@ -61,7 +88,17 @@ class StreamMetadata:
 
     def as_attrs(self) -> dict[str, object]:
         """Flat attributes for the feature store (None becomes an empty string: HDF5 has no null)."""
-        return {k: ("" if v is None else v) for k, v in dataclasses.asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "frame_starts"}
+        return {k: ("" if v is None else v) for k, v in values.items()}
+
+
+def read_stream_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Stored video attributes under today's names, also for stores written before the fields were renamed."""
+    out = dict(attrs)
+    for old, new in LEGACY_ATTR_NAMES.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
 
 
 def _seconds(match: re.Match[str]) -> float:
@@ -70,40 +107,88 @@ def _seconds(match: re.Match[str]) -> float:
 
 
 _COMPONENT = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ")
-_HINTS = {"moov atom not found": "the file is truncated or was never finished"}
+# ffmpeg's wrappers around a reason: "Error opening input: X", "Error opening input files: X".
+_WRAPPER = re.compile(r"^Error opening (?:input|output)(?: files)?: ")
+_HINTS = {
+    "moov atom not found": "the file is truncated or was never finished",
+    "Invalid data found when processing input": "not a video ffmpeg can read (wrong extension, or damaged)",
+}
 
 
-def _ffmpeg_reason(stderr: str) -> str:
-    """ffmpeg's most specific complaint (a demuxer's own line beats the generic 'Error opening input')."""
+def ffmpeg_reason(stderr: str) -> str:
+    """ffmpeg's reason in one line: the last complaint of a component (a demuxer's, a decoder's) before its
+    generic "Error opening input: X" wrapper, which gives X only when no component said more. Earlier component
+    lines are warnings on the way (e.g. "detected only with low score of 1, misdetection possible!")."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    specific = [
-        _COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line) and "Error opening input" not in line
-    ]
-    reason = specific[0] if specific else (lines[-1] if lines else "ffmpeg gave no message")
+    components = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
+    specific = [line for line in components if not _WRAPPER.match(line)]
+    reason = specific[-1] if specific else _WRAPPER.sub("", (components or lines or ["ffmpeg gave no message"])[-1])
     hint = next((h for key, h in _HINTS.items() if key in reason), None)
     return f"{reason}: {hint}" if hint else reason
 
 
-def _packet_times(listing: str) -> tuple[int, float, float]:
-    """(frames, first pts, end of the last frame) in seconds from a `-f framecrc` packet listing.
+@dataclass(frozen=True)
+class _PacketStream:
+    kind: str  # "video" or "audio"
+    packets: int
+    first_pts: float
+    end: float  # largest pts + duration
+    header: dict[str, str]
+    starts: tuple[float, ...] = ()  # every packet's pts in seconds, sorted
+    typical_duration: float = 0.0  # the median packet duration in seconds, exact from the integer timestamps
+
+
+def _packet_streams(listing: str) -> list[_PacketStream]:
+    """Per output stream of a `-f framecrc` listing: packet count, first pts and end of the last packet.
 
     The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
     """
-    timebase = _TIMEBASE.search(listing)
+    headers: dict[int, dict[str, str]] = {}
+    for key, index, value in _HEADER.findall(listing):
+        headers.setdefault(int(index), {})[key] = value.strip()
     rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
-    if not rows or timebase is None:
-        return 0, 0.0, 0.0
-    unit = int(timebase.group(1)) / int(timebase.group(2))
-    pts = np.array([int(row[2]) for row in rows], np.int64)
-    durations = np.array([int(row[3]) for row in rows], np.int64)
-    if len(pts) > 1 and (durations <= 0).any():
-        step = int(np.median(np.diff(np.sort(pts))))
-        durations = np.where(durations > 0, durations, step)
-    return len(rows), float(pts.min() * unit), float((pts + durations).max() * unit)
+    out = []
+    for index, header in sorted(headers.items()):
+        timebase = re.fullmatch(r"(\d+)/(\d+)", header.get("tb", ""))
+        mine = [row for row in rows if int(row[0]) == index]
+        if timebase is None or not mine:
+            out.append(_PacketStream(header.get("media_type", ""), 0, 0.0, 0.0, header))
+            continue
+        unit = int(timebase.group(1)) / int(timebase.group(2))
+        pts = np.array([int(row[2]) for row in mine], np.int64)  # stream, dts, pts, duration, size, crc
+        durations = np.array([int(row[3]) for row in mine], np.int64)
+        if len(pts) > 1 and (durations <= 0).any():
+            step = int(np.median(np.diff(np.sort(pts))))
+            durations = np.where(durations > 0, durations, step)
+        first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
+        starts = tuple((np.sort(pts) * unit).tolist())
+        typical = float(np.median(durations) * unit)
+        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts, typical))
+    return out
+
+
+@functools.cache
+def _standard_layouts() -> dict[str, int]:
+    """Channel count of every standard layout name this ffmpeg knows (`ffmpeg -layouts`)."""
+    listing = subprocess.run([ffmpeg_path(), "-hide_banner", "-layouts"], capture_output=True, text=True).stdout
+    standard = listing.split("Standard channel layouts:", 1)[-1]
+    return {name: len(parts.split("+")) for name, parts in re.findall(r"^(\S+)\s+(\S+)$", standard, re.MULTILINE)}
+
+
+def channel_count(layout: str) -> int | None:
+    """Channels of an ffmpeg channel layout description ("stereo", "5.1(side)", "6 channels", "FL+FR+LFE")."""
+    layout = layout.strip()
+    if match := _CHANNEL_COUNT.match(layout):
+        return int(match.group(1))
+    if layout in _standard_layouts():
+        return _standard_layouts()[layout]
+    if re.fullmatch(r"[A-Z0-9]+(?:\+[A-Z0-9]+)+", layout):
+        return len(layout.split("+"))
+    return None
 
 
 def probe(path: str | os.PathLike[str]) -> StreamMetadata:
-    """Read the container header and count the video packets (stream copy: nothing is decoded).
+    """Read the container header and list the video and audio packets (stream copy: nothing is decoded).
 
     The packet count is the exact frame count, also for variable-frame-rate files, at the cost of one
     demux pass (milliseconds for a typical file).
@@ -115,21 +200,22 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     if size == 0:
         raise VideoDecodeError(f"{file}: file is empty (0 bytes); re-download or remove it")
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-nostats", *input_args(file)]
-    cmd += ["-map", "0:V:0?", "-c", "copy", "-f", "framecrc", "-"]
+    cmd += ["-map", "0:V:0?", "-map", "0:a:0?", "-c", "copy", "-f", "framecrc", "-"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise VideoDecodeError(f"{file}: probing took over {PROBE_TIMEOUT_S:.0f} s; the file may be damaged") from None
-    stderr, progress = result.stderr, result.stdout
+    stderr = result.stderr
     streams = _STREAM.findall(stderr)
     if result.returncode != 0 and not streams:
-        raise VideoDecodeError(f"{file}: not a readable media file ({_ffmpeg_reason(stderr)})")
+        raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr)})")
     video = next((desc for _, _, kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     audio = next((desc for _, _, kind, desc in streams if kind == "Audio"), None)
     if video is None:
-        raise VideoDecodeError(f"{file}: has no video stream (audio-only or data file); remove it from the input")
+        held = ", ".join(sorted({kind.lower() for _, _, kind, _ in streams})) or "no streams"
+        raise VideoDecodeError(f"{file}: has no video stream (it holds {held}); remove it from the input")
     if result.returncode != 0:
-        raise VideoDecodeError(f"{file}: video stream unreadable ({_ffmpeg_reason(stderr)})")
+        raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr)})")
     size_match = _SIZE.search(video)
     if size_match is None:
         raise VideoDecodeError(f"{file}: video stream has no frame size ({video.strip()[:80]})")
@@ -140,30 +226,45 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         width, height = height, width
     fps_match = _FPS.search(video)
     fps = float(fps_match.group(1)) * (1000 if fps_match.group(2) else 1) if fps_match else 0.0
-    frame_count, video_start, video_end = _packet_times(progress)
-    if frame_count == 0:
+    packets = {stream.kind: stream for stream in _packet_streams(result.stdout)}
+    pictures = packets.get("video")
+    if pictures is None or pictures.packets == 0:
         raise VideoDecodeError(f"{file}: video stream holds no frames; the file is truncated or empty")
+    frame_count, video_start, stream_end = pictures.packets, pictures.first_pts, pictures.end
     duration_match = _DURATION.search(stderr)
-    duration = _seconds(duration_match) if duration_match is not None else video_end
-    if video_end <= 0:
-        video_end = duration if duration > 0 else frame_count / (fps or 1.0)
+    header_duration = _seconds(duration_match) if duration_match and _GUESSED_DURATION not in stderr else None
+    if stream_end <= 0:
+        stream_end = header_duration if header_duration else frame_count / (fps or 1.0)
     if fps == 0.0:
-        fps = frame_count / video_end
+        fps = frame_count / stream_end
+    elif pictures.typical_duration > 0 and abs(1 / pictures.typical_duration - fps) < _PRINTED_RATE_ERROR * fps:
+        # ffmpeg prints 4 significant digits: "23.98" for 24000/1001 samples a tick too many every ~3000 frames
+        # at the native rate; the packets' own duration is the exact rate (where the time base can express it).
+        fps = 1 / pictures.typical_duration
+    sound = packets.get("audio")
+    has_audio = audio is not None and sound is not None and sound.packets > 0
+    audio_end = sound.end if has_audio and sound is not None else None
     audio_rate = _SAMPLE_RATE.search(audio) if audio else None
+    layout = sound.header.get("channel_layout_name") if sound is not None else None
+    packets_end = max(stream_end, audio_end or 0.0)
     return StreamMetadata(
         path=str(file),
         size_bytes=size,
-        duration=duration,
+        header_duration=header_duration,
         fps=fps,
         frame_count=frame_count,
-        video_end=video_end,
+        stream_end=stream_end,
         video_start=video_start,
         width=width,
         height=height,
-        has_audio=audio is not None,
+        has_audio=has_audio,
         codec=video.split()[0].rstrip(","),
         container=container.group(1) if (container := _CONTAINER.search(stderr)) else "",
         rotation=rotation,
         audio_codec=audio.split()[0].rstrip(",") if audio else None,
         audio_sample_rate=int(audio_rate.group(1)) if audio_rate else None,
+        audio_channels=channel_count(layout) if layout else None,
+        audio_end=audio_end,
+        truncated=header_duration is not None and header_duration - packets_end > TRUNCATION_TOLERANCE_S,
+        frame_starts=pictures.starts,
     )

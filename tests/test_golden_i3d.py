@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from extract.decode import iter_frames
 from extract.errors import MissingWeightsError
+from extract.ffmpeg_binary import ffmpeg_path
+from extract.models import ExtractorOptions, build_extractor
 from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
-from tests.golden import GOLDEN, golden_tensors
+from extract.presets import I3D_ANET_VSLNET
+from extract.probe import probe
+from tests.golden import GOLDEN, golden_tensors, load_npz
 
 I3D_GOLDEN = GOLDEN / "i3d"
 WEIGHTS_SEED = 101
@@ -167,3 +173,26 @@ def test_a_missing_file_is_reported_in_one_line(tmp_path):
     path = tmp_path / "rgb_imagenet.pt"
     with pytest.raises(MissingWeightsError, match="does not exist"):
         load_i3d_checkpoint(path)
+
+
+def test_golden_clip_through_the_product_path(imagenet_layout_file, expected, tmp_path):
+    """The golden frames as a lossless video -> probe -> ffmpeg decode -> i3d-anet-vslnet's frame windows -> I3D."""
+    frames = load_npz("i3d", "inputs.npz")["frames_uint8"]
+    video = tmp_path / "golden.mkv"
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "224x224",
+         "-r", "25", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0", str(video)],
+        input=frames.tobytes(),
+        check=True,
+    )  # fmt: skip
+    folder = imagenet_layout_file.parent
+    options = ExtractorOptions(device=torch.device("cpu"), weights_dir=folder, verify_weights=False)
+    extractor = build_extractor(I3D_ANET_VSLNET, options)
+    assert extractor.frame_sampling is not None
+    windower = extractor.windower()
+    units = [windower.push(batch) for batch in iter_frames(probe(video), extractor.frame_sampling)]
+    windows = np.concatenate([u.inputs for u in [*units, windower.finish()] if u is not None])
+    np.testing.assert_array_equal(windows, frames[None])  # decoded, resized (x1) and cropped without a change
+    features = extractor.embed(windows)  # (1, 1, 1024)
+    diff = _assert_close(features.reshape(1, 1024, 1, 1, 1), expected["features"], "features via decode")
+    print(f"\nI3D features through decode and windows: max |diff| {diff:.3g}")

@@ -1,4 +1,5 @@
-"""PANNs Cnn14 against the original code (tests/data/golden/panns_cnn14), checkpoint loading, and audio windowing."""
+"""PANNs Cnn14 against the original code (tests/data/golden/panns_cnn14), checkpoint loading, and the product's path:
+a video's soundtrack -> probe -> ffmpeg decode -> audio windows -> Cnn14, on the golden waveform and at the edges."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from extract.decode import iter_audio
 from extract.errors import MissingWeightsError
-from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, cut_windows, load_cnn14_checkpoint
+from extract.models import ExtractorOptions, build_extractor
+from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, load_cnn14_checkpoint
+from extract.models.published import PannsExtractor
+from extract.presets import PANNS as PANNS_PRESET
+from extract.presets import Preset
+from extract.probe import probe
+from extract.windows import AudioWindows
 from tests.golden import GOLDEN, golden_tensors
+from tests.videos import make_video_with_waveform
 
 PANNS = GOLDEN / "panns_cnn14"
 WEIGHTS_SEED = 301
@@ -60,10 +69,36 @@ def published_file(
     tmp_path_factory: pytest.TempPathFactory, golden_state: State, front_end_tensors: State
 ) -> Iterator[Path]:
     """The golden weights saved like `Cnn14_mAP=0.431.pth`: a dict, front-end tensors first, under 'model'."""
-    path = tmp_path_factory.mktemp("panns") / "Cnn14_mAP=0.431.pth"
+    path = tmp_path_factory.mktemp("panns") / PANNS_PRESET.weights
     torch.save({"iteration": 0, "model": {**front_end_tensors, **golden_state}}, path)
     yield path
     path.unlink()  # 327 MB: not worth keeping among pytest's retained temp dirs
+
+
+def _extractor(published_file: Path, preset: Preset = PANNS_PRESET) -> PannsExtractor:
+    options = ExtractorOptions(device=torch.device("cpu"), weights_dir=published_file.parent, verify_weights=False)
+    built = build_extractor(preset, options)
+    assert isinstance(built, PannsExtractor)
+    return built
+
+
+@pytest.fixture(scope="module")
+def extractor(published_file: Path) -> PannsExtractor:
+    """The panns preset's extractor (1-s windows every 0.5 s) with the golden weights in the published file."""
+    return _extractor(published_file)
+
+
+def _product_units(extractor: PannsExtractor, video: Path) -> tuple[np.ndarray, np.ndarray]:
+    """What the run feeds Cnn14 for one video: (windows, spans) from its decoded audio and the extractor's windower."""
+    windower = extractor.windower()
+    assert isinstance(windower, AudioWindows) and extractor.audio_sampling is not None
+    chunks = iter_audio(probe(video), extractor.audio_sampling)
+    units = [u for u in [*(windower.push(c) for c in chunks), windower.finish()] if u is not None]
+    return np.concatenate([u.inputs for u in units]), np.concatenate([u.spans for u in units])
+
+
+def _soundtrack(tmp_path: Path, waveform: np.ndarray, name: str = "audio.mkv") -> Path:
+    return make_video_with_waveform(tmp_path / name, waveform, SAMPLE_RATE)
 
 
 def _save_small_published_layout(path: Path, state: State) -> Path:
@@ -142,34 +177,61 @@ def test_truncated_checkpoint_is_one_clear_line(tmp_path: Path, golden_state: St
     assert "\n" not in message and str(path) in message
 
 
-def test_windows_of_a_3_2_second_input_have_exact_timestamps() -> None:
-    windows, spans = cut_windows(np.ones(int(3.2 * SAMPLE_RATE), np.float32), SAMPLE_RATE)
+def test_golden_soundtrack_through_the_product_path_matches_the_original(published_file: Path, tmp_path: Path) -> None:
+    """One 3-s window (--audio-window 3) of the golden waveform, decoded from a video: the original's whole-clip
+    embedding and log-mel."""
+    extractor = _extractor(published_file, PANNS_PRESET.with_audio_windows(3.0, 3.0))
+    windows, spans = _product_units(extractor, _soundtrack(tmp_path, np.load(PANNS / "inputs.npz")["waveform"][0]))
+    assert windows.shape == (1, 3 * SAMPLE_RATE) and spans.tolist() == [[0.0, 3.0]]
+    expected = np.load(PANNS / "expected.npz")
+    with torch.inference_mode():
+        log_mel = extractor.model.front_end(torch.from_numpy(windows)).numpy()
+    embedding = extractor.embed(windows)
+    print(f"\npanns via decode: logmel max |diff| {np.abs(log_mel - expected['logmel']).max():.3g}, "
+          f"embedding {np.abs(embedding - expected['embedding']).max():.3g}")  # fmt: skip
+    np.testing.assert_allclose(log_mel, expected["logmel"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(embedding, expected["embedding"], atol=1e-4, rtol=1e-3)
+
+
+def test_windows_of_a_3_2_second_soundtrack_have_exact_timestamps(extractor: PannsExtractor, tmp_path: Path) -> None:
+    windows, spans = _product_units(extractor, _soundtrack(tmp_path, np.full(int(3.2 * SAMPLE_RATE), 0.5)))
     assert windows.shape == (6, SAMPLE_RATE) and windows.dtype == np.float32
-    assert spans.tolist() == [[0.0, 1.0], [0.5, 1.5], [1.0, 2.0], [1.5, 2.5], [2.0, 3.0], [2.5, 3.2]]
+    np.testing.assert_allclose(spans, [[0.0, 1.0], [0.5, 1.5], [1.0, 2.0], [1.5, 2.5], [2.0, 3.0], [2.5, 3.2]])
     real = int(0.7 * SAMPLE_RATE)  # the last window holds 2.5-3.2 s, then zeros
-    assert windows[:5].min() == 1.0 and windows[5, :real].min() == 1.0 and not windows[5, real:].any()
+    assert windows[:5].min() == 0.5 and windows[5, :real].min() == 0.5 and not windows[5, real:].any()
 
 
-def test_audio_shorter_than_a_window_is_one_zero_padded_window(golden_model: Cnn14) -> None:
+def test_audio_shorter_than_a_window_is_one_zero_padded_window(extractor: PannsExtractor, tmp_path: Path) -> None:
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, int(0.3 * SAMPLE_RATE)).astype(np.float32)
-    windows, spans = cut_windows(audio, SAMPLE_RATE)
+    windows, spans = _product_units(extractor, _soundtrack(tmp_path, audio))
     assert windows.shape == (1, SAMPLE_RATE) and spans.tolist() == [[0.0, 0.3]]
     assert np.array_equal(windows[0, : audio.size], audio) and not windows[0, audio.size :].any()
-    with torch.inference_mode():
-        assert torch.isfinite(golden_model(torch.from_numpy(windows)).embedding).all()
+    assert np.isfinite(extractor.embed(windows)).all()
 
 
-def test_silent_audio_gives_finite_outputs(golden_model: Cnn14) -> None:
-    windows, _ = cut_windows(np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+def test_silent_audio_gives_finite_outputs(extractor: PannsExtractor, tmp_path: Path) -> None:
+    windows, _ = _product_units(extractor, _soundtrack(tmp_path, np.zeros(2 * SAMPLE_RATE)))
     with torch.inference_mode():
-        output = golden_model(torch.from_numpy(windows))
+        output = extractor.model(torch.from_numpy(windows))
     assert output.embedding.shape == (3, 2048) and output.clipwise_output.shape == (3, 527)
     assert torch.isfinite(output.embedding).all() and torch.isfinite(output.clipwise_output).all()
 
 
-def test_batched_windows_match_one_at_a_time(golden_model: Cnn14) -> None:
-    windows = torch.from_numpy(cut_windows(np.load(PANNS / "inputs.npz")["waveform"][0], SAMPLE_RATE)[0])
+def test_batched_windows_match_one_at_a_time(extractor: PannsExtractor, tmp_path: Path) -> None:
+    windows, _ = _product_units(extractor, _soundtrack(tmp_path, np.load(PANNS / "inputs.npz")["waveform"][0]))
+    batched = extractor.embed(windows)
+    single = np.concatenate([extractor.embed(window[None]) for window in windows])
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_stereo_embeddings_are_those_of_the_channel_mean(extractor: PannsExtractor, tmp_path: Path) -> None:
+    """librosa's to_mono averages the channels; ffmpeg's own stereo-to-mono would add 3 dB (0.7071 * (L + R))."""
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    left, right = 0.5 * np.sin(2 * np.pi * 523.25 * t), 0.25 * np.sin(2 * np.pi * 3000 * t + 1.0)
+    stereo, _ = _product_units(extractor, _soundtrack(tmp_path, np.stack([left, right], axis=1), "stereo.mkv"))
+    mean, _ = _product_units(extractor, _soundtrack(tmp_path, (left + right) / 2, "mean.mkv"))
     with torch.inference_mode():
-        batched = golden_model(windows).embedding
-        single = torch.cat([golden_model(window[None]).embedding for window in windows])
-    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+        log_mels = [extractor.model.front_end(torch.from_numpy(w)) for w in (stereo, mean)]
+    print(f"\npanns stereo vs channel mean: log-mel max |diff| {(log_mels[0] - log_mels[1]).abs().max():.3g} dB")
+    torch.testing.assert_close(log_mels[0], log_mels[1], atol=0.05, rtol=0)  # 3 dB apart before the fix
+    np.testing.assert_allclose(extractor.embed(stereo), extractor.embed(mean), atol=1e-4, rtol=1e-3)

@@ -1,5 +1,7 @@
-"""VGGish against the torchvggish golden vectors (tests/data/golden/vggish), plus the edges of its front end,
-its post-processor with Google's real PCA parameters, and its checkpoint errors."""
+"""VGGish against the torchvggish golden vectors (tests/data/golden/vggish), fed through the product's path: the
+golden waveform as a video's soundtrack -> probe -> ffmpeg decode -> audio windows -> front end -> network ->
+PCA / 8-bit post-processor. Plus the edges of that path, the post-processor with Google's real PCA parameters,
+and the checkpoint errors."""
 
 from __future__ import annotations
 
@@ -9,57 +11,66 @@ import numpy as np
 import pytest
 import torch
 
+from extract.decode import iter_audio
 from extract.errors import MissingWeightsError
-from extract.models.vggish import (
-    SAMPLE_RATE,
-    VGGish,
-    VGGishPostprocessor,
-    load_pca_params,
-    load_vggish_checkpoint,
-    mel_weight_matrix,
-    waveform_to_examples,
-)
-from tests.golden import GOLDEN as GOLDEN_ROOT
-from tests.golden import golden_arrays
+from extract.models import ExtractorOptions, build_extractor
+from extract.models.published import VGGishExtractor
+from extract.models.vggish import VGGish, VGGishPostprocessor, load_pca_params, load_vggish_checkpoint
+from extract.presets import VGGISH_QUANTIZED
+from extract.probe import probe
+from tests.golden import golden_arrays, load_npz
 from tests.testdata import GOOGLE_VGGISH_PCA as GOOGLE_PCA
+from tests.videos import make_video_with_waveform
 
-GOLDEN = GOLDEN_ROOT / "vggish"
 WEIGHTS_SEED = 201
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")
+SAMPLE_RATE = 16000
 
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / "expected.npz") as npz:
-        return {key: npz[key] for key in npz.files}
+    return load_npz("vggish", "expected.npz")
 
 
 @pytest.fixture(scope="module")
-def golden_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The golden weights saved like the published files: the VGG state dict and the PCA dict, as two .pth."""
+def extractor(tmp_path_factory: pytest.TempPathFactory) -> VGGishExtractor:
+    """The vggish-quantized extractor with the golden weights, saved like the published files."""
     arrays = golden_arrays("vggish", WEIGHTS_SEED)
     folder = tmp_path_factory.mktemp("vggish-golden")
-    vgg, pca = folder / "vggish.pth", folder / "vggish_pca_params.pth"
-    torch.save({k: torch.from_numpy(v) for k, v in arrays.items() if k not in PCA_KEYS}, vgg)
-    torch.save({k: torch.from_numpy(arrays[k]) for k in PCA_KEYS}, pca)
-    return vgg, pca
+    torch.save(
+        {k: torch.from_numpy(v) for k, v in arrays.items() if k not in PCA_KEYS}, folder / VGGISH_QUANTIZED.weights
+    )
+    torch.save({k: torch.from_numpy(arrays[k]) for k in PCA_KEYS}, folder / VGGISH_QUANTIZED.extra_weights[0])
+    options = ExtractorOptions(device=torch.device("cpu"), weights_dir=folder, verify_weights=False)
+    built = build_extractor(VGGISH_QUANTIZED, options)
+    assert isinstance(built, VGGishExtractor)
+    return built
+
+
+def product_windows(extractor: VGGishExtractor, video: Path) -> np.ndarray:
+    """What the run feeds the model for one video: its decoded audio cut by the extractor's own windower."""
+    meta = probe(video)
+    windower = extractor.windower()
+    assert extractor.audio_sampling is not None
+    units = [windower.push(chunk) for chunk in iter_audio(meta, extractor.audio_sampling)] + [windower.finish()]
+    return np.concatenate([u.inputs for u in units if u is not None])
 
 
 @pytest.fixture(scope="module")
-def golden_outputs(golden_files: tuple[Path, Path], expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each stage fed the golden input of that stage, plus the whole chain from the waveform."""
-    model, postprocessor = load_vggish_checkpoint(golden_files[0]), load_pca_params(golden_files[1])
-    with np.load(GOLDEN / "inputs.npz") as npz:
-        waveform, sample_rate = npz["waveform"], int(npz["sample_rate"])
+def golden_outputs(extractor: VGGishExtractor, expected, tmp_path_factory) -> dict[str, np.ndarray]:
+    """Each stage fed the golden input of that stage, plus the whole chain from the golden soundtrack."""
+    inputs = load_npz("vggish", "inputs.npz")
+    assert int(inputs["sample_rate"]) == SAMPLE_RATE
+    video = make_video_with_waveform(tmp_path_factory.mktemp("vggish") / "golden.mkv", inputs["waveform"], SAMPLE_RATE)
+    windows = product_windows(extractor, video)
     with torch.no_grad():
-        examples = waveform_to_examples(waveform, sample_rate)
-        raw = model(torch.from_numpy(expected["examples"]))
+        raw = extractor.model(torch.from_numpy(expected["examples"]))
         return {
-            "examples": examples.numpy(),
+            "examples": extractor.examples(windows).numpy(),
             "embedding_raw": raw.numpy(),
-            "pca_applied": postprocessor.pca(raw).numpy(),
-            "embedding_postprocessed": postprocessor(raw).numpy(),
-            "end_to_end": postprocessor(model(examples)).numpy(),
+            "pca_applied": extractor.postprocessor.pca(raw).numpy(),
+            "embedding_postprocessed": extractor.postprocessor(raw).numpy(),
+            "end_to_end": extractor.embed(windows),
         }
 
 
@@ -124,43 +135,38 @@ def test_postprocessor_keeps_a_single_row_two_dimensional():
     assert load_pca_params(GOOGLE_PCA)(_random_embeddings(1)).shape == (1, 128)
 
 
-def _tones(sample_rate: int, seconds: float = 3.5) -> np.ndarray:
+def _tone_video(path: Path, sample_rate: int, seconds: float = 3.5, channels: int = 1) -> Path:
     t = np.arange(round(sample_rate * seconds)) / sample_rate
-    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t)).astype(np.float32)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t)
+    return make_video_with_waveform(path, np.repeat(tone[:, None], channels, axis=1), sample_rate)
 
 
-@pytest.mark.parametrize("seconds", [0.0, 0.3, 0.96])
-def test_audio_shorter_than_one_example_gives_zero_examples(seconds):
-    # No padding: an example needs 96 frames = 400 + 95 * 160 samples (0.975 s); 0.96 s makes only 94 frames.
-    examples = waveform_to_examples(np.zeros(round(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE)
-    assert examples.shape == (0, 1, 96, 64) and examples.dtype == torch.float32
+@pytest.mark.parametrize("seconds", [0.3, 0.96])
+def test_audio_shorter_than_one_example_gives_one_zero_padded_example(extractor, tmp_path, seconds):
+    # The reference gives none (an example needs 15,600 samples, 0.975 s); the product pads one (README, presets).
+    windows = product_windows(extractor, _tone_video(tmp_path / "short.mkv", SAMPLE_RATE, seconds))
+    assert windows.shape == (1, 15600)
+    length = round(seconds * SAMPLE_RATE)
+    assert np.abs(windows[0, :length]).max() > 0.1 and not windows[0, length:].any()
 
 
-def test_first_example_needs_15600_samples():
-    counts = [len(waveform_to_examples(_tones(SAMPLE_RATE)[:n], SAMPLE_RATE)) for n in (15599, 15600)]
-    assert counts == [0, 1]
+def test_stereo_examples_are_those_of_the_channel_mean(extractor, tmp_path):
+    """torchvggish averages the channels; ffmpeg's own stereo-to-mono would add 3 dB (0.7071 * (L + R))."""
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    left, right = 0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 1000 * t + 1.0)
+    stereo = make_video_with_waveform(tmp_path / "stereo.mkv", np.stack([left, right], axis=1), SAMPLE_RATE)
+    mono = make_video_with_waveform(tmp_path / "mean.mkv", (left + right) / 2, SAMPLE_RATE)
+    from_stereo = extractor.examples(product_windows(extractor, stereo))
+    from_mean = extractor.examples(product_windows(extractor, mono))
+    print(f"\nvggish stereo vs channel mean: max |diff| {(from_stereo - from_mean).abs().max():.3g} (log-mel)")
+    torch.testing.assert_close(from_stereo, from_mean, rtol=0, atol=1e-4)
 
 
-def test_silent_audio_gives_the_log_offset_everywhere():
-    examples = waveform_to_examples(np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+def test_silent_audio_gives_the_log_offset_everywhere(extractor, tmp_path):
+    video = make_video_with_waveform(tmp_path / "silent.mkv", np.zeros(2 * SAMPLE_RATE), SAMPLE_RATE)
+    examples = extractor.examples(product_windows(extractor, video))
     assert examples.shape == (2, 1, 96, 64)
     assert torch.all(torch.isfinite(examples)) and torch.all(examples == np.float32(np.log(0.01)))
-
-
-def test_channels_are_averaged():
-    mono = _tones(SAMPLE_RATE)
-    stereo = np.stack([mono, np.zeros_like(mono)], axis=1)
-    assert torch.equal(waveform_to_examples(stereo, SAMPLE_RATE), waveform_to_examples(mono / 2, SAMPLE_RATE))
-
-
-@pytest.mark.parametrize(("sample_rate", "max_hz", "atol"), [(8000, 3000.0, 0.01), (48000, 8000.0, 0.05)])
-def test_other_sample_rates_are_resampled_to_16k(sample_rate, max_hz, atol):
-    native = waveform_to_examples(_tones(SAMPLE_RATE), SAMPLE_RATE)
-    resampled = waveform_to_examples(_tones(sample_rate), sample_rate)
-    assert resampled.shape == native.shape == (3, 1, 96, 64)
-    bin_hz = torch.linspace(0, SAMPLE_RATE / 2, 257, dtype=torch.float64)
-    bands = mel_weight_matrix()[bin_hz > max_hz].sum(dim=0) == 0  # 8 kHz audio has nothing above 4 kHz
-    torch.testing.assert_close(resampled[..., bands], native[..., bands], rtol=0, atol=atol)
 
 
 def _one_line_error(loader, path: Path) -> str:

@@ -1,18 +1,22 @@
 import socket
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import input_args
-from extract.probe import probe
+from extract.probe import probe, read_stream_attrs
+from extract.store import StoreWriter, Track, VideoRecord
+from manifests.custom import store_durations
 from tests.videos import REAL_VIDEO, ffmpeg, make_video
 
 
 def test_real_activitynet_video_metadata() -> None:
     meta = probe(REAL_VIDEO)
     assert (meta.width, meta.height, meta.fps, meta.frame_count) == (480, 360, 30.0, 420)
-    assert meta.duration == pytest.approx(14.05, abs=0.01)
+    assert meta.header_duration == pytest.approx(14.05, abs=0.01)
     assert meta.has_audio and meta.audio_codec == "aac" and meta.audio_sample_rate == 44100
     assert meta.codec == "h264"
 
@@ -79,3 +83,81 @@ def test_inputs_are_opened_as_local_files_only() -> None:
     args = input_args("concat:a.mp4|b.mp4")
     assert args[:2] == ["-protocol_whitelist", "file"]
     assert args[3].startswith("file:/") and args[3].endswith("concat:a.mp4|b.mp4")
+
+
+def _half_downloaded(whole: Path) -> Path:
+    """The first half of the file's bytes, as `head -c` leaves an interrupted download."""
+    cut = whole.with_name(f"half-{whole.name}")
+    with cut.open("wb") as out:
+        subprocess.run(["head", "-c", str(whole.stat().st_size // 2), str(whole)], stdout=out, check=True)
+    return cut
+
+
+def test_half_downloaded_faststart_mp4_is_flagged_truncated(tmp_path: Path) -> None:
+    whole = make_video(tmp_path / "whole.mp4", seconds=4, extra=("-movflags", "+faststart"))
+    meta = probe(_half_downloaded(whole))
+    assert meta.header_duration == pytest.approx(4.0, abs=0.05)  # the header is whole: it comes first
+    assert meta.stream_end < 3.0 and meta.truncated
+    attrs = meta.as_attrs()
+    assert attrs["truncated"] is True and attrs["header_duration"] == meta.header_duration
+    assert attrs["stream_end"] == meta.stream_end and "frame_starts" not in attrs
+    complete = probe(whole)
+    assert not complete.truncated and complete.stream_end == pytest.approx(4.0, abs=0.05)
+
+
+def test_a_soundtrack_that_outlasts_the_picture_is_not_truncation(tmp_path: Path) -> None:
+    meta = probe(make_video(tmp_path / "long audio.mp4", seconds=2, audio_seconds=5))
+    assert meta.header_duration == pytest.approx(5.0, abs=0.05) and meta.stream_end == pytest.approx(2.0)
+    assert meta.audio_end == pytest.approx(5.0, abs=0.05) and not meta.truncated
+
+
+def test_old_stores_attribute_names_are_read_under_the_new_ones() -> None:
+    old = {"duration": 14.05, "video_end": 14.0, "fps": 30.0}
+    assert read_stream_attrs(old) == {"header_duration": 14.05, "stream_end": 14.0, "fps": 30.0}
+    new = probe(REAL_VIDEO).as_attrs()
+    assert read_stream_attrs(new) == new and new["truncated"] is False
+
+
+def test_a_subtitle_file_is_refused_for_having_no_video(tmp_path: Path) -> None:
+    path = tmp_path / "captions.mp4"
+    path.write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n")
+    with pytest.raises(VideoDecodeError) as error:
+        probe(path)
+    assert str(error.value) == f"{path}: has no video stream (it holds subtitle); remove it from the input"
+
+
+def test_unreadable_bytes_give_ffmpegs_reason_not_a_warning_on_the_way(tmp_path: Path) -> None:
+    path = tmp_path / "noise.mp4"  # these bytes pass for an mp4 "with low score of 1, misdetection possible!"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoDecodeError) as error:
+        probe(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a readable media file (moov atom not found")
+    assert "misdetection" not in message and "Error opening" not in message and "\n" not in message
+
+
+def test_random_bytes_give_the_reason_inside_ffmpegs_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "noise.bin"
+    path.write_bytes(b"\x00\x17garbage" * 500)
+    with pytest.raises(VideoDecodeError) as error:
+        probe(path)
+    assert str(error.value).startswith(f"{path}: not a readable media file (Invalid data found when processing input")
+
+
+def test_durations_of_a_store_come_from_todays_and_older_names(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "feats.h5", {})
+    track = Track(np.zeros((2, 4), np.float32), np.array([[0, 1], [1, 2]], np.float64))
+    writer.add_video(VideoRecord("today", probe(REAL_VIDEO).as_attrs(), {"clip": track}))
+    writer.add_video(VideoRecord("before", {"duration": 31.5, "video_end": 31.4}, {"clip": track}))
+    writer.close()
+    assert store_durations(tmp_path / "feats.h5") == {"today": pytest.approx(14.05, abs=0.01), "before": 31.5}
+
+
+def test_an_audio_stream_without_packets_is_no_audio(tmp_path: Path) -> None:
+    path = tmp_path / "empty audio.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-f", "lavfi",
+           "-i", "anullsrc=sample_rate=16000,atrim=end_sample=0", "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-c:a", "pcm_s16le", str(path))  # fmt: skip
+    meta = probe(path)
+    assert meta.audio_codec == "pcm_s16le"  # the stream is declared ...
+    assert not meta.has_audio and meta.audio_end is None  # ... but holds nothing to decode

@@ -93,3 +93,54 @@ def make_indexed_video(path: Path, pts: list[float], size: int = 64) -> Path:
 def grey_index(frame: np.ndarray) -> int:
     """Which source frame of make_indexed_video this decoded frame is."""
     return round(float(frame.mean()) / 8)
+
+
+def make_numbered_video(path: Path, frames: int, rate: str, size: int = 64) -> Path:
+    """A lossless constant-rate video of `frames` frames at `rate` (e.g. "30000/1001") whose frame i shows i.
+
+    The number is written in base 16 as three vertical stripes of flat grey (16 * digit + 8), so a decoded,
+    resized or cropped frame still tells which source frame it is (frame_number), up to 4096 frames.
+    """
+    index = np.arange(frames)
+    pixels = np.zeros((frames, size, size, 3), np.uint8)
+    for digit in range(3):
+        level = 16 * ((index // 16**digit) % 16) + 8
+        pixels[:, :, digit * size // 3 : (digit + 1) * size // 3] = level[:, None, None, None]
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}",
+         "-r", rate, "-i", "pipe:0", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", "-preset", "ultrafast",
+         str(path)],
+        input=pixels.tobytes(),
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """Which source frame of make_numbered_video this decoded frame is (the middle of each stripe is read)."""
+    width = frame.shape[1]
+    number = 0
+    for digit in range(3):
+        left, right = digit * width // 3, (digit + 1) * width // 3
+        middle = frame[:, left + (right - left) // 4 : right - (right - left) // 4]
+        number += 16**digit * round((float(middle.mean()) - 8) / 16)
+    return number
+
+
+def make_video_with_waveform(path: Path, waveform: np.ndarray, sample_rate: int, size: str = "64x48") -> Path:
+    """A video whose soundtrack is exactly `waveform` ([n] mono or [n, channels], float in [-1, 1]).
+
+    The audio is stored losslessly (float PCM in Matroska), so what the product decodes is the array itself.
+    """
+    samples = np.asarray(waveform, np.float32)
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    seconds = len(samples) / sample_rate
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration={seconds}",
+         "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_f32le", str(path)],
+        input=samples.tobytes(),
+        check=True,
+    )  # fmt: skip
+    return path

@@ -6,7 +6,7 @@ learned parameters and buffers carry exactly the names of the published `Cnn14_m
 that file loads unchanged. The published dict also stores the three front-end tensors; they are deterministic,
 so this module computes them itself (non-persistent buffers) and `load_cnn14_checkpoint` only checks that the
 file's copies agree with ours. tests/test_golden_panns.py checks every stage against the original code
-(shared/golden/panns_cnn14).
+(its golden vectors), the whole chain through the product's decoding and windowing (extract/windows.py).
 
 Inference only: SpecAugment, mixup and the dropouts of the original are inactive in eval mode and are left out.
 """
@@ -255,31 +255,3 @@ def load_cnn14_checkpoint(path: str | Path, config: Cnn14Config | None = None) -
     check_state_dict(model, state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
-
-
-def cut_windows(
-    waveform: np.ndarray, sample_rate: int, window_seconds: float = 1.0, hop_seconds: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a mono waveform into fixed-length windows: (windows (K, W) float32, spans (K, 2) float64 seconds).
-
-    Window and hop are rounded to whole samples, W = round(window_seconds·sr) and H = round(hop_seconds·sr),
-    with 0 < H <= W. Window k starts at sample k·H, and windows are added until one reaches the end of the
-    audio: K = 1 + ceil(max(0, L − W) / H). So every sample is covered, every window starts inside the audio,
-    and only the last window can run past the end; its missing part is zeros. Audio shorter than one window
-    gives one window, zero-padded to W. `spans[k]` is [k·H, min(k·H + W, L)] / sr: the audio a window really
-    holds, so no span ends after the audio does.
-    """
-    waveform = np.asarray(waveform)
-    window, hop = round(window_seconds * sample_rate), round(hop_seconds * sample_rate)
-    if waveform.ndim != 1 or waveform.size == 0:
-        raise ValueError(f"cut_windows needs a non-empty mono waveform, got shape {waveform.shape}")
-    if not 0 < hop <= window:
-        raise ValueError(f"cut_windows needs 0 < hop <= window, got {hop} and {window} samples")
-    length = waveform.shape[0]
-    count = 1 + max(0, -(-(length - window) // hop))
-    starts = np.arange(count) * hop
-    padded = np.zeros(starts[-1] + window, dtype=np.float32)
-    padded[:length] = waveform
-    windows = padded[starts[:, None] + np.arange(window)]
-    spans = np.stack([starts, np.minimum(starts + window, length)], axis=1) / sample_rate
-    return windows, spans

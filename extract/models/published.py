@@ -74,12 +74,15 @@ class VGGishExtractor(_PublishedExtractor):
         return AudioWindows(w["window_samples"], w["hop_samples"], 16000, False, w["example_seconds"])
 
     @torch.inference_mode()
-    def embed(self, inputs: np.ndarray) -> np.ndarray:
-        from extract.models.vggish import log_mel_spectrogram
+    def examples(self, inputs: np.ndarray) -> torch.Tensor:
+        """Windows from `windower()` -> the (B, 1, 96, 64) log-mel examples the network sees."""
+        from extract.models.vggish import examples_from_windows
 
-        waveforms = self.to_device(inputs).to(torch.float64)
-        examples = log_mel_spectrogram(waveforms).unsqueeze(1).float()  # (B, 1, 96, 64)
-        embeddings = self.model(examples)
+        return examples_from_windows(self.to_device(inputs))
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        embeddings = self.model(self.examples(inputs))
         if self.postprocessor is not None:
             return self.postprocessor(embeddings).cpu().numpy()  # uint8, divided by 255 at read time
         return embeddings.float().cpu().numpy()

@@ -1,8 +1,10 @@
 """VGGish (AudioSet): the log-mel front end, the VGG network and the PCA / 8-bit post-processor.
 
 A clean-room reimplementation of harritaylor/torchvggish `f3f9096` (itself a port of Google's AudioSet VGGish),
-checked against /work/shared/golden/vggish. Reading order: front end (`waveform_to_examples`), network
-(`VGGish`, one 128-d post-ReLU embedding per 0.96-s example), post-processor (`VGGishPostprocessor`), loaders.
+checked against its golden vectors through the product's decoding and windowing (tests/test_golden_vggish.py).
+Reading order: front end (`examples_from_windows`; decoding to 16-kHz mono and cutting the windows are the
+product's: extract/decode.py, extract/windows.py), network (`VGGish`, one 128-d post-ReLU embedding per 0.96-s
+example), post-processor (`VGGishPostprocessor`), loaders.
 
 The module and parameter names of `VGGish` are those of `vggish-10086976.pth` (positions in `nn.Sequential`),
 so the published file loads unchanged.
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio.functional
 from torch import nn
 
 from extract.errors import MissingWeightsError
@@ -38,14 +39,6 @@ EXAMPLE_SECONDS = EXAMPLE_FRAMES * STFT_HOP / SAMPLE_RATE  # 0.96
 EMBEDDING_DIM = 128
 QUANTIZE_MIN = -2.0
 QUANTIZE_MAX = 2.0
-
-# resampy's default filter, `kaiser_best`, expressed in torchaudio's parameters (torchaudio's documented match).
-_KAISER_BEST = {
-    "lowpass_filter_width": 64,
-    "rolloff": 0.9475937167399596,
-    "resampling_method": "sinc_interp_kaiser",
-    "beta": 14.769656459379492,
-}
 
 
 def _hertz_to_mel(hertz: torch.Tensor) -> torch.Tensor:
@@ -85,28 +78,14 @@ def log_mel_spectrogram(waveform: torch.Tensor) -> torch.Tensor:
     return torch.log(magnitude @ mel_weight_matrix().to(magnitude.device) + LOG_OFFSET)
 
 
-def waveform_to_examples(samples: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """Audio samples in [-1, 1] to VGGish's (N, 1, 96, 64) float32 log-mel examples of 0.96 s each.
+def examples_from_windows(windows: torch.Tensor) -> torch.Tensor:
+    """(B, 15600) windows of 16-kHz mono audio, as `AudioWindows` cuts them -> (B, 1, 96, 64) float32 examples.
 
-    `samples` is (length,) or (length, channels); channels are averaged. Examples do not overlap and an
-    incomplete one at the end is dropped (no padding), as in the reference. One example needs 96 STFT frames,
-    i.e. 400 + 95·160 = 15,600 samples (0.975 s) at 16 kHz; shorter audio gives N = 0, a (0, 1, 96, 64) tensor.
+    One window of 400 + 95 * 160 samples gives exactly the 96 STFT frames of one example; windows start every
+    96 * 160 = 15,360 samples, so consecutive examples share no frame, as in the reference's framing of the
+    whole log-mel spectrogram. The spectrogram is computed in float64, as the reference's numpy does.
     """
-    waveform = torch.as_tensor(samples).to(torch.float64)
-    if waveform.ndim == 2:
-        waveform = waveform.mean(dim=1)
-    if waveform.ndim != 1:
-        raise ValueError(f"expected (length,) or (length, channels) samples, got shape {tuple(waveform.shape)}")
-    if sample_rate != SAMPLE_RATE:
-        # The reference resamples with resampy.resample(samples, rate, 16000) (filter `kaiser_best`) and keeps
-        # int(length * 16000 / rate) samples; we use torchaudio's Kaiser-windowed sinc with the same filter
-        # parameters and cut to the same length (torchaudio alone would round the length up).
-        length = waveform.shape[0] * SAMPLE_RATE // sample_rate
-        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE, **_KAISER_BEST)[:length]
-    log_mel = log_mel_spectrogram(waveform)
-    n_examples = log_mel.shape[0] // EXAMPLE_FRAMES  # = 1 + (frames - 96) // 96, and 0 below one example
-    examples = log_mel[: n_examples * EXAMPLE_FRAMES].reshape(n_examples, 1, EXAMPLE_FRAMES, MEL_BANDS)
-    return examples.to(torch.float32)
+    return log_mel_spectrogram(windows.to(torch.float64)).unsqueeze(1).to(torch.float32)
 
 
 def _vgg_features() -> nn.Sequential:
