@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from extract.alignment import (
+from img_model.alignment import (
     aligned_tracks,
     img_boundaries,
     img_resample,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.alignment import aligned_tracks
+from img_model.alignment import aligned_tracks
 from extract.store import FeatureStore
 from extract.windows import frame_windows
 from tests.conftest import run_cli
