@@ -350,6 +350,10 @@ class Trainer:
         batch = batch.to(self.device)
         with autocast(self.device, self.run.runtime.precision):
             outputs = self.forward_model(**batch.model_inputs(), p_warm=p_warm)
+        # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
+        output_sums = torch.stack([output.detach().float().sum() for output in outputs])
+        if not torch.isfinite(output_sums).all():
+            self._diverged(float("nan"), batch.qids)
         loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm)
         names, values = zip(*loss_scalars(loss).items(), strict=True)
         numbers = torch.stack([v.detach().float() for v in values]).tolist()

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from img_model.alignment import (
     aligned_tracks,
     img_boundaries,
@@ -9,7 +10,6 @@ from img_model.alignment import (
     pooled_spans,
     time_resample,
 )
-from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 
 
 def _rows(n: int) -> np.ndarray:

@@ -21,8 +21,17 @@ from img_model.metrics import recall_at, retrieval_metrics, temporal_iou
         ((3.0, 3.0), (4.0, 4.0), 0.0),  # two different instants
         ((2.5, 7.5), (2.5, 7.5), 1.0),
     ],
-    ids=["touching", "nested", "nested-reverse", "disjoint", "partial", "zero-inside", "same-instant",
-         "two-instants", "equal"],  # fmt: skip
+    ids=[
+        "touching",
+        "nested",
+        "nested-reverse",
+        "disjoint",
+        "partial",
+        "zero-inside",
+        "same-instant",
+        "two-instants",
+        "equal",
+    ],
 )
 def test_temporal_iou_of_hand_computed_cases(pred: tuple, true: tuple, expected: float) -> None:
     assert float(temporal_iou(*pred, *true)) == pytest.approx(expected)
