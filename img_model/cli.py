@@ -48,6 +48,8 @@ def main() -> None:
     img-train --resume RUN                         continue a run exactly where its last.pt stopped
     img-train convert-official IN.t7 OUT.pt --text text.h5
                                                    an authors' checkpoint as an img_model checkpoint
+
+    Every option: img-train train --help, img-train convert-official --help.
     """
 
 

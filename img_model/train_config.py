@@ -59,6 +59,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")
+        if self.seed < 0:
+            raise UsageError(f"seed must be >= 0, not {self.seed}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
         for name in ("learning_rate", "weight_decay", "clip_norm"):

@@ -220,7 +220,7 @@ class Trainer:
         self.last_checkpoint: tuple[Path, int] | None = None
         if resume is not None:
             self._restore(resume)
-        self.forward_model = torch.compile(self.model) if runtime.compile else self.model
+        self.forward_model = torch.compile(self.model, dynamic=True) if runtime.compile else self.model
         self.evaluator = Evaluator(self.device, runtime.precision, train.eval_batch_size, runtime.workers, train.seed)
         self.loader = DataLoader(
             data.train,
@@ -232,7 +232,6 @@ class Trainer:
             generator=self.loader_generator,
         )
         self.writer: Any = None
-        self._running: dict[str, float] = {}
 
     # --- state ---------------------------------------------------------------------------------------------
 
@@ -450,7 +449,7 @@ class Trainer:
         ]
         if self.data.test is not None:
             model = best.model().to(self.device)
-            compiled = torch.compile(model) if self.run.runtime.compile else model
+            compiled = torch.compile(model, dynamic=True) if self.run.runtime.compile else model
             report = self._evaluate(self.data.test, compiled)
             final["test"] = {
                 "split": "test",
