@@ -310,3 +310,11 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset,
         torch.set_num_threads(threads)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_without_a_gpu_is_refused_in_one_line() -> None:
+    from img_model.runtime import resolve_device
+
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        resolve_device("auto", "fp16")
