@@ -16,6 +16,7 @@ import click
 from extract.errors import ImgVmrError
 from img_model.cli_common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     data_options,
     data_overrides,
     dataset_table,
@@ -137,7 +138,7 @@ def train_command(
         from img_model.errors import TrainingDivergedError
 
         log.debug("stopped", exc_info=True)
-        fail(PROGRAM, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else 2)
+        fail(PROGRAM, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE)
     except KeyboardInterrupt:
         log.info("interrupted; %s holds the last checkpoint written", run_dir / "last.pt")
         raise SystemExit(130) from None

@@ -12,7 +12,7 @@ import click
 
 from manifests.registry import DATASETS
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 log = logging.getLogger("img_vmr.train")
 

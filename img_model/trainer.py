@@ -69,10 +69,6 @@ class RunData:
     select: MomentDataset
     test: MomentDataset | None  # None when selecting on test (it is `select`) or when there is no test split
 
-    @property
-    def select_split(self) -> str:
-        return self.select.split
-
 
 def model_inputs(sources: DataSources) -> dict[str, Any]:
     """The IMGConfig fields the data decides: feature sizes and the query embedding's vocabulary sizes."""
