@@ -1,54 +1,304 @@
-"""img-train: training-side commands for the IMG model. The CLI maps flags onto configs and nothing else reads
-flags; every failure is one line on stderr.
+"""img-train: train IMG on features from the stores, and convert the authors' checkpoints.
+
+The CLI maps flags onto the run configuration (img_model/train_config.py) and nothing else reads flags; every
+failure is one line on stderr (the traceback goes to RUN/train.log).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
-from img_model.convert import CheckpointLayoutError, load_official_checkpoint, save_checkpoint
+from extract.errors import ImgVmrError
+from img_model.cli_common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    data_options,
+    data_overrides,
+    dataset_table,
+    fail,
+    runtime_options,
+    setup_logging,
+)
+from img_model.convert import CheckpointLayoutError
 
-EXIT_USAGE = 2
+log = logging.getLogger("img_vmr.train")
+PROGRAM = "img-train"
 
 
-def _fail(message: str) -> None:
-    click.echo(f"img-train: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+class _DefaultToTrain(click.Group):
+    """`img-train --dataset ... --out RUN` trains; named subcommands (convert-official) work as usual."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train, convert and inspect IMG video-moment-retrieval models."""
+    """Train IMG video-moment-retrieval models and convert the authors' checkpoints.
+
+    \b
+    img-train --dataset NAME --features feats.h5 --visual V --audio A --text text.h5 --out RUN
+                                                   train (same as `img-train train ...`)
+    img-train --resume RUN                         continue a run exactly where its last.pt stopped
+    img-train convert-official IN.t7 OUT.pt --text text.h5
+                                                   an authors' checkpoint as an img_model checkpoint
+
+    Every option: img-train train --help, img-train convert-official --help.
+    """
+
+
+@main.command(
+    "train",
+    epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\n"
+    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error.",
+)
+@data_options(required=True)
+@click.option(
+    "--missing-audio",
+    type=click.Choice(["drop", "zeros"]),
+    default=None,
+    help="Training queries of videos without audio: drop them (the authors', default) or read a zero audio track.",
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Run folder to create.")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Continue the run in this folder from its last.pt, bit for bit (only runtime options may change).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML file with [model], [objective], [train], [data], [runtime] sections; flags override it.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (100).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (16).")
+@click.option("--lr", "learning_rate", type=float, default=None, help="AdamW learning rate (5e-4), decayed linearly.")
+@click.option("--seed", type=int, default=None, help="Seed of everything: init, order, dropout, sampling (0).")
+@click.option(
+    "--select-on",
+    type=click.Choice(["val", "test"]),
+    default=None,
+    help="Select best.pt on held-out training videos (val, default) or on the test split as the paper did (test).",
+)
+@click.option("--val-fraction", type=float, default=None, help="Share of training videos held out for val (0.1).")
+@click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="End this invocation once this many epochs are done (time-limited jobs); --resume continues.",
+)
+@runtime_options
+def train_command(
+    config_file: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    stop_after: int | None,
+    verbose: bool,
+    no_progress: bool,
+    **options: Any,
+) -> None:
+    """Train IMG on a dataset's queries with features from the stores.
+
+    \b
+    Defaults are the paper's recipe for the dataset (100 epochs, batch 16, AdamW 5e-4 with linear decay, the
+    loss weights, ε/γ per dataset, two evaluations per epoch); a --config file and the flags change them, and
+    the resolved configuration is written to RUN/config.toml. The run folder gets best.pt (selected on fused
+    R1@0.7), last.pt, metrics.jsonl, tensorboard/ and train.log.
+
+    \b
+    Examples:
+      img-train --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet --audio panns \\
+                --text text.h5 --out runs/charades
+      img-train --resume runs/charades --device cuda
+    """
+    setup_logging(PROGRAM, verbose)
+    run_dir = resume or out
+    if run_dir is None:
+        fail(PROGRAM, "give --out RUN (a new run folder) or --resume RUN")
+        return
+    if resume is not None and out is not None:
+        fail(PROGRAM, "give either --out (a new run) or --resume (continue one), not both")
+    try:
+        _train(config_file, out, resume, stop_after, not no_progress, options)
+    except CheckpointLayoutError as error:
+        fail(PROGRAM, str(error))
+    except ImgVmrError as error:
+        from img_model.errors import TrainingDivergedError
+
+        log.debug("stopped", exc_info=True)
+        fail(PROGRAM, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE)
+    except KeyboardInterrupt:
+        log.info("interrupted; %s holds the last checkpoint written", run_dir / "last.pt")
+        raise SystemExit(130) from None
+    except Exception as error:  # one line for the user, the traceback in the log
+        log.debug("internal error", exc_info=True)
+        fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (traceback in {run_dir / 'train.log'})", 1)
+
+
+RECIPE_FLAGS = {
+    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "evals_per_epoch"),
+    "data": ("dataset", "features", "visual", "audio", "text", "data_dir", "align", "strict", "cache_features",
+             "missing_audio"),
+}  # fmt: skip
+RUNTIME_FLAGS = ("device", "precision", "workers", "compile_")
+
+
+def _train(
+    config_file: Path | None, out: Path | None, resume: Path | None, stop_after: int | None, progress: bool, options
+) -> None:
+    from img_model.checkpoint import read_checkpoint
+    from img_model.cli_common import add_log_file
+    from img_model.dataset import DataSources
+    from img_model.errors import CheckpointMismatchError
+    from img_model.provenance import differences
+    from img_model.train_config import resolve
+    from img_model.trainer import Trainer, model_inputs, prepare_data, restored_run
+
+    runtime = {"device": options["device"], "precision": options["precision"], "workers": options["workers"],
+               "threads": options["threads"], "compile": options["compile_"], "progress": progress}  # fmt: skip
+    checkpoint = None
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for names in RECIPE_FLAGS.values() for name in names
+                 if options.get(name) not in (None, ())]  # fmt: skip
+        if given or config_file is not None:
+            raise ImgVmrError(
+                f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} "
+                "(only --device, --precision, --workers, --threads, --compile may change)"
+            )
+        last = resume / "last.pt"
+        if not last.is_file():
+            raise ImgVmrError(f"{resume} holds no last.pt to resume from")
+        add_log_file(resume / "train.log")
+        checkpoint = read_checkpoint(last)
+        run = restored_run(checkpoint, runtime)
+        run_dir = resume
+    else:
+        assert out is not None
+        if (out / "last.pt").exists():
+            raise ImgVmrError(
+                f"{out} already holds a run (last.pt); continue it with --resume {out} or use another --out"
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ImgVmrError(f"cannot create the run folder {out} ({error.strerror}); choose another --out") from None
+        add_log_file(out / "train.log")
+        train_flags = {name: options[name] for name in RECIPE_FLAGS["train"]}
+        data_flags = data_overrides(**{name: options[name] for name in RECIPE_FLAGS["data"]})
+        run = resolve(config_file, {"train": train_flags, "data": data_flags, "runtime": runtime})
+        run_dir = out
+    sources = DataSources(run.data)
+    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    if checkpoint is not None:
+        for kind, recorded in checkpoint.provenance.items():
+            current = sources.provenance()[kind]
+            detail = differences(recorded.get("recipe", {}), current.get("recipe", {}))
+            if detail:
+                raise CheckpointMismatchError(f"the {kind} inputs changed since the run started: {detail}")
+        if run.model != checkpoint.config:
+            detail = differences(vars(checkpoint.config), vars(run.model))
+            raise CheckpointMismatchError(f"the model the data asks for differs from the run's: {detail}")
+    data = prepare_data(run, sources)
+    for dataset in (data.train, data.select, data.test):
+        if dataset is not None:
+            log.info("%s", dataset.coverage.summary())
+    if run.train.select_on == "test":
+        log.warning("selecting the checkpoint on the test split (the paper's protocol, img_spec.md §7.15)")
+    trainer = Trainer(run, data, run_dir, resume=checkpoint)
+    result = trainer.fit(stop_after)
+    if result.finished:
+        click.echo(result.final["summary"])
 
 
 @main.command("convert-official")
 @click.argument("source", metavar="IN.t7", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("target", metavar="OUT.pt", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
+    "--text",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Text store (img-extract text --embed glove:...) whose vocabulary the checkpoint's word ids follow; "
+    "required for GloVe checkpoints: its vectors must equal the checkpoint's GloVe rows.",
+)
+@click.option(
+    "--configs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The authors' configs.json of the run (default: the one beside IN.t7): slots, iterations, heads.",
+)
+@click.option(
+    "--slots", "event_num", type=click.IntRange(min=1), default=None, help="Event slots (not in the weights)."
+)
+@click.option(
+    "--slot-iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Slot-attention iterations (not in the weights).",
+)
+@click.option(
     "--num-heads",
     type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Attention heads of the checkpoint (not visible in its shapes; 8 in every published setting).",
+    default=None,
+    help="Attention heads (not in the weights; default: configs.json's, else 8 as in every published setting).",
 )
-def convert_official(source: Path, target: Path, num_heads: int) -> None:
+def convert_official(
+    source: Path,
+    target: Path,
+    text: Path | None,
+    configs: Path | None,
+    event_num: int | None,
+    slot_iterations: int | None,
+    num_heads: int | None,
+) -> None:
     """Convert a checkpoint saved by the authors' code (IN.t7, a plain IMGNet state dict) into an img_model
-    checkpoint (OUT.pt: our names plus the configuration read from the checkpoint's shapes)."""
+    checkpoint (OUT.pt) that img-eval reads.
+
+    \b
+    Sizes and GRU layers are read from the weights; the slot count and iterations are not in them: they come
+    from the authors' configs.json beside IN.t7 (or --configs), or from --slots / --slot-iterations, and a
+    checkpoint without either is refused rather than assumed 3/3. The vocabulary comes from --text.
+    """
+    from img_model.checkpoint import convert_official_checkpoint
+
+    setup_logging(PROGRAM, False)
     try:
-        model = load_official_checkpoint(source, num_heads=num_heads)
-    except (CheckpointLayoutError, ValueError) as exc:  # ValueError: a configuration the shapes contradict
-        _fail(f"{source}: {exc}")
+        checkpoint = convert_official_checkpoint(
+            source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
+        )
+        _write_converted(checkpoint, target)
+    except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
+        fail(PROGRAM, f"{source}: {exc}")
         return
-    config = model.config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, target)
+    config = checkpoint.config
+    vocabulary = f", vocabulary of {len(checkpoint.vocabulary['words'])} words" if checkpoint.vocabulary else ""
     click.echo(
         f"wrote {target}: IMG dim {config.dim}, video {config.video_feature_dim}-d, "
-        f"audio {config.audio_feature_dim}-d, {model.trainable_parameters():,} trainable parameters"
+        f"audio {config.audio_feature_dim}-d, "
+        f"{config.event_num} slots x {config.slot_iterations} iterations, {config.fusion_gru_layers} GRU layers, "
+        f"{checkpoint.model().trainable_parameters():,} trainable parameters{vocabulary}"
     )
+
+
+def _write_converted(checkpoint: Any, target: Path) -> None:
+    from img_model.checkpoint import save_checkpoint
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(checkpoint, target)
+    except OSError as error:
+        raise ImgVmrError(f"cannot write {target} ({error.strerror}); choose another OUT.pt") from None
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ wrapper is a kernel-1 convolution (`.conv1d.weight` of shape (out, in, 1)) where
 their character convolutions are `Conv2d` with (1, k) kernels where we use `Conv1d`; their batch-position table
 has shape (max_len, 1, d) where ours is (max_len, d). Everything else is a rename.
 
-Our checkpoint file (`save_checkpoint` / `load_checkpoint`) is `{"config": IMGConfig fields, "state_dict": ...}`.
+Our checkpoint file is img_model/checkpoint.py's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -326,21 +325,66 @@ def _unsqueezed(tensor: torch.Tensor, rule: TensorRule) -> torch.Tensor:
     return tensor if rule.squeeze_dim is None else tensor.unsqueeze(rule.squeeze_dim)
 
 
+# What the authors' configs.json (saved beside their .t7 files, §4.7) calls the settings the weights do not show.
+OFFICIAL_CONFIG_FIELDS = {
+    "event_num": "event_num",
+    "slot_layers": "slot_iterations",
+    "num_heads": "num_heads",
+    "drop_rate": "drop_rate",
+}
+NOT_IN_WEIGHTS = ("event_num", "slot_iterations")  # slot count and iterations: no tensor's shape depends on them
+
+
+def read_official_configs(path: str | Path) -> dict[str, object]:
+    """The IMGConfig fields stored in an authors' configs.json (their argparse namespace, §4.7) that the weights
+    do not show: event_num, slot_layers, num_heads, drop_rate."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointLayoutError(f"{path} is not a readable configs.json ({error})") from None
+    if not isinstance(raw, Mapping):
+        raise CheckpointLayoutError(f"{path} is not the authors' configs.json (not a JSON object)")
+    return {ours: raw[theirs] for theirs, ours in OFFICIAL_CONFIG_FIELDS.items() if raw.get(theirs) is not None}
+
+
+def _gru_layers(official_state_dict: Mapping[str, torch.Tensor]) -> int:
+    layers = 0
+    while f"down_sample.rnn1.weight_ih_l{layers}" in official_state_dict:
+        layers += 1
+    if not layers:
+        raise CheckpointLayoutError(
+            "not an IMGNet checkpoint: missing keys: down_sample.rnn1.weight_ih_l0",
+            missing=["down_sample.rnn1.weight_ih_l0"],
+        )
+    return layers
+
+
 def infer_config(official_state_dict: Mapping[str, torch.Tensor], **overrides: object) -> IMGConfig:
-    """The `IMGConfig` an authors' checkpoint was trained with, as far as its shapes tell. The number of attention
-    heads and the dropout are not visible in a checkpoint: they keep the published values unless overridden."""
+    """The `IMGConfig` an authors' checkpoint was trained with. Sizes and the GRU depth come from the weights'
+    shapes and keys; the slot count and slot iterations are not in the weights and must be given (from their
+    configs.json or by the user): without them the checkpoint is refused rather than assumed 3/3. Attention heads
+    and dropout are not visible either; they keep the published values (8, 0.2) unless given."""
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in official_state_dict:
             raise CheckpointLayoutError(f"not an IMGNet checkpoint: missing keys: {key}", missing=[key])
         return tuple(official_state_dict[key].shape)
 
+    missing = [name for name in NOT_IN_WEIGHTS if overrides.get(name) is None]
+    if missing:
+        raise CheckpointLayoutError(
+            f"the {' and '.join(missing)} of this checkpoint are not in its weights; put the authors' configs.json "
+            "beside it (or pass --configs FILE), or give --slots N and --slot-iterations N"
+        )
     dim, video_dim, _ = shape("video_affine.linear.conv1d.weight")
     fields: dict[str, object] = {
         "dim": dim,
         "video_feature_dim": video_dim,
         "audio_feature_dim": shape("audio_affine.linear.conv1d.weight")[1],
         "max_pos_len": shape("predictor_av.encoder.pos_embedding.position_embeddings.weight")[0],
+        "fusion_gru_layers": _gru_layers(official_state_dict),
     }
     if "text_affinev.linear.conv1d.weight" in official_state_dict:
         fields |= {"query_features": "precomputed", "text_feature_dim": shape("text_affinev.linear.conv1d.weight")[1]}
@@ -353,14 +397,22 @@ def infer_config(official_state_dict: Mapping[str, torch.Tensor], **overrides: o
             "char_vocab_size": char_vocab_size,
             "char_dim": char_dim,
         }
-    return IMGConfig(**{**fields, **overrides})  # type: ignore[arg-type]
+    return IMGConfig(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})  # type: ignore[arg-type]
 
 
-def load_official_checkpoint(path: str | Path, **overrides: object) -> IMG:
-    """An `IMG` (eval mode) holding the weights of an authors' `*.t7` file; `overrides` set what the shapes do not
-    tell (e.g. num_heads)."""
+def load_official_checkpoint(path: str | Path, configs: str | Path | None = None, **overrides: object) -> IMG:
+    """An `IMG` (eval mode) holding the weights of an authors' `*.t7` file. What the weights do not show comes
+    from `overrides` (e.g. event_num, slot_iterations, num_heads), else from the authors' configs.json (`configs`,
+    by default the one beside the file when there is one)."""
+    path = Path(path)
     state_dict = read_state_file(path)
-    config = infer_config(state_dict, **overrides)
+    settings = {}
+    configs = Path(configs) if configs is not None else path.with_name("configs.json")
+    if configs.is_file():
+        settings = read_official_configs(configs)
+    elif configs != path.with_name("configs.json"):
+        raise CheckpointLayoutError(f"{configs} does not exist")
+    config = infer_config(state_dict, **{**settings, **{k: v for k, v in overrides.items() if v is not None}})
     model = IMG(config)
     load_into(model, official_to_ours(state_dict, config))
     return model.eval()
@@ -392,28 +444,3 @@ def read_state_file(path: str | Path) -> Mapping[str, torch.Tensor]:
     if not isinstance(state, Mapping):
         raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
-
-
-def save_checkpoint(model: IMG, path: str | Path) -> None:
-    """Our checkpoint file: the configuration and the state dict under our names."""
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict()}, Path(path))
-
-
-def load_checkpoint(path: str | Path) -> IMG:
-    """An `IMG` (eval mode) from a file written by `save_checkpoint` or `img-train convert-official`."""
-    checkpoint = read_state_file(path)
-    if not {"config", "state_dict"} <= set(checkpoint):
-        raise CheckpointLayoutError(f"{path} is not an img_model checkpoint (no 'config' / 'state_dict' entries)")
-    model = IMG(IMGConfig(**_config_fields(checkpoint["config"])))
-    load_into(model, checkpoint["state_dict"])
-    return model.eval()
-
-
-def _config_fields(fields: object) -> dict[str, object]:
-    if not isinstance(fields, Mapping):
-        raise CheckpointLayoutError("the checkpoint's config is not a mapping")
-    known = {field.name for field in dataclasses.fields(IMGConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise CheckpointLayoutError(f"the checkpoint's config has unknown fields: {_listed(unknown)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 MASKED = -1e29  # logits at or below this are masked steps (the model adds -1e30 to them)
+LABEL_CHUNK_CELLS = 1 << 20  # candidate cells labelled at once by time_to_index
 
 
 class Spans(NamedTuple):
@@ -78,27 +79,47 @@ def time_to_index(
     end_time: np.ndarray | float,
     num_steps: np.ndarray | int,
     duration: np.ndarray | float,
+    chunk_cells: int = LABEL_CHUNK_CELLS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The step span (i, j) whose time span [i·D/N, (j+1)·D/N] has the largest IoU with [start, end] (the
     labelling rule of §1.3; the first maximum in row-major order wins ties). Works on one annotation or on
-    arrays of them, each with its own N and D."""
+    arrays of them, each with its own N and D.
+
+    The candidate grid has N² cells per annotation, so annotations are labelled in chunks of about
+    `chunk_cells` cells: memory stays bounded (tens of MB) whatever the size of the split."""
     start_time, end_time, num_steps, duration = np.broadcast_arrays(
         np.asarray(start_time, dtype=np.float64),
         np.asarray(end_time, dtype=np.float64),
         np.asarray(num_steps, dtype=np.int64),
         np.asarray(duration, dtype=np.float64),
     )
+    shape = num_steps.shape
+    flat = [a.reshape(-1) for a in (start_time, end_time, num_steps, duration)]
+    starts = np.empty(flat[0].shape, np.int64)
+    ends = np.empty(flat[0].shape, np.int64)
+    most = int(num_steps.max()) if num_steps.size else 1
+    step = max(1, chunk_cells // (most * most))
+    for first in range(0, len(starts), step):
+        chunk = slice(first, first + step)
+        starts[chunk], ends[chunk] = _best_cells(*(a[chunk] for a in flat))
+    return starts.reshape(shape), ends.reshape(shape)
+
+
+def _best_cells(
+    start_time: np.ndarray, end_time: np.ndarray, num_steps: np.ndarray, duration: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """time_to_index on 1-D arrays, all at once (memory: a few arrays of len × N² float64)."""
     most = int(num_steps.max())
     grid = np.arange(most + 1, dtype=np.float32)
     # Candidate boundaries in float32, k/N·D as the authors' data generator computes them.
-    bounds = grid / num_steps[..., None].astype(np.float32) * duration[..., None].astype(np.float32)
-    starts = bounds[..., :-1, None].astype(np.float64)  # (..., N, 1)
-    ends = bounds[..., None, 1:].astype(np.float64)  # (..., 1, N)
-    s, e = start_time[..., None, None], end_time[..., None, None]
+    bounds = grid / num_steps[:, None].astype(np.float32) * duration[:, None].astype(np.float32)
+    starts = bounds[:, :-1, None].astype(np.float64)  # (n, N, 1)
+    ends = bounds[:, None, 1:].astype(np.float64)  # (n, 1, N)
+    s, e = start_time[:, None, None], end_time[:, None, None]
     intersection = np.maximum(0.0, np.minimum(ends, e) - np.maximum(starts, s))
     union = np.maximum(ends, e) - np.minimum(starts, s)
     iou = np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
-    outside = (grid[:-1] >= num_steps[..., None])[..., :, None] | (grid[:-1] >= num_steps[..., None])[..., None, :]
-    iou = np.where(outside, -1.0, iou).reshape(*num_steps.shape, most * most)
-    best = iou.argmax(axis=-1)
+    outside = grid[:-1] >= num_steps[:, None]
+    iou = np.where(outside[:, :, None] | outside[:, None, :], -1.0, iou).reshape(len(num_steps), most * most)
+    best = iou.argmax(axis=1)
     return best // most, best % most

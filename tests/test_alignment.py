@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from extract.alignment import (
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
+from img_model.alignment import (
     aligned_tracks,
     img_boundaries,
     img_resample,
@@ -9,7 +10,6 @@ from extract.alignment import (
     pooled_spans,
     time_resample,
 )
-from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 
 
 def _rows(n: int) -> np.ndarray:

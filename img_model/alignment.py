@@ -1,4 +1,5 @@
-"""Read-time alignment of feature tracks: what IMG consumes, computed from the raw tracks in the store.
+"""Read-time alignment of feature tracks: what IMG consumes, computed from the raw tracks of the feature store
+by the dataset builder (img_model/dataset.py); the store itself keeps each track at its own rate.
 
 Two rules:
 - `img`: the published IMG loader (img_spec.md §2.2). Visual rows are mean-pooled to at most max_pos_len rows
@@ -19,6 +20,7 @@ import numpy as np
 from extract.store import FeatureStore, Track
 
 AlignmentRule = Literal["img", "time"]
+ALIGNMENT_RULES: tuple[str, ...] = ("img", "time")
 
 
 def img_boundaries(length: int, target: int) -> np.ndarray:
@@ -81,6 +83,28 @@ class AlignedVideo:
     spans: np.ndarray  # [T', 2] seconds covered by each visual row
 
 
+def align(
+    visual_track: Track, audio_track: Track | None, max_pos_len: int = 128, rule: AlignmentRule = "img"
+) -> AlignedVideo:
+    """A visual track pooled to at most max_pos_len rows and an audio track (None: no audio) on the same grid."""
+    visual_rows = img_visual_sampling(decode_values(visual_track), max_pos_len)
+    spans = pooled_spans(visual_track.timestamps, max_pos_len)
+    audio_rows = None
+    if audio_track is not None:
+        values = decode_values(audio_track)
+        if rule == "img":
+            audio_rows = img_resample(values, len(visual_rows))
+        else:
+            audio_rows = time_resample(values, audio_track.timestamps, spans)
+        audio_rows = audio_rows.astype(np.float32)
+    return AlignedVideo(visual_rows.astype(np.float32), audio_rows, spans)
+
+
+def aligned_length(visual_rows: int, max_pos_len: int) -> int:
+    """Rows of a visual track of `visual_rows` rows after pooling: what IMG's labels and decoding count."""
+    return min(visual_rows, max_pos_len)
+
+
 def aligned_tracks(
     store: FeatureStore,
     video_id: str,
@@ -90,16 +114,7 @@ def aligned_tracks(
     rule: AlignmentRule = "img",
 ) -> AlignedVideo:
     """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid."""
-    visual_track = store.track(video_id, visual)
-    visual_rows = img_visual_sampling(decode_values(visual_track), max_pos_len)
-    spans = pooled_spans(visual_track.timestamps, max_pos_len)
-    audio_rows = None
+    audio_track = None
     if audio is not None and audio in store.feature_names(video_id):
         audio_track = store.track(video_id, audio)
-        values = decode_values(audio_track)
-        if rule == "img":
-            audio_rows = img_resample(values, len(visual_rows))
-        else:
-            audio_rows = time_resample(values, audio_track.timestamps, spans)
-        audio_rows = audio_rows.astype(np.float32)
-    return AlignedVideo(visual_rows.astype(np.float32), audio_rows, spans)
+    return align(store.track(video_id, visual), audio_track, max_pos_len, rule)

@@ -1,0 +1,229 @@
+"""img_model checkpoints: one file holds the model and everything needed to use it, check it, or continue it.
+
+    format, format_version   "img-vmr-checkpoint", 1
+    source                   "img-train" or "convert-official"
+    config                   IMGConfig fields: the model's shape (incl. event_num, slot_iterations,
+                             fusion_gru_layers) and its input sizes
+    state_dict               the weights under our names
+    vocabulary               {"words", "chars", "sha256"} for GloVe models (word / char ids index these), else None
+    provenance               {"visual": {name, dim, recipe}, "audio": {...}, "text": {kind, recipe}}: what the
+                             inputs were made with; img-eval refuses inputs made otherwise (entries may be
+                             missing for converted checkpoints)
+    run                      the resolved run config (img_model/train_config.py sections), None when converted
+    training                 None, or {epoch, step, epoch_step, optimizer, scheduler, scaler, rng, best}: the
+                             state --resume continues from, bit for bit
+    metrics                  the evaluation that made this checkpoint best / last, or None
+    origin                   converted checkpoints: {file, sha256, configs} of the authors' file
+
+Written to a temporary name, fsync'd and renamed: a kill at any moment leaves the previous file intact.
+Read with torch.load(weights_only=True). The first converter's format ({"config", "state_dict"}) still loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from extract.store import fsync_path
+from img_model.config import IMGConfig
+from img_model.convert import CheckpointLayoutError, load_into, read_state_file
+from img_model.model import IMG
+
+CHECKPOINT_FORMAT = "img-vmr-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    config: IMGConfig
+    state_dict: Mapping[str, torch.Tensor]
+    source: str = "img-train"
+    vocabulary: dict[str, Any] | None = None
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    origin: dict[str, Any] | None = None
+
+    def model(self) -> IMG:
+        """The model (eval mode) with these weights."""
+        model = IMG(self.config)
+        load_into(model, self.state_dict)
+        return model.eval()
+
+    @property
+    def select_on(self) -> str | None:
+        return (self.run or {}).get("train", {}).get("select_on")
+
+    def as_file(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "source": self.source,
+            "config": dataclasses.asdict(self.config),
+            "state_dict": dict(self.state_dict),
+            "vocabulary": self.vocabulary,
+            "provenance": self.provenance,
+            "run": self.run,
+            "training": self.training,
+            "metrics": self.metrics,
+            "origin": self.origin,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
+    """Write atomically: temporary name in the same folder, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(checkpoint.as_file(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint written by save_checkpoint (or by the first converter, which wrote config + state_dict)."""
+    stored = read_state_file(path)
+    if not {"config", "state_dict"} <= set(stored):
+        raise CheckpointLayoutError(f"{path} is not an img_model checkpoint (no 'config' / 'state_dict' entries)")
+    if stored.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise CheckpointLayoutError(f"{path} is a {stored['format']!r} file, not an img_model checkpoint")
+    if stored.get("format_version", CHECKPOINT_VERSION) > CHECKPOINT_VERSION:
+        raise CheckpointLayoutError(
+            f"{path} was written by a newer img-vmr (format {stored['format_version']}); upgrade to read it"
+        )
+    return Checkpoint(
+        config=IMGConfig(**_config_fields(stored["config"])),
+        state_dict=stored["state_dict"],
+        source=stored.get("source", "convert-official"),
+        vocabulary=stored.get("vocabulary"),
+        provenance=stored.get("provenance") or {},
+        run=stored.get("run"),
+        training=stored.get("training"),
+        metrics=stored.get("metrics"),
+        origin=stored.get("origin"),
+    )
+
+
+def load_model(path: str | Path) -> IMG:
+    """The model (eval mode) of a checkpoint file."""
+    return read_checkpoint(path).model()
+
+
+def _config_fields(fields: object) -> dict[str, object]:
+    if not isinstance(fields, Mapping):
+        raise CheckpointLayoutError("the checkpoint's config is not a mapping")
+    known = {field.name for field in dataclasses.fields(IMGConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointLayoutError(f"the checkpoint's config has unknown fields: {', '.join(unknown)}")
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+
+
+# --- random number generators ----------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state (Python, numpy, torch CPU and CUDA), in types torch.load(weights_only) reads."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and every GPU). `seed=0` is seed 0 (the authors' code skips 0, §7.16)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- from the authors' checkpoints ------------------------------------------------------------------------------
+
+
+def convert_official_checkpoint(
+    source: str | Path, text: str | Path | None = None, configs: str | Path | None = None, **overrides: object
+) -> Checkpoint:
+    """An authors' `.t7` as a Checkpoint that knows its inputs: the model shape (img_model/convert.py infers what
+    the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
+    checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
+    text provenance. The feature provenance is unknown (img-eval then checks sizes only)."""
+    import hashlib
+
+    from img_model.convert import load_official_checkpoint
+    from img_model.errors import CheckpointMismatchError
+    from img_model.query_text import QueryTexts
+
+    source = Path(source)
+    model = load_official_checkpoint(source, configs, **overrides)
+    config = model.config
+    vocabulary, provenance = None, {}
+    if text is None and config.query_features == "glove_char":
+        raise CheckpointLayoutError(
+            "this checkpoint embeds GloVe word ids: pass --text TEXT.h5 (img-extract text --embed glove:...) so that "
+            "it carries the vocabulary its ids follow"
+        )
+    if text is not None:
+        texts = QueryTexts(text)
+        provenance["text"] = texts.provenance()
+        if config.query_features == "glove_char":
+            if texts.vocabulary is None:
+                raise CheckpointMismatchError(
+                    f"{text} holds {texts.kind} features, not the GloVe ids this model embeds"
+                )
+            stored = model.video_branch.query_embedding.words.glove_vectors.numpy()
+            vectors = texts.vocabulary.vectors
+            if stored.shape != vectors.shape:
+                raise CheckpointMismatchError(
+                    f"the checkpoint has {stored.shape[0]} GloVe rows of {stored.shape[1]}-d; {text} has "
+                    f"{vectors.shape[0]} of {vectors.shape[1]}-d: another vocabulary"
+                )
+            differing = int((stored != vectors).any(axis=1).sum())
+            if differing:
+                raise CheckpointMismatchError(
+                    f"{differing} of {len(vectors)} GloVe rows of the checkpoint differ from {text}'s: another "
+                    "vocabulary order or GloVe file, so word ids would point at other words"
+                )
+            if len(texts.vocabulary.chars) != config.char_vocab_size:
+                raise CheckpointMismatchError(
+                    f"the checkpoint has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
+                )
+            vocabulary = texts.vocabulary.as_checkpoint()
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    return Checkpoint(
+        config=config,
+        state_dict=model.state_dict(),
+        source="convert-official",
+        vocabulary=vocabulary,
+        provenance=provenance,
+        origin={"file": source.name, "sha256": sha256},
+    )

@@ -1,0 +1,144 @@
+"""What img-train and img-eval share: the data options, logging, and one-line failures."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from manifests.registry import DATASETS
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+log = logging.getLogger("img_vmr.train")
+
+
+def setup_logging(program: str, verbose: bool, log_file: Path | None = None) -> None:
+    """Messages on stderr as "program: message"; the full log (with tracebacks) in log_file when given."""
+    root = logging.getLogger("img_vmr")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        add_log_file(log_file)
+
+
+def add_log_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("img_vmr").addHandler(handler)
+
+
+def fail(program: str, message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"{program}: error: {message}", err=True)
+    sys.exit(code)
+
+
+def dataset_table() -> str:
+    return "\n".join(f"  {name:<13} {manifest.description}" for name, manifest in DATASETS.items())
+
+
+def data_options(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--dataset, --features, --visual, --audio, --text, --data-dir, --align, --strict, --cache-features. With
+    required=False they default to what the checkpoint recorded (img-eval)."""
+    recorded = "" if required else " (default: the checkpoint's)"
+    options = [
+        click.option(
+            "--dataset",
+            default=None,
+            help="A dataset name (charades-sta, charades-am, activitynet) or your queries as a .jsonl file." + recorded,
+        ),
+        click.option(
+            "--features",
+            "features",
+            multiple=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Feature store written by img-extract; repeat it for shards read as one." + recorded,
+        ),
+        click.option(
+            "--visual", default=None, help="Visual feature name in the store, e.g. i3d-charades-vslnet." + recorded
+        ),
+        click.option("--audio", default=None, help="Audio feature name in the store, e.g. panns." + recorded),
+        click.option(
+            "--text",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Text store written by img-extract text (GloVe ids or token features)." + recorded,
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Folder of the annotation files (default $IMG_DATA_DIR or ~/.cache/img-vmr/annotations).",
+        ),
+        click.option(
+            "--align",
+            type=click.Choice(["img", "time"]),
+            default=None,
+            help="Audio onto the visual rows by IMG's index rule (img, default) or by time overlap (time)." + recorded,
+        ),
+        click.option(
+            "--strict",
+            is_flag=True,
+            default=None,
+            help="Queries without features or text are an error (default: left out, listed in one line).",
+        ),
+        click.option(
+            "--cache-features",
+            is_flag=True,
+            default=None,
+            help="Read every video's features into memory first (default: read from HDF5 as needed).",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, --precision, --workers, --no-progress, --verbose."""
+    options = [
+        click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            default=None,
+            help="fp32 (default), or autocast to bf16 / fp16 (fp16 needs CUDA; trains with a gradient scaler).",
+        ),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes (2)."),
+        click.option(
+            "--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads (default: torch's choice)."
+        ),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug messages."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def data_overrides(**values: Any) -> dict[str, Any]:
+    """The data options that were given, as DataConfig fields (absolute paths as strings, stores as a tuple)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == ():
+            continue
+        if name == "features":  # absolute, so that the run's config works from any folder (img-eval, --resume)
+            value = tuple(str(Path(p).absolute()) for p in value)
+        elif isinstance(value, Path) or (name == "dataset" and value.endswith(".jsonl")):
+            value = str(Path(value).absolute())
+        out[name] = value
+    return out

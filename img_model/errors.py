@@ -1,0 +1,15 @@
+"""Failure families of training and evaluation; each message is one actionable line (see extract/errors.py)."""
+
+from extract.errors import ImgVmrError
+
+
+class DataError(ImgVmrError):
+    """The queries, features and text cannot be put together into a dataset (missing, stale or mismatched)."""
+
+
+class CheckpointMismatchError(ImgVmrError):
+    """A checkpoint does not fit the features, text or run it is used with."""
+
+
+class TrainingDivergedError(ImgVmrError):
+    """The loss became NaN or infinite; training stopped and kept the last good checkpoint."""

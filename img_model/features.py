@@ -1,0 +1,122 @@
+"""Feature stores read as one source of video features for training and evaluation.
+
+Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
+store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
+file handles are opened lazily *per process*: a DataLoader worker forked from that process opens its own
+handles on first use and never touches the parent's (an h5py handle must not be shared across fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from extract.errors import ProvenanceMismatchError, UsageError
+from extract.store import FeatureStore, Track
+from img_model.provenance import differences
+
+log = logging.getLogger("img_vmr.train")
+
+
+class FeatureStores:
+    """Read-only view of one or more feature stores: metadata, track shapes and tracks by video id."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        if not paths:
+            raise UsageError("no feature store given; pass --features feats.h5 (repeatable for shards)")
+        self.paths = tuple(Path(p) for p in paths)
+        self._owner = os.getpid()
+        self._stores: list[FeatureStore | None] = [FeatureStore(p) for p in self.paths]
+        self._where: dict[str, int] = {}
+        self._recipes: dict[str, dict[str, Any]] = {}
+        duplicates = 0
+        for number, store in enumerate(self._opened()):
+            for video_id in store.video_ids():
+                if self._where.setdefault(video_id, number) != number:
+                    duplicates += 1
+            for part, reason in store.corrupt_parts:
+                log.warning("%s: damaged part %s skipped (%s)", store.path, part.name, reason)
+        if duplicates:
+            log.warning(
+                "%d videos are in more than one store; each is read from the first store listing it", duplicates
+            )
+
+    def _opened(self) -> list[FeatureStore]:
+        return [self._store(number) for number in range(len(self.paths))]
+
+    def _store(self, number: int) -> FeatureStore:
+        if os.getpid() != self._owner:  # a forked worker: forget the parent's objects, open our own
+            self._owner = os.getpid()
+            self._stores = [None] * len(self.paths)
+        store = self._stores[number]
+        if store is None:
+            store = self._stores[number] = FeatureStore(self.paths[number])
+        return store
+
+    def __getstate__(self) -> dict[str, Any]:  # spawn-started workers: paths and index only, no handles
+        return {**self.__dict__, "_stores": [None] * len(self.paths), "_owner": None}
+
+    def _holder(self, video_id: str) -> FeatureStore:
+        try:
+            return self._store(self._where[video_id])
+        except KeyError:
+            raise KeyError(f"no video {video_id!r} in {', '.join(map(str, self.paths))}") from None
+
+    # --- queries -----------------------------------------------------------------------------------------
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def video_ids(self) -> list[str]:
+        return sorted(self._where)
+
+    def metadata(self, video_id: str) -> dict[str, Any]:
+        return self._holder(video_id).metadata(video_id)
+
+    def feature_names(self, video_id: str) -> list[str]:
+        return self._holder(video_id).feature_names(video_id)
+
+    def track_shape(self, video_id: str, feature: str) -> tuple[int, ...]:
+        return self._holder(video_id).track_shape(video_id, feature)
+
+    def track(self, video_id: str, feature: str) -> Track:
+        return self._holder(video_id).track(video_id, feature)
+
+    def recipe(self, feature: str) -> dict[str, Any]:
+        """The recipe of a feature kind; every store that holds it must agree (else ProvenanceMismatchError)."""
+        if feature in self._recipes:
+            return self._recipes[feature]
+        holders = [store for store in self._opened() if feature in store.feature_names()]
+        if not holders:
+            known = sorted({name for store in self._opened() for name in store.feature_names()})
+            stores = ", ".join(map(str, self.paths))
+            raise UsageError(f"no {feature!r} features in {stores} (they hold: {', '.join(known) or 'none'})")
+        recipe = holders[0].provenance(feature)
+        for other in holders[1:]:
+            detail = differences(recipe, other.provenance(feature))
+            if detail:
+                raise ProvenanceMismatchError(
+                    f"{holders[0].path} and {other.path} hold {feature!r} features made differently ({detail}); "
+                    "they cannot be read as one dataset"
+                )
+        self._recipes[feature] = recipe
+        return recipe
+
+    def close(self) -> None:
+        """Close this process's handles (they reopen on the next read)."""
+        if os.getpid() == self._owner:
+            for store in self._stores:
+                if store is not None:
+                    store.close()
+
+    def __enter__(self) -> FeatureStores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

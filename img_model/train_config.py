@@ -1,0 +1,223 @@
+"""The configuration of a training run: model, objective, schedule and data, resolved from per-dataset defaults,
+a TOML file and command-line flags (in that order of precedence), and written back as TOML into the run folder.
+
+    [model]      IMGConfig fields (architecture; the input sizes come from the data and cannot be set)
+    [objective]  ObjectiveConfig fields (loss weights, pseudo-label ε / γ, warm-ups)
+    [train]      TrainConfig fields (epochs, batch, optimiser, evaluation and selection, seed)
+    [data]       DataConfig fields (dataset, stores, feature names, alignment, missing audio)
+    [runtime]    RuntimeConfig fields (device, precision, workers: how to run, not what to compute)
+
+Defaults per dataset are the paper's (img_spec.md §4.6, §6): ActivityNet uses ε = 0.1, γ = 2; Charades-STA,
+Charades-AudioMatter and custom datasets ε = 0.2, γ = 3; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from extract.errors import UsageError
+from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
+from img_model.dataset import DataConfig
+
+Precision = Literal["fp32", "bf16", "fp16"]
+SelectOn = Literal["val", "test"]
+
+# IMGConfig fields the data decides (feature and vocabulary sizes): never set by defaults, TOML or flags.
+DATA_DERIVED = frozenset(
+    {"video_feature_dim", "audio_feature_dim", "query_features", "glove_words", "word_dim", "char_vocab_size",
+     "text_feature_dim"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation and selection protocol (§4.6, §4.7). Defaults: the paper's."""
+
+    epochs: int = 100
+    batch_size: int = 16
+    eval_batch_size: int = 16  # the published position encoding makes outputs depend on the batch (§7.1)
+    learning_rate: float = 5e-4  # AdamW, default betas and eps, linear decay to 0 per step, no warm-up
+    weight_decay: float = 0.01  # not on biases and LayerNorms, by the authors' names (img_model/optim.py)
+    clip_norm: float = 1.0
+    evals_per_epoch: int = 2  # at steps kN + N//2 and (k+1)N (§4.7)
+    select_on: SelectOn = "val"  # "test": the paper's protocol (§7.15), recorded in every report
+    val_fraction: float = 0.1  # of the training videos, held out by video id (select_on = "val")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.select_on not in ("val", "test"):
+            raise UsageError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "evals_per_epoch": self.evals_per_epoch}  # fmt: skip
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{name} must be at least 1, not {value}")
+        if self.seed < 0:
+            raise UsageError(f"seed must be >= 0, not {self.seed}")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
+        for name in ("learning_rate", "weight_decay", "clip_norm"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"{name} must be a finite number >= 0, not {value}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run (not what to compute); may change on --resume."""
+
+    device: str = "auto"
+    precision: Precision = "fp32"
+    compile: bool = False
+    workers: int = 2  # DataLoader worker processes (the data is seeded per query, not per worker)
+    threads: int = 0  # torch CPU threads (0: torch's default); small models often run fastest on 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.workers < 0 or self.threads < 0:
+            raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: IMGConfig
+    objective: ObjectiveConfig
+    train: TrainConfig
+    data: DataConfig
+    runtime: RuntimeConfig
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything that decides the numbers: compared on --resume (runtime excluded)."""
+        return {name: section for name, section in as_dict(self).items() if name != "runtime"}
+
+
+SECTIONS: dict[str, type] = {
+    "model": IMGConfig,
+    "objective": ObjectiveConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
+    """The paper's settings for a dataset, as section overrides of the dataclass defaults."""
+    if dataset == "activitynet":
+        return {"objective": dataclasses.asdict(ACTIVITYNET_OBJECTIVE)}
+    return {}
+
+
+def read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    """A config file's sections, checked against the fields they may set (one-line errors)."""
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"--config {path} is not valid TOML ({error})") from None
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise UsageError(f"{path}: unknown section [{section}]; use {', '.join(f'[{s}]' for s in SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: {section} must be a section ([{section}]), not a value")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"{path}: [{section}] has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return raw
+
+
+def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for layer in layers:
+        for section, values in layer.items():
+            merged[section].update({k: v for k, v in values.items() if v is not None})
+    return merged
+
+
+def _build(section: str, values: Mapping[str, Any], where: str) -> Any:
+    cls = SECTIONS[section]
+    defaults = cls()
+    fields = {}
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if isinstance(default, tuple) and isinstance(value, list | tuple):
+            value = tuple(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise UsageError(f"{where}: [{section}] {name} must be true or false, not {value!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif type(default) in (int, str) and type(value) is not type(default):
+            raise UsageError(f"{where}: [{section}] {name} must be a {type(default).__name__}, not {value!r}")
+        fields[name] = value
+    try:
+        return cls(**fields)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{where}: [{section}] {error}") from None
+
+
+def resolve(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    derived_model: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The dataset's defaults, then the TOML file, then the flags (`overrides`, None values ignored); the model's
+    input sizes (`derived_model`, from the data) always win."""
+    file_layer = read_toml(config_file) if config_file else {}
+    for name in sorted(DATA_DERIVED & set(file_layer.get("model", {}))):
+        raise UsageError(f"{config_file}: [model] {name} is set by the data, not by the config")
+    flag_layer = {section: dict(values) for section, values in (overrides or {}).items()}
+    dataset = flag_layer.get("data", {}).get("dataset") or file_layer.get("data", {}).get("dataset")
+    if not dataset:
+        raise UsageError("no dataset given; pass --dataset NAME|FILE.jsonl (or set [data] dataset in --config)")
+    merged = _merge(dataset_defaults(dataset), file_layer, flag_layer, {"model": dict(derived_model or {})})
+    where = str(config_file) if config_file else "options"
+    return RunConfig(**{section: _build(section, values, where) for section, values in merged.items()})
+
+
+def as_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
+
+
+def from_dict(sections: Mapping[str, Mapping[str, Any]]) -> RunConfig:
+    """A RunConfig from `as_dict` output (e.g. a checkpoint's)."""
+    return RunConfig(**{section: _build(section, sections.get(section, {}), "checkpoint") for section in SECTIONS})
+
+
+# --- writing TOML (the standard library reads it only) ---------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return (
+            repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else f"{'-' if value < 0 else ''}inf")
+        )
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(config: RunConfig, header: str = "") -> str:
+    """The resolved config as TOML that `--config` reads back to the same RunConfig (the model's input sizes
+    are written as comments: the data sets them)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in as_dict(config).items():
+        lines += ["", f"[{section}]"]
+        for name, value in values.items():
+            comment = "# " if section == "model" and name in DATA_DERIVED else ""
+            lines.append(f"{comment}{name} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"

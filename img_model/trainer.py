@@ -1,0 +1,477 @@
+"""Training IMG (img_spec.md §4): the authors' objective and schedule, with exact resume and honest selection.
+
+One step: forward with p_warm = ExpUp(10)(epoch), the full objective with the distillation warm-up
+ExpUp(20)(epoch) (§4.5), backward, gradient clipping at 1.0, AdamW with the authors' two weight-decay groups,
+linear decay of the learning rate per step (§4.6). Evaluation on the selection split at steps kN + N//2 and
+(k+1)N (§4.7, `evals_per_epoch`); the fused R1@0.7 selects `best.pt` (ties count as better, as the authors
+do). The selection split is a validation split carved from the training videos (default) or the test split
+(`select_on = "test"`, the paper's protocol, recorded in every report).
+
+A run folder holds:
+
+    config.toml      the resolved configuration (`img-train --config RUN/config.toml` repeats the run)
+    best.pt          the selected checkpoint; last.pt the latest (every evaluation point): img_model/checkpoint.py
+    metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final")
+    tensorboard/     scalars: every loss term, the learning rate, the warm-up factors, the branches' metrics
+    train.log        the log, with tracebacks
+
+Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), the saliency draw by (seed, e,
+query), the DataLoader's own generator is re-seeded per epoch, and last.pt holds every global RNG state, so a
+run resumed from any evaluation point continues bit for bit. A NaN or infinite loss stops the run with the step
+and the batch's query ids; checkpoints are only written from finite states.
+
+Distributed training (issue 11) changes three seams: the batch sampler (`batches`), the rank guard around every
+write (`RankContext.is_main`), and the evaluator's `gather`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from img_model.checkpoint import Checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from img_model.config import exp_up
+from img_model.dataset import HELD_OUT_SPLIT, Batch, DataSources, MomentDataset, carve_validation, collate
+from img_model.errors import DataError, TrainingDivergedError
+from img_model.evaluator import EvalReport, Evaluator, metrics_table
+from img_model.losses import IMGLoss, img_loss
+from img_model.model import IMG
+from img_model.optim import linear_decay, make_optimizer
+from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
+from img_model.train_config import RunConfig, as_dict, to_toml
+
+log = logging.getLogger("img_vmr.train")
+
+SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
+LISTED_QIDS = 16
+
+
+# --- data of a run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """The datasets of a run: training, selection (val or test) and the test split for the final report."""
+
+    sources: DataSources
+    train: MomentDataset
+    select: MomentDataset
+    test: MomentDataset | None  # None when selecting on test (it is `select`) or when there is no test split
+
+
+def model_inputs(sources: DataSources) -> dict[str, Any]:
+    """The IMGConfig fields the data decides: feature sizes and the query embedding's vocabulary sizes."""
+    fields: dict[str, Any] = {"video_feature_dim": sources.video_dim, "audio_feature_dim": sources.audio_dim}
+    texts = sources.texts
+    if texts.precomputed:
+        return fields | {"query_features": "precomputed", "text_feature_dim": texts.feature_dim}
+    assert texts.vocabulary is not None
+    vectors = texts.vocabulary.vectors
+    return fields | {
+        "query_features": "glove_char",
+        "glove_words": vectors.shape[0],
+        "word_dim": vectors.shape[1],
+        "char_vocab_size": len(texts.vocabulary.chars),
+    }
+
+
+def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
+    """Splits: train (minus a seeded validation share of its videos, or all of it with select_on = test), the
+    selection split, and test. Training queries of videos without audio follow data.missing_audio."""
+    splits = sources.splits()
+    if "train" not in splits:
+        raise DataError(f"{run.data.dataset} has no train split (it has: {', '.join(sorted(splits))})")
+    max_pos_len, seed = run.model.max_pos_len, run.train.seed
+    test_records = splits.get("test")
+    if run.train.select_on == "test":
+        if not test_records:
+            raise DataError(f"--select-on test: {run.data.dataset} has no test split")
+        train = sources.dataset(splits["train"], "train", "train", max_pos_len, seed)
+        select = sources.dataset(test_records, "test", "eval", max_pos_len)
+        return RunData(sources, train, select, None)
+    train_records, val_records = carve_validation(splits["train"], run.train.val_fraction, seed)
+    train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
+    select = sources.dataset(val_records, HELD_OUT_SPLIT, "eval", max_pos_len)
+    test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None
+    return RunData(sources, train, select, test)
+
+
+# --- batch order -----------------------------------------------------------------------------------------------
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, index) keys: epoch e's order is a permutation seeded by (seed, e), so any epoch can be
+    replayed, and started from any batch (`skip`), without a saved sampler state. The last batch may be short
+    (the authors' loader keeps it)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        for first in range(self.skip * self.batch_size, self.size, self.batch_size):
+            yield [(self.epoch, int(i)) for i in order[first : first + self.batch_size]]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.skip
+
+
+def evaluation_steps(batches_per_epoch: int, evals_per_epoch: int) -> list[int]:
+    """Steps within an epoch (1-based) after which to evaluate: N//2 and N for two per epoch (§4.7)."""
+    n = batches_per_epoch
+    return sorted({n * k // evals_per_epoch for k in range(1, evals_per_epoch + 1)} - {0})
+
+
+# --- the training loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    step: int
+    best_step: int
+    best_score: float
+    finished: bool  # False when stopped early on purpose (stop_after)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def loss_scalars(loss: IMGLoss) -> dict[str, torch.Tensor]:
+    """Every loss term of §4.5 as it enters the total, per step."""
+    kept = loss.keep.float()
+    denominator = loss.n_keep + 1e-6
+    return {
+        "loss/total": loss.total_loss,
+        "loss/location_fused": loss.loc_av.mean(),
+        "loss/location_visual": loss.loc_v.mean(),
+        "loss/location_audio": (kept * loss.loc_a).sum() / denominator,
+        "loss/saliency_fused": loss.sal_av.sum(),
+        "loss/saliency_visual": loss.sal_v.sum(),
+        "loss/saliency_audio": (kept * loss.sal_a).sum(),
+        "loss/distill_audio": (kept * loss.kd_a).sum() / denominator,
+        "loss/distill_visual": loss.kd_v.mean(),
+        "loss/importance": loss.pl_loss,
+        "loss/kept_fraction": kept.mean(),
+        "terms/location": loss.term_loc,
+        "terms/saliency": loss.term_sal,
+        "terms/distill": loss.term_kd,
+        "terms/importance": loss.term_pl,
+    }
+
+
+class Trainer:
+    """Trains one run into `run_dir`; `resume` is the run's last.pt when continuing it."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        data: RunData,
+        run_dir: Path,
+        resume: Checkpoint | None = None,
+        rank: RankContext = SINGLE_PROCESS,
+        batches: EpochBatches | None = None,
+    ) -> None:
+        self.run, self.data, self.run_dir, self.rank = run, data, Path(run_dir), rank
+        runtime, train = run.runtime, run.train
+        self.device = resolve_device(runtime.device, runtime.precision, runtime.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        seed_everything(train.seed)
+        self.model = IMG(run.model)
+        vocabulary = data.sources.texts.vocabulary
+        if vocabulary is not None:
+            with torch.no_grad():
+                for branch in (self.model.video_branch, self.model.audio_branch):
+                    branch.query_embedding.words.glove_vectors.copy_(torch.from_numpy(vocabulary.vectors))
+        self.model.to(self.device)
+        self.batches = batches or EpochBatches(len(data.train), train.batch_size, train.seed)
+        self.steps_per_epoch = self.batches.batches_per_epoch()
+        self.total_steps = train.epochs * self.steps_per_epoch
+        self.eval_steps = evaluation_steps(self.steps_per_epoch, train.evals_per_epoch)
+        self.optimizer = make_optimizer(self.model, train.learning_rate, train.weight_decay)
+        self.scheduler = linear_decay(self.optimizer, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.precision == "fp16")
+        self.loader_generator = torch.Generator()
+        self.step, self.epoch, self.epoch_step = 0, 0, 0
+        self.best_score, self.best_step = -math.inf, -1
+        self.last_checkpoint: tuple[Path, int] | None = None
+        if resume is not None:
+            self._restore(resume)
+        self.forward_model = torch.compile(self.model, dynamic=True) if runtime.compile else self.model
+        self.evaluator = Evaluator(self.device, runtime.precision, train.eval_batch_size, runtime.workers, train.seed)
+        self.loader = DataLoader(
+            data.train,
+            batch_sampler=self.batches,
+            collate_fn=collate,
+            num_workers=runtime.workers,
+            persistent_workers=runtime.workers > 0,
+            pin_memory=self.device.type == "cuda",
+            generator=self.loader_generator,
+        )
+        self.writer: Any = None
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        training = checkpoint.training
+        if training is None:
+            raise DataError("the checkpoint holds no training state (converted or best-only); cannot resume it")
+        self.model.load_state_dict(checkpoint.state_dict)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        self.step, self.epoch, self.epoch_step = training["step"], training["epoch"], training["epoch_step"]
+        if self.epoch_step >= self.steps_per_epoch:  # saved at the end of an epoch: start the next one
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+        self.best_score, self.best_step = training["best_score"], training["best_step"]
+        set_rng_state(training["rng"])
+        self.last_checkpoint = (self.run_dir / "last.pt", self.step)
+        log.info("resuming at epoch %d, step %d (best %s %.2f at step %d)", self.epoch + 1, self.step,
+                 SELECTION_METRIC, self.best_score, self.best_step)  # fmt: skip
+
+    def _checkpoint(self, metrics: dict[str, Any] | None) -> Checkpoint:
+        texts = self.data.sources.texts
+        return Checkpoint(
+            config=self.model.config,
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            source="img-train",
+            vocabulary=texts.vocabulary.as_checkpoint() if texts.vocabulary is not None else None,
+            provenance=self.data.sources.provenance(),
+            run=as_dict(self.run),
+            training={
+                "epoch": self.epoch,
+                "epoch_step": self.epoch_step,
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "best_score": self.best_score,
+                "best_step": self.best_step,
+            },
+            metrics=metrics,
+        )
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the configured number of epochs, or until `stop_after` epochs are complete (a preemption on
+        purpose; --resume continues)."""
+        train = self.run.train
+        if self.rank.is_main:
+            self._open_outputs()
+        try:
+            while self.epoch < train.epochs:
+                if stop_after is not None and self.epoch >= stop_after:
+                    log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
+                    return self._result(finished=False)
+                self._train_epoch()
+            final = self._final_report()
+            return self._result(finished=True, final=final)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    def _open_outputs(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(
+            to_toml(self.run, header=f"img-train run {self.run_dir.name}: the resolved configuration"),
+            encoding="utf-8",
+        )
+        self._truncate_metrics()
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _truncate_metrics(self) -> None:
+        """On resume, forget evaluations logged after the checkpoint (they will be repeated identically)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]  # fmt: skip
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _train_epoch(self) -> None:
+        epoch, train = self.epoch, self.run.train
+        objective = self.run.objective
+        p_warm = exp_up(epoch, objective.importance_warmup_epochs)
+        kd_warm = exp_up(epoch, objective.distill_warmup_epochs)
+        self.batches.set_epoch(epoch, skip=self.epoch_step)
+        self.loader_generator.manual_seed(train.seed * 1_000_003 + epoch)
+        self.model.train()
+        progress = tqdm(
+            self.loader,
+            total=len(self.batches),
+            initial=0,
+            desc=f"epoch {epoch + 1}/{train.epochs}",
+            unit="batch",
+            disable=not (self.run.runtime.progress and self.rank.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        running = 0.0
+        for number, batch in enumerate(progress, start=1):
+            scalars = self._train_step(batch, p_warm, kd_warm)
+            running += (scalars["loss/total"] - running) / number
+            progress.set_postfix(loss=f"{running:.3f}")
+            if self.epoch_step in self.eval_steps:
+                self._evaluate_and_save()
+        progress.close()
+        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs, running, len(progress))
+        self.epoch += 1
+        self.epoch_step = 0
+
+    def _train_step(self, batch: Batch, p_warm: float, kd_warm: float) -> dict[str, float]:
+        batch = batch.to(self.device)
+        with autocast(self.device, self.run.runtime.precision):
+            outputs = self.forward_model(**batch.model_inputs(), p_warm=p_warm)
+        # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
+        output_sums = torch.stack([output.detach().float().sum() for output in outputs])
+        if not torch.isfinite(output_sums).all():
+            self._diverged(float("nan"), batch.qids)
+        loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm)
+        names, values = zip(*loss_scalars(loss).items(), strict=True)
+        numbers = torch.stack([v.detach().float() for v in values]).tolist()
+        scalars = dict(zip(names, numbers, strict=True))
+        if not math.isfinite(scalars["loss/total"]):
+            self._diverged(scalars["loss/total"], batch.qids)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total_loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        self.epoch_step += 1
+        if self.writer is not None:
+            scalars |= {"train/lr": lr, "train/grad_norm": float(grad_norm), "warmup/importance": p_warm,
+                        "warmup/distill": kd_warm}  # fmt: skip
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, self.step)
+        return scalars
+
+    def _diverged(self, value: float, qids: list[str]) -> None:
+        listed = ", ".join(qids[:LISTED_QIDS]) + (
+            f" (+{len(qids) - LISTED_QIDS} more)" if len(qids) > LISTED_QIDS else ""
+        )
+        kept = (
+            f"last good checkpoint: {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDivergedError(
+            f"loss is {value} at step {self.step + 1} (epoch {self.epoch + 1}); batch queries: {listed}; {kept}"
+        )
+
+    def _evaluate(self, dataset: MomentDataset, model: IMG | None = None) -> EvalReport:
+        predictions = self.evaluator.predict(model or self.forward_model, dataset)
+        return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
+
+    def _evaluate_and_save(self) -> None:
+        started = time.perf_counter()
+        report = self._evaluate(self.data.select)
+        score = report.branches[SELECTION_BRANCH][SELECTION_METRIC]
+        improved = score >= self.best_score  # ties count as better, as the authors' code does (§4.7)
+        if improved:
+            self.best_score, self.best_step = score, self.step
+        if not self.rank.is_main:
+            return
+        metrics = {"split": report.split, "branches": report.branches, "mean_audio_importance": report.mean_importance}
+        checkpoint = self._checkpoint(metrics)
+        if improved:
+            save_checkpoint(checkpoint, self.run_dir / "best.pt")
+        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        self.last_checkpoint = (self.run_dir / "last.pt", self.step)
+        self._log_metrics(
+            {
+                "kind": "eval",
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "select_on": self.run.train.select_on,
+                "best": improved,
+                **metrics,
+            }
+        )
+        for branch, values in report.branches.items():
+            for name, value in values.items():
+                self.writer.add_scalar(f"{report.split}/{branch}/{name}", value, self.step)
+        self.writer.add_scalar(f"{report.split}/mean_audio_importance", report.mean_importance, self.step)
+        log.info("step %d: %s fused %s %.2f%s (%.1f s)", self.step, report.split, SELECTION_METRIC, score,
+                 " (best)" if improved else "", time.perf_counter() - started)  # fmt: skip
+
+    def _log_metrics(self, entry: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    def _final_report(self) -> dict[str, Any]:
+        """Evaluate best.pt on the selection split's record and on test; print the summary table."""
+        if not self.rank.is_main:
+            return {}
+        from img_model.checkpoint import read_checkpoint
+
+        best = read_checkpoint(self.run_dir / "best.pt")
+        assert best.metrics is not None
+        final: dict[str, Any] = {
+            "kind": "final",
+            "step": self.step,
+            "best_step": self.best_step,
+            "select_on": self.run.train.select_on,
+            best.metrics["split"]: best.metrics,
+        }
+        tables = [
+            metrics_table(best.metrics["branches"], f"{best.metrics['split']} (best checkpoint, step {self.best_step})")
+        ]
+        if self.data.test is not None:
+            model = best.model().to(self.device)
+            compiled = torch.compile(model, dynamic=True) if self.run.runtime.compile else model
+            report = self._evaluate(self.data.test, compiled)
+            final["test"] = {
+                "split": "test",
+                "branches": report.branches,
+                "mean_audio_importance": report.mean_importance,
+            }
+            tables.append(metrics_table(report.branches, f"test (best checkpoint, step {self.best_step})"))
+        self._log_metrics(final)
+        selected = (
+            "the test split (the paper's protocol, §7.15)"
+            if self.run.train.select_on == "test"
+            else f"{HELD_OUT_SPLIT} (held-out training videos)"
+        )
+        header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
+                  f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
+        summary = "\n\n".join([header, *tables])
+        (self.run_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+        return final | {"summary": summary}
+
+    def _result(self, finished: bool, final: dict[str, Any] | None = None) -> TrainResult:
+        return TrainResult(self.run_dir, self.epoch, self.step, self.best_step, self.best_score, finished, final or {})
+
+
+def restored_run(checkpoint: Checkpoint, runtime_overrides: dict[str, Any]) -> RunConfig:
+    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...)."""
+    from img_model.train_config import from_dict
+
+    run = from_dict(checkpoint.run or {})
+    return replace(run, runtime=replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None}))

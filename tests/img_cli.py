@@ -1,0 +1,56 @@
+"""Running img-train and img-eval as users do (real subprocesses), and a tiny synthetic dataset for them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from img_model.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
+
+# A few seconds of training on 2 CPU cores: the learning check's small IMG, smaller still.
+TINY_CONFIG = """\
+[model]
+dim = 16
+num_heads = 2
+char_dim = 4
+char_kernel_channels = [2, 2, 2, 2]
+max_pos_len = 24
+positional_encoding = "temporal"
+fusion_gru_layers = 1
+predictor_conv_layers = 1
+encoder_conv_layers = 1
+
+[train]
+epochs = 2
+batch_size = 8
+learning_rate = 0.003
+
+[runtime]
+workers = 0
+threads = 1
+"""
+TINY_SPEC = SyntheticSpec(train_videos_per_family=6, test_videos_per_family=2, min_steps=12, max_steps=24,
+                          silent_videos=1)  # fmt: skip
+
+
+def tiny_dataset(folder: Path) -> SyntheticDataset:
+    data = write_audio_matters(folder, TINY_SPEC)
+    (folder / "tiny.toml").write_text(TINY_CONFIG, encoding="utf-8")
+    return data
+
+
+def _run(module: str, script: str, args: tuple[str | Path, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    installed = Path(sys.executable).parent / script
+    entry = [str(installed)] if installed.exists() else [sys.executable, "-m", module]
+    return subprocess.run([*entry, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def run_img_train(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return _run("img_model.cli", "img-train", args, timeout)
+
+
+def run_img_eval(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return _run("img_model.eval_cli", "img-eval", args, timeout)

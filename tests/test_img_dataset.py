@@ -1,0 +1,275 @@
+"""IMG datasets from real stores: labels, lengths, saliency draws, padding, missing data, shards, workers."""
+
+from __future__ import annotations
+
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from extract.errors import ProvenanceMismatchError
+from extract.store import StoreWriter, Track, VideoRecord
+from img_model.dataset import (
+    DataConfig,
+    DataSources,
+    MomentDataset,
+    Sample,
+    carve_validation,
+    collate,
+    saliency_samples,
+    sample_rng,
+)
+from img_model.decoding import time_to_index
+from img_model.errors import DataError
+from img_model.synthetic import AUDIO_FEATURE, VISUAL_FEATURE, SyntheticDataset, SyntheticSpec, write_audio_matters
+from manifests.records import QueryRecord
+
+SPEC = SyntheticSpec(train_videos_per_family=4, test_videos_per_family=2, min_steps=20, max_steps=40, silent_videos=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return write_audio_matters(tmp_path_factory.mktemp("synthetic"), SPEC)
+
+
+def data_config(data: SyntheticDataset, **changes: object) -> DataConfig:
+    config = DataConfig(str(data.annotations), (str(data.features),), data.visual, data.audio, str(data.text))
+    return replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def sources(synthetic: SyntheticDataset) -> DataSources:
+    return DataSources(data_config(synthetic))
+
+
+# --- labels ---------------------------------------------------------------------------------------------------
+
+
+def test_labels_of_a_large_split_take_bounded_memory() -> None:
+    rng = np.random.default_rng(0)
+    duration = rng.uniform(10, 60, 1000)
+    start = rng.uniform(0, 0.8, 1000) * duration
+    end = np.minimum(start + rng.uniform(0.5, 20, 1000), duration)
+    tracemalloc.start()
+    try:
+        time_to_index(start, end, 128, duration)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20  # all at once: 518 MB for these 1,000 annotations (1.5 GB per 3,000)
+
+
+def test_labels_in_chunks_equal_labels_all_at_once() -> None:
+    rng = np.random.default_rng(1)
+    steps = rng.integers(5, 60, 200)
+    duration = rng.uniform(10, 60, 200)
+    start = rng.uniform(0, 0.8, 200) * duration
+    end = np.minimum(start + rng.uniform(0.5, 20, 200), duration)
+    whole = time_to_index(start, end, steps, duration, chunk_cells=10**9)
+    chunked = time_to_index(start, end, steps, duration, chunk_cells=1)
+    assert np.array_equal(whole[0], chunked[0]) and np.array_equal(whole[1], chunked[1])
+
+
+def test_lengths_and_labels_come_from_the_stored_tracks(synthetic: SyntheticDataset, sources: DataSources) -> None:
+    records = sources.splits()["train"]
+    dataset = sources.dataset(records, "train", "train", max_pos_len=24)
+    stores = sources.stores
+    for index, record in enumerate(dataset.records):
+        rows = stores.track_shape(record.video_id, VISUAL_FEATURE)[0]
+        assert dataset.lengths[index] == min(rows, 24)
+        expected = time_to_index(record.start, record.end, min(rows, 24), record.duration)
+        assert (dataset.start_index[index], dataset.end_index[index]) == tuple(int(i) for i in expected)
+        sample = dataset[(0, index)]
+        assert sample.video.shape == (min(rows, 24), SPEC.visual_dim) and sample.audio.shape[0] == len(sample.video)
+
+
+# --- saliency samples (§4.2) ----------------------------------------------------------------------------------
+
+
+def test_saliency_positives_lie_inside_and_negatives_outside_the_moment() -> None:
+    for seed in range(50):
+        positives, negatives = saliency_samples(3, 7, 12, np.random.default_rng(seed))
+        assert len(set(positives)) == 2 and all(3 <= p <= 7 for p in positives)
+        assert len(set(negatives)) == 2 and all(n < 3 or n > 7 for n in negatives)
+
+
+def test_saliency_edge_cases_follow_the_authors() -> None:
+    rng = np.random.default_rng(0)
+    assert saliency_samples(4, 4, 10, rng)[0].tolist() == [4, 4]  # a one-step moment
+    assert saliency_samples(0, 8, 10, rng)[1].tolist() == [0, 0]  # one step outside: the [0, 0] fallback
+    assert saliency_samples(6, 2, 10, rng)[0].tolist() == [2, 2]  # s > e: s = e
+
+
+def test_saliency_draw_is_seeded_per_seed_epoch_and_query(sources: DataSources) -> None:
+    dataset = sources.dataset(sources.splits()["train"], "train", "train", max_pos_len=32, seed=5)
+    first = [dataset[(1, i)].saliency_negatives.tolist() for i in range(len(dataset))]
+    again = [dataset[(1, i)].saliency_negatives.tolist() for i in range(len(dataset))]
+    other_epoch = [dataset[(2, i)].saliency_negatives.tolist() for i in range(len(dataset))]
+    assert first == again and first != other_epoch
+    draw = saliency_samples(int(dataset.start_index[3]), int(dataset.end_index[3]), int(dataset.lengths[3]),
+                            sample_rng(5, 1, 3))  # fmt: skip
+    assert draw[1].tolist() == first[3]
+
+
+# --- collation (§2.2 step 7) ----------------------------------------------------------------------------------
+
+
+def _sample(qid: str, steps: int, words: list[list[int]], audio: bool = True) -> Sample:
+    return Sample(
+        qid=qid,
+        video=np.ones((steps, 3), np.float32),
+        audio=np.full((steps, 2), 2.0 if audio else 0.0, np.float32),
+        has_audio=audio,
+        start_index=0,
+        end_index=steps - 1,
+        start_time=0.0,
+        end_time=1.0,
+        duration=float(steps),
+        word_ids=np.arange(2, 2 + len(words), dtype=np.int64),
+        char_ids=[np.array(w, np.int64) for w in words],
+        saliency_positives=np.array([0, 1]),
+        saliency_negatives=np.array([0, 0]),
+    )
+
+
+def test_collate_pads_video_words_and_characters_as_the_authors() -> None:
+    batch = collate([_sample("a", 5, [[3, 4], [5]]), _sample("b", 3, [[6, 7, 8, 9, 10], [2], [3]], audio=False)])
+    assert batch.video.shape == (2, 5, 3) and batch.audio.shape == (2, 5, 2)
+    assert batch.video[1, 3:].abs().sum() == 0 and batch.video_mask.tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    assert batch.word_ids.tolist() == [[2, 3, 0], [2, 3, 4]]
+    assert batch.query_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch.char_ids.shape == (2, 3, 5)  # (most words, longest word) of the batch
+    assert batch.char_ids[0].tolist() == [[3, 4, 0, 0, 0], [5, 0, 0, 0, 0], [0] * 5]
+    assert batch.has_audio.tolist() == [True, False] and batch.lengths.tolist() == [5, 3]
+    assert batch.labels().saliency_positives.shape == (2, 2)
+
+
+# --- what is missing ------------------------------------------------------------------------------------------
+
+
+def test_queries_without_features_or_text_are_listed_in_one_line_and_left_out(
+    sources: DataSources, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = sources.splits()["test"]
+    queries = [
+        *records[:1],
+        replace(records[1], sentence="another sentence than the text store's"),
+        *records[2:],
+        QueryRecord("qid_nofeat", "no-such-video", 1.0, 2.0, 10.0, "a dog barks loudly", "test"),
+        QueryRecord("qid_notext", records[0].video_id, 1.0, 2.0, records[0].duration, "a dog barks loudly", "test"),
+    ]
+    with caplog.at_level("WARNING", logger="img_vmr.train"):
+        dataset = sources.dataset(queries, "test", "eval", max_pos_len=32)
+    assert len(dataset) == len(records) - 1
+    assert dataset.coverage.no_video == ["qid_nofeat (video no-such-video)"]
+    assert dataset.coverage.no_text == [records[1].qid, "qid_notext"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("1 of ") and "qid_nofeat" in line and "\n" not in line for line in lines)
+    strict = DataSources(replace(sources.config, strict=True))
+    with pytest.raises(DataError, match="no visual features: qid_nofeat"):
+        strict.dataset(queries, "test", "eval", max_pos_len=32)
+
+
+def test_videos_without_audio_are_dropped_from_training_or_read_as_zeros(
+    synthetic: SyntheticDataset, sources: DataSources
+) -> None:
+    records = sources.splits()["train"]
+    silent = [r for r in records if not sources.stores.metadata(r.video_id)["has_audio"]]
+    assert silent
+    dropped = sources.dataset(records, "train", "train", max_pos_len=32)
+    assert len(dropped) == len(records) - len(silent) and dropped.coverage.dropped_no_audio == len(silent)
+    zeros = DataSources(data_config(synthetic, missing_audio="zeros")).dataset(records, "train", "train", 32)
+    assert len(zeros) == len(records) and zeros.coverage.zero_audio == len(silent)
+    index = [r.qid for r in zeros.records].index(silent[0].qid)
+    sample = zeros[(0, index)]
+    assert not sample.has_audio and sample.audio.shape == (len(sample.video), SPEC.audio_dim) and not sample.audio.any()
+    evaluation = sources.dataset(records, "train", "eval", max_pos_len=32)  # evaluation never drops
+    assert len(evaluation) == len(records)
+
+
+def test_drop_audio_reads_every_audio_track_as_zeros(sources: DataSources) -> None:
+    dataset = sources.dataset(sources.splits()["test"], "test", "eval", max_pos_len=32, drop_audio=True)
+    assert not dataset.has_audio.any() and not dataset[0].audio.any()
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+
+def _batches(dataset: MomentDataset, workers: int) -> list:
+    loader = DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=workers)
+    return [(b.qids, b.video, b.audio, b.word_ids) for b in loader]
+
+
+@pytest.mark.slow
+def test_worker_processes_read_the_same_batches_through_their_own_handles(sources: DataSources) -> None:
+    dataset = sources.dataset(sources.splits()["test"], "test", "eval", max_pos_len=32)
+    dataset[0]  # the parent has open handles now; forked workers must not use them
+    in_process, in_workers = _batches(dataset, 0), _batches(dataset, 2)
+    for (qids, *tensors), (other_qids, *others) in zip(in_process, in_workers, strict=True):
+        assert qids == other_qids and all(torch.equal(a, b) for a, b in zip(tensors, others, strict=True))
+
+
+def test_cached_features_equal_lazily_read_ones(synthetic: SyntheticDataset, sources: DataSources) -> None:
+    records = sources.splits()["test"]
+    lazy = sources.dataset(records, "test", "eval", max_pos_len=16)
+    cached = DataSources(data_config(synthetic, cache_features=True)).dataset(records, "test", "eval", 16)
+    assert cached._cache is not None and len(cached._cache) == len({r.video_id for r in records})
+    for index in range(len(lazy)):
+        assert np.array_equal(lazy[index].video, cached[index].video)
+        assert np.array_equal(lazy[index].audio, cached[index].audio)
+
+
+def test_time_alignment_rule_is_used_when_asked(synthetic: SyntheticDataset, sources: DataSources) -> None:
+    records = sources.splits()["test"][:3]
+    by_index = sources.dataset(records, "test", "eval", max_pos_len=16)
+    by_time = DataSources(data_config(synthetic, align="time")).dataset(records, "test", "eval", 16)
+    assert not np.allclose(by_index[0].audio, by_time[0].audio)
+
+
+def _shard(path: Path, data: SyntheticDataset, video_ids: list[str], strength: float = 2.5) -> None:
+    sources = DataSources(data_config(data))
+    recipe = {"generator": "img_model.synthetic", "seed": 0, "marker_strength": strength}
+    provenance = {VISUAL_FEATURE: {"recipe": {**recipe, "rows_per_second": 1}},
+                  AUDIO_FEATURE: {"recipe": {**recipe, "rows_per_second": SPEC.audio_rows_per_second}}}  # fmt: skip
+    writer = StoreWriter(path, provenance)
+    for video_id in video_ids:
+        tracks: dict[str, Track] = {}
+        for name in sources.stores.feature_names(video_id):
+            tracks[name] = sources.stores.track(video_id, name)
+        writer.add_video(VideoRecord(video_id, sources.stores.metadata(video_id), tracks))
+    writer.close()
+
+
+def test_several_stores_are_read_as_one_dataset(synthetic: SyntheticDataset, tmp_path: Path) -> None:
+    whole = DataSources(data_config(synthetic))
+    videos = whole.stores.video_ids()
+    _shard(tmp_path / "a.h5", synthetic, videos[::2])
+    _shard(tmp_path / "b.h5", synthetic, videos[1::2])
+    shards = DataSources(data_config(synthetic, features=(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))))
+    records = whole.splits()["test"]
+    one, two = whole.dataset(records, "test", "eval", 32), shards.dataset(records, "test", "eval", 32)
+    assert len(one) == len(two) == len(records)
+    for index in range(len(one)):
+        assert np.array_equal(one[index].video, two[index].video) and np.array_equal(one[index].audio, two[index].audio)
+
+
+def test_shards_made_with_different_recipes_are_refused(synthetic: SyntheticDataset, tmp_path: Path) -> None:
+    videos = DataSources(data_config(synthetic)).stores.video_ids()
+    _shard(tmp_path / "a.h5", synthetic, videos[:2])
+    _shard(tmp_path / "b.h5", synthetic, videos[2:4], strength=3.0)
+    with pytest.raises(ProvenanceMismatchError, match=r"made differently \(marker_strength: 2.5 -> 3.0\)"):
+        DataSources(data_config(synthetic, features=(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))))
+
+
+def test_validation_is_carved_by_video_and_seeded(sources: DataSources) -> None:
+    records = sources.splits()["train"]
+    train, validation = carve_validation(records, 0.25, seed=3)
+    assert not {r.video_id for r in train} & {r.video_id for r in validation}
+    assert len(train) + len(validation) == len(records)
+    assert len({r.video_id for r in validation}) == round(0.25 * len({r.video_id for r in records}))
+    assert carve_validation(records, 0.25, seed=3)[1] == validation
+    assert carve_validation(records, 0.25, seed=4)[1] != validation

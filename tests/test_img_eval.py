@@ -1,0 +1,181 @@
+"""img-eval: deterministic tables and JSON, the predictions file, slot noise, dropped audio, refusals of inputs
+made otherwise than the checkpoint's, and converted official checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.store import StoreWriter, Track, VideoRecord
+from img_model.checkpoint import read_checkpoint
+from img_model.cli import main as img_train
+from img_model.dataset import DataConfig, DataSources
+from img_model.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
+from img_model.metrics import retrieval_metrics
+from img_model.synthetic import SyntheticDataset, write_audio_matters
+from img_model.train_config import resolve
+from img_model.trainer import Trainer, model_inputs, prepare_data
+from manifests.records import QueryRecord
+from tests.golden import golden_tensors
+from tests.img_cli import TINY_SPEC, run_img_eval, tiny_dataset
+from tests.test_img_convert import GOLDEN_WORDS, write_golden_text_store
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path]:
+    """The tiny dataset and a checkpoint trained on it for one epoch (in this process, on 1 thread)."""
+    folder = tmp_path_factory.mktemp("eval")
+    data = tiny_dataset(folder / "data")
+    run = resolve(
+        folder / "data" / "tiny.toml",
+        {"data": {"dataset": str(data.annotations), "features": (str(data.features),), "visual": data.visual,
+                  "audio": data.audio, "text": str(data.text)},
+         "train": {"epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
+    )  # fmt: skip
+    sources = DataSources(run.data)
+    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    threads = torch.get_num_threads()
+    try:
+        Trainer(run, prepare_data(run, sources), folder / "run").fit()
+    finally:
+        torch.set_num_threads(threads)
+    return data, folder / "run" / "best.pt"
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    data, checkpoint = trained
+    first = run_img_eval(checkpoint, "--json", "--threads", "1", "--predictions", tmp_path / "a.jsonl")
+    second = run_img_eval(checkpoint, "--json", "--threads", "1", "--predictions", tmp_path / "b.jsonl")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    report, rows = json.loads(first.stdout), _lines(tmp_path / "a.jsonl")
+    test_qids = [qid for qid in data.families if int(qid[4:]) >= 3 * TINY_SPEC.train_videos_per_family]
+    assert [row["qid"] for row in rows] == test_qids and report["queries"] == len(rows)
+    row = rows[0]
+    assert set(row) == {"qid", "video_id", "duration", "num_steps", "ground_truth", "has_audio", "audio_importance",
+                        "branches"}  # fmt: skip
+    assert set(row["branches"]) == set(BRANCHES) == set(report["branches"])
+    fused = row["branches"]["fused"]
+    assert set(fused) == {"span", "steps", "score", "iou", "top"} and 1 <= len(fused["top"]) <= 5
+    i, j = fused["steps"]
+    assert fused["span"] == pytest.approx(
+        [i * row["duration"] / row["num_steps"], (j + 1) * row["duration"] / row["num_steps"]]
+    )
+    for branch in BRANCHES:  # the report's numbers are those of the predictions file
+        best = np.array([r["branches"][branch]["iou"] for r in rows])
+        top = np.array([[t["iou"] for t in r["branches"][branch]["top"]] for r in rows])
+        assert retrieval_metrics(best, top) == pytest.approx(report["branches"][branch])
+    bins = report["audio_importance_bins"]
+    assert [b["range"][1] for b in bins[:-1]] == list(IMPORTANCE_EDGES) and sum(b["queries"] for b in bins) == len(rows)
+    assert report["slot_noise"] == "off" and report["select_on"] == "val"
+    assert report["coverage"]["zero_audio"] == sum(not r["has_audio"] for r in rows) == 1
+
+
+@pytest.mark.slow
+def test_slot_noise_always_is_reproduced_by_its_seed_and_moves_the_fused_branch_only(
+    trained: tuple[SyntheticDataset, Path],
+) -> None:
+    data, path = trained
+    checkpoint = read_checkpoint(path)
+    sources = DataSources(
+        DataConfig(str(data.annotations), (str(data.features),), data.visual, data.audio, str(data.text))
+    )
+    dataset = sources.dataset(sources.splits()["test"], "test", "eval", checkpoint.config.max_pos_len)
+    model = replace(checkpoint, config=replace(checkpoint.config, slot_noise="always")).model()
+
+    def scores(seed: int) -> dict[str, list[float]]:
+        predictions = Evaluator(torch.device("cpu"), seed=seed).predict(model, dataset)
+        return {b: [p.branches[b].score for p in predictions] for b in BRANCHES}
+
+    one, again, other = scores(1), scores(1), scores(2)
+    assert one == again
+    assert one["fused"] != other["fused"]
+    assert one["visual"] == other["visual"] and one["audio"] == other["audio"]
+    torch.manual_seed(7)
+    before = torch.rand(1)
+    torch.manual_seed(7)
+    scores(3)
+    assert torch.equal(torch.rand(1), before)  # evaluation leaves the caller's generators alone
+
+
+@pytest.mark.slow
+def test_drop_audio_evaluates_with_zero_audio_tracks(trained: tuple[SyntheticDataset, Path], tmp_path: Path) -> None:
+    _, checkpoint = trained
+    result = run_img_eval(checkpoint, "--drop-audio", "--threads", "1", "--predictions", tmp_path / "p.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert "audio dropped" in result.stdout and "branch    R1@0.3" in result.stdout
+    assert not any(row["has_audio"] for row in _lines(tmp_path / "p.jsonl"))
+
+
+@pytest.mark.slow
+def test_features_or_text_made_otherwise_are_refused_in_one_line(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    _, checkpoint = trained
+    stronger = write_audio_matters(tmp_path / "stronger", replace(TINY_SPEC, marker_strength=3.0))
+    result = run_img_eval(checkpoint, "--features", stronger.features)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "visual features 'synthetic-visual' were made differently" in result.stderr
+    assert "marker_strength: 2.5 -> 3.0" in result.stderr
+    other = write_audio_matters(tmp_path / "other", replace(TINY_SPEC, seed=1))
+    result = run_img_eval(checkpoint, "--text", other.text)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "was made differently from the checkpoint's text: vocabulary_sha256" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path) -> None:
+    official = golden_tensors("img/small", 401)
+    torch.save(official, tmp_path / "IMG_9.t7")
+    (tmp_path / "configs.json").write_text(json.dumps({"event_num": 3, "slot_layers": 3, "num_heads": 4}))
+    rng = np.random.default_rng(0)
+    records, writer = (
+        [],
+        StoreWriter(tmp_path / "feats.h5", {"i3d": {"recipe": {"r": 1}}, "panns": {"recipe": {"r": 2}}}),
+    )
+    for number in range(6):
+        steps, duration = 10 + number, 10.0 + number
+        spans = np.stack([np.arange(steps), np.arange(steps) + 1], axis=1).astype(float)
+        audio_spans = np.repeat(spans, 2, axis=0) / 2
+        tracks = {
+            "i3d": Track(rng.standard_normal((steps, 24)).astype(np.float32), spans),
+            "panns": Track(rng.standard_normal((2 * steps, 20)).astype(np.float32), audio_spans),
+        }
+        writer.add_video(VideoRecord(f"v{number}", {"duration": duration, "has_audio": True}, tracks))
+        words = " ".join(rng.choice(GOLDEN_WORDS, 3))
+        records.append(QueryRecord(f"qid_{number}", f"v{number}", 1.0, 4.0 + number / 2, duration, words, "test"))
+    writer.close()
+    with (tmp_path / "queries.jsonl").open("w") as out:
+        for r in records:
+            line = {"qid": r.qid, "video_id": r.video_id, "start": r.start, "end": r.end, "query": r.sentence,
+                    "duration": r.duration, "split": "test"}  # fmt: skip
+            out.write(json.dumps(line) + "\n")
+    vectors = official["word_embeddingv.word_emb.glove_vec"].numpy()
+    text = write_golden_text_store(tmp_path / "text.h5", vectors, records)
+    converted = tmp_path / "img.pt"
+    result = CliRunner().invoke(
+        img_train, ["convert-official", str(tmp_path / "IMG_9.t7"), str(converted), "--text", str(text)]
+    )
+    assert result.exit_code == 0, result.output
+    data_args = ["--dataset", tmp_path / "queries.jsonl", "--features", tmp_path / "feats.h5", "--visual", "i3d",
+                 "--audio", "panns", "--text", text]  # fmt: skip
+    evaluated = run_img_eval(converted, *data_args, "--json", "--threads", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["queries"] == 6 and report["checkpoint_source"] == "convert-official"
+    assert any("no visual feature provenance" in note for note in report["notes"])
+    assert "records no visual feature provenance" in evaluated.stderr

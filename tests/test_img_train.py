@@ -1,0 +1,320 @@
+"""img-train: configuration, optimiser groups, checkpoints, exact resume, divergence, and the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.errors import UsageError
+from extract.store import StoreWriter, Track, VideoRecord
+from img_model.checkpoint import Checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from img_model.cli import main as img_train
+from img_model.config import IMGConfig
+from img_model.model import IMG
+from img_model.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
+from img_model.synthetic import SyntheticDataset
+from img_model.train_config import DATA_DERIVED, read_toml, resolve, to_toml
+from img_model.trainer import EpochBatches, evaluation_steps
+from tests.golden import golden_tensors
+from tests.img_cli import run_img_eval, run_img_train, tiny_dataset
+from tests.test_img_golden import SMALL
+
+NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model or frozen (requires_grad False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
+    return [*data.cli_data_args(), "--config", str(data.folder / "tiny.toml"), "--out", str(out), "--no-progress",
+            *extra]  # fmt: skip
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+def test_dataset_defaults_are_the_papers() -> None:
+    charades = resolve(overrides={"data": {"dataset": "charades-sta"}})
+    anet = resolve(overrides={"data": {"dataset": "activitynet"}})
+    assert (charades.objective.pseudo_label_threshold, charades.objective.pseudo_label_temperature) == (0.2, 3.0)
+    assert (anet.objective.pseudo_label_threshold, anet.objective.pseudo_label_temperature) == (0.1, 2.0)
+    assert (charades.train.epochs, charades.train.batch_size, charades.train.learning_rate) == (100, 16, 5e-4)
+    assert (charades.train.evals_per_epoch, charades.train.select_on, charades.train.seed) == (2, "val", 0)
+
+
+def test_flags_override_the_file_which_overrides_the_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nepochs = 7\nbatch_size = 4\n[objective]\npseudo_label_threshold = 0.3\n")
+    run = resolve(config, {"data": {"dataset": "activitynet"}, "train": {"epochs": 9, "batch_size": None}})
+    assert (run.train.epochs, run.train.batch_size) == (9, 4)
+    assert run.objective.pseudo_label_threshold == 0.3 and run.objective.pseudo_label_temperature == 2.0
+
+
+def test_resolved_config_written_as_toml_reads_back_to_the_same_run(tmp_path: Path) -> None:
+    derived = {"video_feature_dim": 24, "audio_feature_dim": 20, "glove_words": 7, "word_dim": 8}
+    run = resolve(overrides={"data": {"dataset": "x.jsonl", "features": ("a.h5", "b.h5")}, "train": {"seed": 3}},
+                  derived_model=derived)  # fmt: skip
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(run, header="a run"))
+    assert resolve(path, derived_model=derived) == run
+    assert not DATA_DERIVED & set(read_toml(path)["model"])  # input sizes are comments: the data sets them
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[trian]\nepochs = 1\n", r"unknown section \[trian\]"),
+        ("[train]\nepoch = 1\n", r"\[train\] has no setting 'epoch'"),
+        ("[train]\nepochs = 'ten'\n", r"\[train\] epochs must be a int"),
+        ("[train]\nselect_on = 'dev'\n", "select_on must be 'val' or 'test'"),
+        ("[model]\nvideo_feature_dim = 5\n", "set by the data"),
+        ("[train\n", "not valid TOML"),
+    ],
+    ids=["section", "key", "type", "choice", "derived", "syntax"],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message) as error:
+        resolve(path, {"data": {"dataset": "charades-sta"}})
+    assert "\n" not in str(error.value)
+
+
+# --- optimiser ------------------------------------------------------------------------------------------------
+
+
+def test_weight_decay_groups_are_the_authors_by_meaning() -> None:
+    """The authors' rule on their names (the golden checkpoint's keys) and our groups hold the same tensors."""
+    official = [key for key in golden_tensors("img/small", 401) if not key.endswith(NOT_LEARNED)]
+    theirs_decayed = {key for key in official if authors_rule_decays(key)}
+    from img_model.convert import mapping_table
+
+    to_official = {rule.ours: rule.official for rule in mapping_table(SMALL)}
+    decayed, exempt = decay_split(IMG(SMALL))
+    assert {to_official[name] for name in decayed} == theirs_decayed
+    assert {to_official[name] for name in exempt} == set(official) - theirs_decayed
+    assert "event_fusion.audio_slots.input_norm.weight" in decayed  # their norm_input: decayed, as in their runs
+    naive = [name for name in exempt if authors_rule_decays(name)]  # the rule on our names would decay these
+    assert len(naive) == 54 and all("norm" in name for name in naive)
+
+
+def test_learning_rate_decays_linearly_to_zero_per_step() -> None:
+    model = IMG(SMALL)
+    optimizer = make_optimizer(model, 5e-4, 0.01)
+    scheduler = linear_decay(optimizer, 4)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([5e-4, 3.75e-4, 2.5e-4, 1.25e-4]) and optimizer.param_groups[0]["lr"] == 0
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+
+
+# --- schedule and batches -------------------------------------------------------------------------------------
+
+
+def test_evaluations_happen_at_half_and_end_of_each_epoch() -> None:
+    assert evaluation_steps(776, 2) == [388, 776]  # Charades: kN + N//2 and (k+1)N (§4.7)
+    assert evaluation_steps(1, 2) == [1] and evaluation_steps(9, 3) == [3, 6, 9]
+
+
+def test_epoch_batches_are_a_seeded_permutation_replayable_from_any_batch() -> None:
+    batches = EpochBatches(10, 4, seed=0)
+    batches.set_epoch(3)
+    full = list(batches)
+    assert sorted(i for batch in full for _, i in batch) == list(range(10)) and [len(b) for b in full] == [4, 4, 2]
+    assert {epoch for batch in full for epoch, _ in batch} == {3}
+    batches.set_epoch(3, skip=1)
+    assert list(batches) == full[1:] and len(batches) == 2
+    batches.set_epoch(4)
+    assert list(batches) != full
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def test_rng_states_round_trip_through_a_checkpoint_file(tmp_path: Path) -> None:
+    torch.manual_seed(1), np.random.seed(1)
+    state = rng_state()
+    expected = (torch.rand(3), np.random.rand(3))
+    save_checkpoint(Checkpoint(IMGConfig(), {}, training={"rng": state}), tmp_path / "c.pt")
+    stored = torch.load(tmp_path / "c.pt", weights_only=True)["training"]["rng"]
+    torch.manual_seed(2), np.random.seed(2)
+    set_rng_state(stored)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    model = IMG(SMALL)
+    save_checkpoint(Checkpoint(SMALL, model.state_dict()), path)
+
+    class Unsaveable:
+        def __reduce__(self) -> tuple:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(Checkpoint(SMALL, model.state_dict(), metrics={"x": Unsaveable()}), path)
+    assert read_checkpoint(path).config == SMALL
+    assert list(tmp_path.iterdir()) == [path]
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for number, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}[{number}]")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), where
+
+
+@pytest.mark.slow
+def test_resume_continues_bit_for_bit(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    straight = run_img_train(*train_args(tiny, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    first = run_img_train(*train_args(tiny, tmp_path / "resumed", "--stop-after", "1"))
+    assert first.returncode == 0, first.stderr
+    assert "stopped after epoch 1" in first.stderr and not (tmp_path / "resumed" / "summary.txt").exists()
+    second = run_img_train("--resume", tmp_path / "resumed", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "resumed" / "last.pt")
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    _assert_same_tensors(a["training"], b["training"], "training")
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == resumed  # same evaluations, each logged once
+    assert straight.stdout == second.stdout.replace("resumed", "straight")  # the final summary table
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    tiny = tiny_dataset(tmp_path / "data")  # its own: the store is damaged below
+    run = tmp_path / "run"
+    assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
+    good = _state(run / "last.pt")
+    # A train video's features become NaN (a new part supersedes its track): the next epoch meets it.
+    from img_model.dataset import DataConfig, DataSources
+
+    sources = DataSources(
+        DataConfig(str(tiny.annotations), (str(tiny.features),), tiny.visual, tiny.audio, str(tiny.text))
+    )
+    video_id = next(v for v in sources.stores.video_ids() if v.startswith("train-both"))
+    qids = [qid for qid, family in tiny.families.items() if family == "both"]
+    tracks = {name: sources.stores.track(video_id, name) for name in sources.stores.feature_names(video_id)}
+    broken = Track(np.full_like(tracks[tiny.visual].features, np.nan), tracks[tiny.visual].timestamps)
+    writer = StoreWriter(tiny.features, {})
+    writer.add_video(VideoRecord(video_id, sources.stores.metadata(video_id), {**tracks, tiny.visual: broken}))
+    writer.close()
+    result = run_img_train("--resume", run, "--no-progress")
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("img-train: error: loss is nan at step ")
+    assert f"last good checkpoint: {run / 'last.pt'}" in message
+    assert any(qid in message for qid in qids)
+    after = _state(run / "last.pt")
+    assert all(torch.equal(t, good["state_dict"][k]) for k, t in after["state_dict"].items())
+
+
+@pytest.mark.slow
+def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_img_train(*train_args(tiny, run, "--select-on", "test", "--seed", "4"))
+    assert result.returncode == 0, result.stderr
+    assert {"config.toml", "best.pt", "last.pt", "metrics.jsonl", "summary.txt", "train.log", "tensorboard"} <= {
+        p.name for p in run.iterdir()
+    }
+    config = read_toml(run / "config.toml")
+    assert config["train"]["select_on"] == "test" and config["train"]["seed"] == 4
+    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in entries] == ["eval"] * 4 + ["final"] and {e["select_on"] for e in entries} == {"test"}
+    assert {"fused", "visual", "audio"} == set(entries[0]["branches"])
+    best = read_checkpoint(run / "best.pt")
+    assert best.select_on == "test" and best.vocabulary is not None and len(best.vocabulary["sha256"]) == 64
+    assert best.provenance["visual"]["recipe"]["generator"] == "img_model.synthetic"
+    assert set(best.training) >= {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
+    assert "selected on the test split" in result.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
+                "loss/saliency_fused", "loss/saliency_visual", "loss/saliency_audio", "loss/distill_audio",
+                "loss/distill_visual", "loss/importance", "train/lr", "warmup/importance", "warmup/distill",
+                "test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}  # fmt: skip
+    assert expected <= tags
+    evaluated = run_img_eval(run / "best.pt", "--json", "--threads", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["select_on"] == "test"
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_takes_no_recipe_flags(
+    tiny: SyntheticDataset, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    result = CliRunner().invoke(img_train, train_args(tiny, run))
+    assert result.exit_code == 2 and "already holds a run" in result.stderr and "--resume" in result.stderr
+    result = CliRunner().invoke(img_train, ["--resume", str(run), "--epochs", "5"])
+    assert result.exit_code == 2 and "drop --epochs" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    from img_model.dataset import DataSources
+    from img_model.trainer import Trainer, model_inputs, prepare_data
+
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        run = resolve(
+            tiny.folder / "tiny.toml",
+            {"data": {"dataset": str(tiny.annotations), "features": (str(tiny.features),), "visual": tiny.visual,
+                      "audio": tiny.audio, "text": str(tiny.text)},
+             "train": {"seed": seed, "epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
+        )  # fmt: skip
+        sources = DataSources(run.data)
+        run = replace(run, model=replace(run.model, **model_inputs(sources)))
+        trainer = Trainer(run, prepare_data(run, sources), tmp_path / name)
+        trainer.fit()
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    threads = torch.get_num_threads()  # the tiny config runs on 1 thread; the rest of the session keeps its own
+    try:
+        first, again, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_without_a_gpu_is_refused_in_one_line() -> None:
+    from img_model.runtime import resolve_device
+
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        resolve_device("auto", "fp16")
