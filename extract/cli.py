@@ -48,22 +48,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def _resolve_device(spec: str) -> Any:
-    import torch
+    from extract.devices import resolve_device
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
+    return resolve_device(spec)
 
 
 def _preset_table() -> str:
