@@ -42,8 +42,9 @@ class PublishedWeights:
 
     def published_checksums(self) -> dict[str, str]:
         """{kind: value} of every checksum the publisher gives, strongest first; empty when there is none."""
-        published = {"sha256": self.sha256, "git blob id": self.git_blob, "md5": self.md5}
-        published["sha256 prefix"] = self.sha256_prefix
+        published = {
+            "sha256": self.sha256, "git blob id": self.git_blob, "md5": self.md5, "sha256 prefix": self.sha256_prefix,
+        }  # fmt: skip
         return {kind: value for kind, value in published.items() if value is not None}
 
 
@@ -110,7 +111,7 @@ def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
     if kind == "git blob id":
         digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)  # git's object header, then content
     else:
-        digest = hashlib.new("sha256" if kind == "sha256 prefix" else kind, usedforsecurity=False)
+        digest = hashlib.new(kind, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
@@ -138,7 +139,7 @@ def verify(path: Path, entry: PublishedWeights) -> WeightsCheck:
     """Compare path with every published checksum of entry; MissingWeightsError when one contradicts it."""
     published = entry.published_checksums()
     for kind, expected in published.items():
-        digest = file_digest(path, kind)
+        digest = file_digest(path, "sha256" if kind == "sha256 prefix" else kind)
         if not digest.startswith(expected):
             shown = f"{expected}..." if kind == "sha256 prefix" else expected
             raise MissingWeightsError(
