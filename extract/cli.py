@@ -49,22 +49,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def _resolve_device(spec: str) -> Any:
-    import torch
+    from extract.devices import resolve_device
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
+    return resolve_device(spec)
 
 
 def _preset_table() -> str:
@@ -289,14 +276,16 @@ def weights_group() -> None:
 @weights_group.command("list")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 def weights_list(weights_dir: Path | None) -> None:
-    """Every published file the presets use, where it is found (or 'missing'), and its URL."""
+    """Every published file the presets use, where it is found (or 'missing'), its URL and published checksum."""
     from extract.weights import REGISTRY, find_local
 
     for entry in REGISTRY.values():
         found = find_local(entry.name, weights_dir)
+        checksums = ", ".join(f"{kind} {value}" for kind, value in entry.published_checksums().items())
         click.echo(f"{entry.name:<32} {'missing' if found is None else found}")
         click.echo(f"    {entry.layout}; presets: {', '.join(entry.used_by)}")
         click.echo(f"    {entry.url}")
+        click.echo(f"    published checksum: {checksums or 'none'}")
 
 
 @weights_group.command("fetch")
@@ -319,7 +308,11 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
-    """Check the sha256 of the local copies of NAMES (default: all that are present) and print it."""
+    """Check the local copies of NAMES (default: all that are present) against their published checksums.
+
+    Prints 'ok' only when a published checksum was compared, 'present, no published checksum' for a file whose
+    publisher gives none; exits 1 when a file is missing (when named) or contradicts its checksum.
+    """
     from extract.weights import REGISTRY, find_local, registry_entry, verify
 
     _setup_logging(False)
@@ -333,7 +326,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
                     click.echo(f"{name}: missing", err=True)
                     bad += 1
                 continue
-            click.echo(f"{name}: ok sha256 {verify(path, entry)} ({path})")
+            click.echo(f"{name}: {verify(path, entry).describe()} ({path})")
         except ImgVmrError as error:
             click.echo(f"img-extract: error: {error}", err=True)
             bad += 1

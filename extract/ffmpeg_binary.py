@@ -13,8 +13,29 @@ from extract.errors import UsageError
 
 FFMPEG_ENV = "IMG_FFMPEG"
 
-# Only local files may be opened: no http, no concat, no subfile, no data: URIs (design.md, issue 2).
+# Only local files may be opened: no http, no concat: or subfile: URLs, no data: URIs (design.md, issue 2).
 INPUT_PROTOCOL_WHITELIST = "file"
+
+# Only container formats that hold their media in the file itself. ffmpeg picks a demuxer by the file's content,
+# not its name, and some open other files through the allowed file protocol: a 65-byte text file named x.mp4
+# that starts "ffconcat version 1.0" makes the concat demuxer read another video of the folder (so would hls,
+# dash, image2 patterns). A name here matches ffmpeg's demuxer name lists, e.g. "mov" in "mov,mp4,m4a,3gp,...".
+INPUT_FORMAT_WHITELIST = ",".join(
+    (
+        "mov",  # .mp4 .m4v .mov .3gp
+        "matroska",  # .mkv .webm
+        "avi",
+        "mpeg",  # .mpg .mpeg program streams
+        "mpegts",  # .ts
+        "flv",
+        "asf",  # .wmv
+        "ogg",  # .ogv
+        "mpegvideo",  # raw MPEG-1/2 video in .mpg files
+        "m4v",  # raw MPEG-4 part 2 video in .m4v files
+        "h264",
+        "hevc",
+    )
+)
 
 
 @functools.cache
@@ -53,5 +74,9 @@ def local_input_url(path: str | os.PathLike[str]) -> str:
 
 
 def input_args(path: str | os.PathLike[str]) -> list[str]:
-    """The `-i` part of a command, with input protocols restricted to local files."""
-    return ["-protocol_whitelist", INPUT_PROTOCOL_WHITELIST, "-i", local_input_url(path)]
+    """The `-i` part of a command (probing and decoding): local files only, in self-contained container formats."""
+    return [
+        "-protocol_whitelist", INPUT_PROTOCOL_WHITELIST,
+        "-format_whitelist", INPUT_FORMAT_WHITELIST,
+        "-i", local_input_url(path),
+    ]  # fmt: skip

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from extract.errors import UsageError
+
+log = logging.getLogger("img_vmr.extract")
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".ogv"}
@@ -34,16 +38,45 @@ def _check_unique(sources: list[VideoSource], origin: str) -> list[VideoSource]:
     return sources
 
 
+def _folder_key(path: str | Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def video_files(folder: Path) -> Iterator[Path]:
+    """Every video file under folder, in sorted order, entering each folder once.
+
+    Links to folders are followed, but a folder is entered by one path only: its own path when it lies under
+    folder, else the first link to it. A link loop (a link to a parent) or a second link to a folder is skipped
+    with a warning; followed blindly, one loop lists each video ~40 times and two make the scan endless.
+    """
+    real = {_folder_key(root) for root, _, _ in os.walk(folder)}  # reached without links
+    entered: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        entered.add(_folder_key(root))
+        kept = []
+        for name in sorted(dirs):
+            path = Path(root) / name
+            try:
+                key = _folder_key(path)
+            except OSError:
+                continue
+            if key in entered or (path.is_symlink() and key in real):
+                log.warning("%s links to %s, which is scanned already; skipped", path, path.resolve())
+                continue
+            entered.add(key)
+            kept.append(name)
+        dirs[:] = kept
+        for name in sorted(files):
+            if Path(name).suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
+                yield Path(root) / name
+
+
 def scan_folder(folder: Path) -> list[VideoSource]:
     """Every video file under folder; id = path relative to folder, without extension, '/'-separated."""
     sources = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
-                video_id = path.relative_to(folder).with_suffix("").as_posix()
-                sources.append(VideoSource(video_id, path))
+    for path in video_files(folder):
+        sources.append(VideoSource(path.relative_to(folder).with_suffix("").as_posix(), path))
     if not sources:
         raise UsageError(
             f"no video files under {folder} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "

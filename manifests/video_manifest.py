@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from extract.errors import UsageError
-from extract.sources import VIDEO_EXTENSIONS
+from extract.sources import video_files
 
 YOUTUBE_PREFIX = "v_"
 
@@ -22,12 +22,8 @@ def find_videos(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path]
     if not folder.is_dir():
         raise UsageError(f"--videos {folder} is not a folder")
     by_stem: dict[str, Path] = {}
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
-                by_stem.setdefault(path.stem, path)  # the first in sorted order wins for duplicate names
+    for path in video_files(folder):
+        by_stem.setdefault(path.stem, path)  # the first in sorted order wins for duplicate names
     found, missing = {}, []
     for video_id in dict.fromkeys(video_ids):
         path = by_stem.get(video_id)

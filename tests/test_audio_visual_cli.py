@@ -101,7 +101,8 @@ def test_provenance_records_the_recipe(run) -> None:
 def test_published_checksum_is_enforced_without_trust(run) -> None:
     _, _, _, args = run
     result = run_cli(*args[:-1], "--no-resume")
-    assert result.returncode == 2 and "not the published 10086976" in result.stderr
+    assert result.returncode == 2 and "rgb_charades.pt has git blob id" in result.stderr
+    assert "not the published ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467" in result.stderr
 
 
 def test_export_for_the_authors_code(run) -> None:

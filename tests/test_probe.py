@@ -1,3 +1,4 @@
+import dataclasses
 import socket
 import subprocess
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extract.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import input_args
 from extract.probe import probe, read_stream_attrs
@@ -81,8 +83,30 @@ def test_network_playlists_are_not_followed(tmp_path: Path) -> None:
 
 def test_inputs_are_opened_as_local_files_only() -> None:
     args = input_args("concat:a.mp4|b.mp4")
-    assert args[:2] == ["-protocol_whitelist", "file"]
-    assert args[3].startswith("file:/") and args[3].endswith("concat:a.mp4|b.mp4")
+    assert args[:2] == ["-protocol_whitelist", "file"] and args[-2] == "-i"
+    assert args[-1].startswith("file:/") and args[-1].endswith("concat:a.mp4|b.mp4")
+
+
+def test_a_concat_script_named_mp4_does_not_pull_in_another_video(tmp_path: Path) -> None:
+    other = make_video(tmp_path / "private.mp4", seconds=2)
+    script = tmp_path / "innocent.mp4"
+    script.write_text("ffconcat version 1.0\nfile private.mp4\n")
+    with pytest.raises(VideoDecodeError, match=r"innocent\.mp4: not a readable media file") as error:
+        probe(script)
+    assert "\n" not in str(error.value)
+    # The decoders refuse it too, even handed the metadata of a real video.
+    meta = dataclasses.replace(probe(other), path=str(script))
+    with pytest.raises(VideoDecodeError):
+        next(iter(iter_frames(meta, FrameSampling(fps=1.0, short_side=64, crop=0))))
+    with pytest.raises(VideoDecodeError):
+        next(iter(iter_audio(meta, AudioSampling())))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".ts", ".flv", ".wmv", ".ogv"])
+def test_every_listed_container_is_still_read(tmp_path: Path, suffix: str) -> None:
+    extra = {".webm": ("-c:v", "libvpx"), ".ogv": ("-c:v", "libtheora"), ".wmv": ("-c:v", "wmv2")}
+    path = make_video(tmp_path / f"clip{suffix}", seconds=1, audio=False, extra=extra.get(suffix, ()))
+    assert probe(path).frame_count > 0
 
 
 def _half_downloaded(whole: Path) -> Path:

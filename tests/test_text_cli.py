@@ -58,7 +58,7 @@ def test_glove_store_for_charades_sta_with_vocabulary_and_ids(glove_6b: Path, tm
     with TextStore(out) as store:
         assert len(store) == 16128 and store.kind == "glove"
         recipe = store.provenance["recipe"]
-        assert recipe["tokenizer"].startswith("nltk.word_tokenize") and recipe["glove_file"] == "glove.6B.50d.txt"
+        assert recipe["tokenizer"] == "nltk-3.7" and recipe["glove_file"] == "glove.6B.50d.txt"
         assert len(recipe["vocabulary_sha256"]) == 64 and recipe["glove_dim"] == 50 and recipe["words"] == 1246
         assert store.provenance["queries"]["dataset"] == "charades-sta"
         words, vectors, chars = store.vocabulary()
@@ -84,6 +84,23 @@ def test_glove_for_my_queries_truncates_long_ones_and_maps_unknown_words(glove_6
         assert len(store.word_ids("long")) == 128 and store.truncated("long") and not store.truncated("qid_0")
         assert [(r.duration, r.end) for r in store.records()] == [(20.0, 4.0), (42.0, 42.0), (20.0, 20.0)]
         assert store.provenance["recipe"]["vocabulary_splits"] == "all"
+
+
+def test_tokenizer_option_is_recorded_and_a_store_keeps_one_tokenizer(glove_6b: Path, tmp_path: Path) -> None:
+    annotations = tmp_path / "jumps.jsonl"
+    row = {"video_id": "v", "start": 0, "end": 5, "duration": 9, "query": "He jumps at 6'2 feet.", "qid": "jump"}
+    annotations.write_text(json.dumps(row) + "\n")
+    args = ["--annotations", annotations, "--embed", f"glove:{glove_6b}", "--glove-cache", tmp_path / "cache"]
+    assert _text(*args, "--out", tmp_path / "authors.h5").exit_code == 0
+    current = _text(*args, "--out", tmp_path / "current.h5", "--tokenizer", "nltk-current")
+    assert current.exit_code == 0, current.output
+    with TextStore(tmp_path / "authors.h5") as authors, TextStore(tmp_path / "current.h5") as store:
+        assert authors.tokens("jump") == ["he", "jumps", "at", "6", "'", "2", "feet", "."]
+        assert store.tokens("jump") == ["he", "jumps", "at", "6'2", "feet", "."]
+        assert authors.provenance["recipe"]["tokenizer"] == "nltk-3.7" and "nltk" not in authors.provenance["recipe"]
+        assert store.provenance["recipe"]["tokenizer"] == "nltk-current" and store.provenance["recipe"]["nltk"]
+    mixed = _text(*args, "--out", tmp_path / "authors.h5", "--tokenizer", "nltk-current")
+    assert mixed.exit_code == 2 and "tokenizer: 'nltk-3.7' -> 'nltk-current'" in mixed.output
 
 
 def test_bert_store_with_provenance_and_resume(my_queries, tmp_path: Path) -> None:
@@ -125,6 +142,7 @@ def test_clip_text_store_holds_tokens_and_pooled_embeddings(my_queries, tmp_path
         (["--embed", "glove"], "--embed glove needs the vectors file"),
         (["--embed", "bert", "--annotations", "x.jsonl"], "give exactly one of --dataset NAME and --annotations"),
         (["--embed", "glove:g.txt", "--max-length", "8"], "--max-length applies to bert and clip-text"),
+        (["--embed", "bert", "--tokenizer", "nltk-current"], "--tokenizer applies to glove; bert uses its model's"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

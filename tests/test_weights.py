@@ -1,21 +1,47 @@
 import dataclasses
 import hashlib
 import http.server
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from extract import weights
+from extract.cli import main
 from extract.errors import MissingWeightsError
 from tests.conftest import run_cli
 
 
 def _serve(folder: Path):
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    return _start(handler)
+
+
+def _start(handler):  # type: ignore[no-untyped-def]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class _CutShort(http.server.BaseHTTPRequestHandler):
+    """Announces 100,000 bytes and closes the connection after 50,000, like a dropped download."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\0" * 50000)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _git_blob_id(path: Path) -> str:
+    """The id git itself gives the file."""
+    return subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture
@@ -39,10 +65,11 @@ def fake_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def test_first_use_downloads_into_the_cache_and_verifies(fake_entry, tmp_path: Path) -> None:
-    _, payload = fake_entry
+    entry, payload = fake_entry
     path = weights.locate("model.pth", None)
     assert path == tmp_path / "cache" / "model.pth" and path.read_bytes() == payload
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pth"]  # no temporary left
+    assert weights.verify(path, entry).compared == ("sha256 prefix",)
 
 
 def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(fake_entry, tmp_path, monkeypatch) -> None:
@@ -78,3 +105,55 @@ def test_weights_cli_lists_and_verifies(tmp_path: Path) -> None:
     assert "rgb_charades.pt" in listing.stdout and "missing" in listing.stdout
     verify = run_cli("weights", "verify", "--weights-dir", tmp_path)
     assert verify.returncode == 1 and "not the published 10086976" in verify.stderr
+
+
+def test_a_download_cut_short_is_refused_and_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _start(_CutShort)
+    url = f"http://127.0.0.1:{server.server_address[1]}/model.pth"
+    monkeypatch.setitem(weights.REGISTRY, "model.pth", weights.PublishedWeights("model.pth", url, "test", ("test",)))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(MissingWeightsError, match="stopped after 50,000 of 100,000 bytes; nothing was kept"):
+        weights.fetch("model.pth", tmp_path / "cache")
+    server.shutdown()
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_i3d_files_are_checked_by_their_git_blob_id(tmp_path: Path) -> None:
+    (tmp_path / "rgb_imagenet.pt").write_bytes(b"random bytes, not I3D")
+    with pytest.raises(MissingWeightsError, match=r"has git blob id \w+\.\.\., not the published 73a4fd1d87eb3d"):
+        weights.verify(tmp_path / "rgb_imagenet.pt", weights.registry_entry("rgb_imagenet.pt"))
+    # The id is git's own: an entry holding `git hash-object`'s answer accepts the file.
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"published bytes" * 1000)
+    entry = weights.PublishedWeights("model.pth", "http://unused", "test", ("test",), git_blob=_git_blob_id(path))
+    check = weights.verify(path, entry)
+    assert check.checked and check.compared == ("git blob id",)
+    assert check.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_published_file_has_a_published_checksum() -> None:
+    assert all(entry.published_checksums() for entry in weights.REGISTRY.values())
+    assert weights.registry_entry("Cnn14_mAP=0.431.pth").md5 == "541141fa2ee191a88f24a3219fff024e"  # Zenodo 3987831
+
+
+def test_verify_prints_ok_only_when_a_checksum_was_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unchecked = weights.PublishedWeights("notes.pth", "http://unused", "test", ("test",))
+    monkeypatch.setattr(weights, "REGISTRY", {"notes.pth": unchecked})
+    (tmp_path / "notes.pth").write_bytes(b"anything")
+    check = weights.verify(tmp_path / "notes.pth", unchecked)
+    assert not check.checked and check.compared == ()
+    result = CliRunner().invoke(main, ["weights", "verify", "--weights-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    digest = hashlib.sha256(b"anything").hexdigest()
+    assert result.output == f"notes.pth: present, no published checksum; sha256 {digest} ({tmp_path / 'notes.pth'})\n"
+
+
+def test_weights_cli_refuses_random_bytes_for_every_published_file(tmp_path: Path) -> None:
+    for name in weights.REGISTRY:
+        (tmp_path / name).write_bytes(b"random bytes")
+    verify = run_cli("weights", "verify", "--weights-dir", tmp_path)
+    assert verify.returncode == 1 and "ok" not in verify.stdout
+    assert verify.stderr.count("img-extract: error:") == len(weights.REGISTRY)
+    assert "has md5 " in verify.stderr and "not the published 541141fa2ee191a88f24a3219fff024e" in verify.stderr
+    listing = run_cli("weights", "list", "--weights-dir", tmp_path)
+    assert "published checksum: git blob id ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467" in listing.stdout

@@ -1,8 +1,8 @@
 """`img-extract text`: query records in, a text store with provenance out (GloVe ids or per-token features).
 
-glove:PATH         tokens (tokenize.py), IMG's vocabularies over the vocabulary splits (vocabulary.py) with
-                   the GloVe file's words (glove.py); stores the vocabulary, the vector matrix, the character
-                   vocabulary and every query's word and character ids
+glove:PATH         tokens (tokenize.py; NLTK 3.7's rules unless --tokenizer says otherwise), IMG's vocabularies
+                   over the vocabulary splits (vocabulary.py) with the GloVe file's words (glove.py); stores the
+                   vocabulary, the vector matrix, the character vocabulary and every query's word and character ids
 bert[:MODEL]       per-token last hidden states (bert.py), default bert-base-uncased
 clip-text[:MODEL]  per-token features and the pooled projected embedding (clip_text.py), default
                    openai/clip-vit-base-patch32
@@ -21,7 +21,7 @@ from extract.errors import UsageError
 from extract.text.encoder import TokenFeatureEncoder
 from extract.text.glove import open_glove
 from extract.text.store import TextBatch, TextStoreWriter
-from extract.text.tokenize import TOKENIZER, nltk_version, tokenize_all
+from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize_all, tokenizer_recipe
 from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, build_vocabulary
 from extract.versions import software_versions
 from manifests.records import QueryRecord
@@ -71,17 +71,18 @@ class TextSummary:
         return [head, *self.notes]
 
 
-def software_provenance() -> dict[str, Any]:
-    return {**software_versions(), "nltk": nltk_version()}
-
-
 def run_glove(
-    queries: TextQueries, glove_path: Path, out: Path, resume: bool = True, cache_dir: Path | None = None
+    queries: TextQueries,
+    glove_path: Path,
+    out: Path,
+    resume: bool = True,
+    cache_dir: Path | None = None,
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> TextSummary:
     started = time.perf_counter()
     index = open_glove(glove_path, cache_dir)
     records = queries.records
-    tokens = tokenize_all(r.sentence for r in records)
+    tokens = tokenize_all((r.sentence for r in records), tokenizer)
     splits = queries.vocabulary_splits
     vocab_tokens = [t for t, r in zip(tokens, records, strict=True) if splits is None or r.split in splits]
     looked_up = time.perf_counter()
@@ -91,8 +92,7 @@ def run_glove(
     glove_seconds = time.perf_counter() - looked_up
     recipe = {
         "kind": "glove",
-        "tokenizer": TOKENIZER,
-        "nltk": nltk_version(),
+        **tokenizer_recipe(tokenizer),
         **index.provenance(),
         "vocabulary_splits": list(splits) if splits is not None else "all",
         "min_char_count": MIN_CHAR_COUNT,
@@ -101,7 +101,7 @@ def run_glove(
         "chars": len(vocab.chars),
         "vocabulary_sha256": vocab.sha256(),
     }
-    provenance = {"recipe": recipe, "software": software_provenance(), "runtime": {}, "queries": dict(queries.source)}
+    provenance = {"recipe": recipe, "software": software_versions(), "runtime": {}, "queries": dict(queries.source)}
     writer = TextStoreWriter(out, "glove", provenance, resume)
     try:
         rows = {r.qid: i for i, r in enumerate(records)}
@@ -139,7 +139,7 @@ def run_encoder(
     recipe = encoder.recipe()
     provenance = {
         "recipe": recipe,
-        "software": software_provenance(),
+        "software": software_versions(),
         "runtime": {"device": str(encoder.device), "batch_size": encoder.batch_size},
         "queries": dict(queries.source),
     }
