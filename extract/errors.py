@@ -27,3 +27,7 @@ class StoreLockedError(ImgVmrError):
 
 class ProvenanceMismatchError(ImgVmrError):
     """Features with different provenance would be mixed under one name."""
+
+
+class StoreWriteError(ImgVmrError):
+    """A part of the feature store could not be written (disk full, I/O error); nothing half-written remains."""

@@ -17,6 +17,7 @@ directly, so a store whose index is stale or missing is still complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -30,7 +31,13 @@ from typing import IO, Any
 import h5py
 import numpy as np
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
+from extract.errors import (
+    ProvenanceMismatchError,
+    StoreCorruptError,
+    StoreLockedError,
+    StoreWriteError,
+    UsageError,
+)
 from extract.ids import escape_id, storable_text, unescape_id
 
 STORE_FORMAT = "img-vmr-feature-store"
@@ -190,7 +197,7 @@ class FeatureStore:
         self.path = Path(store_path)
         self.parts_dir = parts_dir(self.path)
         self._videos: dict[str, _VideoEntry] = {}
-        self._failures: dict[str, tuple[int, FailureRecord]] = {}
+        self._failures: dict[str, list[tuple[int, FailureRecord]]] = {}
         self._provenance: dict[str, dict[str, Any]] = {}
         self._part_provenance: dict[Path, dict[str, dict[str, Any]]] = {}
         self._open_files: dict[Path, h5py.File] = {}
@@ -221,8 +228,7 @@ class FeatureStore:
                 raise ValueError("not an img-vmr store part")
             provenance = {name: json.loads(value) for name, value in f["provenance"].attrs.items()}
             self._part_provenance[part] = provenance
-            for name, record in provenance.items():
-                self._provenance.setdefault(name, record["recipe"])
+            held: set[str] = set()
             for name, group in f["videos"].items():
                 video_id = unescape_id(name)
                 entry = self._videos.setdefault(video_id, _VideoEntry(metadata={}))
@@ -230,6 +236,10 @@ class FeatureStore:
                 entry.last_success = order
                 for track_name in group:
                     entry.tracks[track_name] = _TrackRef(part, order)
+                    held.add(track_name)
+            # A recipe is fixed by committed tracks: a part holding only failures does not decide it.
+            for name in held & set(provenance):
+                self._provenance.setdefault(name, provenance[name]["recipe"])
             for name, group in f["failures"].items():
                 attrs = _read_attrs(group.attrs)
                 features = tuple(x for x in str(attrs.get("features", "")).split(",") if x)
@@ -242,7 +252,7 @@ class FeatureStore:
                     features=features,
                     time=float(attrs.get("time", 0.0)),
                 )
-                self._failures[record.video_id] = (order, record)
+                self._failures.setdefault(record.video_id, []).append((order, record))
 
     # --- queries -----------------------------------------------------------------------------------------
 
@@ -280,13 +290,33 @@ class FeatureStore:
         return entry is not None and all(name in entry.tracks for name in features)
 
     def failures(self) -> list[FailureRecord]:
-        """Failures not superseded by a later successful extraction of the same video."""
+        """Current failures, each narrowed to the tracks still failing (a later part holding a track supersedes
+        the failure of that track; a record naming no features fails the whole video until a later success)."""
         current = []
-        for video_id, (order, record) in sorted(self._failures.items()):
+        for video_id, records in sorted(self._failures.items()):
             entry = self._videos.get(video_id)
-            if entry is None or entry.last_success < order:
-                current.append(record)
+            for order, record in records:
+                if not record.features:
+                    if entry is None or entry.last_success < order:
+                        current.append(record)
+                    continue
+                still = tuple(name for name in record.features if self._still_failing(entry, name, order, records))
+                if still:
+                    current.append(dataclasses.replace(record, features=still))
         return current
+
+    def failed_features(self, video_id: str) -> frozenset[str]:
+        """The features of a video whose latest outcome is a failure."""
+        return frozenset(name for record in self.failures() if record.video_id == video_id for name in record.features)
+
+    @staticmethod
+    def _still_failing(
+        entry: _VideoEntry | None, name: str, order: int, records: list[tuple[int, FailureRecord]]
+    ) -> bool:
+        track = entry.tracks.get(name) if entry is not None else None
+        if track is not None and track.order >= order:
+            return False
+        return not any(later > order and name in other.features for later, other in records)
 
     def track_shape(self, video_id: str, feature: str) -> tuple[int, ...]:
         """Shape [T, D] of a track, read from the file's metadata without loading the rows."""
@@ -373,6 +403,8 @@ class StoreWriter:
         self._sequence = 0
         self._lock_handle: Any = None
         self.committed_parts: list[Path] = []
+        self.committed_videos = 0
+        self.committed_failures = 0
         self._open()
 
     def _open(self) -> None:
@@ -434,7 +466,13 @@ class StoreWriter:
         host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32]
         part = self.parts_dir / f"part-{stamp}-{host}-{os.getpid()}-{self._sequence:06d}.h5"
         writer = {"writer_pid": os.getpid(), "writer_host": socket.gethostname(), "committed_at": time.time()}
-        write_part(part, self._pending_videos, self._pending_failures, self.provenance, writer)
+        try:
+            write_part(part, self._pending_videos, self._pending_failures, self.provenance, writer)
+        except OSError as error:  # the records stay pending; nothing half-written stays behind
+            part.with_name(part.name + ".tmp").unlink(missing_ok=True)
+            raise StoreWriteError(f"cannot write a part of {self.path}: {_os_reason(error)}") from error
+        self.committed_videos += len(self._pending_videos)
+        self.committed_failures += len(self._pending_failures)
         self._pending_videos, self._pending_failures = [], []
         self.committed_parts.append(part)
         return part
@@ -443,8 +481,16 @@ class StoreWriter:
         """Commit what is pending, rebuild the index, release the lock."""
         try:
             self.commit()
-            with contextlib.suppress(StoreCorruptError), FeatureStore(self.path) as store:
-                store.write_index()
+            try:
+                with contextlib.suppress(StoreCorruptError), FeatureStore(self.path) as store:
+                    store.write_index()
+            except OSError as error:
+                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
+                raise StoreWriteError(
+                    f"the parts of {self.path} are committed but its index could not be rebuilt ({_os_reason(error)}); "
+                    "readers scan the parts, and the next run rebuilds it"
+                ) from error
         finally:
             self.abandon()
 
@@ -452,6 +498,13 @@ class StoreWriter:
         """Release the lock without committing (used when the run is interrupted by an error)."""
         release_writer_lock(self._lock_handle)
         self._lock_handle = None
+
+
+def _os_reason(error: OSError) -> str:
+    """One line for an OSError, also for h5py's multi-line ones ("no space left on device")."""
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def iter_tracks(store: FeatureStore, feature: str) -> Iterator[tuple[str, Track]]:
