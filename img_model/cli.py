@@ -19,6 +19,13 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def _reason(error: Exception) -> str:
+    """One line for an OSError, or for the RuntimeError torch.save raises when it cannot open or write a file."""
+    if isinstance(error, OSError):
+        return (error.strerror or str(error)).lower()
+    return str(error).rsplit("strerror: ", 1)[-1].splitlines()[0].strip().lower()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train, convert and inspect IMG video-moment-retrieval models."""
@@ -43,8 +50,14 @@ def convert_official(source: Path, target: Path, num_heads: int) -> None:
         _fail(f"{source}: {exc}")
         return
     config = model.config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, target)
+    except (OSError, RuntimeError) as exc:  # unwritable, under a file, a folder, disk full (torch: RuntimeError)
+        if target.is_file():
+            target.unlink()  # never leave a half-written checkpoint
+        _fail(f"cannot write {target} ({_reason(exc)}); choose a writable OUT.pt")
+        return
     click.echo(
         f"wrote {target}: IMG dim {config.dim}, video {config.video_feature_dim}-d, "
         f"audio {config.audio_feature_dim}-d, {model.trainable_parameters():,} trainable parameters"

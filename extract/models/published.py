@@ -15,8 +15,17 @@ import torch
 from extract.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
 from extract.presets import Preset
-from extract.weights import locate, sha256_file
+from extract.weights import locate, registry_entry, sha256_file
 from extract.windows import AudioWindows, FrameWindows
+
+
+def published_checksum(name: str) -> bool:
+    """Whether `locate(name, check=True)` compared the file with a published checksum (some files have none).
+
+    To be answered by weights.verify itself once it reports what it compared (textweights branch).
+    """
+    entry = registry_entry(name)
+    return entry.sha256 is not None or entry.sha256_prefix is not None
 
 
 class _PublishedExtractor(FeatureExtractor):
@@ -28,6 +37,7 @@ class _PublishedExtractor(FeatureExtractor):
         self.weights_path = locate(preset.weights, options.weights_dir, check)
         self.extra_paths = [locate(name, options.weights_dir, check) for name in preset.extra_weights]
         self.preset = dataclasses.replace(preset, weights_sha256=sha256_file(self.weights_path))
+        self.weights_checked = check and all(map(published_checksum, (preset.weights, *preset.extra_weights)))
 
     def recipe(self) -> dict[str, Any]:
         recipe = self.preset.recipe()

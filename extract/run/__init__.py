@@ -1,0 +1,13 @@
+"""The extraction run, in pieces that a scheduler can reuse.
+
+plan.py         which (video, feature) tracks are missing: a list of work items (what sharding slices)
+stages.py       probe, frame source, audio source, embed, commit: one call each, results or failure records
+batcher.py      batches of model units filled across videos
+assembly.py     one video's tracks and failures, put together as they arrive
+engine_local.py threads on one machine: decode workers, the model on the main thread, a writer thread
+"""
+
+from extract.run.engine_local import ExtractionRun, RunConfig, RunStopped
+from extract.run.summary import RunSummary
+
+__all__ = ["ExtractionRun", "RunConfig", "RunStopped", "RunSummary"]
