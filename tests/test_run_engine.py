@@ -14,7 +14,7 @@ from extract.errors import StoreLockedError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
 from extract.presets import Preset, get_preset
 from extract.probe import probe
-from extract.run import ExtractionRun, RunConfig, stages
+from extract.run import ExtractionRun, RunConfig, RunStopped, stages
 from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
 from extract.sources import scan_folder
@@ -91,6 +91,28 @@ def test_models_load_only_after_the_store_lock(videos: Path, tmp_path: Path) -> 
     finally:
         holder.abandon()
     assert run._build.calls == 0  # type: ignore[union-attr]
+
+
+def test_an_interrupt_commits_the_finished_videos_and_counts_them(videos: Path, tmp_path: Path) -> None:
+    class InterruptedModel(MeanModel):
+        calls = 0
+
+        def embed(self, inputs: np.ndarray) -> np.ndarray:
+            InterruptedModel.calls += 1
+            if InterruptedModel.calls == 2:  # Ctrl-C while the second video is embedded
+                raise KeyboardInterrupt
+            return super().embed(inputs)
+
+    out = tmp_path / "f.h5"
+    config = RunConfig(progress=False, batch_size=2, workers=1, commit_every=100)
+    run = ExtractionRun(scan_folder(videos), out, [FRAMES], CPU, config, InterruptedModel)
+    with pytest.raises(RunStopped) as stopped:
+        run.run()
+    assert isinstance(stopped.value.cause, KeyboardInterrupt)
+    summary = stopped.value.summary
+    with FeatureStore(out) as store:
+        assert store.video_ids() == ["a"] and summary.committed_videos == 1
+    assert summary.committed() == "1 finished video was committed"
 
 
 def test_a_model_error_fails_only_that_video_and_feature(videos: Path, tmp_path: Path) -> None:

@@ -166,6 +166,7 @@ class _Worker:
     name: str
     item: WorkItem | None = None
     last_progress: float = field(default_factory=time.monotonic)
+    waiting: bool = False  # blocked on the full queue: the consumer holds it up, not the decoder
     abandoned: bool = False
     error: BaseException | None = None
 
@@ -222,12 +223,15 @@ class _LocalExecution:
 
     def _loop(self) -> None:
         poll = min(5.0, self.config.stall_seconds / 4)
+        next_check = time.monotonic() + poll
         while self.alive or self.batcher.pending():
             try:
                 event = self.events.get(timeout=PARTIAL_BATCH_WAIT_S if self.batcher.pending() else poll)
             except queue.Empty:
                 event = None
+            if time.monotonic() >= next_check:  # also while other workers keep the queue busy
                 self._check_stalls()
+                next_check = time.monotonic() + poll
             if event is not None:
                 self._handle(event)
             flush = event is None or not self.alive
@@ -306,8 +310,8 @@ class _LocalExecution:
         now = time.monotonic()
         for worker in list(self.alive.values()):
             item = worker.item
-            if item is None or now - worker.last_progress <= self.config.stall_seconds:
-                continue
+            if item is None or worker.waiting or now - worker.last_progress <= self.config.stall_seconds:
+                continue  # idle, held up by this thread (a full queue), or recently heard from
             worker.abandoned = True
             del self.alive[worker.name]
             reason = VideoDecodeError(
@@ -345,10 +349,11 @@ class _LocalExecution:
                 worker.item, worker.last_progress = item, time.monotonic()
                 with contextlib.closing(video_events(item, self.probe, self.frames, self.audio)) as events:
                     for event in events:
-                        worker.last_progress = time.monotonic()
                         if self.stop.is_set() or worker.abandoned:
                             return
+                        worker.waiting = True
                         self._put(event)
+                        worker.waiting, worker.last_progress = False, time.monotonic()
                 worker.item = None
         except BaseException as error:  # a bug in a stage: its video fails, the run goes on
             worker.error = error

@@ -31,8 +31,11 @@ class RunSummary:
         """What this run has committed, truthfully, for the last line of a run that stopped."""
         if not self.committed_videos and not self.committed_failures:
             return "nothing was committed in this run"
-        failures = f" and {self.committed_failures} failure records" if self.committed_failures else ""
-        return f"{self.committed_videos} finished videos{failures} were committed"
+        videos, failures = self.committed_videos, self.committed_failures
+        what = f"{videos} finished video{'s' * (videos != 1)}"
+        if failures:
+            what += f" and {failures} failure record{'s' * (failures != 1)}"
+        return f"{what} {'was' if videos + failures == 1 else 'were'} committed"
 
     def lines(self) -> list[str]:
         wall = max(self.wall_seconds, 1e-9)
