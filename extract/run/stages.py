@@ -192,8 +192,7 @@ class Embed:
                     Embedded(item, batch.feature, piece.units, extractor.embed(piece.units.inputs)) for piece in pieces
                 ]
             except Exception as error:
-                reason = f"{batch.feature} failed on {item.path}: {type(error).__name__}: {error}"
-                results.append(Failed(failure(item, (batch.feature,), "compute", ImgVmrError(reason))))
+                results.append(Failed(failure(item, (batch.feature,), "compute", error)))
         return results
 
 
