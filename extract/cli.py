@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +32,9 @@ from extract.cli_common import (
 from extract.errors import ImgVmrError, StoreWriteError, UsageError
 from extract.presets import PRESETS
 from extract.text_cli import manifest_command, text_command
+
+if TYPE_CHECKING:
+    from extract.run import RunStopped
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -185,7 +188,7 @@ def run_command(**flags: Any) -> None:
             log.debug("usage error", exc_info=True)
             fail(str(error))
         except KeyboardInterrupt as interrupt:  # before any video was extracted
-            fail(f"{_interruption(interrupt)} before any video was extracted; nothing was written", _code(interrupt))
+            fail(f"{_interruption(interrupt)} before any video was extracted; nothing was committed", _code(interrupt))
         except Exception as error:  # a bug before the run began: one line, the traceback with -v
             log.debug("run failed", exc_info=True)
             fail(f"the run could not start: {type(error).__name__}: {error} (-v shows the traceback)", EXIT_STOPPED)
@@ -200,7 +203,7 @@ def _code(interrupt: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
-def _stopped(stopped: Any, out: Path) -> None:
+def _stopped(stopped: RunStopped, out: Path) -> None:
     """The last line of a run that stopped: why, and what it really committed."""
     from extract.store import parts_dir
 
