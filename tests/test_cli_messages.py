@@ -42,6 +42,7 @@ def _prog() -> str:
     return "img-extract" if (Path(sys.executable).parent / "img-extract").exists() else "python -m extract.cli"
 
 
+@pytest.mark.slow
 def test_a_run_that_only_failed_does_not_fix_the_recipe(tmp_path: Path, tiny_clip: Path) -> None:
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"")  # every video fails: only failure records are committed
@@ -54,6 +55,7 @@ def test_a_run_that_only_failed_does_not_fix_the_recipe(tmp_path: Path, tiny_cli
         assert store.provenance("clip")["frames.fps"] == 1.0 and store.failures() == []
 
 
+@pytest.mark.slow
 def test_the_same_model_in_another_folder_extends_a_store(tmp_path: Path, tiny_clip: Path) -> None:
     make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
     out = tmp_path / "f.h5"
@@ -70,6 +72,7 @@ def test_the_same_model_in_another_folder_extends_a_store(tmp_path: Path, tiny_c
         assert store.part_provenance("a", "clip")["runtime"]["weights_checked"] is False  # no checksum exists
 
 
+@pytest.mark.slow
 def test_weights_checked_only_when_a_published_checksum_was_compared(tmp_path: Path, published_weights: Path) -> None:
     from extract.models.published import published_checksum
 
@@ -82,6 +85,7 @@ def test_weights_checked_only_when_a_published_checksum_was_compared(tmp_path: P
         assert store.part_provenance("a", "panns")["runtime"]["weights_checked"] is False
 
 
+@pytest.mark.slow
 def test_the_offline_clip_hint_works_when_followed(
     tmp_path: Path, tiny_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

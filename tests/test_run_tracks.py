@@ -15,6 +15,8 @@ from tests.broken_media import make_broken_audio_video, make_empty_audio_video, 
 from tests.conftest import run_cli
 from tests.videos import make_video
 
+pytestmark = pytest.mark.slow  # real extraction runs through the CLI, several seconds each
+
 
 def _parts(out: Path) -> list[Path]:
     return sorted(parts_dir(out).glob("part-*.h5"))
