@@ -307,7 +307,14 @@ class FeatureStore:
 
     def failed_features(self, video_id: str) -> frozenset[str]:
         """The features of a video whose latest outcome is a failure."""
-        return frozenset(name for record in self.failures() if record.video_id == video_id for name in record.features)
+        records = self._failures.get(video_id, [])
+        entry = self._videos.get(video_id)
+        return frozenset(
+            name
+            for order, record in records
+            for name in record.features
+            if self._still_failing(entry, name, order, records)
+        )
 
     @staticmethod
     def _still_failing(
