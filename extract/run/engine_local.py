@@ -1,11 +1,11 @@
 """The local engine: decode in worker threads, batch units across videos, embed, write on a writer thread.
 
-    decode threads (Probe, FrameSource, AudioSource per work item) --bounded queue--> this thread: VideoAssembly
+    decode threads (Probe, FrameSource, AudioSource per work item) --bounded queue--> main thread: VideoAssembly
     per video, Batcher across videos -> Embed --> writer thread: Commit -> immutable parts
 
 Decoding happens in ffmpeg (or decord) outside the GIL, so threads give real parallelism while keeping decoded
-frames in one address space (no pickling). The queue bound keeps memory flat in video length. Everything a run
-touches is built fresh by `run()`; what fails becomes failure records per (video, feature) and the rest goes on.
+frames in one address space (no pickling). The queue bound keeps memory flat in video length. An engine is
+built for one run and used once; what fails becomes failure records per (video, feature) and the rest goes on.
 """
 
 from __future__ import annotations
@@ -16,147 +16,23 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from extract.decode import STALL_TIMEOUT_S
 from extract.errors import VideoDecodeError
-from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
+from extract.models.base import FeatureExtractor
 from extract.run.assembly import VideoAssembly
 from extract.run.batcher import Batcher
+from extract.run.config import RunConfig
 from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady
-from extract.run.plan import Plan, WorkItem, plan_run
-from extract.run.provenance import provenance_records
+from extract.run.plan import WorkItem
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, failure, video_events
 from extract.run.summary import RunSummary
-from extract.sources import VideoSource
-from extract.store import FailureRecord, FeatureStore, StoreWriter, VideoRecord
+from extract.store import FailureRecord, StoreWriter, VideoRecord
 
 log = logging.getLogger("img_vmr.extract")
 
 PARTIAL_BATCH_WAIT_S = 0.5  # decoders slower than the model: embed what is queued after this long
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    batch_size: int = 64
-    workers: int = 2
-    resume: bool = True
-    retry_failed: bool = False
-    limit: int | None = None
-    commit_every: int = 32
-    commit_seconds: float = 60.0
-    progress: bool = True
-    # A decode worker that makes no progress this long loses its video (failure records) and is replaced; longer
-    # than the decoder's own watchdog, which normally fires first with a more precise reason.
-    stall_seconds: float = STALL_TIMEOUT_S + 60.0
-
-
-class RunStopped(Exception):
-    """The run stopped before its end (interrupted, or the store could not be written). Finished videos were
-    committed as far as the store allowed: `summary.committed_videos` says how many."""
-
-    def __init__(self, summary: RunSummary, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.summary = summary
-        self.cause = cause
-
-
-Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
-
-
-class ExtractionRun:
-    """One img-extract invocation: the missing tracks of `sources` into the store at `store_path`.
-
-    Models are loaded after the store's writer lock is taken (a store in use is refused at once) and kept for
-    later calls; every call to `run()` plans again and builds its threads, queues and batches afresh.
-    """
-
-    def __init__(
-        self,
-        sources: Sequence[VideoSource],
-        store_path: Path,
-        presets: Sequence[Preset],
-        options: ExtractorOptions,
-        config: RunConfig,
-        build: Build | None = None,
-    ) -> None:
-        self.sources = list(sources)
-        self.store_path = Path(store_path)
-        self.presets = list(presets)
-        self.options = options
-        self.config = config
-        self._build = build
-        self._extractors: list[FeatureExtractor] | None = None
-
-    def run(self) -> RunSummary:
-        summary = RunSummary(total=len(self.sources))
-        writer = StoreWriter(self.store_path, {})
-        try:
-            extractors = self._load()
-            writer.provenance = provenance_records(extractors)
-            plan = self._plan(writer, extractors, summary)
-        except BaseException:
-            writer.abandon()
-            raise
-        start = time.monotonic()  # rates count extraction, not model loading
-        log_file = _attach_log_file(writer.parts_dir / "extract.log")
-        log.info(
-            "%d videos: %d to extract, %d already in %s, %d failed before",
-            len(self.sources),
-            len(plan.items),
-            summary.skipped,
-            self.store_path,
-            summary.skipped_failed,
-        )
-        try:
-            _LocalExecution(plan.items, extractors, writer, self.config, summary).run()
-        except BaseException as error:
-            raise RunStopped(summary, error) from error
-        finally:
-            summary.wall_seconds = time.monotonic() - start
-            summary.committed_videos, summary.committed_failures = writer.committed_videos, writer.committed_failures
-            for line in summary.lines():
-                log.info("%s", line)
-            logging.getLogger("img_vmr").removeHandler(log_file)
-            log_file.close()
-        return summary
-
-    def _load(self) -> list[FeatureExtractor]:
-        if self._extractors is None:
-            from extract.models import build_extractor
-
-            build = self._build or build_extractor
-            self._extractors = [build(preset, self.options) for preset in self.presets]
-        return self._extractors
-
-    def _plan(self, writer: StoreWriter, extractors: list[FeatureExtractor], summary: RunSummary) -> Plan:
-        existing = FeatureStore(self.store_path) if FeatureStore.exists(self.store_path) else None
-        try:
-            writer.check_provenance(existing)
-            for part, reason in existing.corrupt_parts if existing is not None else []:
-                log.warning("damaged part %s ignored (%s); its videos will be extracted again", part.name, reason)
-            modalities = {e.name: e.preset.modality for e in extractors}
-            plan = plan_run(
-                self.sources,
-                existing,
-                modalities,
-                resume=self.config.resume,
-                retry_failed=self.config.retry_failed,
-                limit=self.config.limit,
-            )
-        finally:
-            if existing is not None:
-                existing.close()
-        summary.skipped, summary.skipped_failed, summary.truncated_kept = (
-            plan.complete,
-            plan.skipped_failed,
-            plan.truncated_kept,
-        )
-        return plan
 
 
 @dataclass
@@ -176,8 +52,8 @@ class _WorkerExit:
     worker: _Worker
 
 
-class _LocalExecution:
-    """The moving parts of one run; built by ExtractionRun.run() and used once."""
+class LocalEngine:
+    """The moving parts of one run on this machine; built by ExtractionRun.run() and used once."""
 
     def __init__(
         self,
@@ -412,31 +288,6 @@ class _WriterThread:
             self._error = error
             log.debug("writing %s failed", writer.path, exc_info=True)
             writer.abandon()
-
-
-class _RunLog(logging.FileHandler):
-    """OUT.parts/extract.log. When it cannot be written (a full disk) it goes quiet instead of printing a
-    logging traceback per message; the console still has everything that matters."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8", errors="backslashreplace")
-        self.broken = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.broken:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.broken = True
-
-
-def _attach_log_file(path: Path) -> logging.Handler:
-    """Every run appends its full log, failure tracebacks included, to OUT.parts/extract.log."""
-    handler = _RunLog(path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
-    logging.getLogger("img_vmr").addHandler(handler)
-    return handler
 
 
 def _progress(total: int, enabled: bool) -> Any:
