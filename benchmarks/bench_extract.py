@@ -1,8 +1,8 @@
 """Extraction benchmark: cross-video batching vs one video at a time, for any preset, in one process.
 
 The baseline is what a typical per-video script does: probe, decode one video, cut its units, embed them in
-batches of that video only, write, next video. Ours is `ExtractionRun` (parallel decode threads, batches filled
-across videos, a writer thread). Both use the same decoder, model and store; the ratio is printed.
+batches of that video only, write, next video. Ours is `extract.run.ExtractionRun` (parallel decode threads,
+batches filled across videos, a writer thread). Both use the same decoder, model and store; the ratio is printed.
 
     python benchmarks/bench_extract.py --features clip                 # tiny random CLIP (no download)
     python benchmarks/bench_extract.py --features i3d-charades-vslnet --videos 8 --seconds 6
@@ -32,7 +32,8 @@ from extract.models import ExtractorOptions, FeatureExtractor, build_extractor
 from extract.models.base import Units
 from extract.presets import get_preset
 from extract.probe import probe
-from extract.runner import ExtractionRun, RunConfig, provenance_records
+from extract.run import ExtractionRun, RunConfig
+from extract.run.provenance import provenance_records
 from extract.sources import scan_folder
 from extract.store import StoreWriter, Track, VideoRecord
 
@@ -113,7 +114,8 @@ def one_at_a_time(extractor: FeatureExtractor, videos: Path, out: Path, batch_si
 def batched(extractor: FeatureExtractor, videos: Path, out: Path, batch_size: int, workers: int) -> float:
     start = time.perf_counter()
     config = RunConfig(batch_size=batch_size, workers=workers, progress=False)
-    ExtractionRun(scan_folder(videos), out, [extractor], config).run()
+    run = ExtractionRun(scan_folder(videos), out, [extractor.preset], extractor.options, config, lambda p, o: extractor)
+    run.run()
     return time.perf_counter() - start
 
 

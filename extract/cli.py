@@ -9,49 +9,44 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from extract import __version__
-from extract.errors import ImgVmrError, UsageError
+from extract.cli_common import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_TERMINATED,
+    POSITIVE,
+    OneLineErrors,
+    Terminated,
+    fail,
+    resume_option,
+    setup_logging,
+    sigterm_raises,
+    weights_dir_option,
+)
+from extract.errors import ImgVmrError, StoreWriteError, UsageError
 from extract.presets import PRESETS
 from extract.store_cli import compact_command
 from extract.text_cli import manifest_command, text_command
 
+if TYPE_CHECKING:
+    from extract.run import RunStopped
+
 log = logging.getLogger("img_vmr.extract")
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
-
-class _DefaultToRun(click.Group):
+class _DefaultToRun(OneLineErrors):
     """`img-extract VIDEOS --out X` runs extraction; named subcommands (inspect) work as usual."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
-
-
-def _setup_logging(verbose: bool) -> None:
-    root = logging.getLogger("img_vmr")
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("img-extract: %(message)s"))
-    root.addHandler(console)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"img-extract: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _resolve_device(spec: str) -> Any:
-    from extract.devices import resolve_device
-
-    return resolve_device(spec)
 
 
 def _preset_table() -> str:
@@ -72,8 +67,10 @@ def main() -> None:
 @main.command(
     "run",
     epilog="\b\nPresets (--features):\n" + _preset_table() + "\n\n\b\n"
-    "Exit status: 0 every video extracted, 1 some videos failed (the others are kept), 2 usage error.\n"
-    "Re-running the same command resumes: committed videos are skipped, nothing is recomputed.",
+    "Exit status: 0 every track extracted, 1 some tracks failed (the others are kept), 2 usage error,\n"
+    "3 the run stopped (e.g. the disk is full), 130 / 143 interrupted by Ctrl-C / SIGTERM; finished videos\n"
+    "are committed in every case and the last line says how many.\n"
+    "Re-running the same command resumes: only the missing tracks are computed, committed ones are kept.",
 )
 @click.argument("videos", type=click.Path(path_type=Path))
 @click.option(
@@ -102,7 +99,7 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="Videos decoded in parallel (each by its own ffmpeg process).",
 )
-@click.option("--fps", type=float, default=None, help="Frame sampling rate for visual presets (default: preset's).")
+@click.option("--fps", type=POSITIVE, default=None, help="Frame sampling rate for visual presets (default: preset's).")
 @click.option(
     "--decoder",
     type=click.Choice(["ffmpeg", "decord"]),
@@ -110,14 +107,9 @@ def main() -> None:
     help="Frame decoder (default: the preset's). decord seeks but ignores rotation and needs ~0.9 GB; "
     "rotated or non-mp4 files always go through ffmpeg.",
 )
-@click.option("--audio-window", type=float, default=None, help="PANNs window in seconds (default 1.0).")
-@click.option("--audio-hop", type=float, default=None, help="PANNs hop between windows in seconds (default 0.5).")
-@click.option(
-    "--weights-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder with model weights for offline use (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).",
-)
+@click.option("--audio-window", type=POSITIVE, default=None, help="PANNs window in seconds (default 1.0).")
+@click.option("--audio-hop", type=POSITIVE, default=None, help="PANNs hop between windows in seconds (default 0.5).")
+@weights_dir_option()
 @click.option(
     "--trust-weights",
     is_flag=True,
@@ -125,7 +117,10 @@ def main() -> None:
     "the sha256 is still recorded in provenance.",
 )
 @click.option(
-    "--clip-model", default=None, help="CLIP model: HF id or local folder (default openai/clip-vit-base-patch32)."
+    "--clip-model",
+    default=None,
+    help="CLIP model: Hugging Face id or saved model folder (default openai/clip-vit-base-patch32; offline, "
+    "found as --weights-dir DIR/clip-vit-base-patch32).",
 )
 @click.option(
     "--precision",
@@ -134,13 +129,12 @@ def main() -> None:
     show_default=True,
     help="Autocast precision on CUDA (CPU always runs fp32).",
 )
+@resume_option("tracks", "extracts everything again")
 @click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Skip videos already in the store (--no-resume extracts everything again).",
+    "--retry-failed",
+    is_flag=True,
+    help="Also retry the tracks that failed in an earlier run, and extract truncated videos again.",
 )
-@click.option("--retry-failed", is_flag=True, help="Also retry videos that failed in an earlier run.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Extract at most N videos this run.")
 @click.option(
     "--commit-every",
@@ -164,21 +158,47 @@ def run_command(**flags: Any) -> None:
       img-extract videos/ --out feats.h5 --fps 0.5 --device cuda:0 --batch-size 256
       img-extract manifest.jsonl --out feats.h5 --retry-failed
     """
-    _setup_logging(flags["verbose"])
-    try:
-        summary = _run(**flags)
-    except ImgVmrError as error:
-        log.debug("usage error", exc_info=True)
-        _fail(str(error))
-    except Exception as error:  # a bug or the machine (disk full, out of memory): one line, details in the log
-        log.debug("run failed", exc_info=True)
-        _fail(
-            f"the run stopped: {type(error).__name__}: {error}; "
-            "finished videos were committed (details in OUT.parts/extract.log)"
-        )
-    except KeyboardInterrupt:
-        _fail("interrupted; finished videos were committed, re-run the same command to resume", 130)
+    from extract.run import RunStopped
+
+    setup_logging(flags["verbose"])
+    with sigterm_raises():
+        try:
+            summary = _run(**flags)
+        except RunStopped as stopped:
+            _stopped(stopped, flags["out"])
+        except ImgVmrError as error:
+            log.debug("usage error", exc_info=True)
+            fail(str(error))
+        except KeyboardInterrupt as interrupt:  # before any video was extracted
+            fail(f"{_interruption(interrupt)} before any video was extracted; nothing was committed", _code(interrupt))
+        except Exception as error:  # a bug before the run began: one line, the traceback with -v
+            log.debug("run failed", exc_info=True)
+            fail(f"the run could not start: {type(error).__name__}: {error} (-v shows the traceback)", EXIT_STOPPED)
     sys.exit(summary.exit_code)
+
+
+def _interruption(interrupt: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+
+
+def _code(interrupt: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+
+
+def _stopped(stopped: RunStopped, out: Path) -> None:
+    """The last line of a run that stopped: why, and what it really committed."""
+    from extract.store import parts_dir
+
+    cause, committed = stopped.cause, stopped.summary.committed()
+    if isinstance(cause, KeyboardInterrupt):
+        fail(f"{_interruption(cause)}; {committed}; re-run the same command to resume", _code(cause))
+    if isinstance(cause, StoreWriteError):
+        fail(f"{cause}; {committed}; make room, then re-run the same command to resume", EXIT_STOPPED)
+    log.debug("run failed", exc_info=cause)
+    fail(
+        f"the run stopped: {type(cause).__name__}: {cause}; {committed} (details in {parts_dir(out) / 'extract.log'})",
+        EXIT_STOPPED,
+    )
 
 
 def _run(
@@ -203,9 +223,10 @@ def _run(
     no_progress: bool,
     verbose: bool,
 ) -> Any:
-    from extract.models import ExtractorOptions, build_extractor
+    from extract.devices import resolve_device
+    from extract.models import ExtractorOptions
     from extract.presets import get_preset
-    from extract.runner import ExtractionRun, RunConfig
+    from extract.run import ExtractionRun, RunConfig
     from extract.sources import find_videos
 
     names = [name.strip() for name in features.split(",") if name.strip()]
@@ -227,12 +248,11 @@ def _run(
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
     options = ExtractorOptions(
-        device=_resolve_device(device),
+        device=resolve_device(device),
         weights_dir=weights_dir,
         precision=precision,
         verify_weights=not trust_weights,
     )
-    extractors = [build_extractor(preset, options) for preset in presets]
     config = RunConfig(
         batch_size=batch_size,
         workers=workers,
@@ -242,7 +262,7 @@ def _run(
         commit_every=commit_every,
         progress=not no_progress,
     )
-    return ExtractionRun(sources, out, extractors, config).run()
+    return ExtractionRun(sources, out, presets, options, config).run()  # models load once the store is locked
 
 
 @main.command("inspect")
@@ -260,11 +280,14 @@ def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
     """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
     from extract.inspect import describe, render
 
-    _setup_logging(False)
+    setup_logging(False)
     try:
         report = describe(store)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
+    except Exception as error:  # an unexpected store: one line, the traceback in the debug log
+        log.debug("inspect failed", exc_info=True)
+        fail(f"cannot read {store}: {type(error).__name__}: {error}")
     click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report, max_videos))
 
 
@@ -296,12 +319,12 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
     from extract.weights import default_weights_dir, fetch
 
-    _setup_logging(False)
+    setup_logging(False)
     try:
         for name in names:
             click.echo(str(fetch(name, weights_dir or default_weights_dir())))
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @weights_group.command("verify")
@@ -315,7 +338,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """
     from extract.weights import REGISTRY, find_local, registry_entry, verify
 
-    _setup_logging(False)
+    setup_logging(False)
     bad = 0
     for name in names or tuple(REGISTRY):
         try:
@@ -343,13 +366,16 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
     VGGish.pickle for quantised VGGish)."""
     from extract.interop import export_img
 
-    _setup_logging(False)
+    setup_logging(False)
     if visual is None and audio is None:
-        _fail("name at least one of --visual and --audio")
+        fail("name at least one of --visual and --audio")
     try:
         counts = export_img(store, out, visual, audio)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
+    except OSError as error:
+        where = error.filename or out
+        fail(f"cannot write {where} ({error.strerror or error}); choose a writable --out folder")
     for name, count in counts.items():
         log.info("exported %s for %d videos into %s", name, count, out)
 
@@ -369,11 +395,11 @@ def import_command(source: Path, out: Path, feature: str, row_seconds: float | N
     (only dicts of numpy arrays are unpickled)."""
     from extract.interop import import_img
 
-    _setup_logging(False)
+    setup_logging(False)
     try:
         count = import_img(source, out, feature, row_seconds)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
     log.info("imported %d videos from %s into %s as %r", count, source, out, feature)
 
 

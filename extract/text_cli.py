@@ -1,7 +1,7 @@
 """`img-extract manifest` (a dataset's videos found on disk) and `img-extract text` (query text features).
 
 Registered on the main group in extract/cli.py; the helpers it shares with the other commands (logging setup,
-one-line errors, device choice) are imported from there when a command runs.
+one-line errors, exit codes, common options) come from extract/cli_common.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,22 @@ from typing import Any
 
 import click
 
+from extract.cli_common import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    fail,
+    resume_option,
+    setup_logging,
+    weights_dir_option,
+)
 from extract.errors import ImgVmrError
 from extract.text.tokenize import DEFAULT_TOKENIZER, TOKENIZERS
 from manifests.registry import DATASETS
 
 log = logging.getLogger("img_vmr.extract")
 
-EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
+EXIT_MISSING = EXIT_FAILURES  # some videos of the dataset are not on disk
 
 
 def _dataset_table() -> str:
@@ -59,16 +68,15 @@ def manifest_command(name: str, videos: Path, out: Path, splits: tuple[str, ...]
       img-extract manifest charades-sta --videos Charades_v1_480/ --out charades.jsonl
       img-extract charades.jsonl --out feats.h5 --features i3d-charades-vslnet,panns
     """
-    from extract.cli import _fail, _setup_logging
     from manifests.video_manifest import find_videos, write_manifest, write_missing
 
-    _setup_logging(False)
+    setup_logging(False)
     try:
         video_ids = _video_ids(name, splits, data_dir)
         found, missing = find_videos(video_ids, videos)
         write_manifest(found, out)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
     log.info("%s: %d of %d videos found under %s", out, len(found), len(found) + len(missing), videos)
     if missing:
         listing = out.with_suffix(".missing.txt")
@@ -136,12 +144,7 @@ def _video_ids(name: str, splits: tuple[str, ...], data_dir: Path | None) -> lis
     default=None,
     help="Where the GloVe index is built (default $IMG_WEIGHTS_DIR/glove-index or ~/.cache/img-vmr/glove-index).",
 )
-@click.option(
-    "--weights-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder holding saved models (DIR/MODEL or DIR/<last part of the HF id>).",
-)
+@weights_dir_option()
 @click.option(
     "--tokenizer",
     type=click.Choice(TOKENIZERS),
@@ -149,12 +152,7 @@ def _video_ids(name: str, splits: tuple[str, ...], data_dir: Path | None) -> lis
     help="GloVe word splitting: nltk-3.7 (default; the authors' NLTK, so ids match official checkpoints) or "
     "nltk-current (the installed NLTK; 20 ActivityNet queries split differently).",
 )
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Skip queries already in OUT with the same recipe (--no-resume recomputes all).",
-)
+@resume_option("queries", "recomputes all")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def text_command(**flags: Any) -> None:
     """Turn queries into the text inputs IMG needs, stored in the HDF5 text store OUT with provenance.
@@ -173,16 +171,14 @@ def text_command(**flags: Any) -> None:
       img-extract text --dataset charades-sta --embed glove:glove.840B.300d.txt --out charades.glove.h5
       img-extract text --annotations my.jsonl --store feats.h5 --embed bert --out my.bert.h5 --device cuda
     """
-    from extract.cli import _fail, _setup_logging
-
-    _setup_logging(flags["verbose"])
+    setup_logging(flags["verbose"])
     try:
         summary = _text(**flags)
     except ImgVmrError as error:
         log.debug("error", exc_info=True)
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted; committed queries are kept, re-run the same command to resume", 130)
+        fail("interrupted; committed queries are kept, re-run the same command to resume", EXIT_INTERRUPTED)
     for line in summary.lines():
         log.info("%s", line)
 
@@ -204,7 +200,7 @@ def _text(
     resume: bool,
     verbose: bool,
 ) -> Any:
-    from extract.cli import _resolve_device
+    from extract.devices import resolve_device
     from extract.errors import UsageError
     from extract.text.pipeline import parse_embed, run_encoder, run_glove
 
@@ -223,7 +219,7 @@ def _text(
     from extract.text.clip_text import ClipTextEncoder
 
     encoder_class = BertTextEncoder if spec.kind == "bert" else ClipTextEncoder
-    encoder = encoder_class(spec.target, _resolve_device(device), batch_size, max_length, weights_dir)
+    encoder = encoder_class(spec.target, resolve_device(device), batch_size, max_length, weights_dir)
     return run_encoder(queries, encoder, out, resume, commit_every)
 
 

@@ -23,17 +23,16 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def resolve_device(spec: str, precision: str = "fp32", threads: int = 0) -> torch.device:
     """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision; `threads` > 0 sets
     torch's CPU threads."""
-    from extract.cli import _resolve_device
+    from extract.devices import resolve_device as resolve_extraction_device
 
     if threads:
         torch.set_num_threads(threads)
-    device = _resolve_device(spec)
+    device = resolve_extraction_device(spec)  # logs the device, GPU name and any nvidia-smi mismatch
     if precision == "fp16" and device.type != "cuda":
         raise UsageError(
             "--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32 on CPU"
         )
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    log.info("device: %s (%s), precision %s", device, name, precision)
+    log.info("precision: %s", precision)
     return device
 
 

@@ -1,6 +1,6 @@
 """The extractor interface every feature model implements (visual and audio alike).
 
-The runner turns decoded chunks of one video into model *units* with a per-video `Windower` (a frame for
+The run (extract/run/) turns decoded chunks of one video into model *units* with a per-video `Windower` (a frame for
 CLIP, a window of frames for I3D, an audio example for VGGish or PANNs), batches units ACROSS videos, and
 calls `embed` on each batch. An extractor therefore only says how to cut units and how to embed a batch.
 """
@@ -62,6 +62,8 @@ class FeatureExtractor(abc.ABC):
 
     # Most units one forward pass may take (None: --batch-size decides), e.g. I3D windows are heavy.
     max_batch: int | None = None
+    # Whether loading compared the weights with a published checksum (provenance says so only when it did).
+    weights_checked: bool = False
 
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         self.preset = preset
@@ -90,6 +92,10 @@ class FeatureExtractor(abc.ABC):
     @abc.abstractmethod
     def recipe(self) -> dict[str, Any]:
         """The preset's recipe with what loading resolved (actual weights file, its sha256, output dim)."""
+
+    def runtime(self) -> dict[str, Any]:
+        """Facts about this run that do not change the numbers (e.g. where the weights were found)."""
+        return {}
 
     def autocast(self) -> Any:
         """Autocast context for the configured precision (a no-op for fp32 or on CPU)."""

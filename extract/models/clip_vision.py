@@ -8,6 +8,8 @@ mean/std. tests/test_clip.py checks the result against CLIPImageProcessor on the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +19,87 @@ import torch
 from extract.errors import MissingWeightsError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
 from extract.presets import Preset
-from extract.weights import sha256_file
+from extract.weights import offline, search_dirs, sha256_file
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 
-def resolve_model_source(model: str, weights_dir: Path | None) -> str:
-    """A local directory for `model` if one exists (as given, or under --weights-dir), else the HF id."""
-    if Path(model).is_dir():
-        return str(Path(model).resolve())
-    if weights_dir is not None:
-        for candidate in (weights_dir / model, weights_dir / model.rsplit("/", 1)[-1]):
-            if candidate.is_dir():
+def _looks_like_path(model: str) -> bool:
+    """A folder the user meant, not a Hugging Face id ("org/name" or "name")."""
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def resolve_model_source(model: str, weights_dir: Path | None, model_types: tuple[str, ...] = ()) -> str:
+    """A local folder for `model` if there is one, else the HF id.
+
+    Looked for: `model` itself as a folder; then in --weights-dir and the weights cache as DIR/<id> or
+    DIR/<last part of the id>; and DIR itself when it holds a model whose config says one of `model_types`.
+    A path that is not a folder is an error, not an id.
+    """
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    if _looks_like_path(model):
+        raise MissingWeightsError(f"model folder {model} does not exist; pass a saved model folder or a HF id")
+    for folder in search_dirs(weights_dir):
+        for candidate in (folder / model, folder / model.rsplit("/", 1)[-1]):
+            if (candidate / "config.json").is_file():
                 return str(candidate.resolve())
+        if model_types and _model_type(folder) in model_types:
+            return str(folder.resolve())
     return model
 
 
-def weights_file(source: str) -> Path | None:
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def model_file(source: str, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` in a model folder, or in the Hugging Face cache for an id."""
     if Path(source).is_dir():
-        return next((Path(source) / f for f in WEIGHT_FILES if (Path(source) / f).is_file()), None)
+        return next((Path(source) / f for f in names if (Path(source) / f).is_file()), None)
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in WEIGHT_FILES:
+    for filename in names:
         cached = try_to_load_from_cache(source, filename)
         if isinstance(cached, str):
             return Path(cached)
     return None
 
 
+def weights_file(source: str) -> Path | None:
+    return model_file(source, WEIGHT_FILES)
+
+
+def config_sha256(config_file: Path) -> str:
+    """The model's identity by its configuration: sha256 of config.json without the keys that only say where
+    from or by which library version it was saved (`_name_or_path`, `transformers_version`, ...)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.startswith("_") and k != "transformers_version"}
+        return value
+
+    config = strip(json.loads(config_file.read_text(encoding="utf-8")))
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 class ClipVisionExtractor(FeatureExtractor):
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        super().__init__(preset, options)
+        self.source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
+        local = Path(self.source).is_dir()
+        if not local and offline() and model_file(self.source, ("config.json",)) is None:
+            raise self._not_available(preset.weights)  # at once: importing transformers and its retries take long
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        super().__init__(preset, options)
-        self.source = resolve_model_source(preset.weights, options.weights_dir)
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(self.source)
+            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=local or offline())
         except OSError:
-            raise MissingWeightsError(
-                f"CLIP model {preset.weights!r} is not available offline: download it from "
-                f"https://huggingface.co/{preset.weights} into DIR and pass --weights-dir DIR or --clip-model DIR"
-            ) from None
+            raise self._not_available(preset.weights) from None
         self.model = model.eval().to(options.device)
         image_size = int(model.config.image_size)
         mean, std = preset.preprocessing["mean"], preset.preprocessing["std"]
@@ -73,6 +115,8 @@ class ClipVisionExtractor(FeatureExtractor):
         frames = dataclasses.replace(preset.frames, short_side=short_side, crop=crop)
         preprocessing = {**preset.preprocessing, "mean": mean, "std": std}
         weights_path = weights_file(self.source)
+        config_file = model_file(self.source, ("config.json",))
+        self.config_sha256 = config_sha256(config_file) if config_file else None
         self.preset = dataclasses.replace(
             preset,
             frames=frames,
@@ -84,6 +128,14 @@ class ClipVisionExtractor(FeatureExtractor):
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
+
+    @staticmethod
+    def _not_available(model: str) -> MissingWeightsError:
+        name = model.rsplit("/", 1)[-1]
+        return MissingWeightsError(
+            f"CLIP model {model!r} is not available offline: download https://huggingface.co/{model} into "
+            f"DIR/{name} and pass --weights-dir DIR (or --clip-model DIR/{name})"
+        )
 
     def windower(self) -> Windower:
         return FrameUnits()
@@ -97,6 +149,13 @@ class ClipVisionExtractor(FeatureExtractor):
         return embeds.float().cpu().numpy()
 
     def recipe(self) -> dict[str, Any]:
+        """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:
+        the same model reached through another folder extends a store."""
         recipe = self.preset.recipe()
+        del recipe["weights"]
         recipe["weights_file"] = self.weights_file.name if self.weights_file else None
+        recipe["model_config_sha256"] = self.config_sha256
         return recipe
+
+    def runtime(self) -> dict[str, Any]:
+        return {"weights_source": self.source}

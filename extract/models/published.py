@@ -15,8 +15,14 @@ import torch
 from extract.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
 from extract.presets import Preset
-from extract.weights import locate, sha256_file
+from extract.weights import locate, registry_entry, sha256_file
 from extract.windows import AudioWindows, FrameWindows
+
+
+def published_checksum(name: str) -> bool:
+    """Whether `locate(name, check=True)` compares the file with a published checksum: weights.verify compares
+    every checksum the publisher gives, so this holds exactly when there is one."""
+    return bool(registry_entry(name).published_checksums())
 
 
 class _PublishedExtractor(FeatureExtractor):
@@ -28,6 +34,7 @@ class _PublishedExtractor(FeatureExtractor):
         self.weights_path = locate(preset.weights, options.weights_dir, check)
         self.extra_paths = [locate(name, options.weights_dir, check) for name in preset.extra_weights]
         self.preset = dataclasses.replace(preset, weights_sha256=sha256_file(self.weights_path))
+        self.weights_checked = check and all(map(published_checksum, (preset.weights, *preset.extra_weights)))
 
     def recipe(self) -> dict[str, Any]:
         recipe = self.preset.recipe()

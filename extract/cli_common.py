@@ -1,0 +1,113 @@
+"""What every img-extract command shares: logging, the one-line error, exit codes, option types and the
+options several commands take. extract/cli.py and extract/text_cli.py both import from here (and not from
+each other)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+EXIT_STOPPED = 3  # the run stopped before its end (store not writable, an internal error); finished work is kept
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+
+WEIGHTS_DIR_HELP = (
+    "Folder with model weights for offline use: published files by name, saved Hugging Face models as "
+    "DIR/<name> (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr)."
+)
+
+
+def setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("img_vmr")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("img-extract: %(message)s"))
+    root.addHandler(console)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """The last line of a command that cannot go on: one line on stderr, then exit."""
+    click.echo(f"img-extract: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+class OneLineErrors(click.Group):
+    """A group whose command-line mistakes (an unknown option, --fps nan) are one line, like every other error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            fail(f"{error.format_message()}{hint}", error.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_INTERRUPTED)
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number above zero: nan, inf, 0 and negative values are refused at parse time."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a finite positive number", param, ctx)
+        return number
+
+
+POSITIVE = PositiveNumber()
+
+
+def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:
+    return click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help_text)
+
+
+def resume_option(what: str, redo: str) -> Callable[[Any], Any]:
+    """--resume/--no-resume: skip `what` already in the output (the default), or `redo` everything."""
+    return click.option(
+        "--resume/--no-resume",
+        default=True,
+        show_default=True,
+        help=f"Skip {what} already in the output (--no-resume {redo}).",
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm or Kubernetes preemption), raised in the main thread so that finished work is committed
+    on the way out, as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, the first SIGTERM raises Terminated in the main thread; later ones are ignored while
+    the finished work is committed."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

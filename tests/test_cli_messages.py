@@ -1,0 +1,140 @@
+"""One true line instead of a traceback or a store that locks itself: option checks at parse time, recipes keyed
+on the model's identity, offline hints that work when followed, and errors of the side commands."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.store import FeatureStore
+from tests.conftest import run_cli
+from tests.golden import golden_tensors
+from tests.videos import make_video
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("img-extract: error:")]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--fps", "nan"), ("--fps", "inf"), ("--fps", "0"), ("--fps", "-1"), ("--audio-window", "inf"),
+     ("--audio-hop", "nan")],
+)  # fmt: skip
+def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, option: str, value: str) -> None:
+    result = run_cli(tmp_path, "--out", tmp_path / "f.h5", option, value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"img-extract: error: Invalid value for '{option}': '{value}' is not a finite positive number "
+        f"(see {_prog()} run --help)"
+    ]
+    assert not (tmp_path / "f.h5.parts").exists()
+
+
+def _prog() -> str:
+    import sys
+
+    return "img-extract" if (Path(sys.executable).parent / "img-extract").exists() else "python -m extract.cli"
+
+
+@pytest.mark.slow
+def test_a_run_that_only_failed_does_not_fix_the_recipe(tmp_path: Path, tiny_clip: Path) -> None:
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"")  # every video fails: only failure records are committed
+    out = tmp_path / "f.h5"
+    assert run_cli(tmp_path / "v", "--out", out, "--clip-model", tiny_clip, "--fps", "2").returncode == 1
+    make_video(tmp_path / "v" / "a.mp4", seconds=2, size="160x120")
+    result = run_cli(tmp_path / "v", "--out", out, "--clip-model", tiny_clip, "--retry-failed")
+    assert result.returncode == 0, result.stderr
+    with FeatureStore(out) as store:
+        assert store.provenance("clip")["frames.fps"] == 1.0 and store.failures() == []
+
+
+@pytest.mark.slow
+def test_the_same_model_in_another_folder_extends_a_store(tmp_path: Path, tiny_clip: Path) -> None:
+    make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+    out = tmp_path / "f.h5"
+    assert run_cli(tmp_path / "v", "--out", out, "--clip-model", tiny_clip).returncode == 0
+    copy = shutil.copytree(tiny_clip, tmp_path / "elsewhere" / "my-clip")
+    make_video(tmp_path / "v" / "b.mp4", seconds=1, size="160x120")
+    result = run_cli(tmp_path / "v", "--out", out, "--clip-model", copy)
+    assert result.returncode == 0, result.stderr
+    assert "1 done, 1 skipped" in result.stderr
+    with FeatureStore(out) as store:
+        recipe = store.provenance("clip")
+        assert "weights" not in recipe and len(recipe["model_config_sha256"]) == 64
+        assert store.part_provenance("b", "clip")["runtime"]["weights_source"] == str(copy)
+        assert store.part_provenance("a", "clip")["runtime"]["weights_checked"] is False  # no checksum exists
+
+
+@pytest.mark.slow
+def test_weights_checked_only_when_a_published_checksum_was_compared(tmp_path: Path, published_weights: Path) -> None:
+    from extract.models.published import published_checksum
+
+    assert published_checksum("vggish-10086976.pth") and not published_checksum("Cnn14_mAP=0.431.pth")
+    make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+    out = tmp_path / "f.h5"
+    result = run_cli(tmp_path / "v", "--out", out, "--features", "panns", "--weights-dir", published_weights)
+    assert result.returncode == 0, result.stderr  # accepted: Cnn14 has no published checksum to contradict it
+    with FeatureStore(out) as store:
+        assert store.part_provenance("a", "panns")["runtime"]["weights_checked"] is False
+
+
+@pytest.mark.slow
+def test_the_offline_clip_hint_works_when_followed(
+    tmp_path: Path, tiny_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
+    make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+    missing = run_cli(tmp_path / "v", "--out", tmp_path / "a.h5")
+    assert missing.returncode == 2
+    (line,) = _error_lines(missing.stderr)
+    assert "into DIR/clip-vit-base-patch32 and pass --weights-dir DIR" in line
+    shutil.copytree(tiny_clip, tmp_path / "DIR" / "clip-vit-base-patch32")
+    followed = run_cli(tmp_path / "v", "--out", tmp_path / "b.h5", "--weights-dir", tmp_path / "DIR")
+    assert followed.returncode == 0, followed.stderr
+    itself = run_cli(
+        tmp_path / "v", "--out", tmp_path / "c.h5", "--weights-dir", tmp_path / "DIR/clip-vit-base-patch32"
+    )
+    assert itself.returncode == 0, itself.stderr
+
+
+def test_a_clip_model_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+    result = run_cli(tmp_path / "v", "--out", tmp_path / "a.h5", "--clip-model", tmp_path / "no" / "clip")
+    (line,) = _error_lines(result.stderr)
+    assert result.returncode == 2 and f"model folder {tmp_path / 'no' / 'clip'} does not exist" in line
+    assert "//" not in line
+
+
+def test_inspect_of_imported_features_and_export_to_a_bad_place(tmp_path: Path) -> None:
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "v1.npy", np.ones((3, 8), np.float32))
+    out = tmp_path / "imported.h5"
+    assert run_cli("import-img", tmp_path / "npy", "--out", out, "--feature", "released").returncode == 0
+    shown = run_cli("inspect", out)
+    assert shown.returncode == 0, shown.stderr
+    assert "v1  ?  ?  ?  ?  yes  released 3x8" in shown.stdout
+    (tmp_path / "a file").write_text("not a folder")
+    export = run_cli("export-img", "--store", out, "--out", tmp_path / "a file" / "img", "--visual", "released")
+    assert export.returncode == 2 and "Traceback" not in export.stderr
+    (line,) = _error_lines(export.stderr)
+    assert "cannot write" in line and "choose a writable --out folder" in line
+
+
+def test_convert_official_to_a_bad_place_is_one_line(tmp_path: Path) -> None:
+    from img_model.cli import main
+
+    source = tmp_path / "IMG.t7"
+    torch.save(golden_tensors("img/small", 401), source)
+    (tmp_path / "a file").write_text("not a folder")
+    # under a file (the folder cannot be made); where no file can be created (torch.save's RuntimeError)
+    for target in (tmp_path / "a file" / "out.pt", Path("/proc/img-vmr-test.pt")):
+        result = CliRunner().invoke(main, ["convert-official", str(source), str(target), "--num-heads", "4"])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"img-train: error: cannot write {target} (") and result.output.count("\n") == 1

@@ -1,0 +1,177 @@
+"""The run's stages and local engine in-process, on real decoded media, with a weightless stand-in model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.errors import StoreLockedError
+from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
+from extract.presets import Preset, get_preset
+from extract.probe import probe
+from extract.run import ExtractionRun, RunConfig, RunStopped, stages
+from extract.run.events import Failed, SourceDone, UnitsReady
+from extract.run.plan import WorkItem
+from extract.sources import scan_folder
+from extract.store import FeatureStore, StoreWriter
+from extract.windows import AudioWindows
+from tests.broken_media import make_broken_audio_video, make_empty_audio_video
+from tests.videos import make_video
+
+CPU = ExtractorOptions(torch.device("cpu"))
+FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
+AUDIO = get_preset("vggish")
+
+
+class MeanModel(FeatureExtractor):
+    """A model without weights: one row per unit, its mean. Silent audio (all zeros) makes it raise, standing in
+    for a model that fails on some inputs."""
+
+    def windower(self) -> Windower:
+        return FrameUnits() if self.preset.frames is not None else AudioWindows(16000, 16000, 16000, True)
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        flat = inputs.reshape(len(inputs), -1).astype(np.float32)
+        if self.preset.audio is not None and not np.abs(flat).max(axis=1).all():
+            raise ValueError("silent input")
+        return flat.mean(axis=1, keepdims=True)
+
+    def recipe(self) -> dict:
+        return self.preset.recipe()
+
+
+class CountingBuild:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        self.calls += 1
+        return MeanModel(preset, options)
+
+
+def _run(folder: Path, out: Path, presets=(FRAMES, AUDIO), **config) -> ExtractionRun:
+    config = {"progress": False, "batch_size": 4, **config}
+    return ExtractionRun(scan_folder(folder), out, list(presets), CPU, RunConfig(**config), CountingBuild())
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("engine") / "videos"
+    make_video(folder / "a.mp4", seconds=2, size="160x120")
+    make_video(folder / "b.mp4", seconds=3, size="160x120")
+    make_video(folder / "quiet.mp4", seconds=2, size="160x120", silent=True)
+    return folder
+
+
+def test_run_twice_works_with_fresh_state_and_loads_models_once(videos: Path, tmp_path: Path) -> None:
+    run = _run(videos, tmp_path / "f.h5", presets=(FRAMES,))
+    first = run.run()
+    result: dict = {}
+    second = threading.Thread(target=lambda: result.update(summary=run.run()), daemon=True)
+    second.start()
+    second.join(timeout=120)
+    assert not second.is_alive(), "the second run() hangs"
+    assert (first.done, first.skipped) == (3, 0)
+    assert (result["summary"].done, result["summary"].skipped) == (0, 3)
+    assert run._build.calls == 1  # type: ignore[union-attr]
+
+
+def test_models_load_only_after_the_store_lock(videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    holder = StoreWriter(out, {})
+    run = _run(videos, out)
+    try:
+        with pytest.raises(StoreLockedError):
+            run.run()
+    finally:
+        holder.abandon()
+    assert run._build.calls == 0  # type: ignore[union-attr]
+
+
+def test_an_interrupt_commits_the_finished_videos_and_counts_them(videos: Path, tmp_path: Path) -> None:
+    class InterruptedModel(MeanModel):
+        calls = 0
+
+        def embed(self, inputs: np.ndarray) -> np.ndarray:
+            InterruptedModel.calls += 1
+            if InterruptedModel.calls == 2:  # Ctrl-C while the second video is embedded
+                raise KeyboardInterrupt
+            return super().embed(inputs)
+
+    out = tmp_path / "f.h5"
+    config = RunConfig(progress=False, batch_size=2, workers=1, commit_every=100)
+    run = ExtractionRun(scan_folder(videos), out, [FRAMES], CPU, config, InterruptedModel)
+    with pytest.raises(RunStopped) as stopped:
+        run.run()
+    assert isinstance(stopped.value.cause, KeyboardInterrupt)
+    summary = stopped.value.summary
+    with FeatureStore(out) as store:
+        assert store.video_ids() == ["a"] and summary.committed_videos == 1
+    assert summary.committed() == "1 finished video was committed"
+
+
+def test_a_model_error_fails_only_that_video_and_feature(videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    summary = _run(videos, out).run()
+    assert [(f.video_id, f.stage, f.features) for f in summary.failures] == [("quiet", "compute", ("vggish",))]
+    with FeatureStore(out) as store:
+        assert store.feature_names("quiet") == ["clip"]  # its frames are kept
+        assert store.feature_names("a") == ["clip", "vggish"]
+        assert store.failed_features("quiet") == {"vggish"}
+
+
+def test_a_stalled_decoder_fails_its_video_and_the_run_goes_on(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_iter_frames = stages.iter_frames
+
+    def hangs_on_b(stream, sampling, threads=0) -> Iterator:  # type: ignore[no-untyped-def]
+        for chunk in real_iter_frames(stream, sampling, threads=threads):
+            if Path(stream.path).name == "b.mp4":
+                release.wait(60)  # a decoder that stops sending, without exiting
+            yield chunk
+
+    monkeypatch.setattr(stages, "iter_frames", hangs_on_b)
+    out = tmp_path / "f.h5"
+    try:
+        summary = _run(videos, out, presets=(FRAMES,), workers=1, stall_seconds=1.0).run()
+    finally:
+        release.set()
+    assert summary.done == 2
+    (failure,) = summary.failures
+    assert failure.video_id == "b" and "no decoding progress for 1 s" in failure.message
+    with FeatureStore(out) as store:
+        assert store.video_ids() == ["a", "quiet"] and store.failed_features("b") == {"clip"}
+
+
+def _extractors() -> dict[str, FeatureExtractor]:
+    return {"clip": MeanModel(FRAMES, CPU), "vggish": MeanModel(AUDIO, CPU)}
+
+
+def test_sources_decode_only_what_the_missing_tracks_need(tmp_path: Path) -> None:
+    stream = probe(make_video(tmp_path / "v.mp4", seconds=1, size="160x120"))
+    stream = type(stream)(**{**stream.__dict__, "path": str(tmp_path / "gone.mp4")})  # decoding it would fail
+    frames, audio = stages.FrameSource(_extractors()), stages.AudioSource(_extractors())
+    assert list(frames(WorkItem("v", tmp_path / "gone.mp4", ("vggish",)), stream)) == []
+    assert list(audio(WorkItem("v", tmp_path / "gone.mp4", ("clip",)), stream)) == []
+    (failed,) = list(frames(WorkItem("v", tmp_path / "gone.mp4", ("clip", "vggish")), stream))
+    assert isinstance(failed, Failed) and failed.record.features == ("clip",)  # it did try: the file is gone
+
+
+def test_empty_and_broken_audio_streams_touch_only_the_audio_tracks(tmp_path: Path) -> None:
+    audio = stages.AudioSource(_extractors())
+    item = WorkItem("v", tmp_path, ("clip", "vggish"))
+    empty = list(audio(item, probe(make_empty_audio_video(tmp_path / "empty.mkv"))))
+    assert [type(e) for e in empty] == [SourceDone] and empty[0].audio_found is False
+    broken = list(audio(item, probe(make_broken_audio_video(tmp_path / "broken.mkv"))))
+    assert [type(e) for e in broken] == [Failed]
+    assert broken[0].record.features == ("vggish",) and broken[0].record.stage == "audio"
+    good = list(audio(item, probe(make_video(tmp_path / "good.mp4", seconds=2, size="160x120"))))
+    assert isinstance(good[0], UnitsReady) and isinstance(good[-1], SourceDone) and good[-1].audio_found is True
+    assert not any(isinstance(e, Failed) for e in good)
