@@ -112,8 +112,3 @@ def render(report: dict[str, Any], max_videos: int) -> str:
         if hidden:
             lines.append(f"  ... {hidden} more (--videos 0 shows all)")
     return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    """Two decimals, or ? for what a store does not know (features imported without their videos)."""
-    return f"{value:.2f}" if isinstance(value, int | float) else "?"

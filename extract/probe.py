@@ -114,6 +114,11 @@ _HINTS = {
     "Invalid data found when processing input": "not a video ffmpeg can read (wrong extension, or damaged)",
 }
 
+NOT_A_CONTAINER = (
+    "not a video container img-vmr opens (mp4/mov, mkv/webm, avi, mpeg/ts, flv, asf/wmv, ogg): a playlist, script, "
+    "image or subtitle file named like a video is refused"
+)
+
 
 def ffmpeg_reason(stderr: str) -> str:
     """ffmpeg's reason in one line: the last complaint of a component (a demuxer's, a decoder's) before its
@@ -123,6 +128,8 @@ def ffmpeg_reason(stderr: str) -> str:
     components = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
     specific = [line for line in components if not _WRAPPER.match(line)]
     reason = specific[-1] if specific else _WRAPPER.sub("", (components or lines or ["ffmpeg gave no message"])[-1])
+    if reason.startswith("Format not on whitelist"):  # ffmpeg_binary.INPUT_FORMAT_WHITELIST refused its demuxer
+        return NOT_A_CONTAINER
     hint = next((h for key, h in _HINTS.items() if key in reason), None)
     return f"{reason}: {hint}" if hint else reason
 

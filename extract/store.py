@@ -485,12 +485,11 @@ class FeatureStore:
         newest: dict[str, _TrackRef] = {}
         for entry in self._videos.values():
             for name, ref in entry.tracks.items():
-                if name not in newest or ref.order > newest[name].order:
+                recorded = self._part_provenance[ref.part].get(name)  # a part written without it cannot decide
+                if recorded and (name not in newest or ref.order > newest[name].order):
                     newest[name] = ref
         for name, ref in newest.items():
-            record = self._part_provenance[ref.part].get(name)
-            if record:
-                self._provenance[name] = record
+            self._provenance[name] = self._part_provenance[ref.part][name]
 
     def _rescan(self) -> None:
         self.close()

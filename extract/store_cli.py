@@ -45,14 +45,14 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
     Example:
       img-extract compact feats.h5
     """
-    from extract.cli import _fail, _setup_logging
+    from extract.cli_common import fail, setup_logging
     from extract.store_compact import compact
 
-    _setup_logging(False)
+    setup_logging(False)
     try:
         report = compact(store, part_mib * 2**20, progress=not no_progress)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
     if report.merged:
         log.info(
             "merged %d parts (%s) into %d (%s): %d videos, %d failure records",

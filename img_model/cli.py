@@ -277,9 +277,13 @@ def convert_official(
         checkpoint = convert_official_checkpoint(
             source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
         )
-        _write_converted(checkpoint, target)
     except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
         fail(PROGRAM, f"{source}: {exc}")
+        return
+    try:
+        _write_converted(checkpoint, target)
+    except ImgVmrError as exc:
+        fail(PROGRAM, str(exc))
         return
     config = checkpoint.config
     vocabulary = f", vocabulary of {len(checkpoint.vocabulary['words'])} words" if checkpoint.vocabulary else ""
@@ -298,7 +302,9 @@ def _write_converted(checkpoint: Any, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(checkpoint, target)
     except OSError as error:
-        raise ImgVmrError(f"cannot write {target} ({error.strerror}); choose another OUT.pt") from None
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else error.strerror
+        raise ImgVmrError(f"cannot write {target} ({reason}); choose another OUT.pt") from None
 
 
 if __name__ == "__main__":

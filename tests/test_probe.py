@@ -9,7 +9,7 @@ import pytest
 from extract.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import input_args
-from extract.probe import probe, read_stream_attrs
+from extract.probe import NOT_A_CONTAINER, probe, read_stream_attrs
 from extract.store import StoreWriter, Track, VideoRecord
 from manifests.custom import store_durations
 from tests.videos import REAL_VIDEO, ffmpeg, make_video
@@ -142,12 +142,12 @@ def test_old_stores_attribute_names_are_read_under_the_new_ones() -> None:
     assert read_stream_attrs(new) == new and new["truncated"] is False
 
 
-def test_a_subtitle_file_is_refused_for_having_no_video(tmp_path: Path) -> None:
+def test_a_subtitle_file_named_like_a_video_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "captions.mp4"
     path.write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n")
     with pytest.raises(VideoDecodeError) as error:
         probe(path)
-    assert str(error.value) == f"{path}: has no video stream (it holds subtitle); remove it from the input"
+    assert str(error.value) == f"{path}: not a readable media file ({NOT_A_CONTAINER})"
 
 
 def test_unreadable_bytes_give_ffmpegs_reason_not_a_warning_on_the_way(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_a_full_disk_stops_the_run_with_one_true_line_and_a_rerun_completes(tmp_
     store = json.loads((tmp_path / "store.json").read_text())
     assert store["tmp"] == [] and store["corrupt"] == 0 and 1 <= store["videos"] < count
     last = first_err.strip().splitlines()[-1]
-    assert last.startswith("img-extract: error: cannot write a part of ") and "no space left on device" in last
+    assert last.startswith("img-extract: error: cannot write the feature store ") and "no space left on device" in last
     said = re.search(r"; (\d+) finished videos? (?:was|were) committed; make room", last)
     assert said is not None and int(said.group(1)) == store["videos"], last
     assert "Traceback" not in first_err and "Segmentation" not in first_err
