@@ -281,6 +281,8 @@ def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
 
         predictor = _load(flags, progress=False)
         app = create_app(predictor, videos)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
         log.info("demo page on http://%s:%d (Ctrl-C stops it)", host, port)
         uvicorn.run(app, host=host, port=port, log_level="info" if flags["verbose"] else "warning")
 

@@ -192,8 +192,8 @@ class FeatureCache:
                 check_recipe(f"{spec.kind} features {spec.name!r}", spec.recipe, actual[spec.name], self.trust_weights,
                              hint)  # fmt: skip
             self._extractors = built
-            self._store_path = self.cache_dir / recipe_key({s.kind: actual[s.name] for s in self.specs.values()})
-            self._store_path = self._store_path / "feats.h5"
+            key = recipe_key({spec.kind: actual[spec.name] for spec in self.specs.values()})
+            self._store_path = self.cache_dir / key / "feats.h5"  # the recorded store unless weights were trusted
         return self._extractors
 
     def _options(self, name: str) -> ExtractorOptions:
