@@ -13,3 +13,7 @@ class CheckpointMismatchError(ImgVmrError):
 
 class TrainingDivergedError(ImgVmrError):
     """The loss became NaN or infinite; training stopped and kept the last good checkpoint."""
+
+
+class QueryError(ImgVmrError):
+    """A query that cannot be answered: empty, or with no word the checkpoint's vocabulary knows."""

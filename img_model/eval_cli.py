@@ -39,9 +39,10 @@ PROGRAM = "img-eval"
 @data_options(required=False)
 @click.option(
     "--split",
-    default="test",
-    show_default=True,
-    help="Split to evaluate; train-val is the run's held-out training videos (re-carved from its seed).",
+    "splits",
+    multiple=True,
+    help="Split to evaluate (default test; repeat it for several, each with its table); train-val is the run's "
+    "held-out training videos (re-carved from its seed).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size (the run's, 16).")
 @click.option(
@@ -62,16 +63,31 @@ PROGRAM = "img-eval"
     default=None,
     help="Write per-query predictions (JSONL: each branch's top spans, scores, IoU, audio importance).",
 )
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a self-contained HTML report: metrics, IoU histogram, R1 per threshold, every query on its "
+    "timeline with filters (wrong answers, audio-decided, split).",
+)
+@click.option(
+    "--videos",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="With --report: the folder of the videos (as img-extract scanned it); rows get a player (files linked).",
+)
 @runtime_options
 def main(
     checkpoint_path: Path,
-    split: str,
+    splits: tuple[str, ...],
     batch_size: int | None,
     slot_noise: str,
     seed: int,
     drop_audio: bool,
     as_json: bool,
     predictions: Path | None,
+    report: Path | None,
+    videos: Path | None,
     device: str | None,
     precision: str | None,
     workers: int | None,
@@ -92,16 +108,22 @@ def main(
     Examples:
       img-eval runs/charades/best.pt
       img-eval runs/charades/best.pt --dataset charades-am --json --predictions am.jsonl
+      img-eval runs/charades/best.pt --split test --split train-val --report report.html --videos videos/
       img-eval converted.pt --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet \\
                --audio panns --text text.h5 --slot-noise always --seed 1
     """
     setup_logging(PROGRAM, verbose)
+    if videos is not None and report is None:
+        fail(PROGRAM, "--videos links the videos into the HTML report: add --report report.html")
     try:
-        report, rows = _evaluate(
-            checkpoint_path, split, batch_size, slot_noise, seed, drop_audio, device, precision, workers, threads, data
-        )
+        reports, rows = _evaluate(
+            checkpoint_path, splits or ("test",), batch_size, slot_noise, seed, drop_audio, device, precision,
+            workers, threads, data,
+        )  # fmt: skip
         if predictions is not None:
             _write_jsonl(predictions, rows)
+        if report is not None:
+            _write_report(report, reports, rows, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(PROGRAM, str(error))
         return
@@ -110,14 +132,15 @@ def main(
         fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
     if as_json:
-        click.echo(json.dumps(report.as_json(), indent=2))
+        payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
+        click.echo(json.dumps(payload, indent=2))
     else:
-        click.echo(_tables(report))
+        click.echo("\n\n".join(_tables(report) for report in reports))
 
 
 def _evaluate(
     checkpoint_path: Path,
-    split: str,
+    splits: tuple[str, ...],
     batch_size: int | None,
     slot_noise: str,
     seed: int,
@@ -127,7 +150,8 @@ def _evaluate(
     workers: int | None,
     threads: int | None,
     data: dict[str, Any],
-) -> tuple[Any, list[dict[str, Any]]]:
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The report of each split, and the prediction rows of all of them (in split order)."""
     from img_model.checkpoint import read_checkpoint
     from img_model.convert import load_into
     from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources, carve_validation
@@ -151,35 +175,42 @@ def _evaluate(
     device = resolve_device(device_spec or "auto", precision, threads or 0)
     model.to(device).eval()
 
-    splits = sources.splits()
-    if split == HELD_OUT_SPLIT and run is not None and "train" in splits:
-        records = carve_validation(splits["train"], run.train.val_fraction, run.train.seed)[1]
-    elif split in splits:
-        records = splits[split]
-    else:
-        raise UsageError(f"--split {split}: {data_config.dataset} has the splits {', '.join(sorted(splits))}")
-    dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=drop_audio)
-    log.info("%s", dataset.coverage.summary())
+    available = sources.splits()
+    chosen = {}
+    for split in dict.fromkeys(splits):  # every name is checked before anything is computed
+        if split == HELD_OUT_SPLIT and run is not None and "train" in available:
+            chosen[split] = carve_validation(available["train"], run.train.val_fraction, run.train.seed)[1]
+        elif split in available:
+            chosen[split] = available[split]
+        else:
+            raise UsageError(f"--split {split}: {data_config.dataset} has the splits {', '.join(sorted(available))}")
     batch_size = batch_size or (run.train.eval_batch_size if run else 16)
     workers = workers if workers is not None else 0
     evaluator = Evaluator(device, precision, batch_size, workers, seed)
-    predictions = evaluator.predict(model, dataset)
-    report = EvalReport.from_predictions(
-        split,
-        predictions,
-        checkpoint=str(checkpoint_path),
-        checkpoint_source=checkpoint.source,
-        select_on=checkpoint.select_on,
-        dataset=data_config.dataset,
-        slot_noise=slot_noise,
-        seed=seed,
-        drop_audio=drop_audio,
-        batch_size=batch_size,
-        align=data_config.align,
-        coverage=dataset.coverage.as_dict(),
-        notes=notes,
-    )
-    return report, [prediction.as_json() for prediction in predictions]
+    reports, rows = [], []
+    for split, records in chosen.items():
+        dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=drop_audio)
+        log.info("%s", dataset.coverage.summary())
+        predictions = evaluator.predict(model, dataset)
+        reports.append(
+            EvalReport.from_predictions(
+                split,
+                predictions,
+                checkpoint=str(checkpoint_path),
+                checkpoint_source=checkpoint.source,
+                select_on=checkpoint.select_on,
+                dataset=data_config.dataset,
+                slot_noise=slot_noise,
+                seed=seed,
+                drop_audio=drop_audio,
+                batch_size=batch_size,
+                align=data_config.align,
+                coverage=dataset.coverage.as_dict(),
+                notes=notes,
+            )
+        )
+        rows += [prediction.as_json() for prediction in predictions]
+    return reports, rows
 
 
 def _tables(report: Any) -> str:
@@ -207,6 +238,21 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         tmp.unlink(missing_ok=True)
         raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
     log.info("wrote %d predictions to %s", len(rows), path)
+
+
+def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], videos: Path | None) -> None:
+    from img_model.report import write_report
+
+    first = reports[0].context
+    context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
+    if first["drop_audio"]:
+        context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
+    title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
+    try:
+        write_report(path, rows, title, context, videos)
+    except OSError as error:
+        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
+    log.info("wrote the report of %d queries to %s", len(rows), path)
 
 
 if __name__ == "__main__":

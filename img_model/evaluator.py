@@ -7,8 +7,8 @@ time and the caller's generators are untouched (a training run evaluates without
 
 Predictions JSONL (`--predictions FILE`), one object per query, in dataset order:
 
-    {"qid": "qid_12408", "video_id": "3MSZA", "duration": 30.96, "num_steps": 31,
-     "ground_truth": [24.3, 30.4], "has_audio": true, "audio_importance": 0.41,
+    {"qid": "qid_12408", "video_id": "3MSZA", "query": "a person opens the door", "split": "test",
+     "duration": 30.96, "num_steps": 31, "ground_truth": [24.3, 30.4], "has_audio": true, "audio_importance": 0.41,
      "branches": {"fused":  {"span": [24.0, 30.96], "steps": [24, 30], "score": 0.31, "iou": 0.87,
                              "top": [{"span": [...], "steps": [...], "score": ..., "iou": ...}, ... 5]},
                   "visual": {...}, "audio": {...}}}
@@ -40,6 +40,7 @@ from img_model.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.model import IMG, IMGOutput
 from img_model.provenance import differences
 from img_model.runtime import autocast
+from manifests.records import QueryRecord
 
 BRANCHES = {
     "fused": ("start_logits_av", "end_logits_av"),
@@ -80,11 +81,15 @@ class QueryPrediction:
     has_audio: bool
     audio_importance: float
     branches: dict[str, BranchPrediction] = field(default_factory=dict)
+    query: str = ""  # the sentence
+    split: str = ""  # the split evaluated (train-val for the held-out training videos)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "qid": self.qid,
             "video_id": self.video_id,
+            "query": self.query,
+            "split": self.split,
             "duration": self.duration,
             "num_steps": self.num_steps,
             "ground_truth": list(self.ground_truth),
@@ -167,19 +172,21 @@ class Evaluator:
     def predict(self, model: IMG, dataset: MomentDataset) -> list[QueryPrediction]:
         was_training = model.training
         model.eval()
-        videos = {record.qid: record.video_id for record in dataset.records}
+        records = {record.qid: record for record in dataset.records}
         predictions: list[QueryPrediction] = []
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(self.seed)
                 for batch in self.loader(dataset):
-                    predictions += self._predict_batch(model, batch.to(self.device), videos)
+                    predictions += self._predict_batch(model, batch.to(self.device), records, dataset.split)
         finally:
             model.train(was_training)
         return self.gather(predictions)
 
-    def _predict_batch(self, model: IMG, batch: Batch, videos: dict[str, str]) -> list[QueryPrediction]:
+    def _predict_batch(
+        self, model: IMG, batch: Batch, records: dict[str, QueryRecord], split: str
+    ) -> list[QueryPrediction]:
         with autocast(self.device, self.precision):
             outputs = model(**batch.model_inputs(), p_warm=1.0)
         lengths = batch.lengths.cpu().numpy()
@@ -191,7 +198,9 @@ class Evaluator:
         return [
             QueryPrediction(
                 qid=qid,
-                video_id=videos[qid],
+                video_id=records[qid].video_id,
+                query=records[qid].sentence,
+                split=split,
                 duration=float(durations[row]),
                 num_steps=int(lengths[row]),
                 ground_truth=(float(truth[0][row]), float(truth[1][row])),

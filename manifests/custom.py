@@ -15,6 +15,7 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord, clip_span, is_number
@@ -171,4 +172,10 @@ def store_durations(store_path: Path) -> dict[str, float]:
 
     with FeatureStore(store_path) as store:
         attrs = {video_id: read_stream_attrs(store.metadata(video_id)) for video_id in store.video_ids()}
-    return {video_id: float(meta.get("header_duration") or meta["stream_end"]) for video_id, meta in attrs.items()}
+    return {video_id: video_duration(meta) for video_id, meta in attrs.items()}
+
+
+def video_duration(attrs: Mapping[str, Any]) -> float:
+    """A stored video's duration in seconds (its attributes under today's names): its header's duration, else
+    where its packets end."""
+    return float(attrs.get("header_duration") or attrs["stream_end"])

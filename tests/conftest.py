@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,6 +62,32 @@ def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     panns = {**golden_tensors("panns_cnn14", 301), **Cnn14().front_end.published_tensors()}
     torch.save({"iteration": 0, "model": panns}, folder / "Cnn14_mAP=0.431.pth")
     return folder
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, published_weights: Path) -> Any:
+    """A checkpoint trained on CLIP + VGGish features of ffmpeg-made videos (tests/real_run.py), once per session."""
+    from tests.real_run import make_real_run
+
+    return make_real_run(tmp_path_factory.mktemp("real-run"), tiny_clip, published_weights)
+
+
+CHROMIUM_PACKAGE = "chromium-headless-shell"  # Debian's package; `playwright install` cannot download here
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright; the browser tests skip, naming the package, where it is missing."""
+    executable = shutil.which(CHROMIUM_PACKAGE)
+    if executable is None:
+        pytest.skip(f"browser tests need Debian's {CHROMIUM_PACKAGE} (apt-get install {CHROMIUM_PACKAGE})")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package (dev)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -54,3 +54,7 @@ def run_img_train(*args: str | Path, timeout: float = 600) -> subprocess.Complet
 
 def run_img_eval(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return _run("img_model.eval_cli", "img-eval", args, timeout)
+
+
+def run_img_predict(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return _run("img_model.predict_cli", "img-predict", args, timeout)

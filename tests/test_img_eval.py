@@ -66,8 +66,10 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     test_qids = [qid for qid in data.families if int(qid[4:]) >= 3 * TINY_SPEC.train_videos_per_family]
     assert [row["qid"] for row in rows] == test_qids and report["queries"] == len(rows)
     row = rows[0]
-    assert set(row) == {"qid", "video_id", "duration", "num_steps", "ground_truth", "has_audio", "audio_importance",
-                        "branches"}  # fmt: skip
+    assert set(row) == {"qid", "video_id", "query", "split", "duration", "num_steps", "ground_truth", "has_audio",
+                        "audio_importance", "branches"}  # fmt: skip
+    sentences = {r["qid"]: r["query"] for r in map(json.loads, data.annotations.read_text().splitlines())}
+    assert all(r["query"] == sentences[r["qid"]] and r["split"] == "test" for r in rows)
     assert set(row["branches"]) == set(BRANCHES) == set(report["branches"])
     fused = row["branches"]["fused"]
     assert set(fused) == {"span", "steps", "score", "iou", "top"} and 1 <= len(fused["top"]) <= 5

@@ -1,0 +1,294 @@
+"""img-predict: a checkpoint answering typed queries on a video file, and a local demo page (serve).
+
+A thin layer over img_model.predictor.Predictor: the CLI maps flags onto it and prints its answers; every
+failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from extract.errors import ImgVmrError, UsageError, VideoDecodeError
+from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging
+from img_model.convert import CheckpointLayoutError
+
+log = logging.getLogger("img_vmr.predict")
+PROGRAM = "img-predict"
+EXIT_STATUS = (
+    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
+    "internal error, 2 usage error: a bad query, or a checkpoint or weights that do not fit."
+)
+
+
+class _DefaultToAnswer(click.Group):
+    """`img-predict --checkpoint C VIDEO QUERY...` answers; `img-predict serve ...` starts the demo page."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["answer", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToAnswer, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Answer text queries on a video with a trained IMG checkpoint: the start and end of the moment.
+
+    \b
+    img-predict --checkpoint RUN/best.pt VIDEO "query" ["query" ...]   answer (same as `img-predict answer ...`)
+    img-predict serve --checkpoint RUN/best.pt --videos DIR            a demo page on http://127.0.0.1:8080
+
+    Every option: img-predict answer --help, img-predict serve --help.
+    """
+
+
+def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that build a Predictor (answer and serve share them)."""
+    options = [
+        click.option(
+            "--checkpoint",
+            required=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="An img_model checkpoint: RUN/best.pt of img-train, or a converted official checkpoint.",
+        ),
+        click.option(
+            "--cache",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Feature cache folder: a video's features are extracted once per recipe (default "
+            "$IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict).",
+        ),
+        click.option(
+            "--weights-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Folder with the feature models' weights, as for img-extract (default $IMG_WEIGHTS_DIR or "
+            "~/.cache/img-vmr). Their sha256 must be the checkpoint's.",
+        ),
+        click.option("--clip-model", default=None, help="CLIP model folder or id, as for img-extract --clip-model."),
+        click.option(
+            "--text-model", default=None, help="BERT / CLIP-text model folder or id (default: the one recorded)."
+        ),
+        click.option(
+            "--trust-weights",
+            is_flag=True,
+            help="Use feature or text model weights whose sha256 differs from the checkpoint's (with a warning).",
+        ),
+        click.option(
+            "--visual",
+            default=None,
+            help="Converted checkpoints (no recorded recipe): the preset of their visual features.",
+        ),
+        click.option(
+            "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
+        ),
+        click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Distinct spans."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            default="fp32",
+            show_default=True,
+            help="IMG's precision (autocast; fp16 needs CUDA).",
+        ),
+        click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load(flags: dict[str, Any], progress: bool) -> Any:
+    from img_model.predictor import Predictor
+
+    return Predictor.from_checkpoint(
+        flags["checkpoint"],
+        flags["device"],
+        cache_dir=flags["cache"],
+        weights_dir=flags["weights_dir"],
+        clip_model=flags["clip_model"],
+        text_model=flags["text_model"],
+        trust_weights=flags["trust_weights"],
+        precision=flags["precision"],
+        threads=flags["threads"],
+        top_k=flags["top_k"],
+        visual=flags["visual"],
+        audio=flags["audio"],
+        progress=progress,
+    )
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Without -v: our lines and every warning, but not the extraction run's own lines (its summary, and its
+    failures, which come back as our one-line error) nor other INFO lines (device, precision)."""
+    if record.name.startswith("img_vmr.predict"):
+        return True
+    in_run = Path(record.pathname).parent.name == "run" and Path(record.pathname).parent.parent.name == "extract"
+    return record.levelno >= logging.WARNING and not in_run
+
+
+def _setup_logging(verbose: bool) -> None:
+    """The console's lines (see _quiet); -v shows everything, the model loaders' progress bars too."""
+    setup_logging(PROGRAM, verbose)
+    if verbose:
+        return
+    for handler in logging.getLogger("img_vmr").handlers:
+        handler.addFilter(_quiet)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def _one_line_errors(work: Callable[[], None]) -> None:
+    try:
+        work()
+    except VideoDecodeError as error:
+        fail(PROGRAM, str(error), EXIT_FAILED)
+    except (CheckpointLayoutError, ImgVmrError) as error:
+        log.debug("error", exc_info=True)
+        fail(PROGRAM, str(error), EXIT_USAGE)
+    except Exception as error:
+        log.debug("internal error", exc_info=True)
+        fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
+
+
+@main.command("answer", epilog=EXIT_STATUS)
+@click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("queries", nargs=-1)
+@click.option(
+    "--queries",
+    "queries_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help='More queries: a JSONL file of {"query": "..."} lines (other keys are ignored).',
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answers as one JSON object.")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a figure: the waveform, P(start)/P(end) over time, the answer and the top-k spans per query.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar while the video's features are extracted.")
+@predictor_options
+def answer_command(
+    video: Path,
+    queries: tuple[str, ...],
+    queries_file: Path | None,
+    as_json: bool,
+    plot: Path | None,
+    no_progress: bool,
+    **flags: Any,
+) -> None:
+    """Answer each QUERY on VIDEO: the moment's start and end in seconds, its score, the top-k distinct spans
+    and the audio-importance score.
+
+    \b
+    The video's features are made with the presets and weights recorded in the checkpoint (their sha256 is
+    checked) and cached, so a second query on the same video costs only the model. Words the checkpoint's
+    vocabulary does not know are read as <UNK> with a warning; a query with no known word is refused. A video
+    without audio is answered by the visual-only branch, and the answer says so.
+
+    \b
+    Examples:
+      img-predict --checkpoint runs/charades/best.pt kitchen.mp4 "a person opens the fridge"
+      img-predict --checkpoint runs/charades/best.pt kitchen.mp4 --queries q.jsonl --json --plot kitchen.png
+    """
+    _setup_logging(flags["verbose"])
+
+    def work() -> None:
+        texts = [*queries, *(_read_queries_file(queries_file) if queries_file else [])]
+        if not texts:
+            raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
+        predictor = _load(flags, progress=not no_progress)
+        answers = predictor.predict(video, texts)
+        if plot is not None:
+            from img_model.predict_plot import plot_answers, read_envelope
+
+            envelope = read_envelope(video, answers.duration) if answers.has_audio else None
+            log.info("wrote %s", plot_answers(answers, plot, envelope))
+        click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
+
+    _one_line_errors(work)
+
+
+def _read_queries_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read --queries {path} ({getattr(error, 'strerror', None) or error})") from None
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{path} line {number}: not JSON ({error.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("query"), str):
+            raise UsageError(f'{path} line {number}: expected an object with a "query" string')
+        texts.append(item["query"])
+    return texts
+
+
+def _text(answers: Any) -> str:
+    audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
+    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}"]
+    for number, answer in enumerate(answers.answers, 1):
+        importance = "" if answer.audio_importance is None else f", audio importance {answer.audio_importance:.3f}"
+        lines.append(
+            f'{number}. "{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.4f}{importance}'
+        )
+        lines.append("   top: " + "  ".join(f"{s.start:.2f}-{s.end:.2f} ({s.score:.4f})" for s in answer.top))
+    return "\n".join(lines)
+
+
+@main.command("serve", epilog="\b\nExit status: 0 stopped with Ctrl-C, 2 usage error.")
+@click.option(
+    "--videos",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Folder of videos to pick from; nothing outside it is served.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (only this machine by default).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True, help="Port.")
+@predictor_options
+def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
+    """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
+    player seeking to them, and the audio-importance score.
+
+    \b
+    Requests are answered one at a time per model (others wait in line). Only files under --videos are served:
+    paths that leave it (../, encoded or not, or links to elsewhere) are refused.
+
+    \b
+    Example:
+      img-predict serve --checkpoint runs/charades/best.pt --videos ~/videos --port 8080
+    """
+    _setup_logging(flags["verbose"])
+
+    def work() -> None:
+        import uvicorn
+
+        from img_model.demo_server import create_app
+
+        predictor = _load(flags, progress=False)
+        app = create_app(predictor, videos)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
+        log.info("demo page on http://%s:%d (Ctrl-C stops it)", host, port)
+        uvicorn.run(app, host=host, port=port, log_level="info" if flags["verbose"] else "warning")
+
+    _one_line_errors(work)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""img-predict --plot: a figure of the answers on the video's timeline (matplotlib, Agg backend: no display).
+
+Top panel: the audio waveform (the file's soundtrack as the audio models hear it: mono, the mean of the
+channels), as its peak envelope. Then one panel per query: P_start and P_end over the steps of the video's
+grid, the chosen span shaded, the top-k spans as bars under the curves (best first, darkest), and in the
+title the score and the audio-importance score (or that no audio was used).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from extract.decode import AudioSampling, iter_audio
+from extract.probe import probe
+from img_model.predictor import VideoAnswers
+
+WAVEFORM_RATE = 8000  # samples per second decoded for the picture
+WAVEFORM_BINS = 2000
+
+
+def read_envelope(video: str | os.PathLike[str], duration: float, bins: int = WAVEFORM_BINS) -> np.ndarray | None:
+    """[bins, 2] (min, max) of the mono soundtrack over equal slices of [0, duration]; None without audio.
+
+    Streamed chunk by chunk: memory does not grow with the video's length."""
+    stream = probe(video)
+    if not stream.has_audio:
+        return None
+    per_bin = max(duration, 1e-6) * WAVEFORM_RATE / bins
+    low, high = np.zeros(bins, np.float32), np.zeros(bins, np.float32)
+    for chunk in iter_audio(stream, AudioSampling(sample_rate=WAVEFORM_RATE, chunk_seconds=10.0)):
+        first = round(chunk.start_seconds * WAVEFORM_RATE)
+        index = np.minimum(((first + np.arange(len(chunk.samples))) / per_bin).astype(np.int64), bins - 1)
+        np.minimum.at(low, index, chunk.samples)
+        np.maximum.at(high, index, chunk.samples)
+    return np.stack([low, high], axis=1)
+
+
+def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: np.ndarray | None) -> Path:
+    """Write the figure to `out` (the format follows the suffix: .png, .svg, .pdf)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(answers.answers) + 1
+    figure, axes = plt.subplots(rows, 1, figsize=(10, 1.4 + 1.9 * (rows - 1)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    duration = answers.duration
+    wave = axes[0]
+    if envelope is not None:
+        times = (np.arange(len(envelope)) + 0.5) * duration / len(envelope)
+        wave.fill_between(times, envelope[:, 0], envelope[:, 1], color="#555555", linewidth=0)
+        wave.set_ylim(-1.05, 1.05)
+    else:
+        wave.text(0.5, 0.5, "no audio stream", ha="center", va="center", transform=wave.transAxes, color="#777777")
+        wave.set_yticks([])
+    audio = "audio used" if answers.audio_used else f"audio not used: {answers.note}"
+    wave.set_title(f"{Path(answers.video).name}: {duration:.2f} s, {answers.num_steps} steps; {audio}", fontsize=10)
+    wave.set_ylabel("audio")
+    edges = answers.step_times()
+    for axis, answer in zip(axes[1:], answers.answers, strict=True):
+        axis.stairs(answer.start_probabilities, edges, color="#1f77b4", label="P(start)")
+        axis.stairs(answer.end_probabilities, edges, color="#d62728", label="P(end)")
+        peak = max(max(answer.start_probabilities), max(answer.end_probabilities))
+        axis.axvspan(answer.start, answer.end, color="#2ca02c", alpha=0.18, label="answer")
+        for rank, span in enumerate(answer.top):
+            level = -0.06 * peak * (rank + 1)
+            axis.hlines(level, span.start, span.end, color="#2ca02c", alpha=1.0 - 0.15 * rank, linewidth=3)
+        axis.set_ylim(-0.06 * peak * (len(answer.top) + 1.5), peak * 1.15)
+        importance = (
+            f"audio importance {answer.audio_importance:.2f}"
+            if answer.audio_importance is not None
+            else "no audio: visual branch"
+        )
+        axis.set_title(
+            f'"{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.3f}; {importance}; '
+            f"bars: top {len(answer.top)}",
+            fontsize=9,
+        )
+        axis.set_ylabel("probability")
+        axis.legend(loc="upper right", fontsize=7)
+    axes[-1].set_xlim(0, duration)
+    axes[-1].set_xlabel("seconds")
+    figure.tight_layout()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

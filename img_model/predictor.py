@@ -1,0 +1,281 @@
+"""A trained checkpoint answering typed queries on a video file (what img-predict and its demo page run).
+
+    from img_model.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint("runs/charades/best.pt", device="cpu")
+    video = predictor.predict("kitchen.mp4", ["a person opens the fridge", "someone laughs"])
+    for answer in video.answers:
+        answer.start, answer.end, answer.score  # seconds, P_start(i) * P_end(j)
+        answer.top  # the top-k distinct spans, best first
+        answer.audio_importance  # the model's predicted p (None when no audio was used)
+
+Features are made from the file with the checkpoint's recorded recipes and cached (img_model/video_features.py);
+queries become the checkpoint's text inputs (img_model/query_inputs.py). Each answer is the fused branch's span,
+decoded as img-eval decodes it (the argmax of P_start(i)·P_end(j), j >= i, img_spec.md §7.9), on the video's
+uniform grid of N steps (a span (i, j) covers [i·D/N, (j+1)·D/N]). A video without audio is read with a zero
+audio track as evaluation does (§7.17) and answered by the visual-only branch; the answer says so
+(`audio_used` false, `branch` "visual", `note` why). Evaluation is deterministic: initial slots = mu.
+
+Each query runs in a batch of its own. The published model's outputs depend on the padding of its batch (the
+character CNN sees the longest word of the batch, the query encoder the longest query), so a batch of several
+queries would make an answer depend on which other queries were asked with it. Alone, a query gets exactly what
+`img-eval --batch-size 1` computes for it on the same features (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from img_model.alignment import align
+from img_model.checkpoint import Checkpoint, read_checkpoint
+from img_model.dataset import Sample, collate
+from img_model.decoding import best_span, index_to_time, top_spans
+from img_model.evaluator import BRANCHES
+from img_model.model import IMG
+from img_model.query_inputs import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
+from img_model.runtime import autocast, resolve_device
+from img_model.video_features import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
+
+log = logging.getLogger("img_vmr.predict")
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Span:
+    start: float  # seconds
+    end: float
+    score: float  # P_start(i) * P_end(j)
+
+    def as_json(self) -> dict[str, float]:
+        return {"start": self.start, "end": self.end, "score": self.score}
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    query: str
+    start: float  # seconds
+    end: float
+    score: float
+    top: tuple[Span, ...]  # the top-k distinct spans, best first (the first is [start, end])
+    branch: str  # "fused", or "visual" when no audio was used
+    audio_importance: float | None  # the predicted p; None when no audio was used
+    unknown_words: tuple[str, ...] = ()  # words read as <UNK>
+    start_probabilities: tuple[float, ...] = ()  # P_start per step of the video's grid
+    end_probabilities: tuple[float, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "start": self.start,
+            "end": self.end,
+            "score": self.score,
+            "branch": self.branch,
+            "audio_importance": self.audio_importance,
+            "unknown_words": list(self.unknown_words),
+            "top": [span.as_json() for span in self.top],
+            "start_probabilities": list(self.start_probabilities),
+            "end_probabilities": list(self.end_probabilities),
+        }
+
+
+@dataclass(frozen=True)
+class VideoAnswers:
+    video: str
+    duration: float  # seconds
+    num_steps: int  # N: step i covers [i·D/N, (i+1)·D/N)
+    has_audio: bool  # the file has an audio stream
+    audio_used: bool  # its audio features were read (else: the visual-only branch answered)
+    note: str  # why the audio was not used ("" when it was)
+    answers: tuple[QueryAnswer, ...]
+
+    def step_times(self) -> np.ndarray:
+        """[N + 1] boundaries of the steps in seconds."""
+        return np.arange(self.num_steps + 1) * self.duration / self.num_steps
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "video": self.video,
+            "duration": self.duration,
+            "num_steps": self.num_steps,
+            "has_audio": self.has_audio,
+            "audio_used": self.audio_used,
+            "note": self.note,
+            "answers": [answer.as_json() for answer in self.answers],
+        }
+
+
+class Predictor:
+    """A checkpoint's model, its feature cache and its text inputs, ready to answer queries on video files.
+
+    Not thread-safe: one predict() at a time (the demo server queues its requests)."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        features: FeatureCache,
+        queries: GloveQueries | EncodedQueries,
+        device: torch.device,
+        precision: str = "fp32",
+        top_k: int = DEFAULT_TOP_K,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.config = dataclasses.replace(checkpoint.config, slot_noise="never")  # deterministic: slots = mu
+        self.model = IMG(self.config)
+        from img_model.convert import load_into
+
+        load_into(self.model, checkpoint.state_dict)
+        self.model.to(device).eval()
+        self.features = features
+        self.queries = queries
+        self.device = device
+        self.precision = precision
+        self.top_k = top_k
+        run_data = (checkpoint.run or {}).get("data", {})
+        self.align_rule = run_data.get("align", "img")
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        weights_dir: str | os.PathLike[str] | None = None,
+        clip_model: str | None = None,
+        text_model: str | None = None,
+        trust_weights: bool = False,
+        precision: str = "fp32",
+        threads: int = 0,
+        top_k: int = DEFAULT_TOP_K,
+        visual: str | None = None,
+        audio: str | None = None,
+        progress: bool = False,
+    ) -> Predictor:
+        """Load a checkpoint (RUN/best.pt, or a converted one with `visual` / `audio` presets named) and its
+        text model; the extraction models load on the first video that is not in the cache yet."""
+        checkpoint = read_checkpoint(path)
+        specs = recorded_specs(checkpoint, visual, audio)
+        resolved = resolve_device(device, precision, threads)
+        weights = Path(weights_dir) if weights_dir is not None else None
+        cache = FeatureCache(
+            specs,
+            Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            resolved,
+            weights,
+            clip_model,
+            trust_weights,
+            progress,
+        )
+        queries = query_reader(checkpoint, resolved, weights, text_model, trust_weights)
+        return cls(checkpoint, cache, queries, resolved, precision, top_k)
+
+    def read_queries(self, queries: Sequence[str]) -> list[QueryInput]:
+        """The text inputs of these queries; an empty query or one without a known word is a QueryError."""
+        inputs = read_queries(self.queries, queries)
+        for query in inputs:
+            if query.unknown_words:
+                log.warning(
+                    "%r: %s not in the checkpoint's vocabulary, read as <UNK> (the UNK vector)",
+                    query.text,
+                    ", ".join(query.unknown_words),
+                )
+        return inputs
+
+    def predict(self, video: str | os.PathLike[str], queries: Sequence[str], top_k: int | None = None) -> VideoAnswers:
+        """Answer every query on one video file."""
+        inputs = self.read_queries(queries)  # before the (costly) extraction: a bad query fails at once
+        features = self.features.features(video)
+        return self.answer(features, inputs, top_k or self.top_k)
+
+    @torch.inference_mode()
+    def answer(self, features: VideoFeatures, inputs: Sequence[QueryInput], top_k: int) -> VideoAnswers:
+        """The model's answers for already read features and queries."""
+        aligned = align(features.visual, features.audio, self.config.max_pos_len, self.align_rule)
+        audio_used = aligned.audio is not None
+        audio = (
+            aligned.audio if audio_used else np.zeros((len(aligned.visual), self.config.audio_feature_dim), np.float32)
+        )
+        branch = "fused" if audio_used else "visual"
+        answers: list[QueryAnswer] = []
+        for query in inputs:  # one query per forward: see the module's docstring
+            batch = collate([_sample(aligned.visual, audio, audio_used, features.duration, query)]).to(self.device)
+            with autocast(self.device, self.precision):
+                outputs = self.model(**batch.model_inputs(), p_warm=1.0)
+            answers += _answers(outputs, branch, [query], features.duration, top_k, audio_used)
+        note = features.audio_note or ("" if audio_used else "no audio features")
+        if not audio_used:
+            log.info("%s: %s; answered by the visual-only branch", features.path, note)
+        return VideoAnswers(
+            video=str(features.path),
+            duration=features.duration,
+            num_steps=len(aligned.visual),
+            has_audio=features.has_audio,
+            audio_used=audio_used,
+            note=note,
+            answers=tuple(answers),
+        )
+
+
+def _sample(visual: np.ndarray, audio: np.ndarray, has_audio: bool, duration: float, query: QueryInput) -> Sample:
+    """A query on this video as the model reads it; there is no ground truth, so the label fields are 0."""
+    return Sample(
+        qid=query.text,
+        video=visual,
+        audio=audio,
+        has_audio=has_audio,
+        start_index=0,
+        end_index=0,
+        start_time=0.0,
+        end_time=0.0,
+        duration=duration,
+        word_ids=query.word_ids,
+        char_ids=query.char_ids,
+        query_features=query.features,
+    )
+
+
+def _answers(
+    outputs: Any, branch: str, inputs: Sequence[QueryInput], duration: float, top_k: int, audio_used: bool
+) -> list[QueryAnswer]:
+    start_logits, end_logits = (getattr(outputs, name).float() for name in BRANCHES[branch])
+    steps = start_logits.shape[1]
+    best = best_span(start_logits, end_logits)
+    top = top_spans(start_logits, end_logits, top_k)
+    best_start, best_end = index_to_time(best.start.cpu().numpy(), best.end.cpu().numpy(), steps, duration)
+    start_probabilities = torch.softmax(start_logits, dim=1).cpu().numpy()
+    end_probabilities = torch.softmax(end_logits, dim=1).cpu().numpy()
+    importance = outputs.aip_prob.float().cpu().numpy()
+    answers = []
+    for row, query in enumerate(inputs):
+        found = top.start[row] >= 0
+        starts, ends = index_to_time(top.start[row][found].cpu().numpy(), top.end[row][found].cpu().numpy(), steps,
+                                     duration)  # fmt: skip
+        spans = tuple(
+            Span(float(a), float(b), float(s))
+            for a, b, s in zip(starts, ends, top.score[row][found].tolist(), strict=True)
+        )
+        answers.append(
+            QueryAnswer(
+                query=query.text,
+                start=float(best_start[row]),
+                end=float(best_end[row]),
+                score=float(best.score[row]),
+                top=spans,
+                branch=branch,
+                audio_importance=float(importance[row]) if audio_used else None,
+                unknown_words=query.unknown_words,
+                start_probabilities=tuple(start_probabilities[row].tolist()),
+                end_probabilities=tuple(end_probabilities[row].tolist()),
+            )
+        )
+    return answers

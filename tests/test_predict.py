@@ -1,0 +1,199 @@
+"""img-predict on real video files made with ffmpeg, with a checkpoint trained on CLIP + VGGish features that the
+real presets extract (tests/real_run.py): answers, the cache, the plot, and every one-line error.
+
+The CLI runs as users run it (subprocesses) where its own behaviour is checked: the answers, the plot, the text
+output and one-line errors. The other checks use the Python API with one shared feature cache, so each video
+is extracted once in this module."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from extract.errors import UsageError
+from img_model.checkpoint import read_checkpoint
+from img_model.convert import CheckpointLayoutError
+from img_model.errors import CheckpointMismatchError, QueryError
+from img_model.predict_cli import _read_queries_file
+from img_model.predictor import Predictor
+from img_model.video_features import recorded_specs
+from tests.broken_media import make_broken_audio_video
+from tests.img_cli import run_img_eval, run_img_predict
+from tests.real_run import SILENT_VIDEO, RealRun
+
+pytestmark = pytest.mark.slow  # the session's real_run: extraction, text and training through the CLIs (~40 s)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("predict-cache")
+
+
+@pytest.fixture(scope="module")
+def predictor(real_run: RealRun, cache: Path) -> Predictor:
+    return Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, cache))
+
+
+def predictor_options(real_run: RealRun, cache: Path) -> dict[str, Any]:
+    return {"cache_dir": cache, "weights_dir": real_run.weights_dir, "clip_model": str(real_run.clip_model),
+            "threads": 1}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_answers(real_run: RealRun, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """img-predict on the test video with audio: its test queries (one on the command line, one from --queries)
+    and a query with an unknown word, with --json and --plot; and img-eval's predictions of the same queries."""
+    folder = tmp_path_factory.mktemp("cli-answers")
+    evaluated = run_img_eval(real_run.checkpoint, "--batch-size", "1", "--threads", "1",
+                             "--predictions", folder / "test.jsonl")  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
+    evaluated_rows = [row for row in rows if row["video_id"] == "clip4"]
+    queries = folder / "queries.jsonl"
+    queries.write_text(json.dumps({"query": evaluated_rows[1]["query"], "qid": "ignored"}) + "\n\n")
+    predicted = run_img_predict(*real_run.predict_options(cache), real_run.videos / "clip4.mp4",
+                                evaluated_rows[0]["query"], "--queries", queries, "a dog barks loudly", "--json",
+                                "--plot", folder / "plot.png")  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    return {"rows": evaluated_rows, "answers": json.loads(predicted.stdout), "stderr": predicted.stderr,
+            "plot": folder / "plot.png"}  # fmt: skip
+
+
+def test_predict_answers_a_real_video_exactly_as_img_eval_scores_its_features(cli_answers: dict[str, Any]) -> None:
+    answers = cli_answers["answers"]
+    rows = cli_answers["rows"]
+    assert answers["audio_used"] and answers["num_steps"] == rows[0]["num_steps"]
+    # Command-line queries come first, then the file's: the file's query is the third answer.
+    for row, answer in zip(rows, (answers["answers"][0], answers["answers"][2]), strict=True):
+        fused = row["branches"]["fused"]
+        assert answer["query"] == row["query"] and answer["branch"] == "fused"
+        assert [answer["start"], answer["end"]] == pytest.approx(fused["span"], abs=1e-4)
+        assert answer["score"] == pytest.approx(fused["score"], rel=1e-4)
+        assert answer["audio_importance"] == pytest.approx(row["audio_importance"], rel=1e-4, abs=1e-9)
+        top = [[span["start"], span["end"]] for span in answer["top"]]
+        np.testing.assert_allclose(top, [span["span"] for span in fused["top"]], atol=1e-4)
+        assert len({tuple(span) for span in top}) == len(top) == 5
+
+
+def test_an_unknown_word_reads_as_unk_with_a_warning_naming_it(cli_answers: dict[str, Any]) -> None:
+    assert "'a dog barks loudly': barks not in the checkpoint's vocabulary, read as <UNK>" in cli_answers["stderr"]
+    assert cli_answers["answers"]["answers"][1]["unknown_words"] == ["barks"]
+
+
+def test_the_plot_shows_the_waveform_and_a_panel_per_query(cli_answers: dict[str, Any]) -> None:
+    from matplotlib.image import imread
+
+    image = imread(cli_answers["plot"])
+    assert image.shape[:2] == (710, 1000)  # 10 x (1.4 + 3 x 1.9) inches at 100 dpi: waveform + 3 queries
+    dark = (image[..., :3].mean(axis=2) < 0.5).mean(axis=1)
+    assert (dark > 0.3).sum() > 5  # the waveform panel is filled: the 440 Hz tone, drawn as its envelope
+
+
+def test_a_video_without_audio_is_answered_by_the_visual_branch_and_says_so(real_run: RealRun, cache: Path) -> None:
+    query = real_run.queries()[-1]["query"]
+    video = real_run.videos / f"{SILENT_VIDEO}.mp4"
+    result = run_img_predict(*real_run.predict_options(cache), video, query)
+    assert result.returncode == 0, result.stderr
+    assert f"{video}: 13.00 s, 13 steps, audio not used (the video has no audio stream): visual branch" in result.stdout
+    assert f'1. "{query}": ' in result.stdout and "audio importance" not in result.stdout
+
+
+def test_the_answer_of_a_video_without_audio_says_which_branch(predictor: Predictor, real_run: RealRun) -> None:
+    answers = predictor.predict(real_run.videos / f"{SILENT_VIDEO}.mp4", ["a person waves a hand"])
+    assert (answers.has_audio, answers.audio_used, answers.note) == (False, False, "the video has no audio stream")
+    assert answers.answers[0].branch == "visual" and answers.answers[0].audio_importance is None
+
+
+def test_a_second_query_on_a_cached_video_loads_no_extraction_model(
+    predictor: Predictor, real_run: RealRun, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = real_run.videos / "clip4.mp4"
+    first = predictor.predict(video, ["a person waves a hand"])
+
+    def no_model(*args: object) -> None:
+        raise AssertionError("an extraction model was loaded for a video already in the cache")
+
+    monkeypatch.setattr("extract.models.build_extractor", no_model)
+    again = Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, cache))  # a new run
+    second = again.predict(video, ["a person waves a hand", "the door slams shut"])
+    assert second.answers[0] == first.answers[0]
+    assert second.answers[1].query == "the door slams shut"
+
+
+def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run: RealRun) -> None:
+    with pytest.raises(QueryError, match=r"no word of 'barks knocks' is in the checkpoint's vocabulary \(12 words"):
+        predictor.predict(real_run.videos / "clip4.mp4", ["barks knocks"])
+
+
+def test_an_empty_query_is_one_line_before_anything_is_extracted(real_run: RealRun, tmp_path: Path) -> None:
+    result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4", "  ")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "img-predict: error: empty query: type what happens in the moment you are looking for\n"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused(real_run: RealRun, tmp_path: Path) -> None:
+    stored = torch.load(real_run.checkpoint, weights_only=True)
+    stored["format_version"] = 2
+    torch.save(stored, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointLayoutError, match=r"written by a newer img-vmr \(format 2\); upgrade to read it"):
+        Predictor.from_checkpoint(tmp_path / "newer.pt", "cpu", cache_dir=tmp_path)
+
+
+def test_a_video_that_fails_to_decode_is_one_line_naming_the_stage(real_run: RealRun, cache: Path, tmp_path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes((real_run.videos / "clip4.mp4").read_bytes()[:2000])  # half-downloaded: no moov atom
+    result = run_img_predict(*real_run.predict_options(cache), broken, "a person waves a hand")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"img-predict: error: {broken} failed at the probe stage: not a readable media file (moov atom not found: "
+        "the file is truncated or was never finished)\n"
+    )
+
+
+def test_an_undecodable_audio_stream_leaves_the_visual_branch_and_says_why(predictor: Predictor, tmp_path) -> None:
+    video = make_broken_audio_video(tmp_path / "broken-audio.mkv", seconds=6.0)
+    answers = predictor.predict(video, ["a person waves a hand"])
+    assert answers.has_audio and not answers.audio_used
+    assert answers.note.startswith(f"its audio could not be used: {video} failed at the audio stage: ")
+    assert answers.answers[0].branch == "visual"
+
+
+def test_other_weights_are_refused_unless_trusted(real_run: RealRun, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other-clip"
+    shutil.copytree(real_run.clip_model, other)
+    tensors = load_file(other / "model.safetensors")
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
+    options = {**predictor_options(real_run, tmp_path / "cache"), "clip_model": str(other)}
+    video = real_run.videos / "clip4.mp4"
+    with pytest.raises(CheckpointMismatchError, match=r"not the ones the checkpoint was trained on .*--trust-weights"):
+        Predictor.from_checkpoint(real_run.checkpoint, "cpu", **options).predict(video, ["a person waves a hand"])
+    trusted = Predictor.from_checkpoint(real_run.checkpoint, "cpu", trust_weights=True, **options)
+    assert trusted.predict(video, ["a person waves a hand"]).audio_used
+
+
+def test_the_checkpoint_of_the_run_records_the_presets_of_its_features(real_run: RealRun) -> None:
+    specs = recorded_specs(read_checkpoint(real_run.checkpoint))
+    assert [
+        (s.kind, s.name, s.recipe["preset"], s.recipe["frames.fps"] if s.kind == "visual" else None) for s in specs
+    ] == [
+        ("visual", "clip", "clip", 1.0),
+        ("audio", "vggish", "vggish", None),
+    ]
+
+
+def test_queries_file_lines_must_hold_a_query(tmp_path: Path) -> None:
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query": "a person waves a hand"}\n{"sentence": "no query key"}\n')
+    with pytest.raises(UsageError, match=f'{queries} line 2: expected an object with a "query" string'):
+        _read_queries_file(queries)

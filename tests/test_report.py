@@ -1,0 +1,209 @@
+"""img-eval --report: the self-contained HTML report, opened in headless Chromium (Playwright).
+
+One report comes from the real run through img-eval (metrics table against img-eval's own numbers, the split and
+wrong-answer filters, a player that seeks to the predicted start of an H.264 video made with ffmpeg); another from
+a generated predictions list of ActivityNet's size (17,502 queries) that must render one page at a time and
+filter without a reload."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from img_model.evaluator import BRANCHES
+from img_model.metrics import temporal_iou
+from img_model.report import report_data, write_report
+from tests.img_cli import run_img_eval
+from tests.real_run import RealRun
+
+ACTIVITYNET_TEST_QUERIES = 17502
+PAGE_SIZE = 50
+SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (README)
+
+
+def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Prediction rows shaped like img-eval's JSONL (two splits, a few videos without audio), with IoUs that
+    really are the IoUs of the spans."""
+    rng = np.random.default_rng(seed)
+    duration = rng.uniform(20, 200, count)
+    truth = np.sort(rng.uniform(0, 1, (count, 2)), axis=1) * duration[:, None]
+    branches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for branch in BRANCHES:
+        spans = np.sort(rng.uniform(0, 1, (count, 5, 2)), axis=2) * duration[:, None, None]
+        near = rng.random(count) < 0.4  # the best span is a near miss or a hit
+        noise = rng.normal(0, 1, (count, 2)) * (0.1 * (truth[:, 1:] - truth[:, :1]) + 1)
+        spans[near, 0] = np.sort(np.clip(truth + noise, 0, duration[:, None]), axis=1)[near]
+        ious = temporal_iou(spans[..., 0], spans[..., 1], truth[:, :1], truth[:, 1:])
+        branches[branch] = (spans, ious)
+    importance = rng.uniform(size=count)
+    rows = []
+    for n in range(count):
+        predicted = {}
+        for branch, (spans, ious) in branches.items():
+            top = [{"span": spans[n, k].tolist(), "steps": [0, 1], "score": 0.1, "iou": float(ious[n, k])}
+                   for k in range(5)]  # fmt: skip
+            predicted[branch] = {
+                "span": top[0]["span"],
+                "steps": [0, 1],
+                "score": 0.1,
+                "iou": top[0]["iou"],
+                "top": top,
+            }
+        rows.append({"qid": f"q{n}", "video_id": f"v_{n // 4:05d}", "query": f"query number {n}",
+                     "split": "val_2" if n % 3 == 0 else "val_1", "duration": float(duration[n]), "num_steps": 128,
+                     "ground_truth": truth[n].tolist(), "has_audio": n % 50 != 0,
+                     "audio_importance": float(importance[n]), "branches": predicted})  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def activitynet_sized(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
+    """17,502 generated rows (one with markup in its query) and their report."""
+    rows = generated_rows(ACTIVITYNET_TEST_QUERIES)
+    rows[1]["query"] = "<img src=x onerror=window.injected=1> a person waves"
+    return rows, write_report(tmp_path_factory.mktemp("report") / "report.html", rows, title="ActivityNet-sized")
+
+
+def open_page(chromium: Any, url: str) -> tuple[Any, list[str]]:
+    """A page at `url` and the list of every request it makes (all must stay on this machine's files)."""
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_selector("#list tbody tr")
+    assert not errors, errors
+    return page, requests
+
+
+def save_screenshot(page: Any, path: Path, name: str) -> None:
+    page.screenshot(path=path, full_page=False)
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if folder:
+        page.screenshot(path=Path(folder) / name, full_page=False)
+
+
+def count_shown(page: Any) -> int:
+    return int(page.inner_text("#count").split(" of ")[0])
+
+
+# --- without a browser ------------------------------------------------------------------------------------------
+
+
+def test_the_report_is_one_file_with_nothing_to_fetch_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    rows = generated_rows(3)
+    rows[0]["query"] = "</script><script>window.injected = 1</script> <!-- <b>bold</b>"
+    path = write_report(tmp_path / "report.html", rows, title="<i>title</i>")
+    text = path.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text and "<link" not in text and " src=" not in text
+    assert text.count("</script>") == 2  # the data block and the page's script: the query's is escaped
+    assert "<title>&lt;i&gt;title&lt;/i&gt;</title>" in text
+
+
+@pytest.mark.slow
+def test_the_size_of_an_activitynet_report_stays_small(activitynet_sized: tuple[list, Path]) -> None:
+    assert activitynet_sized[1].stat().st_size < 4_000_000  # ~200 bytes a query: the page parses it at once
+
+
+def test_the_filters_flags_are_the_metrics_ious() -> None:
+    rows = generated_rows(400)
+    data = report_data(rows, "t")
+    correct = np.array([row[data["columns"].index("correct")] for row in data["rows"]])
+    fused_at_half = (correct >> 1) & 1  # bit 3·branch + threshold: fused, 0.5
+    assert fused_at_half.mean() * 100 == pytest.approx(data["summaries"]["all"]["metrics"]["fused"]["R1@0.5"])
+    visual_at_07 = (correct >> (3 * 1 + 2)) & 1
+    assert visual_at_07.mean() * 100 == pytest.approx(data["summaries"]["all"]["metrics"]["visual"]["R1@0.7"])
+    assert data["summaries"]["val_2"]["queries"] == len([r for r in rows if r["split"] == "val_2"])
+
+
+def test_the_readme_shows_a_screenshot_of_the_report_and_of_the_demo_page_under_300_kb() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for name in ("docs/report.png", "docs/demo.png"):
+        assert f"]({name})" in readme
+        image = root / name
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 300_000
+
+
+# --- in the browser -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_report_of_17502_queries_renders_a_page_at_a_time_and_filters(
+    chromium: Any, activitynet_sized: tuple[list, Path]
+) -> None:
+    rows, path = activitynet_sized
+    page, requests = open_page(chromium, path.as_uri())
+    assert page.locator("#list tbody tr").count() == PAGE_SIZE
+    assert page.inner_text("#count") == f"{ACTIVITYNET_TEST_QUERIES} of {ACTIVITYNET_TEST_QUERIES} queries"
+    assert "a person waves" in page.inner_text("#list tbody") and page.locator("#list tbody img").count() == 0
+
+    wrong = sum(row["branches"]["fused"]["iou"] < 0.5 for row in rows)
+    page.check("#wrong")
+    assert count_shown(page) == wrong and page.locator("#list tbody tr").count() == PAGE_SIZE
+    page.uncheck("#wrong")
+    page.check("#audio-decided")
+    decided = [r for r in rows if r["branches"]["fused"]["iou"] >= 0.5 and r["branches"]["visual"]["iou"] < 0.5]
+    assert count_shown(page) == len(decided)
+    page.select_option("#split", "val_2")
+    assert count_shown(page) == sum(r["split"] == "val_2" for r in decided)
+    page.select_option("#threshold", "0.7")
+    strict = [
+        r
+        for r in rows
+        if r["split"] == "val_2" and r["branches"]["fused"]["iou"] >= 0.7 > r["branches"]["visual"]["iou"]
+    ]
+    assert count_shown(page) == len(strict)
+    page.click("#next")
+    assert page.inner_text("#page").startswith("page 2 of ")
+    assert all(url == path.as_uri() for url in requests), requests  # nothing fetched: one self-contained file
+    assert page.evaluate("window.injected") is None
+
+
+@pytest.mark.slow
+def test_the_report_of_a_real_run_shows_img_eval_metrics_filters_and_plays_from_the_predicted_start(
+    chromium: Any, real_run: RealRun, tmp_path: Path
+) -> None:
+    report, predictions = tmp_path / "report.html", tmp_path / "predictions.jsonl"
+    evaluated = run_img_eval(real_run.checkpoint, "--split", "test", "--split", "train-val", "--threads", "1", "--json",
+                             "--predictions", predictions, "--report", report, "--videos", real_run.videos)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    splits = {entry["split"]: entry for entry in json.loads(evaluated.stdout)["splits"]}
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    page, requests = open_page(chromium, report.as_uri())
+
+    page.select_option("#split", "test")
+    for branch, metrics in splits["test"]["branches"].items():
+        cells = page.locator(f'#metrics tr[data-branch="{branch}"] td').all_inner_texts()
+        assert cells[1:] == [f"{metrics[name]:.2f}" for name in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5@0.3",
+                                                                 "R5@0.5", "R5@0.7")]  # fmt: skip
+    test_rows = [row for row in rows if row["split"] == "test"]
+    assert page.locator("#list tbody tr").count() == len(test_rows)
+    page.check("#wrong")
+    wrong = [row for row in test_rows if row["branches"]["fused"]["iou"] < 0.5]
+    assert page.locator("#list tbody tr").count() == count_shown(page) == len(wrong)
+    page.uncheck("#wrong")
+    page.select_option("#split", "train-val")
+    assert count_shown(page) == len(rows) - len(test_rows) > 0
+
+    page.select_option("#split", "test")
+    row = test_rows[0]
+    page.locator(f'#list tbody tr[data-index="{rows.index(row)}"] button.play').click()
+    video = page.locator("tr.player video")
+    page.wait_for_function("v => v.dataset.seeked === '1'", arg=video.element_handle(), timeout=20000)
+    current = video.evaluate("v => v.currentTime")
+    start = row["branches"]["fused"]["span"][0]
+    assert start - 0.05 <= current <= start + 1.0, (current, start)  # seeked there (and may have played on)
+    assert video.evaluate("v => v.error") is None  # Chromium decoded the H.264 file
+    linked = os.path.relpath(real_run.videos / f"{row['video_id']}.mp4", tmp_path)
+    assert video.get_attribute("src") == linked  # the file is linked, relative to the report, not embedded
+    page.wait_for_timeout(300)
+    save_screenshot(page, tmp_path / "report.png", "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert all(url.startswith("file://") for url in requests), requests
