@@ -43,21 +43,29 @@ def launched_rank() -> RankContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SINGLE_PROCESS
-    return RankContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return RankContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")), local_world_size)
 
 
 def process_device(spec: str, rank: RankContext) -> str:
-    """The --device of this process: in a distributed run every process takes the GPU of its LOCAL_RANK."""
+    """The --device of this process: in a distributed run every process takes the GPU of its LOCAL_RANK, so a
+    machine needs a GPU per process (auto: all processes on the CPU otherwise, the same choice everywhere)."""
     if not rank.distributed or spec == "cpu":
         return spec
+    gpus = torch.cuda.device_count()
     if spec == "auto":
-        return f"cuda:{rank.local_rank}" if torch.cuda.device_count() > rank.local_rank else "cpu"
-    if spec == "cuda":
-        return f"cuda:{rank.local_rank}"
-    raise UsageError(
-        f"--device {spec}: under torchrun each process takes the GPU of its LOCAL_RANK; use --device cuda (or auto, "
-        "cpu) and choose the GPUs with CUDA_VISIBLE_DEVICES"
-    )
+        return f"cuda:{rank.local_rank}" if gpus >= rank.local_world_size else "cpu"
+    if spec != "cuda":
+        raise UsageError(
+            f"--device {spec}: under torchrun each process takes the GPU of its LOCAL_RANK; use --device cuda (or "
+            "auto, cpu) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    if gpus < rank.local_world_size:
+        fix = f"--nproc-per-node {gpus} or --device cpu" if gpus else "--device cpu"
+        raise UsageError(
+            f"--device cuda: {rank.local_world_size} processes on this machine but {gpus} GPU(s) visible; use {fix}"
+        )
+    return f"cuda:{rank.local_rank}"
 
 
 def start_process_group(rank: RankContext, device_spec: str) -> None:

@@ -57,6 +57,7 @@ class RankContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0  # the process's index on its machine: its GPU
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:

@@ -210,11 +210,18 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     rank = launched_rank()
-    assert (rank.rank, rank.world_size, rank.local_rank, rank.is_main) == (3, 4, 1, False)
-    assert process_device("cuda", rank) == "cuda:1" and process_device("cpu", rank) == "cpu"
+    assert (rank.rank, rank.world_size, rank.local_rank, rank.local_world_size) == (3, 4, 1, 2) and not rank.is_main
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_device("cuda", rank) == "cuda:1" and process_device("auto", rank) == "cuda:1"
+    assert process_device("cpu", rank) == "cpu"
     with pytest.raises(UsageError, match="LOCAL_RANK"):
         process_device("cuda:0", rank)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # fewer GPUs than processes on the machine
+    assert process_device("auto", rank) == "cpu"
+    with pytest.raises(UsageError, match="2 processes on this machine but 1 GPU"):
+        process_device("cuda", rank)
     monkeypatch.delenv("WORLD_SIZE")
     assert launched_rank() == SINGLE_PROCESS and process_device("cuda:1", SINGLE_PROCESS) == "cuda:1"
 
