@@ -13,9 +13,9 @@ Checks, each ok / note / BROKEN:
 
 Fast by default (2 s of CPU here, mostly importing torch): it does not hash the weights (720 MB for all five
 files), because every run already verifies each file it loads against its published checksums; `--verify`
-hashes them (a few seconds per GB). Missing weights and models are notes, not failures: a command fetches them on first use when online.
-Exit status 1 when something required is broken: no runnable ffmpeg, GPUs torch cannot use, a file that
-contradicts its published checksum.
+hashes them (a few seconds per GB). Missing weights and models are notes, not failures: a command fetches
+them on first use when online. Exit status 1 when something required is broken: no runnable ffmpeg, GPUs torch
+cannot use, a file that contradicts its published checksum.
 """
 
 from __future__ import annotations
