@@ -21,7 +21,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,19 +78,25 @@ def random_weights(folder: Path) -> Path:
     return folder
 
 
-def _units_of(extractor: FeatureExtractor, path: Path) -> tuple[list[Units], float]:
-    """All units of one video and how much input they stand for (frames, or seconds of audio)."""
+def decoded_chunks(extractor: FeatureExtractor, path: Path) -> Iterator[tuple[Any, float]]:
+    """The decoded chunks of one video as the extractor samples it, each with how much input it is (frames, or
+    seconds of audio)."""
     meta = probe(path)
-    windower = extractor.windower()
     if extractor.frame_sampling is not None:
-        chunks, amount = iter_frames(meta, extractor.frame_sampling), 0.0
+        for chunk in iter_frames(meta, extractor.frame_sampling):
+            yield chunk, float(len(chunk))
     else:
         assert extractor.audio_sampling is not None
-        chunks, amount = iter_audio(meta, extractor.audio_sampling), meta.duration
-    units = []
-    for chunk in chunks:
-        if extractor.frame_sampling is not None:
-            amount += len(chunk)
+        for chunk in iter_audio(meta, extractor.audio_sampling):
+            yield chunk, len(chunk.samples) / extractor.audio_sampling.sample_rate
+
+
+def _units_of(extractor: FeatureExtractor, path: Path) -> tuple[list[Units], float]:
+    """All units of one video and how much input they stand for (frames, or seconds of audio)."""
+    windower = extractor.windower()
+    units, amount = [], 0.0
+    for chunk, size in decoded_chunks(extractor, path):
+        amount += size
         units.append(windower.push(chunk))
     units.append(windower.finish())
     return [u for u in units if u is not None and len(u)], amount
@@ -119,17 +127,20 @@ def batched(extractor: FeatureExtractor, videos: Path, out: Path, batch_size: in
     return time.perf_counter() - start
 
 
-def precision_check(name: str, weights: Path, device: torch.device, precision: str, videos: Path) -> float:
-    """Min per-row cosine between autocast and fp32 features of the same units."""
+def precision_check(name: str, weights: Path, device: torch.device, precisions: list[str], videos: Path) -> dict:
+    """Min per-row cosine between autocast (each of `precisions`) and fp32 features of the same units."""
     preset = get_preset(name)
     reference = build_extractor(preset, ExtractorOptions(device, weights, "fp32", verify_weights=False))
-    low = build_extractor(preset, ExtractorOptions(device, weights, precision, verify_weights=False))
     units, _ = _units_of(reference, next(iter(sorted(videos.glob("*.mp4")))))
     inputs = np.concatenate([u.inputs for u in units])[:16]
     a = reference.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
-    b = low.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
-    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(cosine.min())
+    cosines = {}
+    for precision in precisions:
+        low = build_extractor(preset, ExtractorOptions(device, weights, precision, verify_weights=False))
+        b = low.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
+        cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        cosines[precision] = float(cosine.min())
+    return cosines
 
 
 def main() -> None:
@@ -168,7 +179,7 @@ def main() -> None:
             print(f"  cross-video batching: {ours:7.2f} s  {amount / ours:8.1f} {unit}/s")
             print(f"  ratio: {base / ours:.2f}x")
             if device.type == "cuda" and args.precision != "fp32":
-                cosine = precision_check(name, weights, device, args.precision, videos)
+                cosine = precision_check(name, weights, device, [args.precision], videos)[args.precision]
                 print(f"  {args.precision} vs fp32: min cosine per row {cosine:.5f}")
 
 

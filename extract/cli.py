@@ -61,6 +61,7 @@ def main() -> None:
     \b
     img-extract VIDEOS --out feats.h5 [options]   extract (same as `img-extract run ...`)
     img-extract inspect feats.h5                  what a store holds, with provenance and failures
+    img-extract doctor                            what this machine gives img-vmr (ffmpeg, torch, GPUs, weights)
     """
 
 
@@ -401,6 +402,29 @@ def import_command(source: Path, out: Path, feature: str, row_seconds: float | N
     except ImgVmrError as error:
         fail(str(error))
     log.info("imported %d videos from %s into %s as %r", count, source, out, feature)
+
+
+@main.command("doctor", epilog="Exit status: 0 nothing required is broken, 1 something is (the line says what).")
+@weights_dir_option()
+@click.option("--verify", is_flag=True, help="Hash every present weights file against its published checksums.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> None:
+    """Check what this machine gives img-vmr: ffmpeg, torch and its CUDA build, the GPUs (and GPUs the driver
+    sees that torch cannot use), the published weights, the Hugging Face models and cache, offline switches.
+
+    \b
+    Fast: weights are checked by presence and size (every run verifies the files it loads); --verify hashes
+    them. Missing weights or models are notes: they are downloaded on first use when online.
+    """
+    from extract.doctor import render, run_checks
+
+    setup_logging(False)
+    checks = run_checks(weights_dir, verify)
+    if as_json:
+        click.echo(json.dumps([check.as_json() for check in checks], indent=2))
+    else:
+        click.echo(render(checks))
+    sys.exit(EXIT_FAILURES if any(check.status == "broken" for check in checks) else EXIT_OK)
 
 
 main.add_command(manifest_command)

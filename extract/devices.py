@@ -157,6 +157,53 @@ def _describe(device: Any, torch: Any) -> str:
     )
 
 
+@dataclass(frozen=True)
+class CudaDevice:
+    """A GPU as torch sees it; `problem` says why this torch build cannot run on it (None: it can)."""
+
+    index: int
+    name: str
+    memory_gib: float
+    capability: tuple[int, int]
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class CudaReport:
+    """What `img-extract doctor` says about GPUs: torch's CUDA build, its GPUs, and the driver's (nvidia-smi)."""
+
+    torch_build: str
+    arch_list: tuple[str, ...]
+    available: bool
+    devices: tuple[CudaDevice, ...]
+    driver_gpus: tuple[DriverGpu, ...]
+    unusable: str | None  # nvidia-smi sees GPUs that this torch cannot use, and why
+
+
+def cuda_report() -> CudaReport:
+    import torch
+
+    available, reason = _cuda_available(torch)
+    devices = []
+    if available:
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            devices.append(
+                CudaDevice(
+                    index,
+                    properties.name,
+                    properties.total_memory / 2**30,
+                    (properties.major, properties.minor),
+                    _unsupported_gpu(torch, index),
+                )
+            )
+    arch_list = tuple(torch.cuda.get_arch_list()) if torch.version.cuda else ()
+    return CudaReport(
+        _torch_build(torch), arch_list, available, tuple(devices), tuple(nvidia_smi_gpus()),
+        None if available else _unusable_gpus(torch, reason),
+    )  # fmt: skip
+
+
 def resolve_device(spec: str) -> torch.device:
     """The torch.device for --device SPEC (auto, cpu, cuda, cuda:N), logged with its GPU's name.
 

@@ -137,8 +137,9 @@ def _config_fields(fields: object) -> dict[str, object]:
 # --- random number generators ----------------------------------------------------------------------------------
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global generator's state (Python, numpy, torch CPU and CUDA), in types torch.load(weights_only) reads."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every global generator's state (Python, numpy, torch CPU and CUDA), in types torch.load(weights_only) reads;
+    `device`: the GPU the run draws on, recorded so that a resume on another GPU index draws the same."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -147,17 +148,24 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        if device is not None and device.type == "cuda":
+            state["cuda_device"] = device.index or 0
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`'s generators; `device`: the GPU this run draws on takes the state of the one the saved
+    run drew on (each process of a distributed run draws on its own GPU, in step with rank 0's)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+        if device is not None and device.type == "cuda" and "cuda_device" in state:
+            torch.cuda.set_rng_state(state["cuda"][state["cuda_device"]], device)
 
 
 def seed_everything(seed: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,9 @@ from img_model.cli_common import (
     setup_logging,
 )
 from img_model.convert import CheckpointLayoutError
+
+if TYPE_CHECKING:
+    from img_model.runtime import RankContext
 
 log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-train"
@@ -47,6 +50,8 @@ def main() -> None:
     img-train --dataset NAME --features feats.h5 --visual V --audio A --text text.h5 --out RUN
                                                    train (same as `img-train train ...`)
     img-train --resume RUN                         continue a run exactly where its last.pt stopped
+    torchrun --standalone --nproc-per-node N -m img_model.cli --dataset ... --out RUN
+                                                   the same run on N processes (GPUs), DistributedDataParallel
     img-train convert-official IN.t7 OUT.pt --text text.h5
                                                    an authors' checkpoint as an img_model checkpoint
 
@@ -118,33 +123,46 @@ def train_command(
     R1@0.7), last.pt, metrics.jsonl, tensorboard/ and train.log.
 
     \b
+    \b
+    Under torchrun (`torchrun --nproc-per-node N -m img_model.cli ...`) the run is trained by N processes with
+    DistributedDataParallel, one GPU each (--device cuda) or on CPUs (gloo): the same batches, loss and
+    evaluations as one process at the same --batch-size (the global batch), up to floating-point noise; rank 0
+    writes the run folder. --resume works with any number of processes.
+
+    \b
     Examples:
       img-train --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet --audio panns \\
                 --text text.h5 --out runs/charades
       img-train --resume runs/charades --device cuda
     """
-    setup_logging(PROGRAM, verbose)
+    from img_model.distributed import launched_rank, stop_process_group
+
+    rank = launched_rank()
+    program = PROGRAM if rank.is_main else f"{PROGRAM}[rank {rank.rank}]"
+    setup_logging(program, verbose, quiet=not rank.is_main)
     run_dir = resume or out
     if run_dir is None:
-        fail(PROGRAM, "give --out RUN (a new run folder) or --resume RUN")
+        fail(program, "give --out RUN (a new run folder) or --resume RUN")
         return
     if resume is not None and out is not None:
-        fail(PROGRAM, "give either --out (a new run) or --resume (continue one), not both")
+        fail(program, "give either --out (a new run) or --resume (continue one), not both")
     try:
-        _train(config_file, out, resume, stop_after, not no_progress, options)
+        _train(config_file, out, resume, stop_after, not no_progress, options, rank)
     except CheckpointLayoutError as error:
-        fail(PROGRAM, str(error))
+        fail(program, str(error))
     except ImgVmrError as error:
         from img_model.errors import TrainingDivergedError
 
         log.debug("stopped", exc_info=True)
-        fail(PROGRAM, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE)
+        fail(program, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE)
     except KeyboardInterrupt:
         log.info("interrupted; %s holds the last checkpoint written", run_dir / "last.pt")
         raise SystemExit(130) from None
     except Exception as error:  # one line for the user, the traceback in the log
         log.debug("internal error", exc_info=True)
-        fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (traceback in {run_dir / 'train.log'})", 1)
+        fail(program, f"internal error: {type(error).__name__}: {error} (traceback in {run_dir / 'train.log'})", 1)
+    finally:
+        stop_process_group()
 
 
 RECIPE_FLAGS = {
@@ -156,11 +174,18 @@ RUNTIME_FLAGS = ("device", "precision", "workers", "compile_")
 
 
 def _train(
-    config_file: Path | None, out: Path | None, resume: Path | None, stop_after: int | None, progress: bool, options
+    config_file: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    stop_after: int | None,
+    progress: bool,
+    options: dict[str, Any],
+    rank: RankContext,
 ) -> None:
     from img_model.checkpoint import read_checkpoint
     from img_model.cli_common import add_log_file
     from img_model.dataset import DataSources
+    from img_model.distributed import start_process_group
     from img_model.errors import CheckpointMismatchError
     from img_model.provenance import differences
     from img_model.train_config import resolve
@@ -180,7 +205,8 @@ def _train(
         last = resume / "last.pt"
         if not last.is_file():
             raise ImgVmrError(f"{resume} holds no last.pt to resume from")
-        add_log_file(resume / "train.log")
+        if rank.is_main:
+            add_log_file(resume / "train.log")
         checkpoint = read_checkpoint(last)
         run = restored_run(checkpoint, runtime)
         run_dir = resume
@@ -194,7 +220,8 @@ def _train(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ImgVmrError(f"cannot create the run folder {out} ({error.strerror}); choose another --out") from None
-        add_log_file(out / "train.log")
+        if rank.is_main:
+            add_log_file(out / "train.log")
         train_flags = {name: options[name] for name in RECIPE_FLAGS["train"]}
         data_flags = data_overrides(**{name: options[name] for name in RECIPE_FLAGS["data"]})
         run = resolve(config_file, {"train": train_flags, "data": data_flags, "runtime": runtime})
@@ -216,9 +243,10 @@ def _train(
             log.info("%s", dataset.coverage.summary())
     if run.train.select_on == "test":
         log.warning("selecting the checkpoint on the test split (the paper's protocol, img_spec.md §7.15)")
-    trainer = Trainer(run, data, run_dir, resume=checkpoint)
+    start_process_group(rank, run.runtime.device)
+    trainer = Trainer(run, data, run_dir, resume=checkpoint, rank=rank)
     result = trainer.fit(stop_after)
-    if result.finished:
+    if result.finished and rank.is_main:
         click.echo(result.final["summary"])
 
 

@@ -17,13 +17,14 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 log = logging.getLogger("img_vmr.train")
 
 
-def setup_logging(program: str, verbose: bool, log_file: Path | None = None) -> None:
-    """Messages on stderr as "program: message"; the full log (with tracebacks) in log_file when given."""
+def setup_logging(program: str, verbose: bool, log_file: Path | None = None, quiet: bool = False) -> None:
+    """Messages on stderr as "program: message" (`quiet`: warnings and errors only, as the processes of a
+    distributed run other than rank 0 log); the full log (with tracebacks) in log_file when given."""
     root = logging.getLogger("img_vmr")
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
     root.addHandler(console)
     if log_file is not None:

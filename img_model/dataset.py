@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -163,6 +164,37 @@ class Batch:
             return inputs | {"query_features": self.query_features}
         assert self.word_ids is not None and self.char_ids is not None
         return inputs | {"word_ids": self.word_ids, "char_ids": self.char_ids}
+
+    def padded_sizes(self) -> tuple[int, int, int]:
+        """(video steps, query steps, characters per word; 0 for query features): the padding of this batch."""
+        chars = self.char_ids.shape[2] if self.char_ids is not None else 0
+        return self.video.shape[1], self.query_mask.shape[1], chars
+
+    def padded_to(self, video_steps: int, query_steps: int, chars: int) -> Batch:
+        """This batch padded further, as `collate` pads a batch whose longest video, query and word are these
+        (a distributed run pads each process's part to the whole batch's sizes: padded steps change outputs,
+        §7.12)."""
+        if (video_steps, query_steps, chars) == self.padded_sizes():
+            return self
+
+        def pad(tensor: torch.Tensor | None, *sizes: int) -> torch.Tensor | None:
+            """Zeros after the end of dimensions 1, 2, ... up to `sizes`."""
+            if tensor is None:
+                return None
+            extra = [size - tensor.shape[dim] for dim, size in enumerate(sizes, start=1)]
+            extra += [0] * (tensor.dim() - 1 - len(extra))
+            return F.pad(tensor, [width for after in reversed(extra) for width in (0, after)])
+
+        return replace(
+            self,
+            video=pad(self.video, video_steps),
+            audio=pad(self.audio, video_steps),
+            video_mask=pad(self.video_mask, video_steps),
+            query_mask=pad(self.query_mask, query_steps),
+            word_ids=pad(self.word_ids, query_steps),
+            char_ids=pad(self.char_ids, query_steps, chars),
+            query_features=pad(self.query_features, query_steps),
+        )
 
     def labels(self) -> SpanLabels:
         if self.saliency_positives is None or self.saliency_negatives is None:

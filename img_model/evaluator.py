@@ -24,7 +24,7 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +35,12 @@ from torch.utils.data import DataLoader
 from img_model.checkpoint import Checkpoint
 from img_model.dataset import Batch, DataSources, MomentDataset, collate
 from img_model.decoding import best_span, index_to_time, top_spans
+from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.errors import CheckpointMismatchError
 from img_model.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.model import IMG, IMGOutput
 from img_model.provenance import differences
-from img_model.runtime import autocast
+from img_model.runtime import SINGLE_PROCESS, RankContext, autocast
 from manifests.records import QueryRecord
 
 BRANCHES = {
@@ -136,7 +137,9 @@ def _branch_predictions(
 class Evaluator:
     """Runs a model over a dataset split and turns its outputs into QueryPredictions.
 
-    `gather` combines the predictions of every process of a distributed run (identity in one process)."""
+    In a distributed run (`rank`) the processes share the split's batches (the one-process batches, whole) and
+    every process gets all the predictions, in dataset order. With slot noise in evaluation (slot_noise =
+    "always"), whose draws follow the batch order, every process computes every batch instead."""
 
     def __init__(
         self,
@@ -145,44 +148,49 @@ class Evaluator:
         batch_size: int = 16,
         workers: int = 0,
         seed: int = 0,
-        gather: Callable[[list[QueryPrediction]], list[QueryPrediction]] | None = None,
+        rank: RankContext = SINGLE_PROCESS,
     ) -> None:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
         self.workers = workers
         self.seed = seed
-        self.gather = gather or (lambda predictions: predictions)
-        self._loaders: dict[int, DataLoader] = {}
+        self.rank = rank
+        self._loaders: dict[tuple[int, bool], DataLoader] = {}
 
-    def loader(self, dataset: MomentDataset) -> DataLoader:
-        """One loader per dataset, kept: its workers (when any) live across evaluations."""
-        if id(dataset) not in self._loaders:
-            self._loaders[id(dataset)] = DataLoader(
+    def loader(self, dataset: MomentDataset, shared: bool = True) -> DataLoader:
+        """One loader per dataset, kept: its workers (when any) live across evaluations. `shared`: over the
+        processes of a distributed run."""
+        key = (id(dataset), shared)
+        if key not in self._loaders:
+            rank = self.rank if shared else SINGLE_PROCESS
+            self._loaders[key] = DataLoader(
                 dataset,
-                batch_size=self.batch_size,
-                shuffle=False,
+                batch_sampler=evaluation_batches(len(dataset), self.batch_size, rank),
                 num_workers=self.workers,
                 persistent_workers=self.workers > 0,
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
             )
-        return self._loaders[id(dataset)]
+        return self._loaders[key]
 
     def predict(self, model: IMG, dataset: MomentDataset) -> list[QueryPrediction]:
         was_training = model.training
         model.eval()
         records = {record.qid: record for record in dataset.records}
-        predictions: list[QueryPrediction] = []
+        shared = self.rank.distributed and model.config.slot_noise != "always"
+        batches: list[list[QueryPrediction]] = []
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(self.seed)
-                for batch in self.loader(dataset):
-                    predictions += self._predict_batch(model, batch.to(self.device), records, dataset.split)
+                for batch in self.loader(dataset, shared):
+                    batches.append(self._predict_batch(model, batch.to(self.device), records, dataset.split))
         finally:
             model.train(was_training)
-        return self.gather(predictions)
+        if not shared:
+            return [prediction for batch in batches for prediction in batch]
+        return in_batch_order(self.rank.gather(batches), self.rank.world_size)
 
     def _predict_batch(
         self, model: IMG, batch: Batch, records: dict[str, QueryRecord], split: str

@@ -2,10 +2,16 @@
 
 `img_loss` takes the model outputs and the batch labels and returns every term per sample, the pseudo-label
 gate and the total. Computed in float32 with autocast off, whatever precision the forward used.
+
+In a distributed run each process holds part of the batch (`BatchScope`): the batch means divide by the whole
+batch's size and the kept samples are counted over every process, so each process's total is its share of the
+batch's loss and the shares sum to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -26,8 +32,33 @@ class SpanLabels(NamedTuple):
     saliency_negatives: torch.Tensor
 
 
+def _one_process(count: torch.Tensor) -> torch.Tensor:
+    return count
+
+
+@dataclass(frozen=True)
+class BatchScope:
+    """The training batch this process's samples belong to: `size` samples in all (the B of the batch means and
+    of the saliency normalisation), the count of kept samples summed over the processes by `sum_over_processes`,
+    and `weight` 0 for a process that computes a stand-in sample because it has none of its own."""
+
+    size: int
+    weight: float = 1.0
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] = _one_process
+
+    def mean(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """This process's share of the batch mean of a per-sample term (the mean itself in one process, bit for
+        bit: the share is then exactly 1)."""
+        return per_sample.mean() * (self.weight * per_sample.shape[0] / self.size)
+
+    def sum(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """This process's share of the batch sum of a per-sample term."""
+        return per_sample.sum() * self.weight
+
+
 class IMGLoss(NamedTuple):
-    """Per-sample terms (B,), the pseudo-label gate, the four weighted terms and their sum `total_loss`."""
+    """Per-sample terms (B,), the pseudo-label gate, the four weighted terms and their sum `total_loss` (in a
+    distributed run: this process's share of them, see BatchScope)."""
 
     loc_av: torch.Tensor  # CE(start) + CE(end) of the fused branch
     loc_v: torch.Tensor
@@ -39,7 +70,7 @@ class IMGLoss(NamedTuple):
     kd_v: torch.Tensor
     pl_label: torch.Tensor  # pseudo-label of the audio importance
     keep: torch.Tensor  # int64 (B,): samples whose audio-branch terms count
-    n_keep: torch.Tensor
+    n_keep: torch.Tensor  # kept samples in the whole batch
     pl_loss: torch.Tensor  # mean BCE(aip_prob, pl_label)
     term_loc: torch.Tensor
     term_sal: torch.Tensor
@@ -54,13 +85,15 @@ def location_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, labels: 
     return start + F.cross_entropy(end_logits, labels.end_index, reduction="none")
 
 
-def saliency_loss(scores: torch.Tensor, labels: SpanLabels, margin: float) -> torch.Tensor:
+def saliency_loss(
+    scores: torch.Tensor, labels: SpanLabels, margin: float, batch_size: int | None = None
+) -> torch.Tensor:
     """Σ_pairs max(0, margin + s[neg] − s[pos]) / (B·P) · 2 per sample: the authors' normalisation, which carries
-    the 1/B of a batch mean."""
+    the 1/B of a batch mean (B: `batch_size`, default the rows of `scores`)."""
     positives = scores.gather(1, labels.saliency_positives)
     negatives = scores.gather(1, labels.saliency_negatives)
     hinge = torch.clamp(margin + negatives - positives, min=0).sum(dim=1)
-    return hinge / positives.numel() * 2
+    return hinge / ((batch_size or positives.shape[0]) * positives.shape[1]) * 2
 
 
 def distillation_loss(
@@ -89,33 +122,38 @@ def pseudo_labels(
     return torch.where(label > 1 - threshold, torch.ones_like(label), label), keep
 
 
-def img_loss(outputs: IMGOutput, labels: SpanLabels, config: ObjectiveConfig, kd_warm: float) -> IMGLoss:
+def img_loss(
+    outputs: IMGOutput, labels: SpanLabels, config: ObjectiveConfig, kd_warm: float, scope: BatchScope | None = None
+) -> IMGLoss:
     """The full objective of one training step (§4.5), in the authors' order of operations. `kd_warm` is the
-    distillation warm-up factor of the current epoch, `exp_up(epoch, config.distill_warmup_epochs)`.
+    distillation warm-up factor of the current epoch, `exp_up(epoch, config.distill_warmup_epochs)`; `scope`
+    the whole batch when these outputs are part of it (default: they are the batch).
 
     The pseudo-label gate `keep` also masks the audio-branch location, saliency and distillation terms (§7.7);
     the audio saliency is still divided by B."""
+    scope = scope or BatchScope(outputs.aip_prob.shape[0])
     with torch.autocast(outputs.aip_prob.device.type, enabled=False):
         out = IMGOutput(*(tensor.float() for tensor in outputs))
         av = (out.start_logits_av, out.end_logits_av)
         loc_av = location_loss(*av, labels)
         loc_v = location_loss(out.start_logits_v, out.end_logits_v, labels)
         loc_a = location_loss(out.start_logits_a, out.end_logits_a, labels)
-        sal_v = saliency_loss(out.v_score, labels, config.saliency_margin)
-        sal_a = saliency_loss(out.a_score, labels, config.saliency_margin)
-        sal_av = saliency_loss(out.av_score, labels, config.saliency_margin)
+        sal_v = saliency_loss(out.v_score, labels, config.saliency_margin, scope.size)
+        sal_a = saliency_loss(out.a_score, labels, config.saliency_margin, scope.size)
+        sal_av = saliency_loss(out.av_score, labels, config.saliency_margin, scope.size)
         kd_a = distillation_loss((out.start_logits_a, out.end_logits_a), av, config.distill_temperature)
         kd_v = distillation_loss((out.start_logits_v, out.end_logits_v), av, config.distill_temperature)
 
         pl_label, keep = pseudo_labels(loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature)
-        pl_loss = F.binary_cross_entropy(out.aip_prob, pl_label)
-        n_keep = keep.sum()
-        kept = keep.float()
+        bce = F.binary_cross_entropy(out.aip_prob, pl_label)
+        pl_loss = bce * (scope.weight * len(pl_label) / scope.size)  # the share of the mean, as BatchScope.mean
+        kept = keep.float() * scope.weight
+        n_keep = scope.sum_over_processes(kept.sum())
         denominator = n_keep + _KEEP_EPS
 
-        term_loc = loc_av.mean() + loc_v.mean() + (kept * loc_a).sum() / denominator
-        term_sal = config.saliency_weight * ((kept * sal_a).sum() + sal_av.sum() + sal_v.sum())
-        term_kd = config.distill_weight * kd_warm * ((kept * kd_a).sum() / denominator + kd_v.mean())
+        term_loc = scope.mean(loc_av) + scope.mean(loc_v) + (kept * loc_a).sum() / denominator
+        term_sal = config.saliency_weight * ((kept * sal_a).sum() + scope.sum(sal_av) + scope.sum(sal_v))
+        term_kd = config.distill_weight * kd_warm * ((kept * kd_a).sum() / denominator + scope.mean(kd_v))
         term_pl = config.importance_weight * pl_loss
         total = term_loc + term_sal + term_kd + term_pl
     return IMGLoss(

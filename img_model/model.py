@@ -16,7 +16,10 @@ masking adds −1e30, which float16 cannot hold.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -40,6 +43,60 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Rows of a larger batch (distributed training)
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Rows start : start + n of a batch of `total` samples: the part of a training batch that one process of a
+    distributed run computes (img_model/distributed.py). What depends on the whole batch is taken as the whole
+    batch's: the batch-index encoding (§7.1) at the rows' own positions, and the dropout masks and slot noise
+    drawn for `total` rows (every process draws the same, in the same order as one process) of which the rows
+    keep theirs. So the processes together compute what one process computes on the whole batch."""
+
+    start: int
+    total: int
+
+
+_batch_rows: BatchRows | None = None  # a plain global, not a ContextVar: torch.compile guards on it
+
+
+@contextlib.contextmanager
+def batch_rows(rows: BatchRows | None) -> Iterator[None]:
+    """Forward passes inside compute these rows of a larger batch (None: the batch is whole)."""
+    global _batch_rows
+    previous, _batch_rows = _batch_rows, rows
+    try:
+        yield
+    finally:
+        _batch_rows = previous
+
+
+def _row_offset() -> int:
+    return _batch_rows.start if _batch_rows is not None else 0
+
+
+def _whole_batch_like(x: torch.Tensor, total: int) -> torch.Tensor:
+    """An uninitialised tensor of x's shape with `total` rows, laid out in memory as x is: the order in which a
+    random fill visits the elements follows the layout."""
+    order = sorted(range(x.dim()), key=x.stride, reverse=True)
+    shape = [total if dim == 0 else x.shape[dim] for dim in order]
+    return x.new_empty(shape).permute(*sorted(range(x.dim()), key=order.__getitem__))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout; inside `batch_rows`, these rows of the mask drawn for the whole batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _batch_rows
+        if rows is None or not self.training or self.p == 0:
+            return super().forward(x)
+        # F.dropout of ones is the scaled mask itself, drawn by the same kernel as for the whole batch's input
+        scaled_mask = F.dropout(_whole_batch_like(x, rows.total).fill_(1), self.p, training=True)
+        return x * scaled_mask[rows.start : rows.start + x.shape[0]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Building blocks
 
 
@@ -48,7 +105,7 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, drop_rate: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +153,7 @@ class SelfAttentionBlock(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.output_norm = layer_norm(dim)
         self.output = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.input_norm(x))
@@ -120,7 +177,7 @@ class CrossAttentionBlock(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.output_norm = layer_norm(dim)
         self.output = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, context_mask: torch.Tensor
@@ -144,7 +201,7 @@ class DepthwiseSeparableConvLayer(nn.Module):
         self.norm = layer_norm(dim)
         self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
         self.pointwise = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.depthwise(self.norm(x).transpose(1, 2)).transpose(1, 2)
@@ -199,7 +256,8 @@ class BatchIndexEncoding(nn.Module):
         self.register_buffer("table", batch_position_table(max_len, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.table[: x.shape[0]].unsqueeze(1)
+        first = _row_offset()
+        return x + self.table[first : first + x.shape[0]].unsqueeze(1)
 
 
 class SinusoidalTimeEncoding(nn.Module):
@@ -241,7 +299,7 @@ class CharacterCNN(nn.Module):
     def __init__(self, config: IMGConfig) -> None:
         super().__init__()
         self.table = nn.Embedding(config.char_vocab_size, config.char_dim, padding_idx=0)
-        self.dropout = nn.Dropout(config.drop_rate)
+        self.dropout = Dropout(config.drop_rate)
         self.convs = nn.ModuleList(
             nn.Conv1d(config.char_dim, channels, kernel_size=width)
             for width, channels in enumerate(config.char_kernel_channels, start=1)
@@ -267,7 +325,7 @@ class WordVectors(nn.Module):
         self.unknown_vector = nn.Parameter(torch.empty(1, config.word_dim))
         nn.init.xavier_uniform_(self.unknown_vector)
         self.register_buffer("glove_vectors", torch.zeros(config.glove_words, config.word_dim))
-        self.dropout = nn.Dropout(config.drop_rate)
+        self.dropout = Dropout(config.drop_rate)
 
     def forward(self, word_ids: torch.Tensor) -> torch.Tensor:
         table = torch.cat([self.padding_vector, self.unknown_vector, self.glove_vectors], dim=0)
@@ -302,7 +360,7 @@ class ContextQueryAttention(nn.Module):
         self.product_weight = nn.Parameter(torch.empty(1, 1, dim))
         for weight in (self.context_weight, self.query_weight, self.product_weight):
             nn.init.xavier_uniform_(weight)
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
         self.projection = nn.Linear(4 * dim, dim)
 
     def forward(
@@ -451,7 +509,11 @@ class SlotAttention(nn.Module):
     def initial_slots(self, batch: int) -> torch.Tensor:
         shape = (batch, self.num_slots, self.slot_mean.shape[-1])
         if self.noise == "always" or (self.noise == "train" and self.training):
-            noise = torch.randn(shape, device=self.slot_mean.device, dtype=self.slot_mean.dtype)
+            rows = _batch_rows
+            drawn = shape if rows is None else (rows.total, *shape[1:])
+            noise = torch.randn(drawn, device=self.slot_mean.device, dtype=self.slot_mean.dtype)
+            if rows is not None:
+                noise = noise[rows.start : rows.start + batch]
             return self.slot_mean + self.slot_log_std.exp() * noise
         return self.slot_mean.expand(shape)
 
@@ -682,7 +744,8 @@ class IMG(nn.Module):
         limit = self.config.max_pos_len
         if video_mask.shape[1] > limit:
             raise ValueError(f"{video_mask.shape[1]} video steps exceed max_pos_len {limit}; resample the features")
-        if self.config.positional_encoding == "official" and video_mask.shape[0] > limit:
+        batch = _batch_rows.total if _batch_rows is not None else video_mask.shape[0]
+        if self.config.positional_encoding == "official" and batch > limit:
             raise ValueError(f"the batch-index encoding (§7.1) covers at most {limit} samples per batch")
         if self.config.positional_encoding == "temporal" and query_mask.shape[1] > limit:
             raise ValueError(f"{query_mask.shape[1]} query tokens exceed max_pos_len {limit}")

@@ -1,7 +1,8 @@
 """Where and in which precision training and evaluation run: the device, autocast, and the rank of this process.
 
-`RankContext` is the seam for distributed training (torchrun, issue 11): one process of one today; a DDP run
-gives each process its rank, and only rank 0 writes files and logs.
+`RankContext` is this process's place in a distributed run (torchrun, img_model/distributed.py) and the
+collectives over its processes: identities in one process, so the training and evaluation code has one path.
+Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,6 +19,7 @@ from extract.errors import UsageError
 
 log = logging.getLogger("img_vmr.train")
 
+T = TypeVar("T")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,14 +51,55 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class RankContext:
-    """This process's place in a (possibly distributed) run."""
+    """This process's place in a (possibly distributed) run, and the collectives over the run's processes (the
+    process group must be started, img_model/distributed.py, when world_size > 1)."""
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # the process's index on its machine: its GPU
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over the processes (a new tensor; `tensor` itself in one process)."""
+        return self._all_reduce(tensor, "SUM")
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of `tensor` over the processes."""
+        return self._all_reduce(tensor, "MAX")
+
+    def _all_reduce(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
+        if not self.distributed:
+            return tensor
+        import torch.distributed as dist
+
+        reduced = tensor.detach().clone()
+        dist.all_reduce(reduced, op=getattr(dist.ReduceOp, operation))
+        return reduced
+
+    def gather(self, value: T) -> list[T]:
+        """Every process's `value` (picklable), in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        """Wait until every process is here (after rank 0 wrote a file the others read)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 SINGLE_PROCESS = RankContext()

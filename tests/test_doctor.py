@@ -1,0 +1,71 @@
+"""img-extract doctor: ffmpeg, torch, GPUs, weights and models reported; broken requirements exit 1."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from extract.doctor import check_cuda, check_models, check_weights
+from extract.weights import REGISTRY
+from tests.conftest import run_cli
+
+
+def test_doctor_on_a_working_machine_names_ffmpeg_torch_and_every_weights_file(published_weights: Path) -> None:
+    result = run_cli("doctor", "--weights-dir", published_weights)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ffmpeg   ok ") and "ffmpeg" in lines[0]
+    assert any(line.startswith(f"torch    ok     {torch.__version__}, ") for line in lines)
+    for name in REGISTRY:
+        assert any(f"{name}: present, " in line and str(published_weights) in line for line in lines), name
+    assert lines[-1] == "nothing required is broken"
+
+
+def test_doctor_fails_when_ffmpeg_does_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("IMG_FFMPEG", str(broken))
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 1
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert checks["ffmpeg"]["status"] == "broken" and "exit status 127" in checks["ffmpeg"]["lines"][0]
+    assert checks["torch"]["status"] == "ok"
+
+
+def test_weights_are_checked_by_presence_unless_verify_hashes_them(published_weights: Path) -> None:
+    fast = check_weights(published_weights, verify=False)
+    assert fast.status == "ok" and sum("checksums not compared (--verify)" in line for line in fast.lines) == 5
+    verified = check_weights(published_weights, verify=True)  # the goldens' weights, not the published files
+    assert verified.status == "broken"
+    assert any("not the published" in line and "rgb_imagenet.pt" in line for line in verified.lines)
+
+
+def test_missing_weights_are_a_note_that_says_where_they_come_from(tmp_path: Path) -> None:
+    check = check_weights(tmp_path, verify=False)  # conftest: offline
+    assert check.status == "note"
+    assert any(line.startswith("rgb_charades.pt: missing (presets i3d-charades-vslnet)") for line in check.lines)
+    assert "offline" in check.lines[-1] and "img-extract weights fetch" in check.lines[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine whose torch sees no GPU")
+def test_gpus_that_torch_cannot_use_are_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "nvidia-smi"
+    script.write_text('#!/bin/sh\necho "Tesla V100-SXM2-16GB, 535.104.05"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    check = check_cuda()
+    assert check.status == "broken"
+    assert "nvidia-smi sees 1 GPU(s) (Tesla V100-SXM2-16GB; driver 535.104.05)" in check.lines[0]
+    assert check.lines[-1] == "nvidia-smi: 1 GPU(s), driver 535.104.05"
+
+
+def test_models_come_from_weights_dir_or_are_named_missing_offline(tiny_clip: Path) -> None:
+    check = check_models(tiny_clip)
+    assert "offline (HF_HUB_OFFLINE=1" in check.lines[0]
+    assert f"clip preset: openai/clip-vit-base-patch32 from {tiny_clip}" in check.lines
+    assert any(line.startswith("text --embed bert: bert-base-uncased ") for line in check.lines)
