@@ -16,16 +16,19 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from extract.errors import VideoDecodeError
-from extract.models.base import FeatureExtractor
+from extract.models.base import ExtractorOptions, FeatureExtractor
+from extract.presets import Preset
 from extract.run.batcher import Batcher
 from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
 from extract.run.events import Embedded, Event
 from extract.run.plan import WorkItem
+from extract.run.provenance import provenance_records
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
@@ -50,6 +53,32 @@ class _Worker:
 @dataclass
 class _WorkerExit:
     worker: _Worker
+
+
+class LocalModels:
+    """The local engine as ExtractionRun uses it: the models loaded here once, a LocalEngine per run."""
+
+    def __init__(
+        self,
+        presets: Sequence[Preset],
+        options: ExtractorOptions,
+        config: RunConfig,
+        build: Callable[[Preset, ExtractorOptions], FeatureExtractor],
+    ) -> None:
+        self.presets, self.options, self.config, self.build = list(presets), options, config, build
+        self.extractors: list[FeatureExtractor] | None = None
+
+    def prepare(self) -> dict[str, dict[str, Any]]:
+        if self.extractors is None:
+            self.extractors = [self.build(preset, self.options) for preset in self.presets]
+        return provenance_records(self.extractors)
+
+    def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
+        assert self.extractors is not None, "prepare() loads the models first"
+        LocalEngine(items, self.extractors, writer, self.config, summary).run()
+
+    def close(self) -> None:
+        self.extractors = None
 
 
 class LocalEngine:
