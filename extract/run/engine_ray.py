@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ from extract.store import StoreWriter
 log = logging.getLogger("img_vmr.extract")
 
 RAY_MISSING = 'the Ray engine needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray[data]")'
-ACTOR_RESTARTS = 3  # Ray restarts a lost model actor (loading its models again) this many times
+ACTOR_RESTARTS = 4  # Ray restarts a lost model actor (loading its models again) this many times
+BATCH_RETRIES = 2  # Ray sends a batch lost with its actor to the restarted actor this many times
 BATCHES_PER_ACTOR = 2  # in flight per actor: one computing, one arriving
 DECODE_BACKPRESSURE = 16  # objects a decode task may yield ahead of the driver (8 events)
 PENDING_BATCHES_PER_ACTOR = 4  # queued units per actor, in batches, before the driver stops reading decoders
@@ -65,10 +67,13 @@ def connect(address: str | None) -> bool:
 
     A process that is already connected (a test, a notebook) keeps its connection.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and "ray" not in sys.modules:
+        # A cluster private to this process: its servers listen on the loopback address only (read at import).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return False
@@ -106,8 +111,8 @@ class RayEngine:
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.description is not None:
             return self.description.provenance
-        ray = import_ray()
         self.started = connect(self.config.ray_address)
+        ray = import_ray()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         spec = self.config.ray_device
@@ -119,7 +124,7 @@ class RayEngine:
             num_gpus=1 if on_gpus else 0,
             num_cpus=0 if on_gpus else 1,  # a GPU actor that reserved a CPU would starve the decode tasks
             max_restarts=ACTOR_RESTARTS,
-            max_task_retries=0,  # the driver retries, per video (see the module doc)
+            max_task_retries=BATCH_RETRIES,  # then the driver starts the batch's videos again (module doc)
         )
         self.actors = [actor.remote(self.presets, self.options, spec, self.build) for _ in range(count)]
         try:
@@ -183,9 +188,8 @@ class _Flight:
 
 @dataclass
 class _ActorState:
-    load: int = 0
-    failures: int = 0  # calls lost since the last one that came back
-    dead: bool = False
+    load: int = 0  # batches in flight
+    dead: bool = False  # Ray gave up restarting it
 
 
 @dataclass
@@ -327,13 +331,11 @@ class _DriverLoop:
         try:
             results: list[Embedded | Failed] = self.ray.get(ref)
         except Exception as error:
-            actor.failures += 1
-            if actor.failures > ACTOR_RESTARTS + 1 or isinstance(error, self.ray.exceptions.ActorDiedError):
+            if isinstance(error, self.ray.exceptions.RayActorError):
                 actor.dead = actor.dead or self._actor_gone(flight.actor)
             for item in dict.fromkeys(piece.key for piece in flight.batch.pieces):
                 self._lost(item, error, "compute")
             return
-        actor.failures = 0
         items = {piece.key.video_id: piece.key for piece in flight.batch.pieces}
         for result in results:
             item = result.item if isinstance(result, Embedded) else items[result.record.video_id]
@@ -341,13 +343,15 @@ class _DriverLoop:
                 self.collector.handle(result)
 
     def _actor_gone(self, number: int) -> bool:
-        """Whether a model actor is gone for good (Ray gave up restarting it)."""
+        """Whether a model actor is gone for good (Ray gave up restarting it), not just restarting."""
         try:
-            self.ray.get(self.engine.actors[number].pid.remote(), timeout=60)
-            return False
-        except Exception:
+            self.ray.get(self.engine.actors[number].pid.remote(), timeout=600)
+        except self.ray.exceptions.ActorDiedError:
             log.warning("model actor %d is gone (Ray stopped restarting it)", number)
             return True
+        except Exception:
+            log.debug("model actor %d did not answer", number, exc_info=True)
+        return False
 
     # --- lost work -----------------------------------------------------------------------------------------
 
