@@ -22,6 +22,7 @@ from extract.sources import scan_folder
 from extract.store import FeatureStore, list_parts, parts_dir
 from tests.broken_media import make_broken_audio_video
 from tests.standin_models import KillOnce, MeanModel
+from tests.store_views import contents, records_per_video
 from tests.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,40 +72,6 @@ def _extract(videos: Path, out: Path, engine: str, build=MeanModel, **config) ->
     return run
 
 
-def _contents(store_path: Path) -> dict:
-    with FeatureStore(store_path) as store:
-        videos = {
-            video_id: (
-                {k: v for k, v in store.metadata(video_id).items() if k != "source_path"},
-                {
-                    name: (
-                        store.track(video_id, name).features.tobytes(),
-                        store.track(video_id, name).timestamps.tobytes(),
-                    )
-                    for name in store.feature_names(video_id)
-                },
-            )
-            for video_id in store.video_ids()
-        }
-        failures = sorted((f.video_id, f.features, f.stage, f.error_type) for f in store.failures())
-    return {"videos": videos, "failures": failures}
-
-
-def _track_bytes(store: FeatureStore, video_id: str, name: str) -> tuple[bytes, bytes]:
-    track = store.track(video_id, name)
-    return track.features.tobytes(), track.timestamps.tobytes()
-
-
-def _records_per_video(store_path: Path) -> dict[str, int]:
-    """How many parts hold a record of each video (exactly once: 1)."""
-    counts: dict[str, int] = {}
-    for part in list_parts(parts_dir(store_path)):
-        with FeatureStore(store_path, parts=[part]) as single:
-            for video_id in single.video_ids():
-                counts[video_id] = counts.get(video_id, 0) + 1
-    return counts
-
-
 @pytest.fixture(scope="module")
 def local_store(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("local") / "feats.h5"
@@ -117,12 +84,12 @@ def test_ray_engine_makes_the_local_engines_store(
 ) -> None:
     out = tmp_path / "feats.h5"
     _extract(videos, out, "ray")
-    ray_store, local = _contents(out), _contents(local_store)
+    ray_store, local = contents(out), contents(local_store)
     assert ray_store == local  # features and timestamps bit for bit, ids, metadata, failure records
     assert sorted(local["videos"]) == ["a", "b", "broken_audio", "c", "d", "quiet"]
     assert ("junk", ("clip", "vggish"), "probe", "VideoDecodeError") in local["failures"]
     assert ("quiet", ("vggish",), "compute", "ValueError") in local["failures"]
-    assert set(_records_per_video(out).values()) == {1}
+    assert set(records_per_video(out).values()) == {1}
     assert not list(parts_dir(out).glob("*.tmp"))
 
 
@@ -135,8 +102,8 @@ def test_killed_decode_worker_and_model_actor_lose_and_repeat_nothing(
     out = tmp_path / "feats.h5"
     _extract(videos, out, "ray", build=KillOnce(markers, decode=True, model=True))
     assert {p.name for p in markers.iterdir()} == {"decode", "model"}  # both processes really were killed
-    assert _contents(out) == _contents(local_store)
-    assert set(_records_per_video(out).values()) == {1}
+    assert contents(out) == contents(local_store)
+    assert set(records_per_video(out).values()) == {1}
     # the lost decode task's video started again; the lost actor's batch went to its restarted self (Ray's retry)
     retried = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
     assert len(retried) == 1 and "decoding it was lost (WorkerCrashedError" in retried[0]
@@ -171,8 +138,8 @@ def test_a_killed_driver_resumes_with_every_video_exactly_once(cluster: str, tin
     assert f"10 videos: {10 - first} to extract, {first} already in" in again.stderr
     local = subprocess.run(command(tmp_path / "local.h5"), env=env, capture_output=True, text=True)
     assert local.returncode == 0, local.stderr
-    assert _contents(out) == _contents(tmp_path / "local.h5")  # --batch-size 1: bit for bit
-    assert _records_per_video(out) == {f"v{n}": 1 for n in range(10)}
+    assert contents(out) == contents(tmp_path / "local.h5")  # --batch-size 1: bit for bit
+    assert records_per_video(out) == {f"v{n}": 1 for n in range(10)}
     assert not list(parts_dir(out).glob("*.tmp"))
     with FeatureStore(out) as store:
         assert len(store.video_ids()) == 10

@@ -116,7 +116,7 @@ def test_merge_refuses_a_shard_being_written_and_itself_as_out(tmp_path: Path) -
     first, second = _shards(tmp_path)
     writer = StoreWriter(second, {})
     try:
-        with pytest.raises(StoreLockedError, match="s1.h5 is being written by pid"):
+        with pytest.raises(StoreLockedError, match=r"s1\.h5 is being written by pid"):
             merge_stores([first, second], tmp_path / "all.h5")
     finally:
         writer.abandon()
