@@ -97,7 +97,8 @@ def main() -> None:
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Videos decoded in parallel (each by its own ffmpeg process).",
+    help="Videos decoded in parallel (each by its own ffmpeg process), per local worker; the Ray engine runs one "
+    "decode task per free CPU of the cluster.",
 )
 @click.option("--fps", type=POSITIVE, default=None, help="Frame sampling rate for visual presets (default: preset's).")
 @click.option(
@@ -182,8 +183,8 @@ def run_command(**flags: Any) -> None:
       img-extract videos/ --out feats.h5
       img-extract videos/ --out feats.h5 --fps 0.5 --device cuda:0 --batch-size 256
       img-extract manifest.jsonl --out feats.h5 --retry-failed
-      img-extract videos/ --out feats.h5 --devices all                 one worker per GPU
-      img-extract manifest.jsonl --out feats-3.h5 --shard 3/8         one job of eight
+      img-extract videos/ --out feats.h5 --devices all             # one worker process per GPU
+      img-extract manifest.jsonl --out feats-3.h5 --shard 3/8     # job 3 of 8; then img-extract merge
       img-extract manifest.jsonl --out feats.h5 --engine ray --ray-address auto
     """
     from extract.run import RunStopped
