@@ -79,6 +79,7 @@ def local_store(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ray_engine_makes_the_local_engines_store(
     cluster: str, videos: Path, local_store: Path, tmp_path: Path
 ) -> None:

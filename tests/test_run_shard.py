@@ -3,12 +3,15 @@ img-train reading the shards or the merged store as one dataset."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -16,7 +19,7 @@ from extract.errors import ProvenanceMismatchError, StoreLockedError, UsageError
 from extract.run.plan import plan_run
 from extract.run.shard import Shard, shard_of
 from extract.sources import VideoSource
-from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, parts_dir
+from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, next_part_name, parts_dir
 from extract.store_merge import merge_stores
 from img_model.dataset import DataConfig, DataSources
 from img_model.synthetic import SyntheticSpec, write_audio_matters
@@ -39,10 +42,16 @@ def test_shard_of_an_id_never_changes() -> None:
     """Fixed values: another hash (or Python's salted hash()) would move videos between the shards of runs
     already done, so a re-run of shard i would miss some videos and repeat others."""
     assert [shard_of(video_id, 1000) for video_id in ("v_abc", "3MSZA", "ü/é", "bad\udcff")] == [174, 610, 886, 441]
-    code = "from extract.run.shard import shard_of; print([shard_of(v, 1000) for v in ('v_abc', '3MSZA')])"
+    shard_py = Path(__file__).resolve().parents[1] / "extract" / "run" / "shard.py"
+    code = (  # the module alone, not the whole run package (fast)
+        "import importlib.util as u, sys; s = u.spec_from_file_location('shard', sys.argv[1]); "
+        "m = sys.modules['shard'] = u.module_from_spec(s); s.loader.exec_module(m); "
+        "print([m.shard_of(v, 1000) for v in ('v_abc', '3MSZA')])"
+    )
     for seed in ("1", "2"):  # Python's own str hash differs between these processes
-        env = {"PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        env = {"PYTHONHASHSEED": seed, "PYTHONPATH": str(shard_py.parents[2])}
+        out = subprocess.run([sys.executable, "-c", code, str(shard_py)], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[174, 610]"
 
 
@@ -124,6 +133,26 @@ def test_merge_refuses_a_shard_being_written_and_itself_as_out(tmp_path: Path) -
         merge_stores([first, second], first)
 
 
+def test_a_part_committed_twice_reads_and_indexes_each_video_once(tmp_path: Path) -> None:
+    """A crash right after a part's rename, then the same records committed again: the reader and the index
+    take each video once (the latest part), and the index links only parts that exist."""
+    first, _ = _shards(tmp_path)
+    parts = list_parts(parts_dir(first))
+    again = parts_dir(first) / next_part_name(parts[-1].name, 99)
+    shutil.copyfile(parts[0], again)
+    with FeatureStore(first) as store:
+        assert store.video_ids() == ["a", "d"] and [f.video_id for f in store.failures()] == ["c"]
+        store.write_index()
+    with h5py.File(first, "r") as index:
+        assert sorted(index["videos"]) == ["a", "d"]
+        assert index["videos/a/clip"].file.filename  # the external link resolves
+        assert set(json.loads(index.attrs["parts"])) == {
+            f"{first.name}.parts/{again.name}",
+            f"{first.name}.parts/{parts[1].name}",
+        }
+    assert merge_stores([first], tmp_path / "out.h5").videos == 2
+
+
 # --- img-train reads shards or the merged store ---------------------------------------------------------------
 
 
@@ -187,11 +216,16 @@ def test_shard_runs_merge_into_the_store_of_one_run(tmp_path: Path, tiny_clip: P
             a, b = one.track(video_id, "clip"), joined.track(video_id, "clip")
             assert np.array_equal(a.features, b.features) and np.array_equal(a.timestamps, b.timestamps)
         assert joined.recipes() == one.recipes()
-    other = run_cli(videos, "--out", tmp_path / "s9.h5", "--shard", "0/2", "--fps", "2", *common)
-    assert other.returncode == 0, other.stderr
+    with FeatureStore(tmp_path / "s0.h5") as shard:
+        record = shard.provenance_record("clip")
+        track = shard.track(shard.video_ids()[0], "clip")
+    other = {"clip": {**record, "recipe": {**record["recipe"], "frames.fps": 2.0}}}  # as --fps 2 would record
+    _commit(tmp_path / "s9.h5", other, VideoRecord("clip9", {"duration": 1.0}, {"clip": track}))
     refused = run_cli("merge", tmp_path / "s0.h5", tmp_path / "s9.h5", "--out", tmp_path / "bad.h5")
     assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1].startswith("img-extract: error: ")
-    assert "made differently (frames.fps: 1.0 -> 2.0)" in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"img-extract: error: {tmp_path / 's0.h5'} and {tmp_path / 's9.h5'} hold 'clip' features made differently "
+        "(frames.fps: 1.0 -> 2.0); merge only the shards of one extraction"
+    ]
     wrong = run_cli(videos, "--out", tmp_path / "x.h5", "--shard", "2/2")
     assert wrong.returncode == 2 and "--shard 2/2: need 0 <= i < N" in wrong.stderr
