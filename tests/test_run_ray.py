@@ -123,16 +123,28 @@ def test_a_killed_driver_resumes_with_every_video_exactly_once(cluster: str, tin
 
     ray_engine = ("--engine", "ray", "--ray-address", cluster)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    driver = subprocess.Popen(command(out, *ray_engine), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not list_parts(parts_dir(out)) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    still_running = driver.poll() is None
-    driver.send_signal(signal.SIGKILL)
-    stderr = driver.communicate()[1].decode()
-    assert still_running, f"the driver ended before it could be killed: {stderr}"
+
+    def stop_after_a_part(how: signal.Signals) -> tuple[int, str]:
+        """Start the driver, send `how` once it committed a part; its exit status and stderr."""
+        before = len(list_parts(parts_dir(out)))
+        driver = subprocess.Popen(command(out, *ray_engine), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 240
+        while len(list_parts(parts_dir(out))) == before and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        still_running = driver.poll() is None
+        driver.send_signal(how)
+        stderr = driver.communicate(timeout=120)[1].decode()
+        assert still_running, f"the driver ended before it could be stopped: {stderr}"
+        return driver.returncode, stderr
+
+    code, stderr = stop_after_a_part(signal.SIGTERM)  # preemption: finished videos are committed, exit 143
+    assert code == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("img-extract: error: terminated (SIGTERM); ")
+    assert "re-run the same command to resume" in stderr
+    code, stderr = stop_after_a_part(signal.SIGKILL)  # the driver lost at any moment
+    assert code == -signal.SIGKILL
     first = len(list_parts(parts_dir(out)))
-    assert 1 <= first < 10  # killed in the middle of the run
+    assert 2 <= first < 10  # stopped in the middle of the run, twice
 
     again = subprocess.run(command(out, *ray_engine), env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,11 +76,17 @@ def connect(address: str | None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return False
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    return True
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            # ray.init makes SIGTERM a bare sys.exit; ours commits the finished videos first (exit 143)
+            signal.signal(signal.SIGTERM, sigterm)
+    return not address
 
 
 def unwrap(error: BaseException) -> BaseException:
