@@ -31,7 +31,7 @@ from extract.cli_common import (
 )
 from extract.errors import ImgVmrError, StoreWriteError, UsageError
 from extract.presets import PRESETS
-from extract.store_cli import compact_command
+from extract.store_cli import compact_command, merge_command
 from extract.text_cli import manifest_command, text_command
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ def main() -> None:
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Videos decoded in parallel (each by its own ffmpeg process).",
+    help="Videos decoded in parallel (each by its own ffmpeg process), per local worker; the Ray engine runs one "
+    "decode task per free CPU of the cluster.",
 )
 @click.option("--fps", type=POSITIVE, default=None, help="Frame sampling rate for visual presets (default: preset's).")
 @click.option(
@@ -144,6 +145,31 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="Videos per committed part: a crash loses at most this many finished videos.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine (threads, and one process per device with --devices); ray: a Ray cluster "
+    '(decode tasks on its CPUs, one model actor per GPU; pip install -e ".[ray]").',
+)
+@click.option(
+    "--devices",
+    default=None,
+    help="Local engine on several GPUs: one worker process per device, e.g. 0,1,2,3 or all (cpu entries run "
+    "CPU workers). Each worker commits its own parts; the index is built once at the end.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join (default $RAY_ADDRESS; neither: a local one on this machine).",
+)
+@click.option(
+    "--shard",
+    default=None,
+    help="i/N: extract only the videos whose id hashes to shard i of N (stable across runs and machines), "
+    "e.g. one Slurm array task each; join the shard stores with `img-extract merge`.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (tracebacks of failures).")
 def run_command(**flags: Any) -> None:
@@ -158,6 +184,9 @@ def run_command(**flags: Any) -> None:
       img-extract videos/ --out feats.h5
       img-extract videos/ --out feats.h5 --fps 0.5 --device cuda:0 --batch-size 256
       img-extract manifest.jsonl --out feats.h5 --retry-failed
+      img-extract videos/ --out feats.h5 --devices all             # one worker process per GPU
+      img-extract manifest.jsonl --out feats-3.h5 --shard 3/8     # job 3 of 8; then img-extract merge
+      img-extract manifest.jsonl --out feats.h5 --engine ray --ray-address auto
     """
     from extract.run import RunStopped
 
@@ -221,6 +250,10 @@ def _run(
     retry_failed: bool,
     limit: int | None,
     commit_every: int,
+    engine: str,
+    devices: str | None,
+    ray_address: str | None,
+    shard: str | None,
     no_progress: bool,
     verbose: bool,
 ) -> Any:
@@ -228,6 +261,8 @@ def _run(
     from extract.models import ExtractorOptions
     from extract.presets import get_preset
     from extract.run import ExtractionRun, RunConfig
+    from extract.run.engine_devices import parse_devices
+    from extract.run.shard import Shard
     from extract.sources import find_videos
 
     names = [name.strip() for name in features.split(",") if name.strip()]
@@ -248,8 +283,22 @@ def _run(
     sources = find_videos(videos)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
+    device_list = parse_devices(devices) if devices is not None else ()
+    if device_list and device != "auto":
+        raise UsageError("give --device (one) or --devices (several), not both")
+    if engine == "ray" and (device_list or device.startswith("cuda:")):
+        raise UsageError(
+            f"--engine ray places one model actor on each GPU of the cluster: use --device auto, cuda or cpu "
+            f"(not {'--devices' if device_list else '--device ' + device})"
+        )
+    if engine == "ray" or len(device_list) > 1:
+        import torch
+
+        resolved = torch.device("cpu")  # each worker or actor resolves its own device
+    else:
+        resolved = resolve_device(device_list[0] if device_list else device)
     options = ExtractorOptions(
-        device=resolve_device(device),
+        device=resolved,
         weights_dir=weights_dir,
         precision=precision,
         verify_weights=not trust_weights,
@@ -262,8 +311,17 @@ def _run(
         limit=limit,
         commit_every=commit_every,
         progress=not no_progress,
+        shard=Shard.parse(shard) if shard is not None else None,
+        engine=engine,
+        devices=device_list if len(device_list) > 1 else (),
+        ray_address=ray_address,
+        ray_device=device,
     )
-    return ExtractionRun(sources, out, presets, options, config).run()  # models load once the store is locked
+    run = ExtractionRun(sources, out, presets, options, config)
+    try:
+        return run.run()  # models load once the store is locked
+    finally:
+        run.close()
 
 
 @main.command("inspect")
@@ -430,6 +488,7 @@ def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> Non
 main.add_command(manifest_command)
 main.add_command(text_command)
 main.add_command(compact_command)
+main.add_command(merge_command)
 
 if __name__ == "__main__":
     main()

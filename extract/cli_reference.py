@@ -28,7 +28,7 @@ def _help(command: click.Command, name: str, parent: click.Context | None = None
 def reference() -> str:
     root = click.Context(main, info_name="img-extract")
     blocks = [("img-extract --help", _help(main, "img-extract"))]
-    for name in ("run", "inspect", "compact"):
+    for name in ("run", "inspect", "compact", "merge"):
         blocks.append((f"img-extract {name} --help", _help(main.commands[name], name, root)))
     return "\n\n".join(f"`{title}`\n\n```text\n{text}\n```" for title, text in blocks)
 

@@ -35,3 +35,7 @@ class StoreLockedError(ImgVmrError):
 
 class ProvenanceMismatchError(ImgVmrError):
     """Features with different provenance would be mixed under one name."""
+
+
+class WorkerLostError(ImgVmrError):
+    """A worker process (or every model actor) died: what it had committed stays, re-running resumes the rest."""

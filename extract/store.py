@@ -782,6 +782,24 @@ class StoreWriter:
         self._lock_handle = None
 
 
+class PartWriter(StoreWriter):
+    """Commits parts into a store whose writer lock another process holds (the parent of several workers).
+
+    It takes no lock, leaves the `.tmp` files of the other writers alone (each part's temporary name carries its
+    writer's pid) and writes no index: the lock holder builds it once, when every worker is done.
+    """
+
+    def _open(self) -> None:
+        if not self.parts_dir.is_dir():
+            raise StoreCorruptError(f"{self.path}: no {self.parts_dir.name}/ beside it; its lock holder creates it")
+        existing = list_parts(self.parts_dir)
+        self._newest_part = existing[-1].name if existing else None
+
+    def close(self) -> None:
+        """Commit what is pending (the index is the lock holder's)."""
+        self.commit()
+
+
 def iter_tracks(store: FeatureStore, feature: str) -> Iterator[tuple[str, Track]]:
     """Every video's track of one feature kind, one at a time."""
     for video_id in store.video_ids():

@@ -1,4 +1,5 @@
-"""`img-extract compact`: merge a store's many small parts into a few large ones (registered in extract/cli.py)."""
+"""`img-extract compact` (a store's many small parts into a few large ones) and `img-extract merge` (shard stores
+into one), registered in extract/cli.py."""
 
 from __future__ import annotations
 
@@ -67,4 +68,53 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
         log.info("%s has nothing to merge (%d videos in one part or none)", store, report.videos)
     for part, reason in report.damaged:
         log.warning("damaged part left as it is: %s (%s)", part, reason)
+    sys.exit(EXIT_DAMAGED if report.damaged else EXIT_OK)
+
+
+@click.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The merged store to write.")
+@click.option(
+    "--part-size",
+    "part_mib",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest new part in MiB (each is built in memory before it is written).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progress: bool) -> None:
+    """Join the stores SHARDS (written with --shard i/N) into the one store OUT.
+
+    \b
+    Every video's latest metadata, tracks (with their provenance) and failure records are copied into new parts
+    of OUT and its index is built; the shards are left as they are. Shards whose features were made with
+    different recipes are refused before anything is written; a shard still being written is refused with its
+    writer's name. A video held by two shards comes from the last one listed. img-train also reads the shards
+    directly (--features repeated), without a merge.
+
+    \b
+    Example:
+      img-extract merge feats-0.h5 feats-1.h5 feats-2.h5 feats-3.h5 --out feats.h5
+    """
+    from extract.cli_common import fail, setup_logging
+    from extract.store_merge import merge_stores
+
+    setup_logging(False)
+    try:
+        report = merge_stores(list(shards), out, part_mib * 2**20, progress=not no_progress)
+    except ImgVmrError as error:
+        fail(str(error))
+    log.info(
+        "merged %d shard stores into %s: %d videos, %d failure records, in %d parts",
+        len(report.shards),
+        report.out,
+        report.videos,
+        report.failures,
+        len(report.written),
+    )
+    if report.duplicates:
+        log.warning("%d videos were in more than one shard; each comes from the last shard listed", report.duplicates)
+    for part, reason in report.damaged:
+        log.warning("damaged part skipped: %s (%s); its videos are not in %s", part, reason, out)
     sys.exit(EXIT_DAMAGED if report.damaged else EXIT_OK)

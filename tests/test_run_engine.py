@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from extract.errors import StoreLockedError
-from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
+from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset, get_preset
 from extract.probe import probe
 from extract.run import ExtractionRun, RunConfig, RunStopped, stages
@@ -19,30 +19,13 @@ from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
 from extract.sources import scan_folder
 from extract.store import FeatureStore, StoreWriter
-from extract.windows import AudioWindows
 from tests.broken_media import make_broken_audio_video, make_empty_audio_video
+from tests.standin_models import MeanModel
 from tests.videos import make_video
 
 CPU = ExtractorOptions(torch.device("cpu"))
 FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
 AUDIO = get_preset("vggish")
-
-
-class MeanModel(FeatureExtractor):
-    """A model without weights: one row per unit, its mean. Silent audio (all zeros) makes it raise, standing in
-    for a model that fails on some inputs."""
-
-    def windower(self) -> Windower:
-        return FrameUnits() if self.preset.frames is not None else AudioWindows(16000, 16000, 16000, True)
-
-    def embed(self, inputs: np.ndarray) -> np.ndarray:
-        flat = inputs.reshape(len(inputs), -1).astype(np.float32)
-        if self.preset.audio is not None and not np.abs(flat).max(axis=1).all():
-            raise ValueError("silent input")
-        return flat.mean(axis=1, keepdims=True)
-
-    def recipe(self) -> dict:
-        return self.preset.recipe()
 
 
 class CountingBuild:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extract.decode import STALL_TIMEOUT_S
+from extract.run.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,9 @@ class RunConfig:
     # A decode worker that makes no progress this long loses its video (failure records) and is replaced; longer
     # than the decoder's own watchdog, which normally fires first with a more precise reason.
     stall_seconds: float = STALL_TIMEOUT_S + 60.0
+    shard: Shard | None = None  # --shard i/N: only the videos of shard i
+    engine: str = "local"  # local | ray
+    devices: tuple[str, ...] = ()  # local engine: one worker process per device (e.g. cuda:0, cuda:1); () = one
+    ray_address: str | None = None  # Ray engine: the cluster (None: $RAY_ADDRESS, else a local one)
+    ray_device: str = "auto"  # Ray engine: auto | cpu | cuda, resolved on each model actor
+    attempts: int = 3  # Ray engine: tries per video when the worker decoding or embedding it is lost

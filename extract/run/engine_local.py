@@ -1,7 +1,7 @@
 """The local engine: decode in worker threads, batch units across videos, embed, write on a writer thread.
 
-    decode threads (Probe, FrameSource, AudioSource per work item) --bounded queue--> main thread: VideoAssembly
-    per video, Batcher across videos -> Embed --> writer thread: Commit -> immutable parts
+    decode threads (Probe, FrameSource, AudioSource per work item) --bounded queue--> main thread: Collector
+    (VideoAssembly per video, Batcher across videos) -> Embed --> writer thread: Commit -> immutable parts
 
 Decoding happens in ffmpeg (or decord) outside the GIL, so threads give real parallelism while keeping decoded
 frames in one address space (no pickling). The queue bound keeps memory flat in video length. An engine is
@@ -16,17 +16,20 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from extract.errors import VideoDecodeError
-from extract.models.base import FeatureExtractor
-from extract.run.assembly import VideoAssembly
+from extract.models.base import ExtractorOptions, FeatureExtractor
+from extract.presets import Preset
 from extract.run.batcher import Batcher
+from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
-from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady
+from extract.run.events import Embedded, Event
 from extract.run.plan import WorkItem
-from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, failure, video_events
+from extract.run.provenance import provenance_records
+from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
 
@@ -52,6 +55,32 @@ class _WorkerExit:
     worker: _Worker
 
 
+class LocalModels:
+    """The local engine as ExtractionRun uses it: the models loaded here once, a LocalEngine per run."""
+
+    def __init__(
+        self,
+        presets: Sequence[Preset],
+        options: ExtractorOptions,
+        config: RunConfig,
+        build: Callable[[Preset, ExtractorOptions], FeatureExtractor],
+    ) -> None:
+        self.presets, self.options, self.config, self.build = list(presets), options, config, build
+        self.extractors: list[FeatureExtractor] | None = None
+
+    def prepare(self) -> dict[str, dict[str, Any]]:
+        if self.extractors is None:
+            self.extractors = [self.build(preset, self.options) for preset in self.presets]
+        return provenance_records(self.extractors)
+
+    def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
+        assert self.extractors is not None, "prepare() loads the models first"
+        LocalEngine(items, self.extractors, writer, self.config, summary).run()
+
+    def close(self) -> None:
+        self.extractors = None
+
+
 class LocalEngine:
     """The moving parts of one run on this machine; built by ExtractionRun.run() and used once."""
 
@@ -62,25 +91,23 @@ class LocalEngine:
         writer: StoreWriter,
         config: RunConfig,
         summary: RunSummary,
+        progress: Any = None,
     ) -> None:
         by_name = {e.name: e for e in extractors}
         self.config, self.summary, self.items = config, summary, items
-        self.items_by_id = {item.video_id: item for item in items}
         self.probe = Probe()
         self.frames = FrameSource(by_name, threads=max(1, (os.cpu_count() or 1) // config.workers))
         self.audio = AudioSource(by_name)
         self.embed = Embed(by_name)
-        sizes = {e.name: min(config.batch_size, e.max_batch or config.batch_size) for e in extractors}
-        self.batcher: Batcher[WorkItem] = Batcher(sizes)
-        self.assemblies: dict[str, VideoAssembly] = {}
-        self.closed: set[str] = set()  # videos whose records went to the writer: late events are ignored
+        self.batcher: Batcher[WorkItem] = Batcher(batch_sizes(extractors, config))
         self.events: queue.Queue[Event | _WorkerExit] = queue.Queue(maxsize=max(4, 2 * config.workers))
         self.work: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self.stop = threading.Event()
         self.alive: dict[str, _Worker] = {}
         self.started = 0
-        self.writer = _WriterThread(Commit(writer, config.commit_every, config.commit_seconds))
-        self.progress = _progress(len(items), config.progress)
+        self.writer = WriterThread(Commit(writer, config.commit_every, config.commit_seconds))
+        self.progress = progress if progress is not None else progress_bar(len(items), config.progress)
+        self.collector = Collector(items, self.batcher, self.writer.put, summary, self.progress)
 
     def run(self) -> None:
         self.writer.start()
@@ -115,71 +142,14 @@ class LocalEngine:
                 for result in self.embed(batch):
                     self._handle(result)
             self.writer.raise_if_failed()
-        for assembly in list(self.assemblies.values()):  # only after a bug: never leave a video unaccounted
-            self._give_up(assembly.item, VideoDecodeError(f"{assembly.item.path}: the decoder ended early"))
+        for assembly in list(self.collector.assemblies.values()):  # only after a bug: never leave a video open
+            self.collector.give_up(assembly.item, VideoDecodeError(f"{assembly.item.path}: the decoder ended early"))
 
     def _handle(self, event: Event | Embedded | _WorkerExit) -> None:
         if isinstance(event, _WorkerExit):
             self._worker_exited(event.worker)
-            return
-        if isinstance(event, Failed):
-            self._fail(event.record)
-            return
-        if event.item.video_id in self.closed:
-            return
-        assembly = self._assembly(event.item.video_id)
-        if isinstance(event, Probed):
-            assembly.probed(event.metadata)
-        elif isinstance(event, UnitsReady):
-            if assembly.wants(event.feature):
-                assembly.queued(event.feature, len(event.units))
-                self.batcher.add(event.feature, event.item, event.units)
-        elif isinstance(event, SourceDone):
-            assembly.source_done(event)
-            self.summary.frames += event.frames
-        elif isinstance(event, Embedded):
-            assembly.embedded(event)
-            self.summary.units += len(event.units)
-        self._finish_if_done(assembly)
-
-    def _fail(self, record: FailureRecord) -> None:
-        video_id = record.video_id
-        if video_id in self.closed:
-            return
-        assembly = self._assembly(video_id)
-        failed = assembly.fail(record)
-        if failed:
-            self.batcher.drop(assembly.item, failed)
-            log.warning("failed %s: %s", video_id, record.message)
-        self._finish_if_done(assembly)
-
-    def _assembly(self, video_id: str) -> VideoAssembly:
-        if video_id not in self.assemblies:
-            self.assemblies[video_id] = VideoAssembly(self.items_by_id[video_id])
-        return self.assemblies[video_id]
-
-    def _finish_if_done(self, assembly: VideoAssembly) -> None:
-        if not assembly.finished:
-            return
-        video_id = assembly.item.video_id
-        del self.assemblies[video_id]
-        self.closed.add(video_id)
-        for record in assembly.records():
-            self.writer.put(record)
-            if isinstance(record, FailureRecord):
-                self.summary.failures.append(record)
-                continue
-            self.summary.done += 1
-            self.summary.no_audio += not record.metadata.get("has_audio", True)
-            if record.metadata.get("truncated"):
-                self.summary.truncated.append(video_id)
-                log.warning(
-                    "truncated %s: its streams end at %.2f s, its header says %.2f s",
-                    video_id,
-                    record.metadata.get("stream_end", 0.0),
-                    record.metadata.get("header_duration", 0.0),
-                )
-        self.progress.update(1)
+        else:
+            self.collector.handle(event)
 
     def _check_stalls(self) -> None:
         """A decode worker silent for stall_seconds loses its video; a fresh worker takes over the queue."""
@@ -193,19 +163,15 @@ class LocalEngine:
             reason = VideoDecodeError(
                 f"{item.path}: no decoding progress for {self.config.stall_seconds:.0f} s; given up (the run went on)"
             )
-            self._give_up(item, reason)
+            self.collector.give_up(item, reason)
             self._start_worker()
 
     def _worker_exited(self, worker: _Worker) -> None:
         if self.alive.pop(worker.name, None) is None:
             return  # abandoned earlier
         if worker.item is not None and not self.stop.is_set():
-            self._give_up(worker.item, worker.error or VideoDecodeError(f"{worker.item.path}: the decoder stopped"))
-
-    def _give_up(self, item: WorkItem, error: BaseException) -> None:
-        """Fail what is still open of a video whose decoder will send nothing more."""
-        if item.video_id not in self.closed:
-            self._fail(failure(item, self._assembly(item.video_id).unsettled(), "decode", error))
+            error = worker.error or VideoDecodeError(f"{worker.item.path}: the decoder stopped")
+            self.collector.give_up(worker.item, error)
 
     # --- decode threads -----------------------------------------------------------------------------------
 
@@ -246,7 +212,7 @@ class LocalEngine:
                 continue
 
 
-class _WriterThread:
+class WriterThread:
     """Runs the Commit stage on its own thread, so writing overlaps decoding and the model."""
 
     def __init__(self, commit: Commit) -> None:
@@ -290,7 +256,6 @@ class _WriterThread:
             writer.abandon()
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="video", desc="extract", disable=None if enabled else True, dynamic_ncols=True)
+def batch_sizes(extractors: list[FeatureExtractor], config: RunConfig) -> dict[str, int]:
+    """Units per forward pass of each feature: --batch-size, or less where the model takes less."""
+    return {e.name: min(config.batch_size, e.max_batch or config.batch_size) for e in extractors}

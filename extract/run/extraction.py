@@ -1,8 +1,10 @@
 """One img-extract invocation: take the store's lock, load the models, plan the missing tracks, run an engine.
 
-The engine (today the local one, extract/run/engine_local.py) gets a plan and loaded models and reports into a
-RunSummary; everything else about a run (the lock before the models, provenance, the plan, the run log, what
-was committed when it stopped) is decided here, the same for any engine.
+An engine (extract/run/engine_local.py: threads in this process; engine_devices.py: one such process per
+device; engine_ray.py: a Ray cluster) loads its models in `prepare` (returning their provenance) and executes
+a plan in `extract`, reporting into a RunSummary and committing through the store's writer, which it closes
+(the index is built once, at the end). Everything else about a run (the lock before the models, provenance,
+the plan, the run log, what was committed when it stopped) is decided here, the same for any engine.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
+from extract.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.run.config import RunConfig
-from extract.run.engine_local import LocalEngine
-from extract.run.plan import Plan, plan_run
-from extract.run.provenance import provenance_records
+from extract.run.plan import Plan, WorkItem, plan_run
 from extract.run.summary import RunSummary
 from extract.sources import VideoSource
 from extract.store import FeatureStore, StoreWriter
@@ -25,6 +27,41 @@ from extract.store import FeatureStore, StoreWriter
 log = logging.getLogger("img_vmr.extract")
 
 Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
+
+
+class Engine(Protocol):
+    """Runs the work items of a plan: models loaded once by `prepare`, `extract` called once per run."""
+
+    def prepare(self) -> dict[str, dict[str, Any]]:
+        """Load the models (once; later calls return the same); their provenance records by feature name."""
+        ...
+
+    def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
+        """Extract the items, commit through `writer` and close it (also when interrupted); fill the summary."""
+        ...
+
+    def close(self) -> None:
+        """Release the models (and processes or cluster connections)."""
+        ...
+
+
+def build_engine(presets: Sequence[Preset], options: ExtractorOptions, config: RunConfig, build: Build) -> Engine:
+    """The engine RunConfig asks for (engine, devices)."""
+    if config.engine == "ray":
+        if config.devices:
+            raise UsageError("--devices is for the local engine; with --engine ray the cluster's GPUs are used")
+        from extract.run.engine_ray import RayEngine
+
+        return RayEngine(presets, options, config, build)
+    if config.engine != "local":
+        raise UsageError(f"--engine {config.engine!r}: use local or ray")
+    if len(config.devices) > 1:
+        from extract.run.engine_devices import DeviceWorkers
+
+        return DeviceWorkers(presets, options, config, build)
+    from extract.run.engine_local import LocalModels
+
+    return LocalModels(presets, options, config, build)
 
 
 class RunStopped(Exception):
@@ -59,56 +96,64 @@ class ExtractionRun:
         self.options = options
         self.config = config
         self._build = build
-        self._extractors: list[FeatureExtractor] | None = None
+        self._engine: Engine | None = None
 
     def run(self) -> RunSummary:
-        summary = RunSummary(total=len(self.sources))
+        summary = RunSummary()
         writer = StoreWriter(self.store_path, {})
         try:
-            extractors = self._load()
-            writer.provenance = provenance_records(extractors)
-            plan = self._plan(writer, extractors, summary)
+            engine = self.engine()
+            writer.provenance = engine.prepare()
+            plan = self._plan(writer, summary)
         except BaseException:
             writer.abandon()
             raise
         start = time.monotonic()  # rates count extraction, not model loading
         log_file = _attach_log_file(writer.parts_dir / "extract.log")
+        shard = f" (shard {self.config.shard})" if self.config.shard else ""
         log.info(
-            "%d videos: %d to extract, %d already in %s, %d failed before",
-            len(self.sources),
+            "%d videos%s: %d to extract, %d already in %s, %d failed before",
+            summary.total,
+            shard,
             len(plan.items),
             summary.skipped,
             self.store_path,
             summary.skipped_failed,
         )
         try:
-            LocalEngine(plan.items, extractors, writer, self.config, summary).run()
+            engine.extract(plan.items, writer, summary)
         except BaseException as error:
             raise RunStopped(summary, error) from error
         finally:
             summary.wall_seconds = time.monotonic() - start
-            summary.committed_videos, summary.committed_failures = writer.committed_videos, writer.committed_failures
+            summary.committed_videos += writer.committed_videos
+            summary.committed_failures += writer.committed_failures
             for line in summary.lines():
                 log.info("%s", line)
             logging.getLogger("img_vmr").removeHandler(log_file)
             log_file.close()
         return summary
 
-    def _load(self) -> list[FeatureExtractor]:
-        if self._extractors is None:
+    def engine(self) -> Engine:
+        """The engine of this run, built once (its models stay loaded for later runs until close())."""
+        if self._engine is None:
             from extract.models import build_extractor
 
-            build = self._build or build_extractor
-            self._extractors = [build(preset, self.options) for preset in self.presets]
-        return self._extractors
+            self._engine = build_engine(self.presets, self.options, self.config, self._build or build_extractor)
+        return self._engine
 
-    def _plan(self, writer: StoreWriter, extractors: list[FeatureExtractor], summary: RunSummary) -> Plan:
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def _plan(self, writer: StoreWriter, summary: RunSummary) -> Plan:
         existing = FeatureStore(self.store_path) if FeatureStore.exists(self.store_path) else None
         try:
             writer.check_provenance(existing)
             for part, reason in existing.corrupt_parts if existing is not None else []:
                 log.warning("damaged part %s ignored (%s); its videos will be extracted again", part.name, reason)
-            modalities = {e.name: e.preset.modality for e in extractors}
+            modalities = {preset.name: preset.modality for preset in self.presets}
             plan = plan_run(
                 self.sources,
                 existing,
@@ -116,10 +161,12 @@ class ExtractionRun:
                 resume=self.config.resume,
                 retry_failed=self.config.retry_failed,
                 limit=self.config.limit,
+                shard=self.config.shard,
             )
         finally:
             if existing is not None:
                 existing.close()
+        summary.total = plan.considered
         summary.skipped, summary.skipped_failed, summary.truncated_kept = (
             plan.complete,
             plan.skipped_failed,

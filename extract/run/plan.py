@@ -1,7 +1,8 @@
 """The plan of a run: which (video, feature) tracks are missing, as a plain list of work items.
 
-A work item is one video and the tracks it still needs. The list is what an engine executes and what sharding
-slices (`items[i::n]` or by id hash): nothing in it refers to threads, models or open files.
+A work item is one video and the tracks it still needs. The list is what an engine executes; `--shard i/N`
+keeps the videos whose id hashes to shard i before planning (extract/run/shard.py). Nothing in it refers to
+threads, models or open files.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from extract.run.shard import Shard
 from extract.sources import VideoSource
 
 
@@ -22,6 +24,7 @@ class WorkItem:
     path: Path
     features: tuple[str, ...]
     silent: bool = False  # the store already records this video without audio (an empty audio stream)
+    attempt: int = 0  # engines that retry a video after a lost worker count its tries (events of older ones are stale)
 
 
 class StoreView(Protocol):
@@ -36,6 +39,7 @@ class StoreView(Protocol):
 @dataclass
 class Plan:
     items: list[WorkItem] = field(default_factory=list)
+    considered: int = 0  # videos of the sources (of the shard) that were looked at
     complete: int = 0  # videos that have every requested track (or nothing to have: audio of a silent video)
     skipped_failed: int = 0  # videos left out because their missing tracks failed before (--retry-failed)
     truncated_kept: int = 0  # complete videos whose file was truncated (--retry-failed extracts them again)
@@ -53,16 +57,21 @@ def plan_run(
     resume: bool = True,
     retry_failed: bool = False,
     limit: int | None = None,
+    shard: Shard | None = None,
 ) -> Plan:
     """Work items for every video with a missing track.
 
     modalities: requested feature name -> "visual" | "audio", in request order. A track is missing unless the
     store has it, or it is an audio track of a video the store records without audio. Tracks that failed before
     are retried only with retry_failed, which also re-extracts every track of a truncated video (a re-download
-    fixes those). Without resume every track is computed again (later parts win).
+    fixes those). Without resume every track is computed again (later parts win). With a shard, only the videos
+    of that shard are planned (and counted).
     """
     plan = Plan()
     for source in sources:
+        if shard is not None and not shard.holds(source.video_id):
+            continue
+        plan.considered += 1
         video_id = source.video_id
         if store is None or not resume:
             plan.items.append(WorkItem(video_id, source.path, tuple(modalities)))

@@ -18,9 +18,17 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from extract.decode import AudioChunk, FrameBatch, frame_decoder_for, iter_audio, iter_frames
+from extract.decode import (
+    AudioChunk,
+    AudioSampling,
+    FrameBatch,
+    FrameSampling,
+    frame_decoder_for,
+    iter_audio,
+    iter_frames,
+)
 from extract.errors import ImgVmrError, VideoDecodeError
 from extract.models.base import FeatureExtractor, Units, Windower
 from extract.probe import StreamMetadata, probe
@@ -30,6 +38,19 @@ from extract.run.plan import WorkItem
 from extract.store import FailureRecord, StoreWriter, VideoRecord
 
 log = logging.getLogger("img_vmr.extract")
+
+
+class UnitCutter(Protocol):
+    """What the decode stages need of an extractor: its samplings and a fresh windower (not its weights), so a
+    decode process elsewhere can run them (a FeatureExtractor is one; extract/run/ray_workers.DecodeView too)."""
+
+    @property
+    def frame_sampling(self) -> FrameSampling | None: ...
+
+    @property
+    def audio_sampling(self) -> AudioSampling | None: ...
+
+    def windower(self) -> Windower: ...
 
 
 def failure(item: WorkItem, features: tuple[str, ...], stage: str, error: BaseException) -> FailureRecord:
@@ -54,7 +75,7 @@ class Probe:
         return Probed(item, stream, metadata)
 
 
-def _groups(extractors: Mapping[str, FeatureExtractor], kind: str) -> dict[object, list[str]]:
+def _groups(extractors: Mapping[str, UnitCutter], kind: str) -> dict[object, list[str]]:
     """Feature names grouped by the sampling they decode with (features sharing one decode it once)."""
     groups: dict[object, list[str]] = defaultdict(list)
     for name, extractor in extractors.items():
@@ -75,7 +96,7 @@ def _requested(groups: dict[object, list[str]], item: WorkItem) -> Iterator[tupl
 class _Cut:
     """Feeds one video's decoded chunks to each feature's windower and counts what was read and cut."""
 
-    def __init__(self, item: WorkItem, extractors: Mapping[str, FeatureExtractor], features: tuple[str, ...]) -> None:
+    def __init__(self, item: WorkItem, extractors: Mapping[str, UnitCutter], features: tuple[str, ...]) -> None:
         self.item = item
         self.windowers: dict[str, Windower] = {name: extractors[name].windower() for name in features}
         self.units = dict.fromkeys(features, 0)
@@ -98,7 +119,7 @@ class _Cut:
 class FrameSource:
     """Sampled frames of a video, cut into the units of its missing visual tracks."""
 
-    def __init__(self, extractors: Mapping[str, FeatureExtractor], threads: int = 0) -> None:
+    def __init__(self, extractors: Mapping[str, UnitCutter], threads: int = 0) -> None:
         self._extractors = extractors
         self._groups = _groups(extractors, "frames")
         self._threads = threads
@@ -123,7 +144,7 @@ class AudioSource:
     single sample, is not a failure: the video is recorded without audio. A stream that cannot be decoded fails
     the audio tracks only."""
 
-    def __init__(self, extractors: Mapping[str, FeatureExtractor]) -> None:
+    def __init__(self, extractors: Mapping[str, UnitCutter]) -> None:
         self._extractors = extractors
         self._groups = _groups(extractors, "audio")
 

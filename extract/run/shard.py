@@ -1,0 +1,44 @@
+"""`--shard i/N`: which videos of a manifest one of N independent jobs extracts.
+
+A video belongs to shard `blake2b(video id) mod N`: the same on every machine, Python version and run (Python's
+own hash() of a string changes with every process), and independent of the manifest's order, so a Slurm job
+array or a Kubernetes indexed job can give each task the whole manifest and its index. Adding videos to the
+manifest never moves a video to another shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from extract.errors import UsageError
+
+
+def shard_of(video_id: str, count: int) -> int:
+    """The shard (0 .. count-1) of a video id; ids that are not valid UTF-8 hash by their original bytes."""
+    digest = hashlib.blake2b(video_id.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(f"--shard {self.index}/{self.count}: need 0 <= i < N, e.g. --shard 0/{max(self.count, 2)}")
+
+    def holds(self, video_id: str) -> bool:
+        return self.count == 1 or shard_of(video_id, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'i/N' -> Shard(i, N); a one-line UsageError otherwise."""
+        index, slash, count = text.strip().partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise UsageError(f"--shard {text!r} is not i/N (e.g. --shard 0/4 for the first of four jobs)")
+        return cls(int(index), int(count))

@@ -1,0 +1,122 @@
+"""`img-extract merge`: the stores that shards of one extraction wrote (`--shard i/N`) joined into one store.
+
+The shards are read as one view (FeatureStore over all their parts, in the order given: a video held by two
+shards comes from the last one) and written into OUT as new parts by store_compact's plan_merge/write_merged,
+then OUT's index is built. Shards whose tracks of a feature were made with different recipes are refused before
+anything is written. While merging, the writer locks of OUT and of every shard are held, so a shard that is
+still being written is refused with one line naming its writer. Parts OUT held before are merged too (they
+rank first) and removed once the new parts and the index are in place, as `compact` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
+from extract.store import (
+    PART_GLOB,
+    FeatureStore,
+    acquire_writer_lock,
+    check_is_store,
+    fsync_path,
+    list_parts,
+    parts_dir,
+    release_writer_lock,
+    write_error,
+)
+from extract.store_compact import DEFAULT_PART_BYTES, plan_merge, write_merged
+
+log = logging.getLogger("img_vmr.extract")
+
+
+@dataclass
+class MergeReport:
+    out: Path
+    shards: list[Path]
+    written: list[Path]
+    videos: int
+    failures: int
+    duplicates: int  # videos held by more than one shard (the last shard listed wins)
+    damaged: list[tuple[Path, str]]  # unreadable parts of the shards: their videos are not in OUT
+
+
+def _check_shard_recipes(shards: list[Path]) -> None:
+    """Refuse shards whose features were made with different recipes, naming the two shards and the difference."""
+    seen: dict[str, tuple[Path, dict]] = {}
+    for shard in shards:
+        with FeatureStore(shard) as store:
+            recipes = store.recipes()
+        for name, recipe in recipes.items():
+            first, known = seen.setdefault(name, (shard, recipe))
+            if known != recipe:
+                changed = sorted(k for k in set(known) | set(recipe) if known.get(k) != recipe.get(k))
+                detail = ", ".join(f"{k}: {known.get(k)!r} -> {recipe.get(k)!r}" for k in changed[:3])
+                raise ProvenanceMismatchError(
+                    f"{first} and {shard} hold {name!r} features made differently ({detail}); "
+                    "merge only the shards of one extraction"
+                )
+
+
+def merge_stores(
+    shards: list[Path], out: Path, part_bytes: int = DEFAULT_PART_BYTES, progress: bool = False
+) -> MergeReport:
+    if not shards:
+        raise UsageError("name the shard stores to merge, e.g. img-extract merge feats-*.h5 --out feats.h5")
+    for shard in shards:
+        check_is_store(shard)
+    if out.resolve() in {shard.resolve() for shard in shards}:
+        raise UsageError(f"--out {out} is one of the shards; merge into a new store")
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
+    if out.exists() and not parts_dir(out).is_dir():
+        raise UsageError(f"--out {out} exists and is not an img-vmr store; choose another --out")
+    folder = parts_dir(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write the store at {out} ({error.strerror}); choose a writable --out") from None
+    locks: list[IO[str]] = []
+    try:
+        locks.append(acquire_writer_lock(folder, out))
+        for shard in shards:  # a shard still being written is refused with its writer's name
+            locks.append(acquire_writer_lock(parts_dir(shard), shard))
+        return _merge(shards, out, folder, part_bytes, progress)
+    finally:
+        for lock in locks:
+            release_writer_lock(lock)
+
+
+def _merge(shards: list[Path], out: Path, folder: Path, part_bytes: int, progress: bool) -> MergeReport:
+    for stale in folder.glob(PART_GLOB + ".tmp"):
+        stale.unlink(missing_ok=True)
+    _check_shard_recipes(shards)
+    own = list_parts(folder)
+    holders: dict[str, int] = {}
+    for shard in shards:
+        with FeatureStore(shard) as store:
+            for video_id in store.video_ids():
+                holders[video_id] = holders.get(video_id, 0) + 1
+    parts = own + [part for shard in shards for part in list_parts(parts_dir(shard))]
+    with FeatureStore(out, parts=parts) as view:
+        damaged = list(view.corrupt_parts)
+        plan = plan_merge(view, part_bytes)
+        try:
+            written = write_merged(view, folder, plan, progress)
+        except OSError as error:
+            raise write_error(out, error) from None
+        videos, failures = len(view), len(view.failures())
+    try:
+        with FeatureStore(out, parts=written) as merged:
+            merged.write_index()
+    except StoreCorruptError:
+        for part in written:
+            part.unlink(missing_ok=True)
+        raise
+    for part in own:
+        part.unlink(missing_ok=True)
+    fsync_path(folder)
+    duplicates = sum(count > 1 for count in holders.values())
+    return MergeReport(out, list(shards), written, videos, failures, duplicates, damaged)

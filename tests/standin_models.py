@@ -1,0 +1,89 @@
+"""Weightless stand-in models for engine tests, importable by worker processes (device workers, Ray actors and
+tasks): MeanModel, and a build that kills the process it runs in once, to test that engines survive it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from extract.decode import AudioChunk, FrameBatch
+from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Units, Windower
+from extract.presets import Preset
+from extract.windows import AudioWindows
+
+
+class MeanModel(FeatureExtractor):
+    """A model without weights: one row per unit, its mean (the same bits whatever the batch holds). Silent audio
+    (all zeros) makes it raise, standing in for a model that fails on some inputs."""
+
+    def windower(self) -> Windower:
+        return FrameUnits() if self.preset.frames is not None else AudioWindows(16000, 16000, 16000, True)
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        flat = inputs.reshape(len(inputs), -1).astype(np.float32)
+        if self.preset.audio is not None and not np.abs(flat).max(axis=1).all():
+            raise ValueError("silent input")
+        return flat.mean(axis=1, keepdims=True)
+
+    def recipe(self) -> dict:
+        return self.preset.recipe()
+
+
+def claim(marker: Path) -> bool:
+    """True for the one process that creates `marker` first (atomic across processes)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def kill_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _KillingWindower(Windower):
+    """Kills the decoding process at its first chunk, once per marker: a worker lost in the middle of a video."""
+
+    def __init__(self, inner: Windower, marker: Path) -> None:
+        self.inner, self.marker = inner, marker
+
+    def push(self, chunk: FrameBatch | AudioChunk) -> Units | None:
+        if claim(self.marker):
+            kill_this_process()
+        return self.inner.push(chunk)
+
+    def finish(self) -> Units | None:
+        return self.inner.finish()
+
+
+class _KillingModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, build: KillOnce) -> None:
+        super().__init__(preset, options)
+        self.build = build
+
+    def windower(self) -> Windower:
+        inner = super().windower()
+        return _KillingWindower(inner, self.build.folder / "decode") if self.build.decode else inner
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        if self.build.model and claim(self.build.folder / "model"):
+            kill_this_process()
+        return super().embed(inputs)
+
+
+@dataclass(frozen=True)
+class KillOnce:
+    """A build of MeanModels that SIGKILL the process decoding (decode=True) or embedding (model=True) a video,
+    once each (markers in `folder`), as a lost worker or actor would vanish."""
+
+    folder: Path
+    decode: bool = False
+    model: bool = False
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _KillingModel(preset, options, self)

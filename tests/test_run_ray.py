@@ -1,0 +1,158 @@
+"""The Ray engine on a local Ray cluster started by this module (one for all its tests): the same store as the
+local engine, exactly once when workers, actors or the driver are killed, failures kept as records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from extract.errors import UsageError
+from extract.models.base import ExtractorOptions
+from extract.presets import get_preset
+from extract.run import ExtractionRun, RunConfig
+from extract.run.engine_ray import import_ray
+from extract.sources import scan_folder
+from extract.store import FeatureStore, list_parts, parts_dir
+from tests.broken_media import make_broken_audio_video
+from tests.standin_models import KillOnce, MeanModel
+from tests.store_views import contents, records_per_video
+from tests.videos import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ExtractorOptions(torch.device("cpu"))
+FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
+AUDIO = get_preset("vggish")
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as when it is not installed
+    with pytest.raises(UsageError, match=r'pip install -e "\.\[ray\]"'):
+        import_ray()
+
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the test cluster listens on loopback only (read at import)
+ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A local cluster with 2 CPUs and one (pretend) GPU, so a 'GPU' actor runs beside two decode tasks."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # workers import tests.standin_models
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ray") / "videos"
+    for name, seconds in (("a", 2), ("b", 3), ("c", 2), ("d", 1)):
+        make_video(folder / f"{name}.mp4", seconds=seconds, size="96x64")
+    make_video(folder / "quiet.mp4", seconds=2, size="96x64", silent=True)  # MeanModel fails its audio
+    make_broken_audio_video(folder / "broken_audio.mp4")
+    (folder / "junk.mp4").write_bytes(b"not a video")
+    return folder
+
+
+def _extract(videos: Path, out: Path, engine: str, build=MeanModel, **config) -> ExtractionRun:
+    settings = {"progress": False, "batch_size": 4, "commit_every": 2, "engine": engine, **config}
+    run = ExtractionRun(scan_folder(videos), out, [FRAMES, AUDIO], CPU, RunConfig(**settings), build)
+    try:
+        run.run()
+    finally:
+        run.close()
+    return run
+
+
+@pytest.fixture(scope="module")
+def local_store(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "feats.h5"
+    _extract(videos, out, "local")
+    return out
+
+
+@pytest.mark.slow
+def test_ray_engine_makes_the_local_engines_store(
+    cluster: str, videos: Path, local_store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "feats.h5"
+    _extract(videos, out, "ray")
+    ray_store, local = contents(out), contents(local_store)
+    assert ray_store == local  # features and timestamps bit for bit, ids, metadata, failure records
+    assert sorted(local["videos"]) == ["a", "b", "broken_audio", "c", "d", "quiet"]
+    assert ("junk", ("clip", "vggish"), "probe", "VideoDecodeError") in local["failures"]
+    assert ("quiet", ("vggish",), "compute", "ValueError") in local["failures"]
+    assert set(records_per_video(out).values()) == {1}
+    assert not list(parts_dir(out).glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_killed_decode_worker_and_model_actor_lose_and_repeat_nothing(
+    cluster: str, videos: Path, local_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "feats.h5"
+    _extract(videos, out, "ray", build=KillOnce(markers, decode=True, model=True))
+    assert {p.name for p in markers.iterdir()} == {"decode", "model"}  # both processes really were killed
+    assert contents(out) == contents(local_store)
+    assert set(records_per_video(out).values()) == {1}
+    # the lost decode task's video started again; the lost actor's batch went to its restarted self (Ray's retry)
+    retried = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
+    assert len(retried) == 1 and "decoding it was lost (WorkerCrashedError" in retried[0]
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_with_every_video_exactly_once(cluster: str, tiny_clip: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    for n in range(10):
+        make_video(videos / f"v{n}.mp4", seconds=2, size="96x64", audio=False)
+    out = tmp_path / "feats.h5"
+
+    def command(store: Path, *engine: str) -> list[str]:
+        options = ["--clip-model", tiny_clip, "--no-progress", "--batch-size", "1", "--commit-every", "1", *engine]
+        return [sys.executable, "-m", "extract.cli", *map(str, [videos, "--out", store, *options])]
+
+    ray_engine = ("--engine", "ray", "--ray-address", cluster)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def stop_after_a_part(how: signal.Signals) -> tuple[int, str]:
+        """Start the driver, send `how` once it committed a part; its exit status and stderr."""
+        before = len(list_parts(parts_dir(out)))
+        driver = subprocess.Popen(command(out, *ray_engine), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 240
+        while len(list_parts(parts_dir(out))) == before and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        still_running = driver.poll() is None
+        driver.send_signal(how)
+        stderr = driver.communicate(timeout=120)[1].decode()
+        assert still_running, f"the driver ended before it could be stopped: {stderr}"
+        return driver.returncode, stderr
+
+    code, stderr = stop_after_a_part(signal.SIGTERM)  # preemption: finished videos are committed, exit 143
+    assert code == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("img-extract: error: terminated (SIGTERM); ")
+    assert "re-run the same command to resume" in stderr
+    code, stderr = stop_after_a_part(signal.SIGKILL)  # the driver lost at any moment
+    assert code == -signal.SIGKILL
+    first = len(list_parts(parts_dir(out)))
+    assert 2 <= first < 10  # stopped in the middle of the run, twice
+
+    again = subprocess.run(command(out, *ray_engine), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"10 videos: {10 - first} to extract, {first} already in" in again.stderr
+    local = subprocess.run(command(tmp_path / "local.h5"), env=env, capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr
+    assert contents(out) == contents(tmp_path / "local.h5")  # --batch-size 1: bit for bit
+    assert records_per_video(out) == {f"v{n}": 1 for n in range(10)}
+    assert not list(parts_dir(out).glob("*.tmp"))
+    with FeatureStore(out) as store:
+        assert len(store.video_ids()) == 10
