@@ -7,11 +7,13 @@ mp4 keeps its full header, so the two disagree, and the file is flagged `truncat
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ import numpy as np
 
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_path, input_args
+from extract.watchdog import Watchdog
 
-PROBE_TIMEOUT_S = 120.0
+# The stream-copy pass is stopped when it lists nothing for this long (a long file that keeps listing goes on).
+PROBE_STALL_S = 120.0
 # A file is `truncated` when its packets end this much before the header's duration. Whole files end within
 # one audio frame or video frame of the header (the real test video: 14.05 s header, audio to 14.05 s); an
 # interrupted download misses whole seconds. The end is that of the longest stream (video or audio), so a
@@ -70,8 +74,9 @@ class StreamMetadata:
     audio_end: float | None = None  # end of the last audio packet present
     truncated: bool = False  # the packets end more than TRUNCATION_TOLERANCE_S before header_duration
     # Start of every frame in presentation order, exact from the packets' integer timestamps (decord reports
-    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick).
-    frame_starts: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick): float64,
+    # 8 bytes a frame (430 KB for 30 minutes at 30 fps).
+    frame_starts: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
     @property
     def average_fps(self) -> float:
@@ -141,37 +146,57 @@ class _PacketStream:
     first_pts: float
     end: float  # largest pts + duration
     header: dict[str, str]
-    starts: tuple[float, ...] = ()  # every packet's pts in seconds, sorted
+    starts: np.ndarray = field(default_factory=lambda: np.empty(0))  # video: every packet's pts in seconds, sorted
     typical_duration: float = 0.0  # the median packet duration in seconds, exact from the integer timestamps
 
 
-def _packet_streams(listing: str) -> list[_PacketStream]:
-    """Per output stream of a `-f framecrc` listing: packet count, first pts and end of the last packet.
+class _PacketListing:
+    """A `-f framecrc` listing read line by line as ffmpeg writes it: the header fields of each stream, and each
+    packet's pts and duration in compact integer arrays (16 bytes a packet; no line is kept as text)."""
 
-    The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
-    """
-    headers: dict[int, dict[str, str]] = {}
-    for key, index, value in _HEADER.findall(listing):
-        headers.setdefault(int(index), {})[key] = value.strip()
-    rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
-    out = []
-    for index, header in sorted(headers.items()):
-        timebase = re.fullmatch(r"(\d+)/(\d+)", header.get("tb", ""))
-        mine = [row for row in rows if int(row[0]) == index]
-        if timebase is None or not mine:
-            out.append(_PacketStream(header.get("media_type", ""), 0, 0.0, 0.0, header))
-            continue
-        unit = int(timebase.group(1)) / int(timebase.group(2))
-        pts = np.array([int(row[2]) for row in mine], np.int64)  # stream, dts, pts, duration, size, crc
-        durations = np.array([int(row[3]) for row in mine], np.int64)
-        if len(pts) > 1 and (durations <= 0).any():
-            step = int(np.median(np.diff(np.sort(pts))))
-            durations = np.where(durations > 0, durations, step)
-        first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
-        starts = tuple((np.sort(pts) * unit).tolist())
-        typical = float(np.median(durations) * unit)
-        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts, typical))
-    return out
+    def __init__(self) -> None:
+        self.headers: dict[int, dict[str, str]] = {}
+        self._pts: dict[int, array.array[int]] = {}
+        self._durations: dict[int, array.array[int]] = {}
+
+    def add(self, line: bytes) -> None:
+        if line.startswith(b"#"):
+            if match := _HEADER.match(line.decode(errors="replace").rstrip("\r\n")):
+                key, index, value = match.groups()
+                self.headers.setdefault(int(index), {})[key] = value.strip()
+            return
+        fields = line.split(b",", 4)  # stream, dts, pts, duration, size, crc[, flags, side data]
+        if len(fields) < 5:
+            return
+        index = int(fields[0])
+        if index not in self._pts:
+            self._pts[index], self._durations[index] = array.array("q"), array.array("q")
+        self._pts[index].append(int(fields[2]))
+        self._durations[index].append(int(fields[3]))
+
+    def streams(self) -> list[_PacketStream]:
+        """Per output stream: packet count, first pts and end of the last packet.
+
+        The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
+        """
+        out = []
+        for index, header in sorted(self.headers.items()):
+            kind = header.get("media_type", "")
+            timebase = re.fullmatch(r"(\d+)/(\d+)", header.get("tb", ""))
+            if timebase is None or not self._pts.get(index):
+                out.append(_PacketStream(kind, 0, 0.0, 0.0, header))
+                continue
+            unit = int(timebase.group(1)) / int(timebase.group(2))
+            pts = np.frombuffer(self._pts[index], np.int64)
+            durations = np.frombuffer(self._durations[index], np.int64)
+            if len(pts) > 1 and (durations <= 0).any():
+                step = int(np.median(np.diff(np.sort(pts))))
+                durations = np.where(durations > 0, durations, step)
+            first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
+            starts = np.sort(pts) * unit if kind == "video" else np.empty(0)  # only frame sampling needs them
+            typical = float(np.median(durations) * unit)
+            out.append(_PacketStream(kind, len(pts), first, end, header, starts, typical))
+        return out
 
 
 @functools.cache
@@ -194,6 +219,35 @@ def channel_count(layout: str) -> int | None:
     return None
 
 
+def _list_packets(cmd: list[str], file: Path) -> tuple[int, str, _PacketListing]:
+    """Run the stream-copy pass, reading its listing as it comes; (exit code, stderr, listing).
+
+    A pass that lists nothing for PROBE_STALL_S is stopped (a huge file that keeps listing is not); every line is
+    also progress for the engine that runs the probe (extract/watchdog.py).
+    """
+    listing = _PacketListing()
+    with tempfile.TemporaryFile() as stderr_file:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file)
+        watchdog = Watchdog(process, PROBE_STALL_S)
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                watchdog.touch()
+                listing.add(line)
+            returncode = process.wait()
+        finally:
+            watchdog.stop()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if watchdog.fired:
+            raise VideoDecodeError(
+                f"{file}: probing listed nothing for {PROBE_STALL_S:.0f} s and was stopped; the file may be damaged"
+            )
+        stderr_file.seek(0)
+        return returncode, stderr_file.read().decode(errors="replace"), listing
+
+
 def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     """Read the container header and list the video and audio packets (stream copy: nothing is decoded).
 
@@ -208,20 +262,16 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         raise VideoDecodeError(f"{file}: file is empty (0 bytes); re-download or remove it")
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-nostats", *input_args(file)]
     cmd += ["-map", "0:V:0?", "-map", "0:a:0?", "-c", "copy", "-f", "framecrc", "-"]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise VideoDecodeError(f"{file}: probing took over {PROBE_TIMEOUT_S:.0f} s; the file may be damaged") from None
-    stderr = result.stderr
+    returncode, stderr, listing = _list_packets(cmd, file)
     streams = _STREAM.findall(stderr)
-    if result.returncode != 0 and not streams:
+    if returncode != 0 and not streams:
         raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr)})")
     video = next((desc for _, _, kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     audio = next((desc for _, _, kind, desc in streams if kind == "Audio"), None)
     if video is None:
         held = ", ".join(sorted({kind.lower() for _, _, kind, _ in streams})) or "no streams"
         raise VideoDecodeError(f"{file}: has no video stream (it holds {held}); remove it from the input")
-    if result.returncode != 0:
+    if returncode != 0:
         raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr)})")
     size_match = _SIZE.search(video)
     if size_match is None:
@@ -233,7 +283,7 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         width, height = height, width
     fps_match = _FPS.search(video)
     fps = float(fps_match.group(1)) * (1000 if fps_match.group(2) else 1) if fps_match else 0.0
-    packets = {stream.kind: stream for stream in _packet_streams(result.stdout)}
+    packets = {stream.kind: stream for stream in listing.streams()}
     pictures = packets.get("video")
     if pictures is None or pictures.packets == 0:
         raise VideoDecodeError(f"{file}: video stream holds no frames; the file is truncated or empty")
