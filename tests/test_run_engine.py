@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +175,16 @@ def test_empty_and_broken_audio_streams_touch_only_the_audio_tracks(tmp_path: Pa
     good = list(audio(item, probe(make_video(tmp_path / "good.mp4", seconds=2, size="160x120"))))
     assert isinstance(good[0], UnitsReady) and isinstance(good[-1], SourceDone) and good[-1].audio_found is True
     assert not any(isinstance(e, Failed) for e in good)
+
+
+def test_a_slow_but_steady_decode_keeps_its_video(real_time_ffmpeg: Callable[[], None], tmp_path: Path) -> None:
+    """--fps 0.1 fills a 32-frame chunk from 320 s of video: a decoder slower than real time sends no chunk for
+    longer than the engine's stall limit while it reads steadily. Here a 4-s video decoded at real time with the
+    limit at 1.5 s: its probe and its one chunk each take longer than that."""
+    make_video(tmp_path / "videos" / "slow.mp4", seconds=4, size="160x120", audio=False)
+    real_time_ffmpeg()
+    frames = FRAMES.with_overrides(fps=4.0)  # 16 frames: one chunk, sent when the decode ends
+    summary = _run(tmp_path / "videos", tmp_path / "f.h5", presets=(frames,), workers=1, stall_seconds=1.5).run()
+    assert [f.message for f in summary.failures] == [] and summary.done == 1
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.track("slow", "clip").features.shape == (16, 1)

@@ -29,6 +29,7 @@ from extract.run.plan import WorkItem
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, failure, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
+from extract.watchdog import progress_reports
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -45,6 +46,10 @@ class _Worker:
     waiting: bool = False  # blocked on the full queue: the consumer holds it up, not the decoder
     abandoned: bool = False
     error: BaseException | None = None
+
+    def touch(self) -> None:
+        """Its decoder read something (called in the worker's thread, through extract.watchdog)."""
+        self.last_progress = time.monotonic()
 
 
 @dataclass
@@ -213,7 +218,11 @@ class LocalEngine:
         self.started += 1
         worker = _Worker(f"decode-{self.started}")
         self.alive[worker.name] = worker
-        threading.Thread(target=self._decode, args=(worker,), name=worker.name, daemon=True).start()
+        threading.Thread(target=self._decode_reporting, args=(worker,), name=worker.name, daemon=True).start()
+
+    def _decode_reporting(self, worker: _Worker) -> None:
+        with progress_reports(worker.touch):  # every decoder read is progress, not only a finished chunk
+            self._decode(worker)
 
     def _decode(self, worker: _Worker) -> None:
         try:
