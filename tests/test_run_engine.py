@@ -13,7 +13,7 @@ import torch
 from extract.errors import StoreLockedError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
 from extract.presets import Preset, get_preset
-from extract.probe import probe
+from extract.probe import StreamMetadata, probe
 from extract.run import ExtractionRun, RunConfig, RunStopped, stages
 from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
@@ -188,3 +188,26 @@ def test_a_slow_but_steady_decode_keeps_its_video(real_time_ffmpeg: Callable[[],
     assert [f.message for f in summary.failures] == [] and summary.done == 1
     with FeatureStore(tmp_path / "f.h5") as store:
         assert store.track("slow", "clip").features.shape == (16, 1)
+
+
+def test_a_crash_inside_a_stage_fails_its_video_and_the_queue_goes_on(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a stage (not a decode error, which the stage records itself) ends its worker thread: a
+    replacement takes the rest of the queue, and the summary accounts for every video."""
+    real_as_attrs = StreamMetadata.as_attrs
+
+    def crashes_on_a(self: StreamMetadata) -> dict:
+        if Path(self.path).name == "a.mp4":
+            raise RuntimeError("injected bug")
+        return real_as_attrs(self)
+
+    monkeypatch.setattr(StreamMetadata, "as_attrs", crashes_on_a)
+    out = tmp_path / "f.h5"
+    summary = _run(videos, out, presets=(FRAMES,), workers=1).run()
+    assert [(f.video_id, f.features) for f in summary.failures] == [("a", ("clip",))]
+    assert "RuntimeError: injected bug" in summary.failures[0].message
+    assert (summary.done, summary.skipped, len(summary.failures)) == (2, 0, 1)
+    assert summary.lines()[0].startswith("summary: 2 done, 0 skipped (already in store), 1 failed,")
+    with FeatureStore(out) as store:
+        assert store.video_ids() == ["b", "quiet"] and store.failed_features("a") == {"clip"}

@@ -206,6 +206,8 @@ class LocalEngine:
             return  # abandoned earlier
         if worker.item is not None and not self.stop.is_set():
             self._give_up(worker.item, worker.error or VideoDecodeError(f"{worker.item.path}: the decoder stopped"))
+        if worker.error is not None and not self.stop.is_set() and not self.work.empty():
+            self._start_worker()  # a bug in a stage ended this worker: the rest of the queue still gets decoded
 
     def _give_up(self, item: WorkItem, error: BaseException) -> None:
         """Fail what is still open of a video whose decoder will send nothing more."""
