@@ -211,3 +211,41 @@ def test_a_crash_inside_a_stage_fails_its_video_and_the_queue_goes_on(
     assert summary.lines()[0].startswith("summary: 2 done, 0 skipped (already in store), 1 failed,")
     with FeatureStore(out) as store:
         assert store.video_ids() == ["b", "quiet"] and store.failed_features("a") == {"clip"}
+
+
+def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    from extract import store as store_module
+
+    real_write_part = store_module.write_part
+    written: list[int] = []
+
+    def disk_fills_after_one_part(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(1)
+        return real_write_part(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "write_part", disk_fills_after_one_part)
+    release = threading.Event()
+    real_iter_frames = stages.iter_frames
+
+    def last_video_waits(stream, sampling, threads=0) -> Iterator:  # type: ignore[no-untyped-def]
+        if Path(stream.path).name == "quiet.mp4":
+            release.wait(20)  # the first two finish and fill the disk before the third is decoded
+        yield from real_iter_frames(stream, sampling, threads=threads)
+
+    monkeypatch.setattr(stages, "iter_frames", last_video_waits)
+    caplog.set_level("INFO", logger="img_vmr")
+    try:
+        with pytest.raises(RunStopped) as stopped:
+            _run(videos, tmp_path / "f.h5", presets=(FRAMES,), workers=1, commit_every=1, stall_seconds=8).run()
+    finally:
+        release.set()
+    summary = stopped.value.summary
+    assert (summary.done, summary.committed_videos) == (2, 1)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary:")]
+    assert line.startswith("summary: 2 finished, 1 committed (the run stopped before the rest was written), ")

@@ -84,6 +84,7 @@ class ExtractionRun:
         try:
             LocalEngine(plan.items, extractors, writer, self.config, summary).run()
         except BaseException as error:
+            summary.stopped = True
             raise RunStopped(summary, error) from error
         finally:
             summary.wall_seconds = time.monotonic() - start
