@@ -10,10 +10,12 @@ from __future__ import annotations
 import array
 import dataclasses
 import functools
+import math
 import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,18 @@ def read_stream_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
         if old in out and new not in out:
             out[new] = out.pop(old)
     return out
+
+
+def stored_duration(attrs: Mapping[str, Any]) -> float | None:
+    """A stored video's duration in seconds: what its header says, else where its packets end (also under the names
+    of stores written before the fields were renamed); None when the store records neither. The one rule for
+    every reader (custom queries without a duration, the dataset builder, inspect)."""
+    values = read_stream_attrs(dict(attrs))
+    for name in ("header_duration", "stream_end"):
+        value = values.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
 
 
 def _seconds(match: re.Match[str]) -> float:

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from extract.errors import UsageError
+from extract.probe import stored_duration
 from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, align, aligned_length
 from img_model.decoding import time_to_index
 from img_model.errors import DataError
@@ -314,11 +315,8 @@ class DataSources:
             data_dir = Path(self.config.data_dir) if self.config.data_dir else None
             records = load_dataset(name, data_dir).records
         elif name.endswith(".jsonl"):
-            durations = {
-                video_id: float(self.stores.metadata(video_id)["duration"])
-                for video_id in self.stores.video_ids()
-                if "duration" in self.stores.metadata(video_id)
-            }
+            stored = {video_id: stored_duration(self.stores.metadata(video_id)) for video_id in self.stores.video_ids()}
+            durations = {video_id: duration for video_id, duration in stored.items() if duration is not None}
             records, _ = read_custom(Path(name), durations)
         else:
             raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")

@@ -165,10 +165,10 @@ def read_custom(
 
 
 def store_durations(store_path: Path) -> dict[str, float]:
-    """{video_id: duration} of every video in a feature store: its header's duration, else where its packets end."""
-    from extract.probe import read_stream_attrs
+    """{video_id: duration} of the videos in a feature store that record one (extract.probe.stored_duration)."""
+    from extract.probe import stored_duration
     from extract.store import FeatureStore
 
     with FeatureStore(store_path) as store:
-        attrs = {video_id: read_stream_attrs(store.metadata(video_id)) for video_id in store.video_ids()}
-    return {video_id: float(meta.get("header_duration") or meta["stream_end"]) for video_id, meta in attrs.items()}
+        durations = {video_id: stored_duration(store.metadata(video_id)) for video_id in store.video_ids()}
+    return {video_id: duration for video_id, duration in durations.items() if duration is not None}
