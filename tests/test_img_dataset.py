@@ -313,3 +313,20 @@ def test_queries_without_a_duration_take_it_from_a_really_extracted_store(extrac
     records = {r.video_id: r for r in DataSources(extracted).splits()["test"]}
     assert records["whole"].duration == pytest.approx(3.0, abs=0.05)
     assert records["cut"].duration == pytest.approx(6.0, abs=0.05)  # its header is whole: it comes first
+
+
+@pytest.mark.slow
+def test_videos_truncated_when_extracted_are_left_out_and_listed(
+    extracted: DataConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    sources = DataSources(extracted)
+    records = sources.splits()["test"]
+    caplog.set_level("WARNING", logger="img_vmr")
+    dataset = sources.dataset(records, "test", "eval", max_pos_len=16)
+    assert [r.video_id for r in dataset.records] == ["whole"]
+    assert dataset.coverage.truncated == ["qid_1 (video cut)"] and dataset.coverage.as_dict()["kept"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert line.startswith("1 of 2 test queries are on videos whose file was truncated when extracted")
+    assert line.endswith(": qid_1 (video cut); left out (--strict makes this an error)")
+    with pytest.raises(DataError, match=r"1 of 2 test queries are on videos whose file was truncated .* \(--strict\)"):
+        DataSources(replace(extracted, strict=True)).dataset(records, "test", "eval", max_pos_len=16)
