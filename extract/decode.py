@@ -198,7 +198,7 @@ def _widen_pipe(pipe: IO[bytes]) -> None:
         pass  # another OS, or a lowered /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
 
 
-def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str) -> Iterator[np.ndarray]:
+def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str, source: str | None = None) -> Iterator[np.ndarray]:
     """Run ffmpeg and yield its stdout in uint8 blocks of chunk_bytes (the last may be shorter).
 
     Raises VideoDecodeError with ffmpeg's reason if it fails, or if it stalls while we wait for it.
@@ -228,7 +228,7 @@ def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str) -> Iterator[np.nda
         if returncode != 0:
             stderr_file.seek(0)
             stderr = stderr_file.read().decode(errors="replace")
-            reason = ffmpeg_reason(stderr) if stderr.strip() else f"ffmpeg exit code {returncode}"
+            reason = ffmpeg_reason(stderr, source) if stderr.strip() else f"ffmpeg exit code {returncode}"
             raise VideoDecodeError(f"{what}: decoding failed ({reason})")
 
 
@@ -322,7 +322,7 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, th
     # samples past the rule's count are not samples of the video, so they are dropped.
     wanted = sample_count(meta.stream_end, fps, sampling.selection)
     index = 0
-    for block in _pipe_chunks(cmd, frame_bytes * sampling.chunk_frames, meta.path):
+    for block in _pipe_chunks(cmd, frame_bytes * sampling.chunk_frames, meta.path, meta.path):
         count = min(len(block) // frame_bytes, wanted - index)
         if count <= 0:
             continue
@@ -417,7 +417,7 @@ def iter_audio(meta: StreamMetadata, sampling: AudioSampling) -> Iterator[AudioC
     cmd += ["-f", "f32le", "pipe:1"]
     chunk_samples = max(1, int(sampling.chunk_seconds * sampling.sample_rate))
     offset = 0
-    for block in _pipe_chunks(cmd, chunk_samples * 4, f"{meta.path} (audio)"):
+    for block in _pipe_chunks(cmd, chunk_samples * 4, f"{meta.path} (audio)", meta.path):
         samples = block[: len(block) // 4 * 4].view(np.float32)
         yield AudioChunk(samples, offset / sampling.sample_rate)
         offset += len(samples)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,13 +126,25 @@ def _seconds(match: re.Match[str]) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-_COMPONENT = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ")
+# Every component a line passed through, outermost first: "[aist#0:1/aac @ 0x55e9a1e08d00] [dec:aac @ 0x55e...] ".
+_PREFIXES = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
 # ffmpeg's wrappers around a reason: "Error opening input: X", "Error opening input files: X".
 _WRAPPER = re.compile(r"^Error opening (?:input|output)(?: files)?: ")
-_HINTS = {
-    "moov atom not found": "the file is truncated or was never finished",
-    "Invalid data found when processing input": "not a video ffmpeg can read (wrong extension, or damaged)",
-}
+# What ffmpeg says on its way out of any failure, whatever the reason (its threads' exit codes, the empty output,
+# its statistics): never the reason itself.
+_BOOKKEEPING = re.compile(
+    r"^(?:Terminating thread with return code|Task finished with error code|Nothing was written into output file"
+    r"|Could not open encoder before EOF|Conversion failed|Last message repeated|Error closing"
+    r"|Finishing stream without any data written|video:\S+ audio:\S+ subtitle:)"
+)
+# A decoder that gave up on a stream, and the errors it met on the way ("Error while decoding stream #0:0: X" is
+# what ffmpeg before 7 printed).
+_DECODE_RATE = re.compile(r"^Decode error rate \S+ exceeds maximum \S+")
+_DECODER_ERROR = re.compile(
+    r"^(?:Error submitting packet to decoder|Decoding error|Error while decoding stream \S+): (.+)$"
+)
+# First box types of an ISO media file (mp4/mov): a file that starts with one is an mp4, whole or not.
+_ISO_MEDIA_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"sidx", b"moof"}
 
 NOT_A_CONTAINER = (
     "not a video container img-vmr opens (mp4/mov, mkv/webm, avi, mpeg/ts, flv, asf/wmv, ogg): a playlist, script, "
@@ -139,18 +152,66 @@ NOT_A_CONTAINER = (
 )
 
 
-def ffmpeg_reason(stderr: str) -> str:
-    """ffmpeg's reason in one line: the last complaint of a component (a demuxer's, a decoder's) before its
-    generic "Error opening input: X" wrapper, which gives X only when no component said more. Earlier component
-    lines are warnings on the way (e.g. "detected only with low score of 1, misdetection possible!")."""
+def ffmpeg_reason(stderr: str, path: str | os.PathLike[str] | None = None) -> str:
+    """ffmpeg's reason for a failure, in one line.
+
+    ffmpeg 7+ prefixes a line with every component it went through ("[aist#0:1/aac @ 0x...] [dec:aac @ 0x...]")
+    and ends any failure with bookkeeping ("Terminating thread with return code -1145393733", "Nothing was written
+    into output file"): both are dropped. The reason is then, first found:
+    - a decoder that gave up, "Decode error rate R exceeds maximum M", with the error it met most often;
+    - the last other decoder error;
+    - the last complaint of a component (a demuxer's) before ffmpeg's generic "Error opening input: X" wrapper,
+      which gives X only when no component said more (earlier component lines are warnings on the way, e.g.
+      "detected only with low score of 1, misdetection possible!").
+    `path` (the input) decides the hints that depend on the file itself.
+    """
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    components = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
-    specific = [line for line in components if not _WRAPPER.match(line)]
-    reason = specific[-1] if specific else _WRAPPER.sub("", (components or lines or ["ffmpeg gave no message"])[-1])
+    said: list[tuple[str, bool]] = []  # (the line without its prefixes, whether a component said it)
+    for line in lines:
+        text = _PREFIXES.sub("", line)
+        if text and not _BOOKKEEPING.match(text):
+            said.append((text, text != line))
+    components = [text for text, component in said if component]
+    met = [match.group(1) for text in components if (match := _DECODER_ERROR.match(text))]
+    gave_up = [text for text in components if _DECODE_RATE.match(text)]
+    specific = [text for text in components if not _WRAPPER.match(text)]
+    if gave_up:
+        reason = gave_up[-1] + (f": {Counter(met).most_common(1)[0][0]}" if met else "")
+    elif met:
+        reason = met[-1]
+    elif specific:
+        reason = specific[-1]
+    else:
+        anything = components or [text for text, _ in said] or [_PREFIXES.sub("", line) for line in lines]
+        reason = _WRAPPER.sub("", (anything or ["ffmpeg gave no message"])[-1])
     if reason.startswith("Format not on whitelist"):  # ffmpeg_binary.INPUT_FORMAT_WHITELIST refused its demuxer
         return NOT_A_CONTAINER
-    hint = next((h for key, h in _HINTS.items() if key in reason), None)
+    hint = _hint(reason, path)
     return f"{reason}: {hint}" if hint else reason
+
+
+def _hint(reason: str, path: str | os.PathLike[str] | None) -> str | None:
+    """What a reason means for the user, where that is sure."""
+    if reason.startswith("moov atom not found") and path is not None:
+        iso_media = _starts_like_iso_media(Path(path))
+        if iso_media is None:
+            return None
+        if iso_media:
+            return "the file is truncated or was never finished"
+        return "it does not start like an mp4/mov file, so it is something else named like one"
+    if reason.startswith("Invalid data found when processing input"):
+        return "not a video ffmpeg can read (wrong extension, or damaged)"
+    return None
+
+
+def _starts_like_iso_media(path: Path) -> bool | None:
+    """Whether the file starts with an mp4/mov box (None: it cannot be read)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None
+    return head[4:8] in _ISO_MEDIA_BOXES
 
 
 @dataclass(frozen=True)
@@ -279,14 +340,14 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     returncode, stderr, listing = _list_packets(cmd, file)
     streams = _STREAM.findall(stderr)
     if returncode != 0 and not streams:
-        raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr)})")
+        raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr, file)})")
     video = next((desc for _, _, kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     audio = next((desc for _, _, kind, desc in streams if kind == "Audio"), None)
     if video is None:
         held = ", ".join(sorted({kind.lower() for _, _, kind, _ in streams})) or "no streams"
         raise VideoDecodeError(f"{file}: has no video stream (it holds {held}); remove it from the input")
     if returncode != 0:
-        raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr)})")
+        raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr, file)})")
     size_match = _SIZE.search(video)
     if size_match is None:
         raise VideoDecodeError(f"{file}: video stream has no frame size ({video.strip()[:80]})")

@@ -3,6 +3,7 @@ on the model's identity, offline hints that work when followed, and errors of th
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from extract.store import FeatureStore
+from tests.broken_media import make_broken_audio_video, make_corrupted_video, make_renamed_playlist
 from tests.conftest import run_cli
 from tests.golden import golden_tensors
 from tests.videos import make_video
@@ -144,3 +146,36 @@ def test_convert_official_to_a_bad_place_is_one_line(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"img-train: error: cannot write {target} (") and result.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(tmp_path: Path, tiny_clip: Path,
+                                                                       published_weights: Path) -> None:  # fmt: skip
+    """ffmpeg 7+ nests its component prefixes and ends with bookkeeping ("Terminating thread with return code
+    -1145393733 ..."); the reason is the decoder's ("Decode error rate ... exceeds maximum") and what it met."""
+    videos = tmp_path / "videos"
+    make_broken_audio_video(videos / "broken audio.mkv")
+    make_corrupted_video(videos / "corrupt.mp4", tmp_path / "whole.mp4")
+    make_renamed_playlist(videos / "playlist.mp4")
+    out = tmp_path / "f.h5"
+    result = run_cli(videos, "--out", out, "--features", "clip,vggish", "--clip-model", tiny_clip, "--weights-dir",
+                     published_weights, "--trust-weights", "--no-progress")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    rate = r"Decode error rate [\d.]+ exceeds maximum 0\.666667: Invalid data found when processing input"
+    expected = {  # video -> its failed tracks, what its one record says (the reasons of its tracks, joined)
+        "broken audio": ("vggish", rf"broken audio\.mkv \(audio\): decoding failed \({rate}\)$"),
+        "corrupt": ("clip,vggish", rf"^clip: \S+corrupt\.mp4: decoding failed \({rate}\) \| "
+                                   rf"vggish: \S+corrupt\.mp4 \(audio\): decoding failed \({rate}\)$"),
+        "playlist": ("clip,vggish", r"playlist\.mp4: not a readable media file \(moov atom not found: it does not "
+                                    r"start like an mp4/mov file, so it is something else named like one\)$"),
+    }  # fmt: skip
+    with FeatureStore(out) as store:
+        failures = {f.video_id: f for f in store.failures()}
+    assert set(failures) == set(expected)
+    for video_id, (features, pattern) in expected.items():
+        message = failures[video_id].message
+        assert ",".join(failures[video_id].features) == features and re.search(pattern, message), message
+        assert f"failed: {video_id} " in result.stderr and message in result.stderr
+    shown = run_cli("inspect", out)
+    assert shown.returncode == 0 and all(failure.message in shown.stdout for failure in failures.values())
+    assert "Terminating thread" not in result.stderr + shown.stdout and " @ 0x" not in result.stderr + shown.stdout
