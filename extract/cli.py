@@ -15,12 +15,15 @@ import click
 
 from extract import __version__
 from extract.cli_common import (
+    AUDIO_HOP,
+    AUDIO_WINDOW,
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STOPPED,
     EXIT_TERMINATED,
-    POSITIVE,
+    FPS,
+    ROW_SECONDS,
     OneLineErrors,
     Terminated,
     fail,
@@ -99,7 +102,9 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="Videos decoded in parallel (each by its own ffmpeg process).",
 )
-@click.option("--fps", type=POSITIVE, default=None, help="Frame sampling rate for visual presets (default: preset's).")
+@click.option(
+    "--fps", type=FPS, default=None, help="Frame sampling rate for visual presets, 0.001 to 240 (default: preset's)."
+)
 @click.option(
     "--decoder",
     type=click.Choice(["ffmpeg", "decord"]),
@@ -107,8 +112,15 @@ def main() -> None:
     help="Frame decoder (default: the preset's). decord seeks but ignores rotation and needs ~0.9 GB; "
     "rotated or non-mp4 files always go through ffmpeg.",
 )
-@click.option("--audio-window", type=POSITIVE, default=None, help="PANNs window in seconds (default 1.0).")
-@click.option("--audio-hop", type=POSITIVE, default=None, help="PANNs hop between windows in seconds (default 0.5).")
+@click.option(
+    "--audio-window", type=AUDIO_WINDOW, default=None, help="PANNs window in seconds, 0.31 to 10 (default 1.0)."
+)
+@click.option(
+    "--audio-hop",
+    type=AUDIO_HOP,
+    default=None,
+    help="PANNs hop between windows in seconds, 0.01 to the window (default 0.5).",
+)
 @weights_dir_option()
 @click.option(
     "--trust-weights",
@@ -386,9 +398,9 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
 @click.option("--feature", required=True, help="Name to store the features under (e.g. i3d-released).")
 @click.option(
     "--row-seconds",
-    type=float,
+    type=ROW_SECONDS,
     default=None,
-    help="Seconds per row when known (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
+    help="Seconds per row when known, 0.001 to 3600 (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
 )
 def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
     """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle

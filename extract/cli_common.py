@@ -61,9 +61,13 @@ class OneLineErrors(click.Group):
 
 
 class PositiveNumber(click.ParamType):
-    """A finite number above zero: nan, inf, 0 and negative values are refused at parse time."""
+    """A finite number above zero, within [least, most] when given: nan, inf, 0, negative values and numbers outside
+    the range are refused at parse time (a number that cannot work would fail every video, or never finish)."""
 
     name = "number"
+
+    def __init__(self, least: float = 0.0, most: float = math.inf) -> None:
+        self.least, self.most = least, most
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
@@ -72,10 +76,21 @@ class PositiveNumber(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number) or number <= 0:
             self.fail(f"{value!r} is not a finite positive number", param, ctx)
+        if not self.least <= number <= self.most:
+            self.fail(f"{value!r} is not between {self.least:g} and {self.most:g}", param, ctx)
         return number
 
 
 POSITIVE = PositiveNumber()
+# Frames per second sampled: one frame every 1000 s at least (below, a video gives no frame at all), at most 240
+# (high-speed footage; --fps 1e6 would make ffmpeg repeat every frame a million times a second, for hours).
+FPS = PositiveNumber(0.001, 240.0)
+# PANNs windows: Cnn14 needs 9,920 samples at 32 kHz (0.31 s); it was trained on AudioSet's 10-s clips (a larger
+# window only costs memory: --audio-window 1e9 asked for 116 TiB).
+AUDIO_WINDOW = PositiveNumber(0.31, 10.0)
+AUDIO_HOP = PositiveNumber(0.01, 10.0)  # and at most the window (checked with the preset's window)
+# Seconds per row of imported features: a millisecond to an hour.
+ROW_SECONDS = PositiveNumber(0.001, 3600.0)
 
 
 def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:

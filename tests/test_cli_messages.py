@@ -38,6 +38,45 @@ def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, opti
     assert not (tmp_path / "f.h5.parts").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value", "bounds"),
+    [("run", "--fps", "1e6", "0.001 and 240"), ("run", "--fps", "1e-300", "0.001 and 240"),
+     ("run", "--audio-window", "1e9", "0.31 and 10"), ("run", "--audio-hop", "60", "0.01 and 10"),
+     ("import-img", "--row-seconds", "1e9", "0.001 and 3600")],
+)  # fmt: skip
+def test_numbers_out_of_their_range_are_refused_at_parse_time(
+    tmp_path: Path, command: str, option: str, value: str, bounds: str
+) -> None:
+    """--fps 1e6 ran silently until killed; --audio-window 1e9 failed every video with a 116 TiB MemoryError."""
+    args = (tmp_path, "--out", tmp_path / "f.h5") + (("--feature", "x") if command == "import-img" else ())
+    result = run_cli(*((command,) if command == "import-img" else ()), *args, option, value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"img-extract: error: Invalid value for '{option}': '{value}' is not between {bounds} "
+        f"(see {_prog()} {command} --help)"
+    ]
+    assert not (tmp_path / "f.h5.parts").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+def test_import_row_seconds_must_be_a_finite_positive_number(tmp_path: Path, value: str) -> None:
+    result = run_cli("import-img", tmp_path, "--out", tmp_path / "f.h5", "--feature", "x", "--row-seconds", value)
+    assert result.returncode == 2 and _error_lines(result.stderr) == [
+        f"img-extract: error: Invalid value for '--row-seconds': '{value}' is not a finite positive number "
+        f"(see {_prog()} import-img --help)"
+    ]
+
+
+def test_a_hop_longer_than_the_window_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--out", tmp_path / "f.h5", "--features", "panns", "--audio-window", "0.5",
+                     "--audio-hop", "0.75")  # fmt: skip
+    assert result.returncode == 2 and _error_lines(result.stderr) == [
+        "img-extract: error: --audio-hop 0.75 s is longer than the 0.5-s window (--audio-window): audio between "
+        "windows would be skipped; give a hop up to the window"
+    ]
+    assert not (tmp_path / "f.h5.parts").exists()
+
+
 def _prog() -> str:
     import sys
 
