@@ -17,6 +17,7 @@ from extract.probe import StreamMetadata, probe
 from extract.run import ExtractionRun, RunConfig, RunStopped, stages
 from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
+from extract.run.summary import RunSummary
 from extract.sources import scan_folder
 from extract.store import FeatureStore, StoreWriter
 from extract.windows import AudioWindows
@@ -249,3 +250,35 @@ def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
     assert (summary.done, summary.committed_videos) == (2, 1)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary:")]
     assert line.startswith("summary: 2 finished, 1 committed (the run stopped before the rest was written), ")
+
+
+class FailsAt8Fps(MeanModel):
+    """A recipe that cannot work (standing in for a bad --fps): every video fails with it, not with another."""
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        if self.preset.frames is not None and self.preset.frames.fps == 8.0:
+            raise ValueError("this recipe cannot work")
+        return super().embed(inputs)
+
+
+def test_failures_made_with_another_recipe_do_not_block_a_good_one(
+    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "f.h5"
+
+    def run(fps: float) -> RunSummary:
+        config = RunConfig(progress=False, batch_size=4, workers=1)
+        frames = FRAMES.with_overrides(fps=fps)
+        return ExtractionRun(scan_folder(videos), out, [frames], CPU, config, FailsAt8Fps).run()
+
+    bad = run(8.0)
+    assert (bad.done, len(bad.failures)) == (0, 3)
+    assert (run(8.0).skipped_failed, run(8.0).exit_code) == (3, 1)  # the same recipe: skipped (--retry-failed)
+    caplog.set_level("INFO", logger="img_vmr")
+    good = run(4.0)
+    assert (good.done, good.skipped_failed, good.failures, good.exit_code) == (3, 0, [], 0)
+    assert "3 videos failed before with another recipe (e.g. another --fps) and are tried again with this one" in (
+        caplog.text
+    )
+    with FeatureStore(out) as store:
+        assert store.failures() == [] and store.provenance("clip")["frames.fps"] == 4.0

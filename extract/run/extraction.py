@@ -20,7 +20,7 @@ from extract.run.plan import Plan, plan_run
 from extract.run.provenance import provenance_records
 from extract.run.summary import RunSummary
 from extract.sources import VideoSource
-from extract.store import FeatureStore, StoreWriter
+from extract.store import FeatureStore, StoreWriter, recipe_id
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -81,6 +81,11 @@ class ExtractionRun:
             self.store_path,
             summary.skipped_failed,
         )
+        if plan.retried_other_recipe:
+            log.info(
+                "%d videos failed before with another recipe (e.g. another --fps) and are tried again with this one",
+                plan.retried_other_recipe,
+            )
         try:
             LocalEngine(plan.items, extractors, writer, self.config, summary).run()
         except BaseException as error:
@@ -117,6 +122,7 @@ class ExtractionRun:
                 resume=self.config.resume,
                 retry_failed=self.config.retry_failed,
                 limit=self.config.limit,
+                recipes={name: recipe_id(record["recipe"]) for name, record in writer.provenance.items()},
             )
         finally:
             if existing is not None:
