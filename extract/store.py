@@ -554,10 +554,6 @@ class FeatureStore:
         ref = self._track_ref(video_id, feature)
         return self._part_provenance[ref.part].get(feature, {})
 
-    def has_features(self, video_id: str, features: Iterable[str]) -> bool:
-        entry = self._videos.get(video_id)
-        return entry is not None and all(name in entry.tracks for name in features)
-
     def failures(self) -> list[FailureRecord]:
         """Current failures: each record's `features` narrowed to the tracks still failing (none held since)."""
         current = []
