@@ -25,19 +25,21 @@ WEIGHTS_DIR_HELP = (
 )
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, program: str = "img-extract") -> None:
+    """Messages on stderr as "program: message" (debug messages too with --verbose). Every img-vmr command logs
+    this way (img_model/cli_common.py passes img-train / img-eval)."""
     root = logging.getLogger("img_vmr")
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("img-extract: %(message)s"))
+    console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
     root.addHandler(console)
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """The last line of a command that cannot go on: one line on stderr, then exit."""
-    click.echo(f"img-extract: error: {' '.join(message.split())}", err=True)
+def fail(message: str, code: int = EXIT_USAGE, program: str = "img-extract") -> NoReturn:
+    """The last line of a command that cannot go on: one line on stderr (whatever the message holds), then exit."""
+    click.echo(f"{program}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from extract.log_file import attach_log_file
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.run.config import RunConfig
@@ -72,7 +73,7 @@ class ExtractionRun:
             writer.abandon()
             raise
         start = time.monotonic()  # rates count extraction, not model loading
-        log_file = _attach_log_file(writer.parts_dir / "extract.log")
+        log_file = attach_log_file(writer.parts_dir / "extract.log")  # every run appends its full log
         log.info(
             "%d videos: %d to extract, %d already in %s, %d failed before",
             len(self.sources),
@@ -133,28 +134,3 @@ class ExtractionRun:
             plan.truncated_kept,
         )
         return plan
-
-
-class _RunLog(logging.FileHandler):
-    """OUT.parts/extract.log. When it cannot be written (a full disk) it goes quiet instead of printing a
-    logging traceback per message; the console still has everything that matters."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8", errors="backslashreplace", delay=True)  # opened by the first line
-        self.broken = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.broken:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.broken = True
-
-
-def _attach_log_file(path: Path) -> logging.Handler:
-    """Every run appends its full log, failure tracebacks included, to OUT.parts/extract.log."""
-    handler = _RunLog(path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
-    logging.getLogger("img_vmr").addHandler(handler)
-    return handler
