@@ -309,7 +309,7 @@ def weights_group() -> None:
 
 
 @weights_group.command("list")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@weights_dir_option()
 def weights_list(weights_dir: Path | None) -> None:
     """Every published file the presets use, where it is found (or 'missing'), its URL and published checksum."""
     from extract.weights import REGISTRY, find_local
@@ -325,8 +325,7 @@ def weights_list(weights_dir: Path | None) -> None:
 
 @weights_group.command("fetch")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")  # fmt: skip
+@weights_dir_option("Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
 def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
     from extract.weights import default_weights_dir, fetch
@@ -341,7 +340,7 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
 
 @weights_group.command("verify")
 @click.argument("names", nargs=-1)
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@weights_dir_option()
 def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Check the local copies of NAMES (default: all that are present) against their published checksums.
 
