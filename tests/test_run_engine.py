@@ -282,3 +282,18 @@ def test_failures_made_with_another_recipe_do_not_block_a_good_one(
     )
     with FeatureStore(out) as store:
         assert store.failures() == [] and store.provenance("clip")["frames.fps"] == 4.0
+
+
+def test_a_model_error_over_several_lines_is_recorded_in_one(videos: Path, tmp_path: Path) -> None:
+    class MultiLineError(MeanModel):
+        def embed(self, inputs: np.ndarray) -> np.ndarray:
+            raise RuntimeError("shapes do not match:\n  expected [1, 3]\n  got [1, 4]")
+
+    out = tmp_path / "f.h5"
+    config = RunConfig(progress=False, batch_size=4, workers=1)
+    summary = ExtractionRun(scan_folder(videos), out, [FRAMES], CPU, config, MultiLineError).run()
+    assert len(summary.failures) == 3
+    for failure in summary.failures:
+        assert failure.message.endswith(".mp4: RuntimeError: shapes do not match: expected [1, 3] got [1, 4]")
+    with FeatureStore(out) as store:
+        assert all("\n" not in failure.message for failure in store.failures())
