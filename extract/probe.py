@@ -241,13 +241,14 @@ class _PacketListing:
                 self.headers.setdefault(int(index), {})[key] = value.strip()
             return
         fields = line.split(b",", 4)  # stream, dts, pts, duration, size, crc[, flags, side data]
-        if len(fields) < 5:
+        try:
+            index, pts, duration = int(fields[0]), int(fields[2]), int(fields[3])
+        except (IndexError, ValueError):  # not a packet line
             return
-        index = int(fields[0])
         if index not in self._pts:
             self._pts[index], self._durations[index] = array.array("q"), array.array("q")
-        self._pts[index].append(int(fields[2]))
-        self._durations[index].append(int(fields[3]))
+        self._pts[index].append(pts)
+        self._durations[index].append(duration)
 
     def streams(self) -> list[_PacketStream]:
         """Per output stream: packet count, first pts and end of the last packet.

@@ -188,6 +188,7 @@ def test_an_audio_stream_without_packets_is_no_audio(tmp_path: Path) -> None:
     assert not meta.has_audio and meta.audio_end is None  # ... but holds nothing to decode
 
 
+@pytest.mark.slow  # a 3-s probe at real time
 def test_a_probe_that_keeps_listing_is_not_stopped_and_a_silent_one_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_time_ffmpeg: Callable[[], None]
 ) -> None:

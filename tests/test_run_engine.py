@@ -178,6 +178,7 @@ def test_empty_and_broken_audio_streams_touch_only_the_audio_tracks(tmp_path: Pa
     assert not any(isinstance(e, Failed) for e in good)
 
 
+@pytest.mark.slow  # two passes at real time over a 4-s video
 def test_a_slow_but_steady_decode_keeps_its_video(real_time_ffmpeg: Callable[[], None], tmp_path: Path) -> None:
     """--fps 0.1 fills a 32-frame chunk from 320 s of video: a decoder slower than real time sends no chunk for
     longer than the engine's stall limit while it reads steadily. Here a 4-s video decoded at real time with the
@@ -243,7 +244,7 @@ def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
     caplog.set_level("INFO", logger="img_vmr")
     try:
         with pytest.raises(RunStopped) as stopped:
-            _run(videos, tmp_path / "f.h5", presets=(FRAMES,), workers=1, commit_every=1, stall_seconds=8).run()
+            _run(videos, tmp_path / "f.h5", presets=(FRAMES,), workers=1, commit_every=1, stall_seconds=4).run()
     finally:
         release.set()
     summary = stopped.value.summary
