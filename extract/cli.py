@@ -15,12 +15,15 @@ import click
 
 from extract import __version__
 from extract.cli_common import (
+    AUDIO_HOP,
+    AUDIO_WINDOW,
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STOPPED,
     EXIT_TERMINATED,
-    POSITIVE,
+    FPS,
+    ROW_SECONDS,
     OneLineErrors,
     Terminated,
     fail,
@@ -101,7 +104,9 @@ def main() -> None:
     help="Videos decoded in parallel (each by its own ffmpeg process), per local worker; the Ray engine runs one "
     "decode task per free CPU of the cluster.",
 )
-@click.option("--fps", type=POSITIVE, default=None, help="Frame sampling rate for visual presets (default: preset's).")
+@click.option(
+    "--fps", type=FPS, default=None, help="Frame sampling rate for visual presets, 0.001 to 240 (default: preset's)."
+)
 @click.option(
     "--decoder",
     type=click.Choice(["ffmpeg", "decord"]),
@@ -109,8 +114,15 @@ def main() -> None:
     help="Frame decoder (default: the preset's). decord seeks but ignores rotation and needs ~0.9 GB; "
     "rotated or non-mp4 files always go through ffmpeg.",
 )
-@click.option("--audio-window", type=POSITIVE, default=None, help="PANNs window in seconds (default 1.0).")
-@click.option("--audio-hop", type=POSITIVE, default=None, help="PANNs hop between windows in seconds (default 0.5).")
+@click.option(
+    "--audio-window", type=AUDIO_WINDOW, default=None, help="PANNs window in seconds, 0.31 to 10 (default 1.0)."
+)
+@click.option(
+    "--audio-hop",
+    type=AUDIO_HOP,
+    default=None,
+    help="PANNs hop between windows in seconds, 0.01 to the window (default 0.5).",
+)
 @weights_dir_option()
 @click.option(
     "--trust-weights",
@@ -356,7 +368,7 @@ def weights_group() -> None:
 
 
 @weights_group.command("list")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@weights_dir_option()
 def weights_list(weights_dir: Path | None) -> None:
     """Every published file the presets use, where it is found (or 'missing'), its URL and published checksum."""
     from extract.weights import REGISTRY, find_local
@@ -372,8 +384,7 @@ def weights_list(weights_dir: Path | None) -> None:
 
 @weights_group.command("fetch")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")  # fmt: skip
+@weights_dir_option("Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
 def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
     from extract.weights import default_weights_dir, fetch
@@ -388,7 +399,7 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
 
 @weights_group.command("verify")
 @click.argument("names", nargs=-1)
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@weights_dir_option()
 def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Check the local copies of NAMES (default: all that are present) against their published checksums.
 
@@ -445,9 +456,9 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
 @click.option("--feature", required=True, help="Name to store the features under (e.g. i3d-released).")
 @click.option(
     "--row-seconds",
-    type=float,
+    type=ROW_SECONDS,
     default=None,
-    help="Seconds per row when known (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
+    help="Seconds per row when known, 0.001 to 3600 (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
 )
 def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
     """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle

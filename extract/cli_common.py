@@ -25,19 +25,21 @@ WEIGHTS_DIR_HELP = (
 )
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, program: str = "img-extract", quiet: bool = False) -> None:
+    """Messages on stderr as "program: message" (debug messages too with --verbose; warnings and errors only when
+    quiet). Every img-vmr command logs this way (img_model/cli_common.py passes img-train / img-eval)."""
     root = logging.getLogger("img_vmr")
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("img-extract: %(message)s"))
+    console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
     root.addHandler(console)
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """The last line of a command that cannot go on: one line on stderr, then exit."""
-    click.echo(f"img-extract: error: {' '.join(message.split())}", err=True)
+def fail(message: str, code: int = EXIT_USAGE, program: str = "img-extract") -> NoReturn:
+    """The last line of a command that cannot go on: one line on stderr (whatever the message holds), then exit."""
+    click.echo(f"{program}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 
@@ -61,9 +63,13 @@ class OneLineErrors(click.Group):
 
 
 class PositiveNumber(click.ParamType):
-    """A finite number above zero: nan, inf, 0 and negative values are refused at parse time."""
+    """A finite number above zero, within [least, most] when given: nan, inf, 0, negative values and numbers outside
+    the range are refused at parse time (a number that cannot work would fail every video, or never finish)."""
 
     name = "number"
+
+    def __init__(self, least: float = 0.0, most: float = math.inf) -> None:
+        self.least, self.most = least, most
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
@@ -72,10 +78,21 @@ class PositiveNumber(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number) or number <= 0:
             self.fail(f"{value!r} is not a finite positive number", param, ctx)
+        if not self.least <= number <= self.most:
+            self.fail(f"{value!r} is not between {self.least:g} and {self.most:g}", param, ctx)
         return number
 
 
 POSITIVE = PositiveNumber()
+# Frames per second sampled: one frame every 1000 s at least (below, a video gives no frame at all), at most 240
+# (high-speed footage; --fps 1e6 would make ffmpeg repeat every frame a million times a second, for hours).
+FPS = PositiveNumber(0.001, 240.0)
+# PANNs windows: Cnn14 needs 9,920 samples at 32 kHz (0.31 s); it was trained on AudioSet's 10-s clips (a larger
+# window only costs memory: --audio-window 1e9 asked for 116 TiB).
+AUDIO_WINDOW = PositiveNumber(0.31, 10.0)
+AUDIO_HOP = PositiveNumber(0.01, 10.0)  # and at most the window (checked with the preset's window)
+# Seconds per row of imported features: a millisecond to an hour.
+ROW_SECONDS = PositiveNumber(0.001, 3600.0)
 
 
 def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:

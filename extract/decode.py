@@ -16,7 +16,8 @@ t = 0 is the start of the file's timeline (its earliest stream), for frames and 
 line up even when one stream starts later; a video that starts late repeats its first frame before it starts.
 
 A decoder that sends nothing for STALL_TIMEOUT_S while we wait for it is stopped and the video fails; the time
-a consumer holds a chunk does not count.
+a consumer holds a chunk does not count. Every read (and every finished decord call) is also reported to the
+thread's engine (extract/watchdog.progress_reports), so a slow but steady decode is never taken for a stall.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Literal, TypeVar
@@ -34,6 +34,7 @@ import numpy as np
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_path, input_args
 from extract.probe import StreamMetadata, ffmpeg_reason
+from extract.watchdog import Watchdog, report_progress
 
 DecoderName = Literal["ffmpeg", "decord"]
 ResizeRule = Literal["shorter", "shorter_if_below", "none"]
@@ -140,45 +141,7 @@ class AudioChunk:
     start_seconds: float
 
 
-# --- stall watchdogs -----------------------------------------------------------------------------------------
-
-
-class _Watchdog:
-    """Kills a subprocess when it has sent nothing for `timeout` seconds while we were waiting for it.
-
-    `touch` on every read; `pause` while the consumer holds what was read (a busy model, a full queue) and
-    `resume` when it asks for more, so only the decoder's own silence counts.
-    """
-
-    def __init__(self, process: subprocess.Popen[bytes], timeout: float) -> None:
-        self._process = process
-        self._timeout = timeout
-        self._last = time.monotonic()
-        self._paused = False
-        self._done = threading.Event()
-        self.fired = False
-        threading.Thread(target=self._watch, daemon=True).start()
-
-    def touch(self) -> None:
-        self._last = time.monotonic()
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._last = time.monotonic()
-        self._paused = False
-
-    def stop(self) -> None:
-        self._done.set()
-
-    def _watch(self) -> None:
-        while not self._done.wait(min(5.0, self._timeout / 4)):
-            if not self._paused and time.monotonic() - self._last > self._timeout:
-                self.fired = True
-                self._process.kill()
-                return
-
+# --- stall deadlines (the pipe's watchdog is extract/watchdog.py) ---------------------------------------------
 
 T = TypeVar("T")
 
@@ -186,7 +149,8 @@ T = TypeVar("T")
 def call_with_deadline(call: Callable[[], T], timeout: float, what: str) -> T:
     """Run a blocking in-process decoder call (decord) and give up on it after `timeout` seconds.
 
-    A native call cannot be interrupted; a stalled one is left behind in a daemon thread and the video fails.
+    A native call cannot be interrupted; a stalled one is left behind in a daemon thread and the video fails. A
+    call that returns reports progress to this thread's engine, as a pipe read does.
     """
     result: list[T] = []
     error: list[BaseException] = []
@@ -205,12 +169,13 @@ def call_with_deadline(call: Callable[[], T], timeout: float, what: str) -> T:
         raise VideoDecodeError(f"{what}: decoder stalled for {timeout:.0f} s and was abandoned")
     if error:
         raise error[0]
+    report_progress()
     return result[0]
 
 
-def _read_exact(stream, size: int, watchdog: _Watchdog) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _read_exact(stream, size: int, watchdog: Watchdog) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Read `size` bytes (fewer at the end of the stream) into a fresh, writable uint8 array, touching the
-    watchdog on every read that brings data."""
+    watchdog (and so reporting progress to this thread's engine) on every read that brings data."""
     buffer = np.empty(size, np.uint8)
     view, filled = memoryview(buffer), 0
     while filled < size:
@@ -233,14 +198,14 @@ def _widen_pipe(pipe: IO[bytes]) -> None:
         pass  # another OS, or a lowered /proc/sys/fs/pipe-max-size: the default pipe works, a little slower
 
 
-def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str) -> Iterator[np.ndarray]:
+def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str, source: str | None = None) -> Iterator[np.ndarray]:
     """Run ffmpeg and yield its stdout in uint8 blocks of chunk_bytes (the last may be shorter).
 
     Raises VideoDecodeError with ffmpeg's reason if it fails, or if it stalls while we wait for it.
     """
     with tempfile.TemporaryFile() as stderr_file:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file)
-        watchdog = _Watchdog(process, STALL_TIMEOUT_S)
+        watchdog = Watchdog(process, STALL_TIMEOUT_S)
         try:
             assert process.stdout is not None
             _widen_pipe(process.stdout)
@@ -263,7 +228,7 @@ def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str) -> Iterator[np.nda
         if returncode != 0:
             stderr_file.seek(0)
             stderr = stderr_file.read().decode(errors="replace")
-            reason = ffmpeg_reason(stderr) if stderr.strip() else f"ffmpeg exit code {returncode}"
+            reason = ffmpeg_reason(stderr, source) if stderr.strip() else f"ffmpeg exit code {returncode}"
             raise VideoDecodeError(f"{what}: decoding failed ({reason})")
 
 
@@ -357,7 +322,7 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, th
     # samples past the rule's count are not samples of the video, so they are dropped.
     wanted = sample_count(meta.stream_end, fps, sampling.selection)
     index = 0
-    for block in _pipe_chunks(cmd, frame_bytes * sampling.chunk_frames, meta.path):
+    for block in _pipe_chunks(cmd, frame_bytes * sampling.chunk_frames, meta.path, meta.path):
         count = min(len(block) // frame_bytes, wanted - index)
         if count <= 0:
             continue
@@ -452,7 +417,7 @@ def iter_audio(meta: StreamMetadata, sampling: AudioSampling) -> Iterator[AudioC
     cmd += ["-f", "f32le", "pipe:1"]
     chunk_samples = max(1, int(sampling.chunk_seconds * sampling.sample_rate))
     offset = 0
-    for block in _pipe_chunks(cmd, chunk_samples * 4, f"{meta.path} (audio)"):
+    for block in _pipe_chunks(cmd, chunk_samples * 4, f"{meta.path} (audio)", meta.path):
         samples = block[: len(block) // 4 * 4].view(np.float32)
         yield AudioChunk(samples, offset / sampling.sample_rate)
         offset += len(samples)

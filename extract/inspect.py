@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from extract.probe import stored_duration
 from extract.store import FeatureStore
 
 
@@ -38,7 +39,7 @@ def describe(store_path: Path) -> dict[str, Any]:
             meta = store.metadata(video_id)
             entry = {
                 "video_id": video_id,
-                "duration": meta.get("header_duration", meta.get("duration")) or meta.get("stream_end"),
+                "duration": stored_duration(meta),
                 "fps": meta.get("fps"),
                 "frames": meta.get("frame_count"),
                 "size": _size(meta),

@@ -66,6 +66,11 @@ class Preset:
                 if value <= 0:
                     raise UsageError(f"--audio-window and --audio-hop must be positive, got {value}")
                 windowing[key] = value
+        if windowing["hop_seconds"] > windowing["window_seconds"]:
+            raise UsageError(
+                f"--audio-hop {windowing['hop_seconds']:g} s is longer than the {windowing['window_seconds']:g}-s "
+                "window (--audio-window): audio between windows would be skipped; give a hop up to the window"
+            )
         return dataclasses.replace(self, windowing=windowing)
 
     def recipe(self) -> dict[str, Any]:

@@ -7,11 +7,16 @@ mp4 keeps its full header, so the two disagree, and the file is flagged `truncat
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
+import math
 import os
 import re
 import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,10 @@ import numpy as np
 
 from extract.errors import VideoDecodeError
 from extract.ffmpeg_binary import ffmpeg_path, input_args
+from extract.watchdog import Watchdog
 
-PROBE_TIMEOUT_S = 120.0
+# The stream-copy pass is stopped when it lists nothing for this long (a long file that keeps listing goes on).
+PROBE_STALL_S = 120.0
 # A file is `truncated` when its packets end this much before the header's duration. Whole files end within
 # one audio frame or video frame of the header (the real test video: 14.05 s header, audio to 14.05 s); an
 # interrupted download misses whole seconds. The end is that of the longest stream (video or audio), so a
@@ -70,8 +77,9 @@ class StreamMetadata:
     audio_end: float | None = None  # end of the last audio packet present
     truncated: bool = False  # the packets end more than TRUNCATION_TOLERANCE_S before header_duration
     # Start of every frame in presentation order, exact from the packets' integer timestamps (decord reports
-    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick).
-    frame_starts: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    # float32 seconds, too coarse to decide ffmpeg's rounding of a frame that sits on a half tick): float64,
+    # 8 bytes a frame (430 KB for 30 minutes at 30 fps).
+    frame_starts: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
     @property
     def average_fps(self) -> float:
@@ -101,18 +109,42 @@ def read_stream_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stored_duration(attrs: Mapping[str, Any]) -> float | None:
+    """A stored video's duration in seconds: what its header says, else where its packets end (also under the names
+    of stores written before the fields were renamed); None when the store records neither. The one rule for
+    every reader (custom queries without a duration, the dataset builder, inspect)."""
+    values = read_stream_attrs(dict(attrs))
+    for name in ("header_duration", "stream_end"):
+        value = values.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
 def _seconds(match: re.Match[str]) -> float:
     hours, minutes, seconds = match.groups()
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-_COMPONENT = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ")
+# Every component a line passed through, outermost first: "[aist#0:1/aac @ 0x55e9a1e08d00] [dec:aac @ 0x55e...] ".
+_PREFIXES = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
 # ffmpeg's wrappers around a reason: "Error opening input: X", "Error opening input files: X".
 _WRAPPER = re.compile(r"^Error opening (?:input|output)(?: files)?: ")
-_HINTS = {
-    "moov atom not found": "the file is truncated or was never finished",
-    "Invalid data found when processing input": "not a video ffmpeg can read (wrong extension, or damaged)",
-}
+# What ffmpeg says on its way out of any failure, whatever the reason (its threads' exit codes, the empty output,
+# its statistics): never the reason itself.
+_BOOKKEEPING = re.compile(
+    r"^(?:Terminating thread with return code|Task finished with error code|Nothing was written into output file"
+    r"|Could not open encoder before EOF|Conversion failed|Last message repeated|Error closing"
+    r"|Finishing stream without any data written|video:\S+ audio:\S+ subtitle:)"
+)
+# A decoder that gave up on a stream, and the errors it met on the way ("Error while decoding stream #0:0: X" is
+# what ffmpeg before 7 printed).
+_DECODE_RATE = re.compile(r"^Decode error rate \S+ exceeds maximum \S+")
+_DECODER_ERROR = re.compile(
+    r"^(?:Error submitting packet to decoder|Decoding error|Error while decoding stream \S+): (.+)$"
+)
+# First box types of an ISO media file (mp4/mov): a file that starts with one is an mp4, whole or not.
+_ISO_MEDIA_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"sidx", b"moof"}
 
 NOT_A_CONTAINER = (
     "not a video container img-vmr opens (mp4/mov, mkv/webm, avi, mpeg/ts, flv, asf/wmv, ogg): a playlist, script, "
@@ -120,18 +152,66 @@ NOT_A_CONTAINER = (
 )
 
 
-def ffmpeg_reason(stderr: str) -> str:
-    """ffmpeg's reason in one line: the last complaint of a component (a demuxer's, a decoder's) before its
-    generic "Error opening input: X" wrapper, which gives X only when no component said more. Earlier component
-    lines are warnings on the way (e.g. "detected only with low score of 1, misdetection possible!")."""
+def ffmpeg_reason(stderr: str, path: str | os.PathLike[str] | None = None) -> str:
+    """ffmpeg's reason for a failure, in one line.
+
+    ffmpeg 7+ prefixes a line with every component it went through ("[aist#0:1/aac @ 0x...] [dec:aac @ 0x...]")
+    and ends any failure with bookkeeping ("Terminating thread with return code -1145393733", "Nothing was written
+    into output file"): both are dropped. The reason is then, first found:
+    - a decoder that gave up, "Decode error rate R exceeds maximum M", with the error it met most often;
+    - the last other decoder error;
+    - the last complaint of a component (a demuxer's) before ffmpeg's generic "Error opening input: X" wrapper,
+      which gives X only when no component said more (earlier component lines are warnings on the way, e.g.
+      "detected only with low score of 1, misdetection possible!").
+    `path` (the input) decides the hints that depend on the file itself.
+    """
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    components = [_COMPONENT.sub("", line) for line in lines if _COMPONENT.match(line)]
-    specific = [line for line in components if not _WRAPPER.match(line)]
-    reason = specific[-1] if specific else _WRAPPER.sub("", (components or lines or ["ffmpeg gave no message"])[-1])
+    said: list[tuple[str, bool]] = []  # (the line without its prefixes, whether a component said it)
+    for line in lines:
+        text = _PREFIXES.sub("", line)
+        if text and not _BOOKKEEPING.match(text):
+            said.append((text, text != line))
+    components = [text for text, component in said if component]
+    met = [match.group(1) for text in components if (match := _DECODER_ERROR.match(text))]
+    gave_up = [text for text in components if _DECODE_RATE.match(text)]
+    specific = [text for text in components if not _WRAPPER.match(text)]
+    if gave_up:
+        reason = gave_up[-1] + (f": {Counter(met).most_common(1)[0][0]}" if met else "")
+    elif met:
+        reason = met[-1]
+    elif specific:
+        reason = specific[-1]
+    else:
+        anything = components or [text for text, _ in said] or [_PREFIXES.sub("", line) for line in lines]
+        reason = _WRAPPER.sub("", (anything or ["ffmpeg gave no message"])[-1])
     if reason.startswith("Format not on whitelist"):  # ffmpeg_binary.INPUT_FORMAT_WHITELIST refused its demuxer
         return NOT_A_CONTAINER
-    hint = next((h for key, h in _HINTS.items() if key in reason), None)
+    hint = _hint(reason, path)
     return f"{reason}: {hint}" if hint else reason
+
+
+def _hint(reason: str, path: str | os.PathLike[str] | None) -> str | None:
+    """What a reason means for the user, where that is sure."""
+    if reason.startswith("moov atom not found") and path is not None:
+        iso_media = _starts_like_iso_media(Path(path))
+        if iso_media is None:
+            return None
+        if iso_media:
+            return "the file is truncated or was never finished"
+        return "it does not start like an mp4/mov file, so it is something else named like one"
+    if reason.startswith("Invalid data found when processing input"):
+        return "not a video ffmpeg can read (wrong extension, or damaged)"
+    return None
+
+
+def _starts_like_iso_media(path: Path) -> bool | None:
+    """Whether the file starts with an mp4/mov box (None: it cannot be read)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None
+    return head[4:8] in _ISO_MEDIA_BOXES
 
 
 @dataclass(frozen=True)
@@ -141,37 +221,58 @@ class _PacketStream:
     first_pts: float
     end: float  # largest pts + duration
     header: dict[str, str]
-    starts: tuple[float, ...] = ()  # every packet's pts in seconds, sorted
+    starts: np.ndarray = field(default_factory=lambda: np.empty(0))  # video: every packet's pts in seconds, sorted
     typical_duration: float = 0.0  # the median packet duration in seconds, exact from the integer timestamps
 
 
-def _packet_streams(listing: str) -> list[_PacketStream]:
-    """Per output stream of a `-f framecrc` listing: packet count, first pts and end of the last packet.
+class _PacketListing:
+    """A `-f framecrc` listing read line by line as ffmpeg writes it: the header fields of each stream, and each
+    packet's pts and duration in compact integer arrays (16 bytes a packet; no line is kept as text)."""
 
-    The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
-    """
-    headers: dict[int, dict[str, str]] = {}
-    for key, index, value in _HEADER.findall(listing):
-        headers.setdefault(int(index), {})[key] = value.strip()
-    rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
-    out = []
-    for index, header in sorted(headers.items()):
-        timebase = re.fullmatch(r"(\d+)/(\d+)", header.get("tb", ""))
-        mine = [row for row in rows if int(row[0]) == index]
-        if timebase is None or not mine:
-            out.append(_PacketStream(header.get("media_type", ""), 0, 0.0, 0.0, header))
-            continue
-        unit = int(timebase.group(1)) / int(timebase.group(2))
-        pts = np.array([int(row[2]) for row in mine], np.int64)  # stream, dts, pts, duration, size, crc
-        durations = np.array([int(row[3]) for row in mine], np.int64)
-        if len(pts) > 1 and (durations <= 0).any():
-            step = int(np.median(np.diff(np.sort(pts))))
-            durations = np.where(durations > 0, durations, step)
-        first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
-        starts = tuple((np.sort(pts) * unit).tolist())
-        typical = float(np.median(durations) * unit)
-        out.append(_PacketStream(header.get("media_type", ""), len(mine), first, end, header, starts, typical))
-    return out
+    def __init__(self) -> None:
+        self.headers: dict[int, dict[str, str]] = {}
+        self._pts: dict[int, array.array[int]] = {}
+        self._durations: dict[int, array.array[int]] = {}
+
+    def add(self, line: bytes) -> None:
+        if line.startswith(b"#"):
+            if match := _HEADER.match(line.decode(errors="replace").rstrip("\r\n")):
+                key, index, value = match.groups()
+                self.headers.setdefault(int(index), {})[key] = value.strip()
+            return
+        fields = line.split(b",", 4)  # stream, dts, pts, duration, size, crc[, flags, side data]
+        try:
+            index, pts, duration = int(fields[0]), int(fields[2]), int(fields[3])
+        except (IndexError, ValueError):  # not a packet line
+            return
+        if index not in self._pts:
+            self._pts[index], self._durations[index] = array.array("q"), array.array("q")
+        self._pts[index].append(pts)
+        self._durations[index].append(duration)
+
+    def streams(self) -> list[_PacketStream]:
+        """Per output stream: packet count, first pts and end of the last packet.
+
+        The end is the largest pts + duration (not the last dts + duration, which is short on files with B-frames).
+        """
+        out = []
+        for index, header in sorted(self.headers.items()):
+            kind = header.get("media_type", "")
+            timebase = re.fullmatch(r"(\d+)/(\d+)", header.get("tb", ""))
+            if timebase is None or not self._pts.get(index):
+                out.append(_PacketStream(kind, 0, 0.0, 0.0, header))
+                continue
+            unit = int(timebase.group(1)) / int(timebase.group(2))
+            pts = np.frombuffer(self._pts[index], np.int64)
+            durations = np.frombuffer(self._durations[index], np.int64)
+            if len(pts) > 1 and (durations <= 0).any():
+                step = int(np.median(np.diff(np.sort(pts))))
+                durations = np.where(durations > 0, durations, step)
+            first, end = float(pts.min() * unit), float((pts + durations).max() * unit)
+            starts = np.sort(pts) * unit if kind == "video" else np.empty(0)  # only frame sampling needs them
+            typical = float(np.median(durations) * unit)
+            out.append(_PacketStream(kind, len(pts), first, end, header, starts, typical))
+        return out
 
 
 @functools.cache
@@ -194,6 +295,35 @@ def channel_count(layout: str) -> int | None:
     return None
 
 
+def _list_packets(cmd: list[str], file: Path) -> tuple[int, str, _PacketListing]:
+    """Run the stream-copy pass, reading its listing as it comes; (exit code, stderr, listing).
+
+    A pass that lists nothing for PROBE_STALL_S is stopped (a huge file that keeps listing is not); every line is
+    also progress for the engine that runs the probe (extract/watchdog.py).
+    """
+    listing = _PacketListing()
+    with tempfile.TemporaryFile() as stderr_file:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file)
+        watchdog = Watchdog(process, PROBE_STALL_S)
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                watchdog.touch()
+                listing.add(line)
+            returncode = process.wait()
+        finally:
+            watchdog.stop()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if watchdog.fired:
+            raise VideoDecodeError(
+                f"{file}: probing listed nothing for {PROBE_STALL_S:.0f} s and was stopped; the file may be damaged"
+            )
+        stderr_file.seek(0)
+        return returncode, stderr_file.read().decode(errors="replace"), listing
+
+
 def probe(path: str | os.PathLike[str]) -> StreamMetadata:
     """Read the container header and list the video and audio packets (stream copy: nothing is decoded).
 
@@ -208,21 +338,17 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         raise VideoDecodeError(f"{file}: file is empty (0 bytes); re-download or remove it")
     cmd = [ffmpeg_path(), "-hide_banner", "-nostdin", "-nostats", *input_args(file)]
     cmd += ["-map", "0:V:0?", "-map", "0:a:0?", "-c", "copy", "-f", "framecrc", "-"]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise VideoDecodeError(f"{file}: probing took over {PROBE_TIMEOUT_S:.0f} s; the file may be damaged") from None
-    stderr = result.stderr
+    returncode, stderr, listing = _list_packets(cmd, file)
     streams = _STREAM.findall(stderr)
-    if result.returncode != 0 and not streams:
-        raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr)})")
+    if returncode != 0 and not streams:
+        raise VideoDecodeError(f"{file}: not a readable media file ({ffmpeg_reason(stderr, file)})")
     video = next((desc for _, _, kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     audio = next((desc for _, _, kind, desc in streams if kind == "Audio"), None)
     if video is None:
         held = ", ".join(sorted({kind.lower() for _, _, kind, _ in streams})) or "no streams"
         raise VideoDecodeError(f"{file}: has no video stream (it holds {held}); remove it from the input")
-    if result.returncode != 0:
-        raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr)})")
+    if returncode != 0:
+        raise VideoDecodeError(f"{file}: video stream unreadable ({ffmpeg_reason(stderr, file)})")
     size_match = _SIZE.search(video)
     if size_match is None:
         raise VideoDecodeError(f"{file}: video stream has no frame size ({video.strip()[:80]})")
@@ -233,7 +359,7 @@ def probe(path: str | os.PathLike[str]) -> StreamMetadata:
         width, height = height, width
     fps_match = _FPS.search(video)
     fps = float(fps_match.group(1)) * (1000 if fps_match.group(2) else 1) if fps_match else 0.0
-    packets = {stream.kind: stream for stream in _packet_streams(result.stdout)}
+    packets = {stream.kind: stream for stream in listing.streams()}
     pictures = packets.get("video")
     if pictures is None or pictures.packets == 0:
         raise VideoDecodeError(f"{file}: video stream holds no frames; the file is truncated or empty")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -89,6 +90,9 @@ class FailureRecord:
 
     `features` names the tracks that failed; a later part holding one of them supersedes the failure for that
     track only. A record naming no feature stands for the whole video (superseded by any later record of it).
+    `recipes` ({feature: recipe_id}) are the recipes the features failed with: a new record leaves it None and the
+    writer stamps each feature with the recipe its part records; a record read back keeps what it was written with
+    ("" for records written before recipes were recorded), also through a compaction.
     """
 
     video_id: str
@@ -98,6 +102,7 @@ class FailureRecord:
     message: str
     features: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)
+    recipes: Mapping[str, str] | None = field(default=None, compare=False)
 
     def reason_attrs(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,12 @@ class FailureRecord:
 
     def as_attrs(self) -> dict[str, Any]:
         return {"video_id": self.video_id, **self.reason_attrs(), "features": ",".join(self.features)}
+
+
+def recipe_id(recipe: Mapping[str, Any]) -> str:
+    """A short, stable hash of a feature's recipe (everything that decides its numbers). Failure records carry it,
+    so that a failure made with one recipe (a bad --fps) does not stop a run with another from trying again."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def parts_dir(store_path: str | os.PathLike[str]) -> Path:
@@ -219,7 +230,9 @@ def hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:
     return buffer.getbuffer()
 
 
-def _write_failures(parent: h5py.Group, failures: Iterable[FailureRecord]) -> None:
+def _write_failures(
+    parent: h5py.Group, failures: Iterable[FailureRecord], provenance: Mapping[str, Mapping[str, Any]]
+) -> None:
     for record in failures:
         name = escape_id(record.video_id)
         group = parent[name] if name in parent else parent.create_group(name)
@@ -229,7 +242,12 @@ def _write_failures(parent: h5py.Group, failures: Iterable[FailureRecord]) -> No
         for feature in record.features:
             if feature in group:
                 del group[feature]
-            _write_attrs(group.create_group(feature).attrs, record.reason_attrs())
+            if record.recipes is not None:
+                recipe = record.recipes.get(feature, "")
+            else:  # a new record: made with the recipe this part records for the feature
+                made_with = provenance.get(feature, {}).get("recipe")
+                recipe = recipe_id(made_with) if made_with is not None else ""
+            _write_attrs(group.create_group(feature).attrs, {**record.reason_attrs(), "recipe": recipe})
 
 
 def write_part(
@@ -259,7 +277,7 @@ def write_part(
                 track_group.create_dataset("timestamps", data=np.asarray(track.timestamps, np.float64))
                 _write_attrs(track_group.attrs, track.attrs)
         f.create_dataset(CATALOG, data=np.frombuffer(json.dumps(catalog).encode(), np.uint8))
-        _write_failures(f.create_group("failures"), failures)
+        _write_failures(f.create_group("failures"), failures, provenance)
 
     save_atomically(path, hdf5_image(fill))
 
@@ -328,7 +346,7 @@ def _open_part(part: Path) -> h5py.File:
 
 
 def _failure_records(video_id: str, group: h5py.Group) -> list[FailureRecord]:
-    def record(attrs: dict[str, Any], features: tuple[str, ...]) -> FailureRecord:
+    def record(attrs: dict[str, Any], features: tuple[str, ...], recipes: dict[str, str]) -> FailureRecord:
         return FailureRecord(
             video_id,
             str(attrs.get("path", "")),
@@ -337,18 +355,20 @@ def _failure_records(video_id: str, group: h5py.Group) -> list[FailureRecord]:
             str(attrs.get("message", "")),
             features,
             float(attrs.get("time", 0.0)),
+            recipes,
         )
 
     records = []
     attrs = _read_attrs(group.attrs)
     if "stage" in attrs:  # format 1, or a record naming no feature
-        records.append(record(attrs, tuple(x for x in str(attrs.get("features", "")).split(",") if x)))
-    by_reason: dict[tuple[Any, ...], list[str]] = {}
+        records.append(record(attrs, tuple(x for x in str(attrs.get("features", "")).split(",") if x), {}))
+    by_reason: dict[tuple[Any, ...], dict[str, str]] = {}  # one record per reason: {feature: its recipe}
     for feature, sub in group.items():
         reason = _read_attrs(sub.attrs)
-        by_reason.setdefault(tuple(sorted(reason.items())), []).append(feature)
-    for reason, features in by_reason.items():
-        records.append(record(dict(reason), tuple(features)))
+        recipe = str(reason.pop("recipe", ""))
+        by_reason.setdefault(tuple(sorted(reason.items())), {})[feature] = recipe
+    for reason, recipes in by_reason.items():
+        records.append(record(dict(reason), tuple(recipes), recipes))
     return records
 
 
@@ -534,10 +554,6 @@ class FeatureStore:
         ref = self._track_ref(video_id, feature)
         return self._part_provenance[ref.part].get(feature, {})
 
-    def has_features(self, video_id: str, features: Iterable[str]) -> bool:
-        entry = self._videos.get(video_id)
-        return entry is not None and all(name in entry.tracks for name in features)
-
     def failures(self) -> list[FailureRecord]:
         """Current failures: each record's `features` narrowed to the tracks still failing (none held since)."""
         current = []
@@ -551,9 +567,18 @@ class FeatureStore:
                 current.append(replace(record, features=tuple(f for f in record.features if f in features)))
         return current
 
-    def failed_features(self, video_id: str) -> frozenset[str]:
-        """Features of `video_id` whose latest outcome is a failure (a record naming no feature adds none)."""
-        return frozenset(self._track_failures.get(video_id, {}))
+    def failed_features(self, video_id: str, recipes: Mapping[str, str] | None = None) -> frozenset[str]:
+        """Features of `video_id` whose latest outcome is a failure (a record naming no feature adds none).
+
+        recipes ({feature: recipe_id}): only failures made with that recipe, or with an unrecorded one, count.
+        """
+        failing = self._track_failures.get(video_id, {})
+        if recipes is None:
+            return frozenset(failing)
+        made_with = {feature: (entry.record.recipes or {}).get(feature, "") for feature, entry in failing.items()}
+        return frozenset(
+            feature for feature, recipe in made_with.items() if not recipe or recipe == recipes.get(feature, recipe)
+        )
 
     def track_shape(self, video_id: str, feature: str) -> tuple[int, ...]:
         """Shape [T, D] of a track, read from the file's metadata without loading the rows."""
@@ -664,7 +689,7 @@ class FeatureStore:
                 _write_attrs(group.attrs, entry.metadata)
                 for feature, ref in entry.tracks.items():
                     group[feature] = h5py.ExternalLink(os.path.relpath(ref.part, folder), f"/videos/{name}/{feature}")
-            _write_failures(f.create_group("failures"), self.failures())
+            _write_failures(f.create_group("failures"), self.failures(), self._provenance)
 
         tmp = self.path.with_name("." + self.path.name + f".{os.getpid()}.tmp")
         try:

@@ -1,18 +1,20 @@
-"""What img-train and img-eval share: the data options, logging, and one-line failures."""
+"""What img-train and img-eval share: the data options, logging, and one-line failures (logging and failures are
+extract/cli_common.py's, under their own program name)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from extract import cli_common as shared
+from extract.log_file import attach_log_file
 from manifests.registry import DATASETS
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE = shared.EXIT_FAILURES, shared.EXIT_USAGE
 
 log = logging.getLogger("img_vmr.train")
 
@@ -20,28 +22,19 @@ log = logging.getLogger("img_vmr.train")
 def setup_logging(program: str, verbose: bool, log_file: Path | None = None, quiet: bool = False) -> None:
     """Messages on stderr as "program: message" (`quiet`: warnings and errors only, as the processes of a
     distributed run other than rank 0 log); the full log (with tracebacks) in log_file when given."""
-    root = logging.getLogger("img_vmr")
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
-    root.addHandler(console)
+    shared.setup_logging(verbose, program, quiet)
     if log_file is not None:
         add_log_file(log_file)
 
 
 def add_log_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("img_vmr").addHandler(handler)
+    attach_log_file(path)
 
 
-def fail(program: str, message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"{program}: error: {message}", err=True)
-    sys.exit(code)
+def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """One line on stderr, then exit (extract/cli_common.fail under this program's name)."""
+    shared.fail(message, code, program)
 
 
 def dataset_table() -> str:

@@ -9,8 +9,9 @@ from a generator seeded by (seed, epoch, query) so that any worker, any resume, 
 The lengths used for labels and decoding are those of the stored tracks (§7.18): the pooled visual length
 min(T, max_pos_len), read from the track's shape. Nothing else is trusted for it.
 
-Missing data never crashes a run: queries whose video has no visual features, or whose text is not in the text
-store, are left out and listed in one line; `strict=True` makes that an error. Videos without audio are dropped
+Missing data never crashes a run: queries whose video has no visual features, whose video file was truncated when
+it was extracted (its tracks end early, the annotation's times and duration do not), or whose text is not in the
+text store, are left out and listed in one line; `strict=True` makes that an error. Videos without audio are dropped
 from training (`missing_audio="drop"`, the authors' behaviour) or get a zero audio track with has_audio false
 (`"zeros"`, always the case in evaluation, §7.17).
 """
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from extract.errors import UsageError
+from extract.probe import stored_duration
 from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, align, aligned_length
 from img_model.decoding import time_to_index
 from img_model.errors import DataError
@@ -260,6 +262,7 @@ class Coverage:
     split: str
     queries: int = 0
     no_video: list[str] = field(default_factory=list)  # qids whose video has no visual features
+    truncated: list[str] = field(default_factory=list)  # qids whose video file was cut short when it was extracted
     no_text: list[str] = field(default_factory=list)  # qids missing from the text store or with another sentence
     no_audio_track: list[str] = field(default_factory=list)  # videos said to have audio, but no audio track
     dropped_no_audio: int = 0  # training queries dropped for a video without audio (missing_audio="drop")
@@ -267,13 +270,17 @@ class Coverage:
 
     @property
     def kept(self) -> int:
-        return self.queries - len(self.no_video) - len(self.no_text) - self.dropped_no_audio
+        return self.queries - len(self.no_video) - len(self.truncated) - len(self.no_text) - self.dropped_no_audio
 
     def missing_lines(self) -> list[str]:
         lines = []
         if self.no_video:
             lines.append(f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
                          f"{_listed(self.no_video)}")  # fmt: skip
+        if self.truncated:
+            lines.append(f"{len(self.truncated)} of {self.queries} {self.split} queries are on videos whose file was "
+                         "truncated when extracted (their features stop early, the annotations' times do not; "
+                         f"re-download them, then img-extract --retry-failed): {_listed(self.truncated)}")  # fmt: skip
         if self.no_text:
             lines.append(f"{len(self.no_text)} of {self.queries} {self.split} queries are not in the text store "
                          f"(or with another sentence): {_listed(self.no_text)}")  # fmt: skip
@@ -296,6 +303,7 @@ class Coverage:
             "queries": self.queries,
             "kept": self.kept,
             "no_video": len(self.no_video),
+            "truncated": len(self.truncated),
             "no_text": len(self.no_text),
             "no_audio_track": len(self.no_audio_track),
             "dropped_no_audio": self.dropped_no_audio,
@@ -346,11 +354,8 @@ class DataSources:
             data_dir = Path(self.config.data_dir) if self.config.data_dir else None
             records = load_dataset(name, data_dir).records
         elif name.endswith(".jsonl"):
-            durations = {
-                video_id: float(self.stores.metadata(video_id)["duration"])
-                for video_id in self.stores.video_ids()
-                if "duration" in self.stores.metadata(video_id)
-            }
+            stored = {video_id: stored_duration(self.stores.metadata(video_id)) for video_id in self.stores.video_ids()}
+            durations = {video_id: duration for video_id, duration in stored.items() if duration is not None}
             records, _ = read_custom(Path(name), durations)
         else:
             raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")
@@ -402,14 +407,18 @@ class MomentDataset(Dataset):
         kept: list[QueryRecord] = []
         audio_flags: list[bool] = []
         lengths: list[int] = []
-        video_info: dict[str, tuple[int, bool] | None] = {}
+        video_info: dict[str, tuple[int, bool] | str] = {}
         for record in records:
             if record.video_id not in video_info:
                 video_info[record.video_id] = self._video_info(record.video_id)
             info = video_info[record.video_id]
-            if info is None:
+            if info == "no visual track":
                 self.coverage.no_video.append(f"{record.qid} (video {record.video_id})")
                 continue
+            if info == "truncated":
+                self.coverage.truncated.append(f"{record.qid} (video {record.video_id})")
+                continue
+            assert isinstance(info, tuple)
             if sources.texts.sentences.get(record.qid) != record.sentence:
                 self.coverage.no_text.append(record.qid)
                 continue
@@ -441,14 +450,18 @@ class MomentDataset(Dataset):
         if config.cache_features:
             self.cache_features()
 
-    def _video_info(self, video_id: str) -> tuple[int, bool] | None:
-        """(pooled length, has audio features) of a video, or None when it has no visual track."""
+    def _video_info(self, video_id: str) -> tuple[int, bool] | str:
+        """(pooled length, has audio features) of a video, or why it is left out: "no visual track", or
+        "truncated" (its file was cut short: the tracks end early while the annotations' times do not)."""
         stores, config = self.sources.stores, self.sources.config
         if video_id not in stores or config.visual not in stores.feature_names(video_id):
-            return None
+            return "no visual track"
+        metadata = stores.metadata(video_id)
+        if metadata.get("truncated"):
+            return "truncated"
         length = aligned_length(stores.track_shape(video_id, config.visual)[0], self.max_pos_len)
         has_audio_track = config.audio in stores.feature_names(video_id)
-        if not has_audio_track and stores.metadata(video_id).get("has_audio", False):
+        if not has_audio_track and metadata.get("has_audio", False):
             self.coverage.no_audio_track.append(video_id)
         return length, has_audio_track
 

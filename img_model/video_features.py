@@ -29,13 +29,12 @@ import torch
 from extract.errors import ImgVmrError, UsageError, VideoDecodeError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import PRESETS, Preset, get_preset
-from extract.probe import read_stream_attrs
+from extract.probe import read_stream_attrs, stored_duration
 from extract.sources import VideoSource
 from extract.store import FailureRecord, FeatureStore, Track
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
 from img_model.recipe_check import check_recipe
-from manifests.custom import video_duration
 
 log = logging.getLogger("img_vmr.predict")
 
@@ -256,7 +255,7 @@ class FeatureCache:
             return VideoFeatures(
                 path=video,
                 video_id=video_id,
-                duration=video_duration(metadata),
+                duration=stored_duration(metadata) or float(store.track(video_id, visual.name).timestamps[-1, 1]),
                 has_audio=has_audio,
                 visual=store.track(video_id, visual.name),
                 audio=store.track(video_id, audio.name) if audio_here else None,

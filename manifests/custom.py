@@ -15,7 +15,6 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord, clip_span, is_number
@@ -166,16 +165,10 @@ def read_custom(
 
 
 def store_durations(store_path: Path) -> dict[str, float]:
-    """{video_id: duration} of every video in a feature store: its header's duration, else where its packets end."""
-    from extract.probe import read_stream_attrs
+    """{video_id: duration} of the videos in a feature store that record one (extract.probe.stored_duration)."""
+    from extract.probe import stored_duration
     from extract.store import FeatureStore
 
     with FeatureStore(store_path) as store:
-        attrs = {video_id: read_stream_attrs(store.metadata(video_id)) for video_id in store.video_ids()}
-    return {video_id: video_duration(meta) for video_id, meta in attrs.items()}
-
-
-def video_duration(attrs: Mapping[str, Any]) -> float:
-    """A stored video's duration in seconds (its attributes under today's names): its header's duration, else
-    where its packets end."""
-    return float(attrs.get("header_duration") or attrs["stream_end"])
+        durations = {video_id: stored_duration(store.metadata(video_id)) for video_id in store.video_ids()}
+    return {video_id: duration for video_id, duration in durations.items() if duration is not None}

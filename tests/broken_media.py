@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tests.videos import ffmpeg, make_video
 
 VIDEO = ("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration={seconds}")
@@ -36,4 +38,23 @@ def make_truncated_video(path: Path, whole: Path, seconds: float = 6.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = whole.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def make_corrupted_video(path: Path, whole: Path, seconds: float = 4.0) -> Path:
+    """A faststart mp4 whose media data is noise after its first 16 kB: the index is whole (it probes), the first
+    keyframe decodes, nearly every later packet does not (ffmpeg gives up: "Decode error rate ... exceeds")."""
+    make_video(whole, seconds=seconds, size="160x120", extra=("-movflags", "+faststart"))
+    data = bytearray(whole.read_bytes())
+    start = data.index(b"mdat") + 4 + 16000
+    data[start:] = np.random.default_rng(1).integers(0, 256, len(data) - start, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_renamed_playlist(path: Path) -> Path:
+    """An HLS playlist named like an mp4 (what a downloader may leave); the input format whitelist refuses HLS."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nsegment.ts\n#EXT-X-ENDLIST\n")
     return path

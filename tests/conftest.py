@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,25 @@ def chromium() -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def real_time_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Call it to point $IMG_FFMPEG at a wrapper that adds `-re`: from then on every ffmpeg the product runs (probe,
+    frames, audio) reads its input at the native rate, a decoder exactly as slow as real time that keeps reading.
+    Make the test's videos before calling it (making them would be slowed down too)."""
+    from extract import ffmpeg_binary
+
+    def slow_down() -> None:
+        wrapper = tmp_path / "ffmpeg-re"
+        wrapper.write_text(f'#!/bin/sh\nexec "{ffmpeg_binary.ffmpeg_path()}" -re "$@"\n')
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("IMG_FFMPEG", str(wrapper))
+        ffmpeg_binary.ffmpeg_path.cache_clear()
+
+    yield slow_down
+    monkeypatch.delenv("IMG_FFMPEG", raising=False)
+    ffmpeg_binary.ffmpeg_path.cache_clear()
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@ on the model's identity, offline hints that work when followed, and errors of th
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from extract.store import FeatureStore
+from tests.broken_media import make_broken_audio_video, make_corrupted_video, make_renamed_playlist
 from tests.conftest import run_cli
 from tests.golden import golden_tensors
 from tests.videos import make_video
@@ -32,6 +34,45 @@ def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, opti
     assert result.stderr.strip().splitlines() == [
         f"img-extract: error: Invalid value for '{option}': '{value}' is not a finite positive number "
         f"(see {_prog()} run --help)"
+    ]
+    assert not (tmp_path / "f.h5.parts").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "bounds"),
+    [("run", "--fps", "1e6", "0.001 and 240"), ("run", "--fps", "1e-300", "0.001 and 240"),
+     ("run", "--audio-window", "1e9", "0.31 and 10"), ("run", "--audio-hop", "60", "0.01 and 10"),
+     ("import-img", "--row-seconds", "1e9", "0.001 and 3600")],
+)  # fmt: skip
+def test_numbers_out_of_their_range_are_refused_at_parse_time(
+    tmp_path: Path, command: str, option: str, value: str, bounds: str
+) -> None:
+    """--fps 1e6 ran silently until killed; --audio-window 1e9 failed every video with a 116 TiB MemoryError."""
+    args = (tmp_path, "--out", tmp_path / "f.h5") + (("--feature", "x") if command == "import-img" else ())
+    result = run_cli(*((command,) if command == "import-img" else ()), *args, option, value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"img-extract: error: Invalid value for '{option}': '{value}' is not between {bounds} "
+        f"(see {_prog()} {command} --help)"
+    ]
+    assert not (tmp_path / "f.h5.parts").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+def test_import_row_seconds_must_be_a_finite_positive_number(tmp_path: Path, value: str) -> None:
+    result = run_cli("import-img", tmp_path, "--out", tmp_path / "f.h5", "--feature", "x", "--row-seconds", value)
+    assert result.returncode == 2 and _error_lines(result.stderr) == [
+        f"img-extract: error: Invalid value for '--row-seconds': '{value}' is not a finite positive number "
+        f"(see {_prog()} import-img --help)"
+    ]
+
+
+def test_a_hop_longer_than_the_window_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--out", tmp_path / "f.h5", "--features", "panns", "--audio-window", "0.5",
+                     "--audio-hop", "0.75")  # fmt: skip
+    assert result.returncode == 2 and _error_lines(result.stderr) == [
+        "img-extract: error: --audio-hop 0.75 s is longer than the 0.5-s window (--audio-window): audio between "
+        "windows would be skipped; give a hop up to the window"
     ]
     assert not (tmp_path / "f.h5.parts").exists()
 
@@ -144,3 +185,36 @@ def test_convert_official_to_a_bad_place_is_one_line(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"img-train: error: cannot write {target} (") and result.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(tmp_path: Path, tiny_clip: Path,
+                                                                       published_weights: Path) -> None:  # fmt: skip
+    """ffmpeg 7+ nests its component prefixes and ends with bookkeeping ("Terminating thread with return code
+    -1145393733 ..."); the reason is the decoder's ("Decode error rate ... exceeds maximum") and what it met."""
+    videos = tmp_path / "videos"
+    make_broken_audio_video(videos / "broken audio.mkv")
+    make_corrupted_video(videos / "corrupt.mp4", tmp_path / "whole.mp4")
+    make_renamed_playlist(videos / "playlist.mp4")
+    out = tmp_path / "f.h5"
+    result = run_cli(videos, "--out", out, "--features", "clip,vggish", "--clip-model", tiny_clip, "--weights-dir",
+                     published_weights, "--trust-weights", "--no-progress")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    rate = r"Decode error rate [\d.]+ exceeds maximum 0\.666667: Invalid data found when processing input"
+    expected = {  # video -> its failed tracks, what its one record says (the reasons of its tracks, joined)
+        "broken audio": ("vggish", rf"broken audio\.mkv \(audio\): decoding failed \({rate}\)$"),
+        "corrupt": ("clip,vggish", rf"^clip: \S+corrupt\.mp4: decoding failed \({rate}\) \| "
+                                   rf"vggish: \S+corrupt\.mp4 \(audio\): decoding failed \({rate}\)$"),
+        "playlist": ("clip,vggish", r"playlist\.mp4: not a readable media file \(moov atom not found: it does not "
+                                    r"start like an mp4/mov file, so it is something else named like one\)$"),
+    }  # fmt: skip
+    with FeatureStore(out) as store:
+        failures = {f.video_id: f for f in store.failures()}
+    assert set(failures) == set(expected)
+    for video_id, (features, pattern) in expected.items():
+        message = failures[video_id].message
+        assert ",".join(failures[video_id].features) == features and re.search(pattern, message), message
+        assert f"failed: {video_id} " in result.stderr and message in result.stderr
+    shown = run_cli("inspect", out)
+    assert shown.returncode == 0 and all(failure.message in shown.stdout for failure in failures.values())
+    assert "Terminating thread" not in result.stderr + shown.stdout and " @ 0x" not in result.stderr + shown.stdout

@@ -402,3 +402,22 @@ def test_native_rate_sampling_takes_every_frame_of_a_23_976_fps_video_once(tmp_p
     assert frames is not None and frames.fps is None
     sampling = dataclasses.replace(frames, resize="none", crop=0)
     assert [frame_number(f) for batch in iter_frames(meta, sampling) for f in batch.data] == list(range(3100))
+
+
+@pytest.mark.parametrize("decoder", ["ffmpeg", "decord"])
+def test_every_decoder_read_reaches_the_threads_progress_listener(tmp_path: Path, decoder: str) -> None:
+    """How the engine's worker watchdog hears a slow decode: every read (or decord call), not every chunk."""
+    from extract.watchdog import progress_reports
+
+    meta = probe(make_video(tmp_path / "v.mp4", seconds=2, size="64x48", audio=True))
+    sampling = FrameSampling(fps=8.0, short_side=48, crop=48, chunk_frames=16, decoder=decoder)
+    reads: list[str] = []
+    elsewhere: list[int] = []
+    other = threading.Thread(target=lambda: elsewhere.append(sum(len(b) for b in iter_frames(meta, sampling))))
+    with progress_reports(lambda: reads.append(threading.current_thread().name)):
+        other.start()  # a decode in another thread reports to its own listener, not to this one
+        chunks = list(iter_frames(meta, sampling))
+        audio = list(iter_audio(meta, AudioSampling(chunk_seconds=10.0)))
+        other.join()
+    assert len(chunks) == 1 and len(audio) == 1 and elsewhere == [16]
+    assert len(reads) > len(chunks) + len(audio) and set(reads) == {threading.current_thread().name}

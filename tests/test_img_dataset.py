@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from extract.errors import ProvenanceMismatchError
-from extract.store import StoreWriter, Track, VideoRecord
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from img_model.dataset import (
     DataConfig,
     DataSources,
@@ -27,6 +28,9 @@ from img_model.decoding import time_to_index
 from img_model.errors import DataError
 from img_model.synthetic import AUDIO_FEATURE, VISUAL_FEATURE, SyntheticDataset, SyntheticSpec, write_audio_matters
 from manifests.records import QueryRecord
+from tests.broken_media import make_truncated_video
+from tests.conftest import run_cli
+from tests.videos import make_video
 
 SPEC = SyntheticSpec(train_videos_per_family=4, test_videos_per_family=2, min_steps=20, max_steps=40, silent_videos=1)
 
@@ -273,3 +277,56 @@ def test_validation_is_carved_by_video_and_seeded(sources: DataSources) -> None:
     assert len({r.video_id for r in validation}) == round(0.25 * len({r.video_id for r in records}))
     assert carve_validation(records, 0.25, seed=3)[1] == validation
     assert carve_validation(records, 0.25, seed=4)[1] != validation
+
+
+# --- a store as img-extract writes it -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, published_weights: Path) -> DataConfig:
+    """img-extract (CLIP + VGGish) on two ffmpeg-made videos, one of them a half-downloaded faststart mp4; custom
+    queries without durations; their GloVe text store from `img-extract text`."""
+    root = tmp_path_factory.mktemp("extracted")
+    make_video(root / "videos" / "whole.mp4", seconds=3, size="160x120")
+    make_truncated_video(root / "videos" / "cut.mp4", root / "whole-cut.mp4", seconds=6)
+    feats = root / "feats.h5"
+    extract = run_cli(root / "videos", "--out", feats, "--features", "clip,vggish", "--clip-model", tiny_clip,
+                      "--weights-dir", published_weights, "--trust-weights", "--no-progress")  # fmt: skip
+    assert extract.returncode == 0, extract.stderr
+    queries = root / "queries.jsonl"
+    rows = [{"video_id": "whole", "start": 0.5, "end": 2.0, "query": "a person walks"},
+            {"video_id": "cut", "start": 4.0, "end": 5.5, "query": "a person sits"}]  # fmt: skip
+    queries.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    glove = root / "glove.txt"
+    glove.write_text("".join(f"{word} {' '.join(['0.5'] * 4)}\n" for word in ("a", "person", "walks", "sits")))
+    text = root / "text.h5"
+    made = run_cli("text", "--annotations", queries, "--store", feats, "--embed", f"glove:{glove}", "--out", text,
+                   "--glove-cache", root / "glove-cache")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return DataConfig(str(queries), (str(feats),), "clip", "vggish", str(text))
+
+
+@pytest.mark.slow
+def test_queries_without_a_duration_take_it_from_a_really_extracted_store(extracted: DataConfig) -> None:
+    with FeatureStore(extracted.features[0]) as store:
+        assert "duration" not in store.metadata("whole")  # the probe's names: header_duration, stream_end
+    records = {r.video_id: r for r in DataSources(extracted).splits()["test"]}
+    assert records["whole"].duration == pytest.approx(3.0, abs=0.05)
+    assert records["cut"].duration == pytest.approx(6.0, abs=0.05)  # its header is whole: it comes first
+
+
+@pytest.mark.slow
+def test_videos_truncated_when_extracted_are_left_out_and_listed(
+    extracted: DataConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    sources = DataSources(extracted)
+    records = sources.splits()["test"]
+    caplog.set_level("WARNING", logger="img_vmr")
+    dataset = sources.dataset(records, "test", "eval", max_pos_len=16)
+    assert [r.video_id for r in dataset.records] == ["whole"]
+    assert dataset.coverage.truncated == ["qid_1 (video cut)"] and dataset.coverage.as_dict()["kept"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert line.startswith("1 of 2 test queries are on videos whose file was truncated when extracted")
+    assert line.endswith(": qid_1 (video cut); left out (--strict makes this an error)")
+    with pytest.raises(DataError, match=r"1 of 2 test queries are on videos whose file was truncated .* \(--strict\)"):
+        DataSources(replace(extracted, strict=True)).dataset(records, "test", "eval", max_pos_len=16)

@@ -181,3 +181,15 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
     assert report["queries"] == 6 and report["checkpoint_source"] == "convert-official"
     assert any("no visual feature provenance" in note for note in report["notes"])
     assert "records no visual feature provenance" in evaluated.stderr
+
+
+def test_an_error_is_one_line_whatever_its_message_holds(tmp_path: Path) -> None:
+    """img-train and img-eval fail through extract/cli_common.fail under their own name (a name with a newline in
+    it made two lines before)."""
+    checkpoint = tmp_path / "best\nold.pt"
+    checkpoint.write_bytes(b"junk")
+    result = run_img_eval(checkpoint)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"img-eval: error: {tmp_path}/best old.pt is not a readable PyTorch file (unpack requires a buffer of 4 bytes)"
+    ]

@@ -1,6 +1,7 @@
 import dataclasses
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,28 @@ def test_an_audio_stream_without_packets_is_no_audio(tmp_path: Path) -> None:
     meta = probe(path)
     assert meta.audio_codec == "pcm_s16le"  # the stream is declared ...
     assert not meta.has_audio and meta.audio_end is None  # ... but holds nothing to decode
+
+
+@pytest.mark.slow  # a 3-s probe at real time
+def test_a_probe_that_keeps_listing_is_not_stopped_and_a_silent_one_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_time_ffmpeg: Callable[[], None]
+) -> None:
+    """The stream-copy pass of a long file can take minutes; its limit counts silence, not the whole pass."""
+    from extract import ffmpeg_binary
+    from extract import probe as probe_module
+    from extract.watchdog import progress_reports
+
+    video = make_video(tmp_path / "v.mp4", seconds=3, size="64x48")
+    monkeypatch.setattr(probe_module, "PROBE_STALL_S", 1.0)
+    real_time_ffmpeg()  # the pass now takes 3 s, listing packets as it reads them
+    lines: list[int] = []
+    with progress_reports(lambda: lines.append(1)):
+        meta = probe(video)
+    assert meta.frame_count == 75 and meta.has_audio and len(lines) > 75
+    silent = tmp_path / "silent-ffmpeg"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")
+    silent.chmod(0o755)
+    monkeypatch.setenv("IMG_FFMPEG", str(silent))
+    ffmpeg_binary.ffmpeg_path.cache_clear()
+    with pytest.raises(VideoDecodeError, match=r"v\.mp4: probing listed nothing for 1 s and was stopped"):
+        probe(video)

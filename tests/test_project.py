@@ -70,3 +70,16 @@ def test_tests_read_nothing_outside_the_repository() -> None:
     for path in (p for p in sources if p.name != Path(__file__).name):
         text = path.read_text()
         assert '"shared"' not in text and "../shared" not in text, f"{path} reads ../shared; use tests/testdata.py"
+
+
+def test_what_the_first_command_writes_is_ignored_by_git(tmp_path: Path) -> None:
+    """`img-extract tests/data/media/ --out feats.h5` in a clone leaves feats.h5 and feats.h5.parts/ (parts,
+    writer.lock, extract.log): none of it may show up as untracked."""
+    git = shutil.which("git")
+    if git is None:
+        return  # nothing to check without git
+    written = ["feats.h5", "feats.h5.parts/writer.lock", "feats.h5.parts/extract.log",
+               "feats.h5.parts/part-20250101T000000.000000-host-1-1.h5"]  # fmt: skip
+    result = subprocess.run([git, "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.split() == written, result.stderr
+    assert "*.h5.d/" not in (ROOT / ".gitignore").read_text().split()  # a layout the store no longer has

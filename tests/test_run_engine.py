@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,11 @@ import torch
 from extract.errors import StoreLockedError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset, get_preset
-from extract.probe import probe
+from extract.probe import StreamMetadata, probe
 from extract.run import ExtractionRun, RunConfig, RunStopped, stages
 from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
+from extract.run.summary import RunSummary
 from extract.sources import scan_folder
 from extract.store import FeatureStore, StoreWriter
 from tests.broken_media import make_broken_audio_video, make_empty_audio_video
@@ -158,3 +159,125 @@ def test_empty_and_broken_audio_streams_touch_only_the_audio_tracks(tmp_path: Pa
     good = list(audio(item, probe(make_video(tmp_path / "good.mp4", seconds=2, size="160x120"))))
     assert isinstance(good[0], UnitsReady) and isinstance(good[-1], SourceDone) and good[-1].audio_found is True
     assert not any(isinstance(e, Failed) for e in good)
+
+
+@pytest.mark.slow  # two passes at real time over a 4-s video
+def test_a_slow_but_steady_decode_keeps_its_video(real_time_ffmpeg: Callable[[], None], tmp_path: Path) -> None:
+    """--fps 0.1 fills a 32-frame chunk from 320 s of video: a decoder slower than real time sends no chunk for
+    longer than the engine's stall limit while it reads steadily. Here a 4-s video decoded at real time with the
+    limit at 1.5 s: its probe and its one chunk each take longer than that."""
+    make_video(tmp_path / "videos" / "slow.mp4", seconds=4, size="160x120", audio=False)
+    real_time_ffmpeg()
+    frames = FRAMES.with_overrides(fps=4.0)  # 16 frames: one chunk, sent when the decode ends
+    summary = _run(tmp_path / "videos", tmp_path / "f.h5", presets=(frames,), workers=1, stall_seconds=1.5).run()
+    assert [f.message for f in summary.failures] == [] and summary.done == 1
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.track("slow", "clip").features.shape == (16, 1)
+
+
+def test_a_crash_inside_a_stage_fails_its_video_and_the_queue_goes_on(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a stage (not a decode error, which the stage records itself) ends its worker thread: a
+    replacement takes the rest of the queue, and the summary accounts for every video."""
+    real_as_attrs = StreamMetadata.as_attrs
+
+    def crashes_on_a(self: StreamMetadata) -> dict:
+        if Path(self.path).name == "a.mp4":
+            raise RuntimeError("injected bug")
+        return real_as_attrs(self)
+
+    monkeypatch.setattr(StreamMetadata, "as_attrs", crashes_on_a)
+    out = tmp_path / "f.h5"
+    summary = _run(videos, out, presets=(FRAMES,), workers=1).run()
+    assert [(f.video_id, f.features) for f in summary.failures] == [("a", ("clip",))]
+    assert "RuntimeError: injected bug" in summary.failures[0].message
+    assert (summary.done, summary.skipped, len(summary.failures)) == (2, 0, 1)
+    assert summary.lines()[0].startswith("summary: 2 done, 0 skipped (already in store), 1 failed,")
+    with FeatureStore(out) as store:
+        assert store.video_ids() == ["b", "quiet"] and store.failed_features("a") == {"clip"}
+
+
+def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    from extract import store as store_module
+
+    real_write_part = store_module.write_part
+    written: list[int] = []
+
+    def disk_fills_after_one_part(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(1)
+        return real_write_part(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "write_part", disk_fills_after_one_part)
+    release = threading.Event()
+    real_iter_frames = stages.iter_frames
+
+    def last_video_waits(stream, sampling, threads=0) -> Iterator:  # type: ignore[no-untyped-def]
+        if Path(stream.path).name == "quiet.mp4":
+            release.wait(20)  # the first two finish and fill the disk before the third is decoded
+        yield from real_iter_frames(stream, sampling, threads=threads)
+
+    monkeypatch.setattr(stages, "iter_frames", last_video_waits)
+    caplog.set_level("INFO", logger="img_vmr")
+    try:
+        with pytest.raises(RunStopped) as stopped:
+            _run(videos, tmp_path / "f.h5", presets=(FRAMES,), workers=1, commit_every=1, stall_seconds=4).run()
+    finally:
+        release.set()
+    summary = stopped.value.summary
+    assert (summary.done, summary.committed_videos) == (2, 1)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary:")]
+    assert line.startswith("summary: 2 finished, 1 committed (the run stopped before the rest was written), ")
+
+
+class FailsAt8Fps(MeanModel):
+    """A recipe that cannot work (standing in for a bad --fps): every video fails with it, not with another."""
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        if self.preset.frames is not None and self.preset.frames.fps == 8.0:
+            raise ValueError("this recipe cannot work")
+        return super().embed(inputs)
+
+
+def test_failures_made_with_another_recipe_do_not_block_a_good_one(
+    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "f.h5"
+
+    def run(fps: float) -> RunSummary:
+        config = RunConfig(progress=False, batch_size=4, workers=1)
+        frames = FRAMES.with_overrides(fps=fps)
+        return ExtractionRun(scan_folder(videos), out, [frames], CPU, config, FailsAt8Fps).run()
+
+    bad = run(8.0)
+    assert (bad.done, len(bad.failures)) == (0, 3)
+    assert (run(8.0).skipped_failed, run(8.0).exit_code) == (3, 1)  # the same recipe: skipped (--retry-failed)
+    caplog.set_level("INFO", logger="img_vmr")
+    good = run(4.0)
+    assert (good.done, good.skipped_failed, good.failures, good.exit_code) == (3, 0, [], 0)
+    assert "3 videos failed before with another recipe (e.g. another --fps) and are tried again with this one" in (
+        caplog.text
+    )
+    with FeatureStore(out) as store:
+        assert store.failures() == [] and store.provenance("clip")["frames.fps"] == 4.0
+
+
+def test_a_model_error_over_several_lines_is_recorded_in_one(videos: Path, tmp_path: Path) -> None:
+    class MultiLineError(MeanModel):
+        def embed(self, inputs: np.ndarray) -> np.ndarray:
+            raise RuntimeError("shapes do not match:\n  expected [1, 3]\n  got [1, 4]")
+
+    out = tmp_path / "f.h5"
+    config = RunConfig(progress=False, batch_size=4, workers=1)
+    summary = ExtractionRun(scan_folder(videos), out, [FRAMES], CPU, config, MultiLineError).run()
+    assert len(summary.failures) == 3
+    for failure in summary.failures:
+        assert failure.message.endswith(".mp4: RuntimeError: shapes do not match: expected [1, 3] got [1, 4]")
+    with FeatureStore(out) as store:
+        assert all("\n" not in failure.message for failure in store.failures())

@@ -109,6 +109,8 @@ def test_a_full_disk_stops_the_run_with_one_true_line_and_a_rerun_completes(tmp_
     assert last.startswith("img-extract: error: cannot write the feature store ") and "no space left on device" in last
     said = re.search(r"; (\d+) finished videos? (?:was|were) committed; make room", last)
     assert said is not None and int(said.group(1)) == store["videos"], last
+    summary = re.search(r"summary: (\d+) finished, (\d+) committed", first_err)  # not "16 done" for 3 committed
+    assert summary is not None and int(summary.group(2)) == store["videos"] <= int(summary.group(1)), first_err
     assert "Traceback" not in first_err and "Segmentation" not in first_err
     second_err = (tmp_path / "second.err").read_text()
     assert (tmp_path / "second.rc").read_text().strip() == "0", second_err

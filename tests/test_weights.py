@@ -157,3 +157,13 @@ def test_weights_cli_refuses_random_bytes_for_every_published_file(tmp_path: Pat
     assert "has md5 " in verify.stderr and "not the published 541141fa2ee191a88f24a3219fff024e" in verify.stderr
     listing = run_cli("weights", "list", "--weights-dir", tmp_path)
     assert "published checksum: git blob id ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467" in listing.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "fetch", "verify"])
+def test_every_weights_command_takes_the_shared_weights_dir_option(command: str) -> None:
+    from extract.cli import main
+    from extract.cli_common import WEIGHTS_DIR_HELP
+
+    shown = " ".join(CliRunner().invoke(main, ["weights", command, "--help"], terminal_width=1000).output.split())
+    expected = "Where to put them" if command == "fetch" else WEIGHTS_DIR_HELP
+    assert f"--weights-dir DIRECTORY {expected}" in shown

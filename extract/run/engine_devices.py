@@ -349,15 +349,15 @@ def _run_share(
     provenance: dict[str, dict[str, Any]],
     messages: Any,
 ) -> _Outcome:
+    from extract.log_file import attach_log_file
     from extract.run.engine_local import LocalEngine
-    from extract.run.extraction import _attach_log_file
 
     summary = RunSummary(total=len(items))
     writer: PartWriter | None = None
     log_file = None
     try:
         writer = PartWriter(store_path, provenance)
-        log_file = _attach_log_file(writer.parts_dir / "extract.log")
+        log_file = attach_log_file(writer.parts_dir / "extract.log")
         if items:
             LocalEngine(items, extractors, writer, spec.config, summary, _Progress(messages, spec.number)).run()
         error = None

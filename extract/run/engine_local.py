@@ -32,6 +32,7 @@ from extract.run.provenance import provenance_records
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
+from extract.watchdog import progress_reports
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -48,6 +49,10 @@ class _Worker:
     waiting: bool = False  # blocked on the full queue: the consumer holds it up, not the decoder
     abandoned: bool = False
     error: BaseException | None = None
+
+    def touch(self) -> None:
+        """Its decoder read something (called in the worker's thread, through extract.watchdog)."""
+        self.last_progress = time.monotonic()
 
 
 @dataclass
@@ -172,6 +177,8 @@ class LocalEngine:
         if worker.item is not None and not self.stop.is_set():
             error = worker.error or VideoDecodeError(f"{worker.item.path}: the decoder stopped")
             self.collector.give_up(worker.item, error)
+        if worker.error is not None and not self.stop.is_set() and not self.work.empty():
+            self._start_worker()  # a bug in a stage ended this worker: the rest of the queue still gets decoded
 
     # --- decode threads -----------------------------------------------------------------------------------
 
@@ -179,7 +186,11 @@ class LocalEngine:
         self.started += 1
         worker = _Worker(f"decode-{self.started}")
         self.alive[worker.name] = worker
-        threading.Thread(target=self._decode, args=(worker,), name=worker.name, daemon=True).start()
+        threading.Thread(target=self._decode_reporting, args=(worker,), name=worker.name, daemon=True).start()
+
+    def _decode_reporting(self, worker: _Worker) -> None:
+        with progress_reports(worker.touch):  # every decoder read is progress, not only a finished chunk
+            self._decode(worker)
 
     def _decode(self, worker: _Worker) -> None:
         try:

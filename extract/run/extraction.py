@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from extract.errors import UsageError
+from extract.log_file import attach_log_file
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.run.config import RunConfig
 from extract.run.plan import Plan, WorkItem, plan_run
 from extract.run.summary import RunSummary
 from extract.sources import VideoSource
-from extract.store import FeatureStore, StoreWriter
+from extract.store import FeatureStore, StoreWriter, recipe_id
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -109,7 +110,7 @@ class ExtractionRun:
             writer.abandon()
             raise
         start = time.monotonic()  # rates count extraction, not model loading
-        log_file = _attach_log_file(writer.parts_dir / "extract.log")
+        log_file = attach_log_file(writer.parts_dir / "extract.log")
         shard = f" (shard {self.config.shard})" if self.config.shard else ""
         log.info(
             "%d videos%s: %d to extract, %d already in %s, %d failed before",
@@ -120,9 +121,15 @@ class ExtractionRun:
             self.store_path,
             summary.skipped_failed,
         )
+        if plan.retried_other_recipe:
+            log.info(
+                "%d videos failed before with another recipe (e.g. another --fps) and are tried again with this one",
+                plan.retried_other_recipe,
+            )
         try:
             engine.extract(plan.items, writer, summary)
         except BaseException as error:
+            summary.stopped = True
             raise RunStopped(summary, error) from error
         finally:
             summary.wall_seconds = time.monotonic() - start
@@ -162,6 +169,7 @@ class ExtractionRun:
                 retry_failed=self.config.retry_failed,
                 limit=self.config.limit,
                 shard=self.config.shard,
+                recipes={name: recipe_id(record["recipe"]) for name, record in writer.provenance.items()},
             )
         finally:
             if existing is not None:
@@ -173,28 +181,3 @@ class ExtractionRun:
             plan.truncated_kept,
         )
         return plan
-
-
-class _RunLog(logging.FileHandler):
-    """OUT.parts/extract.log. When it cannot be written (a full disk) it goes quiet instead of printing a
-    logging traceback per message; the console still has everything that matters."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8", errors="backslashreplace", delay=True)  # opened by the first line
-        self.broken = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.broken:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.broken = True
-
-
-def _attach_log_file(path: Path) -> logging.Handler:
-    """Every run appends its full log, failure tracebacks included, to OUT.parts/extract.log."""
-    handler = _RunLog(path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
-    logging.getLogger("img_vmr").addHandler(handler)
-    return handler

@@ -33,7 +33,7 @@ class StoreView(Protocol):
     def __contains__(self, video_id: object) -> bool: ...
     def metadata(self, video_id: str) -> dict[str, Any]: ...
     def feature_names(self, video_id: str | None = None) -> list[str]: ...
-    def failed_features(self, video_id: str) -> frozenset[str]: ...
+    def failed_features(self, video_id: str, recipes: Mapping[str, str] | None = None) -> frozenset[str]: ...
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Plan:
     considered: int = 0  # videos of the sources (of the shard) that were looked at
     complete: int = 0  # videos that have every requested track (or nothing to have: audio of a silent video)
     skipped_failed: int = 0  # videos left out because their missing tracks failed before (--retry-failed)
+    retried_other_recipe: int = 0  # videos whose tracks failed before with another recipe: tried again with this one
     truncated_kept: int = 0  # complete videos whose file was truncated (--retry-failed extracts them again)
 
     @property
@@ -58,6 +59,7 @@ def plan_run(
     retry_failed: bool = False,
     limit: int | None = None,
     shard: Shard | None = None,
+    recipes: Mapping[str, str] | None = None,
 ) -> Plan:
     """Work items for every video with a missing track.
 
@@ -65,7 +67,9 @@ def plan_run(
     store has it, or it is an audio track of a video the store records without audio. Tracks that failed before
     are retried only with retry_failed, which also re-extracts every track of a truncated video (a re-download
     fixes those). Without resume every track is computed again (later parts win). With a shard, only the videos
-    of that shard are planned (and counted).
+    of that shard are planned (and counted). recipes ({feature: recipe_id} of this run): a track that failed
+    with another recipe is tried again without retry_failed (a failure made with a bad --fps says nothing about a
+    good one).
     """
     plan = Plan()
     for source in sources:
@@ -82,8 +86,10 @@ def plan_run(
             plan.complete += 1
             plan.truncated_kept += bool(metadata.get("truncated"))
             continue
-        failed = store.failed_features(video_id)
+        failed = store.failed_features(video_id) if recipes is None else store.failed_features(video_id, recipes)
         todo = tuple(name for name in wanted if retry_failed or name not in failed)
+        if recipes is not None and not retry_failed:
+            plan.retried_other_recipe += bool(set(todo) & store.failed_features(video_id))
         plan.skipped_failed += len(todo) < len(wanted)
         if todo:
             silent = not metadata.get("has_audio", True)

@@ -54,8 +54,9 @@ class UnitCutter(Protocol):
 
 
 def failure(item: WorkItem, features: tuple[str, ...], stage: str, error: BaseException) -> FailureRecord:
-    """A failure record with the one-line reason; the traceback goes to the log (OUT.parts/extract.log)."""
+    """A failure record with the reason in one line; the traceback goes to the log (OUT.parts/extract.log)."""
     message = str(error) if isinstance(error, ImgVmrError) else f"{item.path}: {type(error).__name__}: {error}"
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())  # a model's error spans lines
     log.debug("%s failed at %s (%s)", item.video_id, stage, ", ".join(features), exc_info=error)
     return FailureRecord(item.video_id, str(item.path), stage, type(error).__name__, message, features)
 

@@ -22,6 +22,7 @@ class RunSummary:
     failures: list[FailureRecord] = field(default_factory=list)
     committed_videos: int = 0  # records really written to the store by this run
     committed_failures: int = 0
+    stopped: bool = False  # the run ended early (interrupted, or the store could not be written)
 
     @property
     def exit_code(self) -> int:
@@ -39,8 +40,13 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         wall = max(self.wall_seconds, 1e-9)
+        done = f"{self.done} done"
+        if self.stopped:  # finished is not committed: say both (a full disk keeps finished videos from the store)
+            done = f"{self.done} finished, {self.committed_videos} committed"
+            if self.committed_videos < self.done:
+                done += " (the run stopped before the rest was written)"
         out = [
-            f"summary: {self.done} done, {self.skipped} skipped (already in store), {len(self.failures)} failed, "
+            f"summary: {done}, {self.skipped} skipped (already in store), {len(self.failures)} failed, "
             f"{self.no_audio} without audio; {self.wall_seconds:.1f} s wall, {self.done / wall:.2f} videos/s, "
             f"{self.frames / wall:.1f} frames/s decoded, {self.units / wall:.1f} units/s embedded"
         ]
