@@ -25,8 +25,8 @@ from extract.cli_common import (
     FPS,
     ROW_SECONDS,
     OneLineErrors,
-    Terminated,
     fail,
+    is_sigterm,
     resume_option,
     setup_logging,
     sigterm_raises,
@@ -220,11 +220,11 @@ def run_command(**flags: Any) -> None:
 
 
 def _interruption(interrupt: KeyboardInterrupt) -> str:
-    return "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+    return "terminated (SIGTERM)" if is_sigterm(interrupt) else "interrupted"
 
 
 def _code(interrupt: KeyboardInterrupt) -> int:
-    return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if is_sigterm(interrupt) else EXIT_INTERRUPTED
 
 
 def _stopped(stopped: RunStopped, out: Path) -> None:

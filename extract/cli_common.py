@@ -9,6 +9,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -114,6 +115,16 @@ class Terminated(KeyboardInterrupt):
     on the way out, as for Ctrl-C."""
 
 
+# Set by the SIGTERM handler: a library that catches the interrupt may raise a plain KeyboardInterrupt of its own
+# instead (Ray turns a signal that arrives inside ray.get/ray.wait into one), so the type alone cannot tell.
+_sigterm_received = threading.Event()
+
+
+def is_sigterm(interrupt: BaseException) -> bool:
+    """Whether an interrupt came from SIGTERM (exit 143) rather than Ctrl-C (exit 130)."""
+    return isinstance(interrupt, Terminated) or _sigterm_received.is_set()
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, the first SIGTERM raises Terminated in the main thread; later ones are ignored while
@@ -121,8 +132,10 @@ def sigterm_raises() -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _sigterm_received.set()
         raise Terminated()
 
+    _sigterm_received.clear()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -224,9 +224,9 @@ class DeviceWorkers:
             raise errors[0]
 
     def _forward(self, interrupt: BaseException, outcomes: dict[int, _Outcome]) -> None:
-        from extract.cli_common import Terminated
+        from extract.cli_common import is_sigterm
 
-        sent = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        sent = signal.SIGTERM if is_sigterm(interrupt) else signal.SIGINT
         for number, process in enumerate(self.processes):
             if number not in outcomes and process.exitcode is None:
                 with contextlib.suppress(OSError):
