@@ -306,7 +306,7 @@ class DataSources:
 
     def splits(self) -> dict[str, list[QueryRecord]]:
         """The query records of every split of the dataset (a manifests/ name or a custom JSONL file)."""
-        from manifests.custom import read_custom
+        from manifests.custom import metadata_duration, read_custom
         from manifests.registry import DATASETS, load_dataset
 
         name = self.config.dataset
@@ -314,11 +314,8 @@ class DataSources:
             data_dir = Path(self.config.data_dir) if self.config.data_dir else None
             records = load_dataset(name, data_dir).records
         elif name.endswith(".jsonl"):
-            durations = {
-                video_id: float(self.stores.metadata(video_id)["duration"])
-                for video_id in self.stores.video_ids()
-                if "duration" in self.stores.metadata(video_id)
-            }
+            stored = {video: metadata_duration(self.stores.metadata(video)) for video in self.stores.video_ids()}
+            durations = {video: duration for video, duration in stored.items() if duration is not None}
             records, _ = read_custom(Path(name), durations)
         else:
             raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")

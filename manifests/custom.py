@@ -15,6 +15,7 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord, clip_span, is_number
@@ -164,11 +165,20 @@ def read_custom(
     return records, clipped
 
 
-def store_durations(store_path: Path) -> dict[str, float]:
-    """{video_id: duration} of every video in a feature store: its header's duration, else where its packets end."""
+def metadata_duration(metadata: Mapping[str, Any]) -> float | None:
+    """A stored video's duration: its header's, else where its packets end, else a `duration` attribute (stores
+    written by code, e.g. img_model.synthetic); None when the metadata holds none."""
     from extract.probe import read_stream_attrs
+
+    attrs = read_stream_attrs(dict(metadata))
+    duration = attrs.get("header_duration") or attrs.get("stream_end") or attrs.get("duration")
+    return float(duration) if duration else None
+
+
+def store_durations(store_path: Path) -> dict[str, float]:
+    """{video_id: duration} of every video in a feature store that records one (metadata_duration)."""
     from extract.store import FeatureStore
 
     with FeatureStore(store_path) as store:
-        attrs = {video_id: read_stream_attrs(store.metadata(video_id)) for video_id in store.video_ids()}
-    return {video_id: float(meta.get("header_duration") or meta["stream_end"]) for video_id, meta in attrs.items()}
+        durations = {video_id: metadata_duration(store.metadata(video_id)) for video_id in store.video_ids()}
+    return {video_id: duration for video_id, duration in durations.items() if duration is not None}
