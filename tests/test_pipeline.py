@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 
 from extract.store import StoreWriter, Track, VideoRecord
+from pipelines.cli import main as pipeline_command
 from pipelines.recipes import RECIPES
 from pipelines.stages import ExtractStage
 from tests.conftest import run_cli
@@ -116,13 +118,18 @@ def test_a_custom_recipe_runs_end_to_end_then_a_second_run_skips_every_stage(
     assert presets.returncode == 2 and "holds a pipeline of other inputs (audio: 'vggish' -> 'panns')" in presets.stderr
 
 
+def pipeline_in_process(*args: str | Path) -> Result:
+    """img-pipeline's command in this process (for quick checks that run no stage)."""
+    return CliRunner().invoke(pipeline_command, [str(a) for a in args])
+
+
 def test_dry_run_prints_every_stage_and_its_command_and_runs_nothing(my_dataset: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     glove = tmp_path / "glove.txt"
     glove.write_text("door 0.1 0.2\n")
-    result = run_pipeline(my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", work,
-                          "--glove", glove, "--epochs", "3", "--dry-run")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = pipeline_in_process(my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", work,
+                                 "--glove", glove, "--epochs", "3", "--dry-run")  # fmt: skip
+    assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("[")] == [
         f"[{n}/5] {stage}" for n, stage in enumerate(STAGES, start=1)
@@ -139,16 +146,16 @@ def test_dry_run_prints_every_stage_and_its_command_and_runs_nothing(my_dataset:
 
 
 def test_options_a_stage_still_needs_are_refused_before_anything_runs(my_dataset: Path, tmp_path: Path) -> None:
-    no_glove = run_pipeline(my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", tmp_path / "w")
-    assert no_glove.returncode == 2 and no_glove.stderr.count("\n") == 1
+    mine = [my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", tmp_path / "w"]
+    no_glove = pipeline_in_process(*mine)
+    assert no_glove.exit_code == 2 and no_glove.stderr.count("\n") == 1
     assert "text: give --glove PATH/glove.840B.300d.txt" in no_glove.stderr and "not on PyPI" in no_glove.stderr
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("[train]\nepoch = 3\n")
-    result = run_pipeline(my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", tmp_path / "w",
-                          "--glove", bad_config, "--config", bad_config)  # fmt: skip
-    assert result.returncode == 2 and "[train] has no setting 'epoch'" in result.stderr
-    unknown = run_pipeline("charades", "--work", tmp_path / "w")
-    assert unknown.returncode == 2 and "unknown recipe 'charades'; use one of charades-sta" in unknown.stderr
+    result = pipeline_in_process(*mine, "--glove", bad_config, "--config", bad_config)
+    assert result.exit_code == 2 and "[train] has no setting 'epoch'" in result.stderr
+    unknown = pipeline_in_process("charades", "--work", tmp_path / "w")
+    assert unknown.exit_code == 2 and "unknown recipe 'charades'; use one of charades-sta" in unknown.stderr
     assert not (tmp_path / "w").exists()
 
 

@@ -96,6 +96,7 @@ def _write_inputs(work: Path) -> None:
     (work / "glove.txt").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_text_store_or_the_glove_index_is_one_line_and_keeps_committed_queries(
     tmp_path: Path,
 ) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner, Result
 
 from extract.text.store import TextStore
 from extract.text.tokenize import tokenize
+from extract.text_cli import text_command
 from img_model.dataset import DataSources
 from img_model.synthetic import SyntheticDataset
 from img_model.train_config import resolve
@@ -23,6 +25,11 @@ from tests.test_text_glove import glove_6b_subset
 
 # Sentences the synthetic vocabulary has never seen, mixed with words it has.
 NEW_SENTENCES = ("a dog knocks on the sofa", "the zebra juggles a phone", "someone shouts twice loudly")
+
+
+def _text(*args: str | Path) -> Result:
+    """img-extract text in this process."""
+    return CliRunner().invoke(text_command, [str(a) for a in args])
 
 
 def write_new_queries(data: SyntheticDataset, path: Path) -> list[dict]:
@@ -68,9 +75,8 @@ def test_queries_get_the_ids_of_the_source_text_store_and_provenance_says_so(tmp
     queries = tmp_path / "new.jsonl"
     rows = write_new_queries(data, queries)
     out = tmp_path / "new.h5"
-    result = run_cli("text", "--annotations", queries, "--store", data.features, "--vocabulary-from", data.text,
-                     "--out", out)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = _text("--annotations", queries, "--store", data.features, "--vocabulary-from", data.text, "--out", out)
+    assert result.exit_code == 0, result.output
     assert "words of these queries are not in it (<UNK>)" in result.stderr
     with TextStore(data.text) as source, TextStore(out) as store:
         words, vectors, chars = source.vocabulary()
@@ -91,14 +97,14 @@ def test_vocabulary_from_is_one_line_when_misused(tmp_path: Path) -> None:
     data = tiny_dataset(tmp_path / "data")
     queries = tmp_path / "new.jsonl"
     write_new_queries(data, queries)
-    common = ["text", "--annotations", queries, "--store", data.features, "--out", tmp_path / "new.h5"]
-    both = run_cli(*common, "--vocabulary-from", data.text, "--embed", "bert")
-    assert both.returncode == 2 and "not both" in both.stderr and both.stderr.count("\n") == 1
-    not_a_source = run_cli(*common, "--vocabulary-from", data.annotations)
-    assert not_a_source.returncode == 2 and not_a_source.stderr.count("\n") == 1
+    common = ["--annotations", queries, "--store", data.features, "--out", tmp_path / "new.h5"]
+    both = _text(*common, "--vocabulary-from", data.text, "--embed", "bert")
+    assert both.exit_code == 2 and "not both" in both.stderr and both.stderr.count("\n") == 1
+    not_a_source = _text(*common, "--vocabulary-from", data.annotations)
+    assert not_a_source.exit_code == 2 and not_a_source.stderr.count("\n") == 1
     assert "neither a text store nor a readable checkpoint" in not_a_source.stderr
-    tokenizer = run_cli(*common, "--vocabulary-from", data.text, "--tokenizer", "nltk-current")
-    assert tokenizer.returncode == 2 and "was made with nltk-3.7" in tokenizer.stderr
+    tokenizer = _text(*common, "--vocabulary-from", data.text, "--tokenizer", "nltk-current")
+    assert tokenizer.exit_code == 2 and "was made with nltk-3.7" in tokenizer.stderr
 
 
 @pytest.mark.slow
