@@ -374,7 +374,7 @@ def summary(plan: Plan) -> str:
         paper = plan.recipe.paper.get(dataset)
         if paper is not None:
             lines.append(f"  {'paper (' + paper.source + ')':<26}" + "".join(f"{v:8.2f}" for v in paper.values))
-        if report.get("select_on") == "val":
-            lines.append("  (selected on held-out training videos; the paper selected on the test split: "
-                         "--select-on test)")  # fmt: skip
+            if report.get("select_on") == "val":
+                lines.append("  (selected on held-out training videos; the paper selected on the test split: "
+                             "--select-on test)")  # fmt: skip
     return "\n".join(lines)

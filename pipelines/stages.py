@@ -220,7 +220,7 @@ class TextStage(Stage):
     def commands(self, status: Status) -> list[Command]:
         embed = f"glove:{self.glove}" if self.embed == "glove" else self.embed
         if self.dataset.endswith(".jsonl"):
-            queries = ["--annotations", self.dataset, "--store", str(self.store)]
+            queries = ["--annotations", self.dataset, *_flag("--store", self.store)]
         else:
             queries = ["--dataset", self.dataset, *_flag("--data-dir", self.data_dir)]
         args = ["text", *queries, "--embed", embed, "--out", str(self.out), *_flag("--glove-cache", self.glove_cache)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tomllib
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from extract.store import StoreWriter, Track, VideoRecord
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from pipelines.cli import main as pipeline_command
 from pipelines.recipes import RECIPES
 from pipelines.stages import ExtractStage
@@ -116,6 +117,42 @@ def test_a_custom_recipe_runs_end_to_end_then_a_second_run_skips_every_stage(
     assert f"{work / 'other' / 'text.h5'}" in planned.stdout
     presets = run_pipeline(*args[:-1], "--audio", "panns", "--dry-run")
     assert presets.returncode == 2 and "holds a pipeline of other inputs (audio: 'vggish' -> 'panns')" in presets.stderr
+
+
+@pytest.mark.slow
+def test_a_recipe_starts_from_released_features_instead_of_videos(tmp_path: Path) -> None:
+    """The authors' layout: one .npy per video for the visual features, a VGGish.pickle for the audio."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "i3d_video").mkdir()
+    audio, rows = {}, []
+    for number in range(6):
+        np.save(tmp_path / "i3d_video" / f"v{number}.npy", rng.standard_normal((20, 32)).astype(np.float32))
+        audio[f"v{number}"] = rng.integers(0, 256, (20, 128)).astype(np.float64)  # quantised values, float dtype
+        for query in range(2):
+            start = round(float(rng.uniform(0, 10)), 2)
+            split = "train" if number < 4 else "test"
+            rows.append({"video_id": f"v{number}", "start": start, "end": start + 5, "duration": 20.0,
+                         "query": SENTENCES[(number + query) % 4], "split": split})  # fmt: skip
+    (tmp_path / "VGGish.pickle").write_bytes(pickle.dumps(audio))
+    (tmp_path / "released.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "tiny.toml").write_text(TINY_CONFIG)
+    glove = tmp_path / "glove.txt"
+    words = sorted({word for sentence in SENTENCES for word in sentence.split()})
+    glove.write_text(
+        "".join(f"{word} " + " ".join(f"{v:.3f}" for v in rng.standard_normal(8)) + "\n" for word in words)
+    )
+    work = tmp_path / "work"
+    result = run_pipeline(tmp_path / "released.jsonl", "--released-visual", tmp_path / "i3d_video", "--released-audio",
+                          tmp_path / "VGGish.pickle", "--audio", "vggish-quantized", "--glove", glove, "--glove-cache",
+                          tmp_path / "cache", "--config", tmp_path / "tiny.toml", "--epochs", "1", "--work", work,
+                          "--device", "cpu", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "[1/5] import visual: running" in result.stderr and "[2/5] import audio: running" in result.stderr
+    assert "--row-seconds 0.96" in result.stderr and "manifest" not in result.stderr
+    with FeatureStore(work / "feats.h5") as store:
+        assert store.track("v0", "released-vggish-quantized").features.dtype == np.uint8  # read back / 255
+    report = json.loads((work / "released" / "eval" / "released.json").read_text())
+    assert report["queries"] == 4 and report["coverage"]["no_video"] == 0
 
 
 def pipeline_in_process(*args: str | Path) -> Result:
