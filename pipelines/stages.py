@@ -99,7 +99,9 @@ class ManifestStage(Stage):
         return None
 
     def commands(self, status: Status) -> list[Command]:
-        args = ["manifest", self.dataset, "--videos", str(self.videos), "--out", str(self.manifest),
+        # A named dataset's train and test videos (ActivityNet's val_2 is never used); your file's every video.
+        splits = [] if self.dataset.endswith(".jsonl") else ["--split", "train", "--split", "test"]
+        args = ["manifest", self.dataset, "--videos", str(self.videos), "--out", str(self.manifest), *splits,
                 *_flag("--data-dir", self.data_dir)]  # fmt: skip
         return [Command("img-extract", tuple(args), frozenset({0, EXIT_SOME_FAILED}))]
 

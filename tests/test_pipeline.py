@@ -228,3 +228,18 @@ def test_extraction_counts_as_done_when_every_video_has_its_tracks_or_a_failure(
     writer.close()
     status = stage.check()
     assert status.state == "done" and "for 4 videos, 1 with failed tracks" in status.detail
+
+
+def test_a_named_dataset_extracts_the_videos_of_its_train_and_test_splits(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    glove = tmp_path / "glove.txt"
+    glove.write_text("door 0.1 0.2\n")
+    result = pipeline_in_process("activitynet", "--videos", videos, "--glove", glove, "--work", tmp_path / "w",
+                                 "--dry-run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = next(
+        line.strip() for line in result.stdout.splitlines() if line.strip().startswith("img-extract manifest")
+    )
+    assert manifest.startswith("img-extract manifest activitynet --videos") and "--split train --split test" in manifest
+    assert "[2/5] extract: run" in result.stdout and "--features i3d-anet-vslnet,vggish-quantized" in result.stdout
