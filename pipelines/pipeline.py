@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -330,30 +331,56 @@ def run_plan(plan: Plan) -> None:
         log.info("%s: finished in %.0f s", prefix, time.perf_counter() - started)
 
 
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+def _exit_status(returncode: int) -> int:
+    """A child's exit status as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def _run_command(command: Command, stage: str, journal: Path) -> None:
+    """Run one command, its output on our terminal (stdout into `command.stdout` when set). SIGTERM (a job
+    scheduler preempting us) is passed on to the command, which commits its work and exits; Ctrl-C reaches it
+    directly (same process group). Either way we wait for it, then stop with 143 / 130."""
     log.info("  %s", command.display())
     with journal.open("a", encoding="utf-8") as out:
         out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage}: {command.display()}\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     capture = subprocess.PIPE if command.stdout is not None else None
+    process = subprocess.Popen(command.argv(), stdout=capture, text=True, env=env)
+    terminated = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal terminated
+        terminated = True
+        process.terminate()
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        done = subprocess.run(command.argv(), stdout=capture, text=True, env=env)
-    except KeyboardInterrupt:
-        raise StageFailed(f"{stage}: interrupted; re-run the same command to continue", 130) from None
-    if done.returncode not in command.ok_codes:
-        code = done.returncode if done.returncode in (130, 143) else 1
+        try:
+            output, _ = process.communicate()
+        except KeyboardInterrupt:
+            process.wait()
+            raise StageFailed(f"{stage}: interrupted; re-run the same command to continue", EXIT_INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = _exit_status(process.returncode)
+    if terminated:
+        raise StageFailed(f"{stage}: terminated (SIGTERM); re-run the same command to continue", EXIT_TERMINATED)
+    if status not in command.ok_codes:
         raise StageFailed(
-            f"{stage} failed ({command.program} exit status {done.returncode}; its message is above); fix the "
-            "cause and re-run the same command: finished stages are skipped and this one resumes",
-            code,
+            f"{stage} failed ({command.program} exit status {status}; its message is above); fix the cause and "
+            "re-run the same command: finished stages are skipped and this one resumes",
+            status if status in (EXIT_INTERRUPTED, EXIT_TERMINATED) else 1,
         )
-    if done.returncode:
+    if status:
         log.warning("  %s exited with %d (some videos missing or failed; see above); going on", command.program,
-                    done.returncode)  # fmt: skip
+                    status)  # fmt: skip
     if command.stdout is not None:
         command.stdout.parent.mkdir(parents=True, exist_ok=True)
         tmp = command.stdout.with_name(f".{command.stdout.name}.{os.getpid()}.tmp")
-        tmp.write_text(done.stdout, encoding="utf-8")
+        tmp.write_text(output, encoding="utf-8")
         os.replace(tmp, command.stdout)
 
 

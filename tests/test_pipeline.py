@@ -243,3 +243,49 @@ def test_a_named_dataset_extracts_the_videos_of_its_train_and_test_splits(tmp_pa
     )
     assert manifest.startswith("img-extract manifest activitynet --videos") and "--split train --split test" in manifest
     assert "[2/5] extract: run" in result.stdout and "--features i3d-anet-vslnet,vggish-quantized" in result.stdout
+
+
+SIGTERM_SCRIPT = """
+import sys
+from pathlib import Path
+
+from pipelines.pipeline import StageFailed, _run_command
+from pipelines.stages import Command
+
+work = Path(sys.argv[1])
+STAGE = (
+    "import signal, sys, time\\n"
+    "def stop(*args):\\n"
+    "    open(sys.argv[1], 'w').write('committed')\\n"
+    "    sys.exit(143)\\n"
+    "signal.signal(signal.SIGTERM, stop)\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(120)\\n"
+)
+
+
+class SlowStage(Command):
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", STAGE, str(work / "stage.out")]
+
+
+try:
+    _run_command(SlowStage("img-extract", ()), "extract", work / "pipeline.log")
+except StageFailed as failure:
+    print(failure.code, failure, flush=True)
+"""
+
+
+def test_sigterm_is_passed_on_to_the_running_stage_which_finishes_its_work(tmp_path: Path) -> None:
+    import signal
+
+    (tmp_path / "script.py").write_text(SIGTERM_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    pipeline = subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path)], stdout=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+    assert pipeline.stdout is not None and pipeline.stdout.readline().strip() == "ready"  # the stage runs
+    pipeline.send_signal(signal.SIGTERM)
+    output, _ = pipeline.communicate(timeout=60)
+    assert pipeline.returncode == 0 and output.startswith("143 extract: terminated (SIGTERM)"), output
+    assert (tmp_path / "stage.out").read_text() == "committed"  # the stage itself got the signal and finished
