@@ -134,12 +134,34 @@ def _read_source(source: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _quantized(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The arrays as uint8 when every value is a whole number in 0..255 (PCA-quantised VGGish, whatever dtype the
+    pickle used), else None. The store keeps quantised VGGish as uint8, which the readers divide by 255 (§2.2)."""
+    for rows in arrays.values():
+        if rows.dtype == np.uint8:
+            continue
+        if not np.issubdtype(rows.dtype, np.number) or rows.size == 0:
+            return None
+        if not (np.all(rows == np.round(rows)) and rows.min() >= 0 and rows.max() <= 255):
+            return None
+    return {video_id: rows.astype(np.uint8) for video_id, rows in arrays.items()}
+
+
 def import_img(source: Path, store_path: Path, feature: str, row_seconds: float | None) -> int:
-    """Import one released feature source into a store under the name `feature`; return the video count."""
+    """Import one released feature source into a store under the name `feature`; return the video count.
+
+    A VGGish.pickle whose values are all whole numbers in 0..255 is stored as uint8, as our vggish-quantized
+    tracks are, so that it is divided by 255 when read, as the authors' loader does (their pickle's dtype is
+    not specified; a float64 copy of the same values would otherwise be read 255 times too large)."""
     arrays = _read_source(source)
     sampling = UNKNOWN if row_seconds is None else f"{row_seconds} s per row"
     recipe = {"preset": feature, "imported_from": str(source.resolve()), "model": UNKNOWN, "weights": UNKNOWN,
               "weights_sha256": UNKNOWN, "sampling": sampling}  # fmt: skip
+    if source.is_file() and source.suffix == ".pickle":
+        quantized = _quantized(arrays)
+        if quantized is not None:
+            arrays = quantized
+            recipe["quantized"] = "uint8 0..255, divided by 255 when read"
     provenance = {feature: {"recipe": recipe, "software": {"img_vmr_import": True}, "runtime": {}}}
     writer = StoreWriter(store_path, provenance)
     try:

@@ -22,7 +22,7 @@ from extract.cli_common import (
     setup_logging,
     weights_dir_option,
 )
-from extract.errors import ImgVmrError
+from extract.errors import ImgVmrError, StoreWriteError
 from extract.text.tokenize import DEFAULT_TOKENIZER, TOKENIZERS
 from manifests.registry import DATASETS
 
@@ -112,7 +112,18 @@ def _video_ids(name: str, splits: tuple[str, ...], data_dir: Path | None) -> lis
     default=None,
     help="Your own queries: JSONL lines {video_id, start, end, query[, duration, qid, split]}.",
 )
-@click.option("--embed", required=True, help="glove:PATH, bert[:MODEL] or clip-text[:MODEL] (HF id or folder).")
+@click.option(
+    "--embed",
+    default=None,
+    help="glove:PATH, bert[:MODEL] or clip-text[:MODEL] (HF id or folder); or give --vocabulary-from instead.",
+)
+@click.option(
+    "--vocabulary-from",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Encode the queries with the GloVe vocabulary of this checkpoint (RUN/best.pt) or text store, so that "
+    "img-eval accepts them for that model; words it lacks become <UNK>. Replaces --embed.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Text store to write.")
 @click.option(
     "--store",
@@ -167,13 +178,23 @@ def text_command(**flags: Any) -> None:
                     (default openai/clip-vit-base-patch32).
 
     \b
+    --vocabulary-from SOURCE
+                    word and character ids by the vocabulary of a checkpoint or GloVe text store (vectors
+                    included): new queries for an existing model, which img-eval accepts.
+
+    \b
     Examples:
       img-extract text --dataset charades-sta --embed glove:glove.840B.300d.txt --out charades.glove.h5
       img-extract text --annotations my.jsonl --store feats.h5 --embed bert --out my.bert.h5 --device cuda
+      img-extract text --annotations my.jsonl --store feats.h5 --vocabulary-from runs/charades/best.pt \\
+                       --out my.glove.h5
     """
     setup_logging(flags["verbose"])
     try:
         summary = _text(**flags)
+    except StoreWriteError as error:
+        log.debug("error", exc_info=True)
+        fail(f"{error}; committed queries are kept: make room, then re-run the same command to resume")
     except ImgVmrError as error:
         log.debug("error", exc_info=True)
         fail(str(error))
@@ -186,7 +207,8 @@ def text_command(**flags: Any) -> None:
 def _text(
     dataset: str | None,
     annotations: Path | None,
-    embed: str,
+    embed: str | None,
+    vocabulary_from: Path | None,
     out: Path,
     store: Path | None,
     data_dir: Path | None,
@@ -202,10 +224,23 @@ def _text(
 ) -> Any:
     from extract.devices import resolve_device
     from extract.errors import UsageError
-    from extract.text.pipeline import parse_embed, run_encoder, run_glove
+    from extract.text.pipeline import parse_embed, run_encoder, run_glove, run_glove_with_vocabulary
+    from extract.text.vocabulary_source import load_vocabulary_source
 
     if (dataset is None) == (annotations is None):
         raise UsageError("give exactly one of --dataset NAME and --annotations FILE.jsonl")
+    if (embed is None) == (vocabulary_from is None):
+        raise UsageError(
+            "give --embed glove:PATH|bert[:MODEL]|clip-text[:MODEL], or --vocabulary-from CHECKPOINT_OR_TEXT_STORE "
+            "(not both)"
+        )
+    if vocabulary_from is not None:
+        if max_length is not None:
+            raise UsageError("--max-length applies to bert and clip-text; --vocabulary-from gives GloVe ids")
+        source = load_vocabulary_source(vocabulary_from)
+        queries = _queries(dataset, annotations, store, data_dir)
+        return run_glove_with_vocabulary(queries, source, out, resume, tokenizer)
+    assert embed is not None
     spec = parse_embed(embed)
     if max_length is not None and spec.kind == "glove":
         raise UsageError("--max-length applies to bert and clip-text; GloVe queries keep their first 128 words")

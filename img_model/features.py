@@ -2,8 +2,11 @@
 
 Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
 store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
-file handles are opened lazily *per process*: a DataLoader worker forked from that process opens its own
-handles on first use and never touches the parent's (an h5py handle must not be shared across fork).
+file handles are opened lazily *per process*: a DataLoader worker forked from that process closes the handles
+it inherited (in itself only) and opens its own on first use, never using the parent's (an h5py handle must not
+be shared across fork). The scan itself is plain Python data and stays valid in the fork: a worker does not
+scan the parts again (at 20,000 videos in 627 parts that took 5 s and 26 MiB per worker and per DataLoader).
+Workers started by spawn receive paths only (`__getstate__`) and scan on first use.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ class FeatureStores:
         return [self._store(number) for number in range(len(self.paths))]
 
     def _store(self, number: int) -> FeatureStore:
-        if os.getpid() != self._owner:  # a forked worker: forget the parent's objects, open our own
+        if os.getpid() != self._owner:  # a forked worker: the parent's scan holds, its open files are not ours
             self._owner = os.getpid()
-            self._stores = [None] * len(self.paths)
+            for inherited in self._stores:
+                if inherited is not None:
+                    inherited.close()  # closes this process's copies; the parent's handles are untouched
         store = self._stores[number]
         if store is None:
             store = self._stores[number] = FeatureStore(self.paths[number])

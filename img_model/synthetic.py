@@ -77,6 +77,7 @@ class SyntheticSpec:
     marker_strength: float = 2.5
     silent_videos: int = 2  # per split, no audio stream (visual family)
     seed: int = 0
+    commit_every: int = 0  # videos per store part, as img-extract --commit-every (0: one part for all)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
         end = float(video.steps)  # named as the probe names them (extract/probe.py)
         metadata = {"header_duration": end, "stream_end": end, "has_audio": video.has_audio, "source": "synthetic"}
         writer.add_video(VideoRecord(video.video_id, metadata, tracks))
+        if spec.commit_every and writer.pending >= spec.commit_every:
+            writer.commit()
     writer.close()
 
     records = [

@@ -221,3 +221,13 @@ def to_toml(config: RunConfig, header: str = "") -> str:
             comment = "# " if section == "model" and name in DATA_DERIVED else ""
             lines.append(f"{comment}{name} = {_toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def sections_toml(sections: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
+    """Some sections of a config (a partial one, e.g. merged from a recipe and a user's file) as TOML that
+    `--config` reads."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in sections.items():
+        if values:
+            lines += ["", f"[{section}]", *(f"{name} = {_toml_value(value)}" for name, value in values.items())]
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,14 @@ def test_aligned_tracks_from_a_store(tmp_path, rule) -> None:
     assert aligned.visual.shape == (128, 4) and aligned.audio is not None and aligned.audio.shape == (128, 2)
     np.testing.assert_allclose(aligned.audio, 1.0)  # uint8 255 read back as 1.0
     assert aligned.spans[0, 0] == 0 and aligned.spans[-1, 1] <= 300
+
+
+def test_img_resample_is_the_segment_mean_of_the_published_rule_for_every_length() -> None:
+    rng = np.random.default_rng(0)
+    for length in [*range(1, 140), 400, 1000]:
+        rows = rng.standard_normal((length, 3)).astype(np.float32)
+        for target in (1, 2, 7, 64, 128):
+            bounds = img_boundaries(length, target)
+            pairs = itertools.pairwise(bounds)
+            expected = [rows[a:b].astype(np.float64).mean(axis=0) if b > a else rows[a] for a, b in pairs]
+            np.testing.assert_allclose(img_resample(rows, target), np.array(expected), rtol=1e-12, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -217,6 +218,28 @@ def test_worker_processes_read_the_same_batches_through_their_own_handles(source
         assert qids == other_qids and all(torch.equal(a, b) for a, b in zip(tensors, others, strict=True))
 
 
+def test_forked_workers_read_through_the_parents_scan_without_scanning_the_parts_again(
+    sources: DataSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from extract.store import FeatureStore
+
+    log = tmp_path / "scans.log"
+    original = FeatureStore._scan
+
+    def counted(store: FeatureStore) -> None:  # inherited by the forked workers
+        with log.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        original(store)
+
+    dataset = sources.dataset(sources.splits()["test"], "test", "eval", max_pos_len=32)
+    dataset[0]  # the parent has scanned and holds open handles
+    monkeypatch.setattr(FeatureStore, "_scan", counted)
+    in_workers = _batches(dataset, 2)
+    assert not log.exists(), f"workers scanned the store again: {log.read_text()}"
+    assert [batch[0] for batch in in_workers] == [batch[0] for batch in _batches(dataset, 0)]
+    assert dataset[len(dataset) - 1].qid == dataset.records[-1].qid  # the parent's own handles still read
+
+
 def test_cached_features_equal_lazily_read_ones(synthetic: SyntheticDataset, sources: DataSources) -> None:
     records = sources.splits()["test"]
     lazy = sources.dataset(records, "test", "eval", max_pos_len=16)
@@ -330,3 +353,35 @@ def test_videos_truncated_when_extracted_are_left_out_and_listed(
     assert line.endswith(": qid_1 (video cut); left out (--strict makes this an error)")
     with pytest.raises(DataError, match=r"1 of 2 test queries are on videos whose file was truncated .* \(--strict\)"):
         DataSources(replace(extracted, strict=True)).dataset(records, "test", "eval", max_pos_len=16)
+
+
+def test_custom_queries_without_durations_take_them_from_stored_header_or_packet_ends(tmp_path: Path) -> None:
+    """img-extract records a video's length as header_duration / stream_end (no `duration` attribute)."""
+    import json
+
+    from extract.text.store import TextBatch, TextStoreWriter
+    from extract.text.vocabulary import build_vocabulary
+
+    writer = StoreWriter(tmp_path / "feats.h5", {"v": {"recipe": {"r": 1}}, "a": {"recipe": {"r": 2}}})
+    track = Track(np.ones((6, 4), np.float32), np.stack([np.arange(6.0), np.arange(6.0) + 1], axis=1))
+    for video_id, metadata in (
+        ("header", {"header_duration": 6.0, "stream_end": 5.9}),
+        ("packets", {"stream_end": 6.5}),
+    ):
+        writer.add_video(VideoRecord(video_id, {**metadata, "has_audio": True}, {"v": track, "a": track}))
+    writer.close()
+    rows = [
+        {"video_id": v, "start": 1.0, "end": 3.0, "query": "a door", "qid": f"q_{v}"} for v in ("header", "packets")
+    ]
+    (tmp_path / "my.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    records = [QueryRecord(r["qid"], r["video_id"], 1.0, 3.0, 6.0, "a door", "test") for r in rows]
+    vocabulary = build_vocabulary([["a", "door"]], lambda word: True, min_char_count=1)
+    text = TextStoreWriter(tmp_path / "text.h5", "glove", {"recipe": {"kind": "glove"}}, resume=False)
+    text.todo(records)
+    tokens = ["a", "door"]
+    ids = {"word_ids": [vocabulary.word_ids(tokens)] * 2}
+    text.commit(TextBatch(records, [tokens] * 2, [False] * 2, ids, char_ids=[vocabulary.char_ids(tokens)] * 2))
+    text.close({"words": vocabulary.words, "vectors": np.zeros((2, 3), np.float32), "chars": vocabulary.chars})
+    config = DataConfig(str(tmp_path / "my.jsonl"), (str(tmp_path / "feats.h5"),), "v", "a", str(tmp_path / "text.h5"))
+    test = DataSources(config).splits()["test"]
+    assert {record.video_id: record.duration for record in test} == {"header": 6.0, "packets": 6.5}

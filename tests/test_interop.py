@@ -129,3 +129,24 @@ def test_unreadable_array_files_are_one_line(tmp_path: Path) -> None:
     result = run_cli("import-img", source, "--out", tmp_path / "f.h5", "--feature", "x")
     assert result.returncode == 2 and "not a readable numpy array file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_released_vggish_pickle_of_float_values_is_stored_quantised_and_read_divided_by_255(tmp_path: Path) -> None:
+    from img_model.alignment import decode_values
+
+    rng = np.random.default_rng(0)
+    released = {"v_a": rng.integers(0, 256, (5, 128)).astype(np.float64), "v_b": np.full((3, 128), 255.0)}
+    source = tmp_path / "VGGish.pickle"
+    source.write_bytes(pickle.dumps(released))
+    assert import_img(source, tmp_path / "feats.h5", "vggish-released", 0.96) == 2
+    with FeatureStore(tmp_path / "feats.h5") as store:
+        track = store.track("v_a", "vggish-released")
+        assert track.features.dtype == np.uint8
+        np.testing.assert_allclose(decode_values(track), released["v_a"] / 255, rtol=1e-6)
+        assert store.provenance("vggish-released")["quantized"].startswith("uint8")
+    scaled = {"v_c": rng.random((4, 128))}  # already divided: kept as it is
+    (tmp_path / "scaled").mkdir()
+    (tmp_path / "scaled" / "VGGish.pickle").write_bytes(pickle.dumps(scaled))
+    import_img(tmp_path / "scaled" / "VGGish.pickle", tmp_path / "scaled.h5", "vggish-scaled", 0.96)
+    with FeatureStore(tmp_path / "scaled.h5") as store:
+        np.testing.assert_array_equal(store.track("v_c", "vggish-scaled").features, scaled["v_c"])

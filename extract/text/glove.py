@@ -15,7 +15,10 @@ name, size and modification time:
         words.txt      the words in file order, one a line
         vectors.f32    [rows, dim] float32, row-major: memory-mapped, so a lookup reads only the rows it needs
 
-The cache is written under a temporary name and renamed when complete; later reads take seconds.
+The cache is written under a temporary name and renamed when complete; later reads take seconds. The vectors
+are streamed to disk as the file is read (2.6 GB for 840B: too large to build in memory); the small files are
+saved with `save_atomically`. A full disk or an I/O error is one GloveCacheWriteError line naming the cache
+folder and the cause, and the half-built folder is removed.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import ImgVmrError, MissingWeightsError
-from extract.store import fsync_path
+from extract.store import fsync_path, save_atomically
 from extract.weights import default_weights_dir
 
 log = logging.getLogger("img_vmr.extract")
@@ -46,6 +49,10 @@ DIM_PROBE_LINES = 1000
 
 class GloveFormatError(ImgVmrError):
     """A file given as GloVe vectors is not in the GloVe text format."""
+
+
+class GloveCacheWriteError(ImgVmrError):
+    """The GloVe index could not be written (disk full, I/O error); nothing half-built is left."""
 
 
 def default_cache_dir() -> Path:
@@ -193,15 +200,15 @@ def _infer_dim(lines: list[str], path: Path) -> int:
 
 def _build(path: Path, folder: Path) -> GloveIndex:
     started = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     digest = hashlib.sha256()
     words: list[str] = []
     skipped = 0
     dim: int | None = None  # the most common value count of the first lines
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         with open(path, "rb") as source, open(tmp / "vectors.f32", "wb") as out:
             rest = b""
             while True:
@@ -224,7 +231,7 @@ def _build(path: Path, folder: Path) -> GloveIndex:
             os.fsync(out.fileno())
         if not words:
             raise GloveFormatError(f"{path}: no line of the form 'word v1 ... vD'; not a GloVe text file")
-        (tmp / "words.txt").write_text("\n".join(words), encoding="utf-8")
+        save_atomically(tmp / "words.txt", memoryview("\n".join(words).encode("utf-8")))
         seconds = time.perf_counter() - started
         assert dim is not None
         meta = {
@@ -237,13 +244,21 @@ def _build(path: Path, folder: Path) -> GloveIndex:
             "skipped_lines": skipped,
             "build_seconds": round(seconds, 3),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        for name in ("words.txt", "meta.json", "."):
-            fsync_path(tmp / name)
+        save_atomically(tmp / "meta.json", memoryview(json.dumps(meta, indent=1).encode("utf-8")))
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished the same index first: use it
             shutil.rmtree(tmp, ignore_errors=True)
+        fsync_path(folder.parent)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.filename == str(path):
+            raise GloveFormatError(f"cannot read the GloVe file {path} ({error.strerror})") from None
+        reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+        raise GloveCacheWriteError(
+            f"cannot build the GloVe index in {folder.parent}: {reason[:1].lower()}{reason[1:]}; "
+            "make room there or pass --glove-cache DIR on another disk"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,6 +6,7 @@ glove:PATH         tokens (tokenize.py; NLTK 3.7's rules unless --tokenizer says
 bert[:MODEL]       per-token last hidden states (bert.py), default bert-base-uncased
 clip-text[:MODEL]  per-token features and the pooled projected embedding (clip_text.py), default
                    openai/clip-vit-base-patch32
+--vocabulary-from  GloVe ids by an existing vocabulary, a checkpoint's or a text store's (vocabulary_source.py)
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from extract.errors import UsageError
 from extract.text.encoder import TokenFeatureEncoder
 from extract.text.glove import open_glove
 from extract.text.store import TextBatch, TextStoreWriter
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize_all, tokenizer_recipe
-from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, build_vocabulary
+from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, Vocabulary, build_vocabulary
+from extract.text.vocabulary_source import VocabularySource
 from extract.versions import software_versions
 from manifests.records import QueryRecord
 
@@ -79,6 +83,7 @@ def run_glove(
     cache_dir: Path | None = None,
     tokenizer: str = DEFAULT_TOKENIZER,
 ) -> TextSummary:
+    """A GloVe text store whose vocabulary is built from these queries' vocabulary splits."""
     started = time.perf_counter()
     index = open_glove(glove_path, cache_dir)
     records = queries.records
@@ -102,6 +107,64 @@ def run_glove(
         "vocabulary_sha256": vocab.sha256(),
     }
     provenance = {"recipe": recipe, "software": software_versions(), "runtime": {}, "queries": dict(queries.source)}
+    summary = _write_glove(queries, tokens, vocab, vectors, provenance, out, resume)
+    in_glove = len(vocab.glove_words)
+    distinct = len({word for query in vocab_tokens for word in query})
+    summary.notes.insert(
+        0,
+        f"vocabulary: {distinct} distinct tokens in {recipe['vocabulary_splits']}, {in_glove} in GloVe "
+        f"({len(vocab.words)} ids with <PAD>, <UNK>), {len(vocab.chars)} characters; GloVe index "
+        f"({index.rows} words, {index.dim}-d) looked up in {glove_seconds:.2f} s",
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_glove_with_vocabulary(
+    queries: TextQueries, source: VocabularySource, out: Path, resume: bool = True, tokenizer: str | None = None
+) -> TextSummary:
+    """A GloVe text store of these queries encoded with an existing vocabulary (a checkpoint's or a text
+    store's): same tokeniser, same word and character ids, same vectors, same recipe; words the vocabulary
+    lacks are UNK."""
+    started = time.perf_counter()
+    if tokenizer is not None and tokenizer != source.tokenizer:
+        raise UsageError(
+            f"--tokenizer {tokenizer}: the vocabulary of {source.origin['path']} was made with {source.tokenizer}; "
+            "drop --tokenizer to use it"
+        )
+    tokens = tokenize_all((r.sentence for r in queries.records), source.tokenizer)
+    provenance = {
+        "recipe": source.recipe,
+        "software": software_versions(),
+        "runtime": {},
+        "queries": dict(queries.source),
+        "vocabulary_from": source.origin,
+    }
+    summary = _write_glove(queries, tokens, source.vocabulary, source.vectors, provenance, out, resume)
+    known = set(source.vocabulary.words[2:])
+    words = [word for query in tokens for word in query[:MAX_WORDS]]
+    unknown = sum(word not in known for word in words)
+    summary.notes.insert(
+        0,
+        f"vocabulary of {source.origin['path']} ({source.origin['kind']}, {len(source.vocabulary.words)} words, "
+        f"{len(source.vocabulary.chars)} characters): {unknown} of {len(words)} words of these queries are not in "
+        "it (<UNK>)",
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_glove(
+    queries: TextQueries,
+    tokens: list[list[str]],
+    vocab: Vocabulary,
+    vectors: np.ndarray,
+    provenance: Mapping[str, Any],
+    out: Path,
+    resume: bool,
+) -> TextSummary:
+    """Commit every query not yet stored (word and character ids by `vocab`), then merge with the vocabulary."""
+    records = queries.records
     writer = TextStoreWriter(out, "glove", provenance, resume)
     try:
         rows = {r.qid: i for i, r in enumerate(records)}
@@ -119,14 +182,7 @@ def run_glove(
         writer.abandon()
         raise
     writer.close({"words": vocab.words, "vectors": vectors, "chars": vocab.chars})
-    in_glove = len(vocab.glove_words)
-    distinct = len({word for query in vocab_tokens for word in query})
-    summary = TextSummary(len(records), len(todo), sum(truncated), time.perf_counter() - started)
-    summary.notes.append(
-        f"vocabulary: {distinct} distinct tokens in {recipe['vocabulary_splits']}, {in_glove} in GloVe "
-        f"({len(vocab.words)} ids with <PAD>, <UNK>), {len(vocab.chars)} characters; GloVe index "
-        f"({index.rows} words, {index.dim}-d) looked up in {glove_seconds:.2f} s"
-    )
+    summary = TextSummary(len(records), len(todo), sum(truncated))
     if sum(truncated):
         summary.notes.append(f"{sum(truncated)} queries longer than {MAX_WORDS} words keep their first {MAX_WORDS}")
     return summary

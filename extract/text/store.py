@@ -7,6 +7,12 @@ A killed run loses at most the part being written; the next run with the same re
 already in text.h5 or in a committed part (same qid and same sentence) and merges everything at the end. A
 different recipe is refused ("use another --out"), like the feature store does.
 
+Every file is built in memory by HDF5 and saved with plain writes (extract/store.py `hdf5_image`,
+`save_atomically`), as the feature store's parts are: a full disk or an I/O error is one StoreWriteError line
+naming the file and the cause, no temporary file stays behind, and the committed parts are kept for the next
+run. (HDF5 writing straight to a disk that fills up leaves the library holding objects it cannot close: a
+stream of h5py tracebacks.)
+
 text.h5:
     / attrs                 format, format_version, kind (glove | bert | clip-text), provenance (JSON:
                             recipe, software, runtime), queries, tokens
@@ -40,8 +46,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
-from extract.store import acquire_writer_lock, fsync_path, release_writer_lock
+from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
+from extract.store import acquire_writer_lock, hdf5_image, release_writer_lock, save_atomically
 from manifests.records import QueryRecord
 
 TEXT_STORE_FORMAT = "img-vmr-text-store"
@@ -92,15 +98,24 @@ def _write_batch(group: h5py.Group, batch: TextBatch) -> None:
 
 
 def _fsync_write(path: Path, attrs: Mapping[str, Any], fill: Any) -> None:
-    """Write an HDF5 file under a temporary name, fsync it, rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    """Build an HDF5 file in memory, then save it under a temporary name, fsync'd and renamed into place;
+    StoreWriteError (one line) when the disk refuses, with nothing left behind."""
+
+    def build(f: h5py.File) -> None:
         for key, value in attrs.items():
             f.attrs[key] = value
         fill(f)
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+
+    image = hdf5_image(build)
+    try:
+        save_atomically(path, image, path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    except OSError as error:
+        raise _write_error(path, error) from None
+
+
+def _write_error(path: Path, error: OSError) -> StoreWriteError:
+    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+    return StoreWriteError(f"cannot write the text store {path}: {reason[:1].lower()}{reason[1:]}")
 
 
 def _header(path: Path) -> dict[str, Any]:
@@ -136,7 +151,10 @@ class TextStoreWriter:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UsageError(f"cannot write {self.parts_dir} ({error.strerror}); choose a writable --out") from None
-        self._lock_handle: Any = acquire_writer_lock(self.parts_dir, self.path)
+        try:
+            self._lock_handle: Any = acquire_writer_lock(self.parts_dir, self.path)
+        except OSError as error:  # the lock file records its holder: a full disk refuses even that
+            raise _write_error(self.parts_dir / "writer.lock", error) from None
         self._sources: list[Path] = []
         self.done: dict[str, str] = {}  # qid -> sentence of every query already stored with this recipe
         self._current: dict[str, QueryRecord] | None = None  # this run's queries: what the final store holds
