@@ -16,7 +16,9 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,20 @@ def default_weights_dir() -> Path:
 
 def offline() -> bool:
     return any(os.environ.get(name, "").strip() not in ("", "0") for name in OFFLINE_ENVS)
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub ($HF_ENDPOINT, default huggingface.co) cannot be reached, in a few words; None when
+    a connection to it opens. Asked before a model that is not cached is fetched: on a machine without a network,
+    transformers' own retries take about 25 s before they fail."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"{host}:{port} cannot be reached ({error.strerror or type(error).__name__})"
 
 
 @functools.cache

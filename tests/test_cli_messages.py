@@ -3,8 +3,12 @@ on the model's identity, offline hints that work when followed, and errors of th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +149,31 @@ def test_the_offline_clip_hint_works_when_followed(
         tmp_path / "v", "--out", tmp_path / "c.h5", "--weights-dir", tmp_path / "DIR/clip-vit-base-patch32"
     )
     assert itself.returncode == 0, itself.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_without_a_network_the_default_clip_fails_at_once_naming_the_hub(tmp_path: Path) -> None:
+    """Not offline by the environment, but the hub cannot be reached (here: a closed port): one line at once, not
+    transformers' retries."""
+    make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+    offline_switches = ("HF_HUB_OFFLINE", "IMG_VMR_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in offline_switches}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "hf"),
+            "IMG_WEIGHTS_DIR": str(tmp_path / "empty-cache")}  # fmt: skip
+    script = Path(sys.executable).parent / "img-extract"
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "extract.cli"]
+    result = subprocess.run([*entry, str(tmp_path / "v"), "--out", str(tmp_path / "a.h5"), "--no-progress"],
+                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert "CLIP model 'openai/clip-vit-base-patch32' is not available offline (127.0.0.1:" in line
+    assert "cannot be reached" in line and "into DIR/clip-vit-base-patch32 and pass --weights-dir DIR" in line
+    assert not (tmp_path / "a.h5").exists()
 
 
 def test_a_clip_model_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:

@@ -65,6 +65,31 @@ def test_sigterm_commits_finished_videos_and_says_how_many(tmp_path: Path, tiny_
     assert rerun.returncode == 0 and f"{count - committed} done, {committed} skipped" in rerun.stderr
 
 
+@pytest.mark.slow
+def test_sigterm_before_any_video_is_finished_says_nothing_was_committed(tmp_path: Path, tiny_clip: Path) -> None:
+    videos = _videos(tmp_path / "v", 3)
+    out = tmp_path / "feats.h5"
+    process = subprocess.Popen(
+        [*_cli(), *map(str, [videos, "--out", out, "--clip-model", tiny_clip, "--no-progress"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the device line: the run has begun, its models are not loaded yet
+    assert first.startswith("img-extract: device: cpu"), first
+    process.send_signal(signal.SIGTERM)
+    stderr = first + process.communicate(timeout=120)[1]
+    assert process.returncode == 143, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("img-extract: error: terminated (SIGTERM)") and "nothing was committed" in last, stderr
+    assert "finished videos were committed" not in stderr and "Traceback" not in stderr
+    if out.exists():
+        with FeatureStore(out) as store:
+            assert len(store) == 0
+
+
 FULL_DISK_SCRIPT = """
 set -u
 mount -t tmpfs -o size=20m tmpfs "$MOUNT" || exit 77

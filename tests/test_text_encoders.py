@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,18 @@ def test_a_model_that_is_not_available_offline_is_one_line(tmp_path: Path) -> No
         BertTextEncoder("no-such-org/no-such-model")
     assert "not available offline" in str(error.value) and "--embed bert:DIR" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_model_that_is_not_cached_fails_at_once_when_the_hub_cannot_be_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HF_HUB_OFFLINE", "IMG_VMR_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(MissingWeightsError) as error:
+        BertTextEncoder("no-such-org/no-such-model")
+    message = str(error.value)
+    assert f"not available offline (127.0.0.1:{port} cannot be reached" in message and "--embed bert:DIR" in message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from extract.errors import MissingWeightsError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
 from extract.presets import Preset
-from extract.weights import offline, search_dirs, sha256_file
+from extract.weights import hub_unreachable, offline, search_dirs, sha256_file
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
@@ -74,6 +75,20 @@ def weights_file(source: str) -> Path | None:
     return model_file(source, WEIGHT_FILES)
 
 
+def loads_locally(source: str, not_available: Callable[[str | None], Exception]) -> bool:
+    """Whether `source` loads from disk alone: a folder, or a hub id whose config and weights are cached (then the
+    hub is not asked again: a model is known by its files' sha256 anyway). A hub id that is not cached is fetched
+    only when the machine is online and the hub answers; otherwise `not_available(reason)` is raised at once."""
+    if Path(source).is_dir() or (model_file(source, ("config.json",)) and weights_file(source)):
+        return True
+    if offline():
+        raise not_available(None)
+    reason = hub_unreachable()
+    if reason:
+        raise not_available(reason)
+    return False
+
+
 def config_sha256(config_file: Path) -> str:
     """The model's identity by its configuration: sha256 of config.json without the keys that only say where
     from or by which library version it was saved (`_name_or_path`, `transformers_version`, ...)."""
@@ -91,13 +106,11 @@ class ClipVisionExtractor(FeatureExtractor):
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         super().__init__(preset, options)
         self.source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
-        local = Path(self.source).is_dir()
-        if not local and offline() and model_file(self.source, ("config.json",)) is None:
-            raise self._not_available(preset.weights)  # at once: importing transformers and its retries take long
+        local = loads_locally(self.source, lambda reason: self._not_available(preset.weights, reason))
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=local or offline())
+            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=local)
         except OSError:
             raise self._not_available(preset.weights) from None
         self.model = model.eval().to(options.device)
@@ -105,7 +118,7 @@ class ClipVisionExtractor(FeatureExtractor):
         mean, std = preset.preprocessing["mean"], preset.preprocessing["std"]
         short_side, crop = image_size, image_size
         try:
-            processor = CLIPImageProcessor.from_pretrained(self.source)
+            processor = CLIPImageProcessor.from_pretrained(self.source, local_files_only=local)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
             short_side = int(processor.size["shortest_edge"])
             crop = int(processor.crop_size["height"])
@@ -130,10 +143,11 @@ class ClipVisionExtractor(FeatureExtractor):
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
 
     @staticmethod
-    def _not_available(model: str) -> MissingWeightsError:
+    def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
         name = model.rsplit("/", 1)[-1]
+        why = f" ({reason})" if reason else ""
         return MissingWeightsError(
-            f"CLIP model {model!r} is not available offline: download https://huggingface.co/{model} into "
+            f"CLIP model {model!r} is not available offline{why}: download https://huggingface.co/{model} into "
             f"DIR/{name} and pass --weights-dir DIR (or --clip-model DIR/{name})"
         )
 

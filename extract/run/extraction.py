@@ -113,8 +113,9 @@ class ExtractionRun:
         log_file = attach_log_file(writer.parts_dir / "extract.log")
         shard = f" (shard {self.config.shard})" if self.config.shard else ""
         log.info(
-            "%d videos%s: %d to extract, %d already in %s, %d failed before",
+            "%d video%s%s: %d to extract, %d already in %s, %d failed before",
             summary.total,
+            "s" * (summary.total != 1),
             shard,
             len(plan.items),
             summary.skipped,

@@ -18,10 +18,11 @@ class BertTextEncoder(TokenFeatureEncoder):
     kind = "bert"
     default_model = "bert-base-uncased"
 
-    def _load(self, source: str) -> tuple[Any, torch.nn.Module]:
+    def _load(self, source: str, local_only: bool) -> tuple[Any, torch.nn.Module]:
         from transformers import AutoModel, AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        return tokenizer, AutoModel.from_pretrained(source, local_files_only=local_only)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, None

@@ -19,10 +19,11 @@ class ClipTextEncoder(TokenFeatureEncoder):
     kind = "clip-text"
     default_model = "openai/clip-vit-base-patch32"
 
-    def _load(self, source: str) -> tuple[Any, torch.nn.Module]:
+    def _load(self, source: str, local_only: bool) -> tuple[Any, torch.nn.Module]:
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        return AutoTokenizer.from_pretrained(source), CLIPTextModelWithProjection.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        return tokenizer, CLIPTextModelWithProjection.from_pretrained(source, local_files_only=local_only)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask)

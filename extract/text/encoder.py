@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from extract.errors import MissingWeightsError, UsageError
-from extract.models.clip_vision import resolve_model_source, weights_file
+from extract.models.clip_vision import loads_locally, resolve_model_source, weights_file
 from extract.weights import sha256_file
 
 log = logging.getLogger("img_vmr.extract")
@@ -50,13 +50,11 @@ class TokenFeatureEncoder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.source = resolve_model_source(self.model_name, weights_dir)
+        local = loads_locally(self.source, self._not_available)
         try:
-            self.tokenizer, self.model = self._load(self.source)
+            self.tokenizer, self.model = self._load(self.source, local)
         except OSError:
-            raise MissingWeightsError(
-                f"{self.kind} model {self.model_name!r} is not available offline: download it from "
-                f"https://huggingface.co/{self.model_name} into DIR and pass --embed {self.kind}:DIR"
-            ) from None
+            raise self._not_available(None) from None
         self.model = self.model.eval().to(self.device)
         limit = int(self.model.config.max_position_embeddings)
         if max_length is not None and max_length > limit:
@@ -66,7 +64,15 @@ class TokenFeatureEncoder:
         self.weights_file = weights.name if weights else None
         self.weights_sha256 = sha256_file(weights) if weights else None
 
-    def _load(self, source: str) -> tuple[Any, torch.nn.Module]:
+    def _not_available(self, reason: str | None) -> MissingWeightsError:
+        why = f" ({reason})" if reason else ""
+        return MissingWeightsError(
+            f"{self.kind} model {self.model_name!r} is not available offline{why}: download it from "
+            f"https://huggingface.co/{self.model_name} into DIR and pass --embed {self.kind}:DIR"
+        )
+
+    def _load(self, source: str, local_only: bool) -> tuple[Any, torch.nn.Module]:
+        """The tokenizer and model of `source`; `local_only`: from its folder or the hub cache, asking no server."""
         raise NotImplementedError
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
