@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,6 +278,8 @@ def _run(
     from extract.run.shard import Shard
     from extract.sources import find_videos
 
+    if no_progress or not sys.stderr.isatty():  # transformers' "Loading weights" bar too (read when it is imported)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     names = [name.strip() for name in features.split(",") if name.strip()]
     if not names:
         raise UsageError("--features is empty; name at least one preset, e.g. --features clip")

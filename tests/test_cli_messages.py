@@ -145,6 +145,7 @@ def test_the_offline_clip_hint_works_when_followed(
     shutil.copytree(tiny_clip, tmp_path / "DIR" / "clip-vit-base-patch32")
     followed = run_cli(tmp_path / "v", "--out", tmp_path / "b.h5", "--weights-dir", tmp_path / "DIR")
     assert followed.returncode == 0, followed.stderr
+    assert "Loading weights" not in followed.stderr  # no transformers progress bar in a log (stderr is no TTY)
     itself = run_cli(
         tmp_path / "v", "--out", tmp_path / "c.h5", "--weights-dir", tmp_path / "DIR/clip-vit-base-patch32"
     )
