@@ -93,9 +93,9 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--precision",
             type=click.Choice(["fp32", "bf16", "fp16"]),
-            default="fp32",
-            show_default=True,
-            help="IMG's precision (autocast; fp16 needs CUDA).",
+            default=None,
+            help="IMG's precision (autocast; fp16 needs CUDA). Default: the checkpoint's run's, as img-eval; a "
+            "bf16 / fp16 run answers in fp32 on a CPU.",
         ),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
@@ -240,7 +240,7 @@ def _read_queries_file(path: Path) -> list[str]:
 
 def _text(answers: Any) -> str:
     audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
-    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}"]
+    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}; {answers.precision}"]
     for number, answer in enumerate(answers.answers, 1):
         importance = "" if answer.audio_importance is None else f", audio importance {answer.audio_importance:.3f}"
         lines.append(

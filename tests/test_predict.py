@@ -8,6 +8,7 @@ is extracted once in this module."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,27 @@ def test_a_second_query_on_a_cached_video_loads_no_extraction_model(
     second = again.predict(video, ["a person waves a hand", "the door slams shut"])
     assert second.answers[0] == first.answers[0]
     assert second.answers[1].query == "the door slams shut"
+
+
+def test_one_query_may_be_a_string(predictor: Predictor, real_run: RealRun) -> None:
+    answers = predictor.predict(real_run.videos / "clip4.mp4", "a person waves a hand")
+    assert [answer.query for answer in answers.answers] == ["a person waves a hand"]
+
+
+def test_the_answers_use_the_runs_precision_where_the_device_runs_it(
+    real_run: RealRun, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = torch.load(real_run.checkpoint, weights_only=True)
+    stored["run"]["runtime"]["precision"] = "bf16"
+    torch.save(stored, tmp_path / "bf16-run.pt")
+    video = real_run.videos / "clip4.mp4"
+    with caplog.at_level(logging.INFO, logger="img_vmr.predict"):
+        default = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", **predictor_options(real_run, cache))
+    assert "the checkpoint's run used bf16; answering in fp32 on the cpu (--precision bf16 to force it)" in caplog.text
+    assert default.predict(video, "a person waves a hand").precision == "fp32"
+    forced = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", precision="bf16",
+                                       **predictor_options(real_run, cache))  # fmt: skip
+    assert forced.predict(video, "a person waves a hand").as_json()["precision"] == "bf16"
 
 
 def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run: RealRun) -> None:
