@@ -62,7 +62,8 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(path_type=Path, file_okay=False),
             default=None,
             help="Feature cache folder: a video's features are extracted once per recipe (default "
-            "$IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict).",
+            "$IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict). Processes may share it: one extracting makes the "
+            "others wait (up to 30 min).",
         ),
         click.option(
             "--weights-dir",
