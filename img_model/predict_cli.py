@@ -22,8 +22,10 @@ from img_model.convert import CheckpointLayoutError
 log = logging.getLogger("img_vmr.predict")
 PROGRAM = "img-predict"
 EXIT_STATUS = (
-    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
-    "internal error, 2 usage error: a bad query, or a checkpoint or weights that do not fit."
+    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "
+    "could not be written (the answers are printed first) or an internal error, 2 usage error: a bad query, a "
+    "--plot path that cannot be written, a checkpoint or weights that do not fit, or a --cache another process "
+    "still extracts into after 30 min."
 )
 
 
@@ -208,14 +210,20 @@ def answer_command(
         texts = [*queries, *(_read_queries_file(queries_file) if queries_file else [])]
         if not texts:
             raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
+        if plot is not None:
+            from img_model.predict_plot import check_plot_path
+
+            check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
         answers = predictor.predict(video, texts)
-        if plot is not None:
-            from img_model.predict_plot import plot_answers, read_envelope
-
-            envelope = read_envelope(video, answers.duration) if answers.has_audio else None
-            log.info("wrote %s", plot_answers(answers, plot, envelope))
         click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
+        if plot is not None:
+            from img_model.predict_plot import write_plot
+
+            try:
+                log.info("wrote %s", write_plot(answers, plot))
+            except ImgVmrError as error:
+                fail(PROGRAM, f"{error} (the answers are printed above)", EXIT_FAILED)
 
     _one_line_errors(work)
 

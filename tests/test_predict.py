@@ -237,6 +237,37 @@ def test_an_undecodable_audio_stream_leaves_the_visual_branch_and_says_why(predi
     assert answers.answers[0].branch == "visual"
 
 
+def test_the_plot_of_a_video_whose_audio_fails_to_decode_keeps_the_answers(
+    real_run: RealRun, cache: Path, tmp_path: Path
+) -> None:
+    video = make_broken_audio_video(tmp_path / "broken-audio.mkv", seconds=6.0)
+    result = run_img_predict(*real_run.predict_options(cache), video, "a person waves a hand", "--plot",
+                             tmp_path / "plot.png")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{video}: 6.02 s, 6 steps, audio not used (its audio could not be used: " in result.stdout
+    assert '1. "a person waves a hand": ' in result.stdout
+    assert (tmp_path / "plot.png").stat().st_size > 10_000  # drawn with "audio could not be decoded"
+    assert result.stderr.count("failed at the audio stage") == 1  # the features' note, not a second decode
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        ("/proc/answers.png", "--plot /proc/answers.png: cannot write in /proc ("),
+        ("{tmp}/answers.xyz", "--plot {tmp}/answers.xyz: the suffix says no image format matplotlib writes; use "),
+    ],
+)
+def test_a_plot_path_that_cannot_be_written_is_one_line_before_anything_is_computed(
+    real_run: RealRun, tmp_path: Path, plot: str, message: str
+) -> None:
+    plot, message = plot.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4",
+                             "a person waves a hand", "--plot", plot)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"img-predict: error: {message}") and result.stderr.count("\n") == 1
+    assert result.stdout == "" and not (tmp_path / "cache").exists()
+
+
 def test_other_weights_are_refused_unless_trusted(
     real_run: RealRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
