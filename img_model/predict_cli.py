@@ -6,8 +6,10 @@ failure is one line on stderr.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -259,23 +261,41 @@ def _text(answers: Any) -> str:
     return "\n".join(lines)
 
 
-@main.command("serve", epilog="\b\nExit status: 0 stopped with Ctrl-C, 2 usage error.")
+@main.command(
+    "serve",
+    epilog="\b\nExit status: 0 stopped with Ctrl-C, 1 an internal error, 2 usage error (a port in use, a checkpoint "
+    "or weights that do not fit).",
+)
 @click.option(
     "--videos",
     required=True,
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     help="Folder of videos to pick from; nothing outside it is served.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (only this machine by default).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (only this machine by default). Requests must name it, localhost, 127.0.0.1, [::1] or an "
+    "--allow-host name in their Host header.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Another name the page may be reached by (repeatable), e.g. this machine's name or address with --host "
+    "0.0.0.0. Other Host headers are refused (DNS rebinding).",
+)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True, help="Port.")
 @predictor_options
-def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
+def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, **flags: Any) -> None:
     """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
     player seeking to them, and the audio-importance score.
 
     \b
-    Requests are answered one at a time per model (others wait in line). Only files under --videos are served:
-    paths that leave it (../, encoded or not, or links to elsewhere) are refused.
+    Requests are answered one at a time per model (others wait in line; the page stays responsive). Only files
+    under --videos are served: paths that leave it (../, encoded or not, or links to elsewhere) are refused, and
+    so are requests whose Host header names another machine (a web page rebinding its name to this one).
 
     \b
     Example:
@@ -284,19 +304,50 @@ def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
     _setup_logging(flags["verbose"])
 
     def work() -> None:
-        import uvicorn
+        from img_model.demo_server import create_app, host_names
 
-        from img_model.demo_server import create_app
-
+        listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)
-        app = create_app(predictor, videos)
+        app = create_app(predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts])
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
-        log.info("demo page on http://%s:%d (Ctrl-C stops it)", host, port)
-        uvicorn.run(app, host=host, port=port, log_level="info" if flags["verbose"] else "warning")
+        _serve(app, listening, _url(host, listening.getsockname()[1]), flags["verbose"])
 
     _one_line_errors(work)
     sys.exit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (uvicorn serves on it); a port in use is a one-line UsageError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        reason = "another program listens there" if error.errno == errno.EADDRINUSE else error.strerror
+        raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({reason}); pick another --port") from None
+    return listening
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _serve(app: Any, listening: socket.socket, url: str, verbose: bool) -> None:
+    """uvicorn on the bound socket; the page's address is logged once the server accepts requests."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            log.info("demo page on %s (Ctrl-C stops it)", url)
+
+    Server(uvicorn.Config(app, log_level="info" if verbose else "warning")).run(sockets=[listening])
 
 
 if __name__ == "__main__":
