@@ -72,11 +72,16 @@ def video_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+def folder_video_id(folder: Path, path: Path) -> str:
+    """The id of a video file found under folder: its path relative to folder, without extension, '/'-separated."""
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
 def scan_folder(folder: Path) -> list[VideoSource]:
-    """Every video file under folder; id = path relative to folder, without extension, '/'-separated."""
+    """Every video file under folder, with its folder_video_id."""
     sources = []
     for path in video_files(folder):
-        sources.append(VideoSource(path.relative_to(folder).with_suffix("").as_posix(), path))
+        sources.append(VideoSource(folder_video_id(folder, path), path))
     if not sources:
         raise UsageError(
             f"no video files under {folder} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "

@@ -101,11 +101,16 @@ class QueryPrediction:
 
 
 def _branch_predictions(
-    outputs: IMGOutput, name: str, lengths: np.ndarray, durations: np.ndarray, truth: tuple[np.ndarray, np.ndarray]
+    outputs: IMGOutput,
+    name: str,
+    lengths: np.ndarray,
+    durations: np.ndarray,
+    truth: tuple[np.ndarray, np.ndarray],
+    k: int = TOP_K,
 ) -> list[BranchPrediction]:
     start_logits, end_logits = (getattr(outputs, field_name).float() for field_name in BRANCHES[name])
     best = best_span(start_logits, end_logits)
-    top = top_spans(start_logits, end_logits, TOP_K)
+    top = top_spans(start_logits, end_logits, k)
     n, d = lengths[:, None], durations[:, None]
     best_start, best_end = index_to_time(best.start.cpu().numpy(), best.end.cpu().numpy(), lengths, durations)
     top_start_idx, top_end_idx = top.start.cpu().numpy(), top.end.cpu().numpy()

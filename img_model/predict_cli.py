@@ -6,8 +6,10 @@ failure is one line on stderr.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,10 @@ from img_model.convert import CheckpointLayoutError
 log = logging.getLogger("img_vmr.predict")
 PROGRAM = "img-predict"
 EXIT_STATUS = (
-    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
-    "internal error, 2 usage error: a bad query, or a checkpoint or weights that do not fit."
+    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "
+    "could not be written (the answers are printed first) or an internal error, 2 usage error: a bad query, a "
+    "--plot path that cannot be written, a checkpoint or weights that do not fit, or a --cache another process "
+    "still extracts into after 30 min."
 )
 
 
@@ -62,7 +66,8 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(path_type=Path, file_okay=False),
             default=None,
             help="Feature cache folder: a video's features are extracted once per recipe (default "
-            "$IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict).",
+            "$IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict). Processes may share it: one extracting makes the "
+            "others wait (up to 30 min).",
         ),
         click.option(
             "--weights-dir",
@@ -93,9 +98,9 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--precision",
             type=click.Choice(["fp32", "bf16", "fp16"]),
-            default="fp32",
-            show_default=True,
-            help="IMG's precision (autocast; fp16 needs CUDA).",
+            default=None,
+            help="IMG's precision (autocast; fp16 needs CUDA). Default: the checkpoint's run's, as img-eval; a "
+            "bf16 / fp16 run answers in fp32 on a CPU.",
         ),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
@@ -207,14 +212,20 @@ def answer_command(
         texts = [*queries, *(_read_queries_file(queries_file) if queries_file else [])]
         if not texts:
             raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
+        if plot is not None:
+            from img_model.predict_plot import check_plot_path
+
+            check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
         answers = predictor.predict(video, texts)
-        if plot is not None:
-            from img_model.predict_plot import plot_answers, read_envelope
-
-            envelope = read_envelope(video, answers.duration) if answers.has_audio else None
-            log.info("wrote %s", plot_answers(answers, plot, envelope))
         click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
+        if plot is not None:
+            from img_model.predict_plot import write_plot
+
+            try:
+                log.info("wrote %s", write_plot(answers, plot))
+            except ImgVmrError as error:
+                fail(PROGRAM, f"{error} (the answers are printed above)", EXIT_FAILED)
 
     _one_line_errors(work)
 
@@ -240,7 +251,7 @@ def _read_queries_file(path: Path) -> list[str]:
 
 def _text(answers: Any) -> str:
     audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
-    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}"]
+    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}; {answers.precision}"]
     for number, answer in enumerate(answers.answers, 1):
         importance = "" if answer.audio_importance is None else f", audio importance {answer.audio_importance:.3f}"
         lines.append(
@@ -250,23 +261,41 @@ def _text(answers: Any) -> str:
     return "\n".join(lines)
 
 
-@main.command("serve", epilog="\b\nExit status: 0 stopped with Ctrl-C, 2 usage error.")
+@main.command(
+    "serve",
+    epilog="\b\nExit status: 0 stopped with Ctrl-C, 1 an internal error, 2 usage error (a port in use, a checkpoint "
+    "or weights that do not fit).",
+)
 @click.option(
     "--videos",
     required=True,
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     help="Folder of videos to pick from; nothing outside it is served.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (only this machine by default).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (only this machine by default). Requests must name it, localhost, 127.0.0.1, [::1] or an "
+    "--allow-host name in their Host header.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Another name the page may be reached by (repeatable), e.g. this machine's name or address with --host "
+    "0.0.0.0. Other Host headers are refused (DNS rebinding).",
+)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True, help="Port.")
 @predictor_options
-def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
+def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, **flags: Any) -> None:
     """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
     player seeking to them, and the audio-importance score.
 
     \b
-    Requests are answered one at a time per model (others wait in line). Only files under --videos are served:
-    paths that leave it (../, encoded or not, or links to elsewhere) are refused.
+    Requests are answered one at a time per model (others wait in line; the page stays responsive). Only files
+    under --videos are served: paths that leave it (../, encoded or not, or links to elsewhere) are refused, and
+    so are requests whose Host header names another machine (a web page rebinding its name to this one).
 
     \b
     Example:
@@ -275,19 +304,50 @@ def serve_command(videos: Path, host: str, port: int, **flags: Any) -> None:
     _setup_logging(flags["verbose"])
 
     def work() -> None:
-        import uvicorn
+        from img_model.demo_server import create_app, host_names
 
-        from img_model.demo_server import create_app
-
+        listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)
-        app = create_app(predictor, videos)
+        app = create_app(predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts])
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
-        log.info("demo page on http://%s:%d (Ctrl-C stops it)", host, port)
-        uvicorn.run(app, host=host, port=port, log_level="info" if flags["verbose"] else "warning")
+        _serve(app, listening, _url(host, listening.getsockname()[1]), flags["verbose"])
 
     _one_line_errors(work)
     sys.exit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (uvicorn serves on it); a port in use is a one-line UsageError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        reason = "another program listens there" if error.errno == errno.EADDRINUSE else error.strerror
+        raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({reason}); pick another --port") from None
+    return listening
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _serve(app: Any, listening: socket.socket, url: str, verbose: bool) -> None:
+    """uvicorn on the bound socket; the page's address is logged once the server accepts requests."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            log.info("demo page on %s (Ctrl-C stops it)", url)
+
+    Server(uvicorn.Config(app, log_level="info" if verbose else "warning")).run(sockets=[listening])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,31 @@
 """img-predict --plot: a figure of the answers on the video's timeline (matplotlib, Agg backend: no display).
 
 Top panel: the audio waveform (the file's soundtrack as the audio models hear it: mono, the mean of the
-channels), as its peak envelope. Then one panel per query: P_start and P_end over the steps of the video's
-grid, the chosen span shaded, the top-k spans as bars under the curves (best first, darkest), and in the
-title the score and the audio-importance score (or that no audio was used).
+channels), as its peak envelope; it is decoded only when the answers used the audio (a stream that failed to
+decode for the features is not decoded again: the panel says the audio could not be decoded). Then one panel
+per query: P_start and P_end over the steps of the video's grid, the chosen span shaded, the top-k spans as
+bars under the curves (best first, darkest), and in the title the score and the audio-importance score (or that
+no audio was used).
+
+img-predict checks the --plot path (check_plot_path) before it computes anything, and writes the figure after
+it has printed the answers: a figure that cannot be drawn never loses them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from extract.decode import AudioSampling, iter_audio
+from extract.errors import ImgVmrError, UsageError
 from extract.probe import probe
 from img_model.predictor import VideoAnswers
+
+log = logging.getLogger("img_vmr.predict")
 
 WAVEFORM_RATE = 8000  # samples per second decoded for the picture
 WAVEFORM_BINS = 2000
@@ -38,6 +48,49 @@ def read_envelope(video: str | os.PathLike[str], duration: float, bins: int = WA
     return np.stack([low, high], axis=1)
 
 
+def image_formats() -> list[str]:
+    """The file suffixes matplotlib's Agg canvas writes (png, svg, pdf, jpg...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def check_plot_path(path: Path) -> None:
+    """UsageError (one line) unless a figure can be written at `path`: a suffix matplotlib knows, and a folder
+    (or the nearest existing folder above a missing one) where a file can be created. Creates nothing."""
+    formats = image_formats()
+    if path.suffix.lower().lstrip(".") not in formats:
+        shown = ", ".join(f".{name}" for name in formats if name in ("png", "svg", "pdf", "jpg"))
+        raise UsageError(f"--plot {path}: the suffix says no image format matplotlib writes; use {shown}")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".img-predict-plot-"):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"--plot {path}: cannot write in {folder} ({error.strerror or error}); choose a writable path"
+        ) from None
+
+
+def write_plot(answers: VideoAnswers, out: str | os.PathLike[str]) -> Path:
+    """The figure of these answers at `out`, the waveform read only when the audio was used."""
+    envelope = None
+    if answers.audio_used:
+        try:
+            envelope = read_envelope(answers.video, answers.duration)
+        except ImgVmrError as error:
+            log.warning("the plot shows no waveform: %s", error)
+    try:
+        return plot_answers(answers, out, envelope)
+    except OSError as error:
+        raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
+
+
 def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: np.ndarray | None) -> Path:
     """Write the figure to `out` (the format follows the suffix: .png, .svg, .pdf)."""
     import matplotlib
@@ -50,14 +103,15 @@ def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: n
     axes = axes[:, 0]
     duration = answers.duration
     wave = axes[0]
+    missing = "audio could not be decoded" if answers.has_audio else "no audio stream"  # the note is too long here
     if envelope is not None:
         times = (np.arange(len(envelope)) + 0.5) * duration / len(envelope)
         wave.fill_between(times, envelope[:, 0], envelope[:, 1], color="#555555", linewidth=0)
         wave.set_ylim(-1.05, 1.05)
     else:
-        wave.text(0.5, 0.5, "no audio stream", ha="center", va="center", transform=wave.transAxes, color="#777777")
+        wave.text(0.5, 0.5, missing, ha="center", va="center", transform=wave.transAxes, color="#777777")
         wave.set_yticks([])
-    audio = "audio used" if answers.audio_used else f"audio not used: {answers.note}"
+    audio = "audio used" if answers.audio_used else f"audio not used: {missing}"
     wave.set_title(f"{Path(answers.video).name}: {duration:.2f} s, {answers.num_steps} steps; {audio}", fontsize=10)
     wave.set_ylabel("audio")
     edges = answers.step_times()

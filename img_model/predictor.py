@@ -3,7 +3,7 @@
     from img_model.predictor import Predictor
 
     predictor = Predictor.from_checkpoint("runs/charades/best.pt", device="cpu")
-    video = predictor.predict("kitchen.mp4", ["a person opens the fridge", "someone laughs"])
+    video = predictor.predict("kitchen.mp4", ["a person opens the fridge", "someone laughs"])  # or one str
     for answer in video.answers:
         answer.start, answer.end, answer.score  # seconds, P_start(i) * P_end(j)
         answer.top  # the top-k distinct spans, best first
@@ -19,7 +19,10 @@ audio track as evaluation does (§7.17) and answered by the visual-only branch; 
 Each query runs in a batch of its own. The published model's outputs depend on the padding of its batch (the
 character CNN sees the longest word of the batch, the query encoder the longest query), so a batch of several
 queries would make an answer depend on which other queries were asked with it. Alone, a query gets exactly what
-`img-eval --batch-size 1` computes for it on the same features (tested).
+`img-eval --batch-size 1` computes for it on the same features at the same precision (tested). Both default to
+the precision the checkpoint's run recorded; here a bf16 or fp16 run answers in fp32 on a CPU (logged; pass
+precision="bf16" for CPU autocast), so on a CPU such a run's answers equal `img-eval --precision fp32`'s.
+`VideoAnswers.precision` says which was used.
 """
 
 from __future__ import annotations
@@ -38,8 +41,7 @@ import torch
 from img_model.alignment import align
 from img_model.checkpoint import Checkpoint, read_checkpoint
 from img_model.dataset import Sample, collate
-from img_model.decoding import best_span, index_to_time, top_spans
-from img_model.evaluator import BRANCHES
+from img_model.evaluator import BRANCHES, _branch_predictions
 from img_model.model import IMG
 from img_model.query_inputs import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
 from img_model.runtime import autocast, resolve_device
@@ -97,6 +99,7 @@ class VideoAnswers:
     audio_used: bool  # its audio features were read (else: the visual-only branch answered)
     note: str  # why the audio was not used ("" when it was)
     answers: tuple[QueryAnswer, ...]
+    precision: str = "fp32"  # the IMG model's precision (autocast) for these answers
 
     def step_times(self) -> np.ndarray:
         """[N + 1] boundaries of the steps in seconds."""
@@ -110,6 +113,7 @@ class VideoAnswers:
             "has_audio": self.has_audio,
             "audio_used": self.audio_used,
             "note": self.note,
+            "precision": self.precision,
             "answers": [answer.as_json() for answer in self.answers],
         }
 
@@ -154,7 +158,7 @@ class Predictor:
         clip_model: str | None = None,
         text_model: str | None = None,
         trust_weights: bool = False,
-        precision: str = "fp32",
+        precision: str | None = None,
         threads: int = 0,
         top_k: int = DEFAULT_TOP_K,
         visual: str | None = None,
@@ -162,10 +166,12 @@ class Predictor:
         progress: bool = False,
     ) -> Predictor:
         """Load a checkpoint (RUN/best.pt, or a converted one with `visual` / `audio` presets named) and its
-        text model; the extraction models load on the first video that is not in the cache yet."""
+        text model; the extraction models load on the first video that is not in the cache yet. `precision`
+        None: the run's recorded one where the device runs it (see the module's docstring)."""
         checkpoint = read_checkpoint(path)
         specs = recorded_specs(checkpoint, visual, audio)
         resolved = resolve_device(device, precision, threads)
+        precision = precision or default_precision(checkpoint, resolved)
         weights = Path(weights_dir) if weights_dir is not None else None
         cache = FeatureCache(
             specs,
@@ -191,9 +197,11 @@ class Predictor:
                 )
         return inputs
 
-    def predict(self, video: str | os.PathLike[str], queries: Sequence[str], top_k: int | None = None) -> VideoAnswers:
-        """Answer every query on one video file."""
-        inputs = self.read_queries(queries)  # before the (costly) extraction: a bad query fails at once
+    def predict(
+        self, video: str | os.PathLike[str], queries: str | Sequence[str], top_k: int | None = None
+    ) -> VideoAnswers:
+        """Answer every query (or the one query a str is) on one video file."""
+        inputs = self.read_queries([queries] if isinstance(queries, str) else queries)  # before the extraction
         features = self.features.features(video)
         return self.answer(features, inputs, top_k or self.top_k)
 
@@ -211,7 +219,7 @@ class Predictor:
             batch = collate([_sample(aligned.visual, audio, audio_used, features.duration, query)]).to(self.device)
             with autocast(self.device, self.precision):
                 outputs = self.model(**batch.model_inputs(), p_warm=1.0)
-            answers += _answers(outputs, branch, [query], features.duration, top_k, audio_used)
+            answers.append(_answer(outputs, branch, query, batch, top_k, audio_used))
         note = features.audio_note or ("" if audio_used else "no audio features")
         if not audio_used:
             log.info("%s: %s; answered by the visual-only branch", features.path, note)
@@ -223,6 +231,7 @@ class Predictor:
             audio_used=audio_used,
             note=note,
             answers=tuple(answers),
+            precision=self.precision,
         )
 
 
@@ -244,38 +253,39 @@ def _sample(visual: np.ndarray, audio: np.ndarray, has_audio: bool, duration: fl
     )
 
 
-def _answers(
-    outputs: Any, branch: str, inputs: Sequence[QueryInput], duration: float, top_k: int, audio_used: bool
-) -> list[QueryAnswer]:
-    start_logits, end_logits = (getattr(outputs, name).float() for name in BRANCHES[branch])
-    steps = start_logits.shape[1]
-    best = best_span(start_logits, end_logits)
-    top = top_spans(start_logits, end_logits, top_k)
-    best_start, best_end = index_to_time(best.start.cpu().numpy(), best.end.cpu().numpy(), steps, duration)
-    start_probabilities = torch.softmax(start_logits, dim=1).cpu().numpy()
-    end_probabilities = torch.softmax(end_logits, dim=1).cpu().numpy()
-    importance = outputs.aip_prob.float().cpu().numpy()
-    answers = []
-    for row, query in enumerate(inputs):
-        found = top.start[row] >= 0
-        starts, ends = index_to_time(top.start[row][found].cpu().numpy(), top.end[row][found].cpu().numpy(), steps,
-                                     duration)  # fmt: skip
-        spans = tuple(
-            Span(float(a), float(b), float(s))
-            for a, b, s in zip(starts, ends, top.score[row][found].tolist(), strict=True)
-        )
-        answers.append(
-            QueryAnswer(
-                query=query.text,
-                start=float(best_start[row]),
-                end=float(best_end[row]),
-                score=float(best.score[row]),
-                top=spans,
-                branch=branch,
-                audio_importance=float(importance[row]) if audio_used else None,
-                unknown_words=query.unknown_words,
-                start_probabilities=tuple(start_probabilities[row].tolist()),
-                end_probabilities=tuple(end_probabilities[row].tolist()),
-            )
-        )
-    return answers
+def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int, audio_used: bool) -> QueryAnswer:
+    """The answer of a batch of one query, decoded by img-eval's own code (evaluator._branch_predictions)."""
+    no_truth = (np.zeros(1), np.zeros(1))  # there is no true span: the IoUs it computes are not used
+    predicted = _branch_predictions(
+        outputs, branch, batch.lengths.cpu().numpy(), batch.duration.cpu().numpy(), no_truth, top_k
+    )[0]
+    found = predicted.top_steps[:, 0] >= 0
+    top = tuple(
+        Span(float(start), float(end), float(score))
+        for (start, end), score in zip(predicted.top_spans[found], predicted.top_scores[found], strict=True)
+    )
+    start_logits, end_logits = (getattr(outputs, name)[0].float() for name in BRANCHES[branch])
+    return QueryAnswer(
+        query=query.text,
+        start=predicted.span[0],
+        end=predicted.span[1],
+        score=predicted.score,
+        top=top,
+        branch=branch,
+        audio_importance=float(outputs.aip_prob[0].float()) if audio_used else None,
+        unknown_words=query.unknown_words,
+        start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),
+        end_probabilities=tuple(torch.softmax(end_logits, dim=0).tolist()),
+    )
+
+
+def default_precision(checkpoint: Checkpoint, device: torch.device) -> str:
+    """The precision the checkpoint's run recorded (img-eval's default), or fp32 where the device cannot run it
+    (autocast in bf16 / fp16 is for CUDA here: on a CPU bf16 is slow and fp16 does not run)."""
+    recorded = str((checkpoint.run or {}).get("runtime", {}).get("precision") or "fp32")
+    if recorded != "fp32" and device.type != "cuda":
+        log.info("the checkpoint's run used %s; answering in fp32 on the %s (--precision %s to force it)", recorded,
+                 device.type, recorded)  # fmt: skip
+        return "fp32"
+    log.debug("precision: %s (the checkpoint's run)", recorded)
+    return recorded

@@ -26,6 +26,20 @@ def _subset(recipe: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
     return {key: recipe.get(key) for key in keys}
 
 
+def _changed(recorded: Mapping[str, Any], actual: Mapping[str, Any], ignore: Collection[str]) -> list[str]:
+    return sorted(key for key in (set(recorded) | set(actual)) - set(ignore) if recorded.get(key) != actual.get(key))
+
+
+def recipe_accepted(
+    recorded: Mapping[str, Any], actual: Mapping[str, Any], trust_weights: bool, ignore: Collection[str] = ()
+) -> bool:
+    """Would check_recipe accept `actual` (perhaps with warnings)? It raises for nothing."""
+    changed = _changed(recorded, actual, ignore)
+    return not any(key not in WEIGHTS_KEYS | WARNED_KEYS for key in changed) and (
+        trust_weights or not any(key in WEIGHTS_KEYS for key in changed)
+    )
+
+
 def check_recipe(
     what: str,
     recorded: Mapping[str, Any],
@@ -36,7 +50,7 @@ def check_recipe(
 ) -> None:
     """Raise CheckpointMismatchError (one line naming the difference) or warn; `hint` says which option picks
     the right files; keys in `ignore` say where a model came from, not what it computes."""
-    changed = sorted(key for key in (set(recorded) | set(actual)) - set(ignore) if recorded.get(key) != actual.get(key))
+    changed = _changed(recorded, actual, ignore)
     numeric = [key for key in changed if key not in WEIGHTS_KEYS | WARNED_KEYS]
     weights = [key for key in changed if key in WEIGHTS_KEYS]
     if numeric:

@@ -1,17 +1,19 @@
 """img-eval --report: one self-contained HTML file to look at a model's answers (no network: the script, the
 style and the data are inside the file; videos are linked, never embedded).
 
-It shows, per split and for all splits together: the metrics table of the three branches (the numbers img-eval
-prints), a histogram of the IoU and R1 against the IoU threshold for the fused, visual-only and audio-only
-branches; then every query in a paged list with its true span and each branch's span drawn on the video's
-timeline, the IoU, the audio importance, and filters: wrong answers only (fused IoU below the threshold),
-audio-decided only (fused right and visual-only wrong: where the sound decided the answer), by split, by text.
-With `videos` (a folder as img-extract scans it: a video's id is its path without the extension), a row whose
-video is there has a player that seeks to the predicted start.
+It shows, per split and for all splits together: the metrics table of the three branches and the mean
+predicted audio importance (img-eval's own numbers: the rows are read back into its QueryPredictions and go
+through EvalReport), a histogram of the IoU and R1 against the IoU threshold for the fused, visual-only and
+audio-only branches; then every query in a paged list with its true span and each branch's span drawn on the
+video's timeline, the IoU, the audio importance, and filters: wrong answers only (fused IoU below the
+threshold), audio-decided only (a video with audio where fused is right and visual-only wrong: the sound decided
+the answer), by split, by text. With `videos` (a folder as img-extract scans it: a video's id is its path
+without the extension, extract.sources.folder_video_id), a row whose video is there has a player that seeks to
+the predicted start.
 
-Sizes: a row is ~150 bytes of JSON and the list renders one page (50 rows) at a time, so ActivityNet's 17,502
-test queries make a ~3 MB file that filters in milliseconds. Whether a branch is right at 0.3 / 0.5 / 0.7 is
-decided here, in Python, with the same IoUs as the metrics, so filters and table can never disagree.
+Sizes: the list renders one page (50 rows) at a time; the size and speed of a report of ActivityNet's test split
+are measured once, in the README ("The report"). Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here,
+in Python, with the same IoUs as the metrics, so filters and table can never disagree.
 
     from img_model.report import write_report
     write_report("report.html", rows, title="charades test", videos="videos/")  # rows: predictions JSONL dicts
@@ -32,33 +34,54 @@ from typing import Any
 
 import numpy as np
 
-from img_model.evaluator import BRANCHES
-from img_model.metrics import THRESHOLDS, TOP_K, recall_at, retrieval_metrics
+from img_model.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPrediction
+from img_model.metrics import THRESHOLDS, TOP_K, recall_at
 
-ALL_SPLITS = "all"
 HISTOGRAM_BINS = 10
 RECALL_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
 
-def branch_ious(rows: Sequence[Mapping[str, Any]], branch: str) -> tuple[np.ndarray, np.ndarray]:
-    """(best IoU (n,), top-k IoUs (n, TOP_K), missing spans as 0) of one branch over the rows."""
-    best = np.array([row["branches"][branch]["iou"] for row in rows], dtype=np.float64)
-    top = np.zeros((len(rows), TOP_K))
-    for number, row in enumerate(rows):
-        ious = [span["iou"] for span in row["branches"][branch].get("top", [])][:TOP_K]
-        top[number, : len(ious)] = ious
-    return best, top
+def _branch(predicted: Mapping[str, Any]) -> BranchPrediction:
+    """A branch of a predictions JSONL row read back (its `top` list padded to TOP_K as img-eval pads it)."""
+    top = list(predicted.get("top", []))[:TOP_K]
+    pad = TOP_K - len(top)
+    return BranchPrediction(
+        steps=tuple(predicted.get("steps", (0, 0))),
+        span=tuple(predicted["span"]),
+        score=float(predicted.get("score", 0.0)),
+        iou=float(predicted["iou"]),
+        top_steps=np.array([span.get("steps", (0, 0)) for span in top] + [(-1, -1)] * pad, np.int64).reshape(-1, 2),
+        top_spans=np.array([span["span"] for span in top] + [(np.nan, np.nan)] * pad, np.float64).reshape(-1, 2),
+        top_scores=np.array([span.get("score", 0.0) for span in top] + [0.0] * pad, np.float64),
+        top_ious=np.array([span["iou"] for span in top] + [np.nan] * pad, np.float64),
+    )
 
 
-def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Metrics, IoU histogram and R1 against the threshold of each branch over these rows."""
-    out: dict[str, Any] = {"queries": len(rows), "metrics": {}, "histogram": {}, "recall": {}}
-    importance = [row["audio_importance"] for row in rows if row.get("has_audio", True)]
-    out["mean_importance"] = float(np.mean(importance)) if importance else None
+def read_prediction(row: Mapping[str, Any]) -> QueryPrediction:
+    """A predictions JSONL row (QueryPrediction.as_json) as the QueryPrediction img-eval computed."""
+    return QueryPrediction(
+        qid=str(row["qid"]),
+        video_id=str(row["video_id"]),
+        duration=float(row["duration"]),
+        num_steps=int(row.get("num_steps", 0)),
+        ground_truth=tuple(row["ground_truth"]),
+        has_audio=bool(row.get("has_audio", True)),
+        audio_importance=float(row["audio_importance"]),
+        branches={name: _branch(row["branches"][name]) for name in BRANCHES},
+        query=row.get("query", ""),
+        split=row.get("split") or "test",
+    )
+
+
+def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
+    """img-eval's metrics and mean audio importance (EvalReport), the IoU histogram and R1 against the threshold
+    of each branch over these predictions."""
+    evaluated = EvalReport.from_predictions("", predictions)
+    mean_importance = evaluated.mean_importance if predictions else None
+    out: dict[str, Any] = {"queries": len(predictions), "metrics": evaluated.branches, "histogram": {}, "recall": {},
+                           "mean_importance": mean_importance}  # fmt: skip
     for branch in BRANCHES:
-        best, top = branch_ious(rows, branch)
-        with_top = any(row["branches"][branch].get("top") for row in rows)
-        out["metrics"][branch] = retrieval_metrics(best, top if with_top else None)
+        best = np.array([prediction.branches[branch].iou for prediction in predictions], np.float64)
         counts, _ = np.histogram(np.clip(best, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
         out["histogram"][branch] = counts.tolist()
         out["recall"][branch] = [recall_at(best, t) for t in RECALL_THRESHOLDS]
@@ -77,11 +100,11 @@ def _correct_bits(row: Mapping[str, Any]) -> int:
 
 def _video_links(videos: Path, out_dir: Path) -> dict[str, str]:
     """{video id: URL of the file relative to the report} for every video under the folder."""
-    from extract.sources import video_files
+    from extract.sources import folder_video_id, video_files
 
     links = {}
     for path in video_files(videos):
-        video_id = path.relative_to(videos).with_suffix("").as_posix()
+        video_id = folder_video_id(videos, path)
         relative = os.path.relpath(path.absolute(), out_dir.absolute())
         links.setdefault(video_id, urllib.parse.quote(Path(relative).as_posix()))
     return links
@@ -93,14 +116,14 @@ def report_data(
     context: Mapping[str, Any] | None = None,
     links: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-able object (columnar rows, ~150 bytes each)."""
-    splits = list(dict.fromkeys(row.get("split") or "test" for row in rows))
+    """Everything the page shows, as one JSON-able object (columnar rows). `overall` is the
+    summary of all splits together, `summaries` one per split (by name: any name, "all" too, is a split's)."""
+    predictions = [read_prediction(row) for row in rows]
+    splits = list(dict.fromkeys(prediction.split for prediction in predictions))
     videos = list(dict.fromkeys(row["video_id"] for row in rows))
     video_index = {video: number for number, video in enumerate(videos)}
     split_index = {split: number for number, split in enumerate(splits)}
-    summaries = {ALL_SPLITS: summary(rows)}
-    for split in splits:
-        summaries[split] = summary([row for row in rows if (row.get("split") or "test") == split])
+    summaries = {split: summary([p for p in predictions if p.split == split]) for split in splits}
     compact = []
     for row in rows:
         spans = [
@@ -132,6 +155,7 @@ def report_data(
         "splits": splits,
         "videos": videos,
         "media": [links.get(video) for video in videos],
+        "overall": summary(predictions),
         "summaries": summaries,
         "columns": ["qid", "video", "query", "split", "duration", "true_start", "true_end", "importance",
                     "has_audio", "correct", *(f"{b}_{f}" for b in BRANCHES for f in ("start", "end", "iou"))],

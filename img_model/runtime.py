@@ -23,9 +23,9 @@ T = TypeVar("T")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str, precision: str = "fp32", threads: int = 0) -> torch.device:
-    """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision; `threads` > 0 sets
-    torch's CPU threads."""
+def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) -> torch.device:
+    """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision (None: the caller
+    chooses it for the device and logs it); `threads` > 0 sets torch's CPU threads."""
     from extract.devices import resolve_device as resolve_extraction_device
 
     if threads:
@@ -35,7 +35,8 @@ def resolve_device(spec: str, precision: str = "fp32", threads: int = 0) -> torc
         raise UsageError(
             "--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32 on CPU"
         )
-    log.info("precision: %s", precision)
+    if precision is not None:
+        log.info("precision: %s", precision)
     return device
 
 

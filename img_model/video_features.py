@@ -3,43 +3,61 @@
 The checkpoint's provenance records, per feature, the recipe its training store held (preset, fps, windows,
 crop, weights file and sha256...). Here the preset is rebuilt from that recipe (the named preset with the
 recorded overrides: --fps, --decoder, --audio-window/--audio-hop), the extractors are loaded, and their recipe
-must be the recorded one (img_model/recipe_check.py: other weights are refused unless trusted). The video then
-goes through the real extraction run (extract/run/: probe, decode, windows, models, store) into a cache store,
-one per recipe (CACHE/<recipe key>/feats.h5), under an id made from the file's path, size and modification time.
+must be the recorded one (img_model/recipe_check.py: other weights are refused unless trusted, another
+precision is a warning). The video then goes through the real extraction run (extract/run/: probe, decode,
+windows, models, store) into a cache store under an id made from the file's path, size and modification time.
 
-A video already in the cache is read back without loading any extraction model: a second query on the same
-video costs only the IMG model. A video that fails is a VideoDecodeError naming the stage (probe, decode,
-audio, compute) and ffmpeg's or the model's reason; an audio stream that fails alone leaves the visual track,
-and the answer says the audio was not used and why.
+Cache layout: one folder per recorded recipe, CACHE/<recorded key>/, named from the checkpoint's recipes only
+(not from the models loaded here), so that a new process finds a video's features before loading any model.
+In it, feats.h5 holds features made with exactly the recorded recipe and feats-<key>.h5 those made with an
+accepted other one (another precision: bf16 features read on a CPU; other weights under --trust-weights), one
+store per recipe, each recording its own provenance. A cached video is read from the first store that holds it
+with a recipe check_recipe accepts (feats.h5 first; a non-exact one is warned about once): a second query on the
+same video, in this process or a new one, costs only the IMG model.
+
+Processes share a cache: extraction into a recipe folder takes its lock (CACHE/<key>/extract.lock); a process
+that finds it taken waits (up to `lock_timeout`, logging whom for), then looks again, since the other process
+may have just extracted the same video. A video that fails is a VideoDecodeError naming the stage (probe,
+decode, audio, compute) and ffmpeg's or the model's reason; an audio stream that fails alone leaves the visual
+track, and the answer says the audio was not used and why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from extract.errors import ImgVmrError, UsageError, VideoDecodeError
+from extract.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import PRESETS, Preset, get_preset
 from extract.probe import read_stream_attrs, stored_duration
 from extract.sources import VideoSource
-from extract.store import FailureRecord, FeatureStore, Track
+from extract.store import LOCK_NAME, PARTS_SUFFIX, FailureRecord, FeatureStore, Track, parts_dir
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
-from img_model.recipe_check import check_recipe
+from img_model.recipe_check import check_recipe, recipe_accepted
 
 log = logging.getLogger("img_vmr.predict")
 
 KINDS = ("visual", "audio")
 CACHE_ENV = "IMG_PREDICT_CACHE"
+EXACT_STORE = "feats.h5"  # features made with exactly the recorded recipe
+CACHE_LOCK = "extract.lock"
+CACHE_WAIT_SECONDS = 1800.0  # how long a process waits for another one extracting into the same cache
 
 
 def default_cache_dir() -> Path:
@@ -49,11 +67,10 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the checkpoint reads for one modality: the feature's name, its row size and its recipe."""
+    """What the checkpoint reads for one modality: the feature's name and its recipe."""
 
     kind: str  # visual | audio
     name: str
-    dim: int
     recipe: dict[str, Any]
 
 
@@ -62,7 +79,6 @@ class VideoFeatures:
     """One video's tracks as the checkpoint's features, with what the store recorded about the file."""
 
     path: Path
-    video_id: str
     duration: float
     has_audio: bool  # the file has an audio stream with samples
     visual: Track
@@ -91,7 +107,7 @@ def recorded_specs(checkpoint: Checkpoint, visual: str | None = None, audio: str
                 raise CheckpointMismatchError(
                     f"--{kind} {name} gives {recipe['output_dim']}-d rows; the model reads {dims[kind]}-d {kind} rows"
                 )
-            specs.append(FeatureSpec(kind, name, dims[kind], recipe))
+            specs.append(FeatureSpec(kind, name, recipe))
             continue
         if given[kind] is not None and given[kind] != recorded["name"]:
             raise UsageError(f"--{kind} {given[kind]}: the checkpoint was trained on {recorded['name']!r} features")
@@ -100,7 +116,7 @@ def recorded_specs(checkpoint: Checkpoint, visual: str | None = None, audio: str
                 f"the checkpoint's {kind} features {recorded['name']!r} were not made by an img-extract preset (their "
                 "recipe names none), so they cannot be made from a video file; train on img-extract features"
             )
-        specs.append(FeatureSpec(kind, recorded["name"], int(recorded["dim"]), dict(recorded["recipe"])))
+        specs.append(FeatureSpec(kind, recorded["name"], dict(recorded["recipe"])))
     return specs
 
 
@@ -144,6 +160,7 @@ class FeatureCache:
         clip_model: str | None = None,
         trust_weights: bool = False,
         progress: bool = False,
+        lock_timeout: float = CACHE_WAIT_SECONDS,
     ) -> None:
         self.specs = {spec.kind: spec for spec in specs}
         self.cache_dir = Path(cache_dir)
@@ -151,28 +168,49 @@ class FeatureCache:
         self.options = ExtractorOptions(device=device, weights_dir=weights_dir, verify_weights=False)
         self.trust_weights = trust_weights
         self.progress = progress
+        self.lock_timeout = lock_timeout
         self._extractors: dict[str, FeatureExtractor] | None = None
-        self._store_path: Path | None = None
+        self._store_path: Path | None = None  # where the models loaded here write
+        self._warned: set[Path] = set()
+
+    @property
+    def folder(self) -> Path:
+        """CACHE/<key of the recorded recipes>: the stores of this checkpoint's features."""
+        return self.cache_dir / recipe_key({s.kind: s.recipe for s in self.specs.values()})
 
     @property
     def recorded_store(self) -> Path:
-        return self.cache_dir / recipe_key({s.kind: s.recipe for s in self.specs.values()}) / "feats.h5"
+        return self.folder / EXACT_STORE
+
+    def stores(self) -> list[Path]:
+        """The folder's stores: feats.h5 (the recorded recipe) first, then those of accepted other recipes."""
+        others = sorted(self.folder.glob(f"feats-*.h5{PARTS_SUFFIX}")) if self.folder.is_dir() else []
+        return [self.recorded_store, *(self.folder / path.name.removesuffix(PARTS_SUFFIX) for path in others)]
 
     def features(self, path: str | os.PathLike[str]) -> VideoFeatures:
         video = Path(path)
         if not video.is_file():
             raise VideoDecodeError(f"{video}: no such file")
         video_id = cache_video_id(video)
-        for store_path in dict.fromkeys(p for p in (self._store_path, self.recorded_store) if p is not None):
+        found = self._lookup(video, video_id)
+        if found is not None:
+            return found
+        with self._extraction_lock():
+            found = self._lookup(video, video_id)  # another process may have extracted it while we waited
+            if found is None:
+                store_path = self._extract(video, video_id)
+                found = self._read(store_path, video, video_id)
+        if found is None:  # _extract raises for a failed visual track; anything else is a bug
+            raise ImgVmrError(f"{video}: the extraction finished but {self.folder} holds no features of it")
+        return found
+
+    def _lookup(self, video: Path, video_id: str) -> VideoFeatures | None:
+        for store_path in self.stores():
             found = self._read(store_path, video, video_id)
             if found is not None:
                 log.debug("%s: features read from the cache %s", video, store_path)
                 return found
-        store_path = self._extract(video, video_id)
-        found = self._read(store_path, video, video_id)
-        if found is None:  # _extract raises for a failed visual track; anything else is a bug
-            raise ImgVmrError(f"{video}: the extraction finished but {store_path} holds no features of it")
-        return found
+        return None
 
     # --- extraction ------------------------------------------------------------------------------------------
 
@@ -191,8 +229,10 @@ class FeatureCache:
                 check_recipe(f"{spec.kind} features {spec.name!r}", spec.recipe, actual[spec.name], self.trust_weights,
                              hint)  # fmt: skip
             self._extractors = built
+            exact = all(actual[spec.name] == spec.recipe for spec in self.specs.values())
             key = recipe_key({spec.kind: actual[spec.name] for spec in self.specs.values()})
-            self._store_path = self.cache_dir / key / "feats.h5"  # the recorded store unless weights were trusted
+            self._store_path = self.recorded_store if exact else self.folder / f"feats-{key}.h5"
+            self._warned.add(self._store_path)  # check_recipe warned about its differences just now
         return self._extractors
 
     def _options(self, name: str) -> ExtractorOptions:
@@ -201,12 +241,41 @@ class FeatureCache:
         precision = recipe.get("precision", "fp32") if self.options.device.type == "cuda" else "fp32"
         return dataclasses.replace(self.options, precision=precision)
 
+    @contextlib.contextmanager
+    def _extraction_lock(self) -> Iterator[None]:
+        """Hold the folder's extraction lock, waiting up to lock_timeout for another process that holds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / CACHE_LOCK, "a+") as handle:
+            deadline, told = time.monotonic() + self.lock_timeout, False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = _lock_holder(handle)
+                    if time.monotonic() >= deadline:
+                        raise StoreLockedError(
+                            f"the feature cache {self.cache_dir} is still being written by {holder} after "
+                            f"{self.lock_timeout:g} s; wait for it to finish or use another --cache"
+                        ) from None
+                    if not told:
+                        log.info("waiting for %s, which extracts a video into the cache %s", holder, self.cache_dir)
+                        told = True
+                    time.sleep(0.2)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _extract(self, video: Path, video_id: str) -> Path:
         from extract.run import ExtractionRun, RunConfig, RunStopped
 
         extractors = self.extractors()
         assert self._store_path is not None
-        self._store_path.parent.mkdir(parents=True, exist_ok=True)
         config = RunConfig(workers=1, retry_failed=True, commit_every=1, progress=self.progress)
         run = ExtractionRun(
             [VideoSource(video_id, video)],
@@ -214,10 +283,17 @@ class FeatureCache:
             self.presets,
             self.options,
             config,
-            build=lambda preset, options: extractors[preset.name],
+            build=lambda preset, _options: extractors[preset.name],
         )
         try:
             summary = run.run()
+        except StoreLockedError:  # a writer that is not an img-predict (they take the cache's lock first)
+            with contextlib.suppress(OSError), open(parts_dir(self._store_path) / LOCK_NAME) as handle:
+                holder = _lock_holder(handle)
+            raise StoreLockedError(
+                f"the feature cache {self.cache_dir} is being written by {holder}; wait for it to finish or use "
+                "another --cache"
+            ) from None
         except RunStopped as stopped:
             raise ImgVmrError(f"{video}: feature extraction stopped ({stopped.cause})") from stopped.cause
         visual = self.specs["visual"].name
@@ -229,7 +305,8 @@ class FeatureCache:
     # --- reading -----------------------------------------------------------------------------------------------
 
     def _read(self, store_path: Path, video: Path, video_id: str) -> VideoFeatures | None:
-        """The video's features from a cache store, or None when it does not hold them (all of them) yet."""
+        """The video's features from a cache store, or None when it does not hold them (all of them) with a
+        recipe the checkpoint accepts."""
         if not FeatureStore.exists(store_path):
             return None
         visual, audio = self.specs["visual"], self.specs["audio"]
@@ -242,10 +319,15 @@ class FeatureCache:
             audio_here = audio.name in store.feature_names(video_id)
             if has_audio and not (audio_here or audio_failed):
                 return None
-            if store_path == self.recorded_store and any(
-                store.provenance(spec.name) != spec.recipe for spec in (visual, audio) if spec.name in store.recipes()
-            ):
+            read = [spec for spec in (visual, audio) if spec.name in store.feature_names(video_id)]
+            made = {spec.name: store.part_provenance(video_id, spec.name).get("recipe", {}) for spec in read}
+            if not all(recipe_accepted(spec.recipe, made[spec.name], self.trust_weights) for spec in read):
                 return None
+            if store_path not in self._warned and any(made[spec.name] != spec.recipe for spec in read):
+                self._warned.add(store_path)
+                for spec in read:  # accepted: only warnings (another precision, trusted weights)
+                    check_recipe(f"{spec.kind} features {spec.name!r} cached in {store_path}", spec.recipe,
+                                 made[spec.name], self.trust_weights, "")  # fmt: skip
             note = ""
             if not has_audio:
                 note = "the video has no audio stream"
@@ -254,7 +336,6 @@ class FeatureCache:
                 note = f"its audio could not be used: {_failure_line(video, failure)}"
             return VideoFeatures(
                 path=video,
-                video_id=video_id,
                 duration=stored_duration(metadata) or float(store.track(video_id, visual.name).timestamps[-1, 1]),
                 has_audio=has_audio,
                 visual=store.track(video_id, visual.name),
@@ -263,6 +344,18 @@ class FeatureCache:
             )
 
 
+def _lock_holder(handle: IO[str]) -> str:
+    """Who holds a lock file: the line its holder wrote ("pid N on HOST")."""
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
 def _failure_line(video: Path, failure: FailureRecord) -> str:
-    message = failure.message.removeprefix(f"{failure.path}: ").removeprefix(f"{video}: ")
+    """The one line "VIDEO failed at the STAGE stage: REASON", the path said once (the stages' messages start
+    with it, perhaps followed by the stream: "PATH (audio): decoding failed (...)")."""
+    message = failure.message
+    for path in (str(failure.path), str(video)):
+        if path and message.startswith(path):
+            message = re.sub(r"^(?: \([^)]*\))?: ", "", message[len(path) :])
+            break
     return f"{video} failed at the {failure.stage} stage: {message}"

@@ -41,11 +41,16 @@ def tiny_dataset(folder: Path) -> SyntheticDataset:
     return data
 
 
-def _run(module: str, script: str, args: tuple[str | Path, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+def _command(module: str, script: str, args: tuple[str | Path, ...]) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     installed = Path(sys.executable).parent / script
     entry = [str(installed)] if installed.exists() else [sys.executable, "-m", module]
-    return subprocess.run([*entry, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    return [*entry, *map(str, args)], env
+
+
+def _run(module: str, script: str, args: tuple[str | Path, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+    command, env = _command(module, script, args)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def run_img_train(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -58,3 +63,9 @@ def run_img_eval(*args: str | Path, timeout: float = 600) -> subprocess.Complete
 
 def run_img_predict(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return _run("img_model.predict_cli", "img-predict", args, timeout)
+
+
+def start_img_predict(*args: str | Path) -> subprocess.Popen[str]:
+    """img-predict started in the background (stdout and stderr piped): several can run at once."""
+    command, env = _command("img_model.predict_cli", "img-predict", args)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -1,5 +1,6 @@
-"""img-predict serve: the demo page's server refuses every path out of its folder, answers one request at a time,
-and the page (in headless Chromium) shows the answer on its timeline."""
+"""img-predict serve: the demo page's server refuses every path out of its folder and every Host header that does
+not name this machine, answers one request at a time while the page stays responsive, says every error as one
+JSON line, and the page (in headless Chromium) shows the answer on its timeline."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from img_model.demo_server import create_app, list_videos, media_path
+from img_model.demo_server import create_app, host_names, list_videos, media_path
+from tests.broken_media import make_broken_audio_video
+from tests.img_cli import run_img_predict
 from tests.real_run import RealRun
 from tests.test_report import save_screenshot
 from tests.videos import make_video
@@ -123,10 +126,10 @@ def serving(app: Any) -> Iterator[int]:
         thread.join(timeout=10)
 
 
-def raw_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def raw_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
     """GET with the path sent exactly as written (no client-side normalisation of ../ or %2e)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    connection.putrequest("GET", path, skip_accept_encoding=True)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    connection.putrequest("GET", path, skip_accept_encoding=True, skip_host="Host" in (headers or {}))
     for key, value in (headers or {}).items():
         connection.putheader(key, value)
     connection.endheaders()
@@ -134,11 +137,13 @@ def raw_get(port: int, path: str, headers: dict[str, str] | None = None) -> tupl
     return response.status, response.read()
 
 
-def post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def post(port: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    connection.request("POST", "/api/predict", json.dumps(body), {"Content-Type": "application/json"})
+    payload = body if isinstance(body, str) else json.dumps(body)
+    connection.request("POST", "/api/predict", payload, {"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    text = response.read()
+    return response.status, json.loads(text) if text.startswith(b"{") else {"text": text.decode()}
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +207,165 @@ def test_the_model_answers_one_request_at_a_time_and_the_others_wait(
     assert status == 400 and error["error"].startswith("empty query")
 
 
+class GatedPredictor:
+    """The real Predictor behind a gate the test opens: the model stays busy for as long as the test needs.
+    Counts the calls and how many overlap."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor, self.top_k = predictor, predictor.top_k
+        self.gate = threading.Event()
+        self.calls = self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def predict(self, *args: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            self.gate.wait(timeout=300)
+            return self.predictor.predict(*args)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+class BrokenPredictor:
+    """The real Predictor failing the way a GPU out of memory does."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.top_k = predictor.top_k
+
+    def predict(self, *args: Any) -> Any:
+        raise RuntimeError("CUDA out of memory")
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def send_and_leave(port: int, body: dict[str, Any]) -> socket.socket:
+    """A POST whose client will go away before the answer (the caller closes the socket)."""
+    payload = json.dumps(body).encode()
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
+    return connection
+
+
+@pytest.mark.slow
+def test_the_page_and_media_answer_while_predictions_queue_and_gone_clients_are_dropped(
+    served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    folder, _ = served
+    gated = GatedPredictor(demo_predictor.predictor)
+    app = create_app(gated, folder)
+    queued = 50  # more than the 40 threads a server gives its blocking endpoints
+    results: list[tuple[int, dict[str, Any]]] = []
+    ask = {"video": "a.mp4", "query": "a person waves a hand"}
+    threads = [threading.Thread(target=lambda: results.append(post(port, ask))) for _ in range(queued)]
+    with serving(app) as port:
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: app.state.waiting == queued, "the predictions did not all queue")
+            gone = [send_and_leave(port, {"video": "a.mp4", "query": "someone is on the sofa"}) for _ in range(3)]
+            wait_until(lambda: app.state.waiting == queued + 3, "the requests of the clients that leave did not queue")
+            for connection in gone:
+                connection.close()
+            wait_until(lambda: app.state.waiting == queued, "requests whose clients went away stayed in line")
+            assert raw_get(port, "/", timeout=10)[0] == 200  # a server with every thread waiting for the model hangs
+            assert raw_get(port, "/api/videos", timeout=10)[0] == 200
+            assert raw_get(port, "/media/a.mp4", {"Range": "bytes=0-99"}, timeout=10)[0] == 206
+        finally:
+            gated.gate.set()
+            for thread in threads:
+                thread.join(timeout=300)
+    assert [status for status, _ in results] == [200] * queued
+    assert gated.calls == queued and gated.most == 1  # one at a time; the three gone never reached the model
+
+
+@pytest.mark.slow
+def test_a_host_header_naming_another_machine_is_refused(
+    served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    folder, _ = served
+    calls = demo_predictor.calls
+    with serving(create_app(demo_predictor, folder)) as port:
+        evil = {"Host": f"evil.example:{port}"}  # a web page that rebound evil.example to 127.0.0.1
+        for path in ("/", "/api/videos", "/media/a.mp4"):
+            assert raw_get(port, path, evil)[0] == 400, path
+        assert post(port, {"video": "a.mp4", "query": "a person waves a hand"}, evil)[0] == 400
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert raw_get(port, "/api/videos", {"Host": host})[0] == 200, host
+    assert demo_predictor.calls == calls
+    assert host_names("0.0.0.0") == ["127.0.0.1", "localhost", "[::1]", "0.0.0.0"]
+    assert host_names("::1") == ["127.0.0.1", "localhost", "[::1]"]
+
+
+@pytest.mark.slow
+def test_every_error_is_one_json_line(served: tuple[Path, Path], demo_predictor: CountingPredictor) -> None:
+    folder, _ = served
+    with serving(create_app(demo_predictor, folder)) as port:
+        too_few = post(port, {"video": "a.mp4", "query": "a person", "top_k": 0})
+        assert too_few == (422, {"error": "top_k: Input should be greater than or equal to 1"})
+        assert post(port, {"video": "a.mp4"}) == (422, {"error": "query: Field required"})
+        status, error = post(port, "{not json")
+        assert status == 422 and list(error) == ["error"] and "JSON" in error["error"]
+        status, body = raw_get(port, "/api/nothing")
+        assert (status, json.loads(body)) == (404, {"error": "Not Found"})
+    with serving(create_app(BrokenPredictor(demo_predictor), folder)) as port:
+        failed = post(port, {"video": "a.mp4", "query": "a person waves a hand"})
+        assert failed == (500, {"error": "internal error: RuntimeError: CUDA out of memory"})
+        assert raw_get(port, "/api/videos")[0] == 200  # and it keeps serving
+
+
+@pytest.mark.slow
+def test_an_answer_names_the_video_as_served_never_by_the_servers_path(
+    demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    folder = tmp_path / "served"
+    make_broken_audio_video(folder / "sub" / "broken-audio.mkv")
+    with serving(create_app(demo_predictor, folder)) as port:
+        status, answer = post(port, {"video": "sub/broken-audio.mkv", "query": "a person waves a hand"})
+    assert status == 200 and not answer["audio_used"] and answer["video"] == "sub/broken-audio.mkv"
+    assert answer["note"].startswith(
+        "its audio could not be used: sub/broken-audio.mkv failed at the audio stage: decoding failed ("
+    )
+    assert str(tmp_path) not in json.dumps(answer)
+
+
+@pytest.mark.slow  # a subprocess CLI (~5 s of imports)
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_img_predict("serve", "--videos", tmp_path, "--port", port, "--checkpoint", tmp_path / "best.pt")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"img-predict: error: --port {port}: cannot listen on 127.0.0.1:{port} (another program listens there); "
+        "pick another --port\n"
+    )
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_servers_error_message(
+    chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    with serving(create_app(BrokenPredictor(demo_predictor), served[0])) as port:
+        page = chromium.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#video option", state="attached")
+        page.fill("#query", "a person waves a hand")
+        page.click("#submit")
+        page.wait_for_selector("#status.error")
+        assert page.inner_text("#status") == "internal error: RuntimeError: CUDA out of memory"
+
+
 @pytest.mark.slow
 def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run: RealRun, tmp_path: Path) -> None:
     videos = tmp_path / "videos"
@@ -210,7 +374,7 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
     shutil.copy(real_run.videos / "clip5.mp4", videos / "silent.mp4")
     port = free_port()
     command = [sys.executable, "-m", "img_model.predict_cli", "serve", "--videos", str(videos), "--port", str(port),
-               *real_run.predict_options(tmp_path / "cache")]  # fmt: skip
+               "--allow-host", "demo.local", *real_run.predict_options(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -229,12 +393,16 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
         page.wait_for_selector("#video option", state="attached")
         assert page.locator("#video option").all_inner_texts() == ["kitchen.mp4", "silent.mp4"]
         page.fill("#query", "someone knocks on the door")
-        page.fill("#topk", "3")
+        page.fill("#topk", "8")
         page.click("#submit")
         page.wait_for_selector("#timeline .span.best", timeout=120_000)
         spans = page.locator("#timeline .span")
-        assert spans.count() == 3
-        status, answer = post(port, {"video": "kitchen.mp4", "query": "someone knocks on the door", "top_k": 3})
+        assert spans.count() == 8
+        timeline = page.locator("#timeline").bounding_box()
+        for number in range(8):  # every top span is drawn inside the timeline, which grows with k
+            box = spans.nth(number).bounding_box()
+            assert box["y"] + box["height"] <= timeline["y"] + timeline["height"], number
+        status, answer = post(port, {"video": "kitchen.mp4", "query": "someone knocks on the door", "top_k": 8})
         best = answer["answers"][0]
         assert status == 200 and float(spans.first.get_attribute("data-start")) == pytest.approx(best["start"])
         assert float(spans.first.get_attribute("data-end")) == pytest.approx(best["end"])
@@ -248,6 +416,9 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
         page.wait_for_selector("#timeline .span.best", timeout=120_000)
         assert "answered by the visual-only branch" in page.inner_text("#importance")
         assert not errors, errors
+        assert raw_get(port, "/api/videos", {"Host": f"demo.local:{port}"})[0] == 200  # --allow-host
+        assert raw_get(port, "/api/videos", {"Host": f"evil.example:{port}"})[0] == 400
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        output = server.communicate(timeout=30)[0]
+    assert f"img-predict: demo page on http://127.0.0.1:{port} (Ctrl-C stops it)" in output

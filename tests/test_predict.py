@@ -7,7 +7,9 @@ is extracted once in this module."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import UsageError
+from extract.errors import StoreLockedError, UsageError
 from img_model.checkpoint import read_checkpoint
 from img_model.convert import CheckpointLayoutError
 from img_model.errors import CheckpointMismatchError, QueryError
@@ -24,7 +26,7 @@ from img_model.predict_cli import _read_queries_file
 from img_model.predictor import Predictor
 from img_model.video_features import recorded_specs
 from tests.broken_media import make_broken_audio_video
-from tests.img_cli import run_img_eval, run_img_predict
+from tests.img_cli import run_img_eval, run_img_predict, start_img_predict
 from tests.real_run import SILENT_VIDEO, RealRun
 
 pytestmark = pytest.mark.slow  # the session's real_run: extraction, text and training through the CLIs (~40 s)
@@ -115,15 +117,84 @@ def test_a_second_query_on_a_cached_video_loads_no_extraction_model(
 ) -> None:
     video = real_run.videos / "clip4.mp4"
     first = predictor.predict(video, ["a person waves a hand"])
-
-    def no_model(*args: object) -> None:
-        raise AssertionError("an extraction model was loaded for a video already in the cache")
-
     monkeypatch.setattr("extract.models.build_extractor", no_model)
     again = Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, cache))  # a new run
     second = again.predict(video, ["a person waves a hand", "the door slams shut"])
     assert second.answers[0] == first.answers[0]
     assert second.answers[1].query == "the door slams shut"
+
+
+def no_model(*args: object) -> None:
+    raise AssertionError("an extraction model was loaded for a video already in the cache")
+
+
+def test_a_video_cached_with_another_precision_is_read_by_a_new_process_without_a_model(
+    real_run: RealRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint's features were made in bf16 (on a GPU); here they are extracted in fp32 (a warning), and a
+    new Predictor (a new process) finds them in the cache without building or hashing any extraction model."""
+    stored = torch.load(real_run.checkpoint, weights_only=True)
+    for kind in ("visual", "audio"):
+        stored["provenance"][kind]["recipe"]["precision"] = "bf16"
+    torch.save(stored, tmp_path / "bf16-features.pt")
+    options = predictor_options(real_run, tmp_path / "cache")
+    video = real_run.videos / "clip4.mp4"
+    with caplog.at_level(logging.WARNING, logger="img_vmr.predict"):
+        first = Predictor.from_checkpoint(tmp_path / "bf16-features.pt", "cpu", **options).predict(video, "a person")
+    assert "the checkpoint's were made in bf16, these in fp32" in caplog.text
+    monkeypatch.setattr("extract.models.build_extractor", no_model)
+    again = Predictor.from_checkpoint(tmp_path / "bf16-features.pt", "cpu", **options).predict(video, "a person")
+    assert again.answers == first.answers
+
+
+def test_two_processes_sharing_a_cache_answer_at_once(real_run: RealRun, tmp_path: Path) -> None:
+    command = [*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4", "a person waves a hand"]
+    processes = [start_img_predict(*command) for _ in range(2)]
+    results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
+    for code, stdout, stderr in results:
+        assert code == 0, stderr
+        assert '1. "a person waves a hand": ' in stdout
+    assert results[0][1] == results[1][1]  # one extracted, the other waited for it (or found it) and read it
+
+
+def test_a_process_waits_for_another_extracting_into_the_cache_then_names_cache(
+    real_run: RealRun, tmp_path: Path
+) -> None:
+    predictor = Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, tmp_path / "c"))
+    predictor.features.lock_timeout = 0.5
+    predictor.features.folder.mkdir(parents=True)
+    with open(predictor.features.folder / "extract.lock", "w") as other:  # another img-predict extracting
+        fcntl.flock(other, fcntl.LOCK_EX)
+        other.write("pid 4242 on elsewhere\n")
+        other.flush()
+        with pytest.raises(StoreLockedError) as refused:
+            predictor.predict(real_run.videos / "clip4.mp4", "a person waves a hand")
+    assert str(refused.value) == (
+        f"the feature cache {tmp_path / 'c'} is still being written by pid 4242 on elsewhere after 0.5 s; wait for it "
+        "to finish or use another --cache"
+    )
+    assert predictor.predict(real_run.videos / "clip4.mp4", "a person waves a hand").audio_used  # released: it runs
+
+
+def test_one_query_may_be_a_string(predictor: Predictor, real_run: RealRun) -> None:
+    answers = predictor.predict(real_run.videos / "clip4.mp4", "a person waves a hand")
+    assert [answer.query for answer in answers.answers] == ["a person waves a hand"]
+
+
+def test_the_answers_use_the_runs_precision_where_the_device_runs_it(
+    real_run: RealRun, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = torch.load(real_run.checkpoint, weights_only=True)
+    stored["run"]["runtime"]["precision"] = "bf16"
+    torch.save(stored, tmp_path / "bf16-run.pt")
+    video = real_run.videos / "clip4.mp4"
+    with caplog.at_level(logging.INFO, logger="img_vmr.predict"):
+        default = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", **predictor_options(real_run, cache))
+    assert "the checkpoint's run used bf16; answering in fp32 on the cpu (--precision bf16 to force it)" in caplog.text
+    assert default.predict(video, "a person waves a hand").precision == "fp32"
+    forced = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", precision="bf16",
+                                       **predictor_options(real_run, cache))  # fmt: skip
+    assert forced.predict(video, "a person waves a hand").as_json()["precision"] == "bf16"
 
 
 def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run: RealRun) -> None:
@@ -161,11 +232,45 @@ def test_an_undecodable_audio_stream_leaves_the_visual_branch_and_says_why(predi
     video = make_broken_audio_video(tmp_path / "broken-audio.mkv", seconds=6.0)
     answers = predictor.predict(video, ["a person waves a hand"])
     assert answers.has_audio and not answers.audio_used
-    assert answers.note.startswith(f"its audio could not be used: {video} failed at the audio stage: ")
+    assert answers.note.startswith(f"its audio could not be used: {video} failed at the audio stage: decoding failed (")
+    assert answers.note.count(str(video)) == 1  # the path is said once
     assert answers.answers[0].branch == "visual"
 
 
-def test_other_weights_are_refused_unless_trusted(real_run: RealRun, tmp_path: Path) -> None:
+def test_the_plot_of_a_video_whose_audio_fails_to_decode_keeps_the_answers(
+    real_run: RealRun, cache: Path, tmp_path: Path
+) -> None:
+    video = make_broken_audio_video(tmp_path / "broken-audio.mkv", seconds=6.0)
+    result = run_img_predict(*real_run.predict_options(cache), video, "a person waves a hand", "--plot",
+                             tmp_path / "plot.png")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{video}: 6.02 s, 6 steps, audio not used (its audio could not be used: " in result.stdout
+    assert '1. "a person waves a hand": ' in result.stdout
+    assert (tmp_path / "plot.png").stat().st_size > 10_000  # drawn with "audio could not be decoded"
+    assert result.stderr.count("failed at the audio stage") == 1  # the features' note, not a second decode
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        ("/proc/answers.png", "--plot /proc/answers.png: cannot write in /proc ("),
+        ("{tmp}/answers.xyz", "--plot {tmp}/answers.xyz: the suffix says no image format matplotlib writes; use "),
+    ],
+)
+def test_a_plot_path_that_cannot_be_written_is_one_line_before_anything_is_computed(
+    real_run: RealRun, tmp_path: Path, plot: str, message: str
+) -> None:
+    plot, message = plot.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4",
+                             "a person waves a hand", "--plot", plot)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"img-predict: error: {message}") and result.stderr.count("\n") == 1
+    assert result.stdout == "" and not (tmp_path / "cache").exists()
+
+
+def test_other_weights_are_refused_unless_trusted(
+    real_run: RealRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safetensors.torch import load_file, save_file
 
     other = tmp_path / "other-clip"
@@ -179,7 +284,14 @@ def test_other_weights_are_refused_unless_trusted(real_run: RealRun, tmp_path: P
     with pytest.raises(CheckpointMismatchError, match=r"not the ones the checkpoint was trained on .*--trust-weights"):
         Predictor.from_checkpoint(real_run.checkpoint, "cpu", **options).predict(video, ["a person waves a hand"])
     trusted = Predictor.from_checkpoint(real_run.checkpoint, "cpu", trust_weights=True, **options)
-    assert trusted.predict(video, ["a person waves a hand"]).audio_used
+    first = trusted.predict(video, ["a person waves a hand"])
+    assert first.audio_used
+    with monkeypatch.context() as patched:  # a new process reads the trusted features without a model
+        patched.setattr("extract.models.build_extractor", no_model)
+        again = Predictor.from_checkpoint(real_run.checkpoint, "cpu", trust_weights=True, **options)
+        assert again.predict(video, ["a person waves a hand"]).answers == first.answers
+    with pytest.raises(CheckpointMismatchError, match="--trust-weights"):  # untrusted: never read from the cache
+        Predictor.from_checkpoint(real_run.checkpoint, "cpu", **options).predict(video, ["a person waves a hand"])
 
 
 def test_the_checkpoint_of_the_run_records_the_presets_of_its_features(real_run: RealRun) -> None:

@@ -22,7 +22,7 @@ from img_model.video_features import FeatureSpec, preset_for, recorded_specs
     ],
 )
 def test_the_recorded_recipe_rebuilds_its_preset_with_the_overrides(preset) -> None:  # type: ignore[no-untyped-def]
-    spec = FeatureSpec(preset.modality, preset.name, preset.output_dim, preset.recipe())
+    spec = FeatureSpec(preset.modality, preset.name, preset.recipe())
     assert preset_for(spec).recipe() == preset.recipe()
 
 
@@ -51,6 +51,6 @@ def test_features_no_preset_can_extract_are_refused_in_one_line() -> None:
     with pytest.raises(CheckpointMismatchError, match="--visual NAME"):
         recorded_specs(converted)
     specs = recorded_specs(converted, visual="clip", audio="panns")
-    assert [(s.name, s.dim) for s in specs] == [("clip", 512), ("panns", 2048)]
+    assert [(s.name, s.recipe["output_dim"]) for s in specs] == [("clip", 512), ("panns", 2048)]
     with pytest.raises(CheckpointMismatchError, match="gives 128-d rows; the model reads 2048-d audio rows"):
         recorded_specs(converted, visual="clip", audio="vggish")
