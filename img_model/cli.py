@@ -95,7 +95,19 @@ def main() -> None:
     default=None,
     help="Select best.pt on held-out training videos (val, default) or on the test split as the paper did (test).",
 )
-@click.option("--val-fraction", type=float, default=None, help="Share of training videos held out for val (0.1).")
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=None,
+    help="Share of the training videos (those with features and text) held out for selection (0.1).",
+)
+@click.option(
+    "--val-seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seed of which training videos are held out (0): fixed, so every --seed selects on the same videos. "
+    "A custom .jsonl with its own 'val' split selects on that split instead.",
+)
 @click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option(
@@ -166,7 +178,8 @@ def train_command(
 
 
 RECIPE_FLAGS = {
-    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "evals_per_epoch"),
+    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "val_seed",
+              "evals_per_epoch"),
     "data": ("dataset", "features", "visual", "audio", "text", "data_dir", "align", "strict", "cache_features",
              "missing_audio"),
 }  # fmt: skip

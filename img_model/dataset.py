@@ -18,7 +18,7 @@ from training (`missing_audio="drop"`, the authors' behaviour) or get a zero aud
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +45,7 @@ Role = Literal["train", "eval"]
 SALIENCY_PAIRS = 2  # positives and negatives per query (§4.2)
 LISTED = 5  # ids named in a one-line summary; the rest are counted
 HELD_OUT_SPLIT = "train-val"  # the validation split carved from the training videos (see carve_validation)
+OWN_VALIDATION_SPLIT = "val"  # a custom JSONL's own validation split: selection uses it when present
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,23 @@ class DataSources:
             splits.setdefault(record.split, []).append(record)
         return splits
 
+    def readable_videos(self, records: Sequence[QueryRecord]) -> set[str]:
+        """Videos of these records with a visual track in the stores and at least one query in the text store."""
+        stores, visual, sentences = self.stores, self.config.visual, self.texts.sentences
+        with_text = {r.video_id for r in records if sentences.get(r.qid) == r.sentence}
+        return {video_id for video_id in with_text if video_id in stores and visual in stores.feature_names(video_id)}
+
+    def validation(
+        self, splits: dict[str, list[QueryRecord]], fraction: float, seed: int
+    ) -> tuple[str, list[QueryRecord], list[QueryRecord]]:
+        """(selection split name, training records, selection records) of a run that selects on validation data:
+        a custom JSONL's own `val` split with all of train, or `train-val`, a seeded `fraction` of the training
+        videos that have features and text (carve_validation)."""
+        if self.config.dataset.endswith(".jsonl") and splits.get(OWN_VALIDATION_SPLIT):
+            return OWN_VALIDATION_SPLIT, splits["train"], splits[OWN_VALIDATION_SPLIT]
+        train = splits["train"]
+        return (HELD_OUT_SPLIT, *carve_validation(train, fraction, seed, self.readable_videos(train)))
+
     def dataset(
         self,
         records: Sequence[QueryRecord],
@@ -503,13 +521,17 @@ class MomentDataset(Dataset):
 
 
 def carve_validation(
-    records: Sequence[QueryRecord], fraction: float, seed: int
+    records: Sequence[QueryRecord], fraction: float, seed: int, readable: Collection[str] | None = None
 ) -> tuple[list[QueryRecord], list[QueryRecord]]:
     """Split training records by video id: a seeded `fraction` of the videos (at least one) and all their queries
-    become the validation split, so no video is in both."""
-    videos = sorted({r.video_id for r in records})
+    become the validation split, so no video is in both. `readable`: the videos to carve from (those with features
+    and text, DataSources.readable_videos); the others stay in the training records, where the dataset lists them
+    as missing. A store covering part of the dataset thus still gives a validation split of `fraction` of what
+    can be read."""
+    videos = sorted({r.video_id for r in records if readable is None or r.video_id in readable})
     if len(videos) < 2:
-        raise DataError(f"a validation split needs at least 2 training videos; there are {len(videos)}")
+        raise DataError(f"a validation split needs at least 2 training videos with features and text; there are "
+                        f"{len(videos)}")  # fmt: skip
     count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
     chosen = set(np.random.default_rng(seed).permutation(len(videos))[:count].tolist())
     held_out = {videos[i] for i in chosen}

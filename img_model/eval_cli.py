@@ -154,7 +154,7 @@ def _evaluate(
     """The report of each split, and the prediction rows of all of them (in split order)."""
     from img_model.checkpoint import read_checkpoint
     from img_model.convert import load_into
-    from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources, carve_validation
+    from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
     from img_model.evaluator import EvalReport, Evaluator, check_inputs
     from img_model.model import IMG
     from img_model.runtime import resolve_device
@@ -179,7 +179,10 @@ def _evaluate(
     chosen = {}
     for split in dict.fromkeys(splits):  # every name is checked before anything is computed
         if split == HELD_OUT_SPLIT and run is not None and "train" in available:
-            chosen[split] = carve_validation(available["train"], run.train.val_fraction, run.train.seed)[1]
+            name, _, chosen[split] = sources.validation(available, run.train.val_fraction, run.train.val_seed)
+            if name != HELD_OUT_SPLIT:
+                raise UsageError(f"--split {split}: this run trained on all of train and selected on the dataset's "
+                                 f"own {name} split; use --split {name}")  # fmt: skip
         elif split in available:
             chosen[split] = available[split]
         else:

@@ -49,6 +49,7 @@ class TrainConfig:
     evals_per_epoch: int = 2  # at steps kN + N//2 and (k+1)N (§4.7)
     select_on: SelectOn = "val"  # "test": the paper's protocol (§7.15), recorded in every report
     val_fraction: float = 0.1  # of the training videos, held out by video id (select_on = "val")
+    val_seed: int = 0  # seeds which videos are held out: the same validation videos for every training seed
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,8 +60,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")
-        if self.seed < 0:
-            raise UsageError(f"seed must be >= 0, not {self.seed}")
+        if self.seed < 0 or self.val_seed < 0:
+            raise UsageError(f"seed and val_seed must be >= 0, not {self.seed} / {self.val_seed}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
         for name in ("learning_rate", "weight_decay", "clip_norm"):

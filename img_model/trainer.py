@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from img_model.checkpoint import Checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from img_model.config import exp_up
-from img_model.dataset import HELD_OUT_SPLIT, Batch, DataSources, MomentDataset, carve_validation, collate
+from img_model.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
 from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
 from img_model.errors import DataError, TrainingDivergedError
 from img_model.evaluator import EvalReport, Evaluator, metrics_table
@@ -89,8 +89,11 @@ def model_inputs(sources: DataSources) -> dict[str, Any]:
 
 
 def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
-    """Splits: train (minus a seeded validation share of its videos, or all of it with select_on = test), the
-    selection split, and test. Training queries of videos without audio follow data.missing_audio."""
+    """Splits: train, the selection split and test. Selecting on validation data (the default), the selection
+    split is a custom JSONL's own `val` split, else `train-val`: a share of the training videos that have features
+    and text, seeded by val_seed (not the training seed: every seed selects on the same videos), removed from train.
+    With select_on = test, train is the whole train split. Training queries of videos without audio follow
+    data.missing_audio."""
     splits = sources.splits()
     if "train" not in splits:
         raise DataError(f"{run.data.dataset} has no train split (it has: {', '.join(sorted(splits))})")
@@ -102,9 +105,11 @@ def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
         train = sources.dataset(splits["train"], "train", "train", max_pos_len, seed)
         select = sources.dataset(test_records, "test", "eval", max_pos_len)
         return RunData(sources, train, select, None)
-    train_records, val_records = carve_validation(splits["train"], run.train.val_fraction, seed)
+    name, train_records, val_records = sources.validation(splits, run.train.val_fraction, run.train.val_seed)
+    if name == OWN_VALIDATION_SPLIT:
+        log.info("selecting on the dataset's own %s split; --val-fraction and --val-seed do not apply", name)
     train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
-    select = sources.dataset(val_records, HELD_OUT_SPLIT, "eval", max_pos_len)
+    select = sources.dataset(val_records, name, "eval", max_pos_len)
     test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None
     return RunData(sources, train, select, test)
 
@@ -472,11 +477,11 @@ class Trainer:
         if not self.rank.is_main:
             return {}
         self._log_metrics(final)
-        selected = (
-            "the test split (the paper's protocol, §7.15)"
-            if self.run.train.select_on == "test"
-            else f"{HELD_OUT_SPLIT} (held-out training videos)"
-        )
+        selected = {
+            "test": "the test split (the paper's protocol, §7.15)",
+            HELD_OUT_SPLIT: f"{HELD_OUT_SPLIT} (held-out training videos)",
+            OWN_VALIDATION_SPLIT: f"{OWN_VALIDATION_SPLIT} (the dataset's own validation split)",
+        }[self.data.select.split]
         header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
                   f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
         summary = "\n\n".join([header, *tables])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from img_model.dataset import (
 from img_model.decoding import time_to_index
 from img_model.errors import DataError
 from img_model.synthetic import AUDIO_FEATURE, VISUAL_FEATURE, SyntheticDataset, SyntheticSpec, write_audio_matters
+from img_model.train_config import RunConfig, resolve
+from img_model.trainer import prepare_data
 from manifests.records import QueryRecord
 
 SPEC = SyntheticSpec(train_videos_per_family=4, test_videos_per_family=2, min_steps=20, max_steps=40, silent_videos=1)
@@ -273,3 +276,48 @@ def test_validation_is_carved_by_video_and_seeded(sources: DataSources) -> None:
     assert len({r.video_id for r in validation}) == round(0.25 * len({r.video_id for r in records}))
     assert carve_validation(records, 0.25, seed=3)[1] == validation
     assert carve_validation(records, 0.25, seed=4)[1] != validation
+
+
+def _run_config(data: SyntheticDataset, features: Path | None = None, **train: object) -> RunConfig:
+    data_section = {"dataset": str(data.annotations), "features": (str(features or data.features),),
+                    "visual": data.visual, "audio": data.audio, "text": str(data.text)}  # fmt: skip
+    return resolve(overrides={"data": data_section, "train": train})
+
+
+def test_validation_is_carved_among_the_videos_the_stores_hold(synthetic: SyntheticDataset, tmp_path: Path) -> None:
+    """A store covering part of the dataset: the share is of the videos it holds (carving among all videos held
+    out exactly the missing ones here, and training stopped with 'none of the queries has features')."""
+    whole = DataSources(data_config(synthetic))
+    train = whole.splits()["train"]
+    missing = {r.video_id for r in carve_validation(train, 0.25, seed=0)[1]}
+    _shard(tmp_path / "part.h5", synthetic, [v for v in whole.stores.video_ids() if v not in missing])
+    run = _run_config(synthetic, tmp_path / "part.h5", val_fraction=0.25)
+    data = prepare_data(run, DataSources(run.data))
+    held = {r.video_id for r in data.select.records}
+    held_videos = len({r.video_id for r in train}) - len(missing)
+    assert data.select.split == "train-val" and len(held) == round(0.25 * held_videos) and not held & missing
+    assert data.select.coverage.kept == data.select.coverage.queries == sum(r.video_id in held for r in train)
+    assert {q.split(" ")[0] for q in data.train.coverage.no_video} == {r.qid for r in train if r.video_id in missing}
+
+
+def test_every_training_seed_selects_on_the_same_videos_unless_val_seed_changes(synthetic: SyntheticDataset) -> None:
+    def held_out(**train: object) -> list[str]:
+        run = _run_config(synthetic, val_fraction=0.25, **train)
+        return [r.qid for r in prepare_data(run, DataSources(run.data)).select.records]
+
+    default = held_out(seed=0)
+    assert held_out(seed=1) == default and held_out(seed=1, val_seed=0) == default
+    assert held_out(seed=0, val_seed=1) != default
+
+
+def test_a_custom_datasets_own_val_split_is_the_selection_split(synthetic: SyntheticDataset, tmp_path: Path) -> None:
+    lines = [json.loads(line) for line in synthetic.annotations.read_text().splitlines()]
+    val_videos = sorted({line["video_id"] for line in lines if line["split"] == "train"})[:2]
+    for line in lines:
+        line["split"] = "val" if line["video_id"] in val_videos else line["split"]
+    annotations = tmp_path / "with_val.jsonl"
+    annotations.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = _run_config(replace(synthetic, annotations=annotations))
+    data = prepare_data(run, DataSources(run.data))
+    assert data.select.split == "val" and {r.video_id for r in data.select.records} == set(val_videos)
+    assert data.train.coverage.queries == sum(line["split"] == "train" for line in lines)  # all of train
