@@ -31,12 +31,13 @@ def setup_logging(program: str, verbose: bool, log_file: Path | None = None, qui
         add_log_file(log_file)
 
 
-def add_log_file(path: Path) -> None:
+def add_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("img_vmr").addHandler(handler)
+    return handler
 
 
 def fail(program: str, message: str, code: int = EXIT_USAGE) -> None:

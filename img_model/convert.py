@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from img_model.config import IMGConfig
+from img_model.errors import listed
 from img_model.model import IMG
-
-_LISTED_KEYS = 8  # keys named per problem in an error message; the rest are counted
 
 
 class CheckpointLayoutError(ValueError):
@@ -263,11 +262,6 @@ def mapping_table(config: IMGConfig | None = None) -> list[TensorRule]:
 # --- conversion --------------------------------------------------------------------------------------------------
 
 
-def _listed(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else ""
-    return ", ".join(keys[:_LISTED_KEYS]) + more
-
-
 def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
         raise CheckpointLayoutError(f"expected a state dict in the {layout} layout, got a {type(state_dict).__name__}")
@@ -276,14 +270,14 @@ def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping
     unexpected = [key for key in state_dict if key not in expected_set]
     if missing or unexpected:
         problems = [
-            f"{label} keys: {_listed(keys)}" for label, keys in (("unknown", unexpected), ("missing", missing)) if keys
+            f"{label} keys: {listed(keys)}" for label, keys in (("unknown", unexpected), ("missing", missing)) if keys
         ]
         raise CheckpointLayoutError(
             f"not a state dict in the {layout} layout; " + "; ".join(problems), missing, unexpected
         )
     not_tensors = [key for key in expected if not isinstance(state_dict[key], torch.Tensor)]
     if not_tensors:
-        raise CheckpointLayoutError(f"entries that are not tensors: {_listed(not_tensors)}")
+        raise CheckpointLayoutError(f"entries that are not tensors: {listed(not_tensors)}")
     return state_dict
 
 
@@ -428,7 +422,7 @@ def load_into(model: IMG, state_dict: Mapping[str, torch.Tensor]) -> None:
         if state_dict[key].shape != tensor.shape
     ]
     if wrong:
-        raise CheckpointLayoutError(f"shapes do not fit the model: {_listed(wrong)}")
+        raise CheckpointLayoutError(f"shapes do not fit the model: {listed(wrong)}")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from extract.errors import UsageError
 from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, align, aligned_length
 from img_model.decoding import time_to_index
-from img_model.errors import DataError
+from img_model.errors import DataError, listed
 from img_model.features import FeatureStores
 from img_model.losses import SpanLabels
 from img_model.query_text import QueryTexts
@@ -43,7 +43,6 @@ log = logging.getLogger("img_vmr.train")
 MissingAudio = Literal["drop", "zeros"]
 Role = Literal["train", "eval"]
 SALIENCY_PAIRS = 2  # positives and negatives per query (§4.2)
-LISTED = 5  # ids named in a one-line summary; the rest are counted
 HELD_OUT_SPLIT = "train-val"  # the validation split carved from the training videos (see carve_validation)
 OWN_VALIDATION_SPLIT = "val"  # a custom JSONL's own validation split: selection uses it when present
 
@@ -69,11 +68,6 @@ class DataConfig:
             raise UsageError(f"align must be one of {', '.join(ALIGNMENT_RULES)}, not {self.align!r}")
         if self.missing_audio not in ("drop", "zeros"):
             raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
-
-
-def _listed(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:LISTED])
-    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
 
 # --- saliency sampling (§4.2) ----------------------------------------------------------------------------------
@@ -274,13 +268,13 @@ class Coverage:
         lines = []
         if self.no_video:
             lines.append(f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
-                         f"{_listed(self.no_video)}")  # fmt: skip
+                         f"{listed(self.no_video)}")  # fmt: skip
         if self.no_text:
             lines.append(f"{len(self.no_text)} of {self.queries} {self.split} queries are not in the text store "
-                         f"(or with another sentence): {_listed(self.no_text)}")  # fmt: skip
+                         f"(or with another sentence): {listed(self.no_text)}")  # fmt: skip
         if self.no_audio_track:
             lines.append(f"{len(self.no_audio_track)} {self.split} videos have audio but no audio features: "
-                         f"{_listed(self.no_audio_track)}")  # fmt: skip
+                         f"{listed(self.no_audio_track)}")  # fmt: skip
         return lines
 
     def summary(self) -> str:

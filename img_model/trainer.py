@@ -27,6 +27,7 @@ of the batches; rank 0 alone writes (`RankContext.is_main`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,22 +42,30 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from img_model.checkpoint import Checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from img_model.checkpoint import (
+    Checkpoint,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from img_model.config import exp_up
 from img_model.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
 from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
-from img_model.errors import DataError, TrainingDivergedError
+from img_model.errors import CheckpointMismatchError, DataError, TrainingDivergedError, listed
 from img_model.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.losses import BatchScope, IMGLoss, img_loss
 from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
+from img_model.provenance import differences
 from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
-from img_model.train_config import RunConfig, as_dict, to_toml
+from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
 log = logging.getLogger("img_vmr.train")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
-LISTED_QIDS = 16
+BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it
 
 
 # --- data of a run ---------------------------------------------------------------------------------------------
@@ -112,6 +121,46 @@ def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
     select = sources.dataset(val_records, name, "eval", max_pos_len)
     test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None
     return RunData(sources, train, select, test)
+
+
+def qids_sha256(dataset: MomentDataset) -> str:
+    """sha256 of a dataset's query ids in order (the order is part of the data: batches index into it)."""
+    return hashlib.sha256("\n".join(record.qid for record in dataset.records).encode()).hexdigest()
+
+
+def data_fingerprint(data: RunData, steps_per_epoch: int) -> dict[str, Any]:
+    """What a checkpoint records about the data it trained on; --resume refuses data that differs."""
+    return {
+        "train_queries": len(data.train),
+        "train_qids_sha256": qids_sha256(data.train),
+        "select_split": data.select.split,
+        "select_queries": len(data.select),
+        "select_qids_sha256": qids_sha256(data.select),
+        "steps_per_epoch": steps_per_epoch,
+    }
+
+
+def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """The fields of two data fingerprints that differ, in one line ('' when none do); hashes shortened."""
+
+    def shown(fingerprint: dict[str, Any]) -> dict[str, Any]:
+        return {key.replace("_", " "): value[:12] if key.endswith("sha256") else value
+                for key, value in fingerprint.items()}  # fmt: skip
+
+    return differences(shown(recorded), shown(current), limit=len(current))
+
+
+def finished_summary(run_dir: Path, step: int) -> str | None:
+    """The summary of a run whose last.pt (at `step`) it finished: metrics.jsonl holds a final line at that step.
+    None when the run is not finished."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not any(entry.get("kind") == "final" and entry.get("step") == step for entry in entries):
+        return None
+    summary = run_dir / "summary.txt"
+    return summary.read_text(encoding="utf-8").rstrip("\n") if summary.exists() else ""
 
 
 # --- batch order -----------------------------------------------------------------------------------------------
@@ -220,6 +269,7 @@ class Trainer:
         self.steps_per_epoch = self.batches.batches_per_epoch()
         self.total_steps = train.epochs * self.steps_per_epoch
         self.eval_steps = evaluation_steps(self.steps_per_epoch, train.evals_per_epoch)
+        self.data_fingerprint = data_fingerprint(data, self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, train.learning_rate, train.weight_decay)
         self.scheduler = linear_decay(self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.precision == "fp16")
@@ -251,6 +301,13 @@ class Trainer:
         training = checkpoint.training
         if training is None:
             raise DataError("the checkpoint holds no training state (converted or best-only); cannot resume it")
+        if "data" not in training:
+            log.warning("last.pt records no data fingerprint (an older img-train): the data cannot be checked")
+        elif detail := fingerprint_changes(training["data"], self.data_fingerprint):
+            raise CheckpointMismatchError(
+                f"the training data changed since the run started ({detail}); resume with the stores and "
+                "annotations it started with, or start a new run with --out"
+            )
         self.model.load_state_dict(checkpoint.state_dict)
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
@@ -283,6 +340,7 @@ class Trainer:
                 "rng": rng_state(self.device),
                 "best_score": self.best_score,
                 "best_step": self.best_step,
+                "data": self.data_fingerprint,
             },
             metrics=metrics,
         )
@@ -290,14 +348,20 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------------
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train to the configured number of epochs, or until `stop_after` epochs are complete (a preemption on
-        purpose; --resume continues)."""
+        """Train to the configured number of epochs, or until `stop_after` more epochs are complete (counted from
+        the epoch this call starts in: a preemption on purpose; --resume continues). A run that is finished
+        already is left as it is."""
         train = self.run.train
+        if self.epoch >= train.epochs and (summary := finished_summary(self.run_dir, self.step)) is not None:
+            log.info("%s is already finished (%d epochs, %d steps); nothing to do", self.run_dir, self.epoch,
+                     self.step)  # fmt: skip
+            return self._result(finished=True, final={"summary": summary})
+        stop_at = train.epochs if stop_after is None else min(train.epochs, self.epoch + stop_after)
         if self.rank.is_main:
             self._open_outputs()
         try:
             while self.epoch < train.epochs:
-                if stop_after is not None and self.epoch >= stop_after:
+                if self.epoch >= stop_at:
                     log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
                     return self._result(finished=False)
                 self._train_epoch()
@@ -316,7 +380,8 @@ class Trainer:
             encoding="utf-8",
         )
         self._truncate_metrics()
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+        # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def _truncate_metrics(self) -> None:
         """On resume, forget evaluations logged after the checkpoint (they will be repeated identically)."""
@@ -367,19 +432,24 @@ class Trainer:
         # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
         output_sums = torch.stack([output.detach().float().sum() for output in outputs])
         if self.rank.sum((~torch.isfinite(output_sums)).any().float()).item():
-            self._diverged(float("nan"), batch.qids, share)
+            self._diverged("the model's outputs are not finite", batch.qids, share)
         scope = BatchScope(share.total, share.weight, self.rank.sum)
         loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm, scope)
         names, values = zip(*loss_scalars(loss, scope).items(), strict=True)
         numbers = self.rank.sum(torch.stack([v.detach().float() for v in values])).tolist()
         scalars = dict(zip(names, numbers, strict=True))
         if not math.isfinite(scalars["loss/total"]):
-            self._diverged(scalars["loss/total"], batch.qids, share)
+            self._diverged(f"loss is {scalars['loss/total']}", batch.qids, share)
         self.optimizer.zero_grad(set_to_none=True)
         # DistributedDataParallel averages the processes' gradients; the batch's is the sum of their shares'
         self.scaler.scale(loss.total_loss * self.rank.world_size).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm)
+        # Clipping turns an infinite gradient into NaN ones. fp16's gradient scaler skips such a step (and lowers
+        # its scale); otherwise the run stops before the step. The gradients are DDP's all-reduced ones: every
+        # process decides alike.
+        if not self.scaler.is_enabled() and not math.isfinite(grad_norm := float(grad_norm)):
+            self._diverged(f"the gradient norm is {grad_norm}", batch.qids, share)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]
@@ -393,25 +463,29 @@ class Trainer:
                 self.writer.add_scalar(name, value, self.step)
         return scalars
 
-    def _diverged(self, value: float, qids: list[str], share: BatchShare) -> None:
+    def _diverged(self, what: str, qids: list[str], share: BatchShare) -> None:
         qids = [qid for part in self.rank.gather(qids if share.count else []) for qid in part]  # the whole batch's
-        listed = ", ".join(qids[:LISTED_QIDS]) + (
-            f" (+{len(qids) - LISTED_QIDS} more)" if len(qids) > LISTED_QIDS else ""
-        )
-        kept = (
-            f"last good checkpoint: {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
-            if self.last_checkpoint
-            else "no checkpoint was written yet"
-        )
         raise TrainingDivergedError(
-            f"loss is {value} at step {self.step + 1} (epoch {self.epoch + 1}); batch queries: {listed}; {kept}"
+            f"{what} at step {self.step + 1} (epoch {self.epoch + 1}); batch queries: "
+            f"{listed(qids, BATCH_QIDS_LISTED)}; {self._kept()}"
         )
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"last good checkpoint: {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
 
     def _evaluate(self, dataset: MomentDataset, model: IMG | None = None) -> EvalReport:
         predictions = self.evaluator.predict(model or self.eval_model, dataset)
         return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
 
     def _evaluate_and_save(self) -> None:
+        bad = [name for name, parameter in self.model.named_parameters() if not torch.isfinite(parameter).all()]
+        if bad:  # never saved: the last checkpoint stays the last good one
+            raise TrainingDivergedError(
+                f"the weights are not finite after step {self.step} (epoch {self.epoch + 1}): {listed(bad)}; "
+                f"{self._kept()}"
+            )
         started = time.perf_counter()
         report = self._evaluate(self.data.select)
         score = report.branches[SELECTION_BRANCH][SELECTION_METRIC]
@@ -449,8 +523,6 @@ class Trainer:
 
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
-        from img_model.checkpoint import read_checkpoint
-
         self.rank.barrier()  # rank 0 has written best.pt
         best = read_checkpoint(self.run_dir / "best.pt")
         assert best.metrics is not None
@@ -492,9 +564,11 @@ class Trainer:
         return TrainResult(self.run_dir, self.epoch, self.step, self.best_step, self.best_score, finished, final or {})
 
 
-def restored_run(checkpoint: Checkpoint, runtime_overrides: dict[str, Any]) -> RunConfig:
-    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...)."""
-    from img_model.train_config import from_dict
-
+def restored_run(
+    checkpoint: Checkpoint, runtime_overrides: dict[str, Any], data_overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...) and data
+    locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI)."""
     run = from_dict(checkpoint.run or {})
-    return replace(run, runtime=replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None}))
+    runtime = replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None})
+    return replace(run, runtime=runtime, data=replace(run.data, **(data_overrides or {})))
