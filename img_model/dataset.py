@@ -1,10 +1,11 @@
 """IMG's datasets from the stores: queries (manifests/), video features (feature stores), text (text store).
 
 Per query (img_spec.md §2.2): the visual track pooled to at most max_pos_len rows and the audio track aligned to
-it (img_model/alignment.py, `img` or `time` rule), the query's word and character ids (or precomputed token
-features), the start / end step labels of the authors' time-to-index rule (§1.3, computed for the whole split in
-bounded memory), whether the video has audio, and in training the saliency positives / negatives of §4.2, drawn
-from a generator seeded by (seed, epoch, query) so that any worker, any resume, draws the same ones.
+it (img_model/alignment.py, `img` or `time` rule), the word and character ids (or precomputed token features)
+of the query's first max_pos_len tokens (§1.3 step 4), the start / end step labels of the authors' time-to-index
+rule (§1.3, computed for the whole split in bounded memory), whether the video has audio, and in training the
+saliency positives / negatives of §4.2, drawn from a generator seeded by (seed, epoch, query) so that any
+worker, any resume, draws the same ones.
 
 The lengths used for labels and decoding are those of the stored tracks (§7.18): the pooled visual length
 min(T, max_pos_len), read from the track's shape. Nothing else is trusted for it.
@@ -501,12 +502,12 @@ class MomentDataset(Dataset):
             end_time=record.end,
             duration=record.duration,
         )
-        texts = self.sources.texts
+        texts, words = self.sources.texts, self.max_pos_len  # the first max_pos_len tokens, as the authors (§1.3)
         if texts.precomputed:
-            sample.query_features = texts.features(record.qid)
+            sample.query_features = texts.features(record.qid)[:words]
         else:
             inputs = texts.glove(record.qid)
-            sample.word_ids, sample.char_ids = inputs.word_ids, inputs.char_ids
+            sample.word_ids, sample.char_ids = inputs.word_ids[:words], inputs.char_ids[:words]
         if self.role == "train":
             rng = sample_rng(self.seed, epoch, index)
             positives, negatives = saliency_samples(start_index, end_index, int(self.lengths[index]), rng)

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 
 from extract.errors import ProvenanceMismatchError
 from extract.store import StoreWriter, Track, VideoRecord
+from extract.text.store import TextBatch, TextStoreWriter
+from img_model.config import IMGConfig
 from img_model.dataset import (
     DataConfig,
     DataSources,
@@ -26,9 +28,17 @@ from img_model.dataset import (
 )
 from img_model.decoding import time_to_index
 from img_model.errors import DataError
-from img_model.synthetic import AUDIO_FEATURE, VISUAL_FEATURE, SyntheticDataset, SyntheticSpec, write_audio_matters
+from img_model.model import IMG
+from img_model.synthetic import (
+    AUDIO_FEATURE,
+    VISUAL_FEATURE,
+    SyntheticDataset,
+    SyntheticSpec,
+    write_audio_matters,
+    write_text_store,
+)
 from img_model.train_config import RunConfig, resolve
-from img_model.trainer import prepare_data
+from img_model.trainer import model_inputs, prepare_data
 from manifests.records import QueryRecord
 
 SPEC = SyntheticSpec(train_videos_per_family=4, test_videos_per_family=2, min_steps=20, max_steps=40, silent_videos=1)
@@ -321,3 +331,41 @@ def test_a_custom_datasets_own_val_split_is_the_selection_split(synthetic: Synth
     data = prepare_data(run, DataSources(run.data))
     assert data.select.split == "val" and {r.video_id for r in data.select.records} == set(val_videos)
     assert data.train.coverage.queries == sum(line["split"] == "train" for line in lines)  # all of train
+
+
+LONG_QUERY = " ".join(["a dog barks loudly"] * 8)  # 32 tokens
+
+
+@pytest.mark.parametrize("kind", ["glove", "bert"])
+def test_queries_are_cut_to_their_first_max_pos_len_tokens(
+    synthetic: SyntheticDataset, tmp_path: Path, kind: str
+) -> None:
+    """As the authors (§1.3 step 4): with the temporal encoding a 32-token query used to stop training at its
+    first batch ("32 query tokens exceed max_pos_len 24")."""
+    records = DataSources(data_config(synthetic)).splits()["test"]
+    records[0] = replace(records[0], sentence=LONG_QUERY)
+    text = tmp_path / "text.h5"
+    if kind == "glove":
+        write_text_store(text, records, SPEC, np.random.default_rng(0))
+    else:
+        writer = TextStoreWriter(text, "bert", {"recipe": {"kind": "bert"}, "software": {}, "runtime": {}})
+        tokens = [r.sentence.split() for r in records]
+        features = [np.random.default_rng(n).standard_normal((len(t), 6)).astype(np.float32) for n, t in
+                    enumerate(tokens)]  # fmt: skip
+        writer.commit(TextBatch(records, tokens, [False] * len(records), {"features": features}))
+        writer.close()
+    sources = DataSources(data_config(synthetic, text=str(text)))
+    dataset = sources.dataset(records, "test", "eval", max_pos_len=24)
+    sample = dataset[0]
+    if kind == "glove":
+        full = sources.texts.glove(records[0].qid)
+        assert len(full.word_ids) == 32 and np.array_equal(sample.word_ids, full.word_ids[:24])
+        assert len(sample.char_ids) == 24
+    else:
+        assert np.array_equal(sample.query_features, sources.texts.features(records[0].qid)[:24])
+    batch = collate([dataset[i] for i in range(3)])
+    config = IMGConfig(dim=16, num_heads=2, char_dim=4, char_kernel_channels=(2, 2, 2, 2), max_pos_len=24,
+                       positional_encoding="temporal", **model_inputs(sources))  # fmt: skip
+    with torch.no_grad():
+        outputs = IMG(config).eval()(**batch.model_inputs())
+    assert outputs.start_logits_av.shape == batch.video_mask.shape
