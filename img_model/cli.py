@@ -119,10 +119,12 @@ def main() -> None:
 @click.option(
     "--stop-after",
     type=click.IntRange(min=1),
+    metavar="N",
     default=None,
-    help="End this invocation once this many epochs are done (time-limited jobs); --resume continues.",
+    help="End this invocation once N more epochs are complete, counted from the epoch it starts in (time-limited "
+    "jobs: `--resume RUN --stop-after 1` trains one more epoch); --resume continues.",
 )
-@runtime_options
+@runtime_options(workers=2, precision="fp32 (on --resume: the run's)")
 def train_command(
     config_file: Path | None,
     out: Path | None,

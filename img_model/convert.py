@@ -11,6 +11,8 @@ Our checkpoint file is img_model/checkpoint.py's.
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -399,7 +401,7 @@ def load_official_checkpoint(path: str | Path, configs: str | Path | None = None
     from `overrides` (e.g. event_num, slot_iterations, num_heads), else from the authors' configs.json (`configs`,
     by default the one beside the file when there is one)."""
     path = Path(path)
-    state_dict = read_state_file(path)
+    state_dict = read_state_file(path, "an authors' checkpoint (a plain IMGNet state dict, e.g. IMG_9.t7)")
     settings = {}
     configs = Path(configs) if configs is not None else path.with_name("configs.json")
     if configs.is_file():
@@ -426,15 +428,39 @@ def load_into(model: IMG, state_dict: Mapping[str, torch.Tensor]) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
-def read_state_file(path: str | Path) -> Mapping[str, torch.Tensor]:
+# What files passed by mistake start with (the feature and text stores are HDF5; PyTorch files are zip archives).
+FILE_SIGNATURES = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a feature or text store?)", b"{": "a JSON file"}
+
+
+def read_state_file(path: str | Path, expected: str = "a PyTorch state dict") -> Mapping[str, torch.Tensor]:
+    """The mapping a PyTorch file holds (read with weights_only=True); a file that is not one is a one-line
+    CheckpointLayoutError saying what it looks like and what was `expected`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointLayoutError(f"{path} does not exist")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    kind = next((name for signature, name in FILE_SIGNATURES.items() if head.startswith(signature)), None)
+    if kind is not None:
+        raise CheckpointLayoutError(f"{path} is {kind}, not a PyTorch file; expected {expected}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointLayoutError(f"{path} is not a readable PyTorch file ({first_line})") from exc
+        raise CheckpointLayoutError(
+            f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}"
+        ) from None
     if not isinstance(state, Mapping):
-        raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict; expected {expected}")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if unsupported:
+        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
+    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
+        return "another kind of file, or a damaged one"
+    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
+        return "truncated or damaged: copy or save it again"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

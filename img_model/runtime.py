@@ -23,14 +23,16 @@ T = TypeVar("T")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str, precision: str = "fp32", threads: int = 0) -> torch.device:
-    """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision; `threads` > 0 sets
-    torch's CPU threads."""
+def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) -> torch.device:
+    """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision (None: the caller
+    chooses it for the device); `threads` > 0 sets torch's CPU threads."""
     from extract.devices import resolve_device as resolve_extraction_device
 
     if threads:
         torch.set_num_threads(threads)
     device = resolve_extraction_device(spec)  # logs the device, GPU name and any nvidia-smi mismatch
+    if precision is None:
+        return device
     if precision == "fp16" and device.type != "cuda":
         raise UsageError(
             "--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32 on CPU"
