@@ -18,6 +18,7 @@ from training (`missing_audio="drop"`, the authors' behaviour) or get a zero aud
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -482,6 +483,10 @@ class MomentDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def qids_sha256(self) -> str:
+        """sha256 of the query ids in order (the order is part of the data: batches index into it)."""
+        return hashlib.sha256("\n".join(record.qid for record in self.records).encode()).hexdigest()
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)

@@ -214,6 +214,12 @@ def _evaluate(
     for split, records in chosen.items():
         dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=drop_audio)
         log.info("%s", dataset.coverage.summary())
+        split_notes = list(notes)
+        recorded_data = (checkpoint.training or {}).get("data", {})
+        if recorded_data.get("select_split") == split and recorded_data["select_qids_sha256"] != dataset.qids_sha256():
+            split_notes.append(f"the {split} queries read now are not those the run selected on (other stores or "
+                               "annotations): these numbers are of another split")  # fmt: skip
+            log.warning("%s", split_notes[-1])
         predictions = evaluator.predict(model, dataset)
         reports.append(
             EvalReport.from_predictions(
@@ -231,7 +237,7 @@ def _evaluate(
                 device=str(device),
                 align=data_config.align,
                 coverage=dataset.coverage.as_dict(),
-                notes=notes,
+                notes=split_notes,
             )
         )
         rows += [prediction.as_json() for prediction in predictions]

@@ -27,7 +27,6 @@ of the batches; rank 0 alone writes (`RankContext.is_main`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -123,19 +122,14 @@ def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
     return RunData(sources, train, select, test)
 
 
-def qids_sha256(dataset: MomentDataset) -> str:
-    """sha256 of a dataset's query ids in order (the order is part of the data: batches index into it)."""
-    return hashlib.sha256("\n".join(record.qid for record in dataset.records).encode()).hexdigest()
-
-
 def data_fingerprint(data: RunData, steps_per_epoch: int) -> dict[str, Any]:
     """What a checkpoint records about the data it trained on; --resume refuses data that differs."""
     return {
         "train_queries": len(data.train),
-        "train_qids_sha256": qids_sha256(data.train),
+        "train_qids_sha256": data.train.qids_sha256(),
         "select_split": data.select.split,
         "select_queries": len(data.select),
-        "select_qids_sha256": qids_sha256(data.select),
+        "select_qids_sha256": data.select.qids_sha256(),
         "steps_per_epoch": steps_per_epoch,
     }
 

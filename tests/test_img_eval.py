@@ -20,7 +20,7 @@ from img_model.eval_cli import CONVERTED_NOTE
 from img_model.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
 from img_model.metrics import retrieval_metrics
 from img_model.synthetic import SyntheticDataset, write_audio_matters
-from img_model.train_config import resolve
+from img_model.train_config import from_dict, resolve
 from img_model.trainer import Trainer, model_inputs, prepare_data
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors
@@ -245,3 +245,30 @@ def test_what_img_eval_refuses_is_one_line_saying_what_it_expects(
         and "notes.txt is not a readable PyTorch file (another kind of file, or a " in result.stderr
     )
     assert "weights_only" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_train_val_is_the_runs_selection_split_or_a_note_says_it_is_not(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    from img_model.eval_cli import main as img_eval
+
+    data, checkpoint = trained
+    recorded = read_checkpoint(checkpoint).training["data"]
+    threads = torch.get_num_threads()
+    try:
+        same = CliRunner().invoke(img_eval, [str(checkpoint), "--split", "train-val", "--json", "--threads", "1"])
+        lines = data.annotations.read_text().splitlines()
+        run = from_dict(read_checkpoint(checkpoint).run)
+        sources = DataSources(run.data)
+        held_out = {r.qid for r in sources.validation(sources.splits(), 0.1, 0)[2]}
+        (tmp_path / "fewer.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["qid"] != min(held_out)))
+        other = CliRunner().invoke(
+            img_eval, [str(checkpoint), "--split", "train-val", "--json", "--dataset", str(tmp_path / "fewer.jsonl")]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert same.exit_code == 0 and other.exit_code == 0, same.output + other.output
+    report = json.loads(same.stdout)
+    assert report["queries"] == recorded["select_queries"] and not report["notes"]
+    note = "the train-val queries read now are not those the run selected on (other stores or annotations)"
+    assert note in other.stderr and any(n.startswith(note) for n in json.loads(other.stdout)["notes"])
