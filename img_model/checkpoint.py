@@ -126,11 +126,6 @@ def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint")
     )
 
 
-def load_model(path: str | Path) -> IMG:
-    """The model (eval mode) of a checkpoint file."""
-    return read_checkpoint(path).model()
-
-
 def _config_fields(fields: object) -> dict[str, object]:
     if not isinstance(fields, Mapping):
         raise CheckpointLayoutError("the checkpoint's config is not a mapping")

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from extract.errors import UsageError
-from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, align, aligned_length
+from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.decoding import time_to_index
 from img_model.errors import DataError, listed
 from img_model.features import FeatureStores
@@ -476,9 +476,9 @@ class MomentDataset(Dataset):
         self.sources.stores.close()
 
     def _read(self, video_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        stores, config = self.sources.stores, self.sources.config
-        audio_track = stores.track(video_id, config.audio) if config.audio in stores.feature_names(video_id) else None
-        aligned = align(stores.track(video_id, config.visual), audio_track, self.max_pos_len, config.align)
+        config = self.sources.config
+        aligned = aligned_tracks(self.sources.stores, video_id, config.visual, config.audio, self.max_pos_len,
+                                 config.align)  # fmt: skip
         return aligned.visual, aligned.audio
 
     def __len__(self) -> int:

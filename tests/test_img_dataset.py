@@ -369,3 +369,28 @@ def test_queries_are_cut_to_their_first_max_pos_len_tokens(
     with torch.no_grad():
         outputs = IMG(config).eval()(**batch.model_inputs())
     assert outputs.start_logits_av.shape == batch.video_mask.shape
+
+
+def test_stores_are_opened_again_in_a_worker_never_shared(
+    synthetic: SyntheticDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PerProcess, which the feature stores and the text store read through: a spawned worker gets what to open,
+    a forked one (another pid) opens its own and leaves the parent's handle alone."""
+    import os
+    import pickle
+
+    from extract.text.store import TextStore
+    from img_model.per_process import PerProcess
+
+    handles = PerProcess(TextStore, [synthetic.text])
+    parent = handles.get()
+    assert handles.get() is parent
+    spawned = pickle.loads(pickle.dumps(handles))
+    assert spawned.get() is not parent and spawned.get().path == parent.path
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # as in a forked worker
+    forked = handles.get()
+    qid = next(iter(synthetic.families))
+    assert forked is not parent and forked.tokens(qid) == parent.tokens(qid)
+    handles.close()  # closes this "process's" own only
+    assert parent.tokens(qid) and handles.get() is not forked  # the parent's still reads; ours opens again
