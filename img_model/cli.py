@@ -124,6 +124,14 @@ def main() -> None:
     help="End this invocation once N more epochs are complete, counted from the epoch it starts in (time-limited "
     "jobs: `--resume RUN --stop-after 1` trains one more epoch); --resume continues.",
 )
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="TensorBoard: the per-step scalars (every loss term, lr, gradient norm, warm-ups) of every Nth step (10); "
+    "their epoch means always.",
+)
 @runtime_options(workers=2, precision="fp32 (on --resume: the run's)")
 def train_command(
     config_file: Path | None,
@@ -219,7 +227,8 @@ def _train(
     from img_model.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 
     runtime = {"device": options["device"], "precision": options["precision"], "workers": options["workers"],
-               "threads": options["threads"], "compile": options["compile_"], "progress": progress}  # fmt: skip
+               "threads": options["threads"], "compile": options["compile_"], "progress": progress,
+               "log_every": options["log_every"]}  # fmt: skip
     checkpoint = None
     if resume is not None:
         given = [f"--{name.replace('_', '-')}" for names in RECIPE_FLAGS.values() for name in names
@@ -227,8 +236,8 @@ def _train(
         if given or config_file is not None:
             raise ImgVmrError(
                 f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} (only "
-                "--device, --precision, --workers, --threads, --compile and where the data is: --features, --text, "
-                "--data-dir, --strict, --cache-features may change)"
+                "--device, --precision, --workers, --threads, --compile, --log-every and where the data is: "
+                "--features, --text, --data-dir, --strict, --cache-features may change)"
             )
         last = resume / "last.pt"
         if not last.is_file():

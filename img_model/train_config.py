@@ -80,12 +80,15 @@ class RuntimeConfig:
     workers: int = 2  # DataLoader worker processes (the data is seeded per query, not per worker)
     threads: int = 0  # torch CPU threads (0: torch's default); small models often run fastest on 1
     progress: bool = True
+    log_every: int = 10  # per-step TensorBoard scalars every this many steps (epoch means are always logged)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise UsageError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.workers < 0 or self.threads < 0:
             raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
+        if self.log_every < 1:
+            raise UsageError(f"log_every must be at least 1, not {self.log_every}")
 
 
 @dataclass(frozen=True)

@@ -210,27 +210,20 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
+LOSS_SCALARS = {
+    "loss/location_fused": "location_fused", "loss/location_visual": "location_visual",
+    "loss/location_audio": "location_audio", "loss/saliency_fused": "saliency_fused",
+    "loss/saliency_visual": "saliency_visual", "loss/saliency_audio": "saliency_audio",
+    "loss/distill_audio": "distill_audio", "loss/distill_visual": "distill_visual", "loss/importance": "pl_loss",
+    "terms/location": "term_loc", "terms/saliency": "term_sal", "terms/distill": "term_kd",
+    "terms/importance": "term_pl",
+}  # fmt: skip
+
+
 def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
     """Every loss term of §4.5 as it enters the total, per step (this process's share of the batch's value)."""
-    kept = loss.keep.float() * scope.weight
-    denominator = loss.n_keep + 1e-6
-    return {
-        "loss/total": loss.total_loss,
-        "loss/location_fused": scope.mean(loss.loc_av),
-        "loss/location_visual": scope.mean(loss.loc_v),
-        "loss/location_audio": (kept * loss.loc_a).sum() / denominator,
-        "loss/saliency_fused": scope.sum(loss.sal_av),
-        "loss/saliency_visual": scope.sum(loss.sal_v),
-        "loss/saliency_audio": (kept * loss.sal_a).sum(),
-        "loss/distill_audio": (kept * loss.kd_a).sum() / denominator,
-        "loss/distill_visual": scope.mean(loss.kd_v),
-        "loss/importance": loss.pl_loss,
-        "loss/kept_fraction": scope.mean(loss.keep.float()),
-        "terms/location": loss.term_loc,
-        "terms/saliency": loss.term_sal,
-        "terms/distill": loss.term_kd,
-        "terms/importance": loss.term_pl,
-    }
+    terms = {name: getattr(loss, field) for name, field in LOSS_SCALARS.items()}
+    return {"loss/total": loss.total_loss, **terms, "loss/kept_fraction": scope.mean(loss.keep.float())}
 
 
 class Trainer:
@@ -269,6 +262,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.precision == "fp16")
         self.loader_generator = torch.Generator()
         self.step, self.epoch, self.epoch_step = 0, 0, 0
+        self.epoch_totals: dict[str, list[float]] = {}  # scalar name -> [sum, count] over this epoch's steps
         self.best_score, self.best_step = -math.inf, -1
         self.last_checkpoint: tuple[Path, int] | None = None
         if resume is not None:
@@ -307,8 +301,9 @@ class Trainer:
         self.scheduler.load_state_dict(training["scheduler"])
         self.scaler.load_state_dict(training["scaler"])
         self.step, self.epoch, self.epoch_step = training["step"], training["epoch"], training["epoch_step"]
+        self.epoch_totals = {name: list(total) for name, total in training.get("epoch_totals", {}).items()}
         if self.epoch_step >= self.steps_per_epoch:  # saved at the end of an epoch: start the next one
-            self.epoch, self.epoch_step = self.epoch + 1, 0
+            self.epoch, self.epoch_step, self.epoch_totals = self.epoch + 1, 0, {}
         self.best_score, self.best_step = training["best_score"], training["best_step"]
         set_rng_state(training["rng"], self.device)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
@@ -335,6 +330,7 @@ class Trainer:
                 "best_score": self.best_score,
                 "best_step": self.best_step,
                 "data": self.data_fingerprint,
+                "epoch_totals": {name: list(total) for name, total in self.epoch_totals.items()},
             },
             metrics=metrics,
         )
@@ -404,16 +400,16 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        running = 0.0
-        for number, batch in enumerate(progress, start=1):
-            scalars = self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
-            running += (scalars["loss/total"] - running) / number
-            progress.set_postfix(loss=f"{running:.3f}")
+        for batch in progress:
+            self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
+            progress.set_postfix(loss=f"{self._epoch_means()['loss/total']:.3f}")
             if self.epoch_step in self.eval_steps:
                 self._evaluate_and_save()
         progress.close()
-        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs, running, len(progress))
+        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs,
+                 self._epoch_means()["loss/total"], self.steps_per_epoch)  # fmt: skip
         self.epoch += 1
+        self.epoch_totals = {}
         self.epoch_step = 0
 
     def _train_step(self, batch: Batch, share: BatchShare, p_warm: float, kd_warm: float) -> dict[str, float]:
@@ -450,12 +446,24 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.epoch_step += 1
+        scalars |= {"train/lr": lr, "train/grad_norm": float(grad_norm), "warmup/importance": p_warm,
+                    "warmup/distill": kd_warm}  # fmt: skip
+        for name, value in scalars.items():
+            if math.isfinite(value):  # fp16: the scaler's skipped steps have an infinite gradient norm
+                total = self.epoch_totals.setdefault(name, [0.0, 0])
+                total[0], total[1] = total[0] + value, total[1] + 1
         if self.writer is not None:
-            scalars |= {"train/lr": lr, "train/grad_norm": float(grad_norm), "warmup/importance": p_warm,
-                        "warmup/distill": kd_warm}  # fmt: skip
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, self.step)
+            if self.step % self.run.runtime.log_every == 0:
+                for name, value in scalars.items():
+                    self.writer.add_scalar(name, value, self.step)
+            if self.epoch_step == self.steps_per_epoch:  # before the epoch's last checkpoint: a resume keeps them
+                for name, value in self._epoch_means().items():
+                    self.writer.add_scalar(f"epoch_mean/{name}", value, self.step)
         return scalars
+
+    def _epoch_means(self) -> dict[str, float]:
+        """The mean of each per-step scalar over this epoch's steps so far (resumes included)."""
+        return {name: total / count for name, (total, count) in self.epoch_totals.items()}
 
     def _diverged(self, what: str, qids: list[str], share: BatchShare) -> None:
         qids = [qid for part in self.rank.gather(qids if share.count else []) for qid in part]  # the whole batch's

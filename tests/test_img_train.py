@@ -270,7 +270,7 @@ def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_chec
 @pytest.mark.slow
 def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: SyntheticDataset, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_img_train(*train_args(tiny, run, "--select-on", "test", "--seed", "4"))
+    result = run_img_train(*train_args(tiny, run, "--select-on", "test", "--seed", "4", "--log-every", "2"))
     assert result.returncode == 0, result.stderr
     assert {"config.toml", "best.pt", "last.pt", "metrics.jsonl", "summary.txt", "train.log", "tensorboard"} <= {
         p.name for p in run.iterdir()
@@ -285,16 +285,17 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
     assert best.provenance["visual"]["recipe"]["generator"] == "img_model.synthetic"
     assert set(best.training) >= {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
     assert "selected on the test split" in result.stdout
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    expected = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
+    scalars = _scalars(run)
+    per_step = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
                 "loss/saliency_fused", "loss/saliency_visual", "loss/saliency_audio", "loss/distill_audio",
-                "loss/distill_visual", "loss/importance", "train/lr", "warmup/importance", "warmup/distill",
-                "test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}  # fmt: skip
-    assert expected <= tags
+                "loss/distill_visual", "loss/importance", "terms/location", "train/lr", "train/grad_norm",
+                "warmup/importance", "warmup/distill"}  # fmt: skip
+    evaluations = {"test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}
+    assert per_step | evaluations | {f"epoch_mean/{name}" for name in per_step} <= set(scalars)
+    steps = {name: [step for step, _ in values] for name, values in scalars.items()}  # 3 steps per epoch
+    assert {name: steps[name] for name in per_step} == {name: [2, 4, 6] for name in per_step}  # every 2nd step
+    assert steps["epoch_mean/loss/total"] == [3, 6] and steps["test/fused/R1@0.7"] == [1, 3, 4, 6]
+    assert scalars["epoch_mean/warmup/distill"][0][1] == 0.0  # ExpUp at epoch 0
     evaluated = run_img_eval(run / "best.pt", "--json", "--threads", "1")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["select_on"] == "test"
@@ -465,3 +466,28 @@ def test_a_mistyped_command_is_named_with_the_closest_one() -> None:
     assert result.stderr == "img-train: error: no command 'convert-oficial'; did you mean convert-official?\n"
     result = CliRunner().invoke(img_train, ["fit", "--dataset", "x"])
     assert result.exit_code == 2 and "no command 'fit'" in result.stderr and "train, convert-official" in result.stderr
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_epoch_means_count_every_step_of_an_epoch_resumed_in_its_middle(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    from img_model.dataset import DataSources
+    from img_model.trainer import Trainer, prepare_data
+
+    run = _tiny_run(tiny, epochs=1)  # 2 steps, an evaluation (and last.pt) after each
+    data = prepare_data(run, DataSources(run.data))
+    Trainer(run, data, tmp_path / "straight").fit()
+    interrupted = Trainer(run, data, tmp_path / "resumed")
+
+    def stop(*_: object) -> None:
+        if interrupted.step == 1:  # step 2's update: last.pt is at step 1, in the middle of the epoch
+            raise KeyboardInterrupt
+
+    interrupted.optimizer.register_step_post_hook(stop)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = Trainer(run, data, tmp_path / "resumed", resume=read_checkpoint(tmp_path / "resumed" / "last.pt"))
+    assert resumed.epoch_step == 1 and resumed.epoch_totals["loss/total"][1] == 1
+    resumed.fit()
+    straight, again = _scalars(tmp_path / "straight"), _scalars(tmp_path / "resumed")
+    assert again["epoch_mean/loss/total"] == straight["epoch_mean/loss/total"]
+    assert again["epoch_mean/train/grad_norm"] == straight["epoch_mean/train/grad_norm"]
