@@ -19,6 +19,7 @@ from extract.errors import ImgVmrError
 from img_model.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    add_log_file,
     data_options,
     data_overrides,
     dataset_table,
@@ -218,7 +219,6 @@ def _train(
     """Resolve the run, open and check its data, build the trainer, and only then create the run folder (a
     failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
     from img_model.checkpoint import read_checkpoint
-    from img_model.cli_common import add_log_file
     from img_model.dataset import DataSources
     from img_model.distributed import start_process_group
     from img_model.errors import CheckpointMismatchError

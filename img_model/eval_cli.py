@@ -24,7 +24,7 @@ from img_model.cli_common import (
     runtime_options,
     setup_logging,
 )
-from img_model.convert import CheckpointLayoutError
+from img_model.convert import CheckpointLayoutError, load_into
 
 log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-eval"
@@ -157,7 +157,6 @@ def _evaluate(
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """The report of each split, and the prediction rows of all of them (in split order)."""
     from img_model.checkpoint import read_checkpoint
-    from img_model.convert import load_into
     from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
     from img_model.evaluator import EvalReport, Evaluator, check_inputs
     from img_model.model import IMG

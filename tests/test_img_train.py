@@ -277,6 +277,8 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
     }
     config = read_toml(run / "config.toml")
     assert config["train"]["select_on"] == "test" and config["train"]["seed"] == 4
+    logged = (run / "train.log").read_text()  # with the lines logged before the run folder was created
+    assert "train: 17 of 18 queries" in logged and "precision: fp32" in logged and "step 6: test fused" in logged
     entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in entries] == ["eval"] * 4 + ["final"] and {e["select_on"] for e in entries} == {"test"}
     assert {"fused", "visual", "audio"} == set(entries[0]["branches"])
