@@ -5,20 +5,23 @@ ExpUp(20)(epoch) (§4.5), backward, gradient clipping at 1.0, AdamW with the aut
 linear decay of the learning rate per step (§4.6). Evaluation on the selection split at steps kN + N//2 and
 (k+1)N (§4.7, `evals_per_epoch`); the fused R1@0.7 selects `best.pt` (ties count as better, as the authors
 do). The selection split is a validation split carved from the training videos (default) or the test split
-(`select_on = "test"`, the paper's protocol, recorded in every report).
+(`select_on = "test"`, the paper's protocol, recorded in every report); a custom JSONL's own `val` split is
+used when it has one. The checkpoints record a fingerprint of the data (`data_fingerprint`): --resume refuses
+data that changed.
 
 A run folder holds:
 
     config.toml      the resolved configuration (`img-train --config RUN/config.toml` repeats the run)
     best.pt          the selected checkpoint; last.pt the latest (every evaluation point): img_model/checkpoint.py
     metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final")
-    tensorboard/     scalars: every loss term, the learning rate, the warm-up factors, the branches' metrics
+    tensorboard/     scalars: every loss term, the learning rate, the warm-up factors (every log_every-th step,
+                     and their epoch means), the branches' metrics (every evaluation)
     train.log        the log, with tracebacks
 
 Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), the saliency draw by (seed, e,
 query), the DataLoader's own generator is re-seeded per epoch, and last.pt holds every global RNG state, so a
-run resumed from any evaluation point continues bit for bit. A NaN or infinite loss stops the run with the step
-and the batch's query ids; checkpoints are only written from finite states.
+run resumed from any evaluation point continues bit for bit. A NaN or infinite loss, model output or gradient
+norm stops the run with the step and the batch's query ids; checkpoints are only written from finite weights.
 
 Distributed training (`torchrun`, img_model/distributed.py) is the same run at the same global batch size: each
 process takes its share of every batch (`EpochBatches`), computes its share of the loss, and evaluates its share
@@ -434,11 +437,11 @@ class Trainer:
         # DistributedDataParallel averages the processes' gradients; the batch's is the sum of their shares'
         self.scaler.scale(loss.total_loss * self.rank.world_size).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm))
         # Clipping turns an infinite gradient into NaN ones. fp16's gradient scaler skips such a step (and lowers
         # its scale); otherwise the run stops before the step. The gradients are DDP's all-reduced ones: every
         # process decides alike.
-        if not self.scaler.is_enabled() and not math.isfinite(grad_norm := float(grad_norm)):
+        if not self.scaler.is_enabled() and not math.isfinite(grad_norm):
             self._diverged(f"the gradient norm is {grad_norm}", batch.qids, share)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -446,7 +449,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.epoch_step += 1
-        scalars |= {"train/lr": lr, "train/grad_norm": float(grad_norm), "warmup/importance": p_warm,
+        scalars |= {"train/lr": lr, "train/grad_norm": grad_norm, "warmup/importance": p_warm,
                     "warmup/distill": kd_warm}  # fmt: skip
         for name, value in scalars.items():
             if math.isfinite(value):  # fp16: the scaler's skipped steps have an infinite gradient norm
@@ -482,7 +485,9 @@ class Trainer:
         return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
 
     def _evaluate_and_save(self) -> None:
-        bad = [name for name, parameter in self.model.named_parameters() if not torch.isfinite(parameter).all()]
+        names, parameters = zip(*self.model.named_parameters(), strict=True)
+        finite = torch.stack([parameter.detach().isfinite().all() for parameter in parameters]).tolist()
+        bad = [name for name, ok in zip(names, finite, strict=True) if not ok]
         if bad:  # never saved: the last checkpoint stays the last good one
             raise TrainingDivergedError(
                 f"the weights are not finite after step {self.step} (epoch {self.epoch + 1}): {listed(bad)}; "
