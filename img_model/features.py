@@ -2,7 +2,8 @@
 
 Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
 store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
-file handles are opened lazily *per process* (img_model/per_process.py).
+file handles are opened lazily *per process* (img_model/per_process.py); a forked DataLoader worker keeps the
+scan (plain Python data) and opens its own handles, a spawn-started one receives the paths and scans again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class FeatureStores:
         if not paths:
             raise UsageError("no feature store given; pass --features feats.h5 (repeatable for shards)")
         self.paths = tuple(Path(p) for p in paths)
-        self._stores = PerProcess(FeatureStore, self.paths)
+        self._stores = PerProcess(FeatureStore, self.paths, keep_in_fork=True)
         self._where: dict[str, int] = {}
         self._recipes: dict[str, dict[str, Any]] = {}
         duplicates = 0
