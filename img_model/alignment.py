@@ -13,11 +13,11 @@ Two rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
-from extract.store import FeatureStore, Track
+from extract.store import Track
 
 AlignmentRule = Literal["img", "time"]
 ALIGNMENT_RULES: tuple[str, ...] = ("img", "time")
@@ -107,15 +107,24 @@ def aligned_length(visual_rows: int, max_pos_len: int) -> int:
     return min(visual_rows, max_pos_len)
 
 
+class TrackSource(Protocol):
+    """What tracks are read from: a FeatureStore, or the FeatureStores a dataset reads as one."""
+
+    def feature_names(self, video_id: str) -> list[str]: ...
+
+    def track(self, video_id: str, feature: str) -> Track: ...
+
+
 def aligned_tracks(
-    store: FeatureStore,
+    store: TrackSource,
     video_id: str,
     visual: str,
     audio: str | None,
     max_pos_len: int = 128,
     rule: AlignmentRule = "img",
 ) -> AlignedVideo:
-    """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid."""
+    """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid (audio None:
+    the video has no audio track). What the IMG datasets read (img_model/dataset.py)."""
     audio_track = None
     if audio is not None and audio in store.feature_names(video_id):
         audio_track = store.track(video_id, audio)

@@ -61,6 +61,9 @@ class Checkpoint:
 
     @property
     def select_on(self) -> str | None:
+        """The split the checkpoint was selected on: the run's, "test" for the authors' (§7.15)."""
+        if self.source == "convert-official":
+            return "test"
         return (self.run or {}).get("train", {}).get("select_on")
 
     def as_file(self) -> dict[str, Any]:
@@ -95,11 +98,15 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
     fsync_path(path.parent)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """A checkpoint written by save_checkpoint (or by the first converter, which wrote config + state_dict)."""
-    stored = read_state_file(path)
+def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint") -> Checkpoint:
+    """A checkpoint written by save_checkpoint (or by the first converter, which wrote config + state_dict);
+    `expected` names what the caller takes, for the message when the file is something else."""
+    stored = read_state_file(path, expected)
     if not {"config", "state_dict"} <= set(stored):
-        raise CheckpointLayoutError(f"{path} is not an img_model checkpoint (no 'config' / 'state_dict' entries)")
+        raise CheckpointLayoutError(
+            f"{path} is a PyTorch file but not an img_model checkpoint (no 'config' / 'state_dict' entries); "
+            f"expected {expected}"
+        )
     if stored.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
         raise CheckpointLayoutError(f"{path} is a {stored['format']!r} file, not an img_model checkpoint")
     if stored.get("format_version", CHECKPOINT_VERSION) > CHECKPOINT_VERSION:
@@ -117,11 +124,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         metrics=stored.get("metrics"),
         origin=stored.get("origin"),
     )
-
-
-def load_model(path: str | Path) -> IMG:
-    """The model (eval mode) of a checkpoint file."""
-    return read_checkpoint(path).model()
 
 
 def _config_fields(fields: object) -> dict[str, object]:

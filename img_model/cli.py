@@ -6,7 +6,9 @@ failure is one line on stderr (the traceback goes to RUN/train.log).
 
 from __future__ import annotations
 
+import difflib
 import logging
+import logging.handlers
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from extract.errors import ImgVmrError
 from img_model.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    add_log_file,
     data_options,
     data_overrides,
     dataset_table,
@@ -38,6 +41,10 @@ class _DefaultToTrain(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            if not args[0].startswith("-"):  # train takes options only: a word first is a command, mistyped
+                close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(self.commands)}"
+                fail(PROGRAM, f"no command {args[0]!r}; {hint}")
             args = ["train", *args]
         return super().parse_args(ctx, args)
 
@@ -95,16 +102,38 @@ def main() -> None:
     default=None,
     help="Select best.pt on held-out training videos (val, default) or on the test split as the paper did (test).",
 )
-@click.option("--val-fraction", type=float, default=None, help="Share of training videos held out for val (0.1).")
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=None,
+    help="Share of the training videos (those with features and text) held out for selection (0.1).",
+)
+@click.option(
+    "--val-seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seed of which training videos are held out (0): fixed, so every --seed selects on the same videos. "
+    "A custom .jsonl with its own 'val' split selects on that split instead.",
+)
 @click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option(
     "--stop-after",
     type=click.IntRange(min=1),
+    metavar="N",
     default=None,
-    help="End this invocation once this many epochs are done (time-limited jobs); --resume continues.",
+    help="End this invocation once N more epochs are complete, counted from the epoch it starts in (time-limited "
+    "jobs: `--resume RUN --stop-after 1` trains one more epoch); --resume continues.",
 )
-@runtime_options
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="TensorBoard: the per-step scalars (every loss term, lr, gradient norm, warm-ups) of every Nth step (10); "
+    "their epoch means always.",
+)
+@runtime_options(workers=2, precision="fp32 (on --resume: the run's)")
 def train_command(
     config_file: Path | None,
     out: Path | None,
@@ -160,17 +189,22 @@ def train_command(
         raise SystemExit(130) from None
     except Exception as error:  # one line for the user, the traceback in the log
         log.debug("internal error", exc_info=True)
-        fail(program, f"internal error: {type(error).__name__}: {error} (traceback in {run_dir / 'train.log'})", 1)
+        log_file = run_dir / "train.log"
+        where = f"traceback in {log_file}" if log_file.is_file() else "-v shows the traceback"
+        fail(program, f"internal error: {type(error).__name__}: {error} ({where})", EXIT_FAILED)
     finally:
         stop_process_group()
 
 
 RECIPE_FLAGS = {
-    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "evals_per_epoch"),
+    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "val_seed",
+              "evals_per_epoch"),
     "data": ("dataset", "features", "visual", "audio", "text", "data_dir", "align", "strict", "cache_features",
              "missing_audio"),
 }  # fmt: skip
-RUNTIME_FLAGS = ("device", "precision", "workers", "compile_")
+# Data options --resume accepts: where the data is (a moved or staged copy) and how it is read, not what it is.
+# The stores' provenance and the data fingerprint in last.pt guard that the data is the same.
+RESUMABLE_DATA_FLAGS = ("features", "text", "data_dir", "strict", "cache_features")
 
 
 def _train(
@@ -182,33 +216,45 @@ def _train(
     options: dict[str, Any],
     rank: RankContext,
 ) -> None:
+    """Resolve the run, open and check its data, build the trainer, and only then create the run folder (a
+    failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
     from img_model.checkpoint import read_checkpoint
-    from img_model.cli_common import add_log_file
     from img_model.dataset import DataSources
     from img_model.distributed import start_process_group
     from img_model.errors import CheckpointMismatchError
     from img_model.provenance import differences
     from img_model.train_config import resolve
-    from img_model.trainer import Trainer, model_inputs, prepare_data, restored_run
+    from img_model.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 
     runtime = {"device": options["device"], "precision": options["precision"], "workers": options["workers"],
-               "threads": options["threads"], "compile": options["compile_"], "progress": progress}  # fmt: skip
+               "threads": options["threads"], "compile": options["compile_"], "progress": progress,
+               "log_every": options["log_every"]}  # fmt: skip
     checkpoint = None
     if resume is not None:
         given = [f"--{name.replace('_', '-')}" for names in RECIPE_FLAGS.values() for name in names
-                 if options.get(name) not in (None, ())]  # fmt: skip
+                 if options.get(name) not in (None, ()) and name not in RESUMABLE_DATA_FLAGS]  # fmt: skip
         if given or config_file is not None:
             raise ImgVmrError(
-                f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} "
-                "(only --device, --precision, --workers, --threads, --compile may change)"
+                f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} (only "
+                "--device, --precision, --workers, --threads, --compile, --log-every and where the data is: "
+                "--features, --text, --data-dir, --strict, --cache-features may change)"
             )
         last = resume / "last.pt"
         if not last.is_file():
             raise ImgVmrError(f"{resume} holds no last.pt to resume from")
+        checkpoint = read_checkpoint(last)
+        step = (checkpoint.training or {}).get("step", -1)
+        summary = finished_summary(resume, step)
+        if summary is not None:  # nothing to train, nothing to write
+            log.info("%s is already finished (step %d, its final line is in metrics.jsonl); nothing to do", resume,
+                     step)  # fmt: skip
+            if summary and rank.is_main:
+                click.echo(summary)
+            return
         if rank.is_main:
             add_log_file(resume / "train.log")
-        checkpoint = read_checkpoint(last)
-        run = restored_run(checkpoint, runtime)
+        moved = data_overrides(**{name: options[name] for name in RESUMABLE_DATA_FLAGS})
+        run = restored_run(checkpoint, runtime, moved)
         run_dir = resume
     else:
         assert out is not None
@@ -216,16 +262,13 @@ def _train(
             raise ImgVmrError(
                 f"{out} already holds a run (last.pt); continue it with --resume {out} or use another --out"
             )
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ImgVmrError(f"cannot create the run folder {out} ({error.strerror}); choose another --out") from None
-        if rank.is_main:
-            add_log_file(out / "train.log")
+        if out.exists() and not out.is_dir():
+            raise ImgVmrError(f"--out {out} is a file, not a folder; choose another --out")
         train_flags = {name: options[name] for name in RECIPE_FLAGS["train"]}
         data_flags = data_overrides(**{name: options[name] for name in RECIPE_FLAGS["data"]})
         run = resolve(config_file, {"train": train_flags, "data": data_flags, "runtime": runtime})
         run_dir = out
+    early_log = _hold_log_records() if checkpoint is None and rank.is_main else None
     sources = DataSources(run.data)
     run = replace(run, model=replace(run.model, **model_inputs(sources)))
     if checkpoint is not None:
@@ -245,9 +288,32 @@ def _train(
         log.warning("selecting the checkpoint on the test split (the paper's protocol, img_spec.md §7.15)")
     start_process_group(rank, run.runtime.device)
     trainer = Trainer(run, data, run_dir, resume=checkpoint, rank=rank)
+    if early_log is not None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ImgVmrError(
+                f"cannot create the run folder {run_dir} ({error.strerror}); choose another --out"
+            ) from None
+        _write_held_records(early_log, add_log_file(run_dir / "train.log"))
     result = trainer.fit(stop_after)
     if result.finished and rank.is_main:
         click.echo(result.final["summary"])
+
+
+def _hold_log_records() -> logging.handlers.MemoryHandler:
+    """Keep img-train's log records in memory (until the run folder, and its train.log, exist)."""
+    held = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1)
+    held.setLevel(logging.DEBUG)
+    logging.getLogger("img_vmr").addHandler(held)
+    return held
+
+
+def _write_held_records(held: logging.handlers.MemoryHandler, log_file: logging.Handler) -> None:
+    """Write the held records to train.log, and stop holding."""
+    logging.getLogger("img_vmr").removeHandler(held)
+    held.setTarget(log_file)
+    held.close()  # flushes into log_file
 
 
 @main.command("convert-official")

@@ -27,9 +27,9 @@ def setup_logging(program: str, verbose: bool, log_file: Path | None = None, qui
         add_log_file(log_file)
 
 
-def add_log_file(path: Path) -> None:
+def add_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    attach_log_file(path)
+    return attach_log_file(path)
 
 
 def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -102,26 +102,34 @@ def data_options(required: bool) -> Callable[[Callable[..., Any]], Callable[...,
     return decorate
 
 
-def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--device, --precision, --workers, --no-progress, --verbose."""
+def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--device, --precision, --workers, --threads, --no-progress, --verbose; `workers` and `precision`: what the
+    command does when they are not given (for the help)."""
     options = [
         click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
         click.option(
             "--precision",
             type=click.Choice(["fp32", "bf16", "fp16"]),
             default=None,
-            help="fp32 (default), or autocast to bf16 / fp16 (fp16 needs CUDA; trains with a gradient scaler).",
+            help=f"fp32, or autocast to bf16 / fp16 (fp16 needs CUDA; trains with a gradient scaler). Default: "
+            f"{precision}.",
         ),
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes (2)."),
+        click.option(
+            "--workers", type=click.IntRange(min=0), default=None, help=f"DataLoader worker processes ({workers})."
+        ),
         click.option(
             "--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads (default: torch's choice)."
         ),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def data_overrides(**values: Any) -> dict[str, Any]:

@@ -11,6 +11,8 @@ Our checkpoint file is img_model/checkpoint.py's.
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -19,9 +21,8 @@ from pathlib import Path
 import torch
 
 from img_model.config import IMGConfig
+from img_model.errors import listed
 from img_model.model import IMG
-
-_LISTED_KEYS = 8  # keys named per problem in an error message; the rest are counted
 
 
 class CheckpointLayoutError(ValueError):
@@ -263,11 +264,6 @@ def mapping_table(config: IMGConfig | None = None) -> list[TensorRule]:
 # --- conversion --------------------------------------------------------------------------------------------------
 
 
-def _listed(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else ""
-    return ", ".join(keys[:_LISTED_KEYS]) + more
-
-
 def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
         raise CheckpointLayoutError(f"expected a state dict in the {layout} layout, got a {type(state_dict).__name__}")
@@ -276,14 +272,14 @@ def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping
     unexpected = [key for key in state_dict if key not in expected_set]
     if missing or unexpected:
         problems = [
-            f"{label} keys: {_listed(keys)}" for label, keys in (("unknown", unexpected), ("missing", missing)) if keys
+            f"{label} keys: {listed(keys)}" for label, keys in (("unknown", unexpected), ("missing", missing)) if keys
         ]
         raise CheckpointLayoutError(
             f"not a state dict in the {layout} layout; " + "; ".join(problems), missing, unexpected
         )
     not_tensors = [key for key in expected if not isinstance(state_dict[key], torch.Tensor)]
     if not_tensors:
-        raise CheckpointLayoutError(f"entries that are not tensors: {_listed(not_tensors)}")
+        raise CheckpointLayoutError(f"entries that are not tensors: {listed(not_tensors)}")
     return state_dict
 
 
@@ -405,7 +401,7 @@ def load_official_checkpoint(path: str | Path, configs: str | Path | None = None
     from `overrides` (e.g. event_num, slot_iterations, num_heads), else from the authors' configs.json (`configs`,
     by default the one beside the file when there is one)."""
     path = Path(path)
-    state_dict = read_state_file(path)
+    state_dict = read_state_file(path, "an authors' checkpoint (a plain IMGNet state dict, e.g. IMG_9.t7)")
     settings = {}
     configs = Path(configs) if configs is not None else path.with_name("configs.json")
     if configs.is_file():
@@ -428,19 +424,43 @@ def load_into(model: IMG, state_dict: Mapping[str, torch.Tensor]) -> None:
         if state_dict[key].shape != tensor.shape
     ]
     if wrong:
-        raise CheckpointLayoutError(f"shapes do not fit the model: {_listed(wrong)}")
+        raise CheckpointLayoutError(f"shapes do not fit the model: {listed(wrong)}")
     model.load_state_dict(state_dict, strict=True)
 
 
-def read_state_file(path: str | Path) -> Mapping[str, torch.Tensor]:
+# What files passed by mistake start with (the feature and text stores are HDF5; PyTorch files are zip archives).
+FILE_SIGNATURES = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a feature or text store?)", b"{": "a JSON file"}
+
+
+def read_state_file(path: str | Path, expected: str = "a PyTorch state dict") -> Mapping[str, torch.Tensor]:
+    """The mapping a PyTorch file holds (read with weights_only=True); a file that is not one is a one-line
+    CheckpointLayoutError saying what it looks like and what was `expected`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointLayoutError(f"{path} does not exist")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    kind = next((name for signature, name in FILE_SIGNATURES.items() if head.startswith(signature)), None)
+    if kind is not None:
+        raise CheckpointLayoutError(f"{path} is {kind}, not a PyTorch file; expected {expected}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointLayoutError(f"{path} is not a readable PyTorch file ({first_line})") from exc
+        raise CheckpointLayoutError(
+            f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}"
+        ) from None
     if not isinstance(state, Mapping):
-        raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict; expected {expected}")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if unsupported:
+        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
+    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
+        return "another kind of file, or a damaged one"
+    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
+        return "truncated or damaged: copy or save it again"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

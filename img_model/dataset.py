@@ -1,10 +1,11 @@
 """IMG's datasets from the stores: queries (manifests/), video features (feature stores), text (text store).
 
 Per query (img_spec.md §2.2): the visual track pooled to at most max_pos_len rows and the audio track aligned to
-it (img_model/alignment.py, `img` or `time` rule), the query's word and character ids (or precomputed token
-features), the start / end step labels of the authors' time-to-index rule (§1.3, computed for the whole split in
-bounded memory), whether the video has audio, and in training the saliency positives / negatives of §4.2, drawn
-from a generator seeded by (seed, epoch, query) so that any worker, any resume, draws the same ones.
+it (img_model/alignment.py, `img` or `time` rule), the word and character ids (or precomputed token features)
+of the query's first max_pos_len tokens (§1.3 step 4), the start / end step labels of the authors' time-to-index
+rule (§1.3, computed for the whole split in bounded memory), whether the video has audio, and in training the
+saliency positives / negatives of §4.2, drawn from a generator seeded by (seed, epoch, query) so that any
+worker, any resume, draws the same ones.
 
 The lengths used for labels and decoding are those of the stored tracks (§7.18): the pooled visual length
 min(T, max_pos_len), read from the track's shape. Nothing else is trusted for it.
@@ -18,8 +19,9 @@ from training (`missing_audio="drop"`, the authors' behaviour) or get a zero aud
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +34,9 @@ from tqdm import tqdm
 
 from extract.errors import UsageError
 from extract.probe import stored_duration
-from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, align, aligned_length
+from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.decoding import time_to_index
-from img_model.errors import DataError
+from img_model.errors import DataError, listed
 from img_model.features import FeatureStores
 from img_model.losses import SpanLabels
 from img_model.query_text import QueryTexts
@@ -45,8 +47,8 @@ log = logging.getLogger("img_vmr.train")
 MissingAudio = Literal["drop", "zeros"]
 Role = Literal["train", "eval"]
 SALIENCY_PAIRS = 2  # positives and negatives per query (§4.2)
-LISTED = 5  # ids named in a one-line summary; the rest are counted
 HELD_OUT_SPLIT = "train-val"  # the validation split carved from the training videos (see carve_validation)
+OWN_VALIDATION_SPLIT = "val"  # a custom JSONL's own validation split: selection uses it when present
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,6 @@ class DataConfig:
             raise UsageError(f"align must be one of {', '.join(ALIGNMENT_RULES)}, not {self.align!r}")
         if self.missing_audio not in ("drop", "zeros"):
             raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
-
-
-def _listed(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:LISTED])
-    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
 
 # --- saliency sampling (§4.2) ----------------------------------------------------------------------------------
@@ -276,17 +273,17 @@ class Coverage:
         lines = []
         if self.no_video:
             lines.append(f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
-                         f"{_listed(self.no_video)}")  # fmt: skip
+                         f"{listed(self.no_video)}")  # fmt: skip
         if self.truncated:
             lines.append(f"{len(self.truncated)} of {self.queries} {self.split} queries are on videos whose file was "
                          "truncated when extracted (their features stop early, the annotations' times do not; "
-                         f"re-download them, then img-extract --retry-failed): {_listed(self.truncated)}")  # fmt: skip
+                         f"re-download them, then img-extract --retry-failed): {listed(self.truncated)}")  # fmt: skip
         if self.no_text:
             lines.append(f"{len(self.no_text)} of {self.queries} {self.split} queries are not in the text store "
-                         f"(or with another sentence): {_listed(self.no_text)}")  # fmt: skip
+                         f"(or with another sentence): {listed(self.no_text)}")  # fmt: skip
         if self.no_audio_track:
             lines.append(f"{len(self.no_audio_track)} {self.split} videos have audio but no audio features: "
-                         f"{_listed(self.no_audio_track)}")  # fmt: skip
+                         f"{listed(self.no_audio_track)}")  # fmt: skip
         return lines
 
     def summary(self) -> str:
@@ -363,6 +360,23 @@ class DataSources:
         for record in records:
             splits.setdefault(record.split, []).append(record)
         return splits
+
+    def readable_videos(self, records: Sequence[QueryRecord]) -> set[str]:
+        """Videos of these records with a visual track in the stores and at least one query in the text store."""
+        stores, visual, sentences = self.stores, self.config.visual, self.texts.sentences
+        with_text = {r.video_id for r in records if sentences.get(r.qid) == r.sentence}
+        return {video_id for video_id in with_text if video_id in stores and visual in stores.feature_names(video_id)}
+
+    def validation(
+        self, splits: dict[str, list[QueryRecord]], fraction: float, seed: int
+    ) -> tuple[str, list[QueryRecord], list[QueryRecord]]:
+        """(selection split name, training records, selection records) of a run that selects on validation data:
+        a custom JSONL's own `val` split with all of train, or `train-val`, a seeded `fraction` of the training
+        videos that have features and text (carve_validation)."""
+        if self.config.dataset.endswith(".jsonl") and splits.get(OWN_VALIDATION_SPLIT):
+            return OWN_VALIDATION_SPLIT, splits["train"], splits[OWN_VALIDATION_SPLIT]
+        train = splits["train"]
+        return (HELD_OUT_SPLIT, *carve_validation(train, fraction, seed, self.readable_videos(train)))
 
     def dataset(
         self,
@@ -475,13 +489,17 @@ class MomentDataset(Dataset):
         self.sources.stores.close()
 
     def _read(self, video_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        stores, config = self.sources.stores, self.sources.config
-        audio_track = stores.track(video_id, config.audio) if config.audio in stores.feature_names(video_id) else None
-        aligned = align(stores.track(video_id, config.visual), audio_track, self.max_pos_len, config.align)
+        config = self.sources.config
+        aligned = aligned_tracks(self.sources.stores, video_id, config.visual, config.audio, self.max_pos_len,
+                                 config.align)  # fmt: skip
         return aligned.visual, aligned.audio
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def qids_sha256(self) -> str:
+        """sha256 of the query ids in order (the order is part of the data: batches index into it)."""
+        return hashlib.sha256("\n".join(record.qid for record in self.records).encode()).hexdigest()
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -502,12 +520,12 @@ class MomentDataset(Dataset):
             end_time=record.end,
             duration=record.duration,
         )
-        texts = self.sources.texts
+        texts, words = self.sources.texts, self.max_pos_len  # the first max_pos_len tokens, as the authors (§1.3)
         if texts.precomputed:
-            sample.query_features = texts.features(record.qid)
+            sample.query_features = texts.features(record.qid)[:words]
         else:
             inputs = texts.glove(record.qid)
-            sample.word_ids, sample.char_ids = inputs.word_ids, inputs.char_ids
+            sample.word_ids, sample.char_ids = inputs.word_ids[:words], inputs.char_ids[:words]
         if self.role == "train":
             rng = sample_rng(self.seed, epoch, index)
             positives, negatives = saliency_samples(start_index, end_index, int(self.lengths[index]), rng)
@@ -516,13 +534,17 @@ class MomentDataset(Dataset):
 
 
 def carve_validation(
-    records: Sequence[QueryRecord], fraction: float, seed: int
+    records: Sequence[QueryRecord], fraction: float, seed: int, readable: Collection[str] | None = None
 ) -> tuple[list[QueryRecord], list[QueryRecord]]:
     """Split training records by video id: a seeded `fraction` of the videos (at least one) and all their queries
-    become the validation split, so no video is in both."""
-    videos = sorted({r.video_id for r in records})
+    become the validation split, so no video is in both. `readable`: the videos to carve from (those with features
+    and text, DataSources.readable_videos); the others stay in the training records, where the dataset lists them
+    as missing. A store covering part of the dataset thus still gives a validation split of `fraction` of what
+    can be read."""
+    videos = sorted({r.video_id for r in records if readable is None or r.video_id in readable})
     if len(videos) < 2:
-        raise DataError(f"a validation split needs at least 2 training videos; there are {len(videos)}")
+        raise DataError(f"a validation split needs at least 2 training videos with features and text; there are "
+                        f"{len(videos)}")  # fmt: skip
     count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
     chosen = set(np.random.default_rng(seed).permutation(len(videos))[:count].tolist())
     held_out = {videos[i] for i in chosen}

@@ -1,6 +1,16 @@
 """Failure families of training and evaluation; each message is one actionable line (see extract/errors.py)."""
 
+from collections.abc import Sequence
+
 from extract.errors import ImgVmrError
+
+LISTED = 5  # items a one-line message names; the rest are counted
+
+
+def listed(items: Sequence[str], limit: int = LISTED) -> str:
+    """'a, b, c, d, e (+3 more)': the first `limit` items of a one-line message, and how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 class DataError(ImgVmrError):

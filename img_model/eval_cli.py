@@ -24,10 +24,14 @@ from img_model.cli_common import (
     runtime_options,
     setup_logging,
 )
-from img_model.convert import CheckpointLayoutError
+from img_model.convert import CheckpointLayoutError, load_into
 
 log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-eval"
+CONVERTED_NOTE = "converted from the authors' code, whose checkpoints were selected on the test split (§7.15)"
+CHECKPOINT_EXPECTED = (
+    "an img_model checkpoint: RUN/best.pt or RUN/last.pt (img-train), or img-train convert-official's OUT.pt"
+)
 
 
 @click.command(
@@ -76,7 +80,7 @@ PROGRAM = "img-eval"
     default=None,
     help="With --report: the folder of the videos (as img-extract scanned it); rows get a player (files linked).",
 )
-@runtime_options
+@runtime_options(workers=0, precision="the run's (fp32 for converted checkpoints; fp16 runs evaluate in fp32 on a CPU)")
 def main(
     checkpoint_path: Path,
     splits: tuple[str, ...],
@@ -153,44 +157,68 @@ def _evaluate(
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """The report of each split, and the prediction rows of all of them (in split order)."""
     from img_model.checkpoint import read_checkpoint
-    from img_model.convert import load_into
-    from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources, carve_validation
+    from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
     from img_model.evaluator import EvalReport, Evaluator, check_inputs
     from img_model.model import IMG
     from img_model.runtime import resolve_device
-    from img_model.train_config import from_dict
+    from img_model.train_config import check_batch_size, from_dict
 
-    checkpoint = read_checkpoint(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path, expected=CHECKPOINT_EXPECTED)
     run = from_dict(checkpoint.run) if checkpoint.run else None
-    recorded = run.data if run is not None else DataConfig()
+    recorded = run.data if run is not None else DataConfig()  # converted: the authors' alignment rule
     data_config = replace(recorded, **data_overrides(**data), missing_audio="zeros")
     sources = DataSources(data_config)
     notes = check_inputs(checkpoint, sources)
+    if data_config.align != recorded.align:
+        notes.append(f"--align {data_config.align}: the checkpoint was trained with --align {recorded.align}")
     for note in notes:
         log.warning("%s", note)
+    if checkpoint.source == "convert-official":  # recorded; the table's note says it
+        notes.append(CONVERTED_NOTE)
     config = replace(checkpoint.config, slot_noise="always" if slot_noise == "always" else "never")
+    batch_size = batch_size or (run.train.eval_batch_size if run else 16)
+    check_batch_size(config, batch_size, "--batch-size")
     model = IMG(config)
     load_into(model, checkpoint.state_dict)
-    precision = precision or (run.runtime.precision if run else "fp32")
     device = resolve_device(device_spec or "auto", precision, threads or 0)
+    if precision is None:  # the run's, where this device can run it
+        precision = run.runtime.precision if run else "fp32"
+        if precision == "fp16" and device.type != "cuda":
+            log.info("the checkpoint was trained in fp16, which needs a CUDA GPU; evaluating in fp32 on %s", device)
+            precision = "fp32"
+        log.info("precision: %s", precision)
     model.to(device).eval()
 
     available = sources.splits()
     chosen = {}
     for split in dict.fromkeys(splits):  # every name is checked before anything is computed
         if split == HELD_OUT_SPLIT and run is not None and "train" in available:
-            chosen[split] = carve_validation(available["train"], run.train.val_fraction, run.train.seed)[1]
+            name, _, chosen[split] = sources.validation(available, run.train.val_fraction, run.train.val_seed)
+            if name != HELD_OUT_SPLIT:
+                raise UsageError(f"--split {split}: this run trained on all of train and selected on the dataset's "
+                                 f"own {name} split; use --split {name}")  # fmt: skip
         elif split in available:
             chosen[split] = available[split]
+        elif split == HELD_OUT_SPLIT and split not in available:
+            raise UsageError(f"--split {split}: the held-out training videos of a run; {checkpoint_path} was not "
+                             "trained by img-train (or its dataset has no train split)")  # fmt: skip
         else:
-            raise UsageError(f"--split {split}: {data_config.dataset} has the splits {', '.join(sorted(available))}")
-    batch_size = batch_size or (run.train.eval_batch_size if run else 16)
+            named = ", ".join(
+                [*sorted(available), *([HELD_OUT_SPLIT] if run is not None and "train" in available else [])]
+            )
+            raise UsageError(f"--split {split}: {data_config.dataset} has the splits {named}")
     workers = workers if workers is not None else 0
     evaluator = Evaluator(device, precision, batch_size, workers, seed)
     reports, rows = [], []
     for split, records in chosen.items():
         dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=drop_audio)
         log.info("%s", dataset.coverage.summary())
+        split_notes = list(notes)
+        recorded_data = (checkpoint.training or {}).get("data", {})
+        if recorded_data.get("select_split") == split and recorded_data["select_qids_sha256"] != dataset.qids_sha256():
+            split_notes.append(f"the {split} queries read now are not those the run selected on (other stores or "
+                               "annotations): these numbers are of another split")  # fmt: skip
+            log.warning("%s", split_notes[-1])
         predictions = evaluator.predict(model, dataset)
         reports.append(
             EvalReport.from_predictions(
@@ -204,9 +232,11 @@ def _evaluate(
                 seed=seed,
                 drop_audio=drop_audio,
                 batch_size=batch_size,
+                precision=precision,
+                device=str(device),
                 align=data_config.align,
                 coverage=dataset.coverage.as_dict(),
-                notes=notes,
+                notes=split_notes,
             )
         )
         rows += [prediction.as_json() for prediction in predictions]
@@ -216,7 +246,9 @@ def _evaluate(
 def _tables(report: Any) -> str:
     context = report.context
     lines = [report.table()]
-    if context.get("select_on") == "test":
+    if context.get("checkpoint_source") == "convert-official":
+        lines.append(f"note: {CONVERTED_NOTE}")
+    elif context.get("select_on") == "test":
         lines.append("note: this checkpoint was selected on the test split (the paper's protocol, §7.15)")
     lines.append(
         f"mean audio importance {report.mean_importance:.3f}; slot noise {context['slot_noise']}"

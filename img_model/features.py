@@ -2,11 +2,8 @@
 
 Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
 store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
-file handles are opened lazily *per process*: a DataLoader worker forked from that process closes the handles
-it inherited (in itself only) and opens its own on first use, never using the parent's (an h5py handle must not
-be shared across fork). The scan itself is plain Python data and stays valid in the fork: a worker does not
-scan the parts again (at 20,000 videos in 627 parts that took 5 s and 26 MiB per worker and per DataLoader).
-Workers started by spawn receive paths only (`__getstate__`) and scan on first use.
+file handles are opened lazily *per process* (img_model/per_process.py); a forked DataLoader worker keeps the
+scan (plain Python data) and opens its own handles, a spawn-started one receives the paths and scans again.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ from typing import Any
 
 from extract.errors import ProvenanceMismatchError, UsageError
 from extract.store import FeatureStore, Track
+from img_model.per_process import PerProcess
 from img_model.provenance import differences
 
 log = logging.getLogger("img_vmr.train")
@@ -31,12 +29,11 @@ class FeatureStores:
         if not paths:
             raise UsageError("no feature store given; pass --features feats.h5 (repeatable for shards)")
         self.paths = tuple(Path(p) for p in paths)
-        self._owner = os.getpid()
-        self._stores: list[FeatureStore | None] = [FeatureStore(p) for p in self.paths]
+        self._stores = PerProcess(FeatureStore, self.paths, keep_in_fork=True)
         self._where: dict[str, int] = {}
         self._recipes: dict[str, dict[str, Any]] = {}
         duplicates = 0
-        for number, store in enumerate(self._opened()):
+        for number, store in enumerate(self._stores.all()):
             for video_id in store.video_ids():
                 if self._where.setdefault(video_id, number) != number:
                     duplicates += 1
@@ -47,26 +44,9 @@ class FeatureStores:
                 "%d videos are in more than one store; each is read from the first store listing it", duplicates
             )
 
-    def _opened(self) -> list[FeatureStore]:
-        return [self._store(number) for number in range(len(self.paths))]
-
-    def _store(self, number: int) -> FeatureStore:
-        if os.getpid() != self._owner:  # a forked worker: the parent's scan holds, its open files are not ours
-            self._owner = os.getpid()
-            for inherited in self._stores:
-                if inherited is not None:
-                    inherited.close()  # closes this process's copies; the parent's handles are untouched
-        store = self._stores[number]
-        if store is None:
-            store = self._stores[number] = FeatureStore(self.paths[number])
-        return store
-
-    def __getstate__(self) -> dict[str, Any]:  # spawn-started workers: paths and index only, no handles
-        return {**self.__dict__, "_stores": [None] * len(self.paths), "_owner": None}
-
     def _holder(self, video_id: str) -> FeatureStore:
         try:
-            return self._store(self._where[video_id])
+            return self._stores.get(self._where[video_id])
         except KeyError:
             raise KeyError(f"no video {video_id!r} in {', '.join(map(str, self.paths))}") from None
 
@@ -97,9 +77,9 @@ class FeatureStores:
         """The recipe of a feature kind; every store that holds it must agree (else ProvenanceMismatchError)."""
         if feature in self._recipes:
             return self._recipes[feature]
-        holders = [store for store in self._opened() if feature in store.feature_names()]
+        holders = [store for store in self._stores.all() if feature in store.feature_names()]
         if not holders:
-            known = sorted({name for store in self._opened() for name in store.feature_names()})
+            known = sorted({name for store in self._stores.all() for name in store.feature_names()})
             stores = ", ".join(map(str, self.paths))
             raise UsageError(f"no {feature!r} features in {stores} (they hold: {', '.join(known) or 'none'})")
         recipe = holders[0].provenance(feature)
@@ -115,10 +95,7 @@ class FeatureStores:
 
     def close(self) -> None:
         """Close this process's handles (they reopen on the next read)."""
-        if os.getpid() == self._owner:
-            for store in self._stores:
-                if store is not None:
-                    store.close()
+        self._stores.close()
 
     def __enter__(self) -> FeatureStores:
         return self

@@ -57,8 +57,9 @@ class BatchScope:
 
 
 class IMGLoss(NamedTuple):
-    """Per-sample terms (B,), the pseudo-label gate, the four weighted terms and their sum `total_loss` (in a
-    distributed run: this process's share of them, see BatchScope)."""
+    """Per-sample terms (B,), the pseudo-label gate, each term of the batch as it enters the total (the audio ones
+    gated by `keep`), the four weighted terms and their sum `total_loss` (in a distributed run: this process's
+    share of the batch values, see BatchScope)."""
 
     loc_av: torch.Tensor  # CE(start) + CE(end) of the fused branch
     loc_v: torch.Tensor
@@ -72,6 +73,14 @@ class IMGLoss(NamedTuple):
     keep: torch.Tensor  # int64 (B,): samples whose audio-branch terms count
     n_keep: torch.Tensor  # kept samples in the whole batch
     pl_loss: torch.Tensor  # mean BCE(aip_prob, pl_label)
+    location_fused: torch.Tensor  # batch mean of loc_av; location_visual: of loc_v; location_audio: gated mean
+    location_visual: torch.Tensor
+    location_audio: torch.Tensor
+    saliency_fused: torch.Tensor  # batch sum of sal_av (already divided by B); saliency_audio: gated sum
+    saliency_visual: torch.Tensor
+    saliency_audio: torch.Tensor
+    distill_audio: torch.Tensor  # gated mean of kd_a; distill_visual: batch mean of kd_v
+    distill_visual: torch.Tensor
     term_loc: torch.Tensor
     term_sal: torch.Tensor
     term_kd: torch.Tensor
@@ -151,12 +160,15 @@ def img_loss(
         n_keep = scope.sum_over_processes(kept.sum())
         denominator = n_keep + _KEEP_EPS
 
-        term_loc = scope.mean(loc_av) + scope.mean(loc_v) + (kept * loc_a).sum() / denominator
-        term_sal = config.saliency_weight * ((kept * sal_a).sum() + scope.sum(sal_av) + scope.sum(sal_v))
-        term_kd = config.distill_weight * kd_warm * ((kept * kd_a).sum() / denominator + scope.mean(kd_v))
+        location = (scope.mean(loc_av), scope.mean(loc_v), (kept * loc_a).sum() / denominator)
+        saliency = (scope.sum(sal_av), scope.sum(sal_v), (kept * sal_a).sum())
+        distill = ((kept * kd_a).sum() / denominator, scope.mean(kd_v))
+        term_loc = location[0] + location[1] + location[2]
+        term_sal = config.saliency_weight * (saliency[2] + saliency[0] + saliency[1])
+        term_kd = config.distill_weight * kd_warm * (distill[0] + distill[1])
         term_pl = config.importance_weight * pl_loss
         total = term_loc + term_sal + term_kd + term_pl
     return IMGLoss(
         loc_av, loc_v, loc_a, sal_v, sal_a, sal_av, kd_a, kd_v, pl_label, keep, n_keep, pl_loss,
-        term_loc, term_sal, term_kd, term_pl, total,
+        *location, *saliency, *distill, term_loc, term_sal, term_kd, term_pl, total,
     )  # fmt: skip

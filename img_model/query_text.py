@@ -18,6 +18,7 @@ import numpy as np
 
 from extract.text.store import TextStore
 from extract.text.vocabulary import Vocabulary
+from img_model.per_process import PerProcess
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ class QueryTexts:
             elif len(store):
                 self.feature_dim = int(store.features(store.qids()[0]).shape[1])
         self._glove: dict[str, GloveInputs] = {}
-        self._owner = os.getpid()
-        self._store: TextStore | None = None
+        self._store = PerProcess(TextStore, [self.path])
 
     @property
     def precomputed(self) -> bool:
@@ -97,14 +97,7 @@ class QueryTexts:
 
     def features(self, qid: str) -> np.ndarray:
         """[L, D] float32 per-token features (BERT / CLIP-text stores), read through this process's handle."""
-        if os.getpid() != self._owner or self._store is None:
-            self._owner, self._store = os.getpid(), TextStore(self.path)
-        return self._store.features(qid).astype(np.float32, copy=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_store": None, "_owner": None}
+        return self._store.get().features(qid).astype(np.float32, copy=False)
 
     def close(self) -> None:
-        if self._store is not None and os.getpid() == self._owner:
-            self._store.close()
-            self._store = None
+        self._store.close()

@@ -31,6 +31,8 @@ def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) 
     if threads:
         torch.set_num_threads(threads)
     device = resolve_extraction_device(spec)  # logs the device, GPU name and any nvidia-smi mismatch
+    if precision is None:
+        return device
     if precision == "fp16" and device.type != "cuda":
         raise UsageError(
             "--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32 on CPU"

@@ -181,12 +181,13 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
             out.write(json.dumps(line) + "\n")
 
     text = folder / "text.h5"
-    _write_text_store(text, records, spec, rng)
+    write_text_store(text, records, spec, rng)
     families = {record.qid: video.family for record, video in zip(records, videos, strict=True)}
     return SyntheticDataset(folder, features, text, annotations, families=families)
 
 
-def _write_text_store(path: Path, records: list[QueryRecord], spec: SyntheticSpec, rng: np.random.Generator) -> None:
+def write_text_store(path: Path, records: list[QueryRecord], spec: SyntheticSpec, rng: np.random.Generator) -> None:
+    """A GloVe text store of these queries: the project's tokeniser and vocabulary, random word vectors."""
     tokens = [tokenize(record.sentence) for record in records]
     vocabulary = build_vocabulary(tokens, lambda word: True, min_char_count=1)
     vectors = rng.standard_normal((len(vocabulary.glove_words), spec.word_dim)).astype(np.float32)

@@ -49,6 +49,7 @@ class TrainConfig:
     evals_per_epoch: int = 2  # at steps kN + N//2 and (k+1)N (§4.7)
     select_on: SelectOn = "val"  # "test": the paper's protocol (§7.15), recorded in every report
     val_fraction: float = 0.1  # of the training videos, held out by video id (select_on = "val")
+    val_seed: int = 0  # seeds which videos are held out: the same validation videos for every training seed
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,8 +60,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")
-        if self.seed < 0:
-            raise UsageError(f"seed must be >= 0, not {self.seed}")
+        if self.seed < 0 or self.val_seed < 0:
+            raise UsageError(f"seed and val_seed must be >= 0, not {self.seed} / {self.val_seed}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
         for name in ("learning_rate", "weight_decay", "clip_norm"):
@@ -79,12 +80,15 @@ class RuntimeConfig:
     workers: int = 2  # DataLoader worker processes (the data is seeded per query, not per worker)
     threads: int = 0  # torch CPU threads (0: torch's default); small models often run fastest on 1
     progress: bool = True
+    log_every: int = 10  # per-step TensorBoard scalars every this many steps (epoch means are always logged)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise UsageError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.workers < 0 or self.threads < 0:
             raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
+        if self.log_every < 1:
+            raise UsageError(f"log_every must be at least 1, not {self.log_every}")
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,24 @@ class RunConfig:
     data: DataConfig
     runtime: RuntimeConfig
 
+    def __post_init__(self) -> None:
+        check_batch_size(self.model, self.train.batch_size, "batch_size")
+        check_batch_size(self.model, self.train.eval_batch_size, "eval_batch_size")
+
     def recipe(self) -> dict[str, Any]:
         """Everything that decides the numbers: compared on --resume (runtime excluded)."""
         return {name: section for name, section in as_dict(self).items() if name != "runtime"}
+
+
+def check_batch_size(model: IMGConfig, batch_size: int, name: str) -> None:
+    """The official position encoding indexes its table by the sample's place in the batch (§7.1): a batch may
+    hold at most max_pos_len samples (UsageError, one line, before anything runs)."""
+    if model.positional_encoding == "official" and batch_size > model.max_pos_len:
+        raise UsageError(
+            f"{name} {batch_size} exceeds max_pos_len {model.max_pos_len}: the official batch-index position encoding "
+            f"(§7.1) covers at most {model.max_pos_len} samples per batch; use a batch of {model.max_pos_len} or "
+            'fewer, or [model] positional_encoding = "temporal"'
+        )
 
 
 SECTIONS: dict[str, type] = {

@@ -5,20 +5,23 @@ ExpUp(20)(epoch) (§4.5), backward, gradient clipping at 1.0, AdamW with the aut
 linear decay of the learning rate per step (§4.6). Evaluation on the selection split at steps kN + N//2 and
 (k+1)N (§4.7, `evals_per_epoch`); the fused R1@0.7 selects `best.pt` (ties count as better, as the authors
 do). The selection split is a validation split carved from the training videos (default) or the test split
-(`select_on = "test"`, the paper's protocol, recorded in every report).
+(`select_on = "test"`, the paper's protocol, recorded in every report); a custom JSONL's own `val` split is
+used when it has one. The checkpoints record a fingerprint of the data (`data_fingerprint`): --resume refuses
+data that changed.
 
 A run folder holds:
 
     config.toml      the resolved configuration (`img-train --config RUN/config.toml` repeats the run)
     best.pt          the selected checkpoint; last.pt the latest (every evaluation point): img_model/checkpoint.py
     metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final")
-    tensorboard/     scalars: every loss term, the learning rate, the warm-up factors, the branches' metrics
+    tensorboard/     scalars: every loss term, the learning rate, the warm-up factors (every log_every-th step,
+                     and their epoch means), the branches' metrics (every evaluation)
     train.log        the log, with tracebacks
 
 Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), the saliency draw by (seed, e,
 query), the DataLoader's own generator is re-seeded per epoch, and last.pt holds every global RNG state, so a
-run resumed from any evaluation point continues bit for bit. A NaN or infinite loss stops the run with the step
-and the batch's query ids; checkpoints are only written from finite states.
+run resumed from any evaluation point continues bit for bit. A NaN or infinite loss, model output or gradient
+norm stops the run with the step and the batch's query ids; checkpoints are only written from finite weights.
 
 Distributed training (`torchrun`, img_model/distributed.py) is the same run at the same global batch size: each
 process takes its share of every batch (`EpochBatches`), computes its share of the loss, and evaluates its share
@@ -41,22 +44,30 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from img_model.checkpoint import Checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from img_model.checkpoint import (
+    Checkpoint,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from img_model.config import exp_up
-from img_model.dataset import HELD_OUT_SPLIT, Batch, DataSources, MomentDataset, carve_validation, collate
+from img_model.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
 from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
-from img_model.errors import DataError, TrainingDivergedError
+from img_model.errors import CheckpointMismatchError, DataError, TrainingDivergedError, listed
 from img_model.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.losses import BatchScope, IMGLoss, img_loss
 from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
+from img_model.provenance import differences
 from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
-from img_model.train_config import RunConfig, as_dict, to_toml
+from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
 log = logging.getLogger("img_vmr.train")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
-LISTED_QIDS = 16
+BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it
 
 
 # --- data of a run ---------------------------------------------------------------------------------------------
@@ -89,8 +100,11 @@ def model_inputs(sources: DataSources) -> dict[str, Any]:
 
 
 def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
-    """Splits: train (minus a seeded validation share of its videos, or all of it with select_on = test), the
-    selection split, and test. Training queries of videos without audio follow data.missing_audio."""
+    """Splits: train, the selection split and test. Selecting on validation data (the default), the selection
+    split is a custom JSONL's own `val` split, else `train-val`: a share of the training videos that have features
+    and text, seeded by val_seed (not the training seed: every seed selects on the same videos), removed from train.
+    With select_on = test, train is the whole train split. Training queries of videos without audio follow
+    data.missing_audio."""
     splits = sources.splits()
     if "train" not in splits:
         raise DataError(f"{run.data.dataset} has no train split (it has: {', '.join(sorted(splits))})")
@@ -102,11 +116,48 @@ def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
         train = sources.dataset(splits["train"], "train", "train", max_pos_len, seed)
         select = sources.dataset(test_records, "test", "eval", max_pos_len)
         return RunData(sources, train, select, None)
-    train_records, val_records = carve_validation(splits["train"], run.train.val_fraction, seed)
+    name, train_records, val_records = sources.validation(splits, run.train.val_fraction, run.train.val_seed)
+    if name == OWN_VALIDATION_SPLIT:
+        log.info("selecting on the dataset's own %s split; --val-fraction and --val-seed do not apply", name)
     train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
-    select = sources.dataset(val_records, HELD_OUT_SPLIT, "eval", max_pos_len)
+    select = sources.dataset(val_records, name, "eval", max_pos_len)
     test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None
     return RunData(sources, train, select, test)
+
+
+def data_fingerprint(data: RunData, steps_per_epoch: int) -> dict[str, Any]:
+    """What a checkpoint records about the data it trained on; --resume refuses data that differs."""
+    return {
+        "train_queries": len(data.train),
+        "train_qids_sha256": data.train.qids_sha256(),
+        "select_split": data.select.split,
+        "select_queries": len(data.select),
+        "select_qids_sha256": data.select.qids_sha256(),
+        "steps_per_epoch": steps_per_epoch,
+    }
+
+
+def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """The fields of two data fingerprints that differ, in one line ('' when none do); hashes shortened."""
+
+    def shown(fingerprint: dict[str, Any]) -> dict[str, Any]:
+        return {key.replace("_", " "): value[:12] if key.endswith("sha256") else value
+                for key, value in fingerprint.items()}  # fmt: skip
+
+    return differences(shown(recorded), shown(current), limit=len(current))
+
+
+def finished_summary(run_dir: Path, step: int) -> str | None:
+    """The summary of a run whose last.pt (at `step`) it finished: metrics.jsonl holds a final line at that step.
+    None when the run is not finished."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not any(entry.get("kind") == "final" and entry.get("step") == step for entry in entries):
+        return None
+    summary = run_dir / "summary.txt"
+    return summary.read_text(encoding="utf-8").rstrip("\n") if summary.exists() else ""
 
 
 # --- batch order -----------------------------------------------------------------------------------------------
@@ -162,27 +213,20 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
+LOSS_SCALARS = {
+    "loss/location_fused": "location_fused", "loss/location_visual": "location_visual",
+    "loss/location_audio": "location_audio", "loss/saliency_fused": "saliency_fused",
+    "loss/saliency_visual": "saliency_visual", "loss/saliency_audio": "saliency_audio",
+    "loss/distill_audio": "distill_audio", "loss/distill_visual": "distill_visual", "loss/importance": "pl_loss",
+    "terms/location": "term_loc", "terms/saliency": "term_sal", "terms/distill": "term_kd",
+    "terms/importance": "term_pl",
+}  # fmt: skip
+
+
 def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
     """Every loss term of §4.5 as it enters the total, per step (this process's share of the batch's value)."""
-    kept = loss.keep.float() * scope.weight
-    denominator = loss.n_keep + 1e-6
-    return {
-        "loss/total": loss.total_loss,
-        "loss/location_fused": scope.mean(loss.loc_av),
-        "loss/location_visual": scope.mean(loss.loc_v),
-        "loss/location_audio": (kept * loss.loc_a).sum() / denominator,
-        "loss/saliency_fused": scope.sum(loss.sal_av),
-        "loss/saliency_visual": scope.sum(loss.sal_v),
-        "loss/saliency_audio": (kept * loss.sal_a).sum(),
-        "loss/distill_audio": (kept * loss.kd_a).sum() / denominator,
-        "loss/distill_visual": scope.mean(loss.kd_v),
-        "loss/importance": loss.pl_loss,
-        "loss/kept_fraction": scope.mean(loss.keep.float()),
-        "terms/location": loss.term_loc,
-        "terms/saliency": loss.term_sal,
-        "terms/distill": loss.term_kd,
-        "terms/importance": loss.term_pl,
-    }
+    terms = {name: getattr(loss, field) for name, field in LOSS_SCALARS.items()}
+    return {"loss/total": loss.total_loss, **terms, "loss/kept_fraction": scope.mean(loss.keep.float())}
 
 
 class Trainer:
@@ -215,11 +259,13 @@ class Trainer:
         self.steps_per_epoch = self.batches.batches_per_epoch()
         self.total_steps = train.epochs * self.steps_per_epoch
         self.eval_steps = evaluation_steps(self.steps_per_epoch, train.evals_per_epoch)
+        self.data_fingerprint = data_fingerprint(data, self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, train.learning_rate, train.weight_decay)
         self.scheduler = linear_decay(self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.precision == "fp16")
         self.loader_generator = torch.Generator()
         self.step, self.epoch, self.epoch_step = 0, 0, 0
+        self.epoch_totals: dict[str, list[float]] = {}  # scalar name -> [sum, count] over this epoch's steps
         self.best_score, self.best_step = -math.inf, -1
         self.last_checkpoint: tuple[Path, int] | None = None
         if resume is not None:
@@ -246,13 +292,21 @@ class Trainer:
         training = checkpoint.training
         if training is None:
             raise DataError("the checkpoint holds no training state (converted or best-only); cannot resume it")
+        if "data" not in training:
+            log.warning("last.pt records no data fingerprint (an older img-train): the data cannot be checked")
+        elif detail := fingerprint_changes(training["data"], self.data_fingerprint):
+            raise CheckpointMismatchError(
+                f"the training data changed since the run started ({detail}); resume with the stores and "
+                "annotations it started with, or start a new run with --out"
+            )
         self.model.load_state_dict(checkpoint.state_dict)
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         self.scaler.load_state_dict(training["scaler"])
         self.step, self.epoch, self.epoch_step = training["step"], training["epoch"], training["epoch_step"]
+        self.epoch_totals = {name: list(total) for name, total in training.get("epoch_totals", {}).items()}
         if self.epoch_step >= self.steps_per_epoch:  # saved at the end of an epoch: start the next one
-            self.epoch, self.epoch_step = self.epoch + 1, 0
+            self.epoch, self.epoch_step, self.epoch_totals = self.epoch + 1, 0, {}
         self.best_score, self.best_step = training["best_score"], training["best_step"]
         set_rng_state(training["rng"], self.device)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
@@ -278,6 +332,8 @@ class Trainer:
                 "rng": rng_state(self.device),
                 "best_score": self.best_score,
                 "best_step": self.best_step,
+                "data": self.data_fingerprint,
+                "epoch_totals": {name: list(total) for name, total in self.epoch_totals.items()},
             },
             metrics=metrics,
         )
@@ -285,14 +341,20 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------------
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train to the configured number of epochs, or until `stop_after` epochs are complete (a preemption on
-        purpose; --resume continues)."""
+        """Train to the configured number of epochs, or until `stop_after` more epochs are complete (counted from
+        the epoch this call starts in: a preemption on purpose; --resume continues). A run that is finished
+        already is left as it is."""
         train = self.run.train
+        if self.epoch >= train.epochs and (summary := finished_summary(self.run_dir, self.step)) is not None:
+            log.info("%s is already finished (%d epochs, %d steps); nothing to do", self.run_dir, self.epoch,
+                     self.step)  # fmt: skip
+            return self._result(finished=True, final={"summary": summary})
+        stop_at = train.epochs if stop_after is None else min(train.epochs, self.epoch + stop_after)
         if self.rank.is_main:
             self._open_outputs()
         try:
             while self.epoch < train.epochs:
-                if stop_after is not None and self.epoch >= stop_after:
+                if self.epoch >= stop_at:
                     log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
                     return self._result(finished=False)
                 self._train_epoch()
@@ -311,7 +373,8 @@ class Trainer:
             encoding="utf-8",
         )
         self._truncate_metrics()
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+        # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def _truncate_metrics(self) -> None:
         """On resume, forget evaluations logged after the checkpoint (they will be repeated identically)."""
@@ -340,16 +403,16 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        running = 0.0
-        for number, batch in enumerate(progress, start=1):
-            scalars = self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
-            running += (scalars["loss/total"] - running) / number
-            progress.set_postfix(loss=f"{running:.3f}")
+        for batch in progress:
+            self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
+            progress.set_postfix(loss=f"{self._epoch_means()['loss/total']:.3f}")
             if self.epoch_step in self.eval_steps:
                 self._evaluate_and_save()
         progress.close()
-        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs, running, len(progress))
+        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs,
+                 self._epoch_means()["loss/total"], self.steps_per_epoch)  # fmt: skip
         self.epoch += 1
+        self.epoch_totals = {}
         self.epoch_step = 0
 
     def _train_step(self, batch: Batch, share: BatchShare, p_warm: float, kd_warm: float) -> dict[str, float]:
@@ -362,51 +425,74 @@ class Trainer:
         # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
         output_sums = torch.stack([output.detach().float().sum() for output in outputs])
         if self.rank.sum((~torch.isfinite(output_sums)).any().float()).item():
-            self._diverged(float("nan"), batch.qids, share)
+            self._diverged("the model's outputs are not finite", batch.qids, share)
         scope = BatchScope(share.total, share.weight, self.rank.sum)
         loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm, scope)
         names, values = zip(*loss_scalars(loss, scope).items(), strict=True)
         numbers = self.rank.sum(torch.stack([v.detach().float() for v in values])).tolist()
         scalars = dict(zip(names, numbers, strict=True))
         if not math.isfinite(scalars["loss/total"]):
-            self._diverged(scalars["loss/total"], batch.qids, share)
+            self._diverged(f"loss is {scalars['loss/total']}", batch.qids, share)
         self.optimizer.zero_grad(set_to_none=True)
         # DistributedDataParallel averages the processes' gradients; the batch's is the sum of their shares'
         self.scaler.scale(loss.total_loss * self.rank.world_size).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.clip_norm))
+        # Clipping turns an infinite gradient into NaN ones. fp16's gradient scaler skips such a step (and lowers
+        # its scale); otherwise the run stops before the step. The gradients are DDP's all-reduced ones: every
+        # process decides alike.
+        if not self.scaler.is_enabled() and not math.isfinite(grad_norm):
+            self._diverged(f"the gradient norm is {grad_norm}", batch.qids, share)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
         self.epoch_step += 1
+        scalars |= {"train/lr": lr, "train/grad_norm": grad_norm, "warmup/importance": p_warm,
+                    "warmup/distill": kd_warm}  # fmt: skip
+        for name, value in scalars.items():
+            if math.isfinite(value):  # fp16: the scaler's skipped steps have an infinite gradient norm
+                total = self.epoch_totals.setdefault(name, [0.0, 0])
+                total[0], total[1] = total[0] + value, total[1] + 1
         if self.writer is not None:
-            scalars |= {"train/lr": lr, "train/grad_norm": float(grad_norm), "warmup/importance": p_warm,
-                        "warmup/distill": kd_warm}  # fmt: skip
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, self.step)
+            if self.step % self.run.runtime.log_every == 0:
+                for name, value in scalars.items():
+                    self.writer.add_scalar(name, value, self.step)
+            if self.epoch_step == self.steps_per_epoch:  # before the epoch's last checkpoint: a resume keeps them
+                for name, value in self._epoch_means().items():
+                    self.writer.add_scalar(f"epoch_mean/{name}", value, self.step)
         return scalars
 
-    def _diverged(self, value: float, qids: list[str], share: BatchShare) -> None:
+    def _epoch_means(self) -> dict[str, float]:
+        """The mean of each per-step scalar over this epoch's steps so far (resumes included)."""
+        return {name: total / count for name, (total, count) in self.epoch_totals.items()}
+
+    def _diverged(self, what: str, qids: list[str], share: BatchShare) -> None:
         qids = [qid for part in self.rank.gather(qids if share.count else []) for qid in part]  # the whole batch's
-        listed = ", ".join(qids[:LISTED_QIDS]) + (
-            f" (+{len(qids) - LISTED_QIDS} more)" if len(qids) > LISTED_QIDS else ""
-        )
-        kept = (
-            f"last good checkpoint: {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
-            if self.last_checkpoint
-            else "no checkpoint was written yet"
-        )
         raise TrainingDivergedError(
-            f"loss is {value} at step {self.step + 1} (epoch {self.epoch + 1}); batch queries: {listed}; {kept}"
+            f"{what} at step {self.step + 1} (epoch {self.epoch + 1}); batch queries: "
+            f"{listed(qids, BATCH_QIDS_LISTED)}; {self._kept()}"
         )
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"last good checkpoint: {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
 
     def _evaluate(self, dataset: MomentDataset, model: IMG | None = None) -> EvalReport:
         predictions = self.evaluator.predict(model or self.eval_model, dataset)
         return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
 
     def _evaluate_and_save(self) -> None:
+        names, parameters = zip(*self.model.named_parameters(), strict=True)
+        finite = torch.stack([parameter.detach().isfinite().all() for parameter in parameters]).tolist()
+        bad = [name for name, ok in zip(names, finite, strict=True) if not ok]
+        if bad:  # never saved: the last checkpoint stays the last good one
+            raise TrainingDivergedError(
+                f"the weights are not finite after step {self.step} (epoch {self.epoch + 1}): {listed(bad)}; "
+                f"{self._kept()}"
+            )
         started = time.perf_counter()
         report = self._evaluate(self.data.select)
         score = report.branches[SELECTION_BRANCH][SELECTION_METRIC]
@@ -444,8 +530,6 @@ class Trainer:
 
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
-        from img_model.checkpoint import read_checkpoint
-
         self.rank.barrier()  # rank 0 has written best.pt
         best = read_checkpoint(self.run_dir / "best.pt")
         assert best.metrics is not None
@@ -472,11 +556,11 @@ class Trainer:
         if not self.rank.is_main:
             return {}
         self._log_metrics(final)
-        selected = (
-            "the test split (the paper's protocol, §7.15)"
-            if self.run.train.select_on == "test"
-            else f"{HELD_OUT_SPLIT} (held-out training videos)"
-        )
+        selected = {
+            "test": "the test split (the paper's protocol, §7.15)",
+            HELD_OUT_SPLIT: f"{HELD_OUT_SPLIT} (held-out training videos)",
+            OWN_VALIDATION_SPLIT: f"{OWN_VALIDATION_SPLIT} (the dataset's own validation split)",
+        }[self.data.select.split]
         header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
                   f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
         summary = "\n\n".join([header, *tables])
@@ -487,9 +571,11 @@ class Trainer:
         return TrainResult(self.run_dir, self.epoch, self.step, self.best_step, self.best_score, finished, final or {})
 
 
-def restored_run(checkpoint: Checkpoint, runtime_overrides: dict[str, Any]) -> RunConfig:
-    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...)."""
-    from img_model.train_config import from_dict
-
+def restored_run(
+    checkpoint: Checkpoint, runtime_overrides: dict[str, Any], data_overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...) and data
+    locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI)."""
     run = from_dict(checkpoint.run or {})
-    return replace(run, runtime=replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None}))
+    runtime = replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None})
+    return replace(run, runtime=runtime, data=replace(run.data, **(data_overrides or {})))

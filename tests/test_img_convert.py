@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from extract.text.store import TextBatch, TextStoreWriter
 from extract.text.vocabulary import Vocabulary
-from img_model.checkpoint import load_model, read_checkpoint
+from img_model.checkpoint import read_checkpoint
 from img_model.cli import main
 from img_model.config import IMGConfig
 from img_model.convert import (
@@ -165,7 +165,7 @@ def test_cli_converts_an_official_checkpoint_with_its_vocabulary(
     assert checkpoint.vocabulary["words"][2:] == list(GOLDEN_WORDS) and len(checkpoint.vocabulary["sha256"]) == 64
     assert checkpoint.provenance["text"]["kind"] == "glove" and checkpoint.source == "convert-official"
     assert len(checkpoint.origin["sha256"]) == 64
-    model = load_model(target)
+    model = checkpoint.model()
     reference = load_official_checkpoint(official_file, num_heads=4, **SLOTS)
     for key, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], tensor), key

@@ -255,12 +255,13 @@ def test_two_gloo_processes_train_and_resume_the_one_process_run(tmp_path: Path)
     first = torchrun(2, *args, "--out", tmp_path / "two", "--stop-after", "1")
     assert first.returncode == 0, first.stderr
     assert "distributed: 2 processes (gloo)" in first.stderr and "img-train[rank 1]" not in first.stderr
-    resumed = torchrun(2, "--resume", tmp_path / "two", "--no-progress")
+    resumed = torchrun(2, "--resume", tmp_path / "two", "--no-progress", "--stop-after", "1")  # one more epoch
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("test (best checkpoint") == 1  # rank 0 alone prints the summary
 
     one, two = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("one", "two"))
     assert two["training"]["step"] == one["training"]["step"] == 4
+    assert two["training"]["data"] == one["training"]["data"]  # the data fingerprint does not depend on processes
     for name, weights in one["state_dict"].items():
         other = two["state_dict"][name]
         if weights.is_floating_point() and not INVARIANT.search(name):

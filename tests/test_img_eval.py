@@ -16,10 +16,11 @@ from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import read_checkpoint
 from img_model.cli import main as img_train
 from img_model.dataset import DataConfig, DataSources
+from img_model.eval_cli import CONVERTED_NOTE
 from img_model.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
 from img_model.metrics import retrieval_metrics
 from img_model.synthetic import SyntheticDataset, write_audio_matters
-from img_model.train_config import resolve
+from img_model.train_config import from_dict, resolve
 from img_model.trainer import Trainer, model_inputs, prepare_data
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors
@@ -181,6 +182,96 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
     assert report["queries"] == 6 and report["checkpoint_source"] == "convert-official"
     assert any("no visual feature provenance" in note for note in report["notes"])
     assert "records no visual feature provenance" in evaluated.stderr
+    assert report["select_on"] == "test" and CONVERTED_NOTE in report["notes"]  # the authors selected on test
+    tables = run_img_eval(converted, *data_args, "--threads", "1", "--batch-size", "40")
+    assert tables.returncode == 2 and tables.stderr.count("error:") == 1  # it used to fail at the first batch
+    assert "--batch-size 40 exceeds max_pos_len 32: the official batch-index position encoding" in tables.stderr
+
+
+def test_help_says_what_img_eval_does_without_the_options() -> None:
+    from img_model.eval_cli import main as img_eval
+
+    text = " ".join(CliRunner().invoke(img_eval, ["--help"], terminal_width=200).output.split())
+    assert "DataLoader worker processes (0)" in text and "Default: the run's (fp32 for converted" in text
+    train = " ".join(CliRunner().invoke(img_train, ["train", "--help"], terminal_width=200).output.split())
+    assert "DataLoader worker processes (2)" in train and "counted from the epoch it starts in" in train
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_an_fp16_run_evaluates_in_fp32_on_a_cpu_and_the_report_says_how(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    """It used to fail ('--precision fp16 needs a CUDA GPU') unless --precision was given; --align that is not the
+    checkpoint's was taken silently."""
+    from img_model.eval_cli import main as img_eval
+
+    _, checkpoint = trained
+    stored = torch.load(checkpoint, weights_only=True)
+    stored["run"]["runtime"]["precision"] = "fp16"
+    torch.save(stored, tmp_path / "fp16.pt")
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(
+            img_eval, [str(tmp_path / "fp16.pt"), "--json", "--threads", "1", "--align", "time"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert "trained in fp16, which needs a CUDA GPU; evaluating in fp32 on cpu" in result.stderr
+    assert "--align time: the checkpoint was trained with --align img" in result.stderr
+    report = json.loads(result.stdout)
+    assert (report["precision"], report["device"], report["align"]) == ("fp32", "cpu", "time")
+    assert "--align time: the checkpoint was trained with --align img" in report["notes"]
+
+
+def test_what_img_eval_refuses_is_one_line_saying_what_it_expects(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    from img_model.eval_cli import main as img_eval
+
+    data, checkpoint = trained
+    result = CliRunner().invoke(img_eval, [str(checkpoint), "--split", "dev"])
+    assert result.exit_code == 2
+    assert result.stderr.endswith(f"{data.annotations} has the splits test, train, train-val\n")
+    result = CliRunner().invoke(img_eval, [str(data.features)])  # a store passed by mistake
+    assert result.exit_code == 2 and result.stderr == (
+        f"img-eval: error: {data.features} is an HDF5 file (a feature or text store?), not a PyTorch file; expected an "
+        "img_model checkpoint: RUN/best.pt or RUN/last.pt (img-train), or img-train convert-official's OUT.pt\n"
+    )
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    result = CliRunner().invoke(img_eval, [str(tmp_path / "notes.txt")])
+    assert (
+        result.exit_code == 2
+        and "notes.txt is not a readable PyTorch file (another kind of file, or a " in result.stderr
+    )
+    assert "weights_only" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_train_val_is_the_runs_selection_split_or_a_note_says_it_is_not(
+    trained: tuple[SyntheticDataset, Path], tmp_path: Path
+) -> None:
+    from img_model.eval_cli import main as img_eval
+
+    data, checkpoint = trained
+    recorded = read_checkpoint(checkpoint).training["data"]
+    threads = torch.get_num_threads()
+    try:
+        same = CliRunner().invoke(img_eval, [str(checkpoint), "--split", "train-val", "--json", "--threads", "1"])
+        lines = data.annotations.read_text().splitlines()
+        run = from_dict(read_checkpoint(checkpoint).run)
+        sources = DataSources(run.data)
+        held_out = {r.qid for r in sources.validation(sources.splits(), 0.1, 0)[2]}
+        (tmp_path / "fewer.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["qid"] != min(held_out)))
+        other = CliRunner().invoke(
+            img_eval, [str(checkpoint), "--split", "train-val", "--json", "--dataset", str(tmp_path / "fewer.jsonl")]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert same.exit_code == 0 and other.exit_code == 0, same.output + other.output
+    report = json.loads(same.stdout)
+    assert report["queries"] == recorded["select_queries"] and not report["notes"]
+    note = "the train-val queries read now are not those the run selected on (other stores or annotations)"
+    assert note in other.stderr and any(n.startswith(note) for n in json.loads(other.stdout)["notes"])
 
 
 def test_an_error_is_one_line_whatever_its_message_holds(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,10 +23,10 @@ from img_model.config import IMGConfig
 from img_model.model import IMG
 from img_model.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
 from img_model.synthetic import SyntheticDataset
-from img_model.train_config import DATA_DERIVED, read_toml, resolve, to_toml
+from img_model.train_config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
 from img_model.trainer import EpochBatches, evaluation_steps
 from tests.golden import golden_tensors
-from tests.img_cli import run_img_eval, run_img_train, tiny_dataset
+from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, tiny_dataset
 from tests.test_img_golden import SMALL
 
 NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model or frozen (requires_grad False)
@@ -191,6 +194,19 @@ def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), where
 
 
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run folder as (step, value) lists, as TensorBoard shows them (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
 def test_resume_continues_bit_for_bit(tiny: SyntheticDataset, tmp_path: Path) -> None:
     straight = run_img_train(*train_args(tiny, tmp_path / "straight"))
@@ -198,16 +214,28 @@ def test_resume_continues_bit_for_bit(tiny: SyntheticDataset, tmp_path: Path) ->
     first = run_img_train(*train_args(tiny, tmp_path / "resumed", "--stop-after", "1"))
     assert first.returncode == 0, first.stderr
     assert "stopped after epoch 1" in first.stderr and not (tmp_path / "resumed" / "summary.txt").exists()
-    second = run_img_train("--resume", tmp_path / "resumed", "--no-progress")
+    # --stop-after counts the epochs of this invocation; the stores may have moved (a copy staged elsewhere)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny.folder, moved)  # each store with its parts
+    second = run_img_train("--resume", tmp_path / "resumed", "--stop-after", "1", "--no-progress",
+                           "--features", moved / tiny.features.name, "--text", moved / tiny.text.name)  # fmt: skip
     assert second.returncode == 0, second.stderr
     a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "resumed" / "last.pt")
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), key
     _assert_same_tensors(a["training"], b["training"], "training")
+    assert list(b["run"]["data"]["features"]) == [str(moved / tiny.features.name)]  # where it last ran
     lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert lines == resumed  # same evaluations, each logged once
     assert straight.stdout == second.stdout.replace("resumed", "straight")  # the final summary table
+    assert _scalars(tmp_path / "straight") == _scalars(tmp_path / "resumed")  # the checkpoint's step kept too
+
+    before = _files(tmp_path / "resumed")
+    again = run_img_train("--resume", tmp_path / "resumed", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "is already finished" in again.stderr and again.stdout == second.stdout
+    assert _files(tmp_path / "resumed") == before  # nothing trained, nothing written
 
 
 @pytest.mark.slow
@@ -232,7 +260,7 @@ def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_chec
     result = run_img_train("--resume", run, "--no-progress")
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("img-train: error: loss is nan at step ")
+    assert message.startswith("img-train: error: the model's outputs are not finite at step ")
     assert f"last good checkpoint: {run / 'last.pt'}" in message
     assert any(qid in message for qid in qids)
     after = _state(run / "last.pt")
@@ -242,13 +270,15 @@ def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_chec
 @pytest.mark.slow
 def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: SyntheticDataset, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_img_train(*train_args(tiny, run, "--select-on", "test", "--seed", "4"))
+    result = run_img_train(*train_args(tiny, run, "--select-on", "test", "--seed", "4", "--log-every", "2"))
     assert result.returncode == 0, result.stderr
     assert {"config.toml", "best.pt", "last.pt", "metrics.jsonl", "summary.txt", "train.log", "tensorboard"} <= {
         p.name for p in run.iterdir()
     }
     config = read_toml(run / "config.toml")
     assert config["train"]["select_on"] == "test" and config["train"]["seed"] == 4
+    logged = (run / "train.log").read_text()  # with the lines logged before the run folder was created
+    assert "train: 17 of 18 queries" in logged and "precision: fp32" in logged and "step 6: test fused" in logged
     entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in entries] == ["eval"] * 4 + ["final"] and {e["select_on"] for e in entries} == {"test"}
     assert {"fused", "visual", "audio"} == set(entries[0]["branches"])
@@ -257,16 +287,17 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
     assert best.provenance["visual"]["recipe"]["generator"] == "img_model.synthetic"
     assert set(best.training) >= {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
     assert "selected on the test split" in result.stdout
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    expected = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
+    scalars = _scalars(run)
+    per_step = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
                 "loss/saliency_fused", "loss/saliency_visual", "loss/saliency_audio", "loss/distill_audio",
-                "loss/distill_visual", "loss/importance", "train/lr", "warmup/importance", "warmup/distill",
-                "test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}  # fmt: skip
-    assert expected <= tags
+                "loss/distill_visual", "loss/importance", "terms/location", "train/lr", "train/grad_norm",
+                "warmup/importance", "warmup/distill"}  # fmt: skip
+    evaluations = {"test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}
+    assert per_step | evaluations | {f"epoch_mean/{name}" for name in per_step} <= set(scalars)
+    steps = {name: [step for step, _ in values] for name, values in scalars.items()}  # 3 steps per epoch
+    assert {name: steps[name] for name in per_step} == {name: [2, 4, 6] for name in per_step}  # every 2nd step
+    assert steps["epoch_mean/loss/total"] == [3, 6] and steps["test/fused/R1@0.7"] == [1, 3, 4, 6]
+    assert scalars["epoch_mean/warmup/distill"][0][1] == 0.0  # ExpUp at epoch 0
     evaluated = run_img_eval(run / "best.pt", "--json", "--threads", "1")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["select_on"] == "test"
@@ -318,3 +349,147 @@ def test_fp16_without_a_gpu_is_refused_in_one_line() -> None:
 
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
         resolve_device("auto", "fp16")
+
+
+@pytest.mark.slow
+def test_resume_refuses_training_data_that_changed_in_one_line(tmp_path: Path) -> None:
+    tiny = tiny_dataset(tmp_path / "data")  # its own: the annotations change below
+    run = tmp_path / "run"
+    assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
+    recorded = _state(run / "last.pt")["training"]["data"]
+    assert recorded["train_queries"] == 15 and recorded["select_split"] == "train-val"
+    assert len(recorded["train_qids_sha256"]) == 64 and recorded["steps_per_epoch"] == 2
+    lines = tiny.annotations.read_text().splitlines()
+    dropped = next(n for n, line in enumerate(lines) if json.loads(line)["split"] == "train")
+    tiny.annotations.write_text("".join(line + "\n" for n, line in enumerate(lines) if n != dropped))
+    before = _files(run)
+    result = run_img_train("--resume", run, "--no-progress")
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and result.stderr.count("error:") == 1
+    assert message.startswith("img-train: error: the training data changed since the run started (")
+    assert "train queries: 15 -> 14" in message and "train qids sha256: " in message
+    assert {k: v for k, v in _files(run).items() if k != "train.log"} == {
+        k: v for k, v in before.items() if k != "train.log"
+    }
+
+
+def _tiny_run(tiny: SyntheticDataset, **train: object) -> RunConfig:
+    from img_model.dataset import DataSources
+    from img_model.trainer import model_inputs
+
+    data = {"dataset": str(tiny.annotations), "features": (str(tiny.features),), "visual": tiny.visual,
+            "audio": tiny.audio, "text": str(tiny.text)}  # fmt: skip
+    run = resolve(tiny.folder / "tiny.toml", {"data": data, "train": train, "runtime": {"progress": False}})
+    return replace(run, model=replace(run.model, **model_inputs(DataSources(run.data))))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("where", ["gradient", "weights"])
+def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_them(
+    tiny: SyntheticDataset, tmp_path: Path, where: str
+) -> None:
+    """The last step of the run gets an infinite gradient (clipping makes it NaN weights), or NaN weights: the
+    run stops there, and last.pt and best.pt keep the step-2 weights (it used to finish with NaN weights in both)."""
+    from img_model.dataset import DataSources
+    from img_model.errors import TrainingDivergedError
+    from img_model.trainer import Trainer, prepare_data
+
+    run = _tiny_run(tiny, evals_per_epoch=1)
+    trainer = Trainer(run, prepare_data(run, DataSources(run.data)), tmp_path / "run")
+    parameter = trainer.model.video_saliency.bias
+    if where == "gradient":
+        parameter.register_hook(lambda grad: torch.full_like(grad, math.inf) if trainer.step == 3 else grad)
+        message = "the gradient norm is inf at step 4 (epoch 2)"
+    else:
+        poison = lambda *_: parameter.data.fill_(math.nan) if trainer.step == 3 else None  # noqa: E731
+        trainer.optimizer.register_step_post_hook(poison)
+        message = "the weights are not finite after step 4 (epoch 2): video_saliency.bias"
+    with pytest.raises(TrainingDivergedError, match=re.escape(message)) as error:
+        trainer.fit()
+    assert f"last good checkpoint: {tmp_path / 'run' / 'last.pt'} (step 2)" in str(error.value)
+    for name in ("last.pt", "best.pt"):
+        state = _state(tmp_path / "run" / name)
+        assert state["training"]["step"] == 2 and all(t.isfinite().all() for t in state["state_dict"].values())
+
+
+OFFICIAL_ENCODING = TINY_CONFIG.replace('positional_encoding = "temporal"\n', "").replace(
+    "max_pos_len = 24", "max_pos_len = 12"
+)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("problem", ["features", "config", "batch", "precision", "split"])
+def test_a_failed_invocation_is_one_line_and_leaves_no_run_folder(
+    tiny: SyntheticDataset, tmp_path: Path, problem: str
+) -> None:
+    if problem == "precision" and torch.cuda.is_available():
+        pytest.skip("checks the CPU-only refusal")
+    out = tmp_path / "runs" / "new"
+    args = train_args(tiny, out)
+    expected = {
+        "features": "no such feature store",
+        "config": "unknown section [trian]",
+        "batch": "batch_size 14 exceeds max_pos_len 12: the official batch-index position encoding",
+        "precision": "fp16 needs a CUDA GPU",
+        "split": "--select-on test: ",
+    }[problem]
+    if problem == "features":
+        args[args.index("--features") + 1] = str(tmp_path / "missing.h5")
+    elif problem == "config":
+        (tmp_path / "bad.toml").write_text("[trian]\nepochs = 1\n")
+        args[args.index("--config") + 1] = str(tmp_path / "bad.toml")
+    elif problem == "batch":  # it used to fail at step 1 with an internal error
+        (tmp_path / "official.toml").write_text(OFFICIAL_ENCODING)
+        args[args.index("--config") + 1] = str(tmp_path / "official.toml")
+        args += ["--batch-size", "14"]
+    elif problem == "precision":
+        args += ["--precision", "fp16"]
+    else:
+        lines = tiny.annotations.read_text().splitlines()
+        (tmp_path / "no_test.jsonl").write_text("".join(x + "\n" for x in lines if '"split": "test"' not in x))
+        args[args.index("--dataset") + 1] = str(tmp_path / "no_test.jsonl")
+        args += ["--select-on", "test"]
+    result = CliRunner().invoke(img_train, args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and result.stderr.count("img-train: error:") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_mistyped_command_is_named_with_the_closest_one() -> None:
+    result = CliRunner().invoke(img_train, ["convert-oficial", "a.t7", "b.pt"])
+    assert result.exit_code == 2
+    assert result.stderr == "img-train: error: no command 'convert-oficial'; did you mean convert-official?\n"
+    result = CliRunner().invoke(img_train, ["fit", "--dataset", "x"])
+    assert result.exit_code == 2 and "no command 'fit'" in result.stderr and "train, convert-official" in result.stderr
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_epoch_means_count_every_step_of_an_epoch_resumed_in_its_middle(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    from img_model.dataset import DataSources
+    from img_model.trainer import Trainer, prepare_data
+
+    run = _tiny_run(tiny, epochs=1)  # 2 steps, an evaluation (and last.pt) after each
+    data = prepare_data(run, DataSources(run.data))
+    Trainer(run, data, tmp_path / "straight").fit()
+    interrupted = Trainer(run, data, tmp_path / "resumed")
+
+    def stop(*_: object) -> None:
+        if interrupted.step == 1:  # step 2's update: last.pt is at step 1, in the middle of the epoch
+            raise KeyboardInterrupt
+
+    interrupted.optimizer.register_step_post_hook(stop)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = Trainer(run, data, tmp_path / "resumed", resume=read_checkpoint(tmp_path / "resumed" / "last.pt"))
+    assert resumed.epoch_step == 1 and resumed.epoch_totals["loss/total"][1] == 1
+    resumed.fit()
+    straight, again = _scalars(tmp_path / "straight"), _scalars(tmp_path / "resumed")
+    assert again["epoch_mean/loss/total"] == straight["epoch_mean/loss/total"]
+    assert again["epoch_mean/train/grad_norm"] == straight["epoch_mean/train/grad_norm"]
