@@ -282,5 +282,7 @@ def test_an_error_is_one_line_whatever_its_message_holds(tmp_path: Path) -> None
     result = run_img_eval(checkpoint)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"img-eval: error: {tmp_path}/best old.pt is not a readable PyTorch file (unpack requires a buffer of 4 bytes)"
+        f"img-eval: error: {tmp_path}/best old.pt is not a readable PyTorch file (unpack requires a buffer of 4 "
+        "bytes); expected an img_model checkpoint: RUN/best.pt or RUN/last.pt (img-train), or img-train "
+        "convert-official's OUT.pt"
     ]
