@@ -111,7 +111,7 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
             "--precision",
             type=click.Choice(["fp32", "bf16", "fp16"]),
             default=None,
-            help=f"fp32, or autocast to bf16 / fp16 (fp16 needs CUDA; trains with a gradient scaler). Default: "
+            help=f"fp32, or autocast to bf16 / fp16 (fp16 needs CUDA; training adds a gradient scaler). Default: "
             f"{precision}.",
         ),
         click.option(

@@ -34,11 +34,8 @@ def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) 
     if precision is None:
         return device
     if precision == "fp16" and device.type != "cuda":
-        raise UsageError(
-            "--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32 on CPU"
-        )
-    if precision is not None:
-        log.info("precision: %s", precision)
+        raise UsageError(f"--precision fp16 needs a CUDA GPU, and this runs on {device}: use bf16 or fp32 on CPU")
+    log.info("precision: %s", precision)
     return device
 
 
