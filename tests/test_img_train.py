@@ -391,12 +391,14 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("where", ["gradient", "weights"])
+@pytest.mark.parametrize("where", ["gradient", "weights", "loss"])
 def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_them(
-    tiny: SyntheticDataset, tmp_path: Path, where: str
+    tiny: SyntheticDataset, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The last step of the run gets an infinite gradient (clipping makes it NaN weights), or NaN weights: the
-    run stops there, and last.pt and best.pt keep the step-2 weights (it used to finish with NaN weights in both)."""
+    """The last step of the run gets an infinite gradient (clipping makes it NaN weights), NaN weights, or a NaN
+    loss from finite outputs: the run stops there, and last.pt and best.pt keep the step-2 weights (it used to
+    finish with NaN weights in both)."""
+    from img_model import trainer as trainer_module
     from img_model.dataset import DataSources
     from img_model.errors import TrainingDivergedError
     from img_model.trainer import Trainer, prepare_data
@@ -404,7 +406,16 @@ def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_
     run = _tiny_run(tiny, evals_per_epoch=1)
     trainer = Trainer(run, prepare_data(run, DataSources(run.data)), tmp_path / "run")
     parameter = trainer.model.video_saliency.bias
-    if where == "gradient":
+    if where == "loss":
+        computed = trainer_module.img_loss
+
+        def nan_at_step_4(*args: object, **kwargs: object) -> object:
+            loss = computed(*args, **kwargs)
+            return loss._replace(total_loss=loss.total_loss * math.nan) if trainer.step == 3 else loss
+
+        monkeypatch.setattr(trainer_module, "img_loss", nan_at_step_4)
+        message = "loss is nan at step 4 (epoch 2)"
+    elif where == "gradient":
         parameter.register_hook(lambda grad: torch.full_like(grad, math.inf) if trainer.step == 3 else grad)
         message = "the gradient norm is inf at step 4 (epoch 2)"
     else:
