@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from extract.decode import iter_audio, iter_frames
-from extract.ffmpeg_binary import ffmpeg_path
 from extract.models import ExtractorOptions, FeatureExtractor, build_extractor
 from extract.models.base import Units
 from extract.presets import get_preset
@@ -39,25 +38,14 @@ from extract.run.provenance import provenance_records
 from extract.sources import scan_folder
 from extract.store import StoreWriter, Track, VideoRecord
 
-
-def make_videos(folder: Path, count: int, seconds: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        path = folder / f"video{i:03d}.mp4"
-        if not path.exists():
-            subprocess.run(
-                [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
-                 "-i", f"testsrc2=size=480x360:rate=30:duration={seconds}",
-                 "-f", "lavfi", "-i", f"sine=frequency={200 + 10 * i}:duration={seconds}",
-                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
-                check=True,
-            )  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.fixtures is found from the checkout
+    sys.path.insert(0, str(ROOT))
 
 
 def random_weights(folder: Path) -> Path:
     """Randomly initialised models saved under the published names and layouts, plus a tiny CLIP."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
+    from benchmarks.fixtures import random_clip
     from extract.models.i3d import InceptionI3d
     from extract.models.panns import Cnn14
     from extract.models.vggish import VGGish
@@ -70,11 +58,7 @@ def random_weights(folder: Path) -> Path:
     pca = {"pca_eigen_vectors": torch.eye(128, dtype=torch.float64), "pca_means": torch.zeros(128, dtype=torch.float64)}
     torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
     torch.save({"model": Cnn14().state_dict()}, folder / "Cnn14_mAP=0.431.pth")
-    config = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=224, patch_size=32, projection_dim=32,
-    )  # fmt: skip
-    CLIPVisionModelWithProjection(config).save_pretrained(folder / "tiny-clip")
+    random_clip(folder / "tiny-clip")
     return folder
 
 
@@ -144,6 +128,8 @@ def precision_check(name: str, weights: Path, device: torch.device, precisions: 
 
 
 def main() -> None:
+    from benchmarks.fixtures import make_videos
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", default="clip", help="comma-separated presets, each benchmarked alone")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out"))

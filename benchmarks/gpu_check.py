@@ -84,9 +84,7 @@ class Step:
 
 
 def setup_step(work: Path, sizes: Sizes) -> dict[str, Any]:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from benchmarks.bench_extract import make_videos
+    from benchmarks.fixtures import TINY_CLIP, VIT_B_32, make_videos, random_clip
     from extract.doctor import run_checks
     from tests.conftest import write_published_weights
 
@@ -95,16 +93,8 @@ def setup_step(work: Path, sizes: Sizes) -> dict[str, Any]:
     weights = work / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     write_published_weights(weights)
-    import torch
-
-    torch.manual_seed(0)
-    tiny = sizes.clip_layers < 12
-    config = CLIPVisionConfig(  # found as weights/clip-vit-base-patch32 by the clip preset
-        hidden_size=32 if tiny else 768, intermediate_size=64 if tiny else 3072, num_attention_heads=4 if tiny else 12,
-        num_hidden_layers=sizes.clip_layers, image_size=224, patch_size=32, projection_dim=16 if tiny else 512,
-    )  # fmt: skip
-    CLIPVisionModelWithProjection(config).save_pretrained(weights / "clip-vit-base-patch32")
-    CLIPImageProcessor().save_pretrained(weights / "clip-vit-base-patch32")
+    # found as weights/clip-vit-base-patch32 by the clip preset
+    random_clip(weights / "clip-vit-base-patch32", TINY_CLIP if sizes.clip_layers < 12 else VIT_B_32)
     checks = run_checks(weights)
     return {
         "videos": sizes.videos,
