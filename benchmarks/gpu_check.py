@@ -54,6 +54,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -288,7 +289,7 @@ def cuda_tests_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, An
 def nvidia_smi_id(index: int, visible: str | None, uuid: str | None) -> str:
     """What `nvidia-smi --id=` names torch's cuda:index by: its UUID when torch gives one, else the index's entry
     of CUDA_VISIBLE_DEVICES (torch's index counts the visible GPUs only), else the index itself."""
-    if uuid:
+    if uuid and re.fullmatch(r"(GPU-|MIG-)?[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", uuid):
         return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
     entries = [entry.strip() for entry in (visible or "").split(",") if entry.strip()]
     return entries[index] if index < len(entries) else str(index)

@@ -59,6 +59,7 @@ def test_the_sampler_watches_the_gpu_torch_runs_on() -> None:
     assert nvidia_smi_id(0, "3,1", None) == "3" and nvidia_smi_id(1, "3,1", None) == "1"
     assert nvidia_smi_id(0, "GPU-abc", None) == "GPU-abc"
     assert nvidia_smi_id(1, None, None) == "1"
+    assert nvidia_smi_id(0, "2", "not a uuid") == "2"  # a torch that formats it otherwise: the visible list
 
 
 def test_a_sampler_that_ignores_sigterm_does_not_fail_the_measurement(
