@@ -36,38 +36,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.fixtures is found from the checkout
+    sys.path.insert(0, str(ROOT))
 PR_SET_CHILD_SUBREAPER = 36
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
-
-
-def make_videos(folder: Path, count: int, seconds: float) -> None:
-    from extract.ffmpeg_binary import ffmpeg_path
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        path = folder / f"video{index:03d}.mp4"
-        if not path.exists():
-            subprocess.run(
-                [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
-                 "-i", f"testsrc2=size=160x120:rate=25:duration={seconds}",
-                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
-                check=True,
-            )  # fmt: skip
-
-
-def tiny_clip(folder: Path) -> Path:
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    if not (folder / "config.json").exists():
-        torch.manual_seed(0)
-        config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=224, patch_size=32, projection_dim=32)  # fmt: skip
-        CLIPVisionModelWithProjection(config).save_pretrained(folder)
-        CLIPImageProcessor().save_pretrained(folder)
-    return folder
 
 
 def one_video_manifest(videos: Path, out: Path) -> Path:
@@ -298,6 +272,8 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
 
 
 def main() -> None:
+    from benchmarks.fixtures import make_videos, random_clip
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=2.0)
@@ -314,8 +290,8 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir
     videos = work / f"videos-{args.videos}x{args.seconds:g}s"
-    make_videos(videos, args.videos, args.seconds)
-    clip = tiny_clip(work / "tiny-clip")
+    make_videos(videos, args.videos, args.seconds, size="160x120", rate=25, audio=False)
+    clip = random_clip(work / "tiny-clip")
     one = one_video_manifest(videos, work / "one.jsonl")
     stores = work / "stores"
     shutil.rmtree(stores, ignore_errors=True)

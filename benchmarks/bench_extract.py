@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,36 +28,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.decode import iter_audio, iter_frames
-from extract.ffmpeg_binary import ffmpeg_path
+from extract.decode import AudioChunk, FrameBatch, iter_audio, iter_frames
 from extract.models import ExtractorOptions, FeatureExtractor, build_extractor
 from extract.models.base import Units
 from extract.presets import get_preset
 from extract.probe import probe
 from extract.run import ExtractionRun, RunConfig
 from extract.run.provenance import provenance_records
-from extract.sources import scan_folder
+from extract.sources import VideoSource, scan_folder
 from extract.store import StoreWriter, Track, VideoRecord
 
-
-def make_videos(folder: Path, count: int, seconds: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        path = folder / f"video{i:03d}.mp4"
-        if not path.exists():
-            subprocess.run(
-                [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
-                 "-i", f"testsrc2=size=480x360:rate=30:duration={seconds}",
-                 "-f", "lavfi", "-i", f"sine=frequency={200 + 10 * i}:duration={seconds}",
-                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
-                check=True,
-            )  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.fixtures is found from the checkout
+    sys.path.insert(0, str(ROOT))
 
 
 def random_weights(folder: Path) -> Path:
     """Randomly initialised models saved under the published names and layouts, plus a tiny CLIP."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
+    from benchmarks.fixtures import random_clip
     from extract.models.i3d import InceptionI3d
     from extract.models.panns import Cnn14
     from extract.models.vggish import VGGish
@@ -70,11 +58,7 @@ def random_weights(folder: Path) -> Path:
     pca = {"pca_eigen_vectors": torch.eye(128, dtype=torch.float64), "pca_means": torch.zeros(128, dtype=torch.float64)}
     torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
     torch.save({"model": Cnn14().state_dict()}, folder / "Cnn14_mAP=0.431.pth")
-    config = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=224, patch_size=32, projection_dim=32,
-    )  # fmt: skip
-    CLIPVisionModelWithProjection(config).save_pretrained(folder / "tiny-clip")
+    random_clip(folder / "tiny-clip")
     return folder
 
 
@@ -119,20 +103,51 @@ def one_at_a_time(extractor: FeatureExtractor, videos: Path, out: Path, batch_si
     return time.perf_counter() - start, total
 
 
-def batched(extractor: FeatureExtractor, videos: Path, out: Path, batch_size: int, workers: int) -> float:
+def batched(extractor: FeatureExtractor, videos: Path | list[Path], out: Path, batch_size: int, workers: int) -> float:
+    """Seconds of an ExtractionRun over a folder of videos, or over these files (id: the file's stem)."""
     start = time.perf_counter()
     config = RunConfig(batch_size=batch_size, workers=workers, progress=False)
-    run = ExtractionRun(scan_folder(videos), out, [extractor.preset], extractor.options, config, lambda p, o: extractor)
+    sources = scan_folder(videos) if isinstance(videos, Path) else [VideoSource(p.stem, p) for p in videos]
+    run = ExtractionRun(sources, out, [extractor.preset], extractor.options, config, lambda p, o: extractor)
     run.run()
     return time.perf_counter() - start
 
 
-def precision_check(name: str, weights: Path, device: torch.device, precisions: list[str], videos: Path) -> dict:
-    """Min per-row cosine between autocast (each of `precisions`) and fp32 features of the same units."""
+def synthetic_units(extractor: FeatureExtractor, seconds: float = 8.0, seed: int = 0) -> np.ndarray:
+    """Model inputs cut by the extractor's own windower from frames or audio made in memory (no decoding, no
+    ffmpeg): moving colour gradients with a little noise at the preset's frame rate and crop, or a chord of tones
+    with noise at its sample rate."""
+    generator = np.random.default_rng(seed)
+    windower = extractor.windower()
+    if extractor.frame_sampling is not None:
+        sampling = extractor.frame_sampling
+        fps = sampling.fps or 25.0
+        side = sampling.crop or sampling.short_side
+        count = int(seconds * fps)
+        y, x = np.mgrid[0:side, 0:side] / side
+        t = np.arange(count)[:, None, None] / fps
+        channels = [np.sin(2 * np.pi * (x * (1 + c) + y * (2 - c) + t * (0.3 + 0.2 * c))) for c in range(3)]
+        frames = 127.5 + 100 * np.stack(channels, axis=-1) + generator.normal(0, 8, (count, side, side, 3))
+        pts = np.arange(count) / fps
+        chunk = FrameBatch(frames.clip(0, 255).astype(np.uint8), pts, np.full(count, 1 / fps))
+    else:
+        assert extractor.audio_sampling is not None
+        rate = extractor.audio_sampling.sample_rate
+        t = np.arange(int(seconds * rate)) / rate
+        tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 330.0, 440.0, 1250.0)) / 4
+        chunk = AudioChunk((0.5 * tones + generator.normal(0, 0.05, len(t))).astype(np.float32), 0.0)
+    units = [windower.push(chunk), windower.finish()]
+    return np.concatenate([u.inputs for u in units if u is not None and len(u)])
+
+
+def precision_check(
+    name: str, weights: Path, device: torch.device, precisions: list[str], seconds: float = 8.0, units: int = 16
+) -> dict:
+    """Min per-row cosine between autocast (each of `precisions`) and fp32 features of the same synthetic units
+    (the first `units` cut from `seconds` of input)."""
     preset = get_preset(name)
     reference = build_extractor(preset, ExtractorOptions(device, weights, "fp32", verify_weights=False))
-    units, _ = _units_of(reference, next(iter(sorted(videos.glob("*.mp4")))))
-    inputs = np.concatenate([u.inputs for u in units])[:16]
+    inputs = synthetic_units(reference, seconds)[:units]
     a = reference.embed(inputs).reshape(-1, reference.preset.output_dim).astype(np.float64)
     cosines = {}
     for precision in precisions:
@@ -144,6 +159,8 @@ def precision_check(name: str, weights: Path, device: torch.device, precisions: 
 
 
 def main() -> None:
+    from benchmarks.fixtures import make_videos
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", default="clip", help="comma-separated presets, each benchmarked alone")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
@@ -179,7 +196,7 @@ def main() -> None:
             print(f"  cross-video batching: {ours:7.2f} s  {amount / ours:8.1f} {unit}/s")
             print(f"  ratio: {base / ours:.2f}x")
             if device.type == "cuda" and args.precision != "fp32":
-                cosine = precision_check(name, weights, device, [args.precision], videos)[args.precision]
+                cosine = precision_check(name, weights, device, [args.precision])[args.precision]
                 print(f"  {args.precision} vs fp32: min cosine per row {cosine:.5f}")
 
 

@@ -1,36 +1,60 @@
-"""Everything that needs a CUDA GPU, in one time-boxed run: benchmarks/gpu_check.sh calls this.
+r"""Everything that needs a CUDA GPU, in one time-boxed run: benchmarks/gpu_check.sh calls this.
 
-Steps, each in its own process with a timeout (a hung CUDA call or decoder is killed, recorded as a timeout, and
-the next step runs), all within one deadline (default 450 s; a step that cannot start in time is recorded as
-skipped):
+A preflight first (Python, every package the steps import, torch's CUDA, a runnable ffmpeg): what is missing is
+named with the command that brings it, before any step runs. Then the steps, each in its own process with a
+timeout (a hung CUDA call or decoder is killed, recorded as a timeout, and the next step runs), all within one
+deadline (default 360 s, after a preflight of at most 90 s: the check ends well inside 8 minutes; a step that
+cannot start in time is recorded as not run). Ordered so that what is most worth a rare GPU comes first and one
+failure takes down only what depends on it:
 
-    setup           videos (ffmpeg), the goldens' weights in the published layouts and a CLIP with random
-                    weights (ViT-B/32 shape; tiny in --dry-run), saved where the presets look for them: nothing
-                    is downloaded, so a GPU node without internet works; the doctor's report of the machine
-    cuda-tests      pytest -m cuda: the tests skipped without a GPU (reason "needs a CUDA GPU", tests/conftest.py)
-    extract:PRESET  for each preset: the decode-only rate (the run's decoder, `workers` videos at once) and the
-                    extraction run (ExtractionRun, fp16 autocast on CUDA): clips/s, frames/s (or seconds of audio
-                    per second), GPU utilisation and memory sampled by nvidia-smi every 0.5 s, peak memory
-                    allocated; decode-bound when the run reaches 85% of the decode-only rate, else compute-bound
-    precision       per extractor, the per-row cosine of fp16 and bf16 features against fp32 on the same inputs
-    train-step      IMG training step (forward, loss, backward; Charades configuration, B=16, Lv=128): median
-                    time and peak memory in fp32, bf16 and fp16 autocast
-    ddp             with two GPUs: the tiny synthetic run on 1 process and on 2 (torchrun, NCCL); every metric
-                    compared and the weights' relative difference (skipped with one GPU)
+    setup        the goldens' weights in the published layouts and a CLIP with random weights (ViT-B/32 shape;
+                 tiny in --dry-run), saved where the presets look for them: nothing is downloaded, so a GPU node
+                 without internet works; the doctor's report of the machine
+    cuda-tests   pytest -m cuda: the tests skipped without a GPU (`needs_cuda`, tests/conftest.py)
+    train-step   IMG training step (forward, loss, backward; Charades configuration, B=16, Lv=128): median
+                 time and peak memory in fp32, bf16 and fp16 autocast
+    precision    per extractor, the per-row cosine of fp16 and bf16 features against fp32 on the same synthetic
+                 inputs (frames or audio made in memory: no decoding, no ffmpeg)
+    videos       the synthetic videos (ffmpeg); only the extraction needs them
+    extract      every preset in one process with one budget: clip, i3d-charades-vslnet, vggish and panns measured
+                 on all videos, then the presets that differ from those only in sampling or output
+                 (i3d-anet-vslnet, i3d, vggish-quantized) on BRIEF_VIDEOS: the decode-only rate (the run's
+                 decoder, `workers` videos at once) and the extraction run (ExtractionRun, fp16 autocast on
+                 CUDA): clips/s, frames/s (or seconds of audio per second), GPU utilisation and memory sampled by
+                 nvidia-smi every 0.5 s, peak memory allocated; decode-bound when the run reaches 85% of the
+                 decode-only rate, else compute-bound. Each preset's numbers are saved as it finishes: a timeout
+                 keeps them
+    ddp          with two GPUs: the tiny synthetic run on 1 process and on 2 (torchrun, NCCL); every metric
+                 compared and the weights' relative difference (skipped with one GPU)
 
 Results: OUT/gpu_check.json and OUT/gpu_check.md (rewritten after every step, so a killed check leaves what it
-measured). --dry-run runs the same steps on the CPU with tiny inputs (2 videos of 2 s, a tiny CLIP, a small
-training batch, the DDP check on 2 gloo processes): CI runs it (tests/test_gpu_check.py).
+measured). --dry-run runs the same steps on the CPU with tiny inputs (1 video, a tiny CLIP, a small training
+batch, fp16 asked for where the CPU runs fp32, the DDP check on 2 gloo processes): CI runs it
+(tests/test_gpu_check.py).
 
-    benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--deadline-s 450] [--steps setup,extract:clip,...]
+    benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--deadline-s 360] [--steps setup,extract,...]
+    benchmarks/gpu_check.sh --preflight       # only the checks of the machine
+
+The code the steps run is Python 3.11 code that also runs on 3.12 (the GPU nodes' Python): it runs from the
+source tree with PYTHONPATH, no install, so pyproject's requires-python does not stop it.
+
+On a GPU node without internet (the device machine: Python 3.12 with torch, transformers, h5py, ... but no
+imageio-ffmpeg and no system ffmpeg), bring the missing wheels: here, with PyPI, `bash benchmarks/gpu_wheels.sh`
+(writes .whl/), then run on the device with carry [".whl"]:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=$PWD:/tmp/site && bash benchmarks/gpu_check.sh --out $OUT
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -47,9 +71,138 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the steps import benchmarks.* and tests.* from the checkout
     sys.path.insert(0, str(ROOT))
 PRESET_NAMES = ("clip", "i3d-charades-vslnet", "i3d-anet-vslnet", "i3d", "vggish", "vggish-quantized", "panns")
-EXTRACTORS = ("clip", "i3d-charades-vslnet", "vggish", "panns")  # one preset per model, for the precision check
+# One preset per distinct model, measured on every video; the others differ from one of these only in frame
+# sampling or output (I3D's three presets, VGGish quantized) and are measured briefly.
+FULL_PRESETS = ("clip", "i3d-charades-vslnet", "vggish", "panns")
+BRIEF_PRESETS = tuple(name for name in PRESET_NAMES if name not in FULL_PRESETS)
+EXTRACTORS = FULL_PRESETS  # one preset per model, for the precision check
+BRIEF_VIDEOS = 2
 DECODE_BOUND = 0.85  # the run reaches this share of the decode-only rate: decoding is what limits it
 MIN_STEP_S = 20.0  # a step is not started with less time than this left before the deadline
+PREFLIGHT_TIMEOUT_S = 90.0  # before the steps' deadline: together at most 7.5 minutes, even if all time out
+DEADLINE_S = 360.0
+
+# --- what the steps need, and what the GPU node has -----------------------------------------------------------
+
+# Every third-party module the code of the steps imports itself (their own dependencies come with them), and
+# the distribution that brings it. The import graph was read off a dry run; the steps import lazily, so nothing
+# else (decord2, nltk, ray, fastapi, ...) is needed. ffmpeg comes from imageio-ffmpeg, the system or $IMG_FFMPEG.
+STEP_IMPORTS = {
+    "torch": "torch",
+    "numpy": "numpy",
+    "h5py": "h5py",
+    "transformers": "transformers",
+    "safetensors": "safetensors",
+    "click": "click",
+    "tqdm": "tqdm",
+    "PIL": "pillow",
+    "tensorboard": "tensorboard",  # img-train's SummaryWriter (ddp step)
+    "pytest": "pytest",  # cuda-tests, and tests.conftest's weights writer (setup)
+}
+FFMPEG_DISTRIBUTION = "imageio-ffmpeg"
+# The device machine's packages (/work/.library/device/KINDS.md, "nvidia-h200", read 2026-11-17), those of the
+# names above; imageio-ffmpeg is not among them, and it has no system ffmpeg.
+NODE_PACKAGES = frozenset(
+    {"torch", "numpy", "h5py", "transformers", "safetensors", "click", "tqdm", "pillow", "tensorboard", "pytest"}
+)
+# Versions of the wheels to carry when not the one installed here: imageio-ffmpeg 0.8's wheel (68 MB) alone is
+# over the 64 MiB a device call carries; 0.6.0 (29 MB, ffmpeg 7.0.2) satisfies pyproject (>=0.5).
+WHEEL_PINS = {"imageio-ffmpeg": "0.6.0"}
+DEVICE_COMMAND = (
+    "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
+    "export PYTHONPATH=$PWD:/tmp/site && bash benchmarks/gpu_check.sh --out $OUT"
+)
+
+
+def wheels_to_carry() -> list[str]:
+    """NAME==VERSION of every distribution the steps need that the GPU node lacks (benchmarks/gpu_wheels.sh)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wheels = []
+    for name in sorted({*STEP_IMPORTS.values(), FFMPEG_DISTRIBUTION} - NODE_PACKAGES):
+        try:
+            pin = WHEEL_PINS.get(name) or version(name)
+        except PackageNotFoundError:
+            pin = None
+        wheels.append(f"{name}=={pin}" if pin else name)
+    return wheels
+
+
+def how_to_bring(distributions: list[str]) -> list[str]:
+    return [
+        f"  with internet: {sys.executable} -m pip install {' '.join(distributions)}",
+        "  on the GPU node without internet: here, with PyPI, run `bash benchmarks/gpu_wheels.sh` (wheels into .whl/),",
+        '  then on the device: carry [".whl"] and run',
+        f"    {DEVICE_COMMAND}",
+    ]
+
+
+def preflight(dry_run: bool) -> tuple[list[str], list[str]]:
+    """(lines, problems): the Python, each package the steps import, torch's CUDA and ffmpeg, one line each."""
+    lines, problems, missing = [], [], []
+    version = sys.version_info
+    python = f"Python {platform.python_version()} ({sys.executable})"
+    if version < (3, 11):
+        problems.append(f"{python}: the steps need Python 3.11 or newer")
+    else:
+        lines.append(f"ok       {python}")
+    for module, distribution in STEP_IMPORTS.items():
+        try:
+            imported = importlib.import_module(module)
+        except Exception as error:  # an ImportError, or a package that is there but broken
+            missing.append(distribution)
+            problems.append(f"{module}: cannot import ({type(error).__name__}: {error}); pip package {distribution}")
+            continue
+        lines.append(f"ok       {module} {_version(distribution, imported)}".rstrip())
+    if "torch" not in missing:
+        import torch
+
+        if torch.cuda.is_available():
+            lines.append(f"ok       CUDA: {torch.cuda.device_count()} GPU(s), {torch.cuda.get_device_name(0)}")
+        elif dry_run:
+            lines.append("note     CUDA: no GPU (the dry run runs on the CPU)")
+        else:
+            from extract.devices import cuda_report
+
+            report = cuda_report()
+            why = report.unusable or report.hidden or "no CUDA GPU visible"
+            problems.append(f"CUDA: torch {torch.__version__} cannot use a GPU: {why} (or run with --dry-run)")
+    lines_ffmpeg, ffmpeg_problem = _ffmpeg_line()
+    if ffmpeg_problem:
+        problems.append(ffmpeg_problem)
+        missing.append(FFMPEG_DISTRIBUTION)
+    else:
+        lines.append(lines_ffmpeg)
+    if missing:
+        problems += ["how to bring what is missing:", *how_to_bring(sorted(set(missing)))]
+    return lines, problems
+
+
+def _version(distribution: str, module: Any) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # imported from a folder on PYTHONPATH without its metadata
+        return str(getattr(module, "__version__", ""))
+
+
+def _ffmpeg_line() -> tuple[str, str | None]:
+    try:
+        from extract.errors import UsageError
+        from extract.ffmpeg_binary import ffmpeg_path
+    except ImportError as error:  # numpy & co. missing: already said
+        return "", f"ffmpeg: not checked ({error})"
+    try:
+        path = ffmpeg_path()
+    except UsageError as error:
+        return "", f"ffmpeg: {error}; pip package {FFMPEG_DISTRIBUTION}"
+    except Exception as error:  # an imageio-ffmpeg that is there but broken
+        return "", f"ffmpeg: {type(error).__name__}: {error}; pip package {FFMPEG_DISTRIBUTION}"
+    done = subprocess.run([path, "-version"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return "", f"ffmpeg: {path} -version exited with status {done.returncode}; pip package {FFMPEG_DISTRIBUTION}"
+    return f"ok       ffmpeg {done.stdout.split()[2] if done.stdout.count(' ') >= 2 else ''} ({path})", None
 
 
 @dataclass(frozen=True)
@@ -61,87 +214,118 @@ class Sizes:
     seconds: float
     batch_size: int
     workers: int
-    precision: str  # of the extraction runs
+    precision: str  # of the extraction runs (fp16 on the CPU runs fp32: the option's path is what the dry run runs)
     clip_layers: int  # ViT-B/32 has 12
     train_batch: int
     train_video_len: int
     train_repeats: int
+    precision_seconds: float  # of synthetic input per extractor in the precision step
+    precision_units: int  # units compared per extractor
     threads: int  # torch CPU threads (0: torch's choice); a tiny model on busy cores is fastest on one
 
 
-GPU = Sizes("cuda", 16, 8.0, 64, min(8, os.cpu_count() or 1), "fp16", 12, 16, 128, 5, 0)
-DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp32", 1, 2, 16, 1, 1)
+GPU = Sizes("cuda", 16, 8.0, 64, min(8, os.cpu_count() or 1), "fp16", 12, 16, 128, 5, 8.0, 16, 0)
+DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp16", 1, 2, 16, 1, 3.0, 1, 1)
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     timeout_s: float
-    run: Callable[[Path, Sizes], dict[str, Any]]
+    run: Callable[[Path, Sizes, Path], dict[str, Any]]  # (work, sizes, result file) -> result
 
 
 # --- the steps (each runs in its own process: `gpu_check.py --step NAME`) ----------------------------------
 
 
-def setup_step(work: Path, sizes: Sizes) -> dict[str, Any]:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from benchmarks.bench_extract import make_videos
+def setup_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
+    from benchmarks.fixtures import TINY_CLIP, VIT_B_32, random_clip
     from extract.doctor import run_checks
     from tests.conftest import write_published_weights
 
     started = time.perf_counter()
-    make_videos(work / "videos", sizes.videos, sizes.seconds)
     weights = work / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     write_published_weights(weights)
-    import torch
-
-    torch.manual_seed(0)
-    tiny = sizes.clip_layers < 12
-    config = CLIPVisionConfig(  # found as weights/clip-vit-base-patch32 by the clip preset
-        hidden_size=32 if tiny else 768, intermediate_size=64 if tiny else 3072, num_attention_heads=4 if tiny else 12,
-        num_hidden_layers=sizes.clip_layers, image_size=224, patch_size=32, projection_dim=16 if tiny else 512,
-    )  # fmt: skip
-    CLIPVisionModelWithProjection(config).save_pretrained(weights / "clip-vit-base-patch32")
-    CLIPImageProcessor().save_pretrained(weights / "clip-vit-base-patch32")
+    # found as weights/clip-vit-base-patch32 by the clip preset
+    random_clip(weights / "clip-vit-base-patch32", TINY_CLIP if sizes.clip_layers < 12 else VIT_B_32)
     checks = run_checks(weights)
     return {
-        "videos": sizes.videos,
-        "seconds_each": sizes.seconds,
         "setup_s": round(time.perf_counter() - started, 1),
         "machine": {check.name: check.lines for check in checks if check.name in ("ffmpeg", "torch", "cuda")},
         "broken": [check.name for check in checks if check.status == "broken"],
     }
 
 
-def cuda_tests_step(work: Path, sizes: Sizes) -> dict[str, Any]:
+def videos_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
+    from benchmarks.fixtures import make_videos
+
+    started = time.perf_counter()
+    made = make_videos(work / "videos", sizes.videos, sizes.seconds)
+    return {"videos": len(made), "seconds_each": sizes.seconds, "made_s": round(time.perf_counter() - started, 1)}
+
+
+def cuda_test_files() -> list[Path]:
+    """The test files with a test skipped for want of a GPU (tests/conftest.py's needs_cuda or its reason)."""
     from tests.conftest import NEEDS_CUDA
 
-    files = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if NEEDS_CUDA in p.read_text(encoding="utf-8"))
+    marks = ("needs_cuda", NEEDS_CUDA)
+    return sorted(
+        p for p in (ROOT / "tests").glob("test_*.py") if any(m in p.read_text(encoding="utf-8") for m in marks)
+    )
+
+
+def cuda_tests_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
+    files = [str(path) for path in cuda_test_files()]
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *files]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-300:]
     if done.returncode not in (0, 5):  # 5: nothing collected
-        raise RuntimeError(f"pytest -m cuda: {summary}")
+        failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        raise RuntimeError(f"pytest -m cuda: {summary}; " + "; ".join(failed[:5]))
     return {"files": [Path(f).name for f in files], "summary": summary}
 
 
-class GpuSampler:
-    """nvidia-smi's GPU utilisation (%) and memory used (MiB) of one GPU every 0.5 s, in the background."""
+def nvidia_smi_id(index: int, visible: str | None, uuid: str | None) -> str:
+    """What `nvidia-smi --id=` names torch's cuda:index by: its UUID when torch gives one, else the index's entry
+    of CUDA_VISIBLE_DEVICES (torch's index counts the visible GPUs only), else the index itself."""
+    if uuid and re.fullmatch(r"(GPU-|MIG-)?[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", uuid):
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    entries = [entry.strip() for entry in (visible or "").split(",") if entry.strip()]
+    return entries[index] if index < len(entries) else str(index)
 
-    def __init__(self, index: int = 0) -> None:
-        self.index, self.lines, self.process = index, [], None
+
+def smi_id_of(device: Any) -> str:
+    if device.type != "cuda":
+        return "0"
+    import torch
+
+    index = device.index or 0
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return nvidia_smi_id(index, os.environ.get("CUDA_VISIBLE_DEVICES"), str(uuid) if uuid else None)
+
+
+class GpuSampler:
+    """nvidia-smi's GPU utilisation (%) and memory used (MiB) of one GPU every 0.5 s, in the background. Best
+    effort: a sampler that does not start or stop cleanly never fails the measurement it accompanies."""
+
+    STOP_WAIT_S = 2.0
+
+    def __init__(self, gpu_id: str = "0") -> None:
+        self.gpu_id, self.lines, self.process = gpu_id, [], None
         self.reader: threading.Thread | None = None
 
     def __enter__(self) -> GpuSampler:
         smi = shutil.which("nvidia-smi")
         if smi is not None:
-            self.process = subprocess.Popen(
-                [smi, f"--id={self.index}", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", "500"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
+            try:
+                self.process = subprocess.Popen(
+                    [smi, f"--id={self.gpu_id}", "--query-gpu=utilization.gpu,memory.used",
+                     "--format=csv,noheader,nounits", "-lms", "500"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )  # fmt: skip
+            except OSError:
+                return self
             self.reader = threading.Thread(target=self._read, daemon=True)
             self.reader.start()
         return self
@@ -152,11 +336,17 @@ class GpuSampler:
             self.lines.append(line)
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=5)
-            if self.reader is not None:
-                self.reader.join(timeout=5)
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=self.STOP_WAIT_S)
+        except subprocess.TimeoutExpired:  # an nvidia-smi stuck in the driver: not the measurement's problem
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=self.STOP_WAIT_S)
+        if self.reader is not None:
+            self.reader.join(timeout=self.STOP_WAIT_S)
 
     def summary(self) -> dict[str, Any] | None:
         return gpu_samples(self.lines) if self.process is not None else None
@@ -165,7 +355,7 @@ class GpuSampler:
 def gpu_samples(lines: list[str]) -> dict[str, Any] | None:
     """Mean and max utilisation and the max memory of nvidia-smi's `utilization.gpu, memory.used` lines."""
     samples = []
-    for line in lines:
+    for line in list(lines):
         fields = [field.strip() for field in line.split(",")]
         if len(fields) == 2 and all(field.replace(".", "", 1).isdigit() for field in fields):
             samples.append((float(fields[0]), float(fields[1])))
@@ -199,49 +389,63 @@ def _decode_only(extractor: Any, videos: list[Path], workers: int) -> tuple[floa
     return time.perf_counter() - started, amount
 
 
-def extract_step(preset_name: str) -> Callable[[Path, Sizes], dict[str, Any]]:
-    def run(work: Path, sizes: Sizes) -> dict[str, Any]:
-        import torch
+def measure_preset(preset_name: str, work: Path, sizes: Sizes, videos: list[Path]) -> dict[str, Any]:
+    """One preset's decode-only rate and extraction run on these videos."""
+    import torch
 
-        from benchmarks.bench_extract import batched
-        from extract.models import ExtractorOptions, build_extractor
-        from extract.presets import get_preset
+    from benchmarks.bench_extract import batched
+    from extract.models import ExtractorOptions, build_extractor
+    from extract.presets import get_preset
 
-        device = torch.device(sizes.device)
-        options = ExtractorOptions(device, work / "weights", sizes.precision, verify_weights=False)
-        extractor = build_extractor(get_preset(preset_name), options)
-        videos = sorted((work / "videos").glob("*.mp4"))
-        decode_s, amount = _decode_only(extractor, videos, sizes.workers)
-        out = work / "stores" / f"{preset_name}.h5"
-        shutil.rmtree(out.parent, ignore_errors=True)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with GpuSampler(device.index or 0) as sampler:
-            run_s = batched(extractor, work / "videos", out, sizes.batch_size, sizes.workers)
-        unit = "frames" if extractor.frame_sampling is not None else "audio_s"
-        ratio = (amount / run_s) / (amount / decode_s)
-        return {
-            "preset": preset_name,
-            "device": str(device),
-            "precision": sizes.precision,
-            "videos": len(videos),
-            "unit": unit,
-            "run_s": round(run_s, 2),
-            "clips_per_s": round(len(videos) / run_s, 2),
-            f"{unit}_per_s": round(amount / run_s, 1),
-            f"decode_only_{unit}_per_s": round(amount / decode_s, 1),
-            "share_of_decode_rate": round(ratio, 2),
-            "bound": "decode" if ratio >= DECODE_BOUND else "compute",
-            "gpu": sampler.summary(),
-            "peak_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)
-            if device.type == "cuda"
-            else None,
-        }
-
-    return run
+    device = torch.device(sizes.device)
+    options = ExtractorOptions(device, work / "weights", sizes.precision, verify_weights=False)
+    extractor = build_extractor(get_preset(preset_name), options)
+    decode_s, amount = _decode_only(extractor, videos, sizes.workers)
+    out = work / "stores" / preset_name / "features.h5"
+    shutil.rmtree(out.parent, ignore_errors=True)  # a fresh store: the run would skip what a previous one made
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with GpuSampler(smi_id_of(device)) as sampler:
+        run_s = batched(extractor, videos, out, sizes.batch_size, sizes.workers)
+    unit = "frames" if extractor.frame_sampling is not None else "audio_s"
+    ratio = (amount / run_s) / (amount / decode_s)
+    return {
+        "preset": preset_name,
+        "device": str(device),
+        "precision": sizes.precision,
+        "videos": len(videos),
+        "unit": unit,
+        "run_s": round(run_s, 2),
+        "clips_per_s": round(len(videos) / run_s, 2),
+        f"{unit}_per_s": round(amount / run_s, 1),
+        f"decode_only_{unit}_per_s": round(amount / decode_s, 1),
+        "share_of_decode_rate": round(ratio, 2),
+        "bound": "decode" if ratio >= DECODE_BOUND else "compute",
+        "gpu": sampler.summary(),
+        "peak_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
+    }
 
 
-def precision_step(work: Path, sizes: Sizes) -> dict[str, Any]:
+def extract_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
+    """Every preset in this one process (one CUDA start-up), the full ones first; the result file is rewritten
+    after each preset, so a timeout keeps what was measured. A preset that fails is recorded and the next runs."""
+    videos = sorted((work / "videos").glob("*.mp4"))
+    if not videos:
+        raise RuntimeError(f"no videos in {work / 'videos'}: the videos step did not make them")
+    result: dict[str, Any] = {"presets": {}, "failed": {}}
+    for name in (*FULL_PRESETS, *BRIEF_PRESETS):
+        chosen = videos if name in FULL_PRESETS else videos[:BRIEF_VIDEOS]
+        try:
+            result["presets"][name] = measure_preset(name, work, sizes, chosen)
+        except Exception as error:
+            result["failed"][name] = f"{type(error).__name__}: {error}"[:300]
+        result_file.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if result["failed"]:
+        raise RuntimeError("; ".join(f"{name}: {why}" for name, why in result["failed"].items()))
+    return result
+
+
+def precision_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench_extract import precision_check
@@ -249,13 +453,15 @@ def precision_step(work: Path, sizes: Sizes) -> dict[str, Any]:
     device = torch.device(sizes.device)
     cosines = {}
     for name in EXTRACTORS:
-        found = precision_check(name, work / "weights", device, ["fp16", "bf16"], work / "videos")
+        found = precision_check(
+            name, work / "weights", device, ["fp16", "bf16"], sizes.precision_seconds, sizes.precision_units
+        )
         cosines[name] = {precision: round(cosine, 6) for precision, cosine in found.items()}
     note = "" if device.type == "cuda" else "CPU: extractors run fp32 whatever the precision (the path is what runs)"
-    return {"device": str(device), "min_cosine_to_fp32": cosines, "note": note}
+    return {"device": str(device), "inputs": "synthetic", "min_cosine_to_fp32": cosines, "note": note}
 
 
-def train_step_step(work: Path, sizes: Sizes) -> dict[str, Any]:
+def train_step_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench_img import measure
@@ -272,14 +478,14 @@ def train_step_step(work: Path, sizes: Sizes) -> dict[str, Any]:
     return {"device": str(device), "batch": sizes.train_batch, "video_len": sizes.train_video_len, **timings}
 
 
-def ddp_step(work: Path, sizes: Sizes) -> dict[str, Any]:
+def ddp_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     import torch
-
-    from tests.img_cli import run_img_train, tiny_dataset
-    from tests.test_img_distributed import INVARIANT, flat_metrics, torchrun
 
     if sizes.device == "cuda" and torch.cuda.device_count() < 2:
         return {"skipped": f"needs 2 GPUs ({torch.cuda.device_count()} visible)"}
+    from tests.img_cli import run_img_train, tiny_dataset
+    from tests.test_img_distributed import INVARIANT, flat_metrics, torchrun
+
     folder = work / "ddp"
     shutil.rmtree(folder, ignore_errors=True)
     data = tiny_dataset(folder / "data")
@@ -313,22 +519,29 @@ def ddp_step(work: Path, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+# Time boxes: their sum is near the deadline, which caps each step's at what is left (a GPU worth little time).
 STEPS = [
-    Step("setup", 150, setup_step),
-    Step("cuda-tests", 120, cuda_tests_step),
-    *(Step(f"extract:{name}", 60, extract_step(name)) for name in PRESET_NAMES),
-    Step("precision", 90, precision_step),
-    Step("train-step", 60, train_step_step),
-    Step("ddp", 120, ddp_step),
+    Step("setup", 45, setup_step),
+    Step("cuda-tests", 90, cuda_tests_step),
+    Step("train-step", 40, train_step_step),
+    Step("precision", 40, precision_step),
+    Step("videos", 30, videos_step),
+    Step("extract", 120, extract_step),
+    Step("ddp", 60, ddp_step),
 ]
 
 
 # --- the orchestration --------------------------------------------------------------------------------------
 
 
+def result_path(work: Path, name: str) -> Path:
+    return work / "results" / f"{name}.json"
+
+
 def run_step(step: Step, work: Path, dry_run: bool, timeout: float) -> dict[str, Any]:
-    """One step in its own process group, killed at the timeout; its result or why there is none."""
-    result_file = work / "results" / f"{step.name.replace(':', '-')}.json"
+    """One step in its own process group, killed at the timeout; its result (what it saved before a timeout)
+    or why there is none."""
+    result_file = result_path(work, step.name)
     result_file.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--work", str(work)]
     command += ["--dry-run"] if dry_run else []
@@ -340,11 +553,18 @@ def run_step(step: Step, work: Path, dry_run: bool, timeout: float) -> dict[str,
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        return {"status": "timeout", "seconds": round(time.perf_counter() - started, 1), "timeout_s": round(timeout)}
+        entry: dict[str, Any] = {"status": "timeout", "seconds": round(time.perf_counter() - started, 1),
+                                 "timeout_s": round(timeout)}  # fmt: skip
+        if result_file.exists():  # what the step measured before it was killed
+            entry["result"] = json.loads(result_file.read_text(encoding="utf-8"))
+        return entry
     seconds = round(time.perf_counter() - started, 1)
     if process.returncode != 0 or not result_file.exists():
         tail = [line for line in output.strip().splitlines() if line.strip()][-3:]
-        return {"status": "failed", "seconds": seconds, "exit_status": process.returncode, "error": tail}
+        entry = {"status": "failed", "seconds": seconds, "exit_status": process.returncode, "error": tail}
+        if result_file.exists():
+            entry["result"] = json.loads(result_file.read_text(encoding="utf-8"))
+        return entry
     result = json.loads(result_file.read_text(encoding="utf-8"))
     return {"status": "skipped" if "skipped" in result else "ok", "seconds": seconds, "result": result}
 
@@ -355,19 +575,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["| step | status | s | summary |", "|---|---|---:|---|"]
     for name, entry in report["steps"].items():
         lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', '')} | {_summary(entry)} |")
-    extractions = [e["result"] for n, e in report["steps"].items() if n.startswith("extract:") and "result" in e]
+    extractions = list(report["steps"].get("extract", {}).get("result", {}).get("presets", {}).values())
     if extractions:
         lines += [
             "",
-            "| preset | clips/s | frames or audio s /s | decode-only /s | share | bound | GPU util mean/max % | "
-            "GPU MiB max | peak alloc MiB |",
-            "|---|---:|---:|---:|---:|---|---|---:|---:|",
+            "| preset | videos | clips/s | frames or audio s /s | decode-only /s | share | bound | "
+            "GPU util mean/max % | GPU MiB max | peak alloc MiB |",
+            "|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
         ]
         for e in extractions:
             gpu = e["gpu"] or {}
             util = f"{gpu.get('utilisation_mean_pct', '-')}/{gpu.get('utilisation_max_pct', '-')}"
             lines.append(
-                f"| {e['preset']} | {e['clips_per_s']} | {e[e['unit'] + '_per_s']} {e['unit']} | "
+                f"| {e['preset']} | {e['videos']} | {e['clips_per_s']} | {e[e['unit'] + '_per_s']} {e['unit']} | "
                 f"{e['decode_only_' + e['unit'] + '_per_s']} | {e['share_of_decode_rate']} | {e['bound']} | {util} | "
                 f"{gpu.get('memory_max_mib', '-')} | {e['peak_allocated_mib'] or '-'} |"
             )
@@ -387,16 +607,30 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _summary(entry: dict[str, Any]) -> str:
     if entry["status"] == "timeout":
-        return f"killed after {entry['timeout_s']} s"
+        kept = entry.get("result", {}).get("presets")
+        return f"killed after {entry['timeout_s']} s" + (f"; measured {', '.join(kept)}" if kept else "")
     if entry["status"] == "failed":
         return "; ".join(entry.get("error", [])).replace("|", "/")[:200]
     if entry["status"] == "not run":
         return entry["reason"]
     result = entry["result"]
-    for key in ("skipped", "summary", "bound", "same_run"):
+    if "presets" in result:
+        bounds = [f"{name} {value['bound']}-bound" for name, value in result["presets"].items()]
+        return ", ".join(bounds)
+    for key in ("skipped", "summary", "same_run"):
         if key in result:
             return f"{key}: {result[key]}" if key != "summary" else str(result[key])
     return ""
+
+
+def run_preflight(dry_run: bool) -> tuple[int, list[str]]:
+    """The preflight in its own process (importing torch may hang on a broken driver): exit status and lines."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--preflight"] + (["--dry-run"] if dry_run else [])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PREFLIGHT_TIMEOUT_S, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return 2, [f"preflight: did not finish in {PREFLIGHT_TIMEOUT_S:.0f} s (importing torch or CUDA hangs?)"]
+    return done.returncode, (done.stdout + done.stderr).strip().splitlines()
 
 
 def orchestrate(args: argparse.Namespace) -> int:
@@ -415,7 +649,17 @@ def orchestrate(args: argparse.Namespace) -> int:
         "deadline_s": args.deadline_s,
         "steps": {},
     }
-    started = time.perf_counter()
+    preflight_started = time.perf_counter()
+    status, lines = run_preflight(args.dry_run)
+    print("\n".join(lines), flush=True)
+    report["preflight"] = {"ok": status == 0, "seconds": round(time.perf_counter() - preflight_started, 1),
+                           "lines": lines}  # fmt: skip
+    report["total_s"] = report["preflight"]["seconds"]
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if status != 0:
+        print(f"gpu_check: the preflight failed: no step was run (report in {out / 'gpu_check.json'})")
+        return 2
+    started = time.perf_counter()  # the deadline is the steps'; the preflight has its own time box
     for step in chosen:
         remaining = args.deadline_s - (time.perf_counter() - started)
         if remaining < min(MIN_STEP_S, args.timeout_s or MIN_STEP_S):
@@ -437,12 +681,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU with tiny inputs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "gpu-check")
-    parser.add_argument("--deadline-s", type=float, default=450.0, help="all steps within this (default 450)")
+    parser.add_argument(
+        "--deadline-s", type=float, default=DEADLINE_S, help=f"all steps within this ({DEADLINE_S:.0f})"
+    )
     parser.add_argument("--steps", type=lambda s: s.split(","), default=None, help="only these steps, in order")
     parser.add_argument("--timeout-s", type=float, default=None, help="one timeout for every step")
+    parser.add_argument("--preflight", action="store_true", help="only check the machine (exit 2 when short)")
+    parser.add_argument("--print-wheels", action="store_true", help="NAME==VERSION of the wheels a GPU node lacks")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.print_wheels:
+        print("\n".join(wheels_to_carry()))
+        return
+    if args.preflight:
+        lines, problems = preflight(args.dry_run)
+        print("\n".join(f"preflight: {line}" for line in lines))
+        print("\n".join(f"preflight: MISSING {line}" if not line.startswith(" ") and not line.startswith("how")
+                        else f"preflight: {line}" for line in problems))  # fmt: skip
+        sys.exit(2 if problems else 0)
     if args.step is None:
         sys.exit(orchestrate(args))
     sizes = DRY if args.dry_run else GPU
@@ -451,8 +708,8 @@ def main() -> None:
 
         torch.set_num_threads(sizes.threads)
     step = next(s for s in STEPS if s.name == args.step)
-    result = step.run(args.work, sizes)
-    target = args.work / "results" / f"{step.name.replace(':', '-')}.json"
+    target = result_path(args.work, step.name)
+    result = step.run(args.work, sizes, target)
     target.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 

@@ -9,6 +9,7 @@ none for V100 and P100). nvidia-smi, which ships with the driver, tells which GP
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import warnings
@@ -80,16 +81,50 @@ def _torch_build(torch: Any) -> str:
     return f"torch {torch.__version__} ({f'CUDA {cuda}' if cuda else 'built without CUDA'})"
 
 
+HIDING_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+NVIDIA_HIDDEN = ("void", "none", "")  # NVIDIA_VISIBLE_DEVICES values that give a container no GPU
+
+
+def hiding_variable(torch: Any, reason: str | None) -> str | None:
+    """`NAME='value'` when the environment, not the torch build, keeps the GPUs from this process: a set
+    CUDA_VISIBLE_DEVICES that leaves torch no device (empty, -1, NoDevFiles, an index that is not there: CPU-only
+    Slurm steps and Ray CPU workers set it so) or NVIDIA_VISIBLE_DEVICES=void/none; None otherwise. A driver that
+    is too old (torch's warning, `reason`) or a CPU-only build is not the environment's doing."""
+    if reason or not torch.version.cuda:
+        return None
+    nvidia = os.environ.get("NVIDIA_VISIBLE_DEVICES")
+    if nvidia is not None and nvidia.strip().lower() in NVIDIA_HIDDEN:
+        return f"NVIDIA_VISIBLE_DEVICES={nvidia!r}"
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"CUDA_VISIBLE_DEVICES={cuda!r}" if cuda is not None else None
+
+
+def _gpus_line(gpus: list[DriverGpu]) -> str:
+    names = ", ".join(dict.fromkeys(gpu.name for gpu in gpus))
+    return f"nvidia-smi sees {len(gpus)} GPU(s) ({names}; driver {gpus[0].driver})"
+
+
+def _hidden_gpus(torch: Any, reason: str | None) -> str | None:
+    """A one-line note when nvidia-smi sees GPUs that the environment hides from this process; None otherwise."""
+    variable = hiding_variable(torch, reason)
+    gpus = nvidia_smi_gpus() if variable else []
+    if not gpus:
+        return None
+    return f"{_gpus_line(gpus)} that {variable} hides from this process; unset it (or name a GPU) to use them"
+
+
 def _unusable_gpus(torch: Any, reason: str | None) -> str | None:
-    """A one-line note when nvidia-smi sees GPUs that this torch does not use; None when it sees none."""
+    """A one-line note when nvidia-smi sees GPUs that this torch does not use; None when it sees none or when the
+    environment hides them (_hidden_gpus)."""
+    if hiding_variable(torch, reason):
+        return None
     gpus = nvidia_smi_gpus()
     if not gpus:
         return None
-    names = ", ".join(dict.fromkeys(gpu.name for gpu in gpus))
     why = f": {reason}" if reason else ""
     return (
-        f"nvidia-smi sees {len(gpus)} GPU(s) ({names}; driver {gpus[0].driver}) that {_torch_build(torch)} "
-        f"cannot use{why}; install the torch build for this driver and GPU (README, Installation)"
+        f"{_gpus_line(gpus)} that {_torch_build(torch)} cannot use{why}; install the torch build for this driver "
+        "and GPU (README, Installation)"
     )
 
 
@@ -126,7 +161,9 @@ def _parse(spec: str, torch: Any) -> Any:
 def _auto(torch: Any) -> Any:
     available, reason = _cuda_available(torch)
     if not available:
-        if note := _unusable_gpus(torch, reason):
+        if note := _hidden_gpus(torch, reason):
+            log.info("running on the CPU: %s", note)
+        elif note := _unusable_gpus(torch, reason):
             log.warning("running on the CPU: %s", note)
         return torch.device("cpu")
     if problem := _unsupported_gpu(torch, 0):
@@ -138,7 +175,7 @@ def _auto(torch: Any) -> Any:
 def _gpu(spec: str, index: int, torch: Any) -> Any:
     available, reason = _cuda_available(torch)
     if not available:
-        note = _unusable_gpus(torch, reason) or "no CUDA GPU is visible here"
+        note = _hidden_gpus(torch, reason) or _unusable_gpus(torch, reason) or "no CUDA GPU is visible here"
         raise UsageError(f"--device {spec}: {note}; or use --device cpu")
     if index >= torch.cuda.device_count():
         raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
@@ -178,6 +215,7 @@ class CudaReport:
     devices: tuple[CudaDevice, ...]
     driver_gpus: tuple[DriverGpu, ...]
     unusable: str | None  # nvidia-smi sees GPUs that this torch cannot use, and why
+    hidden: str | None  # nvidia-smi sees GPUs that CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES hide (not broken)
 
 
 def cuda_report() -> CudaReport:
@@ -200,7 +238,7 @@ def cuda_report() -> CudaReport:
     arch_list = tuple(torch.cuda.get_arch_list()) if torch.version.cuda else ()
     return CudaReport(
         _torch_build(torch), arch_list, available, tuple(devices), tuple(nvidia_smi_gpus()),
-        None if available else _unusable_gpus(torch, reason),
+        None if available else _unusable_gpus(torch, reason), None if available else _hidden_gpus(torch, reason),
     )  # fmt: skip
 
 

@@ -95,6 +95,8 @@ def check_cuda() -> Check:
     report = cuda_report()
     if report.unusable:
         check.add(report.unusable, "broken")
+    elif report.hidden:
+        check.add(report.hidden, "note")
     elif not report.available:
         check.add("no CUDA GPU visible: commands run on the CPU", "note")
     for device in report.devices:

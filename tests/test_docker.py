@@ -62,3 +62,29 @@ def test_dockerfile_installs_the_project_with_declared_extras_and_a_torch_pyproj
 def test_the_build_context_leaves_out_the_venv_git_and_tests() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+def test_the_image_pins_ray_with_its_job_server_and_the_kuberay_example_asks_for_that_ray_and_the_gpus() -> None:
+    """`ray job submit` and KubeRay's RayJob need ray[default] (dashboard, job server); the RayJob's rayVersion
+    must be the Ray in the image, and its entrypoint must not fall back to one CPU actor."""
+    text = _dockerfile()
+    pin = re.search(r"^ARG RAY_VERSION=(\S+)$", text, re.M)
+    assert pin is not None
+    assert '"ray[default]==${RAY_VERSION}"' in text
+    ray_bound = next(Requirement(d) for d in _pyproject()["project"]["optional-dependencies"]["ray"])
+    assert ray_bound.name == "ray" and pin.group(1) in ray_bound.specifier
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    job = readme[readme.index("kind: RayJob") :]
+    assert re.search(r'rayVersion: "([^"]+)"', job).group(1) == pin.group(1)
+    entrypoint = job[job.index("entrypoint:") : job.index("shutdownAfterJobFinishes")]
+    assert "--engine ray" in entrypoint and "--device cuda" in entrypoint
+
+
+def test_any_uid_has_a_writable_home_and_caches() -> None:
+    """`docker run --user UID:GID` has no passwd entry: HOME would be / and Triton/Inductor (--compile) fail."""
+    text = _dockerfile()
+    env = dict(re.findall(r"^\s+(\w+)=(\S+?)(?: \\)?$", text[text.index("ENV PYTHONUNBUFFERED") :], re.M))
+    assert env["HOME"] == "/home/img" and env["XDG_CACHE_HOME"].startswith(env["HOME"] + "/")
+    assert env["TRITON_CACHE_DIR"].startswith(env["XDG_CACHE_HOME"])
+    assert env["TORCHINDUCTOR_CACHE_DIR"].startswith(env["XDG_CACHE_HOME"]) and env["USER"]
+    assert f"chmod 1777 {env['HOME']} {env['XDG_CACHE_HOME']}" in text

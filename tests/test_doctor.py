@@ -52,16 +52,51 @@ def test_missing_weights_are_a_note_that_says_where_they_come_from(tmp_path: Pat
     assert "offline" in check.lines[-1] and "img-extract weights fetch" in check.lines[-1]
 
 
+def fake_nvidia_smi(folder: Path, monkeypatch: pytest.MonkeyPatch, gpu: str = "Tesla V100-SXM2-16GB") -> None:
+    """An nvidia-smi on PATH that lists one GPU, as on a node whose driver sees it."""
+    script = folder / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\necho "{gpu}, 535.104.05"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    for variable in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(variable, raising=False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine whose torch sees no GPU")
 def test_gpus_that_torch_cannot_use_are_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    script = tmp_path / "nvidia-smi"
-    script.write_text('#!/bin/sh\necho "Tesla V100-SXM2-16GB, 535.104.05"\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fake_nvidia_smi(tmp_path, monkeypatch)
     check = check_cuda()
     assert check.status == "broken"
     assert "nvidia-smi sees 1 GPU(s) (Tesla V100-SXM2-16GB; driver 535.104.05)" in check.lines[0]
     assert check.lines[-1] == "nvidia-smi: 1 GPU(s), driver 535.104.05"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine whose torch sees no GPU")
+@pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build cannot use any GPU: broken is right")
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CUDA_VISIBLE_DEVICES", ""), ("CUDA_VISIBLE_DEVICES", "-1"), ("CUDA_VISIBLE_DEVICES", "NoDevFiles"),
+     ("NVIDIA_VISIBLE_DEVICES", "void")],
+)  # fmt: skip
+def test_gpus_hidden_by_the_environment_are_a_note_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A CPU-only Slurm step or a Ray CPU worker hides the node's GPUs on purpose: not a broken machine."""
+    fake_nvidia_smi(tmp_path, monkeypatch, gpu="NVIDIA H200")
+    monkeypatch.setenv(variable, value)
+    result = run_cli("doctor", "--json")
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert checks["cuda"]["status"] == "note", checks["cuda"]
+    assert checks["cuda"]["lines"][0] == (
+        f"nvidia-smi sees 1 GPU(s) (NVIDIA H200; driver 535.104.05) that {variable}={value!r} hides from this "
+        "process; unset it (or name a GPU) to use them"
+    )
+    assert result.returncode == 0, result.stdout  # nothing broken: the GPUs are hidden on purpose
+    from extract.devices import resolve_device  # an explicit --device cuda says why in its usage error
+    from extract.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"{variable}={value!r} hides"):
+        resolve_device("cuda")
 
 
 def test_models_come_from_weights_dir_or_are_named_missing_offline(tiny_clip: Path) -> None:

@@ -31,6 +31,7 @@ from img_model.losses import BatchScope, img_loss
 from img_model.model import IMG, BatchRows, batch_rows
 from img_model.runtime import SINGLE_PROCESS, RankContext
 from img_model.synthetic import SyntheticDataset
+from tests.conftest import needs_cuda
 from tests.img_cli import tiny_dataset
 
 TINY_IMG = IMGConfig(
@@ -140,22 +141,41 @@ def test_a_process_part_padded_to_the_batch_sizes_is_padded_as_the_whole_batch()
     assert own.padded_to(*own.padded_sizes()) is own
 
 
-def forward_and_loss(model: IMG, batch: Batch, scope: BatchScope | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    outputs = model(**batch.model_inputs(), p_warm=0.5)
-    loss = img_loss(outputs, batch.labels(), ObjectiveConfig(), kd_warm=0.3, scope=scope)
-    return torch.cat([output.reshape(len(batch.qids), -1) for output in outputs[:-1]], dim=1), loss.total_loss
+# The CPU in fp32, and the GPU under fp16 and bf16 autocast: the masks and noise are drawn by other kernels there.
+DEVICES = [
+    pytest.param("cpu", None, id="cpu"),
+    pytest.param("cuda", torch.float16, id="cuda-fp16", marks=needs_cuda),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=needs_cuda),
+]
+# How far the processes' rows, loss and gradients may be from the whole batch's (sums in another order).
+TOLERANCE = {None: 1e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 
 
+def forward_and_loss(
+    model: IMG, batch: Batch, scope: BatchScope | None = None, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        outputs = model(**batch.to(device).model_inputs(), p_warm=0.5)
+        loss = img_loss(outputs, batch.to(device).labels(), ObjectiveConfig(), kd_warm=0.3, scope=scope)
+    rows = torch.cat([output.float().reshape(len(batch.qids), -1) for output in outputs[:-1]], dim=1)
+    return rows, loss.total_loss
+
+
+@pytest.mark.parametrize(("device", "dtype"), DEVICES)
 @pytest.mark.parametrize("world_size", [2, 3, 6])  # 6: one process has no row of its own
 @pytest.mark.usefixtures("one_thread")
-def test_the_processes_rows_and_loss_shares_make_the_whole_batch_step(world_size: int) -> None:
+def test_the_processes_rows_and_loss_shares_make_the_whole_batch_step(
+    world_size: int, device: str, dtype: torch.dtype | None
+) -> None:
     """Dropout masks, slot noise and the batch-index encoding of each process's rows are those of the whole
     batch; the loss shares sum to the batch's loss and their gradients to its gradient."""
+    tolerance = TOLERANCE[dtype]
     torch.manual_seed(0)
-    model = IMG(TINY_IMG).train()
+    model = IMG(TINY_IMG).to(device).train()
     batch = collate(samples(5))
     torch.manual_seed(1)
-    whole_outputs, whole_loss = forward_and_loss(model, batch)
+    whole_outputs, whole_loss = forward_and_loss(model, batch, dtype=dtype)
     whole_loss.backward()
     whole_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -163,42 +183,44 @@ def test_the_processes_rows_and_loss_shares_make_the_whole_batch_step(world_size
     kept = []  # the kept counts of the parts: what the processes' all-reduce sums
     for share in shares:
         torch.manual_seed(1)
-        with batch_rows(share.rows):
-            outputs = model(**own_part(batch, share).model_inputs(), p_warm=0.5)
-        scope = BatchScope(5, share.weight)  # a stand-in row keeps nothing
-        kept.append(img_loss(outputs, own_part(batch, share).labels(), ObjectiveConfig(), 0.3, scope).n_keep)
+        own = own_part(batch, share).to(torch.device(device))
+        with batch_rows(share.rows), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            outputs = model(**own.model_inputs(), p_warm=0.5)
+            scope = BatchScope(5, share.weight)  # a stand-in row keeps nothing
+            kept.append(img_loss(outputs, own.labels(), ObjectiveConfig(), 0.3, scope).n_keep)
     model.zero_grad()
     part_outputs, part_losses = [], []
     for share in shares:
         torch.manual_seed(1)  # every process starts the step from the same generator state
         scope = BatchScope(5, share.weight, lambda _: sum(kept))
         with batch_rows(share.rows):
-            outputs, loss = forward_and_loss(model, own_part(batch, share), scope)
+            outputs, loss = forward_and_loss(model, own_part(batch, share), scope, dtype)
         loss.backward()  # the gradients of the shares add up, as DistributedDataParallel's sum
         part_outputs.append(outputs)
         part_losses.append(loss)
     own_outputs = torch.cat([outputs for outputs, share in zip(part_outputs, shares, strict=True) if share.count])
-    torch.testing.assert_close(own_outputs, whole_outputs, rtol=1e-5, atol=1e-5)
-    assert math.isclose(sum(loss.item() for loss in part_losses), whole_loss.item(), rel_tol=1e-6)
+    torch.testing.assert_close(own_outputs, whole_outputs, rtol=tolerance, atol=tolerance)
+    assert math.isclose(sum(loss.item() for loss in part_losses), whole_loss.item(), rel_tol=tolerance / 10)
     scale = max(grad.abs().max() for grad in whole_grads.values())
     for name, p in model.named_parameters():
         if INVARIANT.search(name):  # rounding noise in both
-            assert whole_grads[name].abs().max() < 1e-5 * scale and p.grad.abs().max() < 1e-5 * scale, name
-        else:  # measured: at most 2e-6 (sums in another order)
-            assert (p.grad - whole_grads[name]).norm() <= 1e-5 * whole_grads[name].norm(), name
+            assert whole_grads[name].abs().max() < tolerance * scale and p.grad.abs().max() < tolerance * scale, name
+        else:  # measured on the CPU: at most 2e-6 (sums in another order)
+            assert (p.grad - whole_grads[name]).norm() <= tolerance * whole_grads[name].norm(), name
 
 
+@pytest.mark.parametrize(("device", "dtype"), DEVICES)
 @pytest.mark.usefixtures("one_thread")
-def test_rows_of_the_whole_batch_draw_what_one_process_draws() -> None:
+def test_rows_of_the_whole_batch_draw_what_one_process_draws(device: str, dtype: torch.dtype | None) -> None:
     """The whole batch as explicit rows draws exactly the masks and noise of nn.Dropout and the slots."""
     torch.manual_seed(0)
-    model = IMG(TINY_IMG).train()
+    model = IMG(TINY_IMG).to(device).train()
     batch = collate(samples(3))
     torch.manual_seed(1)
-    plain, _ = forward_and_loss(model, batch)
+    plain, _ = forward_and_loss(model, batch, dtype=dtype)
     torch.manual_seed(1)
     with batch_rows(BatchRows(0, 3)):
-        same, _ = forward_and_loss(model, batch)
+        same, _ = forward_and_loss(model, batch, dtype=dtype)
     assert torch.equal(plain, same)
     assert batch_share(3, SINGLE_PROCESS).rows is None  # one process never enters the rows path
 
