@@ -56,7 +56,8 @@ def test_a_run_on_bert_token_features_trains_records_their_provenance_and_evalua
     assert checkpoint.config.query_features == "precomputed" and checkpoint.config.text_feature_dim == 384
     recorded = checkpoint.provenance["text"]
     weights = hashlib.sha256((minilm_dir() / "model.safetensors").read_bytes()).hexdigest()
-    assert recorded["kind"] == "bert" and recorded["recipe"]["weights_sha256"] == weights
+    assert recorded["kind"] == "bert" and recorded["path"] == str(text)
+    assert recorded["recipe"]["weights_sha256"] == weights
     assert recorded["recipe"]["hidden_size"] == 384 and recorded["recipe"]["model_class"] == "BertModel"
     assert checkpoint.vocabulary is None  # no GloVe ids: the queries are the encoder's token states
 
