@@ -325,6 +325,8 @@ def logging_metrics(self, entry):
             out.write(img_model.trainer.json.dumps(entry)[:40])
         die()
     log_metrics(self, entry)
+    if moment == "after-final-line" and entry["kind"] == "final":
+        die()
 
 img_model.checkpoint.os.replace = replacing
 img_model.trainer.save_checkpoint = saving
@@ -344,10 +346,11 @@ def _killed_img_train(moment: str, occurrence: int, *args: str | Path) -> None:
 def test_kills_inside_checkpoint_and_metrics_writes_leave_a_run_that_resumes_exactly(
     tiny: SyntheticDataset, straight: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
-    """SIGKILL in the three windows a kill can hit around an evaluation: last.pt's temporary file written but not
-    renamed, right after last.pt (before or after its metrics line and scalars), and halfway through a
-    metrics.jsonl line. Each time last.pt must load, the next --resume must succeed, and the run must end as the
-    straight one: weights, training state, metrics.jsonl (no line lost, none twice, no torn line), scalars."""
+    """SIGKILL in the windows a kill can hit around an evaluation: last.pt's temporary file written but not
+    renamed, right after last.pt (before or after its metrics line and scalars), halfway through a metrics.jsonl
+    line, and right after the final line. Each time last.pt must load, the next --resume must succeed, and the run
+    must end as the straight one: weights, training state, metrics.jsonl (no line lost, none twice, no torn line),
+    scalars, summary."""
     run = tmp_path / "killed"
     _killed_img_train("before-rename", 2, *train_args(tiny, run))  # the 2nd last.pt (step 2) never lands
     assert read_checkpoint(run / "last.pt").training["step"] == 1
@@ -355,8 +358,10 @@ def test_kills_inside_checkpoint_and_metrics_writes_leave_a_run_that_resumes_exa
     assert read_checkpoint(run / "last.pt").training["step"] == 2
     assert not list(run.glob(".*.tmp"))  # the temporary file of the kill before the rename is gone
     _killed_img_train("mid-metrics-line", 1, "--resume", run, "--no-progress")  # step 3's line torn
+    _killed_img_train("after-final-line", 1, "--resume", run, "--no-progress")  # the run is finished: is it said?
     resumed = run_img_train("--resume", run, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+    assert "is already finished" in resumed.stderr and "selected on train-val" in resumed.stdout  # its summary
     _assert_same_run(_straight_dir(straight), run)
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in _straight_dir(straight).iterdir())
 
