@@ -8,7 +8,8 @@ bars under the curves (best first, darkest), and in the title the score and the 
 no audio was used).
 
 img-predict checks the --plot path (check_plot_path) before it computes anything, and writes the figure after
-it has printed the answers: a figure that cannot be drawn never loses them.
+it has printed the answers: a figure that cannot be drawn never loses them. `video_figure(answers)` is that figure
+as a matplotlib Figure (its artists named by gid: see answers_figure), for notebooks and tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,10 +27,14 @@ from extract.errors import ImgVmrError, UsageError
 from extract.probe import probe
 from img_model.predictor import VideoAnswers
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 log = logging.getLogger("img_vmr.predict")
 
 WAVEFORM_RATE = 8000  # samples per second decoded for the picture
 WAVEFORM_BINS = 2000
+PLOT_DPI = 100
 
 
 def read_envelope(video: str | os.PathLike[str], duration: float, bins: int = WAVEFORM_BINS) -> np.ndarray | None:
@@ -78,35 +84,48 @@ def check_plot_path(path: Path) -> None:
 
 
 def write_plot(answers: VideoAnswers, out: str | os.PathLike[str]) -> Path:
-    """The figure of these answers at `out`, the waveform read only when the audio was used."""
+    """The figure of these answers (video_figure) written at `out`; the format follows the suffix."""
+    figure = video_figure(answers)
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=PLOT_DPI)
+    except OSError as error:
+        raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
+    return path
+
+
+def video_figure(answers: VideoAnswers) -> Figure:
+    """The figure img-predict --plot writes: answers_figure with the video's waveform, read only when the audio
+    was used (a stream that fails to decode is a warning and a figure without it)."""
     envelope = None
     if answers.audio_used:
         try:
             envelope = read_envelope(answers.video, answers.duration)
         except ImgVmrError as error:
             log.warning("the plot shows no waveform: %s", error)
-    try:
-        return plot_answers(answers, out, envelope)
-    except OSError as error:
-        raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
+    return answers_figure(answers, envelope)
 
 
-def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: np.ndarray | None) -> Path:
-    """Write the figure to `out` (the format follows the suffix: .png, .svg, .pdf)."""
-    import matplotlib
+def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure:
+    """A matplotlib Figure (Agg canvas, no pyplot state) of the answers over the video's timeline.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Its artists carry ids (`get_gid()`) naming what they show: "waveform" (the envelope, [bins, 2] min/max over
+    equal slices of the duration), and per query n: "p_start:n" and "p_end:n" (steps over `step_times()`),
+    "answer:n" (the chosen span, shaded), "top:n:k" (the k-th most probable distinct span, best first)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = len(answers.answers) + 1
-    figure, axes = plt.subplots(rows, 1, figsize=(10, 1.4 + 1.9 * (rows - 1)), sharex=True, squeeze=False)
-    axes = axes[:, 0]
+    figure = Figure(figsize=(10, 1.4 + 1.9 * (rows - 1)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     duration = answers.duration
     wave = axes[0]
     missing = "audio could not be decoded" if answers.has_audio else "no audio stream"  # the note is too long here
     if envelope is not None:
         times = (np.arange(len(envelope)) + 0.5) * duration / len(envelope)
-        wave.fill_between(times, envelope[:, 0], envelope[:, 1], color="#555555", linewidth=0)
+        wave.fill_between(times, envelope[:, 0], envelope[:, 1], color="#555555", linewidth=0, gid="waveform")
         wave.set_ylim(-1.05, 1.05)
     else:
         wave.text(0.5, 0.5, missing, ha="center", va="center", transform=wave.transAxes, color="#777777")
@@ -115,14 +134,15 @@ def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: n
     wave.set_title(f"{Path(answers.video).name}: {duration:.2f} s, {answers.num_steps} steps; {audio}", fontsize=10)
     wave.set_ylabel("audio")
     edges = answers.step_times()
-    for axis, answer in zip(axes[1:], answers.answers, strict=True):
-        axis.stairs(answer.start_probabilities, edges, color="#1f77b4", label="P(start)")
-        axis.stairs(answer.end_probabilities, edges, color="#d62728", label="P(end)")
+    for number, (axis, answer) in enumerate(zip(axes[1:], answers.answers, strict=True)):
+        axis.stairs(answer.start_probabilities, edges, color="#1f77b4", label="P(start)", gid=f"p_start:{number}")
+        axis.stairs(answer.end_probabilities, edges, color="#d62728", label="P(end)", gid=f"p_end:{number}")
         peak = max(max(answer.start_probabilities), max(answer.end_probabilities))
-        axis.axvspan(answer.start, answer.end, color="#2ca02c", alpha=0.18, label="answer")
+        axis.axvspan(answer.start, answer.end, color="#2ca02c", alpha=0.18, label="answer", gid=f"answer:{number}")
         for rank, span in enumerate(answer.top):
             level = -0.06 * peak * (rank + 1)
-            axis.hlines(level, span.start, span.end, color="#2ca02c", alpha=1.0 - 0.15 * rank, linewidth=3)
+            axis.hlines(level, span.start, span.end, color="#2ca02c", alpha=1.0 - 0.15 * rank, linewidth=3,
+                        gid=f"top:{number}:{rank}")  # fmt: skip
         axis.set_ylim(-0.06 * peak * (len(answer.top) + 1.5), peak * 1.15)
         importance = (
             f"audio importance {answer.audio_importance:.2f}"
@@ -139,8 +159,4 @@ def plot_answers(answers: VideoAnswers, out: str | os.PathLike[str], envelope: n
     axes[-1].set_xlim(0, duration)
     axes[-1].set_xlabel("seconds")
     figure.tight_layout()
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure

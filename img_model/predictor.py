@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,27 @@ class VideoAnswers:
     def step_times(self) -> np.ndarray:
         """[N + 1] boundaries of the steps in seconds."""
         return np.arange(self.num_steps + 1) * self.duration / self.num_steps
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VideoAnswers:
+        """The answers of an `as_json()` object (img-predict --json's output) back as dataclasses."""
+        answers = tuple(
+            QueryAnswer(
+                query=answer["query"],
+                start=answer["start"],
+                end=answer["end"],
+                score=answer["score"],
+                top=tuple(Span(span["start"], span["end"], span["score"]) for span in answer["top"]),
+                branch=answer["branch"],
+                audio_importance=answer["audio_importance"],
+                unknown_words=tuple(answer["unknown_words"]),
+                start_probabilities=tuple(answer["start_probabilities"]),
+                end_probabilities=tuple(answer["end_probabilities"]),
+            )
+            for answer in data["answers"]
+        )
+        fields = ("video", "duration", "num_steps", "has_audio", "audio_used", "note", "precision")
+        return cls(**{name: data[name] for name in fields}, answers=answers)
 
     def as_json(self) -> dict[str, Any]:
         return {

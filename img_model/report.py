@@ -38,6 +38,9 @@ from img_model.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPre
 from img_model.metrics import THRESHOLDS, TOP_K, recall_at
 
 HISTOGRAM_BINS = 10
+# [k/10, (k+1)/10): k/10 as written (np.histogram's linspace edges are 0.30000000000000004, 0.6000000000000001 and
+# 0.7000000000000001, which put an IoU of exactly 0.3 below 0.3 although R1@0.3 counts it)
+HISTOGRAM_EDGES = np.array([k / HISTOGRAM_BINS for k in range(HISTOGRAM_BINS + 1)], np.float64)
 RECALL_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
 
@@ -82,10 +85,15 @@ def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
                            "mean_importance": mean_importance}  # fmt: skip
     for branch in BRANCHES:
         best = np.array([prediction.branches[branch].iou for prediction in predictions], np.float64)
-        counts, _ = np.histogram(np.clip(best, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-        out["histogram"][branch] = counts.tolist()
+        out["histogram"][branch] = iou_histogram(best)
         out["recall"][branch] = [recall_at(best, t) for t in RECALL_THRESHOLDS]
     return out
+
+
+def iou_histogram(ious: np.ndarray) -> list[int]:
+    """Queries per IoU bin [k/10, (k+1)/10), an IoU of 1 in the last: the bins from 0.3 up hold R1@0.3's queries."""
+    bins = np.searchsorted(HISTOGRAM_EDGES, np.clip(ious, 0.0, 1.0), side="right") - 1
+    return np.bincount(np.minimum(bins, HISTOGRAM_BINS - 1), minlength=HISTOGRAM_BINS).tolist()
 
 
 def _correct_bits(row: Mapping[str, Any]) -> int:

@@ -147,13 +147,25 @@ def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> st
     return differences(shown(recorded), shown(current), limit=len(current))
 
 
+def metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """metrics.jsonl's lines with their entries; a line torn by a kill while it was written is left out (it is
+    after last.pt's step: a resume logs it again)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if line.strip():
+                log.warning("%s: left out a line torn by an interrupted write: %.60s", path, line)
+    return lines
+
+
 def finished_summary(run_dir: Path, step: int) -> str | None:
     """The summary of a run whose last.pt (at `step`) it finished: metrics.jsonl holds a final line at that step.
     None when the run is not finished."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = [entry for _, entry in metrics_lines(run_dir / "metrics.jsonl")]
     if not any(entry.get("kind") == "final" and entry.get("step") == step for entry in entries):
         return None
     summary = run_dir / "summary.txt"
@@ -373,6 +385,9 @@ class Trainer:
             encoding="utf-8",
         )
         self._truncate_metrics()
+        for stale in self.run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write a kill interrupted (never renamed)
+            log.info("removing %s, a checkpoint write that was interrupted", stale.name)
+            stale.unlink(missing_ok=True)
         # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
@@ -381,8 +396,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]  # fmt: skip
+        kept = [line for line, entry in metrics_lines(path) if entry.get("step", 0) <= self.step]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def _train_epoch(self) -> None:
@@ -502,11 +516,8 @@ class Trainer:
         if not self.rank.is_main:
             return
         metrics = {"split": report.split, "branches": report.branches, "mean_audio_importance": report.mean_importance}
-        checkpoint = self._checkpoint(metrics)
-        if improved:
-            save_checkpoint(checkpoint, self.run_dir / "best.pt")
-        save_checkpoint(checkpoint, self.run_dir / "last.pt")
-        self.last_checkpoint = (self.run_dir / "last.pt", self.step)
+        # The logs first, then the checkpoints: a kill at any moment leaves logs up to the step of last.pt at least
+        # (what a resume keeps), never a last.pt whose evaluation or scalars were lost; later lines are dropped.
         self._log_metrics(
             {
                 "kind": "eval",
@@ -521,6 +532,12 @@ class Trainer:
             for name, value in values.items():
                 self.writer.add_scalar(f"{report.split}/{branch}/{name}", value, self.step)
         self.writer.add_scalar(f"{report.split}/mean_audio_importance", report.mean_importance, self.step)
+        self.writer.flush()  # every scalar up to this step is in the event file before last.pt says so
+        checkpoint = self._checkpoint(metrics)
+        if improved:
+            save_checkpoint(checkpoint, self.run_dir / "best.pt")
+        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        self.last_checkpoint = (self.run_dir / "last.pt", self.step)
         log.info("step %d: %s fused %s %.2f%s (%.1f s)", self.step, report.split, SELECTION_METRIC, score,
                  " (best)" if improved else "", time.perf_counter() - started)  # fmt: skip
 
@@ -555,7 +572,6 @@ class Trainer:
             tables.append(metrics_table(report.branches, f"test (best checkpoint, step {self.best_step})"))
         if not self.rank.is_main:
             return {}
-        self._log_metrics(final)
         selected = {
             "test": "the test split (the paper's protocol, §7.15)",
             HELD_OUT_SPLIT: f"{HELD_OUT_SPLIT} (held-out training videos)",
@@ -565,6 +581,7 @@ class Trainer:
                   f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
         summary = "\n\n".join([header, *tables])
         (self.run_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+        self._log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
 
     def _result(self, finished: bool, final: dict[str, Any] | None = None) -> TrainResult:

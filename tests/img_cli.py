@@ -65,6 +65,12 @@ def run_img_predict(*args: str | Path, timeout: float = 600) -> subprocess.Compl
     return _run("img_model.predict_cli", "img-predict", args, timeout)
 
 
+def start_img_train(*args: str | Path) -> subprocess.Popen[str]:
+    """img-train started in the background (stdout and stderr piped), e.g. to be killed mid-run."""
+    command, env = _command("img_model.cli", "img-train", args)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 def start_img_predict(*args: str | Path) -> subprocess.Popen[str]:
     """img-predict started in the background (stdout and stderr piped): several can run at once."""
     command, env = _command("img_model.predict_cli", "img-predict", args)

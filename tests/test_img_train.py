@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +31,7 @@ from img_model.synthetic import SyntheticDataset
 from img_model.train_config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
 from img_model.trainer import EpochBatches, evaluation_steps
 from tests.golden import golden_tensors
-from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, tiny_dataset
+from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset
 from tests.test_img_golden import SMALL
 
 NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model or frozen (requires_grad False)
@@ -207,10 +212,38 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def straight(tiny: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """The tiny run trained straight through (2 epochs of 2 steps, last.pt after each), once per module: the run
+    every resumed one must equal (its folder: `_straight_dir`)."""
+    folder = tmp_path_factory.mktemp("straight") / "straight"
+    result = run_img_train(*train_args(tiny, folder))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _straight_dir(straight: subprocess.CompletedProcess[str]) -> Path:
+    return Path(straight.args[straight.args.index("--out") + 1])
+
+
+def _assert_same_run(straight: Path, resumed: Path) -> None:
+    """Final weights and training state bit for bit, the same evaluations each logged once, the same scalars."""
+    a, b = _state(straight / "last.pt"), _state(resumed / "last.pt")
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    _assert_same_tensors(a["training"], b["training"], "training")
+    lines = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert _scalars(straight) == _scalars(resumed)
+    assert (straight / "summary.txt").read_text() == (resumed / "summary.txt").read_text().replace(
+        str(resumed), str(straight)
+    )
+
+
 @pytest.mark.slow
-def test_resume_continues_bit_for_bit(tiny: SyntheticDataset, tmp_path: Path) -> None:
-    straight = run_img_train(*train_args(tiny, tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
+def test_resume_continues_bit_for_bit(
+    tiny: SyntheticDataset, straight: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
     first = run_img_train(*train_args(tiny, tmp_path / "resumed", "--stop-after", "1"))
     assert first.returncode == 0, first.stderr
     assert "stopped after epoch 1" in first.stderr and not (tmp_path / "resumed" / "summary.txt").exists()
@@ -220,22 +253,117 @@ def test_resume_continues_bit_for_bit(tiny: SyntheticDataset, tmp_path: Path) ->
     second = run_img_train("--resume", tmp_path / "resumed", "--stop-after", "1", "--no-progress",
                            "--features", moved / tiny.features.name, "--text", moved / tiny.text.name)  # fmt: skip
     assert second.returncode == 0, second.stderr
-    a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "resumed" / "last.pt")
-    for key, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][key]), key
-    _assert_same_tensors(a["training"], b["training"], "training")
-    assert list(b["run"]["data"]["features"]) == [str(moved / tiny.features.name)]  # where it last ran
-    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert lines == resumed  # same evaluations, each logged once
-    assert straight.stdout == second.stdout.replace("resumed", "straight")  # the final summary table
-    assert _scalars(tmp_path / "straight") == _scalars(tmp_path / "resumed")  # the checkpoint's step kept too
+    _assert_same_run(_straight_dir(straight), tmp_path / "resumed")  # the checkpoint's scalars kept too
+    assert list(_state(tmp_path / "resumed" / "last.pt")["run"]["data"]["features"]) == [
+        str(moved / tiny.features.name)  # where it last ran
+    ]
+    assert straight.stdout.replace(str(_straight_dir(straight)), str(tmp_path / "resumed")) == second.stdout
 
     before = _files(tmp_path / "resumed")
     again = run_img_train("--resume", tmp_path / "resumed", "--no-progress")
     assert again.returncode == 0, again.stderr
     assert "is already finished" in again.stderr and again.stdout == second.stdout
     assert _files(tmp_path / "resumed") == before  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_mid_run_resumes_to_the_straight_runs_weights(
+    tiny: SyntheticDataset, straight: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "killed"
+    process = start_img_train(*train_args(tiny, run))
+    deadline = time.monotonic() + 300
+    while not (run / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)  # no handler, no cleanup: the machine or the scheduler pulled the plug
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"img-train ended before it was killed:\n{stderr[-3000:]}"
+    assert not (run / "summary.txt").exists()  # mid-run
+    killed_at = read_checkpoint(run / "last.pt").training["step"]  # readable, a good checkpoint
+    assert killed_at < 4
+    resumed = run_img_train("--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at epoch {killed_at // 2 + 1}, step {killed_at}" in resumed.stderr
+    _assert_same_run(_straight_dir(straight), run)
+
+
+# Runs img-train's CLI in a process that SIGKILLs itself at a chosen moment of a checkpoint or metrics write
+# (argv: the moment, which occurrence of it in this invocation, then img-train's arguments).
+KILL_AT = """
+import os, signal, sys
+from pathlib import Path
+import img_model.checkpoint, img_model.trainer
+from img_model.cli import main
+
+moment, occurrence = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+seen = 0
+
+def due():
+    global seen
+    seen += 1
+    return seen == occurrence
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+replace, save, log_metrics = os.replace, img_model.trainer.save_checkpoint, img_model.trainer.Trainer._log_metrics
+
+def replacing(source, target):  # the temporary file is written and fsync'd; the rename has not happened
+    if moment == "before-rename" and Path(target).name == "last.pt" and due():
+        die()
+    replace(source, target)
+
+def saving(checkpoint, path):
+    save(checkpoint, path)
+    if moment == "after-last-pt" and Path(path).name == "last.pt" and due():
+        die()
+
+def logging_metrics(self, entry):
+    if moment == "mid-metrics-line" and due():
+        with (self.run_dir / "metrics.jsonl").open("a") as out:
+            out.write(img_model.trainer.json.dumps(entry)[:40])
+        die()
+    log_metrics(self, entry)
+    if moment == "after-final-line" and entry["kind"] == "final":
+        die()
+
+img_model.checkpoint.os.replace = replacing
+img_model.trainer.save_checkpoint = saving
+img_model.trainer.Trainer._log_metrics = logging_metrics
+main()
+"""
+
+
+def _killed_img_train(moment: str, occurrence: int, *args: str | Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", KILL_AT, moment, str(occurrence), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == -signal.SIGKILL, f"not killed at {moment} #{occurrence}:\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_kills_inside_checkpoint_and_metrics_writes_leave_a_run_that_resumes_exactly(
+    tiny: SyntheticDataset, straight: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """SIGKILL in the windows a kill can hit around an evaluation: last.pt's temporary file written but not
+    renamed, right after last.pt (before or after its metrics line and scalars), halfway through a metrics.jsonl
+    line, and right after the final line. Each time last.pt must load, the next --resume must succeed, and the run
+    must end as the straight one: weights, training state, metrics.jsonl (no line lost, none twice, no torn line),
+    scalars, summary."""
+    run = tmp_path / "killed"
+    _killed_img_train("before-rename", 2, *train_args(tiny, run))  # the 2nd last.pt (step 2) never lands
+    assert read_checkpoint(run / "last.pt").training["step"] == 1
+    _killed_img_train("after-last-pt", 1, "--resume", run, "--no-progress")  # last.pt at step 2 lands
+    assert read_checkpoint(run / "last.pt").training["step"] == 2
+    assert not list(run.glob(".*.tmp"))  # the temporary file of the kill before the rename is gone
+    _killed_img_train("mid-metrics-line", 1, "--resume", run, "--no-progress")  # step 3's line torn
+    _killed_img_train("after-final-line", 1, "--resume", run, "--no-progress")  # the run is finished: is it said?
+    resumed = run_img_train("--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "is already finished" in resumed.stderr and "selected on train-val" in resumed.stdout  # its summary
+    _assert_same_run(_straight_dir(straight), run)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in _straight_dir(straight).iterdir())
 
 
 @pytest.mark.slow

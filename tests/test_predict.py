@@ -23,7 +23,7 @@ from img_model.checkpoint import read_checkpoint
 from img_model.convert import CheckpointLayoutError
 from img_model.errors import CheckpointMismatchError, QueryError
 from img_model.predict_cli import _read_queries_file
-from img_model.predictor import Predictor
+from img_model.predictor import Predictor, VideoAnswers
 from img_model.video_features import recorded_specs
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_eval, run_img_predict, start_img_predict
@@ -95,6 +95,74 @@ def test_the_plot_shows_the_waveform_and_a_panel_per_query(cli_answers: dict[str
     assert image.shape[:2] == (710, 1000)  # 10 x (1.4 + 3 x 1.9) inches at 100 dpi: waveform + 3 queries
     dark = (image[..., :3].mean(axis=2) < 0.5).mean(axis=1)
     assert (dark > 0.3).sum() > 5  # the waveform panel is filled: the 440 Hz tone, drawn as its envelope
+
+
+def test_the_plot_is_the_figure_of_the_answers_probabilities_spans_importance_and_waveform(
+    cli_answers: dict[str, Any], real_run: RealRun, tmp_path: Path
+) -> None:
+    """The Figure video_figure builds from img-predict's JSON answers is the one --plot wrote (pixel for pixel), and
+    it shows what the answers say: P(start)/P(end) per step of the grid, the answer shaded, the top-k spans best
+    first, the audio importance, and the video's 440 Hz tone (ffmpeg's sine: amplitude 1/8) over the timeline."""
+    from matplotlib.image import imread
+    from matplotlib.patches import Rectangle
+
+    from img_model.predict_plot import video_figure
+
+    data = cli_answers["answers"]
+    answers = VideoAnswers.from_json(data)
+    assert answers.as_json() == data and answers.video == str(real_run.videos / "clip4.mp4")
+    figure = video_figure(answers)
+    figure.savefig(tmp_path / "again.png", dpi=100)
+    np.testing.assert_array_equal(imread(tmp_path / "again.png"), imread(cli_answers["plot"]))  # --plot's figure
+
+    artists = {a.get_gid(): a for axis in figure.axes for a in axis.get_children() if a.get_gid()}
+    wave, *panels = figure.axes
+    assert len(panels) == len(data["answers"]) == 3 and wave.get_ylabel() == "audio"
+    assert panels[-1].get_xlim() == (0.0, data["duration"]) and panels[-1].get_xlabel() == "seconds"
+    envelope = artists["waveform"].get_paths()[0].vertices
+    assert envelope[:, 0].min() == pytest.approx(0, abs=0.01) and envelope[:, 0].max() == pytest.approx(
+        data["duration"], abs=0.01
+    )  # the whole timeline
+    highs, lows = envelope[envelope[:, 1] > 0, 1], envelope[envelope[:, 1] < 0, 1]
+    assert len(highs) >= 2000 and len(lows) >= 2000  # WAVEFORM_BINS slices, each its max and its min
+    assert np.median(highs) == pytest.approx(0.125, abs=0.01) and np.median(lows) == pytest.approx(-0.125, abs=0.01)
+    assert np.percentile(highs, 1) > 0.1 and np.percentile(lows, 99) < -0.1  # the tone is heard all along
+    n, duration = data["num_steps"], data["duration"]
+    for number, (axis, answer) in enumerate(zip(panels, data["answers"], strict=True)):
+        for kind in ("start", "end"):
+            values, edges, _ = artists[f"p_{kind}:{number}"].get_data()
+            assert values.tolist() == answer[f"{kind}_probabilities"] and len(values) == n
+            np.testing.assert_allclose(edges, np.arange(n + 1) * duration / n)  # step i covers [iD/N, (i+1)D/N)
+            assert artists[f"p_{kind}:{number}"].axes is axis
+        first, last = round(answer["start"] * n / duration), round(answer["end"] * n / duration) - 1
+        assert answer["score"] == pytest.approx(
+            answer["start_probabilities"][first] * answer["end_probabilities"][last], rel=1e-5
+        )  # the curves are the answer's: its score is P_start(i) P_end(j) read off them
+        shaded = artists[f"answer:{number}"]
+        assert isinstance(shaded, Rectangle) and shaded.axes is axis
+        assert (shaded.get_x(), shaded.get_x() + shaded.get_width()) == pytest.approx((answer["start"], answer["end"]))
+        bars = [artists[f"top:{number}:{rank}"] for rank in range(len(answer["top"]))]
+        assert len(bars) == 5 and f"top:{number}:5" not in artists
+        for rank, (bar, span) in enumerate(zip(bars, answer["top"], strict=True)):
+            (x0, y0), (x1, y1) = bar.get_segments()[0]
+            assert (x0, x1) == pytest.approx((span["start"], span["end"])) and y0 == y1 < 0  # under the curves
+            assert bar.get_alpha() == pytest.approx(1 - 0.15 * rank)  # best first, darkest
+        assert (bars[0].get_segments()[0][0][0], bars[0].get_segments()[0][1][0]) == pytest.approx(
+            (answer["start"], answer["end"])
+        )
+        title = axis.get_title()
+        assert f'"{answer["query"]}": {answer["start"]:.2f}-{answer["end"]:.2f} s' in title
+        assert f"audio importance {answer['audio_importance']:.2f}" in title and "bars: top 5" in title
+        assert [t.get_text() for t in axis.get_legend().get_texts()] == ["P(start)", "P(end)", "answer"]
+
+    # answered by the visual branch (a video without audio): no waveform is read, and the figure says why
+    visual = [{**answer, "audio_importance": None, "branch": "visual"} for answer in data["answers"]]
+    silent = {**data, "has_audio": False, "audio_used": False, "note": "no audio stream", "answers": visual}
+    figure = video_figure(VideoAnswers.from_json(silent))
+    wave, *panels = figure.axes
+    assert not [a for a in wave.get_children() if a.get_gid() == "waveform"]
+    assert [t.get_text() for t in wave.texts] == ["no audio stream"] and "audio not used" in wave.get_title()
+    assert all("no audio: visual branch" in axis.get_title() for axis in panels)
 
 
 def test_a_video_without_audio_is_answered_by_the_visual_branch_and_says_so(real_run: RealRun, cache: Path) -> None:

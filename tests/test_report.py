@@ -131,6 +131,54 @@ def test_a_split_named_all_keeps_the_summary_of_all_splits() -> None:
     assert data["summaries"]["test"]["queries"] == 20
 
 
+def rows_with_ious_on_the_edges(count: int) -> list[dict[str, Any]]:
+    """generated_rows, the first few with spans whose IoU is exactly a bin edge or a threshold (3/10, 6/10, 7/10,
+    1, 0 and 1/20: as a model on 10 or 20 steps gives them), in every branch."""
+    rows = generated_rows(count)
+    edges = [(0.0, 3.0), (4.0, 10.0), (0.0, 7.0), (0.0, 10.0), (10.0, 12.0), (0.0, 0.5)]  # truth is [0, 10]
+    for row, (start, end) in zip(rows, edges, strict=False):
+        row["duration"], row["ground_truth"] = 20.0, [0.0, 10.0]
+        for branch in BRANCHES:
+            iou = float(temporal_iou(start, end, 0.0, 10.0))
+            row["branches"][branch] |= {"span": [start, end], "iou": iou}
+            row["branches"][branch]["top"][0] |= {"span": [start, end], "iou": iou}
+    assert [rows[n]["branches"]["fused"]["iou"] for n in range(6)] == [0.3, 0.6, 0.7, 1.0, 0.0, 0.05]
+    return rows
+
+
+def expected_charts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The two charts computed here from the rows: per branch the number of queries whose IoU lies in
+    [k/10, (k+1)/10) (1.0 in the last bin), and R1 (%) at 0.05, 0.10, ..., 0.95 (IoU >= threshold)."""
+    histogram, recall = {}, {}
+    for branch in BRANCHES:
+        ious = [row["branches"][branch]["iou"] for row in rows]
+        histogram[branch] = [sum(1 for x in ious if k / 10 <= x < (k + 1) / 10 or (k == 9 and x == 1.0))
+                             for k in range(10)]  # fmt: skip
+        recall[branch] = [100 * sum(1 for x in ious if x >= k / 20) / len(ious) for k in range(1, 20)]
+    return {"histogram": histogram, "recall": recall}
+
+
+def test_the_charts_data_are_the_iou_histogram_and_r1_curves_of_each_branch_and_split() -> None:
+    rows = rows_with_ious_on_the_edges(300)
+    data = report_data(rows, "t")
+    assert data["histogram_bins"] == 10 and data["recall_thresholds"] == [k / 20 for k in range(1, 20)]
+    scopes = {"all": (data["overall"], rows)} | {
+        split: (data["summaries"][split], [row for row in rows if row["split"] == split]) for split in data["splits"]
+    }
+    assert set(scopes) == {"all", "val_1", "val_2"}
+    for scope, (shown, scoped) in scopes.items():
+        expected = expected_charts(scoped)
+        for branch in BRANCHES:
+            assert shown["histogram"][branch] == expected["histogram"][branch], (scope, branch)
+            assert shown["recall"][branch] == pytest.approx(expected["recall"][branch], abs=1e-9), (scope, branch)
+            # the charts agree with the metrics table: R1 at 0.3/0.5/0.7 is the curve's point and the bins above
+            for threshold in (0.3, 0.5, 0.7):
+                r1 = shown["metrics"][branch][f"R1@{threshold}"]
+                assert shown["recall"][branch][round(threshold * 20) - 1] == pytest.approx(r1)
+                above = sum(shown["histogram"][branch][round(threshold * 10) :])
+                assert 100 * above / len(scoped) == pytest.approx(r1), (scope, branch, threshold)
+
+
 def test_the_report_summary_is_img_evals(tmp_path: Path) -> None:
     """The metrics and the mean audio importance are EvalReport's own, over every query (videos without audio too)."""
     from img_model.evaluator import EvalReport
@@ -211,6 +259,77 @@ def test_a_split_name_is_text_in_the_page_and_all_is_a_split_like_any_other(chro
     assert page.inner_text("#metrics-scope") == "split all: 14 queries" and count_shown(page) == 14
     page.select_option("#split", index=0)
     assert page.inner_text("#metrics-scope") == "all splits: 40 queries" and count_shown(page) == 40
+
+
+def _tick_labels(page: Any, chart: str) -> tuple[list[tuple[float, str]], list[tuple[float, str]], list[str]]:
+    """A chart's y-axis ticks (y of the gridline, label), x-axis ticks (x, label) and its rotated axis title."""
+    texts = page.locator(f"#{chart} > text").evaluate_all(
+        "ts => ts.map(t => [t.getAttribute('x'), t.getAttribute('y'), t.getAttribute('transform'), t.textContent])"
+    )
+    y_ticks = [(float(y) - 4, label) for x, y, turn, label in texts if x == "35" and turn is None]
+    x_ticks = [(float(x), label) for x, y, turn, label in texts if y == "185"]
+    return y_ticks, x_ticks, [label for *_, turn, label in texts if turn is not None]
+
+
+def _check_histogram(page: Any, expected: dict[str, list[int]]) -> None:
+    y_ticks, x_ticks, title = _tick_labels(page, "histogram")
+    assert title == ["queries"]
+    assert x_ticks == [(40 + 37 * k, f"{k / 10:.1f}") for k in range(0, 11, 2)]
+    top = float(y_ticks[-1][1])
+    assert top >= max(max(counts) for counts in expected.values())
+    for y, label in y_ticks:  # every gridline's label is the count at its height
+        assert float(label) == pytest.approx(top * (170 - y) / 160), (y, label, [t for _, t in y_ticks])
+    bars = page.locator("#histogram rect").evaluate_all(
+        "rs => rs.map(r => [r.getAttribute('fill'), +r.getAttribute('x'), +r.getAttribute('y'),"
+        " +r.getAttribute('height'), r.querySelector('title').textContent])"
+    )
+    assert len(bars) == 10 * len(BRANCHES)
+    colours = {"#2b6cb0": "fused", "#2f855a": "visual", "#c05621": "audio"}
+    for branch in BRANCHES:
+        drawn = sorted((x, y, height, text) for fill, x, y, height, text in bars if colours[fill] == branch)
+        assert len(drawn) == 10
+        for k, (x, y, height, text) in enumerate(drawn):
+            count = expected[branch][k]
+            assert text == f"{branch}, IoU {k / 10:.1f}-{(k + 1) / 10:.1f}: {count}"
+            assert height == pytest.approx(160 * count / top) and y + height == pytest.approx(170)
+            assert 40 + 37 * k <= x < 40 + 37 * (k + 1)  # inside its bin on the x axis
+
+
+def _check_recall(page: Any, expected: dict[str, list[float]]) -> None:
+    y_ticks, x_ticks, title = _tick_labels(page, "recall")
+    assert title == ["R1 (%)"]
+    assert y_ticks == [(170 - 40 * k, str(25 * k)) for k in range(5)]
+    assert x_ticks == [(40 + 370 * t, f"{t:.2f}") for t in (0, 0.25, 0.5, 0.75, 1)]
+    lines = page.locator("#recall polyline").evaluate_all(
+        "ps => ps.map(p => [p.dataset.branch, p.getAttribute('stroke'), p.getAttribute('points')])"
+    )
+    assert [branch for branch, _, _ in lines] == list(BRANCHES)
+    for branch, _, points in lines:
+        xy = [tuple(map(float, point.split(","))) for point in points.split()]
+        assert len(xy) == 19
+        for k, (x, y) in enumerate(xy):
+            assert x == pytest.approx(40 + 370 * (k + 1) / 20)
+            assert (170 - y) / 1.6 == pytest.approx(expected[branch][k], abs=1e-6), (branch, (k + 1) / 20)
+
+
+def test_the_charts_draw_every_bar_and_point_of_the_shown_split_with_axes_that_match(
+    chromium: Any, tmp_path: Path
+) -> None:
+    rows = rows_with_ious_on_the_edges(90)
+    page, _ = open_page(chromium, write_report(tmp_path / "report.html", rows).as_uri())
+    for scope in ("all", "val_2", "val_1"):
+        if scope != "all":
+            page.select_option("#split", scope)
+        scoped = [row for row in rows if scope in ("all", row["split"])]
+        expected = expected_charts(scoped)
+        _check_histogram(page, expected["histogram"])
+        _check_recall(page, expected["recall"])
+        for legend in ("#legend-histogram", "#legend-recall"):  # a swatch of the branch's colour, then its name
+            keys = page.locator(legend).evaluate(
+                "e => [...e.querySelectorAll('i')].map(i => [i.style.background, i.nextSibling.textContent])"
+            )
+            swatches = ["rgb(43, 108, 176)", "rgb(47, 133, 90)", "rgb(192, 86, 33)"]  # the bars' and lines' colours
+            assert keys == [[colour, branch] for colour, branch in zip(swatches, BRANCHES, strict=True)]
 
 
 @pytest.mark.slow
