@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,24 @@ def test_sigterm_is_passed_on_to_the_running_stage_which_finishes_its_work(tmp_p
     output, _ = pipeline.communicate(timeout=60)
     assert pipeline.returncode == 0 and output.startswith("143 extract: terminated (SIGTERM)"), output
     assert (tmp_path / "stage.out").read_text() == "committed"  # the stage itself got the signal and finished
+
+
+def test_the_final_table_puts_a_named_recipes_run_beside_the_papers_numbers(tmp_path: Path) -> None:
+    """A named recipe's evaluation is printed beside its paper row (Table 7 for Charades-AudioMatter), with the note
+    on model selection when the run selected on held-out training videos."""
+    from types import SimpleNamespace
+
+    from pipelines.pipeline import summary
+
+    report = tmp_path / "eval" / "charades-am.json"
+    report.parent.mkdir()
+    fused = {"R1@0.3": 80.5, "R1@0.5": 70.25, "R1@0.7": 50.0, "mIoU": 60.125}
+    report.write_text(json.dumps({"queries": 1196, "select_on": "val", "branches": {"fused": fused}}))
+    plan = SimpleNamespace(recipe=RECIPES["charades-am"], reports={"charades-am": report})
+    lines = summary(plan).splitlines()  # type: ignore[arg-type]
+    assert lines[0].startswith("charades-am test, 1196 queries (fused branch; ")
+    assert lines[2].split() == ["this", "run", "80.50", "70.25", "50.00", "60.12"]
+    assert lines[3].split() == ["paper", "(Table", "7)", "82.74", "71.93", "54.27", "62.76"]
+    assert "the paper selected on the test split: --select-on test" in lines[4]
+    custom = SimpleNamespace(recipe=replace(RECIPES["charades-am"], paper={}), reports={"charades-am": report})
+    assert "paper" not in summary(custom).replace("the paper selected", "")  # type: ignore[arg-type]
