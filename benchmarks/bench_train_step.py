@@ -35,7 +35,7 @@ from bench_img import make_batch  # beside this script
 
 from img_model.config import IMGConfig, ObjectiveConfig
 from img_model.convert import ours_to_official
-from img_model.losses import SpanLabels, img_loss
+from img_model.losses import BatchScope, SpanLabels, img_loss
 from img_model.model import IMG
 from img_model.optim import linear_decay, make_optimizer
 from img_model.trainer import loss_scalars
@@ -111,8 +111,9 @@ def our_step(model: IMG, inputs: dict[str, torch.Tensor], labels: SpanLabels) ->
         outputs = model(**inputs, p_warm=P_WARM)
         if not torch.isfinite(torch.stack([output.detach().float().sum() for output in outputs])).all():
             raise FloatingPointError("non-finite outputs")
-        loss = img_loss(outputs, labels, objective, KD_WARM)
-        torch.stack([v.detach().float() for v in loss_scalars(loss).values()]).tolist()
+        scope = BatchScope(inputs["video"].shape[0])  # one process: the whole batch
+        loss = img_loss(outputs, labels, objective, KD_WARM, scope)
+        torch.stack([v.detach().float() for v in loss_scalars(loss, scope).values()]).tolist()
         optimizer.zero_grad(set_to_none=True)
         loss.total_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,36 @@
+"""The benchmark scripts' own code paths run (their timings are never asserted: the scripts print ratios)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their neighbours by name, as when run
+
+
+@pytest.mark.usefixtures("bench_path")
+def test_the_training_step_benchmark_runs_our_step_as_the_trainer_does() -> None:
+    """bench_train_step.py times our step against the authors' (their code is not here): ours must still run with
+    the trainer's current loss API, and move the weights."""
+    import bench_train_step
+    from bench_img import make_batch
+
+    from img_model.config import IMGConfig
+    from img_model.model import IMG
+
+    torch.manual_seed(0)
+    config = IMGConfig()
+    model = IMG(config)
+    inputs, labels = make_batch(config, 2, 16, 5, torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    bench_train_step.our_step(model, inputs, labels)()
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert any(moved) and all(math.isfinite(float(p.sum())) for p in model.parameters())
