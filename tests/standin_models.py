@@ -108,7 +108,8 @@ class _SlowModel(MeanModel):
 @dataclass(frozen=True)
 class SlowOnce:
     """A build of MeanModels of which the first process to build one (marker in `folder`) is slow, `seconds` per
-    batch during which signals wait, and the others are not: a run whose workers finish far apart, to signal or kill in between."""
+    batch during which signals wait, and the others are not: a run whose workers finish far apart, to signal or
+    kill in between."""
 
     folder: Path
     seconds: float

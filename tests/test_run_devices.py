@@ -189,7 +189,8 @@ def test_a_process_group_sigterm_waits_for_the_busy_worker_and_keeps_the_finishe
     out = tmp_path / "feats.h5"
     driver, _ = _start_driver(videos, out, tmp_path / "markers", 6.0)
     try:
-        # one worker is slow (6 s a frame, deaf to signals meanwhile); the other finishes its share, says so and waits for the next run
+        # one worker is slow (6 s a frame, deaf to signals meanwhile); the other finishes its share, says so and
+        # waits for the next run
         assert _wait_for(lambda: max(_parts_by_writer(out).values(), default=0) >= 3, 120), "no worker finished"
         time.sleep(0.5)
         os.killpg(driver.pid, signal.SIGTERM)  # Slurm's way: the whole process group
