@@ -1,7 +1,8 @@
 """Feature stores read as one source of video features for training and evaluation.
 
-Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
-store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
+Several stores (e.g. the shards that several machines wrote) are one collection: a video held by more than one
+comes from the last store, in the order given, that holds it (as for the parts of a store and for
+`img-extract merge`: the later one wins). The stores are scanned once in the process that builds the dataset;
 file handles are opened lazily *per process*: a DataLoader worker forked from that process opens its own
 handles on first use and never touches the parent's (an h5py handle must not be shared across fork).
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from extract.errors import ProvenanceMismatchError, UsageError
+from extract.record_differences import differences
 from extract.store import FeatureStore, Track
-from img_model.provenance import differences
 
 log = logging.getLogger("img_vmr.train")
 
@@ -35,13 +36,13 @@ class FeatureStores:
         duplicates = 0
         for number, store in enumerate(self._opened()):
             for video_id in store.video_ids():
-                if self._where.setdefault(video_id, number) != number:
-                    duplicates += 1
+                duplicates += video_id in self._where
+                self._where[video_id] = number  # the later store wins
             for part, reason in store.corrupt_parts:
                 log.warning("%s: damaged part %s skipped (%s)", store.path, part.name, reason)
         if duplicates:
             log.warning(
-                "%d videos are in more than one store; each is read from the first store listing it", duplicates
+                "%d videos are in more than one store; each is read from the last store listing it", duplicates
             )
 
     def _opened(self) -> list[FeatureStore]:
