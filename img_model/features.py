@@ -41,9 +41,7 @@ class FeatureStores:
             for part, reason in store.corrupt_parts:
                 log.warning("%s: damaged part %s skipped (%s)", store.path, part.name, reason)
         if duplicates:
-            log.warning(
-                "%d videos are in more than one store; each is read from the last store listing it", duplicates
-            )
+            log.warning("%d videos are in more than one store; each is read from the last store listing it", duplicates)
 
     def _opened(self) -> list[FeatureStore]:
         return [self._store(number) for number in range(len(self.paths))]
