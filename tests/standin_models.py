@@ -142,3 +142,61 @@ class KillAfterCommit:
 
     def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
         return _KillingAfterCommitModel(preset, options, self)
+
+
+class _HangingWindower(Windower):
+    """Hangs the decoding process at its first chunk, once per marker: a decoder stuck without an error."""
+
+    def __init__(self, inner: Windower, marker: Path) -> None:
+        self.inner, self.marker = inner, marker
+
+    def push(self, chunk: FrameBatch | AudioChunk) -> Units | None:
+        if claim(self.marker):
+            time.sleep(3600)
+        return self.inner.push(chunk)
+
+    def finish(self) -> Units | None:
+        return self.inner.finish()
+
+
+class _HangingModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, folder: Path) -> None:
+        super().__init__(preset, options)
+        self.folder = folder
+
+    def windower(self) -> Windower:
+        return _HangingWindower(super().windower(), self.folder / "hang")
+
+
+@dataclass(frozen=True)
+class HangOnce:
+    """A build of MeanModels whose decoding hangs once (marker in `folder`), in whichever process decodes."""
+
+    folder: Path
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _HangingModel(preset, options, self.folder)
+
+
+class _LoadFailingModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, build: KillThenFailToLoad) -> None:
+        if not claim(build.folder / f"loaded-{preset.name}"):
+            raise RuntimeError("the weights are gone")
+        super().__init__(preset, options)
+        self.build = build
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        if claim(self.build.folder / "model"):
+            kill_this_process()
+        return super().embed(inputs)
+
+
+@dataclass(frozen=True)
+class KillThenFailToLoad:
+    """A build of MeanModels that loads once per preset (markers in `folder`); its process is SIGKILLed at its
+    first embed, and every later load fails: a model actor that Ray restarts but that cannot load again."""
+
+    folder: Path
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _LoadFailingModel(preset, options, self)

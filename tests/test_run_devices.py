@@ -17,12 +17,13 @@ import h5py
 import pytest
 import torch
 
-from extract.errors import UsageError, WorkerLostError
+from extract.errors import ProvenanceMismatchError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions
 from extract.presets import get_preset
 from extract.run import ExtractionRun, RunConfig, RunStopped
 from extract.run.engine_devices import parse_devices, split_items
 from extract.run.plan import WorkItem
+from extract.run.provenance import check_same_recipes
 from extract.sources import scan_folder
 from extract.store import FeatureStore, list_parts, parts_dir
 from tests.conftest import run_cli
@@ -37,12 +38,24 @@ FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
 def test_devices_are_parsed_into_one_worker_each() -> None:
     assert parse_devices("0,1, 3") == ("cuda:0", "cuda:1", "cuda:3")
     assert parse_devices("cuda:2,cpu,cpu") == ("cuda:2", "cpu", "cpu")
-    for wrong in ("gpu0", "", "1;2"):
+    for wrong in ("gpu0", "", "1;2", "²", "cuda:٣"):
         with pytest.raises(UsageError, match="--devices"):
             parse_devices(wrong)
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="--devices all: no CUDA GPU is visible"):
             parse_devices("all")
+
+
+def test_workers_that_would_make_a_feature_differently_are_named_with_the_difference() -> None:
+    records = {"clip": {"recipe": {"preset": "clip", "precision": "fp16"}}}
+    check_same_recipes([("cuda:0", records), ("cuda:1", records)], "one kind")
+    other = {"clip": {"recipe": {"preset": "clip", "precision": "fp32"}}}
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        check_same_recipes([("cuda:0", records), ("cuda:1", records), ("cpu", other)], "give devices of one kind")
+    assert str(refused.value) == (
+        "the workers on cuda:0 and cpu would make 'clip' features differently (precision: 'fp16' -> 'fp32'); "
+        "give devices of one kind"
+    )
 
 
 def test_work_is_split_by_file_size_onto_the_least_loaded_worker(tmp_path: Path) -> None:
