@@ -14,9 +14,10 @@ Exactly once. A video's records reach the writer once, when all its tracks are s
 a worker (a decode task's process or node, a model actor, an object with its node), every video whose events
 or batch were lost starts again as a new attempt (`WorkItem.attempt`): what was collected for it is dropped, and
 events of older attempts are ignored, so no row is counted twice. After `RunConfig.attempts` tries the video
-becomes a failure record. The driver commits parts itself (features are far smaller than the frames), so the
-store only needs to be on the driver's disk, and a driver killed at any moment leaves committed parts only:
-the same command resumes from them.
+becomes a failure record. A running decode task silent for `RunConfig.stall_seconds` is lost the same way: the
+driver never blocks on one task or actor, it waits on all of them at once. The driver commits parts itself
+(features are far smaller than the frames), so the store only needs to be on the driver's disk, and a driver
+killed at any moment leaves committed parts only: the same command resumes from them.
 """
 
 from __future__ import annotations
