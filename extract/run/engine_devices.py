@@ -304,8 +304,8 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
+        for number, handler in self.previous.items():  # the signal that stopped the run: ignored while closing
+            signal.signal(number, signal.SIG_IGN if number == self.signal else handler)
 
     def _received(self, signum: int, frame: Any) -> None:
         if self.signal is None:
@@ -387,7 +387,8 @@ def _signals_held() -> Iterator[None]:
 
 def _stop_with_parent(parent_pid: int) -> bool:
     """Ask the kernel to send this worker SIGTERM when its parent dies (Linux), so it commits its finished videos
-    and exits instead of writing on without the parent; False when the parent is gone already."""
+    and exits instead of writing on without the parent; False when the parent is gone already. (The kernel
+    watches the parent's thread that started the worker: ExtractionRun starts them in the thread that runs it.)"""
     if sys.platform.startswith("linux"):
         import ctypes
 
