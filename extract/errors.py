@@ -1,5 +1,15 @@
 """One exception type per failure family; each message is one actionable line for the user."""
 
+from collections.abc import Sequence
+
+LISTED = 5  # items a one-line message names; the rest are counted
+
+
+def listed(items: Sequence[str], limit: int = LISTED) -> str:
+    """'a, b, c, d, e (+3 more)': the first `limit` items of a one-line message, and how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
 
 class ImgVmrError(Exception):
     """Base class of every error img-extract turns into a one-line message."""

@@ -47,6 +47,7 @@ from extract.errors import (
     UsageError,
 )
 from extract.ids import escape_id, storable_text, unescape_id
+from extract.record_differences import differences
 
 STORE_FORMAT = "img-vmr-feature-store"
 # 1: one failure record per video in /failures/<id> attrs. 2: records per (video, feature) in
@@ -750,12 +751,8 @@ class StoreWriter:
         for name, record in self.provenance.items():
             if name not in recipes:
                 continue
-            stored = recipes[name]
-            if stored != record["recipe"]:
-                changed = sorted(
-                    k for k in set(stored) | set(record["recipe"]) if stored.get(k) != record["recipe"].get(k)
-                )
-                detail = ", ".join(f"{k}: {stored.get(k)!r} -> {record['recipe'].get(k)!r}" for k in changed[:3])
+            detail = differences(recipes[name], record["recipe"])
+            if detail:
                 raise ProvenanceMismatchError(
                     f"{self.path} already holds {name!r} features made differently ({detail}); "
                     "use another --out to keep both"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
+from extract.record_differences import differences
 from extract.store import (
     PART_GLOB,
     FeatureStore,
@@ -51,9 +52,8 @@ def _check_shard_recipes(shards: list[Path]) -> None:
             recipes = store.recipes()
         for name, recipe in recipes.items():
             first, known = seen.setdefault(name, (shard, recipe))
-            if known != recipe:
-                changed = sorted(k for k in set(known) | set(recipe) if known.get(k) != recipe.get(k))
-                detail = ", ".join(f"{k}: {known.get(k)!r} -> {recipe.get(k)!r}" for k in changed[:3])
+            detail = differences(known, recipe)
+            if detail:
                 raise ProvenanceMismatchError(
                     f"{first} and {shard} hold {name!r} features made differently ({detail}); "
                     "merge only the shards of one extraction"
@@ -65,6 +65,10 @@ def merge_stores(
 ) -> MergeReport:
     if not shards:
         raise UsageError("name the shard stores to merge, e.g. img-extract merge feats-*.h5 --out feats.h5")
+    named = [shard.resolve() for shard in shards]
+    twice = next((shard for shard, where in zip(shards, named, strict=True) if named.count(where) > 1), None)
+    if twice is not None:
+        raise UsageError(f"{twice} is named twice; name each shard once")
     for shard in shards:
         check_is_store(shard)
     if out.resolve() in {shard.resolve() for shard in shards}:

@@ -1,16 +1,8 @@
 """Failure families of training and evaluation; each message is one actionable line (see extract/errors.py)."""
 
-from collections.abc import Sequence
-
+from extract.errors import LISTED as LISTED  # one listing rule for every one-line message (re-exported)
 from extract.errors import ImgVmrError
-
-LISTED = 5  # items a one-line message names; the rest are counted
-
-
-def listed(items: Sequence[str], limit: int = LISTED) -> str:
-    """'a, b, c, d, e (+3 more)': the first `limit` items of a one-line message, and how many more there are."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+from extract.errors import listed as listed
 
 
 class DataError(ImgVmrError):

@@ -1,7 +1,8 @@
 """Feature stores read as one source of video features for training and evaluation.
 
-Several stores (e.g. the shards that several machines wrote) are one collection: a video comes from the first
-store, in the order given, that holds it. The stores are scanned once in the process that builds the dataset;
+Several stores (e.g. the shards that several machines wrote) are one collection: a video held by more than one
+comes from the last store, in the order given, that holds it (as for the parts of a store and for
+`img-extract merge`: the later one wins). The stores are scanned once in the process that builds the dataset;
 file handles are opened lazily *per process* (img_model/per_process.py); a forked DataLoader worker keeps the
 scan (plain Python data) and opens its own handles, a spawn-started one receives the paths and scans again.
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from extract.errors import ProvenanceMismatchError, UsageError
+from extract.record_differences import differences
 from extract.store import FeatureStore, Track
 from img_model.per_process import PerProcess
-from img_model.provenance import differences
 
 log = logging.getLogger("img_vmr.train")
 
@@ -35,14 +36,12 @@ class FeatureStores:
         duplicates = 0
         for number, store in enumerate(self._stores.all()):
             for video_id in store.video_ids():
-                if self._where.setdefault(video_id, number) != number:
-                    duplicates += 1
+                duplicates += video_id in self._where
+                self._where[video_id] = number  # the later store wins
             for part, reason in store.corrupt_parts:
                 log.warning("%s: damaged part %s skipped (%s)", store.path, part.name, reason)
         if duplicates:
-            log.warning(
-                "%d videos are in more than one store; each is read from the first store listing it", duplicates
-            )
+            log.warning("%d videos are in more than one store; each is read from the last store listing it", duplicates)
 
     def _holder(self, video_id: str) -> FeatureStore:
         try:

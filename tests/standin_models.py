@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +88,115 @@ class KillOnce:
 
     def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
         return _KillingModel(preset, options, self)
+
+
+class _SlowModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, seconds: float) -> None:
+        super().__init__(preset, options)
+        self.seconds = seconds
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        # as in a long call into C (a CUDA kernel, a BLAS routine), a signal takes effect only when it returns
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            time.sleep(self.seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        return super().embed(inputs)
+
+
+@dataclass(frozen=True)
+class SlowOnce:
+    """A build of MeanModels of which the first process to build one (marker in `folder`) is slow, `seconds` per
+    batch during which signals wait, and the others are not: a run whose workers finish far apart, to signal or
+    kill in between."""
+
+    folder: Path
+    seconds: float
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        if claim(self.folder / "slow"):
+            return _SlowModel(preset, options, self.seconds)
+        return MeanModel(preset, options)
+
+
+class _KillingAfterCommitModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, build: KillAfterCommit) -> None:
+        super().__init__(preset, options)
+        self.build = build
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        ours = [part for part in self.build.parts.glob(f"part-*-{os.getpid()}-*.h5")]
+        if ours and claim(self.build.folder / "killed-after-commit"):
+            kill_this_process()
+        return super().embed(inputs)
+
+
+@dataclass(frozen=True)
+class KillAfterCommit:
+    """A build of MeanModels that SIGKILL the first process to embed again after committing a part into the
+    folder `parts` (once; marker in `folder`): a worker lost after some of its work reached the store."""
+
+    folder: Path
+    parts: Path
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _KillingAfterCommitModel(preset, options, self)
+
+
+class _HangingWindower(Windower):
+    """Hangs the decoding process at its first chunk, once per marker: a decoder stuck without an error."""
+
+    def __init__(self, inner: Windower, marker: Path) -> None:
+        self.inner, self.marker = inner, marker
+
+    def push(self, chunk: FrameBatch | AudioChunk) -> Units | None:
+        if claim(self.marker):
+            time.sleep(3600)
+        return self.inner.push(chunk)
+
+    def finish(self) -> Units | None:
+        return self.inner.finish()
+
+
+class _HangingModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, folder: Path) -> None:
+        super().__init__(preset, options)
+        self.folder = folder
+
+    def windower(self) -> Windower:
+        return _HangingWindower(super().windower(), self.folder / "hang")
+
+
+@dataclass(frozen=True)
+class HangOnce:
+    """A build of MeanModels whose decoding hangs once (marker in `folder`), in whichever process decodes."""
+
+    folder: Path
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _HangingModel(preset, options, self.folder)
+
+
+class _LoadFailingModel(MeanModel):
+    def __init__(self, preset: Preset, options: ExtractorOptions, build: KillThenFailToLoad) -> None:
+        if not claim(build.folder / f"loaded-{preset.name}"):
+            raise RuntimeError("the weights are gone")
+        super().__init__(preset, options)
+        self.build = build
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        if claim(self.build.folder / "model"):
+            kill_this_process()
+        return super().embed(inputs)
+
+
+@dataclass(frozen=True)
+class KillThenFailToLoad:
+    """A build of MeanModels that loads once per preset (markers in `folder`); its process is SIGKILLed at its
+    first embed, and every later load fails: a model actor that Ray restarts but that cannot load again."""
+
+    folder: Path
+
+    def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+        return _LoadFailingModel(preset, options, self)

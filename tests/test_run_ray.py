@@ -7,21 +7,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from extract.errors import UsageError
+from extract.errors import UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions
 from extract.presets import get_preset
 from extract.run import ExtractionRun, RunConfig
-from extract.run.engine_ray import import_ray
+from extract.run.engine_ray import RayEngine, connect, import_ray
 from extract.sources import scan_folder
 from extract.store import FeatureStore, list_parts, parts_dir
 from tests.broken_media import make_broken_audio_video
-from tests.standin_models import KillOnce, MeanModel
+from tests.standin_models import HangOnce, KillOnce, KillThenFailToLoad, MeanModel
 from tests.store_views import contents, records_per_video
 from tests.videos import make_video
 
@@ -156,3 +158,81 @@ def test_a_killed_driver_resumes_with_every_video_exactly_once(cluster: str, tin
     assert not list(parts_dir(out).glob("*.tmp"))
     with FeatureStore(out) as store:
         assert len(store.video_ids()) == 10
+
+
+def _in_time(call: Callable[[], object], seconds: float) -> tuple[bool, BaseException | None]:
+    """Whether `call` returned (or raised) within `seconds`, and what it raised; a hang stays in its thread."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), raised[0] if raised else None
+
+
+@pytest.mark.slow
+def test_a_hung_decode_task_loses_its_video_after_stall_seconds_and_it_starts_again(
+    cluster: str, videos: Path, local_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "feats.h5"
+    finished, error = _in_time(lambda: _extract(videos, out, "ray", build=HangOnce(markers), stall_seconds=5.0), 180)
+    assert finished and error is None, f"the driver waited on a hung decode task ({error})"
+    assert (markers / "hang").exists()
+    assert contents(out) == contents(local_store)
+    retried = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
+    assert len(retried) == 1 and "no decoding progress for 5 s" in retried[0]
+
+
+class _GpuHolder:
+    def ready(self) -> bool:
+        return True
+
+
+def test_model_actors_the_cluster_cannot_place_are_an_error_naming_what_they_ask(cluster: str) -> None:
+    holder = ray.remote(num_gpus=1, num_cpus=0)(_GpuHolder).remote()  # the cluster's only GPU is taken
+    ray.get(holder.ready.remote())
+    engine = RayEngine([FRAMES], CPU, RunConfig(progress=False, engine="ray", ray_device="cuda"), MeanModel)
+    engine.actors_ready_s = 2.0
+    try:
+        finished, error = _in_time(engine.prepare, 60)
+    finally:
+        ray.kill(holder)
+        engine.close()
+    assert finished, "prepare() waited forever for an actor that cannot be placed"
+    assert isinstance(error, WorkerLostError)
+    assert "1 of 1 model actors did not start within 2 s; each asks the Ray cluster for 1 GPU and 0 CPU" in str(error)
+
+
+@pytest.mark.slow
+def test_a_restarted_actor_that_cannot_load_its_models_fails_the_videos_naming_why(
+    cluster: str, videos: Path, tmp_path: Path
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "feats.h5"
+    _extract(videos, out, "ray", build=KillThenFailToLoad(markers))
+    assert (markers / "model").exists()  # the first actor was killed; its restarted self could not load
+    with FeatureStore(out) as store:
+        messages = [failure.message for failure in store.failures()]
+    lost = [message for message in messages if "lost on all 3 tries" in message]
+    assert lost and all("could not load its models (RuntimeError: the weights are gone)" in m for m in lost)
+    assert not any("KeyError" in message for message in messages)
+
+
+def test_without_an_address_the_engine_starts_a_cluster_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never one that `ray start` left running on this machine (ray.init() with no address would join it)."""
+    calls: list[dict] = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    assert connect(None) is True
+    assert calls[0]["address"] == "local"
+    assert connect("10.0.0.1:6379") is False and calls[1]["address"] == "10.0.0.1:6379"

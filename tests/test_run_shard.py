@@ -22,6 +22,7 @@ from extract.sources import VideoSource
 from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, next_part_name, parts_dir
 from extract.store_merge import merge_stores
 from img_model.dataset import DataConfig, DataSources
+from img_model.features import FeatureStores
 from img_model.synthetic import SyntheticSpec, write_audio_matters
 from tests.conftest import run_cli
 from tests.test_store_compact import CLIP_A, _commit, _everything, _failure, _video
@@ -55,7 +56,7 @@ def test_shard_of_an_id_never_changes() -> None:
         assert out.stdout.strip() == "[174, 610]"
 
 
-@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "0/0", "1/2/3"])
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "0/0", "1/2/3", "²/4", "0/٣"])
 def test_a_wrong_shard_is_one_line(text: str) -> None:
     with pytest.raises(UsageError, match="--shard"):
         Shard.parse(text)
@@ -109,6 +110,11 @@ def test_a_video_in_two_shards_comes_from_the_last_one(tmp_path: Path) -> None:
     assert report.duplicates == 1
     with FeatureStore(tmp_path / "all.h5") as merged:
         assert merged.track("a", "clip").features.shape == (5, 4) and merged.video_ids() == ["a", "b", "d"]
+    # img-train's --features follows the same rule: the later store wins
+    with FeatureStores([first, second]) as later_second, FeatureStores([second, first]) as later_first:
+        assert later_second.track("a", "clip").features.shape == (5, 4)
+        assert later_first.track("a", "clip").features.shape == (2, 4)
+        assert later_second.video_ids() == ["a", "b", "d"]
 
 
 def test_merge_refuses_shards_made_differently_and_writes_nothing(tmp_path: Path) -> None:
@@ -131,6 +137,8 @@ def test_merge_refuses_a_shard_being_written_and_itself_as_out(tmp_path: Path) -
         writer.abandon()
     with pytest.raises(UsageError, match="is one of the shards"):
         merge_stores([first, second], first)
+    with pytest.raises(UsageError, match=r"s0\.h5 is named twice; name each shard once"):
+        merge_stores([first, second, tmp_path / "." / "s0.h5"], tmp_path / "all.h5")
 
 
 def test_a_part_committed_twice_reads_and_indexes_each_video_once(tmp_path: Path) -> None:

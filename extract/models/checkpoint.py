@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from extract.errors import MissingWeightsError
+from extract.errors import MissingWeightsError, listed
 
 _LISTED_KEYS = 3  # keys named per problem kind; the rest are counted
 
@@ -43,8 +43,7 @@ def _shape(value: object) -> str:
 
 
 def _listed(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else ""
-    return ", ".join(keys[:_LISTED_KEYS]) + more
+    return listed(keys, _LISTED_KEYS)
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: object, source: str) -> None:

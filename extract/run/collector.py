@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from extract.errors import VideoDecodeError
 from extract.run.assembly import VideoAssembly
 from extract.run.batcher import Batcher
 from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady
@@ -77,6 +78,11 @@ class Collector:
         """Fail what is still open of a video whose decoder (or worker) will send nothing more."""
         if item.video_id not in self.closed:
             self.fail(failure(item, self.assembly(item.video_id).unsettled(), stage, error))
+
+    def close(self) -> None:
+        """At the end of a run, fail what is still open (only after a bug: a video is never left unwritten)."""
+        for assembly in list(self.assemblies.values()):
+            self.give_up(assembly.item, VideoDecodeError(f"{assembly.item.path}: its decoding ended early"))
 
     def restart(self, item: WorkItem) -> None:
         """Forget everything collected for `item`'s video and expect its events again as `item` (a new attempt)."""

@@ -11,39 +11,50 @@ holds the lock, writes the index. Workers are started with `spawn` (CUDA cannot 
 once in `prepare` (which reports their provenance, so a store made differently is refused before any work) and
 then take one list of videos per run: largest files first, each onto the least loaded worker.
 
-Ctrl-C or SIGTERM reach every worker (the parent forwards them); each commits its finished videos and the parent
-writes the index before the run stops. A worker that dies (killed, out of memory) loses only what it had not
-committed: the run stops with WorkerLostError and the same command resumes.
+Each worker talks to the parent over its own pipe (nothing shared: a worker killed in the middle of a message
+cannot block the others), and the parent waits on those pipes and on the processes themselves, so a worker that
+dies is noticed at once. Ctrl-C or SIGTERM (from a terminal, Slurm or Kubernetes, to the parent or to the whole
+process group) reach every worker: the parent only records the signal and forwards it, waits until every worker
+has reported (a worker that finished before the signal counts as finished), then writes the index and stops. A
+worker that dies (killed, out of memory) loses only what it had not committed: the run stops with WorkerLostError
+and the same command resumes. A worker whose parent dies (SIGKILL, out of memory) receives SIGTERM from the kernel
+(Linux) or finds its pipe closed, commits its finished videos and exits: no worker outlives its parent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
-import queue
+import re
 import signal
-from collections.abc import Callable, Sequence
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ImgVmrError, ProvenanceMismatchError, UsageError, WorkerLostError
+from extract.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.run.collector import progress_bar
 from extract.run.config import RunConfig
 from extract.run.plan import WorkItem
+from extract.run.provenance import check_same_recipes
 from extract.run.summary import RunSummary
-from extract.store import PartWriter, StoreWriter
+from extract.store import FeatureStore, PartWriter, StoreWriter, list_parts
 
 log = logging.getLogger("img_vmr.extract")
 
 Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 READY_TIMEOUT_S = 1800.0  # model loading (a first download of weights included)
 STOP_GRACE_S = 120.0  # after an interrupt: time for the workers to commit their finished videos
+POLL_S = 1.0  # the parent's longest wait between looks at the clock
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -59,9 +70,9 @@ def parse_devices(text: str) -> tuple[str, ...]:
         return tuple(f"cuda:{index}" for index in range(count))
     devices = []
     for entry in entries:
-        if entry.isdigit():
+        if re.fullmatch(r"[0-9]+", entry):
             devices.append(f"cuda:{entry}")
-        elif entry == "cpu" or (entry.startswith("cuda:") and entry[5:].isdigit()):
+        elif entry == "cpu" or re.fullmatch(r"cuda:[0-9]+", entry):
             devices.append(entry)
         else:
             raise UsageError(f"--devices {text!r}: {entry!r} is not a GPU index, cuda:N or cpu (e.g. --devices 0,1)")
@@ -98,6 +109,7 @@ class _WorkerSpec:
     build: Build
     torch_threads: int
     console_level: int
+    parent_pid: int
 
 
 @dataclass
@@ -114,8 +126,7 @@ class DeviceWorkers:
     def __init__(self, presets: Sequence[Preset], options: ExtractorOptions, config: RunConfig, build: Build) -> None:
         self.presets, self.options, self.config, self.build = list(presets), options, config, build
         self.context = mp.get_context("spawn")
-        self.messages: Any = None
-        self.inboxes: list[Any] = []
+        self.connections: list[Any] = []  # the parent's end of each worker's pipe
         self.processes: list[Any] = []
         self.provenance: dict[str, dict[str, Any]] | None = None
 
@@ -124,39 +135,41 @@ class DeviceWorkers:
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.provenance is not None:
             return self.provenance
-        self.messages = self.context.Queue()
         threads = max(1, (os.cpu_count() or 1) // len(self.config.devices))
         level = _console_level()
         for number, device in enumerate(self.config.devices):
-            spec = _WorkerSpec(number, device, self.presets, self.options, self.config, self.build, threads, level)
-            inbox = self.context.Queue()
-            process = self.context.Process(
-                target=_worker_main, args=(spec, inbox, self.messages), name=f"extract-{device}", daemon=True
+            spec = _WorkerSpec(
+                number, device, self.presets, self.options, self.config, self.build, threads, level, os.getpid()
             )
+            ours, theirs = self.context.Pipe()
+            process = self.context.Process(target=_worker_main, args=(spec, theirs), name=f"extract-{device}")
+            process.daemon = True  # a parent that exits normally takes its workers along
             process.start()
-            self.inboxes.append(inbox)
+            theirs.close()  # only the worker holds its end: the parent's death closes the pipe for the worker
+            self.connections.append(ours)
             self.processes.append(process)
         try:
             records = self._await_ready()
+            check_same_recipes(
+                list(zip(self.config.devices, records, strict=True)), "give devices of one kind to --devices"
+            )
         except BaseException:
             self.close()
             raise
-        first = records[0]
-        for number, other in enumerate(records[1:], start=1):
-            for name, record in first.items():
-                if other.get(name, {}).get("recipe") != record["recipe"]:
-                    self.close()
-                    raise ProvenanceMismatchError(
-                        f"the workers on {self.config.devices[0]} and {self.config.devices[number]} would make "
-                        f"{name!r} features differently; give devices of one kind to --devices"
-                    )
-        self.provenance = first
-        return first
+        self.provenance = records[0]
+        return records[0]
 
     def _await_ready(self) -> list[dict[str, dict[str, Any]]]:
         records: dict[int, dict[str, dict[str, Any]]] = {}
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while len(records) < len(self.processes):
-            kind, number, payload = self._next_message(set(), READY_TIMEOUT_S)
+            waiting = set(range(len(self.processes))) - set(records)
+            message = self._next_message(waiting, POLL_S)
+            if message is None:
+                if time.monotonic() > deadline:
+                    raise WorkerLostError(f"the workers did not load their models within {READY_TIMEOUT_S:.0f} s")
+                continue
+            kind, number, payload = message
             if kind == "failed":
                 raise payload
             if kind == "lost":
@@ -165,57 +178,77 @@ class DeviceWorkers:
                 records[number] = payload
         return [records[number] for number in range(len(self.processes))]
 
-    def _next_message(self, known_lost: set[int], timeout: float) -> tuple[str, int, Any]:
-        """The next message of any worker, or ("lost", number, why) for a worker that died without a word."""
-        waited = 0.0
-        while True:
+    def _next_message(self, waiting: Collection[int], timeout: float) -> tuple[str, int, Any] | None:
+        """The next message of a worker in `waiting`, ("lost", number, why) for one of them that died without a
+        word, or None when none spoke within `timeout` seconds."""
+        pipes = {self.connections[number]: number for number in waiting}
+        ends = {self.processes[number].sentinel: number for number in waiting}
+        ready = mp.connection.wait([*pipes, *ends], timeout)
+        for pipe in (obj for obj in ready if obj in pipes):
             try:
-                return self.messages.get(timeout=1.0)
-            except queue.Empty:
-                waited += 1.0
-            for number, process in enumerate(self.processes):
-                if process.exitcode is not None and number not in known_lost:
-                    with contextlib.suppress(queue.Empty):  # its last words may still be in the pipe
-                        return self.messages.get(timeout=1.0)
-                    why = _exit_reason(process.exitcode)
-                    return "lost", number, f"the worker on {self.config.devices[number]} died ({why})"
-            if waited >= timeout:
-                raise WorkerLostError(f"the workers sent nothing for {timeout:.0f} s")
+                return pipe.recv()
+            except (EOFError, OSError):  # its end is closed: it died, its exit status says how
+                return self._lost(pipes[pipe])
+        for end in ready:
+            number = ends[end]
+            if self.connections[number].poll():  # its last words came after the wait looked
+                return self._next_message([number], 0)
+            return self._lost(number)
+        return None
+
+    def _lost(self, number: int) -> tuple[str, int, str]:
+        process = self.processes[number]
+        process.join(timeout=POLL_S)
+        why = _exit_reason(process.exitcode) if process.exitcode is not None else "its pipe closed"
+        return "lost", number, f"the worker on {self.config.devices[number]} died ({why})"
 
     # --- a run ---------------------------------------------------------------------------------------------
 
     def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
         assert self.provenance is not None, "prepare() starts the workers first"
         progress = progress_bar(len(items), self.config.progress)
-        shares = split_items(items, len(self.processes))
-        for inbox, share in zip(self.inboxes, shares, strict=True):
-            inbox.put((writer.path, share))
+        before = set(list_parts(writer.parts_dir))
         outcomes: dict[int, _Outcome] = {}
         lost: dict[int, str] = {}
-        interrupt: BaseException | None = None
-        try:
-            while len(outcomes) + len(lost) < len(self.processes):
-                try:
-                    kind, number, payload = self._next_message(set(lost), float("inf"))
-                except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM here: every worker commits, then we stop
-                    interrupt = interrupt or error
-                    self._forward(error, outcomes)
-                    continue
-                if kind == "progress":
-                    progress.update(payload)
-                elif kind == "done":
-                    outcomes[number] = payload
-                elif kind == "lost":
-                    lost[number] = payload
-                    log.error("%s; the other workers go on", payload)
-        finally:
-            progress.close()
-            writer.close()  # the index, once, over every worker's parts
+        waiting = set(range(len(self.processes)))  # the workers this run has not heard the end of
+        with _StopSignals(self, waiting) as stop:
+            try:
+                for number, share in enumerate(split_items(items, len(self.processes))):
+                    self._send(number, (writer.path, share), lost, waiting)
+                while waiting:
+                    message = self._next_message(waiting, POLL_S)
+                    if message is None:
+                        if stop.overdue():
+                            for number in sorted(waiting):
+                                self.processes[number].kill()
+                                lost[number] = (
+                                    f"the worker on {self.config.devices[number]} did not stop within "
+                                    f"{STOP_GRACE_S:.0f} s of the interrupt and was killed"
+                                )
+                            waiting.clear()
+                        continue
+                    kind, number, payload = message
+                    if kind == "progress":
+                        progress.update(payload)
+                    elif kind == "done":
+                        outcomes[number] = payload
+                        waiting.discard(number)
+                    elif kind == "lost":
+                        lost[number] = payload
+                        waiting.discard(number)
+                        log.error("%s; the other workers go on", payload)
+            finally:
+                progress.close()
+                writer.close()  # the index, once, over every worker's parts
         for outcome in outcomes.values():
             _add(summary, outcome.summary)
+        # what really reached the disk, a lost worker's parts included
+        summary.committed_videos, summary.committed_failures = self._committed(writer, before)
         errors = [outcome.error for outcome in outcomes.values() if outcome.error is not None]
-        if interrupt is not None:
-            raise interrupt
+        if stop.signal is not None:
+            from extract.cli_common import Terminated
+
+            raise Terminated() if stop.signal == signal.SIGTERM else KeyboardInterrupt()
         if lost:
             raise WorkerLostError(
                 "; ".join(lost.values()) + "; the videos it had not committed are extracted by re-running the command"
@@ -223,25 +256,77 @@ class DeviceWorkers:
         if errors:
             raise errors[0]
 
-    def _forward(self, interrupt: BaseException, outcomes: dict[int, _Outcome]) -> None:
-        from extract.cli_common import is_sigterm
+    def _send(self, number: int, job: Any, lost: dict[int, str], waiting: set[int]) -> None:
+        try:
+            self.connections[number].send(job)
+        except OSError:  # it died since the last run
+            lost[number] = self._lost(number)[2]
+            waiting.discard(number)
 
-        sent = signal.SIGTERM if is_sigterm(interrupt) else signal.SIGINT
-        for number, process in enumerate(self.processes):
-            if number not in outcomes and process.exitcode is None:
-                with contextlib.suppress(OSError):
-                    os.kill(process.pid, sent)
+    def _committed(self, writer: StoreWriter, before: set[Any]) -> tuple[int, int]:
+        """Videos and failures in the parts this run's workers committed (found by their writer's pid)."""
+        pids = {process.pid for process in self.processes}
+        ours = [part for part in list_parts(writer.parts_dir) if part not in before and _writer_pid(part) in pids]
+        if not ours:
+            return 0, 0
+        with FeatureStore(writer.path, parts=ours) as view:
+            return len(view), len(view.failures())
 
     def close(self) -> None:
-        for inbox in self.inboxes:
-            with contextlib.suppress(Exception):
-                inbox.put(None)
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.send(None)
         for process in self.processes:
             process.join(timeout=STOP_GRACE_S)
             if process.exitcode is None:
                 process.kill()
                 process.join()
-        self.inboxes, self.processes, self.provenance = [], [], None
+        for connection in self.connections:
+            connection.close()
+        self.connections, self.processes, self.provenance = [], [], None
+
+
+class _StopSignals:
+    """During a run, SIGINT and SIGTERM are recorded and forwarded to the workers still working, never raised in
+    the middle of the parent's bookkeeping: the run goes on until every worker has reported, then stops."""
+
+    def __init__(self, workers: DeviceWorkers, waiting: set[int]) -> None:
+        self.workers, self.waiting = workers, waiting
+        self.signal: int | None = None
+        self.since = 0.0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self._received) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self.previous.items():  # the signal that stopped the run: ignored while closing
+            signal.signal(number, signal.SIG_IGN if number == self.signal else handler)
+
+    def _received(self, signum: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal, self.since = signum, time.monotonic()
+            log.warning("stopping: the workers commit their finished videos")
+        for number in list(self.waiting):
+            with contextlib.suppress(OSError):
+                os.kill(self.workers.processes[number].pid, signum)
+
+    def overdue(self) -> bool:
+        return self.signal is not None and time.monotonic() - self.since > STOP_GRACE_S
+
+
+def _writer_pid(part: Any) -> int | None:
+    import h5py
+
+    try:
+        with h5py.File(part, "r", locking=False) as f:
+            return int(f.attrs["writer_pid"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _add(total: RunSummary, part: RunSummary) -> None:
@@ -251,8 +336,6 @@ def _add(total: RunSummary, part: RunSummary) -> None:
     total.frames += part.frames
     total.units += part.units
     total.failures += part.failures
-    total.committed_videos += part.committed_videos
-    total.committed_failures += part.committed_failures
 
 
 def _exit_reason(code: int) -> str:
@@ -270,15 +353,48 @@ def _console_level() -> int:
 # --- inside a worker process ----------------------------------------------------------------------------------
 
 
-class _Progress:
-    def __init__(self, messages: Any, number: int) -> None:
-        self.messages, self.number = messages, number
+class _Parent:
+    """The worker's end of its pipe. Messages are sent with SIGINT/SIGTERM held back, so an interrupt never cuts
+    one in half; a closed pipe means the parent is gone, and the worker stops as if terminated."""
 
-    def update(self, count: int = 1) -> None:
-        self.messages.put(("progress", self.number, count))
+    def __init__(self, connection: Any, number: int) -> None:
+        self.connection, self.number = connection, number
+
+    def send(self, kind: str, payload: Any) -> None:
+        from extract.cli_common import Terminated
+
+        try:
+            with _signals_held():
+                self.connection.send((kind, self.number, payload))
+        except OSError:
+            raise Terminated() from None
+
+    def update(self, count: int = 1) -> None:  # the engine's progress bar
+        self.send("progress", count)
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _stop_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel to send this worker SIGTERM when its parent dies (Linux), so it commits its finished videos
+    and exits instead of writing on without the parent; False when the parent is gone already. (The kernel
+    watches the parent's thread that started the worker: ExtractionRun starts them in the thread that runs it.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == parent_pid  # died before the request: nobody would send the signal
 
 
 def _interrupts_once() -> None:
@@ -316,29 +432,29 @@ def _worker_logging(spec: _WorkerSpec) -> None:
     root.addHandler(console)
 
 
-def _worker_main(spec: _WorkerSpec, inbox: Any, messages: Any) -> None:
+def _worker_main(spec: _WorkerSpec, connection: Any) -> None:
     _interrupts_once()
-    _worker_logging(spec)
-    try:
-        import torch
-
-        from extract.devices import resolve_device
-        from extract.run.provenance import provenance_records
-
-        torch.set_num_threads(spec.torch_threads)
-        options = dataclasses.replace(spec.options, device=resolve_device(spec.device))
-        extractors = [spec.build(preset, options) for preset in spec.presets]
-        provenance = provenance_records(extractors)
-    except BaseException as error:
-        log.debug("loading the models failed", exc_info=True)
-        messages.put(("failed", spec.number, _portable(error)))
+    if not _stop_with_parent(spec.parent_pid):
         return
-    messages.put(("ready", spec.number, provenance))
-    with contextlib.suppress(KeyboardInterrupt):  # interrupted while idle: nothing to commit
-        while (job := inbox.get()) is not None:
+    _worker_logging(spec)
+    parent = _Parent(connection, spec.number)
+    # interrupted while idle, or the parent gone (SIGTERM from the kernel, its pipe closed): nothing to commit
+    with contextlib.suppress(KeyboardInterrupt, EOFError, OSError):
+        try:
+            import torch
+
+            from extract.run.provenance import load_models
+
+            torch.set_num_threads(spec.torch_threads)
+            extractors, provenance = load_models(spec.presets, spec.options, spec.build, spec.device)
+        except BaseException as error:
+            log.debug("loading the models failed", exc_info=True)
+            parent.send("failed", _portable(error))
+            return
+        parent.send("ready", provenance)
+        while (job := connection.recv()) is not None:
             store_path, items = job
-            outcome = _run_share(spec, store_path, items, extractors, provenance, messages)
-            messages.put(("done", spec.number, outcome))
+            parent.send("done", _run_share(spec, store_path, items, extractors, provenance, parent))
 
 
 def _run_share(
@@ -347,26 +463,23 @@ def _run_share(
     items: list[WorkItem],
     extractors: list[FeatureExtractor],
     provenance: dict[str, dict[str, Any]],
-    messages: Any,
+    parent: _Parent,
 ) -> _Outcome:
     from extract.log_file import attach_log_file
     from extract.run.engine_local import LocalEngine
 
     summary = RunSummary(total=len(items))
-    writer: PartWriter | None = None
     log_file = None
     try:
         writer = PartWriter(store_path, provenance)
         log_file = attach_log_file(writer.parts_dir / "extract.log")
         if items:
-            LocalEngine(items, extractors, writer, spec.config, summary, _Progress(messages, spec.number)).run()
+            LocalEngine(items, extractors, writer, spec.config, summary, parent).run()
         error = None
     except BaseException as caught:
         log.debug("the worker on %s stopped", spec.device, exc_info=True)
         error = _portable(caught) if not isinstance(caught, ImgVmrError | KeyboardInterrupt) else caught
     finally:
-        if writer is not None:
-            summary.committed_videos, summary.committed_failures = writer.committed_videos, writer.committed_failures
         if log_file is not None:
             logging.getLogger("img_vmr").removeHandler(log_file)
             log_file.close()

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
 from extract.run.events import Embedded, Event
 from extract.run.plan import WorkItem
-from extract.run.provenance import provenance_records
+from extract.run.provenance import load_models
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
@@ -72,11 +72,12 @@ class LocalModels:
     ) -> None:
         self.presets, self.options, self.config, self.build = list(presets), options, config, build
         self.extractors: list[FeatureExtractor] | None = None
+        self.provenance: dict[str, dict[str, Any]] = {}
 
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.extractors is None:
-            self.extractors = [self.build(preset, self.options) for preset in self.presets]
-        return provenance_records(self.extractors)
+            self.extractors, self.provenance = load_models(self.presets, self.options, self.build)
+        return self.provenance
 
     def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
         assert self.extractors is not None, "prepare() loads the models first"
@@ -104,7 +105,7 @@ class LocalEngine:
         self.frames = FrameSource(by_name, threads=max(1, (os.cpu_count() or 1) // config.workers))
         self.audio = AudioSource(by_name)
         self.embed = Embed(by_name)
-        self.batcher: Batcher[WorkItem] = Batcher(batch_sizes(extractors, config))
+        self.batcher: Batcher[WorkItem] = Batcher(batch_sizes({e.name: e.max_batch for e in extractors}, config))
         self.events: queue.Queue[Event | _WorkerExit] = queue.Queue(maxsize=max(4, 2 * config.workers))
         self.work: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self.stop = threading.Event()
@@ -147,8 +148,7 @@ class LocalEngine:
                 for result in self.embed(batch):
                     self._handle(result)
             self.writer.raise_if_failed()
-        for assembly in list(self.collector.assemblies.values()):  # only after a bug: never leave a video open
-            self.collector.give_up(assembly.item, VideoDecodeError(f"{assembly.item.path}: the decoder ended early"))
+        self.collector.close()
 
     def _handle(self, event: Event | Embedded | _WorkerExit) -> None:
         if isinstance(event, _WorkerExit):
@@ -267,6 +267,6 @@ class WriterThread:
             writer.abandon()
 
 
-def batch_sizes(extractors: list[FeatureExtractor], config: RunConfig) -> dict[str, int]:
-    """Units per forward pass of each feature: --batch-size, or less where the model takes less."""
-    return {e.name: min(config.batch_size, e.max_batch or config.batch_size) for e in extractors}
+def batch_sizes(max_batch: Mapping[str, int | None], config: RunConfig) -> dict[str, int]:
+    """Units per forward pass of each feature: --batch-size, or less where its model takes less (`max_batch`)."""
+    return {name: min(config.batch_size, limit or config.batch_size) for name, limit in max_batch.items()}

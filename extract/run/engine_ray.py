@@ -14,9 +14,10 @@ Exactly once. A video's records reach the writer once, when all its tracks are s
 a worker (a decode task's process or node, a model actor, an object with its node), every video whose events
 or batch were lost starts again as a new attempt (`WorkItem.attempt`): what was collected for it is dropped, and
 events of older attempts are ignored, so no row is counted twice. After `RunConfig.attempts` tries the video
-becomes a failure record. The driver commits parts itself (features are far smaller than the frames), so the
-store only needs to be on the driver's disk, and a driver killed at any moment leaves committed parts only:
-the same command resumes from them.
+becomes a failure record. A running decode task silent for `RunConfig.stall_seconds` is lost the same way: the
+driver never blocks on one task or actor, it waits on all of them at once. The driver commits parts itself
+(features are far smaller than the frames), so the store only needs to be on the driver's disk, and a driver
+killed at any moment leaves committed parts only: the same command resumes from them.
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extract.errors import ImgVmrError, ProvenanceMismatchError, UsageError, WorkerLostError
+from extract.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, Units
 from extract.presets import Preset
 from extract.run.batcher import Batch, Batcher
 from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
-from extract.run.engine_local import PARTIAL_BATCH_WAIT_S, WriterThread
+from extract.run.engine_local import PARTIAL_BATCH_WAIT_S, WriterThread, batch_sizes
 from extract.run.events import Embedded, Failed, UnitsReady
 from extract.run.plan import WorkItem
-from extract.run.ray_workers import Description, ModelWorker, RemoteRows, decode_video
+from extract.run.provenance import check_same_recipes
+from extract.run.ray_workers import Description, ModelWorker, RemoteRows, decode_video, one_line
 from extract.run.stages import Commit
 from extract.run.summary import RunSummary
 from extract.store import StoreWriter
@@ -54,6 +57,8 @@ BATCH_RETRIES = 2  # Ray sends a batch lost with its actor to the restarted acto
 BATCHES_PER_ACTOR = 2  # in flight per actor: one computing, one arriving
 DECODE_BACKPRESSURE = 16  # objects a decode task may yield ahead of the driver (8 events)
 PENDING_BATCHES_PER_ACTOR = 4  # queued units per actor, in batches, before the driver stops reading decoders
+ACTORS_READY_S = 1800.0  # model actors placed and their models loaded (a first download of weights included)
+ACTORS_WAIT_REPORT_S = 60.0  # how often the driver says it is still waiting for them
 
 
 def import_ray() -> Any:
@@ -80,8 +85,8 @@ def connect(address: str | None) -> bool:
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:  # "local": a new cluster of our own, never one a `ray start` left running on this machine
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     finally:
         if threading.current_thread() is threading.main_thread():
             # ray.init makes SIGTERM a bare sys.exit; ours commits the finished videos first (exit 143)
@@ -93,11 +98,6 @@ def unwrap(error: BaseException) -> BaseException:
     """Our own error inside a Ray task error (it names the failed task and its traceback), else the error."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, ImgVmrError) else error
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
 
 class RayEngine:
@@ -115,6 +115,7 @@ class RayEngine:
         self.description: Description | None = None
         self.started = False
         self.decode_slots = 1
+        self.actors_ready_s = ACTORS_READY_S
 
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.description is not None:
@@ -128,27 +129,25 @@ class RayEngine:
             raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
         on_gpus = gpus > 0 and spec != "cpu"
         count = gpus if on_gpus else 1
+        # a GPU actor that reserved a CPU would starve the decode tasks
+        asks = {"num_gpus": 1, "num_cpus": 0} if on_gpus else {"num_gpus": 0, "num_cpus": 1}
         actor = ray.remote(ModelWorker).options(
-            num_gpus=1 if on_gpus else 0,
-            num_cpus=0 if on_gpus else 1,  # a GPU actor that reserved a CPU would starve the decode tasks
+            **asks,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=BATCH_RETRIES,  # then the driver starts the batch's videos again (module doc)
         )
         self.actors = [actor.remote(self.presets, self.options, spec, self.build) for _ in range(count)]
         try:
-            descriptions: list[Description] = ray.get([worker.describe.remote() for worker in self.actors])
-        except Exception as error:
+            descriptions = self._describe(asks)
+            check_same_recipes(
+                [(d.device, d.provenance) for d in descriptions], "use --device cpu or a cluster of one GPU kind"
+            )
+        except BaseException as error:
             self.close()
-            raise unwrap(error) from None
+            if isinstance(error, Exception):
+                raise unwrap(error) from None
+            raise
         first = descriptions[0]
-        for other in descriptions[1:]:
-            for name, record in first.provenance.items():
-                if other.provenance[name]["recipe"] != record["recipe"]:
-                    self.close()
-                    raise ProvenanceMismatchError(
-                        f"model actors on {first.device} and {other.device} would make {name!r} features "
-                        "differently; use --device cpu or a cluster of one GPU kind"
-                    )
         self.description = first
         self.decode_slots = max(1, cpus - (0 if on_gpus else count))
         log.info(
@@ -161,6 +160,30 @@ class RayEngine:
             gpus,
         )
         return first.provenance
+
+    def _describe(self, asks: dict[str, int]) -> list[Description]:
+        """Every actor's description once its models are loaded; an actor the cluster cannot place (its resources
+        are taken) would make ray.get wait forever: we wait ACTORS_READY_S, saying what they wait for."""
+        ray = import_ray()
+        pending = {worker.describe.remote(): number for number, worker in enumerate(self.actors)}
+        found: dict[int, Description] = {}
+        started = time.monotonic()
+        while pending:
+            left = self.actors_ready_s - (time.monotonic() - started)
+            timeout = max(0.1, min(ACTORS_WAIT_REPORT_S, left))
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+            for ref in ready:
+                found[pending.pop(ref)] = ray.get(ref)
+            waited = time.monotonic() - started
+            if pending and waited >= self.actors_ready_s:
+                raise WorkerLostError(
+                    f"{len(pending)} of {len(self.actors)} model actors did not start within {waited:.0f} s; each "
+                    f"asks the Ray cluster for {asks['num_gpus']} GPU and {asks['num_cpus']} CPU "
+                    "(`ray status` shows what is free)"
+                )
+            if pending:
+                log.info("Ray: waiting for %d model actors (%.0f s so far)", len(pending), waited)
+        return [found[number] for number in range(len(self.actors))]
 
     def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
         assert self.description is not None, "prepare() starts the actors first"
@@ -186,6 +209,7 @@ class _Decode:
     item: WorkItem
     payload: Any = None  # the first object of a pair, until its event arrives
     expect_event: bool = False
+    heard: float | None = None  # its last object (None until its first: it may wait for a CPU of the cluster)
 
 
 @dataclass
@@ -198,6 +222,7 @@ class _Flight:
 class _ActorState:
     load: int = 0  # batches in flight
     dead: bool = False  # Ray gave up restarting it
+    probe: Any = None  # after a lost batch: the call that tells a restarted actor from a dead one
 
 
 @dataclass
@@ -214,10 +239,7 @@ class _DriverLoop:
         assert engine.description is not None
         self.engine, self.config = engine, engine.config
         description = engine.description
-        sizes = {
-            name: min(self.config.batch_size, limit or self.config.batch_size)
-            for name, limit in description.max_batch.items()
-        }
+        sizes = batch_sizes(description.max_batch, self.config)
         self.limits = _Limits(engine.decode_slots, PENDING_BATCHES_PER_ACTOR * len(engine.actors) * max(sizes.values()))
         self.batcher: Batcher[WorkItem] = Batcher(sizes)
         self.writer = WriterThread(Commit(writer, self.config.commit_every, self.config.commit_seconds))
@@ -227,6 +249,7 @@ class _DriverLoop:
         self.decoding: dict[Any, _Decode] = {}
         self.formed: deque[Batch[WorkItem]] = deque()
         self.inflight: dict[Any, _Flight] = {}
+        self.probes: dict[Any, int] = {}  # probe call -> actor number
         self.actors = [_ActorState() for _ in engine.actors]
         self.decode = self.ray.remote(decode_video).options(
             num_cpus=1, max_retries=0, _generator_backpressure_num_objects=DECODE_BACKPRESSURE
@@ -239,10 +262,7 @@ class _DriverLoop:
             self._loop()
         finally:
             for generator in self.decoding:
-                try:
-                    self.ray.cancel(generator)
-                except Exception:
-                    log.debug("cancelling a decode task failed", exc_info=True)
+                self._cancel(generator)
             self.progress.close()
             self.writer.finish()  # commits every finished video (also when interrupted); raises a write error
 
@@ -255,7 +275,8 @@ class _DriverLoop:
             self._form(flush=decoding_done)
             self._dispatch()
             reading = self.batcher.pending() + sum(map(len, self.formed)) < self.limits.pending_units
-            waitables = (list(self.decoding) if reading else []) + list(self.inflight)
+            self._check_stalls(reading)
+            waitables = (list(self.decoding) if reading else []) + list(self.inflight) + list(self.probes)
             if not waitables:
                 if self.batcher.pending() or self.formed:
                     self._form(flush=True)
@@ -269,12 +290,12 @@ class _DriverLoop:
             for waitable in ready:
                 if waitable in self.decoding:
                     self._read_decode(waitable)
+                elif waitable in self.probes:
+                    self._read_probe(waitable)
                 else:
                     self._read_batch(waitable)
             self.writer.raise_if_failed()
-        for assembly in list(self.collector.assemblies.values()):  # only after a bug: never leave a video open
-            error = WorkerLostError(f"{assembly.item.path}: its decoding ended early")
-            self.collector.give_up(assembly.item, error)
+        self.collector.close()
 
     def _submit_decodes(self) -> None:
         while self.todo and len(self.decoding) < self.limits.slots:
@@ -287,7 +308,9 @@ class _DriverLoop:
 
     def _dispatch(self) -> None:
         while self.formed:
-            free = [n for n, a in enumerate(self.actors) if not a.dead and a.load < BATCHES_PER_ACTOR]
+            free = [
+                n for n, a in enumerate(self.actors) if not a.dead and a.probe is None and a.load < BATCHES_PER_ACTOR
+            ]
             if not free:
                 return
             number = min(free, key=lambda n: self.actors[n].load)
@@ -297,8 +320,31 @@ class _DriverLoop:
 
     # --- decode tasks --------------------------------------------------------------------------------------
 
+    def _check_stalls(self, reading: bool) -> None:
+        """A running decode task silent for stall_seconds (a hung decoder, a node that stopped answering) loses its
+        video: it starts again, or fails after its last try. Time the driver held the tasks up does not count, nor
+        the time before a task's first object (waiting for a CPU, a worker process starting)."""
+        now = time.monotonic()
+        for generator, decode in list(self.decoding.items()):
+            if decode.heard is None:
+                continue
+            if not reading:
+                decode.heard = now
+            elif now - decode.heard > self.config.stall_seconds:
+                del self.decoding[generator]
+                self._cancel(generator)
+                silent = WorkerLostError(f"no decoding progress for {self.config.stall_seconds:.0f} s")
+                self._lost(decode.item, silent, "decode")
+
+    def _cancel(self, generator: Any) -> None:
+        try:
+            self.ray.cancel(generator)
+        except Exception:
+            log.debug("cancelling a decode task failed", exc_info=True)
+
     def _read_decode(self, generator: Any) -> None:
         decode = self.decoding[generator]
+        decode.heard = time.monotonic()
         try:
             ref = next(generator)
         except StopIteration:
@@ -339,8 +385,9 @@ class _DriverLoop:
         try:
             results: list[Embedded | Failed] = self.ray.get(ref)
         except Exception as error:
-            if isinstance(error, self.ray.exceptions.RayActorError):
-                actor.dead = actor.dead or self._actor_gone(flight.actor)
+            if isinstance(error, self.ray.exceptions.RayActorError) and not actor.dead and actor.probe is None:
+                actor.probe = self.engine.actors[flight.actor].pid.remote()  # answered once Ray restarted it
+                self.probes[actor.probe] = flight.actor
             for item in dict.fromkeys(piece.key for piece in flight.batch.pieces):
                 self._lost(item, error, "compute")
             return
@@ -350,16 +397,17 @@ class _DriverLoop:
             if self.collector.current(item):
                 self.collector.handle(result)
 
-    def _actor_gone(self, number: int) -> bool:
-        """Whether a model actor is gone for good (Ray gave up restarting it), not just restarting."""
+    def _read_probe(self, ref: Any) -> None:
+        """A lost batch's actor answered: restarted (batches go to it again), or gone for good."""
+        number = self.probes.pop(ref)
+        self.actors[number].probe = None
         try:
-            self.ray.get(self.engine.actors[number].pid.remote(), timeout=600)
+            self.ray.get(ref)
         except self.ray.exceptions.ActorDiedError:
             log.warning("model actor %d is gone (Ray stopped restarting it)", number)
-            return True
+            self.actors[number].dead = True
         except Exception:
             log.debug("model actor %d did not answer", number, exc_info=True)
-        return False
 
     # --- lost work -----------------------------------------------------------------------------------------
 
@@ -370,10 +418,7 @@ class _DriverLoop:
         for generator, decode in list(self.decoding.items()):
             if decode.item == item:
                 del self.decoding[generator]
-                try:
-                    self.ray.cancel(generator)
-                except Exception:
-                    log.debug("cancelling a decode task failed", exc_info=True)
+                self._cancel(generator)
         self._drop_formed(item)
         reason = one_line(unwrap(error))
         if item.attempt + 1 >= self.config.attempts:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from extract.errors import ProvenanceMismatchError
 from extract.ffmpeg_binary import ffmpeg_version
-from extract.models.base import FeatureExtractor
+from extract.models.base import ExtractorOptions, FeatureExtractor
+from extract.presets import Preset
+from extract.record_differences import differences
 from extract.versions import software_versions
+
+Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 
 
 def software_provenance() -> dict[str, Any]:
@@ -39,3 +45,30 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             "runtime": runtime,
         }
     return records
+
+
+def load_models(
+    presets: Sequence[Preset], options: ExtractorOptions, build: Build, device: str | None = None
+) -> tuple[list[FeatureExtractor], dict[str, dict[str, Any]]]:
+    """Every engine's model loading: the presets' models (on `device`, resolved here where the models will run:
+    'auto', 'cpu', 'cuda', 'cuda:1'; None keeps options.device) and their provenance records."""
+    if device is not None:
+        from extract.devices import resolve_device
+
+        options = dataclasses.replace(options, device=resolve_device(device))
+    extractors = [build(preset, options) for preset in presets]
+    return extractors, provenance_records(extractors)
+
+
+def check_same_recipes(workers: Sequence[tuple[str, dict[str, dict[str, Any]]]], remedy: str) -> None:
+    """ProvenanceMismatchError naming two workers (by where they run) whose models would make a feature
+    differently, and how; `workers` are (where, provenance records) pairs."""
+    (first_where, first), *others = workers
+    for where, records in others:
+        for name, record in first.items():
+            detail = differences(record["recipe"], records.get(name, {}).get("recipe", {}))
+            if detail:
+                raise ProvenanceMismatchError(
+                    f"the workers on {first_where} and {where} would make {name!r} features differently ({detail}); "
+                    f"{remedy}"
+                )

@@ -17,7 +17,6 @@ level: the driver wraps these with ray.remote, so the local engine never needs R
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from extract.decode import AudioSampling, FrameSampling
+from extract.errors import WorkerLostError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Units, Windower
 from extract.presets import Preset
 from extract.run.batcher import Batch, Piece
 from extract.run.events import Embedded, Failed, UnitsReady
 from extract.run.plan import WorkItem
+from extract.run.provenance import load_models
 from extract.run.stages import AudioSource, Embed, FrameSource, Probe, failure, video_events
 
 log = logging.getLogger("img_vmr.extract")
@@ -72,15 +73,20 @@ class RemoteRows:
         return RemoteRows(self.ref, self.start + begin, self.start + max(begin, end))
 
 
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+
+
 def placeholder(count: int) -> np.ndarray:
     """Zero-byte inputs of `count` units: Units keeps its length and spans without the data."""
     return np.empty((count, 0), np.uint8)
 
 
-def decode_video(item: WorkItem, views: dict[str, DecodeView], threads: int = 1) -> Iterator[Any]:
+def decode_video(item: WorkItem, views: dict[str, DecodeView]) -> Iterator[Any]:
     """The events of one video as (payload, event) pairs of yields; see the module doc."""
     try:
-        for event in video_events(item, Probe(), FrameSource(views, threads=threads), AudioSource(views)):
+        for event in video_events(item, Probe(), FrameSource(views, threads=1), AudioSource(views)):
             if isinstance(event, UnitsReady):
                 yield event.units.inputs
                 yield UnitsReady(event.item, event.feature, Units(placeholder(len(event.units)), event.units.spans))
@@ -120,33 +126,36 @@ class ModelWorker:
     ) -> None:
         self.error: BaseException | None = None
         self.extractors: list[FeatureExtractor] = []
+        self.provenance: dict[str, dict[str, Any]] = {}
         try:
-            from extract.devices import resolve_device
-
             # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so it is cuda:0 here.
-            resolved = dataclasses.replace(options, device=resolve_device(device_spec))
-            self.extractors = [build(preset, resolved) for preset in presets]
+            self.extractors, self.provenance = load_models(presets, options, build, device_spec)
         except Exception as error:
             self.error = error
         self.embed_stage = Embed({extractor.name: extractor for extractor in self.extractors})
 
     def describe(self) -> Description:
-        from extract.run.provenance import provenance_records
-
         if self.error is not None:
-            raise self.error
+            raise self.error  # the real reason (e.g. MissingWeightsError) in its own words
         return Description(
-            provenance_records(self.extractors),
+            self.provenance,
             {extractor.name: DecodeView(extractor) for extractor in self.extractors},
             {extractor.name: extractor.max_batch for extractor in self.extractors},
             str(self.extractors[0].options.device) if self.extractors else "cpu",
             os.getpid(),
         )
 
+    def _raise_load_error(self) -> None:
+        """A restarted actor may fail to load where the first one did not: its batches fail naming why, not with
+        a KeyError of a model it does not hold."""
+        if self.error is not None:
+            raise WorkerLostError(f"the model actor could not load its models ({one_line(self.error)})")
+
     def embed(self, batch: Batch[WorkItem]) -> list[Embedded | Failed]:
         """Embedded rows (without their inputs) and failure records of the batch's videos."""
         import ray
 
+        self._raise_load_error()
         refs = list({piece.units.inputs.ref: None for piece in batch.pieces})
         arrays = dict(zip(refs, ray.get(refs), strict=True))
         pieces = []

@@ -9,6 +9,7 @@ manifest never moves a video to another shard.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from extract.errors import UsageError
@@ -38,7 +39,7 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         """'i/N' -> Shard(i, N); a one-line UsageError otherwise."""
-        index, slash, count = text.strip().partition("/")
-        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+        match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)  # ASCII digits: not '²' nor '٣'
+        if match is None:
             raise UsageError(f"--shard {text!r} is not i/N (e.g. --shard 0/4 for the first of four jobs)")
-        return cls(int(index), int(count))
+        return cls(int(match[1]), int(match[2]))
