@@ -90,7 +90,8 @@ def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progres
     Every video's latest metadata, tracks (with their provenance) and failure records are copied into new parts
     of OUT and its index is built; the shards are left as they are. Shards whose features were made with
     different recipes are refused before anything is written; a shard still being written is refused with its
-    writer's name. A video held by two shards comes from the last one listed. img-train also reads the shards
+    writer's name. A video held by two shards comes from the last one listed. Shards of different N are refused;
+    shards of the split not merged yet are named (merge them into OUT later). img-train also reads the shards
     directly (--features repeated), without a merge.
 
     \b
@@ -106,13 +107,23 @@ def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progres
     except ImgVmrError as error:
         fail(str(error))
     log.info(
-        "merged %d shard stores into %s: %d videos, %d failure records, in %d parts",
+        "merged %d shard store%s into %s: %d videos, %d failure records, in %d parts",
         len(report.shards),
+        "s" * (len(report.shards) != 1),
         report.out,
         report.videos,
         report.failures,
         len(report.written),
     )
+    if report.missing_shards:
+        log.warning(
+            "%s holds no videos of shard %s yet; when they are done: img-extract merge SHARD.h5 ... --out %s",
+            report.out,
+            report.missing_shards,
+            report.out,
+        )
+    for store in report.unrecorded:
+        log.info("%s records no --shard (a store not written by a shard run): completeness not checked", store)
     if report.duplicates:
         log.warning("%d videos were in more than one shard; each comes from the last shard listed", report.duplicates)
     for part, reason in report.damaged:

@@ -6,17 +6,21 @@ then OUT's index is built. Shards whose tracks of a feature were made with diffe
 anything is written. While merging, the writer locks of OUT and of every shard are held, so a shard that is
 still being written is refused with one line naming its writer. Parts OUT held before are merged too (they
 rank first) and removed once the new parts and the index are in place, as `compact` does.
+
+Shard runs record their shard (extract/run/shard.py): shards of different N are refused, and the shards of the
+split that OUT does not hold yet are named (OUT records those it holds, so they can be merged into it later).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
 from extract.record_differences import differences
+from extract.run.shard import ShardRecord, read_shard_record, write_shard_record
 from extract.store import (
     PART_GLOB,
     FeatureStore,
@@ -42,6 +46,8 @@ class MergeReport:
     failures: int
     duplicates: int  # videos held by more than one shard (the last shard listed wins)
     damaged: list[tuple[Path, str]]  # unreadable parts of the shards: their videos are not in OUT
+    missing_shards: str = ""  # shards of the split (e.g. "1/4, 3/4") OUT does not hold yet
+    unrecorded: list[Path] = field(default_factory=list)  # stores that record no shard (the check is not possible)
 
 
 def _check_shard_recipes(shards: list[Path]) -> None:
@@ -58,6 +64,28 @@ def _check_shard_recipes(shards: list[Path]) -> None:
                     f"{first} and {shard} hold {name!r} features made differently ({detail}); "
                     "merge only the shards of one extraction"
                 )
+
+
+def _shards_held(shards: list[Path], out: Path, folder: Path) -> tuple[ShardRecord | None, list[Path]]:
+    """What OUT will hold of a --shard i/N split (None when no store records a shard), and the stores that record
+    none. Shards of different N are refused: a video's shard depends on N, so they would miss or repeat videos."""
+    own = read_shard_record(folder)
+    records = {shard: read_shard_record(parts_dir(shard)) for shard in shards}
+    known = [(shard, record) for shard, record in records.items() if record is not None]
+    if own is not None:
+        known.insert(0, (out, own))
+    if not known:
+        return None, []
+    first, reference = known[0]
+    for shard, record in known[1:]:
+        if record.count != reference.count:
+            raise UsageError(
+                f"{first} holds shard {reference.names(reference.indices)} and {shard} shard "
+                f"{record.names(record.indices)}: they split the videos differently; merge the shards of one "
+                f"--shard i/N split"
+            )
+    indices = frozenset().union(*(record.indices for _, record in known))
+    return ShardRecord(reference.count, indices), [shard for shard, record in records.items() if record is None]
 
 
 def merge_stores(
@@ -97,6 +125,7 @@ def _merge(shards: list[Path], out: Path, folder: Path, part_bytes: int, progres
     for stale in folder.glob(PART_GLOB + ".tmp"):
         stale.unlink(missing_ok=True)
     _check_shard_recipes(shards)
+    held, unrecorded = _shards_held(shards, out, folder)
     own = list_parts(folder)
     holders: dict[str, int] = {}
     for shard in shards:
@@ -121,6 +150,8 @@ def _merge(shards: list[Path], out: Path, folder: Path, part_bytes: int, progres
         raise
     for part in own:
         part.unlink(missing_ok=True)
+    write_shard_record(folder, held if held is not None and not unrecorded else None)
     fsync_path(folder)
     duplicates = sum(count > 1 for count in holders.values())
-    return MergeReport(out, list(shards), written, videos, failures, duplicates, damaged)
+    missing = held.names(held.missing()) if held is not None else ""
+    return MergeReport(out, list(shards), written, videos, failures, duplicates, damaged, missing, unrecorded)

@@ -41,6 +41,34 @@ def tiny_dataset(folder: Path) -> SyntheticDataset:
     return data
 
 
+def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
+    """The tiny synthetic dataset in folder/data and a checkpoint trained on it for one epoch, in this process
+    (torch's thread count restored afterwards): folder/run/best.pt."""
+    from dataclasses import replace
+
+    import torch
+
+    from img_model.dataset import DataSources
+    from img_model.train_config import resolve
+    from img_model.trainer import Trainer, model_inputs, prepare_data
+
+    data = tiny_dataset(folder / "data")
+    run = resolve(
+        folder / "data" / "tiny.toml",
+        {"data": {"dataset": str(data.annotations), "features": (str(data.features),), "visual": data.visual,
+                  "audio": data.audio, "text": str(data.text)},
+         "train": {"epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
+    )  # fmt: skip
+    sources = DataSources(run.data)
+    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    threads = torch.get_num_threads()
+    try:
+        Trainer(run, prepare_data(run, sources), folder / "run").fit()
+    finally:
+        torch.set_num_threads(threads)
+    return data, folder / "run" / "best.pt"
+
+
 def _command(module: str, script: str, args: tuple[str | Path, ...]) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     installed = Path(sys.executable).parent / script

@@ -20,33 +20,17 @@ from img_model.eval_cli import CONVERTED_NOTE
 from img_model.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
 from img_model.metrics import retrieval_metrics
 from img_model.synthetic import SyntheticDataset, write_audio_matters
-from img_model.train_config import from_dict, resolve
-from img_model.trainer import Trainer, model_inputs, prepare_data
+from img_model.train_config import from_dict
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors
-from tests.img_cli import TINY_SPEC, run_img_eval, tiny_dataset
+from tests.img_cli import TINY_SPEC, run_img_eval, train_tiny_checkpoint
 from tests.test_img_convert import GOLDEN_WORDS, write_golden_text_store
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path]:
     """The tiny dataset and a checkpoint trained on it for one epoch (in this process, on 1 thread)."""
-    folder = tmp_path_factory.mktemp("eval")
-    data = tiny_dataset(folder / "data")
-    run = resolve(
-        folder / "data" / "tiny.toml",
-        {"data": {"dataset": str(data.annotations), "features": (str(data.features),), "visual": data.visual,
-                  "audio": data.audio, "text": str(data.text)},
-         "train": {"epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
-    )  # fmt: skip
-    sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
-    threads = torch.get_num_threads()
-    try:
-        Trainer(run, prepare_data(run, sources), folder / "run").fit()
-    finally:
-        torch.set_num_threads(threads)
-    return data, folder / "run" / "best.pt"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("eval"))
 
 
 def _lines(path: Path) -> list[dict]:

@@ -15,9 +15,17 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.errors import ProvenanceMismatchError, StoreLockedError, UsageError
+from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
 from extract.run.plan import plan_run
-from extract.run.shard import Shard, shard_of
+from extract.run.shard import (
+    SHARD_RECORD,
+    Shard,
+    ShardRecord,
+    read_shard_record,
+    record_run_shard,
+    shard_of,
+    write_shard_record,
+)
 from extract.sources import VideoSource
 from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, next_part_name, parts_dir
 from extract.store_merge import merge_stores
@@ -141,6 +149,52 @@ def test_merge_refuses_a_shard_being_written_and_itself_as_out(tmp_path: Path) -
         merge_stores([first, second, tmp_path / "." / "s0.h5"], tmp_path / "all.h5")
 
 
+def test_a_shard_runs_store_records_its_shard_and_takes_only_runs_of_the_same_split(tmp_path: Path) -> None:
+    store, folder = tmp_path / "s.h5", tmp_path / "s.h5.parts"
+    folder.mkdir()
+    record_run_shard(store, folder, Shard(1, 4), has_parts=False)
+    assert read_shard_record(folder) == ShardRecord(4, frozenset({1}))
+    record_run_shard(store, folder, Shard(1, 4), has_parts=True)  # the same shard again (resume): unchanged
+    record_run_shard(store, folder, Shard(3, 4), has_parts=True)  # another shard of the same split: held too
+    assert read_shard_record(folder) == ShardRecord(4, frozenset({1, 3}))
+    with pytest.raises(UsageError, match=r"s\.h5 holds shard 1/4, 3/4; --shard 0/2 splits the videos another way"):
+        record_run_shard(store, folder, Shard(0, 2), has_parts=True)
+    with pytest.raises(UsageError, match=r"holds shard 1/4, 3/4 of a split extraction; run with --shard i/4"):
+        record_run_shard(store, folder, None, has_parts=True)
+    whole = tmp_path / "whole.h5.parts"
+    whole.mkdir()
+    record_run_shard(tmp_path / "whole.h5", whole, Shard(0, 2), has_parts=True)  # a whole run's store: no record
+    assert read_shard_record(whole) is None
+    (folder / SHARD_RECORD).write_text("{")
+    with pytest.raises(StoreCorruptError, match=r"shard\.json is damaged \(JSONDecodeError\)"):
+        read_shard_record(folder)
+
+
+def test_merge_names_the_shards_not_merged_yet_and_refuses_another_split(tmp_path: Path) -> None:
+    """A missing shard used to leave its videos out of the merged store without a word."""
+    first, second = _shards(tmp_path)
+    third = tmp_path / "s2.h5"
+    _commit(third, {"clip": CLIP_A}, _video("e", 1, clip=1))
+    for index, shard in enumerate((first, second, third)):
+        write_shard_record(parts_dir(shard), ShardRecord(3, frozenset({index})))
+    out = tmp_path / "all.h5"
+    report = merge_stores([first, third], out)
+    assert report.missing_shards == "1/3" and report.unrecorded == []
+    assert read_shard_record(parts_dir(out)) == ShardRecord(3, frozenset({0, 2}))  # what OUT holds
+    later = merge_stores([second], out)  # the late shard, merged into OUT when it is done
+    assert later.missing_shards == "" and read_shard_record(parts_dir(out)) is None  # whole: no record left
+    with FeatureStore(out) as merged:
+        assert merged.video_ids() == ["a", "b", "d", "e"]
+    other = tmp_path / "o.h5"
+    _commit(other, {"clip": CLIP_A}, _video("z", 1, clip=1))
+    write_shard_record(parts_dir(other), ShardRecord(2, frozenset({0})))
+    with pytest.raises(UsageError, match=r"s0\.h5 holds shard 0/3 and .*o\.h5 shard 0/2: they split the videos"):
+        merge_stores([first, other], tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+    unknown = merge_stores([first, second], tmp_path / "x.h5")
+    assert unknown.missing_shards == "2/3"
+
+
 def test_a_part_committed_twice_reads_and_indexes_each_video_once(tmp_path: Path) -> None:
     """A crash right after a part's rename, then the same records committed again: the reader and the index
     take each video once (the latest part), and the index links only parts that exist."""
@@ -215,9 +269,15 @@ def test_shard_runs_merge_into_the_store_of_one_run(tmp_path: Path, tiny_clip: P
         assert shard.returncode == 0, shard.stderr
         expected = sum(shard_of(f"clip{n}", 2) == index for n in range(5))
         assert f"{expected} videos (shard {index}/2): {expected} to extract" in shard.stderr
-    merged = run_cli("merge", tmp_path / "s0.h5", tmp_path / "s1.h5", "--out", tmp_path / "all.h5", "--no-progress")
+    early = run_cli("merge", tmp_path / "s1.h5", "--out", tmp_path / "all.h5", "--no-progress")
+    assert early.returncode == 0, early.stderr  # shard 0 not done yet: said, and OUT remembers what it holds
+    said = f"{tmp_path / 'all.h5'} holds no videos of shard 0/2 yet; when they are done: img-extract merge"
+    assert said in early.stderr
+    merged = run_cli("merge", tmp_path / "s0.h5", "--out", tmp_path / "all.h5", "--no-progress")
     assert merged.returncode == 0, merged.stderr
-    assert "merged 2 shard stores" in merged.stderr and "5 videos" in merged.stderr
+    assert "merged 1 shard store into" in merged.stderr and "5 videos" in merged.stderr and "yet" not in merged.stderr
+    unsharded = run_cli(videos, "--out", tmp_path / "s0.h5", *common)  # a whole run into a shard's store
+    assert unsharded.returncode == 2 and "s0.h5 holds shard 0/2 of a split extraction" in unsharded.stderr
     with FeatureStore(tmp_path / "whole.h5") as one, FeatureStore(tmp_path / "all.h5") as joined:
         assert joined.video_ids() == one.video_ids()
         for video_id in one.video_ids():  # --batch-size 1: each frame alone through the model, bit for bit

@@ -4,23 +4,18 @@ vocabulary, recorded in provenance, and accepted by img-eval for that model."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner, Result
 
 from extract.text.store import TextStore
 from extract.text.tokenize import tokenize
 from extract.text_cli import text_command
-from img_model.dataset import DataSources
 from img_model.synthetic import SyntheticDataset
-from img_model.train_config import resolve
-from img_model.trainer import Trainer, model_inputs, prepare_data
 from tests.conftest import run_cli
-from tests.img_cli import run_img_eval, tiny_dataset
+from tests.img_cli import run_img_eval, tiny_dataset, train_tiny_checkpoint
 from tests.test_text_glove import glove_6b_subset
 
 # Sentences the synthetic vocabulary has never seen, mixed with words it has.
@@ -52,22 +47,7 @@ def glove_6b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path]:
     """The tiny synthetic dataset and a checkpoint trained on it for one epoch (in this process)."""
-    folder = tmp_path_factory.mktemp("vocabulary-from")
-    data = tiny_dataset(folder / "data")
-    run = resolve(
-        folder / "data" / "tiny.toml",
-        {"data": {"dataset": str(data.annotations), "features": (str(data.features),), "visual": data.visual,
-                  "audio": data.audio, "text": str(data.text)},
-         "train": {"epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
-    )  # fmt: skip
-    sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
-    threads = torch.get_num_threads()
-    try:
-        Trainer(run, prepare_data(run, sources), folder / "run").fit()
-    finally:
-        torch.set_num_threads(threads)
-    return data, folder / "run" / "best.pt"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("vocabulary-from"))
 
 
 def test_queries_get_the_ids_of_the_source_text_store_and_provenance_says_so(tmp_path: Path) -> None:

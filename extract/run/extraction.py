@@ -21,9 +21,10 @@ from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.run.config import RunConfig
 from extract.run.plan import Plan, WorkItem, plan_run
+from extract.run.shard import record_run_shard
 from extract.run.summary import RunSummary
 from extract.sources import VideoSource
-from extract.store import FeatureStore, StoreWriter, recipe_id
+from extract.store import FeatureStore, StoreWriter, list_parts, recipe_id
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -103,6 +104,8 @@ class ExtractionRun:
         summary = RunSummary()
         writer = StoreWriter(self.store_path, {})
         try:
+            has_parts = bool(list_parts(writer.parts_dir))
+            record_run_shard(self.store_path, writer.parts_dir, self.config.shard, has_parts)
             engine = self.engine()
             writer.provenance = engine.prepare()
             plan = self._plan(writer, summary)
