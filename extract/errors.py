@@ -40,7 +40,11 @@ class StoreWriteError(ImgVmrError):
 
 
 class StoreLockedError(ImgVmrError):
-    """Another process is writing the same feature store."""
+    """Another process is writing the same feature store; `holder` is the line it wrote ("pid N on HOST ...")."""
+
+    def __init__(self, message: str, holder: str = "another process") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ProvenanceMismatchError(ImgVmrError):

@@ -169,18 +169,33 @@ def _read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
     return out
 
 
-def acquire_writer_lock(folder: Path, store: Path) -> IO[str]:
-    """flock folder/writer.lock for the one writer of `store`; StoreLockedError naming the holder if taken."""
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the writer's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise StoreLockedError(
-            f"{store} is being written by {holder}; wait for it to finish or use another --out"
-        ) from None
+def acquire_writer_lock(
+    folder: Path,
+    store: Path,
+    name: str = LOCK_NAME,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> IO[str]:
+    """flock folder/`name` for the one writer of `store`, waiting up to `wait_s` for its holder (`on_wait(holder)`
+    is called once when it has to wait); StoreLockedError naming the holder if it is still taken."""
+    handle = open(folder / name, "a+")  # noqa: SIM115 - held open for the writer's lifetime
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            if time.monotonic() >= deadline:
+                handle.close()
+                message = f"{store} is being written by {holder}; wait for it to finish or use another --out"
+                raise StoreLockedError(message, holder) from None
+            if on_wait is not None and not waiting:
+                on_wait(holder)
+            waiting = True
+            time.sleep(0.2)
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")

@@ -99,7 +99,7 @@ def merge_stores(
         raise UsageError(f"{twice} is named twice; name each shard once")
     for shard in shards:
         check_is_store(shard)
-    if out.resolve() in {shard.resolve() for shard in shards}:
+    if out.resolve() in named:
         raise UsageError(f"--out {out} is one of the shards; merge into a new store")
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")

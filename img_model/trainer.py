@@ -61,6 +61,7 @@ from img_model.losses import BatchScope, IMGLoss, img_loss
 from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
 from img_model.provenance import differences
+from img_model.run_log import metrics_lines
 from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
@@ -145,21 +146,6 @@ def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> st
                 for key, value in fingerprint.items()}  # fmt: skip
 
     return differences(shown(recorded), shown(current), limit=len(current))
-
-
-def metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """metrics.jsonl's lines with their entries; a line torn by a kill while it was written is left out (it is
-    after last.pt's step: a resume logs it again)."""
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            if line.strip():
-                log.warning("%s: left out a line torn by an interrupted write: %.60s", path, line)
-    return lines
 
 
 def finished_summary(run_dir: Path, step: int) -> str | None:

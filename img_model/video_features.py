@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -46,7 +43,14 @@ from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import PRESETS, Preset, get_preset
 from extract.probe import read_stream_attrs, stored_duration
 from extract.sources import VideoSource
-from extract.store import LOCK_NAME, PARTS_SUFFIX, FailureRecord, FeatureStore, Track, parts_dir
+from extract.store import (
+    PARTS_SUFFIX,
+    FailureRecord,
+    FeatureStore,
+    Track,
+    acquire_writer_lock,
+    release_writer_lock,
+)
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
 from img_model.recipe_check import check_recipe, recipe_accepted
@@ -245,31 +249,22 @@ class FeatureCache:
     def _extraction_lock(self) -> Iterator[None]:
         """Hold the folder's extraction lock, waiting up to lock_timeout for another process that holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / CACHE_LOCK, "a+") as handle:
-            deadline, told = time.monotonic() + self.lock_timeout, False
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    holder = _lock_holder(handle)
-                    if time.monotonic() >= deadline:
-                        raise StoreLockedError(
-                            f"the feature cache {self.cache_dir} is still being written by {holder} after "
-                            f"{self.lock_timeout:g} s; wait for it to finish or use another --cache"
-                        ) from None
-                    if not told:
-                        log.info("waiting for %s, which extracts a video into the cache %s", holder, self.cache_dir)
-                        told = True
-                    time.sleep(0.2)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+        def waiting(holder: str) -> None:
+            log.info("waiting for %s, which extracts a video into the cache %s", holder, self.cache_dir)
+
+        try:
+            handle = acquire_writer_lock(self.folder, self.cache_dir, CACHE_LOCK, self.lock_timeout, waiting)
+        except StoreLockedError as locked:
+            raise StoreLockedError(
+                f"the feature cache {self.cache_dir} is still being written by {locked.holder} after "
+                f"{self.lock_timeout:g} s; wait for it to finish or use another --cache",
+                locked.holder,
+            ) from None
+        try:
+            yield
+        finally:
+            release_writer_lock(handle)
 
     def _extract(self, video: Path, video_id: str) -> Path:
         from extract.run import ExtractionRun, RunConfig, RunStopped
@@ -287,12 +282,11 @@ class FeatureCache:
         )
         try:
             summary = run.run()
-        except StoreLockedError:  # a writer that is not an img-predict (they take the cache's lock first)
-            with contextlib.suppress(OSError), open(parts_dir(self._store_path) / LOCK_NAME) as handle:
-                holder = _lock_holder(handle)
+        except StoreLockedError as locked:  # a writer that is not an img-predict (they take the cache's lock first)
             raise StoreLockedError(
-                f"the feature cache {self.cache_dir} is being written by {holder}; wait for it to finish or use "
-                "another --cache"
+                f"the feature cache {self.cache_dir} is being written by {locked.holder}; wait for it to finish or "
+                "use another --cache",
+                locked.holder,
             ) from None
         except RunStopped as stopped:
             raise ImgVmrError(f"{video}: feature extraction stopped ({stopped.cause})") from stopped.cause
@@ -342,12 +336,6 @@ class FeatureCache:
                 audio=store.track(video_id, audio.name) if audio_here else None,
                 audio_note=note,
             )
-
-
-def _lock_holder(handle: IO[str]) -> str:
-    """Who holds a lock file: the line its holder wrote ("pid N on HOST")."""
-    handle.seek(0)
-    return handle.read().strip() or "another process"
 
 
 def _failure_line(video: Path, failure: FailureRecord) -> str:

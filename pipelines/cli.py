@@ -5,19 +5,17 @@ The CLI maps flags onto a Recipe and PipelineOptions and nothing else reads flag
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from extract.cli_common import fail, setup_logging
 from extract.errors import ImgVmrError
 from pipelines.recipes import RECIPES
 
-log = logging.getLogger("img_vmr.pipeline")
 PROGRAM = "img-pipeline"
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_USAGE = 2
 
 
 def _recipe_table() -> str:
@@ -31,9 +29,8 @@ def _recipe_table() -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"{PROGRAM}: error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    fail(message, code, PROGRAM)
 
 
 @click.command(
@@ -103,7 +100,7 @@ def main(recipe_name: str, dry_run: bool, no_progress: bool, **flags: Any) -> No
     """
     from pipelines.pipeline import StageFailed, build_plan, describe, run_plan, summary
 
-    _setup_logging()
+    setup_logging(False, PROGRAM)
     try:
         recipe, options = _parse(recipe_name, not no_progress, flags)
         plan = build_plan(recipe, options)
@@ -133,16 +130,6 @@ def _parse(recipe_name: str, progress: bool, flags: dict[str, Any]) -> tuple[Any
         **flags,
     )
     return recipe, options
-
-
-def _setup_logging() -> None:
-    root = logging.getLogger("img_vmr.pipeline")
-    root.handlers.clear()
-    root.setLevel(logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(message)s"))
-    root.addHandler(handler)
-    root.propagate = False
 
 
 if __name__ == "__main__":

@@ -27,9 +27,6 @@ class PaperResult:
     source: str  # e.g. "Table 5"
     values: tuple[float, float, float, float]
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(METRICS, self.values, strict=True))
-
 
 @dataclass(frozen=True)
 class Recipe:

@@ -235,12 +235,11 @@ class TextStage(Stage):
 
 
 def run_finished(run: Path) -> bool:
-    """img-train wrote its final report (metrics.jsonl ends with a "final" line) and best.pt."""
-    metrics = run / "metrics.jsonl"
-    if not (metrics.is_file() and (run / "best.pt").is_file()):
-        return False
-    lines = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return bool(lines) and json.loads(lines[-1]).get("kind") == "final"
+    """img-train wrote its final report (metrics.jsonl holds the "final" line; a line torn by a kill is left out)
+    and best.pt."""
+    from img_model.run_log import has_final_line
+
+    return (run / "best.pt").is_file() and has_final_line(run)
 
 
 @dataclass

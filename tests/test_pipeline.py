@@ -311,3 +311,16 @@ def test_the_final_table_puts_a_named_recipes_run_beside_the_papers_numbers(tmp_
     assert "the paper selected on the test split: --select-on test" in lines[4]
     custom = SimpleNamespace(recipe=replace(RECIPES["charades-am"], paper={}), reports={"charades-am": report})
     assert "paper" not in summary(custom).replace("the paper selected", "")  # type: ignore[arg-type]
+
+
+def test_a_run_is_finished_by_its_final_line_even_after_a_torn_one(tmp_path: Path) -> None:
+    """A kill can tear metrics.jsonl's last line; the training stage's check read it as JSON and crashed."""
+    from pipelines.stages import run_finished
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    (run / "metrics.jsonl").write_text('{"kind": "eval", "step": 2}\n{"kind": "ev')
+    assert not run_finished(run)
+    (run / "metrics.jsonl").write_text('{"kind": "eval", "step": 2}\n{"kind": "final", "step": 4}\n')
+    assert run_finished(run)
