@@ -277,7 +277,8 @@ def cuda_test_files() -> list[Path]:
 
 def cuda_tests_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     files = [str(path) for path in cuda_test_files()]
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *files]
+    # addopts cleared: the project's `-n 2` needs pytest-xdist, which the GPU node lacks (and one GPU runs them in turn)
+    command = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-m", "cuda", "-p", "no:cacheprovider", *files]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-300:]
     if done.returncode not in (0, 5):  # 5: nothing collected
