@@ -219,10 +219,7 @@ def _pipe_chunks(cmd: list[str], chunk_bytes: int, what: str, source: str | None
                     break
             returncode = process.wait()
         finally:
-            watchdog.stop()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            watchdog.finish()
         if watchdog.fired:
             raise VideoDecodeError(f"{what}: decoder sent nothing for {STALL_TIMEOUT_S:.0f} s and was stopped")
         if returncode != 0:

@@ -312,10 +312,7 @@ def _list_packets(cmd: list[str], file: Path) -> tuple[int, str, _PacketListing]
                 listing.add(line)
             returncode = process.wait()
         finally:
-            watchdog.stop()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            watchdog.finish()
         if watchdog.fired:
             raise VideoDecodeError(
                 f"{file}: probing listed nothing for {PROBE_STALL_S:.0f} s and was stopped; the file may be damaged"

@@ -20,9 +20,8 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-@click.command("compact")
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option(
+# compact and merge write new parts alike
+PART_SIZE = click.option(
     "--part-size",
     "part_mib",
     default=512,
@@ -30,6 +29,11 @@ def _megabytes(n: int) -> str:
     type=click.IntRange(min=1),
     help="Largest new part in MiB (each is built in memory before it is written).",
 )
+
+
+@click.command("compact")
+@click.argument("store", type=click.Path(path_type=Path))
+@PART_SIZE
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
     """Merge the parts of the feature store STORE into a few large ones.
@@ -74,14 +78,7 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
 @click.command("merge")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The merged store to write.")
-@click.option(
-    "--part-size",
-    "part_mib",
-    default=512,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Largest new part in MiB (each is built in memory before it is written).",
-)
+@PART_SIZE
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progress: bool) -> None:
     """Join the stores SHARDS (written with --shard i/N) into the one store OUT.

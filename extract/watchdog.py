@@ -68,6 +68,13 @@ class Watchdog:
     def stop(self) -> None:
         self._done.set()
 
+    def finish(self) -> None:
+        """Stop watching and end the process if it still runs (its reader stopped early, or failed)."""
+        self.stop()
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def _watch(self) -> None:
         while not self._done.wait(min(5.0, self._timeout / 4)):
             if not self._paused and time.monotonic() - self._last > self._timeout:
