@@ -91,12 +91,10 @@ def write_shard_record(parts_folder: Path, record: ShardRecord | None) -> None:
     if record is None or not record.missing():
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{SHARD_RECORD}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({"count": record.count, "indices": sorted(record.indices)}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from extract.store import save_atomically  # here: shard_of stays importable without h5py
+
+    text = json.dumps({"count": record.count, "indices": sorted(record.indices)})
+    save_atomically(path, memoryview(text.encode()), path.with_name(f".{SHARD_RECORD}.{os.getpid()}.tmp"))
 
 
 def record_run_shard(store: Path, parts_folder: Path, shard: Shard | None, has_parts: bool) -> None:
