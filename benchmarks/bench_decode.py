@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from extract.ffmpeg_binary import ffmpeg_path
+from extract.media.ffmpeg import ffmpeg_path
 
 # (decoder, fps, interpolation): bicubic resizes inside the decoder (CLIP, i3d); cv2_bilinear hands over frames
 # at their own size and resizes them in torch as cv2 does (the VSLNet presets).
@@ -44,8 +44,8 @@ def make_720p(path: Path, minutes: float) -> Path:
 
 def child(decoder: str, fps: float, interpolation: str, path: str) -> None:
     """Decode one file, then report wall time and peak RSS of this process and of its ffmpeg children."""
-    from extract.decode import FrameSampling, iter_frames
-    from extract.probe import probe
+    from extract.media.decode import FrameSampling, iter_frames
+    from extract.media.probe import probe
 
     meta = probe(path)
     start = time.perf_counter()

@@ -196,15 +196,15 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
     import ray
     import torch
 
+    from extract.media.sources import find_videos
     from extract.models import ExtractorOptions, build_extractor
     from extract.models.base import Units
-    from extract.presets import get_preset
+    from extract.models.presets import get_preset
     from extract.run.assembly import VideoAssembly
     from extract.run.events import Embedded, Failed, Probed, SourceDone
     from extract.run.plan import WorkItem
     from extract.run.provenance import provenance_records
     from extract.run.ray_workers import DecodeView
-    from extract.sources import find_videos
     from extract.store import StoreWriter, VideoRecord
 
     ray.init(include_dashboard=False, logging_level="WARNING")

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.decode import AudioChunk, FrameBatch, iter_audio, iter_frames
+from extract.media.decode import AudioChunk, FrameBatch, iter_audio, iter_frames
+from extract.media.probe import probe
+from extract.media.sources import VideoSource, scan_folder
 from extract.models import ExtractorOptions, FeatureExtractor, build_extractor
 from extract.models.base import Units
-from extract.presets import get_preset
-from extract.probe import probe
+from extract.models.presets import get_preset
 from extract.run import ExtractionRun, RunConfig
 from extract.run.provenance import provenance_records
-from extract.sources import VideoSource, scan_folder
 from extract.store import StoreWriter, Track, VideoRecord
 
 ROOT = Path(__file__).resolve().parents[1]

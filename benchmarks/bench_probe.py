@@ -1,4 +1,4 @@
-"""Probe benchmark: `extract.probe.probe` on a long file against ffmpeg's own stream-copy pass over it.
+"""Probe benchmark: `extract.media.probe.probe` on a long file against ffmpeg's own stream-copy pass over it.
 
 The probe lists every video and audio packet (`-c copy -f framecrc`) to count frames and find where the streams
 really end. Prints its wall time as a ratio of `ffmpeg -i FILE -c copy -f null -` (the same demuxing, nothing
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.ffmpeg_binary import ffmpeg_path
+from extract.media.ffmpeg import ffmpeg_path
 
 
 def make_long_video(path: Path, minutes: float) -> Path:
@@ -41,7 +41,7 @@ def make_long_video(path: Path, minutes: float) -> Path:
 
 def child(path: str) -> None:
     """Probe once in this fresh process; report wall time, the RSS it added and what the result keeps."""
-    from extract.probe import probe
+    from extract.media.probe import probe
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from unittest import mock
 import numpy as np
 
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord, iter_tracks
-from extract.store_compact import compact
+from extract.store.compact import compact
 
 PROVENANCE = {"clip": {"recipe": {"preset": "clip", "frames.fps": 1.0}, "software": {}, "runtime": {}}}
 

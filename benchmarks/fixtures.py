@@ -40,7 +40,7 @@ def make_videos(
 ) -> list[Path]:
     """count H.264 videos (testsrc2 pattern, with an AAC sine tone of its own pitch each unless audio=False)
     named video000.mp4, ... in folder; the ones already there are kept."""
-    from extract.ffmpeg_binary import ffmpeg_path
+    from extract.media.ffmpeg import ffmpeg_path
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -162,7 +162,7 @@ def preflight(dry_run: bool) -> tuple[list[str], list[str]]:
         elif dry_run:
             lines.append("note     CUDA: no GPU (the dry run runs on the CPU)")
         else:
-            from extract.devices import cuda_report
+            from extract.core.devices import cuda_report
 
             report = cuda_report()
             why = report.unusable or report.hidden or "no CUDA GPU visible"
@@ -189,8 +189,8 @@ def _version(distribution: str, module: Any) -> str:
 
 def _ffmpeg_line() -> tuple[str, str | None]:
     try:
-        from extract.errors import UsageError
-        from extract.ffmpeg_binary import ffmpeg_path
+        from extract.core.errors import UsageError
+        from extract.media.ffmpeg import ffmpeg_path
     except ImportError as error:  # numpy & co. missing: already said
         return "", f"ffmpeg: not checked ({error})"
     try:
@@ -240,7 +240,7 @@ class Step:
 
 def setup_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     from benchmarks.fixtures import TINY_CLIP, VIT_B_32, random_clip
-    from extract.doctor import run_checks
+    from extract.run.doctor import run_checks
     from tests.conftest import write_published_weights
 
     started = time.perf_counter()
@@ -396,7 +396,7 @@ def measure_preset(preset_name: str, work: Path, sizes: Sizes, videos: list[Path
 
     from benchmarks.bench_extract import batched
     from extract.models import ExtractorOptions, build_extractor
-    from extract.presets import get_preset
+    from extract.models.presets import get_preset
 
     device = torch.device(sizes.device)
     options = ExtractorOptions(device, work / "weights", sizes.precision, verify_weights=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract.errors import ImgVmrError
+from extract.core.errors import ImgVmrError
 from img_model.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,

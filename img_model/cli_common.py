@@ -1,5 +1,5 @@
 """What img-train and img-eval share: the data options, logging, and one-line failures (logging and failures are
-extract/cli_common.py's, under their own program name)."""
+extract/core/console.py's, under their own program name)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 
 import click
 
-from extract import cli_common as shared
-from extract.log_file import attach_log_file
+from extract.core import console as shared
+from extract.core.log_file import attach_log_file
 from manifests.registry import DATASETS
 
 EXIT_FAILED, EXIT_USAGE = shared.EXIT_FAILURES, shared.EXIT_USAGE

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from extract.errors import UsageError
-from extract.probe import stored_duration
+from extract.core.errors import UsageError
+from extract.media.probe import stored_duration
 from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.decoding import time_to_index
 from img_model.errors import DataError, listed

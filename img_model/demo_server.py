@@ -39,8 +39,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from extract.errors import VideoDecodeError
-from extract.sources import VIDEO_EXTENSIONS, video_files
+from extract.core.errors import VideoDecodeError
+from extract.media.sources import VIDEO_EXTENSIONS, video_files
 from img_model.errors import QueryError
 
 log = logging.getLogger("img_vmr.predict")

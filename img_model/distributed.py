@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from img_model.model import BatchRows
 from img_model.runtime import SINGLE_PROCESS, RankContext
 

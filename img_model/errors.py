@@ -1,8 +1,8 @@
-"""Failure families of training and evaluation; each message is one actionable line (see extract/errors.py)."""
+"""Failure families of training and evaluation; each message is one actionable line (see extract/core/errors.py)."""
 
-from extract.errors import LISTED as LISTED  # one listing rule for every one-line message (re-exported)
-from extract.errors import ImgVmrError
-from extract.errors import listed as listed
+from extract.core.errors import LISTED as LISTED  # one listing rule for every one-line message (re-exported)
+from extract.core.errors import ImgVmrError
+from extract.core.errors import listed as listed
 
 
 class DataError(ImgVmrError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from extract.errors import ImgVmrError, UsageError
+from extract.core.errors import ImgVmrError, UsageError
 from img_model.cli_common import (
     EXIT_FAILED,
     data_options,

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ProvenanceMismatchError, UsageError
-from extract.record_differences import differences
+from extract.core.errors import ProvenanceMismatchError, UsageError
+from extract.core.provenance import differences
 from extract.store import FeatureStore, Track
 from img_model.per_process import PerProcess
 

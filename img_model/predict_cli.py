@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from extract.errors import ImgVmrError, UsageError, VideoDecodeError
+from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
 from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging
 from img_model.convert import CheckpointLayoutError
 

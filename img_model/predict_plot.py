@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extract.decode import AudioSampling, iter_audio
-from extract.errors import ImgVmrError, UsageError
-from extract.probe import probe
+from extract.core.errors import ImgVmrError, UsageError
+from extract.media.decode import AudioSampling, iter_audio
+from extract.media.probe import probe
 from img_model.predictor import VideoAnswers
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ audio-only branches; then every query in a paged list with its true span and eac
 video's timeline, the IoU, the audio importance, and filters: wrong answers only (fused IoU below the
 threshold), audio-decided only (a video with audio where fused is right and visual-only wrong: the sound decided
 the answer), by split, by text. With `videos` (a folder as img-extract scans it: a video's id is its path
-without the extension, extract.sources.folder_video_id), a row whose video is there has a player that seeks to
+without the extension, extract.media.sources.folder_video_id), a row whose video is there has a player that seeks to
 the predicted start.
 
 Sizes: the list renders one page (50 rows) at a time; the size and speed of a report of ActivityNet's test split
@@ -108,7 +108,7 @@ def _correct_bits(row: Mapping[str, Any]) -> int:
 
 def _video_links(videos: Path, out_dir: Path) -> dict[str, str]:
     """{video id: URL of the file relative to the report} for every video under the folder."""
-    from extract.sources import folder_video_id, video_files
+    from extract.media.sources import folder_video_id, video_files
 
     links = {}
     for path in video_files(videos):

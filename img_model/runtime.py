@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 
 log = logging.getLogger("img_vmr.train")
 
@@ -26,7 +26,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) -> torch.device:
     """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision (None: the caller
     chooses it for the device and logs it); `threads` > 0 sets torch's CPU threads."""
-    from extract.devices import resolve_device as resolve_extraction_device
+    from extract.core.devices import resolve_device as resolve_extraction_device
 
     if threads:
         torch.set_num_threads(threads)

@@ -162,7 +162,7 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
         if video.has_audio:
             tracks[AUDIO_FEATURE] = _marked_track(video.steps, spec.audio_rows_per_second, audio_marker, video.start,
                                                   video.end, video.family in ("audio", "both"), rng)  # fmt: skip
-        end = float(video.steps)  # named as the probe names them (extract/probe.py)
+        end = float(video.steps)  # named as the probe names them (extract/media/probe.py)
         metadata = {"header_duration": end, "stream_end": end, "has_audio": video.has_audio, "source": "synthetic"}
         writer.add_video(VideoRecord(video.video_id, metadata, tracks))
         if spec.commit_every and writer.pending >= spec.commit_every:

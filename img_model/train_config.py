@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
 from img_model.dataset import DataConfig
 

@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from extract.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
+from extract.core.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
+from extract.media.probe import read_stream_attrs, stored_duration
+from extract.media.sources import VideoSource
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import PRESETS, Preset, get_preset
-from extract.probe import read_stream_attrs, stored_duration
-from extract.sources import VideoSource
+from extract.models.presets import PRESETS, Preset, get_preset
 from extract.store import (
     PARTS_SUFFIX,
     FailureRecord,

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.weights import offline, sha256_file
+from extract.models.weights import offline, sha256_file
 from manifests.errors import AnnotationDownloadError
 
 log = logging.getLogger("img_vmr.manifests")

@@ -165,8 +165,8 @@ def read_custom(
 
 
 def store_durations(store_path: Path) -> dict[str, float]:
-    """{video_id: duration} of the videos in a feature store that record one (extract.probe.stored_duration)."""
-    from extract.probe import stored_duration
+    """{video_id: duration} of the videos in a feature store that record one (extract.media.probe.stored_duration)."""
+    from extract.media.probe import stored_duration
     from extract.store import FeatureStore
 
     with FeatureStore(store_path) as store:

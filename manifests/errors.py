@@ -1,6 +1,6 @@
-"""Failure families of the query side; each message is one actionable line (see extract/errors.py)."""
+"""Failure families of the query side; each message is one actionable line (see extract/core/errors.py)."""
 
-from extract.errors import ImgVmrError
+from extract.core.errors import ImgVmrError
 
 
 class ManifestError(ImgVmrError):

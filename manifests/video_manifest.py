@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from extract.errors import UsageError
-from extract.sources import video_files
+from extract.core.errors import UsageError
+from extract.media.sources import video_files
 
 YOUTUBE_PREFIX = "v_"
 

@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 
 import click
 
-from extract.cli_common import fail, setup_logging
-from extract.errors import ImgVmrError
+from extract.core.console import fail, setup_logging
+from extract.core.errors import ImgVmrError
 from pipelines.recipes import RECIPES
 
 PROGRAM = "img-pipeline"

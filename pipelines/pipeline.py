@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ImgVmrError, UsageError
+from extract.core.errors import ImgVmrError, UsageError
 from pipelines.recipes import METRICS, Recipe
 from pipelines.stages import (
     Command,

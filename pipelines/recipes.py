@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from extract.errors import UsageError
-from extract.presets import get_preset
+from extract.core.errors import UsageError
+from extract.models.presets import get_preset
 
 METRICS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
 
@@ -33,7 +33,7 @@ class Recipe:
     name: str
     description: str
     dataset: str  # trained on: a dataset of manifests/ or a custom .jsonl file
-    visual: str  # feature presets (extract/presets.py)
+    visual: str  # feature presets (extract/models/presets.py)
     audio: str
     text: str = "glove"  # glove (GloVe file from --glove), bert[:MODEL] or clip-text[:MODEL]
     evaluate_on: tuple[str, ...] = ()  # datasets whose test split the trained model is evaluated on

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 
 State = Literal["done", "partial", "todo"]
 

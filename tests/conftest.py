@@ -96,7 +96,7 @@ def real_time_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """Call it to point $IMG_FFMPEG at a wrapper that adds `-re`: from then on every ffmpeg the product runs (probe,
     frames, audio) reads its input at the native rate, a decoder exactly as slow as real time that keeps reading.
     Make the test's videos before calling it (making them would be slowed down too)."""
-    from extract import ffmpeg_binary
+    from extract.media import ffmpeg as ffmpeg_binary
 
     def slow_down() -> None:
         wrapper = tmp_path / "ffmpeg-re"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from extract.cli_common import is_sigterm, sigterm_raises
-from extract.errors import WorkerLostError
+from extract.core.console import is_sigterm, sigterm_raises
+from extract.core.errors import WorkerLostError
+from extract.media.sources import scan_folder
 from extract.models.base import ExtractorOptions
-from extract.presets import get_preset
+from extract.models.presets import get_preset
 from extract.run import ExtractionRun, RunConfig, RunStopped
-from extract.sources import scan_folder
 from tests.standin_models import SlowOnce
 
 

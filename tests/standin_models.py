@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.decode import AudioChunk, FrameBatch
+from extract.media.decode import AudioChunk, FrameBatch
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Units, Windower
-from extract.presets import Preset
-from extract.windows import AudioWindows
+from extract.models.presets import Preset
+from extract.models.windows import AudioWindows
 
 
 class MeanModel(FeatureExtractor):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extract.models.windows import frame_windows
 from extract.store import FeatureStore
-from extract.windows import frame_windows
 from img_model.alignment import aligned_tracks
 from tests.conftest import run_cli
 from tests.videos import REAL_VIDEO, make_video

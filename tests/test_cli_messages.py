@@ -120,7 +120,7 @@ def test_the_same_model_in_another_folder_extends_a_store(tmp_path: Path, tiny_c
 @pytest.mark.slow
 def test_weights_checked_only_when_a_published_checksum_was_compared(tmp_path: Path, published_weights: Path) -> None:
     from extract.models.published import published_checksum
-    from extract.weights import REGISTRY
+    from extract.models.weights import REGISTRY
 
     assert all(published_checksum(name) for name in REGISTRY)  # each published file has a checksum to compare
     make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.decode import FrameSampling, iter_frames
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
+from extract.media.decode import FrameSampling, iter_frames
+from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
-from extract.presets import CLIP
-from extract.probe import probe
+from extract.models.presets import CLIP
 from tests.videos import REAL_VIDEO, make_video
 
 CPU = ExtractorOptions(device=torch.device("cpu"))

@@ -21,7 +21,7 @@ pytestmark = needs_cuda
 
 def build(name: str, device: str, precision: str, weights: Path, clip: Path):  # type: ignore[no-untyped-def]
     from extract.models import ExtractorOptions, build_extractor
-    from extract.presets import get_preset
+    from extract.models.presets import get_preset
 
     preset = get_preset(name)
     if preset.model == "clip-vision":

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract import decode
-from extract.decode import AudioSampling, FrameSampling, frame_ticks, iter_audio, iter_frames, sample_times
-from extract.errors import VideoDecodeError
-from extract.ffmpeg_binary import ffmpeg_path
-from extract.presets import get_preset
-from extract.probe import channel_count, probe
-from extract.windows import FrameWindows
+from extract.core.errors import VideoDecodeError
+from extract.media import decode
+from extract.media.decode import AudioSampling, FrameSampling, frame_ticks, iter_audio, iter_frames, sample_times
+from extract.media.ffmpeg import ffmpeg_path
+from extract.media.probe import channel_count, probe
+from extract.models.presets import get_preset
+from extract.models.windows import FrameWindows
 from tests.videos import (
     REAL_VIDEO,
     ffmpeg,
@@ -407,7 +407,7 @@ def test_native_rate_sampling_takes_every_frame_of_a_23_976_fps_video_once(tmp_p
 @pytest.mark.parametrize("decoder", ["ffmpeg", "decord"])
 def test_every_decoder_read_reaches_the_threads_progress_listener(tmp_path: Path, decoder: str) -> None:
     """How the engine's worker watchdog hears a slow decode: every read (or decord call), not every chunk."""
-    from extract.watchdog import progress_reports
+    from extract.media.watchdog import progress_reports
 
     meta = probe(make_video(tmp_path / "v.mp4", seconds=2, size="64x48", audio=True))
     sampling = FrameSampling(fps=8.0, short_side=48, crop=48, chunk_frames=16, decoder=decoder)

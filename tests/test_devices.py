@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from extract.devices import arch_supported, nvidia_smi_gpus, resolve_device
-from extract.errors import UsageError
+from extract.core.devices import arch_supported, nvidia_smi_gpus, resolve_device
+from extract.core.errors import UsageError
 from tests.conftest import run_cli
 from tests.videos import make_video
 

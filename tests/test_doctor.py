@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from extract.doctor import check_cuda, check_models, check_weights
-from extract.weights import REGISTRY
+from extract.models.weights import REGISTRY
+from extract.run.doctor import check_cuda, check_models, check_weights
 from tests.conftest import run_cli
 
 
@@ -92,8 +92,8 @@ def test_gpus_hidden_by_the_environment_are_a_note_naming_the_variable(
         "process; unset it (or name a GPU) to use them"
     )
     assert result.returncode == 0, result.stdout  # nothing broken: the GPUs are hidden on purpose
-    from extract.devices import resolve_device  # an explicit --device cuda says why in its usage error
-    from extract.errors import UsageError
+    from extract.core.devices import resolve_device  # an explicit --device cuda says why in its usage error
+    from extract.core.errors import UsageError
 
     with pytest.raises(UsageError, match=f"{variable}={value!r} hides"):
         resolve_device("cuda")

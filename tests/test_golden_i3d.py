@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from extract.decode import iter_frames
-from extract.errors import MissingWeightsError
-from extract.ffmpeg_binary import ffmpeg_path
+from extract.core.errors import MissingWeightsError
+from extract.media.decode import iter_frames
+from extract.media.ffmpeg import ffmpeg_path
+from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
 from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
-from extract.presets import I3D_ANET_VSLNET
-from extract.probe import probe
+from extract.models.presets import I3D_ANET_VSLNET
 from tests.golden import GOLDEN, golden_tensors, load_npz
 
 I3D_GOLDEN = GOLDEN / "i3d"

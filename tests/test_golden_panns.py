@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from extract.decode import iter_audio
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
+from extract.media.decode import iter_audio
+from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
 from extract.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, load_cnn14_checkpoint
+from extract.models.presets import PANNS as PANNS_PRESET
+from extract.models.presets import Preset
 from extract.models.published import PannsExtractor
-from extract.presets import PANNS as PANNS_PRESET
-from extract.presets import Preset
-from extract.probe import probe
-from extract.windows import AudioWindows
+from extract.models.windows import AudioWindows
 from tests.golden import GOLDEN, golden_tensors
 from tests.videos import make_video_with_waveform
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from extract.decode import iter_audio
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
+from extract.media.decode import iter_audio
+from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
+from extract.models.presets import VGGISH_QUANTIZED
 from extract.models.published import VGGishExtractor
 from extract.models.vggish import VGGish, VGGishPostprocessor, load_pca_params, load_vggish_checkpoint
-from extract.presets import VGGISH_QUANTIZED
-from extract.probe import probe
 from tests.golden import golden_arrays, load_npz
 from tests.testdata import GOOGLE_VGGISH_PCA as GOOGLE_PCA
 from tests.videos import make_video_with_waveform

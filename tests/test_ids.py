@@ -1,6 +1,6 @@
 import pytest
 
-from extract.ids import escape_id, unescape_id
+from extract.store.ids import escape_id, unescape_id
 
 
 @pytest.mark.parametrize(

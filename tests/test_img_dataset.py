@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from extract.errors import ProvenanceMismatchError
+from extract.core.errors import ProvenanceMismatchError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from extract.text.store import TextBatch, TextStoreWriter
 from img_model.config import IMGConfig

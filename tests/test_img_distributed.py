@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from img_model.config import IMGConfig, ObjectiveConfig
 from img_model.dataset import Batch, Sample, collate
 from img_model.distributed import (

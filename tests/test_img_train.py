@@ -20,7 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import Checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from img_model.cli import main as img_train

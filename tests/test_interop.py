@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.errors import StoreCorruptError, UsageError
-from extract.interop import export_img, import_img, load_array_pickle
+from extract.core.errors import StoreCorruptError, UsageError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
+from extract.store.interop import export_img, import_img, load_array_pickle
 from tests.conftest import run_cli
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
-from extract.probe import probe
-from extract.windows import AudioWindows, FrameWindows
+from extract.media.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
+from extract.media.probe import probe
+from extract.models.windows import AudioWindows, FrameWindows
 from tests.videos import ffmpeg
 
 MINUTES = 20

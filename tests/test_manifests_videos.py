@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from extract.sources import read_manifest
-from extract.text_cli import manifest_command
+from extract.cli.text import manifest_command
+from extract.media.sources import read_manifest
 from manifests.registry import load_dataset
 from manifests.video_manifest import find_videos
 from tests.testdata import annotations_dir

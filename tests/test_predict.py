@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import StoreLockedError, UsageError
+from extract.core.errors import StoreLockedError, UsageError
 from img_model.checkpoint import read_checkpoint
 from img_model.convert import CheckpointLayoutError
 from img_model.errors import CheckpointMismatchError, QueryError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from extract.presets import PANNS, get_preset
+from extract.models.presets import PANNS, get_preset
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
 from img_model.recipe_check import check_recipe

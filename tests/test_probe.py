@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
-from extract.errors import VideoDecodeError
-from extract.ffmpeg_binary import input_args
-from extract.probe import NOT_A_CONTAINER, probe, read_stream_attrs
+from extract.core.errors import VideoDecodeError
+from extract.media.decode import AudioSampling, FrameSampling, iter_audio, iter_frames
+from extract.media.ffmpeg import input_args
+from extract.media.probe import NOT_A_CONTAINER, probe, read_stream_attrs
 from extract.store import StoreWriter, Track, VideoRecord
 from manifests.custom import store_durations
 from tests.videos import REAL_VIDEO, ffmpeg, make_video
@@ -193,9 +193,9 @@ def test_a_probe_that_keeps_listing_is_not_stopped_and_a_silent_one_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_time_ffmpeg: Callable[[], None]
 ) -> None:
     """The stream-copy pass of a long file can take minutes; its limit counts silence, not the whole pass."""
-    from extract import ffmpeg_binary
-    from extract import probe as probe_module
-    from extract.watchdog import progress_reports
+    from extract.media import ffmpeg as ffmpeg_binary
+    from extract.media import probe as probe_module
+    from extract.media.watchdog import progress_reports
 
     video = make_video(tmp_path / "v.mp4", seconds=3, size="64x48")
     monkeypatch.setattr(probe_module, "PROBE_STALL_S", 1.0)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from extract.cli_reference import END, START, reference
+from extract.cli.reference import END, START, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def _readme() -> str:
 
 def test_readme_cli_reference_matches_help() -> None:
     section = _readme().split(START, 1)[1].split(END, 1)[0].strip()
-    assert section == reference().strip(), "run: python -m extract.cli_reference --write README.md"
+    assert section == reference().strip(), "run: python -m extract.cli.reference --write README.md"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -17,14 +17,14 @@ import h5py
 import pytest
 import torch
 
-from extract.errors import ProvenanceMismatchError, UsageError, WorkerLostError
+from extract.core.errors import ProvenanceMismatchError, UsageError, WorkerLostError
+from extract.media.sources import scan_folder
 from extract.models.base import ExtractorOptions
-from extract.presets import get_preset
+from extract.models.presets import get_preset
 from extract.run import ExtractionRun, RunConfig, RunStopped
 from extract.run.engine_devices import parse_devices, split_items
 from extract.run.plan import WorkItem
 from extract.run.provenance import check_same_recipes
-from extract.sources import scan_folder
 from extract.store import FeatureStore, list_parts, parts_dir
 from tests.conftest import run_cli
 from tests.standin_models import KillAfterCommit, KillOnce, MeanModel

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import StoreLockedError
+from extract.core.errors import StoreLockedError
+from extract.media.probe import StreamMetadata, probe
+from extract.media.sources import scan_folder
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset, get_preset
-from extract.probe import StreamMetadata, probe
+from extract.models.presets import Preset, get_preset
 from extract.run import ExtractionRun, RunConfig, RunStopped, stages
 from extract.run.events import Failed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
 from extract.run.summary import RunSummary
-from extract.sources import scan_folder
 from extract.store import FeatureStore, StoreWriter
 from tests.broken_media import make_broken_audio_video, make_empty_audio_video
 from tests.standin_models import MeanModel
@@ -203,7 +203,7 @@ def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
 ) -> None:
     import errno
 
-    from extract import store as store_module
+    from extract.store import reader as store_module
 
     real_write_part = store_module.write_part
     written: list[int] = []

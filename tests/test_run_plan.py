@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from extract.media.sources import VideoSource
 from extract.run.plan import WorkItem, plan_run
-from extract.sources import VideoSource
 
 MODALITIES = {"clip": "visual", "panns": "audio", "vggish": "audio"}
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from extract.errors import UsageError, WorkerLostError
+from extract.core.errors import UsageError, WorkerLostError
+from extract.media.sources import scan_folder
 from extract.models.base import ExtractorOptions
-from extract.presets import get_preset
+from extract.models.presets import get_preset
 from extract.run import ExtractionRun, RunConfig
 from extract.run.engine_ray import RayEngine, connect, import_ray
-from extract.sources import scan_folder
 from extract.store import FeatureStore, list_parts, parts_dir
 from tests.broken_media import make_broken_audio_video
 from tests.standin_models import HangOnce, KillOnce, KillThenFailToLoad, MeanModel

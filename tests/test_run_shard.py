@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
+from extract.media.sources import VideoSource
 from extract.run.plan import plan_run
 from extract.run.shard import (
     SHARD_RECORD,
@@ -26,9 +27,8 @@ from extract.run.shard import (
     shard_of,
     write_shard_record,
 )
-from extract.sources import VideoSource
 from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, next_part_name, parts_dir
-from extract.store_merge import merge_stores
+from extract.store.merge import merge_stores
 from img_model.dataset import DataConfig, DataSources
 from img_model.features import FeatureStores
 from img_model.synthetic import SyntheticSpec, write_audio_matters

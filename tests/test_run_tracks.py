@@ -9,8 +9,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from extract.ids import unescape_id
 from extract.store import FeatureStore, parts_dir
+from extract.store.ids import unescape_id
 from tests.broken_media import make_broken_audio_video, make_empty_audio_video, make_truncated_video
 from tests.conftest import run_cli
 from tests.videos import make_video

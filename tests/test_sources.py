@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from extract.sources import scan_folder
+from extract.media.sources import scan_folder
 from manifests.video_manifest import find_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_two_link_loops_end_the_scan(tmp_path: Path) -> None:
     (videos / "x").symlink_to(".")
     (videos / "y").symlink_to(".")
     script = (
-        "import json, sys; from pathlib import Path; from extract.sources import scan_folder; "
+        "import json, sys; from pathlib import Path; from extract.media.sources import scan_folder; "
         "from manifests.video_manifest import find_videos; folder = Path(sys.argv[1]); "
         "print(json.dumps([[s.video_id for s in scan_folder(folder)], list(find_videos(['a'], folder)[0])]))"
     )

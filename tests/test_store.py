@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-import extract.store as store_module
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, StoreReadError, UsageError
-from extract.ids import escape_id
-from extract.inspect import describe
+import extract.store.reader as store_module
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, StoreReadError, UsageError
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord, iter_tracks, parts_dir
+from extract.store.ids import escape_id
+from extract.store.inspect import describe
 
 PROVENANCE = {"clip": {"recipe": {"preset": "clip", "frames.fps": 1.0}, "software": {"ffmpeg": "x"}}}
 

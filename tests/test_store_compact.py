@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-import extract.store as store_module
-from extract.errors import ProvenanceMismatchError, StoreLockedError
+import extract.store.reader as store_module
+from extract.core.errors import ProvenanceMismatchError, StoreLockedError
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord, list_parts, parts_dir
-from extract.store_compact import compact, plan_merge, write_merged
+from extract.store.compact import compact, plan_merge, write_merged
 from tests.conftest import run_cli
 
 CLIP_A = {"recipe": {"preset": "clip", "frames.fps": 1.0}, "software": {"img_vmr": "1"}, "runtime": {"device": "cpu"}}

@@ -21,9 +21,9 @@ SCRIPT = """
 import json, os, sys
 from pathlib import Path
 import numpy as np
-from extract.errors import StoreWriteError
+from extract.core.errors import StoreWriteError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord, list_parts, parts_dir
-from extract.store_compact import compact
+from extract.store.compact import compact
 
 disk = Path(sys.argv[1])
 store = disk / "feats.h5"

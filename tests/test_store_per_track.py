@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.errors import ProvenanceMismatchError
+from extract.core.errors import ProvenanceMismatchError
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from extract.cli.text import text_command
 from extract.store import StoreWriter, Track, VideoRecord
 from extract.text.store import TextStore
-from extract.text_cli import text_command
 from tests.test_text_encoders import minilm_dir, save_tiny_clip_text
 from tests.test_text_glove import glove_6b_subset
 from tests.testdata import annotations_dir

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
 from extract.text.bert import BertTextEncoder
 from extract.text.clip_text import ClipTextEncoder
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
 from extract.text import glove
 from extract.text.glove import GloveFormatError, open_glove
 from extract.text.vocabulary import build_vocabulary

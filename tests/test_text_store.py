@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError
 from extract.text.store import TextBatch, TextStore, TextStoreWriter
 from manifests.records import QueryRecord
 

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize, tokenize_all
 from extract.text.vocabulary import PAD, UNK, Vocabulary, build_vocabulary, count
 from manifests.records import QueryRecord

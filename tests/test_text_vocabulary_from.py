@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from extract.cli.text import text_command
 from extract.text.store import TextStore
 from extract.text.tokenize import tokenize
-from extract.text_cli import text_command
 from img_model.synthetic import SyntheticDataset
 from tests.conftest import run_cli
 from tests.img_cli import run_img_eval, tiny_dataset, train_tiny_checkpoint

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from extract.decode import AudioChunk, FrameBatch
-from extract.windows import (
+from extract.media.decode import AudioChunk, FrameBatch
+from extract.models.windows import (
     AudioWindows,
     FrameWindows,
     audio_window_starts,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.ffmpeg_binary import ffmpeg_path
+from extract.media.ffmpeg import ffmpeg_path
 from tests.testdata import REAL_VIDEO as REAL_VIDEO  # re-exported for the tests that make videos
 
 

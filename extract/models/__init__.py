@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
+from extract.models.presets import Preset
 
 EXTRACTORS: dict[str, tuple[str, str]] = {
     "clip-vision": ("extract.models.clip_vision", "ClipVisionExtractor"),

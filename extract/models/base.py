@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
-from extract.presets import Preset
+from extract.media.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
+from extract.models.presets import Preset
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
-from extract.presets import Preset
-from extract.weights import hub_unreachable, offline, search_dirs, sha256_file
+from extract.models.presets import Preset
+from extract.models.weights import hub_unreachable, offline, search_dirs, sha256_file
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.models.checkpoint import check_state_dict, load_torch_file
+from extract.core.torch_files import check_state_dict, load_torch_file
 
 Triple = tuple[int, int, int]
 

@@ -6,7 +6,7 @@ learned parameters and buffers carry exactly the names of the published `Cnn14_m
 that file loads unchanged. The published dict also stores the three front-end tensors; they are deterministic,
 so this module computes them itself (non-persistent buffers) and `load_cnn14_checkpoint` only checks that the
 file's copies agree with ours. tests/test_golden_panns.py checks every stage against the original code
-(its golden vectors), the whole chain through the product's decoding and windowing (extract/windows.py).
+(its golden vectors), the whole chain through the product's decoding and windowing (extract/models/windows.py).
 
 Inference only: SpecAugment, mixup and the dropouts of the original are inactive in eval mode and are left out.
 """
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.errors import MissingWeightsError
-from extract.models.checkpoint import check_state_dict, load_torch_file
+from extract.core.errors import MissingWeightsError
+from extract.core.torch_files import check_state_dict, load_torch_file
 
 # Slaney's mel scale as librosa implements it: linear below 1 kHz, logarithmic above.
 _MEL_HZ_PER_MEL = 200.0 / 3

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
-from extract.presets import Preset
-from extract.weights import locate, registry_entry, sha256_file
-from extract.windows import AudioWindows, FrameWindows
+from extract.models.presets import Preset
+from extract.models.weights import locate, registry_entry, sha256_file
+from extract.models.windows import AudioWindows, FrameWindows
 
 
 def published_checksum(name: str) -> bool:

@@ -3,7 +3,7 @@
 A clean-room reimplementation of harritaylor/torchvggish `f3f9096` (itself a port of Google's AudioSet VGGish),
 checked against its golden vectors through the product's decoding and windowing (tests/test_golden_vggish.py).
 Reading order: front end (`examples_from_windows`; decoding to 16-kHz mono and cutting the windows are the
-product's: extract/decode.py, extract/windows.py), network (`VGGish`, one 128-d post-ReLU embedding per 0.96-s
+product's: extract/media/decode.py, extract/models/windows.py), network (`VGGish`, one 128-d post-ReLU embedding per 0.96-s
 example), post-processor (`VGGishPostprocessor`), loaders.
 
 The module and parameter names of `VGGish` are those of `vggish-10086976.pth` (positions in `nn.Sequential`),
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.errors import MissingWeightsError
-from extract.models.checkpoint import check_state_dict, load_torch_file
+from extract.core.errors import MissingWeightsError
+from extract.core.torch_files import check_state_dict, load_torch_file
 
 # Front end, as in the reference's vggish_params.py / vggish_input.py.
 SAMPLE_RATE = 16000

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from extract.errors import VideoDecodeError
+from extract.core.errors import VideoDecodeError
 from extract.run.assembly import VideoAssembly
 from extract.run.batcher import Batcher
 from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extract.decode import STALL_TIMEOUT_S
+from extract.media.decode import STALL_TIMEOUT_S
 from extract.run.shard import Shard
 
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ImgVmrError, UsageError, WorkerLostError
+from extract.core.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
+from extract.models.presets import Preset
 from extract.run.collector import progress_bar
 from extract.run.config import RunConfig
 from extract.run.plan import WorkItem
@@ -246,7 +246,7 @@ class DeviceWorkers:
         summary.committed_videos, summary.committed_failures = self._committed(writer, before)
         errors = [outcome.error for outcome in outcomes.values() if outcome.error is not None]
         if stop.signal is not None:
-            from extract.cli_common import Terminated
+            from extract.core.console import Terminated
 
             raise Terminated() if stop.signal == signal.SIGTERM else KeyboardInterrupt()
         if lost:
@@ -361,7 +361,7 @@ class _Parent:
         self.connection, self.number = connection, number
 
     def send(self, kind: str, payload: Any) -> None:
-        from extract.cli_common import Terminated
+        from extract.core.console import Terminated
 
         try:
             with _signals_held():
@@ -400,7 +400,7 @@ def _stop_with_parent(parent_pid: int) -> bool:
 def _interrupts_once() -> None:
     """The first SIGINT / SIGTERM raises in the main thread; later ones are ignored while finished work is
     committed (the terminal and the parent may both send one)."""
-    from extract.cli_common import Terminated
+    from extract.core.console import Terminated
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -465,7 +465,7 @@ def _run_share(
     provenance: dict[str, dict[str, Any]],
     parent: _Parent,
 ) -> _Outcome:
-    from extract.log_file import attach_log_file
+    from extract.core.log_file import attach_log_file
     from extract.run.engine_local import LocalEngine
 
     summary = RunSummary(total=len(items))

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extract.errors import VideoDecodeError
+from extract.core.errors import VideoDecodeError
+from extract.media.watchdog import progress_reports
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
+from extract.models.presets import Preset
 from extract.run.batcher import Batcher
 from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
@@ -32,7 +33,6 @@ from extract.run.provenance import load_models
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
-from extract.watchdog import progress_reports
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -51,7 +51,7 @@ class _Worker:
     error: BaseException | None = None
 
     def touch(self) -> None:
-        """Its decoder read something (called in the worker's thread, through extract.watchdog)."""
+        """Its decoder read something (called in the worker's thread, through extract.media.watchdog)."""
         self.last_progress = time.monotonic()
 
 

@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extract.errors import ImgVmrError, UsageError, WorkerLostError
+from extract.core.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, Units
-from extract.presets import Preset
+from extract.models.presets import Preset
 from extract.run.batcher import Batch, Batcher
 from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from extract.media.probe import StreamMetadata
 from extract.models.base import Units
-from extract.probe import StreamMetadata
 from extract.run.plan import WorkItem
 from extract.store import FailureRecord
 

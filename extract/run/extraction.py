@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from extract.errors import UsageError
-from extract.log_file import attach_log_file
+from extract.core.errors import UsageError
+from extract.core.log_file import attach_log_file
+from extract.media.sources import VideoSource
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
+from extract.models.presets import Preset
 from extract.run.config import RunConfig
 from extract.run.plan import Plan, WorkItem, plan_run
 from extract.run.shard import record_run_shard
 from extract.run.summary import RunSummary
-from extract.sources import VideoSource
 from extract.store import FeatureStore, StoreWriter, list_parts, recipe_id
 
 log = logging.getLogger("img_vmr.extract")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from extract.media.sources import VideoSource
 from extract.run.shard import Shard
-from extract.sources import VideoSource
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from extract.errors import ProvenanceMismatchError
-from extract.ffmpeg_binary import ffmpeg_version
+from extract.core.errors import ProvenanceMismatchError
+from extract.core.provenance import differences
+from extract.core.versions import software_versions
+from extract.media.ffmpeg import ffmpeg_version
 from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.presets import Preset
-from extract.record_differences import differences
-from extract.versions import software_versions
+from extract.models.presets import Preset
 
 Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 
@@ -53,7 +53,7 @@ def load_models(
     """Every engine's model loading: the presets' models (on `device`, resolved here where the models will run:
     'auto', 'cpu', 'cuda', 'cuda:1'; None keeps options.device) and their provenance records."""
     if device is not None:
-        from extract.devices import resolve_device
+        from extract.core.devices import resolve_device
 
         options = dataclasses.replace(options, device=resolve_device(device))
     extractors = [build(preset, options) for preset in presets]

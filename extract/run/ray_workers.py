@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import AudioSampling, FrameSampling
-from extract.errors import WorkerLostError
+from extract.core.errors import WorkerLostError
+from extract.media.decode import AudioSampling, FrameSampling
 from extract.models.base import ExtractorOptions, FeatureExtractor, Units, Windower
-from extract.presets import Preset
+from extract.models.presets import Preset
 from extract.run.batcher import Batch, Piece
 from extract.run.events import Embedded, Failed, UnitsReady
 from extract.run.plan import WorkItem

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.errors import StoreCorruptError, UsageError
+from extract.core.errors import StoreCorruptError, UsageError
 
 SHARD_RECORD = "shard.json"  # in the store's parts folder
 

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from extract.decode import (
+from extract.core.errors import ImgVmrError, VideoDecodeError
+from extract.media.decode import (
     AudioChunk,
     AudioSampling,
     FrameBatch,
@@ -29,9 +30,8 @@ from extract.decode import (
     iter_audio,
     iter_frames,
 )
-from extract.errors import ImgVmrError, VideoDecodeError
+from extract.media.probe import StreamMetadata, probe
 from extract.models.base import FeatureExtractor, Units, Windower
-from extract.probe import StreamMetadata, probe
 from extract.run.batcher import Batch, Piece
 from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem

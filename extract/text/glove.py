@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import ImgVmrError, MissingWeightsError
+from extract.core.errors import ImgVmrError, MissingWeightsError
+from extract.models.weights import default_weights_dir
 from extract.store import fsync_path, save_atomically
-from extract.weights import default_weights_dir
 
 log = logging.getLogger("img_vmr.extract")
 

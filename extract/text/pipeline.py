@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
+from extract.core.versions import software_versions
 from extract.text.encoder import TokenFeatureEncoder
 from extract.text.glove import open_glove
 from extract.text.store import TextBatch, TextStoreWriter
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize_all, tokenizer_recipe
 from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, Vocabulary, build_vocabulary
 from extract.text.vocabulary_source import VocabularySource
-from extract.versions import software_versions
 from manifests.records import QueryRecord
 
 log = logging.getLogger("img_vmr.extract")

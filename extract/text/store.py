@@ -7,7 +7,7 @@ A killed run loses at most the part being written; the next run with the same re
 already in text.h5 or in a committed part (same qid and same sentence) and merges everything at the end. A
 different recipe is refused ("use another --out"), like the feature store does.
 
-Every file is built in memory by HDF5 and saved with plain writes (extract/store.py `hdf5_image`,
+Every file is built in memory by HDF5 and saved with plain writes (extract/store/reader.py `hdf5_image`,
 `save_atomically`), as the feature store's parts are: a full disk or an I/O error is one StoreWriteError line
 naming the file and the cause, no temporary file stays behind, and the committed parts are kept for the next
 run. (HDF5 writing straight to a disk that fills up leaves the library holding objects it cannot close: a
@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
 from extract.store import acquire_writer_lock, hdf5_image, release_writer_lock, save_atomically
 from manifests.records import QueryRecord
 

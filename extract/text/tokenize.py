@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.text.nltk37 import word_tokenize_37
 
 TOKENIZERS = ("nltk-3.7", "nltk-current")

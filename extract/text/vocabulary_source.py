@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 from extract.text.store import TEXT_STORE_FORMAT, TextStore
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary

@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from extract.decode import AudioSampling, FrameSampling
-from extract.errors import UsageError
+from extract.core.errors import UsageError
+from extract.media.decode import AudioSampling, FrameSampling
 
 Modality = Literal["visual", "audio"]
 

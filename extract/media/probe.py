@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import VideoDecodeError
-from extract.ffmpeg_binary import ffmpeg_path, input_args
-from extract.watchdog import Watchdog
+from extract.core.errors import VideoDecodeError
+from extract.media.ffmpeg import ffmpeg_path, input_args
+from extract.media.watchdog import Watchdog
 
 # The stream-copy pass is stopped when it lists nothing for this long (a long file that keeps listing goes on).
 PROBE_STALL_S = 120.0
@@ -299,7 +299,7 @@ def _list_packets(cmd: list[str], file: Path) -> tuple[int, str, _PacketListing]
     """Run the stream-copy pass, reading its listing as it comes; (exit code, stderr, listing).
 
     A pass that lists nothing for PROBE_STALL_S is stopped (a huge file that keeps listing is not); every line is
-    also progress for the engine that runs the probe (extract/watchdog.py).
+    also progress for the engine that runs the probe (extract/media/watchdog.py).
     """
     listing = _PacketListing()
     with tempfile.TemporaryFile() as stderr_file:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import StoreCorruptError, UsageError
+from extract.core.errors import StoreCorruptError, UsageError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 
 log = logging.getLogger("img_vmr.extract")

@@ -1,5 +1,5 @@
 """`img-extract compact` (a store's many small parts into a few large ones) and `img-extract merge` (shard stores
-into one), registered in extract/cli.py."""
+into one), registered in extract/cli/run.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from extract.errors import ImgVmrError
+from extract.core.errors import ImgVmrError
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -50,8 +50,8 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
     Example:
       img-extract compact feats.h5
     """
-    from extract.cli_common import fail, setup_logging
-    from extract.store_compact import compact
+    from extract.core.console import fail, setup_logging
+    from extract.store.compact import compact
 
     setup_logging(False)
     try:
@@ -95,8 +95,8 @@ def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progres
     Example:
       img-extract merge feats-0.h5 feats-1.h5 feats-2.h5 feats-3.h5 --out feats.h5
     """
-    from extract.cli_common import fail, setup_logging
-    from extract.store_merge import merge_stores
+    from extract.core.console import fail, setup_logging
+    from extract.store.merge import merge_stores
 
     setup_logging(False)
     try:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 
 log = logging.getLogger("img_vmr.extract")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from extract.errors import listed
+from extract.core.errors import listed
 
 LISTED_DIFFERENCES = 3
 

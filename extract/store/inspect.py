@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from extract.probe import stored_duration
+from extract.media.probe import stored_duration
 from extract.store import FeatureStore
 
 

@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 import h5py
 import numpy as np
 
-from extract.errors import (
+from extract.core.errors import (
     ProvenanceMismatchError,
     StoreCorruptError,
     StoreLockedError,
@@ -46,8 +46,8 @@ from extract.errors import (
     StoreWriteError,
     UsageError,
 )
-from extract.ids import escape_id, storable_text, unescape_id
-from extract.record_differences import differences
+from extract.core.provenance import differences
+from extract.store.ids import escape_id, storable_text, unescape_id
 
 STORE_FORMAT = "img-vmr-feature-store"
 # 1: one failure record per video in /failures/<id> attrs. 2: records per (video, feature) in

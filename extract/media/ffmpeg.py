@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 
 FFMPEG_ENV = "IMG_FFMPEG"
 

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.errors import MissingWeightsError, UsageError
+from extract.core.errors import MissingWeightsError, UsageError
 
 log = logging.getLogger("img_vmr.extract")
 

@@ -1,7 +1,7 @@
 """The README's CLI reference, generated from the commands' own --help.
 
-python -m extract.cli_reference --write README.md    # refresh the section between the markers
-python -m extract.cli_reference                      # print it
+python -m extract.cli.reference --write README.md    # refresh the section between the markers
+python -m extract.cli.reference                      # print it
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from extract.cli import main
+from extract.cli.run import main
 
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 WIDTH = 110

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from extract.decode import AudioChunk, FrameBatch
+from extract.media.decode import AudioChunk, FrameBatch
 from extract.models.base import Units, Windower
 
 # --- frame windows (VSLNet's rule) ---------------------------------------------------------------------------

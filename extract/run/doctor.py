@@ -51,8 +51,8 @@ class Check:
 
 
 def check_ffmpeg() -> Check:
-    from extract.errors import UsageError
-    from extract.ffmpeg_binary import FFMPEG_ENV, ffmpeg_path
+    from extract.core.errors import UsageError
+    from extract.media.ffmpeg import FFMPEG_ENV, ffmpeg_path
 
     check = Check("ffmpeg")
     try:
@@ -89,7 +89,7 @@ def check_torch() -> Check:
 
 
 def check_cuda() -> Check:
-    from extract.devices import cuda_report
+    from extract.core.devices import cuda_report
 
     check = Check("cuda")
     report = cuda_report()
@@ -115,9 +115,9 @@ def check_cuda() -> Check:
 
 
 def check_weights(weights_dir: Path | None, verify: bool) -> Check:
-    from extract.errors import MissingWeightsError
-    from extract.weights import REGISTRY, default_weights_dir, find_local, offline, search_dirs
-    from extract.weights import verify as verify_file
+    from extract.core.errors import MissingWeightsError
+    from extract.models.weights import REGISTRY, default_weights_dir, find_local, offline, search_dirs
+    from extract.models.weights import verify as verify_file
 
     check = Check("weights")
     folders = " then ".join(str(folder) for folder in search_dirs(weights_dir))
@@ -154,9 +154,9 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
 def check_models(weights_dir: Path | None) -> Check:
     from huggingface_hub import constants
 
-    from extract.errors import MissingWeightsError
+    from extract.core.errors import MissingWeightsError
     from extract.models.clip_vision import CLIP_MODEL_TYPES, WEIGHT_FILES, model_file, resolve_model_source
-    from extract.weights import OFFLINE_ENVS, offline
+    from extract.models.weights import OFFLINE_ENVS, offline
 
     check = Check("models")
     switches = [f"{name}={os.environ[name]}" for name in (*OFFLINE_ENVS, "TRANSFORMERS_OFFLINE") if name in os.environ]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from extract.errors import UsageError
+from extract.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from extract.errors import MissingWeightsError, listed
+from extract.core.errors import MissingWeightsError, listed
 
 _LISTED_KEYS = 3  # keys named per problem kind; the rest are counted
 

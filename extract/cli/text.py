@@ -1,7 +1,7 @@
 """`img-extract manifest` (a dataset's videos found on disk) and `img-extract text` (query text features).
 
-Registered on the main group in extract/cli.py; the helpers it shares with the other commands (logging setup,
-one-line errors, exit codes, common options) come from extract/cli_common.py.
+Registered on the main group in extract/cli/run.py; the helpers it shares with the other commands (logging setup,
+one-line errors, exit codes, common options) come from extract/core/console.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from extract.cli_common import (
+from extract.core.console import (
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -22,7 +22,7 @@ from extract.cli_common import (
     setup_logging,
     weights_dir_option,
 )
-from extract.errors import ImgVmrError, StoreWriteError
+from extract.core.errors import ImgVmrError, StoreWriteError
 from extract.text.tokenize import DEFAULT_TOKENIZER, TOKENIZERS
 from manifests.registry import DATASETS
 
@@ -87,7 +87,7 @@ def manifest_command(name: str, videos: Path, out: Path, splits: tuple[str, ...]
 
 
 def _video_ids(name: str, splits: tuple[str, ...], data_dir: Path | None) -> list[str]:
-    from extract.errors import UsageError
+    from extract.core.errors import UsageError
     from manifests.custom import read_rows
     from manifests.registry import load_dataset
 
@@ -222,8 +222,8 @@ def _text(
     resume: bool,
     verbose: bool,
 ) -> Any:
-    from extract.devices import resolve_device
-    from extract.errors import UsageError
+    from extract.core.devices import resolve_device
+    from extract.core.errors import UsageError
     from extract.text.pipeline import parse_embed, run_encoder, run_glove, run_glove_with_vocabulary
     from extract.text.vocabulary_source import load_vocabulary_source
 
@@ -259,8 +259,8 @@ def _text(
 
 
 def _queries(dataset: str | None, annotations: Path | None, store: Path | None, data_dir: Path | None) -> Any:
+    from extract.models.weights import sha256_file
     from extract.text.pipeline import TextQueries
-    from extract.weights import sha256_file
     from manifests.custom import read_custom, store_durations
     from manifests.registry import load_dataset
 

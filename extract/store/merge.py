@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
-from extract.record_differences import differences
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
+from extract.core.provenance import differences
 from extract.run.shard import ShardRecord, read_shard_record, write_shard_record
 from extract.store import (
     PART_GLOB,
@@ -32,7 +32,7 @@ from extract.store import (
     release_writer_lock,
     write_error,
 )
-from extract.store_compact import DEFAULT_PART_BYTES, plan_merge, write_merged
+from extract.store.compact import DEFAULT_PART_BYTES, plan_merge, write_merged
 
 log = logging.getLogger("img_vmr.extract")
 

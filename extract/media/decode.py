@@ -31,10 +31,10 @@ from typing import IO, Literal, TypeVar
 
 import numpy as np
 
-from extract.errors import VideoDecodeError
-from extract.ffmpeg_binary import ffmpeg_path, input_args
-from extract.probe import StreamMetadata, ffmpeg_reason
-from extract.watchdog import Watchdog, report_progress
+from extract.core.errors import VideoDecodeError
+from extract.media.ffmpeg import ffmpeg_path, input_args
+from extract.media.probe import StreamMetadata, ffmpeg_reason
+from extract.media.watchdog import Watchdog, report_progress
 
 DecoderName = Literal["ffmpeg", "decord"]
 ResizeRule = Literal["shorter", "shorter_if_below", "none"]
@@ -141,7 +141,7 @@ class AudioChunk:
     start_seconds: float
 
 
-# --- stall deadlines (the pipe's watchdog is extract/watchdog.py) ---------------------------------------------
+# --- stall deadlines (the pipe's watchdog is extract/media/watchdog.py) ---------------------------------------------
 
 T = TypeVar("T")
 

@@ -1,5 +1,5 @@
 """What every img-extract command shares: logging, the one-line error, exit codes, option types and the
-options several commands take. extract/cli.py and extract/text_cli.py both import from here (and not from
+options several commands take. extract/cli/run.py and extract/cli/text.py both import from here (and not from
 each other)."""
 
 from __future__ import annotations

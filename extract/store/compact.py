@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ProvenanceMismatchError
+from extract.core.errors import ProvenanceMismatchError
 from extract.store import (
     PART_GLOB,
     FailureRecord,

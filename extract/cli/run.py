@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from extract import __version__
-from extract.cli_common import (
+from extract.cli.store import compact_command, merge_command
+from extract.cli.text import manifest_command, text_command
+from extract.core.console import (
     AUDIO_HOP,
     AUDIO_WINDOW,
     EXIT_FAILURES,
@@ -33,10 +35,8 @@ from extract.cli_common import (
     sigterm_raises,
     weights_dir_option,
 )
-from extract.errors import ImgVmrError, StoreWriteError, UsageError
-from extract.presets import PRESETS
-from extract.store_cli import compact_command, merge_command
-from extract.text_cli import manifest_command, text_command
+from extract.core.errors import ImgVmrError, StoreWriteError, UsageError
+from extract.models.presets import PRESETS
 
 if TYPE_CHECKING:
     from extract.run import RunStopped
@@ -270,13 +270,13 @@ def _run(
     no_progress: bool,
     verbose: bool,
 ) -> Any:
-    from extract.devices import resolve_device
+    from extract.core.devices import resolve_device
+    from extract.media.sources import find_videos
     from extract.models import ExtractorOptions
-    from extract.presets import get_preset
+    from extract.models.presets import get_preset
     from extract.run import ExtractionRun, RunConfig
     from extract.run.engine_devices import parse_devices
     from extract.run.shard import Shard
-    from extract.sources import find_videos
 
     if no_progress or not sys.stderr.isatty():  # transformers' "Loading weights" bar too (read when it is imported)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -352,7 +352,7 @@ def _run(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
     """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
-    from extract.inspect import describe, render
+    from extract.store.inspect import describe, render
 
     setup_logging(False)
     try:
@@ -374,7 +374,7 @@ def weights_group() -> None:
 @weights_dir_option()
 def weights_list(weights_dir: Path | None) -> None:
     """Every published file the presets use, where it is found (or 'missing'), its URL and published checksum."""
-    from extract.weights import REGISTRY, find_local
+    from extract.models.weights import REGISTRY, find_local
 
     for entry in REGISTRY.values():
         found = find_local(entry.name, weights_dir)
@@ -390,7 +390,7 @@ def weights_list(weights_dir: Path | None) -> None:
 @weights_dir_option("Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
 def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
-    from extract.weights import default_weights_dir, fetch
+    from extract.models.weights import default_weights_dir, fetch
 
     setup_logging(False)
     try:
@@ -409,7 +409,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     Prints 'ok' only when a published checksum was compared, 'present, no published checksum' for a file whose
     publisher gives none; exits 1 when a file is missing (when named) or contradicts its checksum.
     """
-    from extract.weights import REGISTRY, find_local, registry_entry, verify
+    from extract.models.weights import REGISTRY, find_local, registry_entry, verify
 
     setup_logging(False)
     bad = 0
@@ -437,7 +437,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
 def export_command(store: Path, out: Path, visual: str | None, audio: str | None) -> None:
     """Write features in the layout the IMG authors' code reads (one .npy per video, shape json files,
     VGGish.pickle for quantised VGGish)."""
-    from extract.interop import export_img
+    from extract.store.interop import export_img
 
     setup_logging(False)
     if visual is None and audio is None:
@@ -466,7 +466,7 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
 def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
     """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle
     (only dicts of numpy arrays are unpickled)."""
-    from extract.interop import import_img
+    from extract.store.interop import import_img
 
     setup_logging(False)
     try:
@@ -488,7 +488,7 @@ def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> Non
     Fast: weights are checked by presence and size (every run verifies the files it loads); --verify hashes
     them. Missing weights or models are notes: they are downloaded on first use when online.
     """
-    from extract.doctor import render, run_checks
+    from extract.run.doctor import render, run_checks
 
     setup_logging(False)
     checks = run_checks(weights_dir, verify)

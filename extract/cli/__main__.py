@@ -1,0 +1,5 @@
+"""`python -m extract.cli` is img-extract."""
+
+from extract.cli.run import main
+
+main()

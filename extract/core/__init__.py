@@ -1,0 +1,1 @@
+"""Shared by every package of img-vmr: errors, the console, files, downloads, torch files, provenance, devices."""

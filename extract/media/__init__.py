@@ -1,0 +1,1 @@
+"""Video files: finding them, probing their streams, decoding frames and audio with ffmpeg (or decord)."""
