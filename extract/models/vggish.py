@@ -3,8 +3,8 @@
 A clean-room reimplementation of harritaylor/torchvggish `f3f9096` (itself a port of Google's AudioSet VGGish),
 checked against its golden vectors through the product's decoding and windowing (tests/test_golden_vggish.py).
 Reading order: front end (`examples_from_windows`; decoding to 16-kHz mono and cutting the windows are the
-product's: extract/media/decode.py, extract/models/windows.py), network (`VGGish`, one 128-d post-ReLU embedding per 0.96-s
-example), post-processor (`VGGishPostprocessor`), loaders.
+product's: extract/media/decode.py, extract/models/windows.py), network (`VGGish`, one 128-d post-ReLU embedding
+per 0.96-s example), post-processor (`VGGishPostprocessor`), loaders.
 
 The module and parameter names of `VGGish` are those of `vggish-10086976.pth` (positions in `nn.Sequential`),
 so the published file loads unchanged.
