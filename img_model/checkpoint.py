@@ -22,7 +22,6 @@ Read with torch.load(weights_only=True). The first converter's format ({"config"
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.store import fsync_path
+from extract.core.files import write_atomically
 from img_model.config import IMGConfig
 from img_model.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.model import IMG
@@ -83,19 +82,9 @@ class Checkpoint:
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
-    """Write atomically: temporary name in the same folder, fsync, rename, fsync of the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(checkpoint.as_file(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    """Write atomically (extract/core/files.py): a kill at any moment leaves the previous file intact."""
+    file = checkpoint.as_file()
+    write_atomically(Path(path), lambda handle: torch.save(file, handle))
 
 
 def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint") -> Checkpoint:

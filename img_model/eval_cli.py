@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -259,15 +258,12 @@ def _tables(report: Any) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from extract.core.files import write_atomically
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
     log.info("wrote %d predictions to %s", len(rows), path)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from extract.core.files import write_atomically
 from img_model.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPrediction
 from img_model.metrics import THRESHOLDS, TOP_K, recall_at
 
@@ -191,13 +192,7 @@ def write_report(
     links = _video_links(Path(videos), out.parent) if videos is not None else None
     data = report_data(rows, title, context, links)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(render(data), encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(out, render(data))
     return out
 
 

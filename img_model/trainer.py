@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from extract.core.files import write_atomically
 from img_model.checkpoint import (
     Checkpoint,
     read_checkpoint,
@@ -366,10 +367,8 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(
-            to_toml(self.run, header=f"img-train run {self.run_dir.name}: the resolved configuration"),
-            encoding="utf-8",
-        )
+        header = f"img-train run {self.run_dir.name}: the resolved configuration"
+        write_atomically(self.run_dir / "config.toml", to_toml(self.run, header=header))
         self._truncate_metrics()
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write a kill interrupted (never renamed)
             log.info("removing %s, a checkpoint write that was interrupted", stale.name)
@@ -383,7 +382,7 @@ class Trainer:
         if not path.exists():
             return
         kept = [line for line, entry in metrics_lines(path) if entry.get("step", 0) <= self.step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        write_atomically(path, "".join(line + "\n" for line in kept))
 
     def _train_epoch(self) -> None:
         epoch, train = self.epoch, self.run.train
@@ -566,7 +565,7 @@ class Trainer:
         header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
                   f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
         summary = "\n\n".join([header, *tables])
-        (self.run_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+        write_atomically(self.run_dir / "summary.txt", summary + "\n")
         self._log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from extract.core.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
+from extract.core.files import acquire_writer_lock, release_writer_lock
 from extract.media.probe import read_stream_attrs, stored_duration
 from extract.media.sources import VideoSource
 from extract.models.base import ExtractorOptions, FeatureExtractor
@@ -48,8 +49,6 @@ from extract.store import (
     FailureRecord,
     FeatureStore,
     Track,
-    acquire_writer_lock,
-    release_writer_lock,
 )
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError

@@ -7,11 +7,11 @@ ActivityNet ids carry a "v_" prefix that YouTube downloads usually lack, so "abc
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from extract.core.errors import UsageError
+from extract.core.files import write_atomically
 from extract.media.sources import video_files
 
 YOUTUBE_PREFIX = "v_"
@@ -38,17 +38,20 @@ def find_videos(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path]
 
 def write_manifest(found: Mapping[str, Path], out: Path) -> None:
     """Write the JSONL manifest atomically (absolute paths, so the manifest can live anywhere)."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
-    except OSError as error:
-        raise UsageError(f"cannot write the manifest {out} ({error.strerror}); choose a writable --out") from None
-    with handle as f:
-        for video_id, path in found.items():
-            f.write(json.dumps({"video_id": video_id, "path": str(path.resolve())}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    lines = "".join(
+        json.dumps({"video_id": v, "path": str(p.resolve())}, ensure_ascii=False) + "\n" for v, p in found.items()
+    )
+    _write(out, lines, "the manifest")
 
 
 def write_missing(missing: list[str], out: Path) -> None:
-    out.write_text("".join(f"{video_id}\n" for video_id in missing), encoding="utf-8")
+    """The ids without a video file, one a line."""
+    _write(out, "".join(f"{video_id}\n" for video_id in missing), "the list of missing videos")
+
+
+def _write(out: Path, text: str, what: str) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(out, text)
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {out} ({error.strerror or error}); choose a writable --out") from None

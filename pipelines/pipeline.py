@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.core.errors import ImgVmrError, UsageError
+from extract.core.files import write_atomically
 from pipelines.recipes import METRICS, Recipe
 from pipelines.stages import (
     Command,
@@ -276,22 +277,16 @@ def check_work_folder(plan: Plan) -> None:
             raise UsageError(f"{folder} holds a pipeline of other inputs ({', '.join(changed)}); use another --work")
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def claim_work_folder(plan: Plan) -> None:
     """Record the identities (pipeline.json) and write the training configuration (D/train.toml)."""
     try:
         for folder, identity in _identities(plan).items():
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / IDENTITY_FILE).is_file():
-                _write(folder / IDENTITY_FILE, json.dumps(identity, indent=1) + "\n")
+                write_atomically(folder / IDENTITY_FILE, json.dumps(identity, indent=1) + "\n")
         config = plan.options.work / dataset_folder(plan.recipe) / TRAINING_CONFIG
         if plan.training_toml is not None and (not config.is_file() or config.read_text() != plan.training_toml):
-            _write(config, plan.training_toml)
+            write_atomically(config, plan.training_toml)
     except OSError as error:
         raise UsageError(
             f"cannot write in --work {plan.options.work} ({error.strerror}); choose a writable folder"
@@ -379,9 +374,7 @@ def _run_command(command: Command, stage: str, journal: Path) -> None:
                     status)  # fmt: skip
     if command.stdout is not None:
         command.stdout.parent.mkdir(parents=True, exist_ok=True)
-        tmp = command.stdout.with_name(f".{command.stdout.name}.{os.getpid()}.tmp")
-        tmp.write_text(output, encoding="utf-8")
-        os.replace(tmp, command.stdout)
+        write_atomically(command.stdout, output)
 
 
 # --- the result ----------------------------------------------------------------------------------------------

@@ -110,10 +110,14 @@ def real_time_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     ffmpeg_binary.ffmpeg_path.cache_clear()
 
 
+def cli_entry() -> list[str]:
+    """The img-extract command as a user runs it (the installed script, else `python -m extract.cli`)."""
+    script = Path(sys.executable).parent / "img-extract"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "extract.cli"]
+
+
 def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run img-extract as a user would (a real subprocess), offline, without a progress bar."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    script = Path(sys.executable).parent / "img-extract"
-    entry = [str(script)] if script.exists() else [sys.executable, "-m", "extract.cli"]
-    command = [*entry, *map(str, args)]
+    command = [*cli_entry(), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)

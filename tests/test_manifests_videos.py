@@ -11,6 +11,8 @@ from extract.cli.text import manifest_command
 from extract.media.sources import read_manifest
 from manifests.registry import load_dataset
 from manifests.video_manifest import find_videos
+from tests.conftest import cli_entry
+from tests.full_disk import run_on_full_disk
 from tests.testdata import annotations_dir
 
 DATA = annotations_dir()
@@ -79,3 +81,24 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     args = ["charades-sta", "--videos", str(tmp_path), "--out", str(tmp_path / "m"), "--split", "val"]
     bad_split = runner.invoke(manifest_command, [*args, "--data-dir", str(DATA)])
     assert bad_split.exit_code == 2 and "--split val: charades-sta has the splits test, train" in bad_split.output
+
+
+def test_a_manifest_that_does_not_fit_on_the_disk_is_one_line_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """It used to end in a traceback and leave .m.jsonl.PID.tmp behind: the one atomic writer removes it."""
+    (tmp_path / "v").mkdir()
+    for name in ("cooking_01", "cooking_02"):
+        (tmp_path / "v" / f"{name}.mp4").write_bytes(b"not decoded here")
+    annotations = tmp_path / "mine.jsonl"
+    annotations.write_text(
+        '{"video_id": "cooking_01", "start": 1, "end": 2, "query": "a", "duration": 9}\n'
+        '{"video_id": "cooking_02", "start": 1, "end": 2, "query": "b", "duration": 9}\n'
+    )
+    disk = tmp_path / "disk"
+    command = [*cli_entry(), "manifest", annotations, "--videos", tmp_path / "v", "--out", disk / "m.jsonl"]
+    run = run_on_full_disk(disk, command)
+    assert run.result.returncode == 2, run.result.stderr
+    assert run.result.stderr.strip().splitlines() == [
+        f"img-extract: error: cannot write the manifest {disk / 'm.jsonl'} (No space left on device); choose a "
+        "writable --out"
+    ]
+    assert run.left == []

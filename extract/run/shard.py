@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from extract.core.errors import StoreCorruptError, UsageError
+from extract.core.files import write_atomically
 
 SHARD_RECORD = "shard.json"  # in the store's parts folder
 
@@ -91,10 +91,8 @@ def write_shard_record(parts_folder: Path, record: ShardRecord | None) -> None:
     if record is None or not record.missing():
         path.unlink(missing_ok=True)
         return
-    from extract.store import save_atomically  # here: shard_of stays importable without h5py
-
     text = json.dumps({"count": record.count, "indices": sorted(record.indices)})
-    save_atomically(path, memoryview(text.encode()), path.with_name(f".{SHARD_RECORD}.{os.getpid()}.tmp"))
+    write_atomically(path, text)
 
 
 def record_run_shard(store: Path, parts_folder: Path, shard: Shard | None, has_parts: bool) -> None:

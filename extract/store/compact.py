@@ -26,18 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from extract.core.errors import ProvenanceMismatchError
+from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
 from extract.store import (
     PART_GLOB,
     FailureRecord,
     FeatureStore,
     VideoRecord,
-    acquire_writer_lock,
     check_is_store,
-    fsync_path,
     list_parts,
     next_part_name,
     parts_dir,
-    release_writer_lock,
     write_error,
     write_part,
 )

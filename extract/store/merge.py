@@ -19,17 +19,15 @@ from pathlib import Path
 from typing import IO
 
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
+from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
 from extract.core.provenance import differences
 from extract.run.shard import ShardRecord, read_shard_record, write_shard_record
 from extract.store import (
     PART_GLOB,
     FeatureStore,
-    acquire_writer_lock,
     check_is_store,
-    fsync_path,
     list_parts,
     parts_dir,
-    release_writer_lock,
     write_error,
 )
 from extract.store.compact import DEFAULT_PART_BYTES, plan_merge, write_merged

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -41,11 +40,11 @@ import numpy as np
 from extract.core.errors import (
     ProvenanceMismatchError,
     StoreCorruptError,
-    StoreLockedError,
     StoreReadError,
     StoreWriteError,
     UsageError,
 )
+from extract.core.files import acquire_writer_lock, release_writer_lock, write_atomically
 from extract.core.provenance import differences
 from extract.store.ids import escape_id, storable_text, unescape_id
 
@@ -55,7 +54,6 @@ STORE_FORMAT = "img-vmr-feature-store"
 STORE_FORMAT_VERSION = 2
 PARTS_SUFFIX = ".parts"
 PART_GLOB = "part-*.h5"
-LOCK_NAME = "writer.lock"
 MAX_OPEN_PARTS = 64
 # JSON [[video id, metadata, [track names]], ...] of a part's videos: a scan reads it at once instead of one
 # HDF5 attribute at a time (~0.2 ms each), which made opening a 10k-video store take a minute.
@@ -129,14 +127,6 @@ def parts_dir(store_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + PARTS_SUFFIX)
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _storable(value: Any) -> Any:
     return "" if value is None else storable_text(value) if isinstance(value, str) else value
 
@@ -169,46 +159,6 @@ def _read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
     return out
 
 
-def acquire_writer_lock(
-    folder: Path,
-    store: Path,
-    name: str = LOCK_NAME,
-    wait_s: float = 0.0,
-    on_wait: Callable[[str], None] | None = None,
-) -> IO[str]:
-    """flock folder/`name` for the one writer of `store`, waiting up to `wait_s` for its holder (`on_wait(holder)`
-    is called once when it has to wait); StoreLockedError naming the holder if it is still taken."""
-    handle = open(folder / name, "a+")  # noqa: SIM115 - held open for the writer's lifetime
-    deadline = time.monotonic() + wait_s
-    waiting = False
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            if time.monotonic() >= deadline:
-                handle.close()
-                message = f"{store} is being written by {holder}; wait for it to finish or use another --out"
-                raise StoreLockedError(message, holder) from None
-            if on_wait is not None and not waiting:
-                on_wait(holder)
-            waiting = True
-            time.sleep(0.2)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-    handle.flush()
-    return handle
-
-
-def release_writer_lock(handle: IO[str] | None) -> None:
-    if handle is not None:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 # --- writing files -----------------------------------------------------------------------------------------
 
 
@@ -218,28 +168,8 @@ def write_error(store: Path, error: OSError) -> StoreWriteError:
     return StoreWriteError(f"cannot write the feature store {store}: {reason[:1].lower()}{reason[1:]}")
 
 
-def save_atomically(path: Path, image: memoryview, tmp: Path | None = None) -> None:
-    """Write bytes under a temporary name, fsync, rename over `path`, fsync the folder; no .tmp is left behind."""
-    tmp = tmp or path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            remaining = image
-            while remaining:
-                remaining = remaining[os.write(fd, remaining) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
 def hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:
-    """An HDF5 file built in memory; only save_atomically touches the disk."""
+    """An HDF5 file built in memory; only write_atomically (extract/core/files.py) touches the disk."""
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
@@ -295,7 +225,7 @@ def write_part(
         f.create_dataset(CATALOG, data=np.frombuffer(json.dumps(catalog).encode(), np.uint8))
         _write_failures(f.create_group("failures"), failures, provenance)
 
-    save_atomically(path, hdf5_image(fill))
+    write_atomically(path, hdf5_image(fill), path.with_name(path.name + ".tmp"))
 
 
 def next_part_name(after: str | None, sequence: int) -> str:
@@ -707,9 +637,8 @@ class FeatureStore:
                     group[feature] = h5py.ExternalLink(os.path.relpath(ref.part, folder), f"/videos/{name}/{feature}")
             _write_failures(f.create_group("failures"), self.failures(), self._provenance)
 
-        tmp = self.path.with_name("." + self.path.name + f".{os.getpid()}.tmp")
         try:
-            save_atomically(self.path, hdf5_image(fill), tmp)
+            write_atomically(self.path, hdf5_image(fill))
         except OSError as error:
             raise write_error(self.path, error) from None
 

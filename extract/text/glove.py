@@ -16,8 +16,8 @@ name, size and modification time:
         vectors.f32    [rows, dim] float32, row-major: memory-mapped, so a lookup reads only the rows it needs
 
 The cache is written under a temporary name and renamed when complete; later reads take seconds. The vectors
-are streamed to disk as the file is read (2.6 GB for 840B: too large to build in memory); the small files are
-saved with `save_atomically`. A full disk or an I/O error is one GloveCacheWriteError line naming the cache
+are streamed to disk as the file is read (2.6 GB for 840B: too large to build in memory); every file is saved
+with `write_atomically` and the folder is installed with `install_folder` (extract/core/files.py). A full disk or an I/O error is one GloveCacheWriteError line naming the cache
 folder and the cause, and the half-built folder is removed.
 """
 
@@ -33,12 +33,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from extract.core.errors import ImgVmrError, MissingWeightsError
+from extract.core.files import install_folder, write_atomically
 from extract.models.weights import default_weights_dir
-from extract.store import fsync_path, save_atomically
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -209,29 +210,32 @@ def _build(path: Path, folder: Path) -> GloveIndex:
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        with open(path, "rb") as source, open(tmp / "vectors.f32", "wb") as out:
-            rest = b""
-            while True:
-                block = source.read(BLOCK_BYTES)
-                digest.update(block)
-                data = rest + block
-                cut = data.rfind(b"\n") + 1 if block else len(data)
-                data, rest = data[:cut], data[cut:]
-                if data:
-                    lines, undecodable = _text_lines(data)
-                    if dim is None:
-                        dim = _infer_dim(lines, path)
-                    block_words, matrix, bad = _parse(lines, dim)
-                    words += block_words
-                    skipped += bad + undecodable
-                    out.write(matrix.tobytes())
-                if not block:
-                    break
-            out.flush()
-            os.fsync(out.fileno())
+
+        def stream_vectors(out: BinaryIO) -> None:  # written as the text is read: 2.6 GB for 840B
+            nonlocal dim, skipped
+            with open(path, "rb") as source:
+                rest = b""
+                while True:
+                    block = source.read(BLOCK_BYTES)
+                    digest.update(block)
+                    data = rest + block
+                    cut = data.rfind(b"\n") + 1 if block else len(data)
+                    data, rest = data[:cut], data[cut:]
+                    if data:
+                        lines, undecodable = _text_lines(data)
+                        if dim is None:
+                            dim = _infer_dim(lines, path)
+                        block_words, matrix, bad = _parse(lines, dim)
+                        words.extend(block_words)
+                        skipped += bad + undecodable
+                        out.write(matrix.tobytes())
+                    if not block:
+                        break
+
+        write_atomically(tmp / "vectors.f32", stream_vectors)
         if not words:
             raise GloveFormatError(f"{path}: no line of the form 'word v1 ... vD'; not a GloVe text file")
-        save_atomically(tmp / "words.txt", memoryview("\n".join(words).encode("utf-8")))
+        write_atomically(tmp / "words.txt", "\n".join(words))
         seconds = time.perf_counter() - started
         assert dim is not None
         meta = {
@@ -244,12 +248,9 @@ def _build(path: Path, folder: Path) -> GloveIndex:
             "skipped_lines": skipped,
             "build_seconds": round(seconds, 3),
         }
-        save_atomically(tmp / "meta.json", memoryview(json.dumps(meta, indent=1).encode("utf-8")))
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished the same index first: use it
+        write_atomically(tmp / "meta.json", json.dumps(meta, indent=1))
+        if not install_folder(tmp, folder):  # another process finished the same index first: use it
             shutil.rmtree(tmp, ignore_errors=True)
-        fsync_path(folder.parent)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if error.filename == str(path):

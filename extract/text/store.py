@@ -7,9 +7,9 @@ A killed run loses at most the part being written; the next run with the same re
 already in text.h5 or in a committed part (same qid and same sentence) and merges everything at the end. A
 different recipe is refused ("use another --out"), like the feature store does.
 
-Every file is built in memory by HDF5 and saved with plain writes (extract/store/reader.py `hdf5_image`,
-`save_atomically`), as the feature store's parts are: a full disk or an I/O error is one StoreWriteError line
-naming the file and the cause, no temporary file stays behind, and the committed parts are kept for the next
+Every file is built in memory by HDF5 (`hdf5_image`) and saved by `write_atomically` (extract/core/files.py),
+as the feature store's parts are: a full disk or an I/O error is one StoreWriteError line naming the file and the
+cause, no temporary file stays behind, and the committed parts are kept for the next
 run. (HDF5 writing straight to a disk that fills up leaves the library holding objects it cannot close: a
 stream of h5py tracebacks.)
 
@@ -47,7 +47,8 @@ import h5py
 import numpy as np
 
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
-from extract.store import acquire_writer_lock, hdf5_image, release_writer_lock, save_atomically
+from extract.core.files import acquire_writer_lock, release_writer_lock, write_atomically
+from extract.store.reader import hdf5_image
 from manifests.records import QueryRecord
 
 TEXT_STORE_FORMAT = "img-vmr-text-store"
@@ -108,7 +109,7 @@ def _fsync_write(path: Path, attrs: Mapping[str, Any], fill: Any) -> None:
 
     image = hdf5_image(build)
     try:
-        save_atomically(path, image, path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+        write_atomically(path, image)
     except OSError as error:
         raise _write_error(path, error) from None
 
