@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from extract.core.errors import ImgVmrError, UsageError
+from extract.core.files import check_writable, write_atomically
 from extract.media.decode import AudioSampling, iter_audio
 from extract.media.probe import probe
 from img_model.predictor import VideoAnswers
@@ -75,8 +75,7 @@ def check_plot_path(path: Path) -> None:
     try:
         if not folder.is_dir():
             raise NotADirectoryError(20, "not a folder")
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".img-predict-plot-"):
-            pass
+        check_writable(folder)
     except OSError as error:
         raise UsageError(
             f"--plot {path}: cannot write in {folder} ({error.strerror or error}); choose a writable path"
@@ -89,7 +88,9 @@ def write_plot(answers: VideoAnswers, out: str | os.PathLike[str]) -> Path:
     path = Path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=PLOT_DPI)
+        write_atomically(
+            path, lambda handle: figure.savefig(handle, format=path.suffix.lower().lstrip("."), dpi=PLOT_DPI)
+        )
     except OSError as error:
         raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
     return path

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from extract.core.download import cache_dir
 from extract.core.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
 from extract.core.files import acquire_writer_lock, release_writer_lock
 from extract.media.probe import read_stream_attrs, stored_duration
@@ -57,15 +58,14 @@ from img_model.recipe_check import check_recipe, recipe_accepted
 log = logging.getLogger("img_vmr.predict")
 
 KINDS = ("visual", "audio")
-CACHE_ENV = "IMG_PREDICT_CACHE"
 EXACT_STORE = "feats.h5"  # features made with exactly the recorded recipe
 CACHE_LOCK = "extract.lock"
 CACHE_WAIT_SECONDS = 1800.0  # how long a process waits for another one extracting into the same cache
 
 
 def default_cache_dir() -> Path:
-    """$IMG_PREDICT_CACHE, else ~/.cache/img-vmr/predict."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "img-vmr" / "predict")
+    """$IMG_PREDICT_CACHE, else ~/.cache/img-vmr/predict (extract/core/download.py `cache_dir`)."""
+    return cache_dir("predict")
 
 
 @dataclass(frozen=True)

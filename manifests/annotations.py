@@ -1,29 +1,25 @@
 """Published annotation files: where they come from (URL + sha256), the cache they are fetched into, checks.
 
-A file is looked for in --data-dir, then in $IMG_DATA_DIR (default ~/.cache/img-vmr/annotations), under its
-path relative to the authors' data/dataset/ folder (charades/charades_sta_train_qid.txt). When missing it is
-downloaded into the cache on first use (from $IMG_DATA_MIRROR when set, else the authors' repository;
-temporary name, sha256 checked, then renamed), unless the machine is offline (HF_HUB_OFFLINE=1 or
-IMG_VMR_OFFLINE=1). A download whose sha256 differs from the published one is refused and deleted; whatever
-the cache held before stays as it was.
+A file is looked for in --data-dir, then in the annotations cache ($IMG_DATA_DIR, default
+~/.cache/img-vmr/annotations), under its path relative to the authors' data/dataset/ folder
+(charades/charades_sta_train_qid.txt). When missing it is downloaded into the cache on first use (from
+$IMG_DATA_MIRROR when set, else the authors' repository; extract/core/download.py), unless the machine is offline
+(HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1). A download whose sha256 differs from the published one is refused and
+deleted; whatever the cache held before stays as it was.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.models.weights import offline, sha256_file
+from extract.core.download import cache_dir, download, offline, sha256_file
 from manifests.errors import AnnotationDownloadError
 
-log = logging.getLogger("img_vmr.manifests")
+log = logging.getLogger("img_vmr.manifests.annotations")
 
-DATA_DIR_ENV = "IMG_DATA_DIR"
 MIRROR_ENV = "IMG_DATA_MIRROR"  # a copy of the authors' data/dataset/ folder served elsewhere (URL ending in /)
 # The IMG authors' repository at commit dab38b9 (../shared/data/README.md).
 BASE_URL = "https://raw.githubusercontent.com/HuiGuanLab/IMG/dab38b98f51b5955d23661c8d37d340fd30282f7/data/dataset/"
@@ -45,10 +41,10 @@ class AnnotationFile:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "img-vmr" / "annotations")
+    return cache_dir("annotations")
 
 
-def verify(path: Path, file: AnnotationFile) -> str:
+def verify_annotation(path: Path, file: AnnotationFile) -> str:
     """sha256 of path; AnnotationDownloadError when it is not the published file."""
     digest = sha256_file(path)
     if digest != file.sha256:
@@ -59,16 +55,16 @@ def verify(path: Path, file: AnnotationFile) -> str:
     return digest
 
 
-def locate(file: AnnotationFile, data_dir: Path | None = None) -> Path:
+def locate_annotation(file: AnnotationFile, data_dir: Path | None = None) -> Path:
     """The verified local copy of an annotation file, downloaded into the cache when missing and online."""
     if data_dir is not None and (data_dir / file.path).is_file():
-        verify(data_dir / file.path, file)
+        verify_annotation(data_dir / file.path, file)
         return data_dir / file.path
     cached = default_data_dir() / file.path
     if not offline():
-        return fetch(file, default_data_dir())
+        return fetch_annotation(file, default_data_dir())
     if cached.is_file():
-        verify(cached, file)
+        verify_annotation(cached, file)
         return cached
     where = " or ".join(str(folder) for folder in (data_dir, default_data_dir()) if folder is not None)
     raise AnnotationDownloadError(
@@ -77,41 +73,19 @@ def locate(file: AnnotationFile, data_dir: Path | None = None) -> Path:
     )
 
 
-def fetch(file: AnnotationFile, cache: Path, refresh: bool = False) -> Path:
-    """Download file into cache/<path>: temporary name, sha256 checked, atomic rename.
+def fetch_annotation(file: AnnotationFile, cache: Path, refresh: bool = False) -> Path:
+    """Download file into cache/<path> (extract/core/download.py: sha256 checked, then installed).
 
     A verified cached copy is reused unless refresh; a download that fails or does not match the published
-    sha256 is deleted and refused, and the cached copy (if any) is left untouched.
+    sha256 is refused, and the cached copy (if any) is left untouched.
     """
     target = cache / file.path
     if target.is_file() and not refresh:
         try:
-            verify(target, file)
+            verify_annotation(target, file)
             return target
         except AnnotationDownloadError:
             log.warning("cached %s does not match its sha256; downloading it again", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s", file.url)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{file.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            with urllib.request.urlopen(file.url, timeout=60) as response:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    tmp.write(block)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        except (OSError, ValueError, http.client.HTTPException) as error:  # ValueError: a URL without a scheme
-            tmp_path.unlink(missing_ok=True)
-            raise AnnotationDownloadError(
-                f"could not download {file.url} ({error}); put the file at {target} or pass --data-dir DIR"
-            ) from None
-    digest = sha256_file(tmp_path)
-    if digest != file.sha256:
-        tmp_path.unlink(missing_ok=True)
-        kept = f"the cached {target} was kept" if target.is_file() else "nothing was cached"
-        raise AnnotationDownloadError(
-            f"download of {file.url} has sha256 {digest[:16]}..., not the published {file.sha256[:16]}...; "
-            f"refused ({kept})"
-        )
-    os.replace(tmp_path, target)
+    remedy = f"put the file at {target} or pass --data-dir DIR"
+    download(file.url, target, {"sha256": file.sha256}, remedy=remedy, error=AnnotationDownloadError, progress=False)
     return target

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from manifests import activitynet, charades
-from manifests.annotations import AnnotationFile, locate
+from manifests.annotations import AnnotationFile, locate_annotation
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord
 
@@ -125,7 +125,7 @@ def get_dataset(name: str) -> DatasetManifest:
 def load_dataset(name: str, data_dir: Path | None = None) -> DatasetQueries:
     """Fetch (first use), verify and parse every annotation file of a dataset into query records."""
     manifest = get_dataset(name)
-    paths = {file.path: locate(file, data_dir) for file in manifest.files}
+    paths = {file.path: locate_annotation(file, data_dir) for file in manifest.files}
     queries = DatasetQueries(
         name, [], files={file.path: file.sha256 for file in manifest.files},
         vocabulary_splits=manifest.vocabulary_splits,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,21 @@ def test_a_folder_is_installed_once(tmp_path: Path) -> None:
     assert install_folder(first, tmp_path / "index")
     assert not install_folder(second, tmp_path / "index") and second.is_dir()  # the second builder comes too late
     assert (tmp_path / "index" / "meta.json").read_text() == ".index.1.tmp"
+
+
+def test_only_the_one_writer_renames_files_into_place() -> None:
+    """Every file img-vmr replaces goes through extract/core/files.py (fsync of the file and of its folder, no
+    temporary left on failure): no other module renames, moves or writes temporary files of its own."""
+    root = Path(__file__).resolve().parents[1]
+    own = re.compile(r"os\.replace\(|os\.rename\(|shutil\.move\(|NamedTemporaryFile|mkstemp\(")
+    writers = []
+    for package in ("extract", "manifests", "img_model", "pipelines"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path == root / "extract" / "core" / "files.py":
+                continue
+            writers += [
+                f"{path.relative_to(root)}:{n}"
+                for n, line in enumerate(path.read_text().splitlines(), 1)
+                if own.search(line)
+            ]
+    assert writers == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     server = _serve(served)
     monkeypatch.setenv(annotations.MIRROR_ENV, f"http://127.0.0.1:{server.server_address[1]}/")
-    monkeypatch.setenv(annotations.DATA_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("IMG_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("IMG_VMR_OFFLINE", raising=False)
     yield served
@@ -58,11 +60,11 @@ def test_second_use_reads_the_cache_without_the_network(mirror: Path, monkeypatc
 
 
 def test_corrupted_download_is_refused_and_the_old_cache_kept(mirror: Path, tmp_path: Path) -> None:
-    good = annotations.fetch(CHARADES_TRAIN, tmp_path / "cache")
+    good = annotations.fetch_annotation(CHARADES_TRAIN, tmp_path / "cache")
     before = good.read_bytes()
     (mirror / CHARADES_TRAIN.path).write_bytes(before.replace(b"person", b"persno", 1))
     with pytest.raises(AnnotationDownloadError) as error:
-        annotations.fetch(CHARADES_TRAIN, tmp_path / "cache", refresh=True)
+        annotations.fetch_annotation(CHARADES_TRAIN, tmp_path / "cache", refresh=True)
     message = str(error.value)
     assert "not the published 0ac87f6371c62144" in message and "kept" in message and "\n" not in message
     assert good.read_bytes() == before
@@ -72,7 +74,7 @@ def test_corrupted_download_is_refused_and_the_old_cache_kept(mirror: Path, tmp_
 def test_corrupted_first_download_caches_nothing(mirror: Path, tmp_path: Path) -> None:
     (mirror / CHARADES_TRAIN.path).write_bytes(b"AO8RW 0.0 6.9##qid_0##tampered.\n")
     with pytest.raises(AnnotationDownloadError, match=r"refused \(nothing was cached\)"):
-        annotations.locate(CHARADES_TRAIN)
+        annotations.locate_annotation(CHARADES_TRAIN)
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 
 
@@ -80,7 +82,7 @@ def test_a_damaged_cached_file_is_downloaded_again(mirror: Path, tmp_path: Path)
     target = tmp_path / "cache" / CHARADES_TRAIN.path
     target.parent.mkdir(parents=True)
     target.write_bytes(b"truncated")
-    assert annotations.locate(CHARADES_TRAIN) == target
+    assert annotations.locate_annotation(CHARADES_TRAIN) == target
     assert annotations.sha256_file(target) == CHARADES_TRAIN.sha256
 
 
@@ -88,14 +90,24 @@ def test_a_wrong_file_in_data_dir_is_refused(tmp_path: Path) -> None:
     (tmp_path / "charades").mkdir()
     (tmp_path / CHARADES_TRAIN.path).write_text("AO8RW 0.0 6.9##qid_0##a person.\n")
     with pytest.raises(AnnotationDownloadError, match=r"not the published .* delete it to fetch it again"):
-        annotations.locate(CHARADES_TRAIN, tmp_path)
+        annotations.locate_annotation(CHARADES_TRAIN, tmp_path)
 
 
 def test_missing_file_offline_names_the_file_url_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv(annotations.DATA_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("IMG_DATA_DIR", str(tmp_path / "cache"))
     with pytest.raises(AnnotationDownloadError) as error:
         load_dataset("activitynet", tmp_path)
     message = str(error.value)
     assert "activitynet/train.json" in message and "raw.githubusercontent.com/HuiGuanLab/IMG" in message
     assert "--data-dir" in message and "\n" not in message
+
+
+def test_a_downloaded_annotation_file_is_installed_0644_under_the_umask(mirror: Path, tmp_path: Path) -> None:
+    """It was installed 0600 (the mode of its temporary file): a shared annotations folder could not be read."""
+    previous = os.umask(0o022)
+    try:
+        path = annotations.fetch_annotation(CHARADES_TRAIN, tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

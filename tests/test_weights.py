@@ -1,6 +1,8 @@
 import dataclasses
 import hashlib
 import http.server
+import os
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -59,40 +61,40 @@ def fake_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     )  # fmt: skip
     monkeypatch.setitem(weights.REGISTRY, "model.pth", entry)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "cache"))
     yield entry, payload
     server.shutdown()
 
 
 def test_first_use_downloads_into_the_cache_and_verifies(fake_entry, tmp_path: Path) -> None:
     entry, payload = fake_entry
-    path = weights.locate("model.pth", None)
+    path = weights.locate_weights("model.pth", None)
     assert path == tmp_path / "cache" / "model.pth" and path.read_bytes() == payload
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pth"]  # no temporary left
-    assert weights.verify(path, entry).compared == ("sha256 prefix",)
+    assert weights.verify_weights(path, entry).compared == ("sha256 prefix",)
 
 
 def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(fake_entry, tmp_path, monkeypatch) -> None:
     entry, _ = fake_entry
     monkeypatch.setitem(weights.REGISTRY, "model.pth", dataclasses.replace(entry, sha256_prefix="00000000"))
     with pytest.raises(MissingWeightsError, match="not the published 00000000"):
-        weights.locate("model.pth", None)
+        weights.locate_weights("model.pth", None)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_local_file_with_a_contradicting_checksum_is_refused_unless_trusted(tmp_path: Path) -> None:
     (tmp_path / "vggish-10086976.pth").write_bytes(b"not the published file")
     with pytest.raises(MissingWeightsError, match="sha256") as error:
-        weights.locate("vggish-10086976.pth", tmp_path)
+        weights.locate_weights("vggish-10086976.pth", tmp_path)
     assert "\n" not in str(error.value) and "weights fetch vggish-10086976.pth" in str(error.value)
-    assert weights.locate("vggish-10086976.pth", tmp_path, check=False) == tmp_path / "vggish-10086976.pth"
+    assert weights.locate_weights("vggish-10086976.pth", tmp_path, check=False) == tmp_path / "vggish-10086976.pth"
 
 
 def test_missing_file_offline_names_file_url_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "cache"))
     with pytest.raises(MissingWeightsError) as error:
-        weights.locate("Cnn14_mAP=0.431.pth", tmp_path)
+        weights.locate_weights("Cnn14_mAP=0.431.pth", tmp_path)
     message = str(error.value)
     assert "Cnn14_mAP=0.431.pth" in message and "zenodo.org" in message and "--weights-dir" in message
     assert "\n" not in message
@@ -113,7 +115,7 @@ def test_a_download_cut_short_is_refused_and_not_installed(tmp_path: Path, monke
     monkeypatch.setitem(weights.REGISTRY, "model.pth", weights.PublishedWeights("model.pth", url, "test", ("test",)))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(MissingWeightsError, match="stopped after 50,000 of 100,000 bytes; nothing was kept"):
-        weights.fetch("model.pth", tmp_path / "cache")
+        weights.fetch_weights("model.pth", tmp_path / "cache")
     server.shutdown()
     assert not any((tmp_path / "cache").iterdir())
 
@@ -121,12 +123,12 @@ def test_a_download_cut_short_is_refused_and_not_installed(tmp_path: Path, monke
 def test_i3d_files_are_checked_by_their_git_blob_id(tmp_path: Path) -> None:
     (tmp_path / "rgb_imagenet.pt").write_bytes(b"random bytes, not I3D")
     with pytest.raises(MissingWeightsError, match=r"has git blob id \w+\.\.\., not the published 73a4fd1d87eb3d"):
-        weights.verify(tmp_path / "rgb_imagenet.pt", weights.registry_entry("rgb_imagenet.pt"))
+        weights.verify_weights(tmp_path / "rgb_imagenet.pt", weights.registry_entry("rgb_imagenet.pt"))
     # The id is git's own: an entry holding `git hash-object`'s answer accepts the file.
     path = tmp_path / "model.pth"
     path.write_bytes(b"published bytes" * 1000)
     entry = weights.PublishedWeights("model.pth", "http://unused", "test", ("test",), git_blob=_git_blob_id(path))
-    check = weights.verify(path, entry)
+    check = weights.verify_weights(path, entry)
     assert check.checked and check.compared == ("git blob id",)
     assert check.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -140,7 +142,7 @@ def test_verify_prints_ok_only_when_a_checksum_was_compared(tmp_path: Path, monk
     unchecked = weights.PublishedWeights("notes.pth", "http://unused", "test", ("test",))
     monkeypatch.setattr(weights, "REGISTRY", {"notes.pth": unchecked})
     (tmp_path / "notes.pth").write_bytes(b"anything")
-    check = weights.verify(tmp_path / "notes.pth", unchecked)
+    check = weights.verify_weights(tmp_path / "notes.pth", unchecked)
     assert not check.checked and check.compared == ()
     result = CliRunner().invoke(main, ["weights", "verify", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0
@@ -167,3 +169,15 @@ def test_every_weights_command_takes_the_shared_weights_dir_option(command: str)
     shown = " ".join(CliRunner().invoke(main, ["weights", command, "--help"], terminal_width=1000).output.split())
     expected = "Where to put them" if command == "fetch" else WEIGHTS_DIR_HELP
     assert f"--weights-dir DIRECTORY {expected}" in shown
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_a_downloaded_file_is_installed_0644_under_the_umask(fake_entry, tmp_path: Path, umask: int, mode: int) -> None:
+    """It was installed 0600 (the mode of its temporary file): a lab's shared weights folder, or a container
+    running as another user, could not read it."""
+    previous = os.umask(umask)
+    try:
+        path = weights.fetch_weights("model.pth", tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -390,12 +390,12 @@ def weights_list(weights_dir: Path | None) -> None:
 @weights_dir_option("Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
 def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
-    from extract.models.weights import default_weights_dir, fetch
+    from extract.models.weights import default_weights_dir, fetch_weights
 
     setup_logging(False)
     try:
         for name in names:
-            click.echo(str(fetch(name, weights_dir or default_weights_dir())))
+            click.echo(str(fetch_weights(name, weights_dir or default_weights_dir())))
     except ImgVmrError as error:
         fail(str(error))
 
@@ -409,7 +409,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     Prints 'ok' only when a published checksum was compared, 'present, no published checksum' for a file whose
     publisher gives none; exits 1 when a file is missing (when named) or contradicts its checksum.
     """
-    from extract.models.weights import REGISTRY, find_local, registry_entry, verify
+    from extract.models.weights import REGISTRY, find_local, registry_entry, verify_weights
 
     setup_logging(False)
     bad = 0
@@ -422,7 +422,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
                     click.echo(f"{name}: missing", err=True)
                     bad += 1
                 continue
-            click.echo(f"{name}: {verify(path, entry).describe()} ({path})")
+            click.echo(f"{name}: {verify_weights(path, entry).describe()} ({path})")
         except ImgVmrError as error:
             click.echo(f"img-extract: error: {error}", err=True)
             bad += 1

@@ -259,7 +259,7 @@ def _text(
 
 
 def _queries(dataset: str | None, annotations: Path | None, store: Path | None, data_dir: Path | None) -> Any:
-    from extract.models.weights import sha256_file
+    from extract.core.download import sha256_file
     from extract.text.pipeline import TextQueries
     from manifests.custom import read_custom, store_durations
     from manifests.registry import load_dataset

@@ -59,6 +59,20 @@ def write_atomically(path: Path, content: Content, tmp: Path | None = None) -> N
     fsync_path(path.parent)
 
 
+def check_writable(folder: Path) -> None:
+    """OSError unless a file can be created in `folder` (a probe file, removed at once)."""
+    probe = folder / f".write-test-{os.getpid()}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    probe.unlink()
+
+
+def install_file(written: Path, path: Path) -> None:
+    """Rename a file that was written whole and fsync'd beside `path` (a verified download) over `path`, and fsync
+    the folder: write_atomically's last step, for a file whose bytes arrived some other way."""
+    os.replace(written, path)
+    fsync_path(path.parent)
+
+
 def install_folder(tmp: Path, folder: Path) -> bool:
     """Rename a folder whose files were written (and fsync'd) under the temporary name `tmp` into place, and fsync
     the parent; False (and `tmp` left to the caller) when `folder` exists already (another process was first)."""

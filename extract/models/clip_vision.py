@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.download import hub_unreachable, offline, sha256_file
 from extract.core.errors import MissingWeightsError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
 from extract.models.presets import Preset
-from extract.models.weights import hub_unreachable, offline, search_dirs, sha256_file
+from extract.models.weights import search_dirs
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")

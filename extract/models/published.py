@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.download import sha256_file
 from extract.core.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
 from extract.models.presets import Preset
-from extract.models.weights import locate, registry_entry, sha256_file
+from extract.models.weights import locate_weights, registry_entry
 from extract.models.windows import AudioWindows, FrameWindows
 
 
 def published_checksum(name: str) -> bool:
-    """Whether `locate(name, check=True)` compares the file with a published checksum: weights.verify compares
+    """Whether `locate_weights(name, check=True)` compares the file with a published checksum: weights.verify compares
     every checksum the publisher gives, so this holds exactly when there is one."""
     return bool(registry_entry(name).published_checksums())
 
@@ -31,8 +32,8 @@ class _PublishedExtractor(FeatureExtractor):
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         super().__init__(preset, options)
         check = options.verify_weights
-        self.weights_path = locate(preset.weights, options.weights_dir, check)
-        self.extra_paths = [locate(name, options.weights_dir, check) for name in preset.extra_weights]
+        self.weights_path = locate_weights(preset.weights, options.weights_dir, check)
+        self.extra_paths = [locate_weights(name, options.weights_dir, check) for name in preset.extra_weights]
         self.preset = dataclasses.replace(preset, weights_sha256=sha256_file(self.weights_path))
         self.weights_checked = check and all(map(published_checksum, (preset.weights, *preset.extra_weights)))
 

@@ -1,34 +1,19 @@
 """Published model weights: the registry, the cache they are fetched into, and their checksums.
 
-A file is looked for in --weights-dir, then in $IMG_WEIGHTS_DIR (default ~/.cache/img-vmr); it is downloaded into
-the cache on first use unless the machine is offline (HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1), checked against
-every checksum its publisher gives, and never downloaded again. What is published differs per file: the 8-hex
-sha256 prefix in a torch.hub file's name, the git blob id of a file committed to a pinned repository (the sha1
-of `blob <size>\0` + content), Zenodo's md5. A download is also refused when fewer bytes arrive than the
-server announced.
+A file is looked for in --weights-dir, then in the weights cache ($IMG_WEIGHTS_DIR, default ~/.cache/img-vmr); it
+is downloaded into the cache on first use unless the machine is offline (HF_HUB_OFFLINE=1 or IMG_VMR_OFFLINE=1),
+checked against every checksum its publisher gives, and never downloaded again (extract/core/download.py). What is
+published differs per file: the 8-hex sha256 prefix in a torch.hub file's name, the git blob id of a file
+committed to a pinned repository (the sha1 of `blob <size>\0` + content), Zenodo's md5.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.client
-import logging
-import os
-import shutil
-import socket
-import tempfile
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from extract.core.download import cache_dir, download, file_digest, mismatch, offline, sha256_file
 from extract.core.errors import MissingWeightsError, UsageError
-
-log = logging.getLogger("img_vmr.extract")
-
-WEIGHTS_DIR_ENV = "IMG_WEIGHTS_DIR"
-OFFLINE_ENVS = ("IMG_VMR_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -100,48 +85,7 @@ REGISTRY: dict[str, PublishedWeights] = {
 
 
 def default_weights_dir() -> Path:
-    return Path(os.environ.get(WEIGHTS_DIR_ENV) or Path.home() / ".cache" / "img-vmr")
-
-
-def offline() -> bool:
-    return any(os.environ.get(name, "").strip() not in ("", "0") for name in OFFLINE_ENVS)
-
-
-def hub_unreachable(timeout: float = 5.0) -> str | None:
-    """Why the Hugging Face hub ($HF_ENDPOINT, default huggingface.co) cannot be reached, in a few words; None when
-    a connection to it opens. Asked before a model that is not cached is fetched: on a machine without a network,
-    transformers' own retries take about 25 s before they fail."""
-    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as error:
-        return f"{host}:{port} cannot be reached ({error.strerror or type(error).__name__})"
-
-
-@functools.cache
-def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
-    # md5 and sha1 name files here (Zenodo's checksum, git's object id); usedforsecurity=False lets FIPS builds run them
-    if kind == "git blob id":
-        digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)  # git's object header, then content
-    else:
-        digest = hashlib.new(kind, usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_digest(path: str | os.PathLike[str], kind: str = "sha256") -> str:
-    """A checksum of a file (kind: sha256, md5, git blob id), computed once per (path, size, mtime) in this process."""
-    stat = os.stat(path)
-    return _digest_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, kind)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    return file_digest(path, "sha256")
+    return cache_dir("weights")
 
 
 def registry_entry(name: str) -> PublishedWeights:
@@ -151,17 +95,16 @@ def registry_entry(name: str) -> PublishedWeights:
         raise UsageError(f"unknown weights file {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def verify(path: Path, entry: PublishedWeights) -> WeightsCheck:
+def verify_weights(path: Path, entry: PublishedWeights) -> WeightsCheck:
     """Compare path with every published checksum of entry; MissingWeightsError when one contradicts it."""
     published = entry.published_checksums()
-    for kind, expected in published.items():
-        digest = file_digest(path, "sha256" if kind == "sha256 prefix" else kind)
-        if not digest.startswith(expected):
-            shown = f"{expected}..." if kind == "sha256 prefix" else expected
-            raise MissingWeightsError(
-                f"{path} has {kind.removesuffix(' prefix')} {digest[:16]}..., not the published {shown}: delete it "
-                f"and fetch it again (img-extract weights fetch {entry.name})"
-            )
+    found = mismatch(published, lambda kind: file_digest(path, kind))
+    if found is not None:
+        kind, digest, shown = found
+        raise MissingWeightsError(
+            f"{path} has {kind} {digest[:16]}..., not the published {shown}: delete it and fetch it again "
+            f"(img-extract weights fetch {entry.name})"
+        )
     return WeightsCheck(path, sha256_file(path), tuple(published))
 
 
@@ -175,7 +118,7 @@ def find_local(name: str, weights_dir: Path | None) -> Path | None:
     return next((folder / name for folder in search_dirs(weights_dir) if (folder / name).is_file()), None)
 
 
-def locate(name: str, weights_dir: Path | None, check: bool = True) -> Path:
+def locate_weights(name: str, weights_dir: Path | None, check: bool = True) -> Path:
     """The verified local file for a published name, fetched into the cache when missing and online.
 
     check=False accepts a local file whose checksum differs from the published one (converted or test weights);
@@ -185,7 +128,7 @@ def locate(name: str, weights_dir: Path | None, check: bool = True) -> Path:
     local = find_local(name, weights_dir)
     if local is not None:
         if check:
-            verify(local, entry)
+            verify_weights(local, entry)
         return local
     if offline():
         where = " or ".join(str(d) for d in search_dirs(weights_dir))
@@ -193,47 +136,17 @@ def locate(name: str, weights_dir: Path | None, check: bool = True) -> Path:
             f"{name} is not in {where} and this machine is offline: download {entry.url} into a folder and pass "
             "--weights-dir FOLDER"
         )
-    return fetch(name, default_weights_dir())
+    return fetch_weights(name, default_weights_dir())
 
 
-def fetch(name: str, folder: Path) -> Path:
-    """Download a published file into folder (temporary name, verified, then renamed); keep an existing one."""
+def fetch_weights(name: str, folder: Path) -> Path:
+    """Download a published file into folder (extract/core/download.py: verified, then installed); keep an existing
+    one that matches its published checksums."""
     entry = registry_entry(name)
     target = folder / name
     if target.is_file():
-        verify(target, entry)
+        verify_weights(target, entry)
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s from %s", name, entry.url)
-    from tqdm import tqdm
-
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(entry.url, timeout=60) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                received = 0
-                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
-                    for block in iter(lambda: response.read(1 << 20), b""):
-                        tmp.write(block)
-                        received += len(block)
-                        bar.update(len(block))
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        except (OSError, http.client.HTTPException) as error:
-            Path(tmp.name).unlink(missing_ok=True)
-            raise MissingWeightsError(
-                f"could not download {name} from {entry.url} ({error}); download it by hand into {folder} "
-                "or pass --weights-dir FOLDER"
-            ) from None
-    try:
-        if total is not None and received != total:
-            raise MissingWeightsError(
-                f"the download of {name} from {entry.url} stopped after {received:,} of {total:,} bytes; "
-                f"nothing was kept, run `img-extract weights fetch {name}` again"
-            )
-        verify(Path(tmp.name), entry)
-    except MissingWeightsError:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    shutil.move(tmp.name, target)
+    remedy = f"download it by hand into {folder} or pass --weights-dir FOLDER (img-extract weights fetch {name})"
+    download(entry.url, target, entry.published_checksums(), remedy=remedy, error=MissingWeightsError)
     return target

@@ -115,9 +115,9 @@ def check_cuda() -> Check:
 
 
 def check_weights(weights_dir: Path | None, verify: bool) -> Check:
+    from extract.core.download import offline
     from extract.core.errors import MissingWeightsError
-    from extract.models.weights import REGISTRY, default_weights_dir, find_local, offline, search_dirs
-    from extract.models.weights import verify as verify_file
+    from extract.models.weights import REGISTRY, default_weights_dir, find_local, search_dirs, verify_weights
 
     check = Check("weights")
     folders = " then ".join(str(folder) for folder in search_dirs(weights_dir))
@@ -136,7 +136,7 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
             check.add(f"{name}: present, {size}, checksums not compared (--verify) ({path})")
             continue
         try:
-            check.add(f"{name}: {verify_file(path, entry).describe().split(';')[0]}, {size} ({path})")
+            check.add(f"{name}: {verify_weights(path, entry).describe().split(';')[0]}, {size} ({path})")
         except MissingWeightsError as error:
             check.add(str(error), "broken")
     if missing and offline():
@@ -154,9 +154,9 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
 def check_models(weights_dir: Path | None) -> Check:
     from huggingface_hub import constants
 
+    from extract.core.download import OFFLINE_ENVS, offline
     from extract.core.errors import MissingWeightsError
     from extract.models.clip_vision import CLIP_MODEL_TYPES, WEIGHT_FILES, model_file, resolve_model_source
-    from extract.models.weights import OFFLINE_ENVS, offline
 
     check = Check("models")
     switches = [f"{name}={os.environ[name]}" for name in (*OFFLINE_ENVS, "TRANSFORMERS_OFFLINE") if name in os.environ]

@@ -44,7 +44,7 @@ from extract.core.errors import (
     StoreWriteError,
     UsageError,
 )
-from extract.core.files import acquire_writer_lock, release_writer_lock, write_atomically
+from extract.core.files import acquire_writer_lock, check_writable, release_writer_lock, write_atomically
 from extract.core.provenance import differences
 from extract.store.ids import escape_id, storable_text, unescape_id
 
@@ -671,9 +671,7 @@ class StoreWriter:
             raise UsageError(f"--out {self.path} exists and is not an img-vmr store; choose another --out")
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.parts_dir / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            check_writable(self.parts_dir)
         except OSError as error:
             raise UsageError(
                 f"cannot write the store at {self.path} ({error.strerror}); choose a writable --out"

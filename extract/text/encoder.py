@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.download import sha256_file
 from extract.core.errors import MissingWeightsError, UsageError
 from extract.models.clip_vision import loads_locally, resolve_model_source, weights_file
-from extract.models.weights import sha256_file
 
 log = logging.getLogger("img_vmr.extract")
 

@@ -17,8 +17,9 @@ name, size and modification time:
 
 The cache is written under a temporary name and renamed when complete; later reads take seconds. The vectors
 are streamed to disk as the file is read (2.6 GB for 840B: too large to build in memory); every file is saved
-with `write_atomically` and the folder is installed with `install_folder` (extract/core/files.py). A full disk or an I/O error is one GloveCacheWriteError line naming the cache
-folder and the cause, and the half-built folder is removed.
+with `write_atomically` and the folder is installed with `install_folder` (extract/core/files.py). A full disk
+or an I/O error is one GloveCacheWriteError line naming the cache folder and the cause, and the half-built
+folder is removed.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from extract.core.download import cache_dir
 from extract.core.errors import ImgVmrError, MissingWeightsError
 from extract.core.files import install_folder, write_atomically
-from extract.models.weights import default_weights_dir
 
 log = logging.getLogger("img_vmr.extract")
 
@@ -57,7 +58,7 @@ class GloveCacheWriteError(ImgVmrError):
 
 
 def default_cache_dir() -> Path:
-    return default_weights_dir() / "glove-index"
+    return cache_dir("glove-index")
 
 
 @dataclass(frozen=True)
