@@ -11,8 +11,6 @@ Our checkpoint file is img_model/checkpoint.py's.
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from extract.core.torch_files import check_fits, read_state_dict
 from img_model.config import IMGConfig
 from img_model.errors import listed
 from img_model.model import IMG
@@ -415,52 +414,13 @@ def load_official_checkpoint(path: str | Path, configs: str | Path | None = None
 
 
 def load_into(model: IMG, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """`load_state_dict(strict=True)` with one-line errors that list the wrong keys and shapes."""
-    expected = model.state_dict()
-    _check_keys(state_dict, list(expected), "img_model (IMG)")
-    wrong = [
-        f"{key} {tuple(state_dict[key].shape)} (model: {tuple(tensor.shape)})"
-        for key, tensor in expected.items()
-        if state_dict[key].shape != tensor.shape
-    ]
-    if wrong:
-        raise CheckpointLayoutError(f"shapes do not fit the model: {listed(wrong)}")
+    """`load_state_dict(strict=True)` after extract/core/torch_files.py's check: one line listing the missing,
+    unexpected and mis-shaped keys (CheckpointLayoutError)."""
+    check_fits(model, state_dict, "the checkpoint's state dict", CheckpointLayoutError)
     model.load_state_dict(state_dict, strict=True)
 
 
-# What files passed by mistake start with (the feature and text stores are HDF5; PyTorch files are zip archives).
-FILE_SIGNATURES = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a feature or text store?)", b"{": "a JSON file"}
-
-
-def read_state_file(path: str | Path, expected: str = "a PyTorch state dict") -> Mapping[str, torch.Tensor]:
-    """The mapping a PyTorch file holds (read with weights_only=True); a file that is not one is a one-line
-    CheckpointLayoutError saying what it looks like and what was `expected`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointLayoutError(f"{path} does not exist")
-    with path.open("rb") as handle:
-        head = handle.read(8)
-    kind = next((name for signature, name in FILE_SIGNATURES.items() if head.startswith(signature)), None)
-    if kind is not None:
-        raise CheckpointLayoutError(f"{path} is {kind}, not a PyTorch file; expected {expected}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointLayoutError(
-            f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}"
-        ) from None
-    if not isinstance(state, Mapping):
-        raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict; expected {expected}")
-    return state
-
-
-def _load_failure(error: Exception) -> str:
-    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
-    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    if unsupported:
-        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
-    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
-        return "another kind of file, or a damaged one"
-    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
-        return "truncated or damaged: copy or save it again"
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def read_state_file(path: str | Path, expected: str) -> Mapping[str, torch.Tensor]:
+    """The mapping a PyTorch file holds (extract/core/torch_files.py); CheckpointLayoutError (one line saying what
+    the file looks like and what was `expected`) for anything else."""
+    return read_state_dict(path, expected, CheckpointLayoutError)

@@ -1,64 +1,85 @@
-"""Reading published PyTorch checkpoints and checking that they fit a model, with one-line errors.
+"""PyTorch files read safely, and whether a state dict fits a model: the one way every loader does both.
 
-Every model loader (I3D, VGGish, PANNs) reads its file with `load_torch_file` and calls `check_state_dict`
-before `load_state_dict(strict=True)`, so a wrong or damaged file becomes one `MissingWeightsError` line that
-names the file and the offending keys instead of a multi-line RuntimeError.
+`read_torch_file` is `torch.load(weights_only=True)` on the CPU (never arbitrary pickled code) with a one-line
+error that says what the file looks like (an HDF5 store or a JSON file passed by mistake, objects that are not
+loaded, a truncated or damaged archive) and what was expected. `check_fits` runs before
+`load_state_dict(strict=True)`: missing, unexpected and mis-shaped keys become one line naming the source
+instead of a multi-line RuntimeError. The feature models (I3D, VGGish, PANNs) and the IMG checkpoints use both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import pickle
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-from extract.core.errors import MissingWeightsError, listed
+from extract.core.errors import listed
 
-_LISTED_KEYS = 3  # keys named per problem kind; the rest are counted
+LISTED_KEYS = 3  # keys named per problem kind; the rest are counted
+# What files passed by mistake start with (the feature and text stores are HDF5; PyTorch files are zip archives).
+FILE_SIGNATURES = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a feature or text store?)", b"{": "a JSON file"}
+
+ErrorType = Callable[[str], Exception]
 
 
-def load_torch_file(path: str | Path) -> object:
-    """`torch.load` on CPU with `weights_only=True`; a missing or unreadable file raises `MissingWeightsError`."""
+def read_torch_file(path: str | Path, expected: str, error: ErrorType) -> object:
+    """What a PyTorch file holds, read with weights_only=True onto the CPU; `error(message)` (one line saying what
+    the file looks like and that `expected` was expected) when it is missing or not a readable PyTorch file."""
     path = Path(path)
     if not path.is_file():
-        raise MissingWeightsError(f"{path} does not exist")
+        raise error(f"{path} does not exist")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    kind = next((name for signature, name in FILE_SIGNATURES.items() if head.startswith(signature)), None)
+    if kind is not None:
+        raise error(f"{path} is {kind}, not a PyTorch file; expected {expected}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MissingWeightsError(
-            f"{path} could not be read as a PyTorch checkpoint ({_first_sentence(exc)}); "
-            "if it is truncated or corrupt, download it again"
-        ) from exc
+        raise error(f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}") from None
 
 
-def _first_sentence(exc: Exception) -> str:
-    """The informative part of torch.load's multi-paragraph errors, e.g. 'Unsupported operand 103'."""
-    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
-    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return line.split(". ", 1)[0].rstrip(".")
+def read_state_dict(path: str | Path, expected: str, error: ErrorType) -> Mapping[str, torch.Tensor]:
+    """read_torch_file of a file that must hold a mapping (a state dict, or a dict of entries)."""
+    state = read_torch_file(path, expected, error)
+    if not isinstance(state, Mapping):
+        raise error(f"{path} holds a {type(state).__name__}, not a state dict; expected {expected}")
+    return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if unsupported:
+        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
+    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
+        return "another kind of file, or a damaged one"
+    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
+        return "truncated or damaged: copy, save or download it again"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _shape(value: object) -> str:
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def _listed(keys: list[str]) -> str:
-    return listed(keys, _LISTED_KEYS)
-
-
-def check_state_dict(model: torch.nn.Module, state_dict: object, source: str) -> None:
-    """Raise `MissingWeightsError` unless `state_dict` has exactly `model`'s keys with the same shapes.
-
-    A missing `*.num_batches_tracked` is accepted: checkpoints written before PyTorch 0.4.1 have none, and
-    BatchNorm fills the counter itself when the loaded dict carries no version metadata (a plain `dict`).
-    """
+def check_fits(
+    model: torch.nn.Module,
+    state_dict: object,
+    source: str,
+    error: ErrorType,
+    optional: Callable[[str], bool] = lambda key: False,
+) -> Mapping[str, torch.Tensor]:
+    """`state_dict` when it has exactly `model`'s keys with the same shapes, else `error` (one line naming
+    `source`, the missing, unexpected and mis-shaped keys). Keys for which `optional(key)` holds may be missing."""
     name = type(model).__name__
     if not isinstance(state_dict, Mapping):
-        raise MissingWeightsError(
-            f"{source} does not fit {name}: it holds a {type(state_dict).__name__}, not a state dict"
-        )
+        raise error(f"{source} does not fit {name}: it holds a {type(state_dict).__name__}, not a state dict")
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith(".num_batches_tracked")]
+    missing = [k for k in expected if k not in state_dict and not optional(k)]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [
         f"{k} {_shape(v)} where the model has {tuple(expected[k].shape)}"
@@ -66,9 +87,16 @@ def check_state_dict(model: torch.nn.Module, state_dict: object, source: str) ->
         if k in expected and _shape(v) != str(tuple(expected[k].shape))
     ]
     problems = [
-        f"{label} {_listed(keys)}"
+        f"{label} {listed(keys, LISTED_KEYS)}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape))
         if keys
     ]
     if problems:
-        raise MissingWeightsError(f"{source} does not fit {name}: " + "; ".join(problems))
+        raise error(f"{source} does not fit {name}: " + "; ".join(problems))
+    return state_dict
+
+
+def batch_norm_counter(key: str) -> bool:
+    """A BatchNorm's `num_batches_tracked`: checkpoints written before PyTorch 0.4.1 have none, and BatchNorm fills
+    the counter itself when the loaded dict carries no version metadata (a plain `dict`)."""
+    return key.endswith(".num_batches_tracked")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.core.torch_files import check_state_dict, load_torch_file
+from extract.models.weights import check_weights_fit, read_weights_file
 
 Triple = tuple[int, int, int]
 
@@ -159,10 +159,10 @@ def load_i3d_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tens
     if isinstance(path_or_state_dict, Mapping):
         state_dict, source = path_or_state_dict, "the given state dict"
     else:
-        state_dict, source = load_torch_file(path_or_state_dict), str(path_or_state_dict)
+        state_dict, source = read_weights_file(path_or_state_dict), str(path_or_state_dict)
     head = state_dict.get("logits.conv3d.weight") if isinstance(state_dict, Mapping) else None
     model = InceptionI3d(head.shape[0] if isinstance(head, torch.Tensor) and head.ndim == 5 else 400)
-    check_state_dict(model, state_dict, source)
+    check_weights_fit(model, state_dict, source)
     # A plain dict copy drops any version metadata, so BatchNorm fills the num_batches_tracked counters that
     # the published files (written before PyTorch 0.4.1) lack, even if the dict came from a newer torch.save.
     model.load_state_dict(dict(state_dict), strict=True)

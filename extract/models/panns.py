@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extract.core.errors import MissingWeightsError
-from extract.core.torch_files import check_state_dict, load_torch_file
+from extract.models.weights import check_weights_fit, read_weights_file
 
 # Slaney's mel scale as librosa implements it: linear below 1 kHz, logarithmic above.
 _MEL_HZ_PER_MEL = 200.0 / 3
@@ -245,13 +245,13 @@ def load_cnn14_checkpoint(path: str | Path, config: Cnn14Config | None = None) -
     `MissingWeightsError`) and are then dropped; our own copies are used. Any other missing, unexpected or
     wrongly shaped key, or an unreadable file, is a one-line `MissingWeightsError`.
     """
-    checkpoint = load_torch_file(path)
+    checkpoint = read_weights_file(path)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     model = Cnn14(config)
     if isinstance(state_dict, Mapping):
         _check_front_end(model, state_dict, str(path))
         front_end_keys = model.front_end.published_tensors().keys()
         state_dict = {k: v for k, v in state_dict.items() if k not in front_end_keys}
-    check_state_dict(model, state_dict, str(path))
+    check_weights_fit(model, state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

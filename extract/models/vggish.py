@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from extract.core.errors import MissingWeightsError
-from extract.core.torch_files import check_state_dict, load_torch_file
+from extract.models.weights import check_weights_fit, read_weights_file
 
 # Front end, as in the reference's vggish_params.py / vggish_input.py.
 SAMPLE_RATE = 16000
@@ -150,9 +150,9 @@ class VGGishPostprocessor(nn.Module):
 
 def load_vggish_checkpoint(path: str | Path) -> VGGish:
     """`vggish-10086976.pth` (a plain state dict of the network) -> `VGGish` in eval mode."""
-    state_dict = load_torch_file(path)
+    state_dict = read_weights_file(path)
     model = VGGish()
-    check_state_dict(model, state_dict, source=str(path))
+    check_weights_fit(model, state_dict, source=str(path))
     model.load_state_dict(state_dict)
     return model.eval()
 
@@ -179,7 +179,7 @@ def _read_pca_file(path: Path) -> object:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise MissingWeightsError(f"{path} is not a readable npz (truncated or corrupt?): {exc}") from exc
     with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
-        return load_torch_file(path)
+        return read_weights_file(path)
 
 
 def load_pca_params(path: str | Path) -> VGGishPostprocessor:
@@ -196,6 +196,6 @@ def load_pca_params(path: str | Path) -> VGGishPostprocessor:
         if isinstance(params.get("pca_means"), torch.Tensor):
             params["pca_means"] = params["pca_means"].reshape(-1)
     postprocessor = VGGishPostprocessor()
-    check_state_dict(postprocessor, params, source=str(path))
+    check_weights_fit(postprocessor, params, source=str(path))
     postprocessor.load_state_dict(params)
     return postprocessor.eval()

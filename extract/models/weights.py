@@ -9,11 +9,15 @@ committed to a pinned repository (the sha1 of `blob <size>\0` + content), Zenodo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from extract.core.download import cache_dir, download, file_digest, mismatch, offline, sha256_file
 from extract.core.errors import MissingWeightsError, UsageError
+from extract.core.torch_files import batch_norm_counter, check_fits, read_torch_file
 
 
 @dataclass(frozen=True)
@@ -150,3 +154,18 @@ def fetch_weights(name: str, folder: Path) -> Path:
     remedy = f"download it by hand into {folder} or pass --weights-dir FOLDER (img-extract weights fetch {name})"
     download(entry.url, target, entry.published_checksums(), remedy=remedy, error=MissingWeightsError)
     return target
+
+
+def read_weights_file(path: str | Path) -> object:
+    """A published (or converted) weights file's contents, read safely (extract/core/torch_files.py); one-line
+    MissingWeightsError when it is missing or unreadable."""
+    name = Path(path).name
+    return read_torch_file(
+        path, f"published weights: fetch them again (img-extract weights fetch {name})", MissingWeightsError
+    )
+
+
+def check_weights_fit(model: torch.nn.Module, state_dict: object, source: str) -> Mapping[str, torch.Tensor]:
+    """check_fits for a feature model: MissingWeightsError naming the keys at fault; BatchNorm counters may be
+    missing (files written before PyTorch 0.4.1 have none)."""
+    return check_fits(model, state_dict, source, MissingWeightsError, optional=batch_norm_counter)
