@@ -6,7 +6,6 @@ failure is one line on stderr (the traceback goes to RUN/train.log).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import logging.handlers
 from dataclasses import replace
@@ -15,18 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract.core.errors import ImgVmrError
-from img_model.cli_common import (
+from extract.core.console import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
-    add_log_file,
-    data_options,
-    data_overrides,
-    dataset_table,
+    CommandGroup,
+    attach_log_file,
     fail,
-    runtime_options,
     setup_logging,
 )
+from extract.core.errors import ImgVmrError
+from img_model.cli_common import data_options, data_overrides, dataset_table, runtime_options
 from img_model.convert import CheckpointLayoutError
 
 if TYPE_CHECKING:
@@ -36,20 +34,13 @@ log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-train"
 
 
-class _DefaultToTrain(click.Group):
-    """`img-train --dataset ... --out RUN` trains; named subcommands (convert-official) work as usual."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            if not args[0].startswith("-"):  # train takes options only: a word first is a command, mistyped
-                close = difflib.get_close_matches(args[0], list(self.commands), n=1)
-                hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(self.commands)}"
-                fail(PROGRAM, f"no command {args[0]!r}; {hint}")
-            args = ["train", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    PROGRAM,
+    cls=CommandGroup,
+    default="train",
+    default_takes_words=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def main() -> None:
     """Train IMG video-moment-retrieval models and convert the authors' checkpoints.
 
@@ -171,27 +162,27 @@ def train_command(
     setup_logging(program, verbose, quiet=not rank.is_main)
     run_dir = resume or out
     if run_dir is None:
-        fail(program, "give --out RUN (a new run folder) or --resume RUN")
+        fail("give --out RUN (a new run folder) or --resume RUN", program=program)
         return
     if resume is not None and out is not None:
-        fail(program, "give either --out (a new run) or --resume (continue one), not both")
+        fail("give either --out (a new run) or --resume (continue one), not both", program=program)
     try:
         _train(config_file, out, resume, stop_after, not no_progress, options, rank)
     except CheckpointLayoutError as error:
-        fail(program, str(error))
+        fail(str(error), program=program)
     except ImgVmrError as error:
         from img_model.errors import TrainingDivergedError
 
         log.debug("stopped", exc_info=True)
-        fail(program, str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE)
+        fail(str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE, program)
     except KeyboardInterrupt:
         log.info("interrupted; %s holds the last checkpoint written", run_dir / "last.pt")
-        raise SystemExit(130) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as error:  # one line for the user, the traceback in the log
         log.debug("internal error", exc_info=True)
         log_file = run_dir / "train.log"
         where = f"traceback in {log_file}" if log_file.is_file() else "-v shows the traceback"
-        fail(program, f"internal error: {type(error).__name__}: {error} ({where})", EXIT_FAILED)
+        fail(f"internal error: {type(error).__name__}: {error} ({where})", EXIT_FAILED, program)
     finally:
         stop_process_group()
 
@@ -252,7 +243,7 @@ def _train(
                 click.echo(summary)
             return
         if rank.is_main:
-            add_log_file(resume / "train.log")
+            attach_log_file(resume / "train.log")
         moved = data_overrides(**{name: options[name] for name in RESUMABLE_DATA_FLAGS})
         run = restored_run(checkpoint, runtime, moved)
         run_dir = resume
@@ -295,7 +286,7 @@ def _train(
             raise ImgVmrError(
                 f"cannot create the run folder {run_dir} ({error.strerror}); choose another --out"
             ) from None
-        _write_held_records(early_log, add_log_file(run_dir / "train.log"))
+        _write_held_records(early_log, attach_log_file(run_dir / "train.log"))
     result = trainer.fit(stop_after)
     if result.finished and rank.is_main:
         click.echo(result.final["summary"])
@@ -366,18 +357,18 @@ def convert_official(
     """
     from img_model.checkpoint import convert_official_checkpoint
 
-    setup_logging(PROGRAM, False)
+    setup_logging(PROGRAM)
     try:
         checkpoint = convert_official_checkpoint(
             source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
         )
     except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
-        fail(PROGRAM, f"{source}: {exc}")
+        fail(f"{source}: {exc}")
         return
     try:
         _write_converted(checkpoint, target)
     except ImgVmrError as exc:
-        fail(PROGRAM, str(exc))
+        fail(str(exc))
         return
     config = checkpoint.config
     vocabulary = f", vocabulary of {len(checkpoint.vocabulary['words'])} words" if checkpoint.vocabulary else ""

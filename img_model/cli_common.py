@@ -1,40 +1,14 @@
-"""What img-train and img-eval share: the data options, logging, and one-line failures (logging and failures are
-extract/core/console.py's, under their own program name)."""
+"""What img-train and img-eval share: the data options and the runtime options."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from extract.core import console as shared
-from extract.core.log_file import attach_log_file
 from manifests.registry import DATASETS
-
-EXIT_FAILED, EXIT_USAGE = shared.EXIT_FAILURES, shared.EXIT_USAGE
-
-log = logging.getLogger("img_vmr.train")
-
-
-def setup_logging(program: str, verbose: bool, log_file: Path | None = None, quiet: bool = False) -> None:
-    """Messages on stderr as "program: message" (`quiet`: warnings and errors only, as the processes of a
-    distributed run other than rank 0 log); the full log (with tracebacks) in log_file when given."""
-    shared.setup_logging(verbose, program, quiet)
-    if log_file is not None:
-        add_log_file(log_file)
-
-
-def add_log_file(path: Path) -> logging.Handler:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return attach_log_file(path)
-
-
-def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """One line on stderr, then exit (extract/cli_common.fail under this program's name)."""
-    shared.fail(message, code, program)
 
 
 def dataset_table() -> str:

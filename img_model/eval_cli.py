@@ -13,16 +13,9 @@ from typing import Any
 
 import click
 
+from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
 from extract.core.errors import ImgVmrError, UsageError
-from img_model.cli_common import (
-    EXIT_FAILED,
-    data_options,
-    data_overrides,
-    dataset_table,
-    fail,
-    runtime_options,
-    setup_logging,
-)
+from img_model.cli_common import data_options, data_overrides, dataset_table, runtime_options
 from img_model.convert import CheckpointLayoutError, load_into
 
 log = logging.getLogger("img_vmr.train")
@@ -34,6 +27,8 @@ CHECKPOINT_EXPECTED = (
 
 
 @click.command(
+    PROGRAM,
+    cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\nExit status: 0 evaluated, 1 internal error, "
     "2 usage error or inputs that do not fit the checkpoint.",
@@ -117,7 +112,7 @@ def main(
     """
     setup_logging(PROGRAM, verbose)
     if videos is not None and report is None:
-        fail(PROGRAM, "--videos links the videos into the HTML report: add --report report.html")
+        fail("--videos links the videos into the HTML report: add --report report.html")
     try:
         reports, rows = _evaluate(
             checkpoint_path, splits or ("test",), batch_size, slot_noise, seed, drop_audio, device, precision,
@@ -128,11 +123,11 @@ def main(
         if report is not None:
             _write_report(report, reports, rows, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
-        fail(PROGRAM, str(error))
+        fail(str(error))
         return
     except Exception as error:
         log.debug("internal error", exc_info=True)
-        fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
+        fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
     if as_json:
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}

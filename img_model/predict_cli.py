@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
+from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
-from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging
 from img_model.convert import CheckpointLayoutError
 
 log = logging.getLogger("img_vmr.predict")
@@ -31,16 +31,7 @@ EXIT_STATUS = (
 )
 
 
-class _DefaultToAnswer(click.Group):
-    """`img-predict --checkpoint C VIDEO QUERY...` answers; `img-predict serve ...` starts the demo page."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["answer", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_DefaultToAnswer, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(PROGRAM, cls=CommandGroup, default="answer", context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Answer text queries on a video with a trained IMG checkpoint: the start and end of the moment.
 
@@ -155,13 +146,13 @@ def _one_line_errors(work: Callable[[], None]) -> None:
     try:
         work()
     except VideoDecodeError as error:
-        fail(PROGRAM, str(error), EXIT_FAILED)
+        fail(str(error), EXIT_FAILED)
     except (CheckpointLayoutError, ImgVmrError) as error:
         log.debug("error", exc_info=True)
-        fail(PROGRAM, str(error), EXIT_USAGE)
+        fail(str(error), EXIT_USAGE)
     except Exception as error:
         log.debug("internal error", exc_info=True)
-        fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
+        fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
 
 
 @main.command("answer", epilog=EXIT_STATUS)
@@ -225,7 +216,7 @@ def answer_command(
             try:
                 log.info("wrote %s", write_plot(answers, plot))
             except ImgVmrError as error:
-                fail(PROGRAM, f"{error} (the answers are printed above)", EXIT_FAILED)
+                fail(f"{error} (the answers are printed above)", EXIT_FAILED)
 
     _one_line_errors(work)
 

@@ -6,16 +6,15 @@ The CLI maps flags onto a Recipe and PipelineOptions and nothing else reads flag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from extract.core.console import fail, setup_logging
+from extract.core.console import EXIT_INTERRUPTED, OneLineCommand, fail, setup_logging
 from extract.core.errors import ImgVmrError
 from pipelines.recipes import RECIPES
 
 PROGRAM = "img-pipeline"
-EXIT_USAGE = 2
 
 
 def _recipe_table() -> str:
@@ -29,11 +28,9 @@ def _recipe_table() -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    fail(message, code, PROGRAM)
-
-
 @click.command(
+    PROGRAM,
+    cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     epilog="\b\nRecipes:\n" + _recipe_table() + "\n\n\b\n"
     "Stages (each skipped when its output in WORK is complete, resumed when partial):\n"
@@ -100,7 +97,7 @@ def main(recipe_name: str, dry_run: bool, no_progress: bool, **flags: Any) -> No
     """
     from pipelines.pipeline import StageFailed, build_plan, describe, run_plan, summary
 
-    setup_logging(False, PROGRAM)
+    setup_logging(PROGRAM)
     try:
         recipe, options = _parse(recipe_name, not no_progress, flags)
         plan = build_plan(recipe, options)
@@ -109,11 +106,11 @@ def main(recipe_name: str, dry_run: bool, no_progress: bool, **flags: Any) -> No
             return
         run_plan(plan)
     except StageFailed as failure:
-        _fail(str(failure), failure.code)
+        fail(str(failure), failure.code)
     except ImgVmrError as error:
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted; re-run the same command to continue", 130)
+        fail("interrupted; re-run the same command to continue", EXIT_INTERRUPTED)
     click.echo(summary(plan))
 
 

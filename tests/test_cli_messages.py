@@ -248,3 +248,19 @@ def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(tmp_path:
     shown = run_cli("inspect", out)
     assert shown.returncode == 0 and all(failure.message in shown.stdout for failure in failures.values())
     assert "Terminating thread" not in result.stderr + shown.stdout and " @ 0x" not in result.stderr + shown.stdout
+
+
+PROGRAMS = ("img-extract", "img-train", "img-eval", "img-predict", "img-pipeline")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_an_unknown_option_is_one_line_in_every_command(program: str) -> None:
+    """Only img-extract gave one line; img-train, img-eval, img-predict and img-pipeline printed click's multi-line
+    usage error. Every command now says it in one line, in the same style, with the same exit status."""
+    script = Path(sys.executable).parent / program
+    result = subprocess.run([str(script), "--bogus"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{program}: error: No such option '--bogus'")
+    assert re.search(rf"\(see {program}( \w+)? --help\)$", lines[0]), lines[0]

@@ -15,27 +15,23 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from extract import __version__
+from extract.cli.options import AUDIO_HOP, AUDIO_WINDOW, FPS, ROW_SECONDS, resume_option
 from extract.cli.store import compact_command, merge_command
 from extract.cli.text import manifest_command, text_command
 from extract.core.console import (
-    AUDIO_HOP,
-    AUDIO_WINDOW,
-    EXIT_FAILURES,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STOPPED,
     EXIT_TERMINATED,
-    FPS,
-    ROW_SECONDS,
-    OneLineErrors,
+    CommandGroup,
     fail,
     is_sigterm,
-    resume_option,
     setup_logging,
     sigterm_raises,
-    weights_dir_option,
 )
 from extract.core.errors import ImgVmrError, StoreWriteError, UsageError
+from extract.core.options import weights_dir_option
 from extract.models.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -44,20 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("img_vmr.extract")
 
 
-class _DefaultToRun(OneLineErrors):
-    """`img-extract VIDEOS --out X` runs extraction; named subcommands (inspect) work as usual."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
 def _preset_table() -> str:
     return "\n".join(f"  {name:<8} {preset.description}" for name, preset in PRESETS.items())
 
 
-@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("img-extract", cls=CommandGroup, default="run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="img-extract")
 def main() -> None:
     """Extract video and audio features for video moment retrieval into an HDF5 feature store.
@@ -203,7 +190,7 @@ def run_command(**flags: Any) -> None:
     """
     from extract.run import RunStopped
 
-    setup_logging(flags["verbose"])
+    setup_logging("img-extract", flags["verbose"])
     with sigterm_raises():
         try:
             summary = _run(**flags)
@@ -354,7 +341,7 @@ def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
     """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
     from extract.store.inspect import describe, render
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         report = describe(store)
     except ImgVmrError as error:
@@ -392,7 +379,7 @@ def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """Download published files NAMES (see `weights list`), verified, unless already there."""
     from extract.models.weights import default_weights_dir, fetch_weights
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         for name in names:
             click.echo(str(fetch_weights(name, weights_dir or default_weights_dir())))
@@ -411,7 +398,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
     """
     from extract.models.weights import REGISTRY, find_local, registry_entry, verify_weights
 
-    setup_logging(False)
+    setup_logging("img-extract")
     bad = 0
     for name in names or tuple(REGISTRY):
         try:
@@ -426,7 +413,7 @@ def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
         except ImgVmrError as error:
             click.echo(f"img-extract: error: {error}", err=True)
             bad += 1
-    sys.exit(EXIT_FAILURES if bad else EXIT_OK)
+    sys.exit(EXIT_FAILED if bad else EXIT_OK)
 
 
 @main.command("export-img")
@@ -439,7 +426,7 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
     VGGish.pickle for quantised VGGish)."""
     from extract.store.interop import export_img
 
-    setup_logging(False)
+    setup_logging("img-extract")
     if visual is None and audio is None:
         fail("name at least one of --visual and --audio")
     try:
@@ -468,7 +455,7 @@ def import_command(source: Path, out: Path, feature: str, row_seconds: float | N
     (only dicts of numpy arrays are unpickled)."""
     from extract.store.interop import import_img
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         count = import_img(source, out, feature, row_seconds)
     except ImgVmrError as error:
@@ -490,13 +477,13 @@ def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> Non
     """
     from extract.run.doctor import render, run_checks
 
-    setup_logging(False)
+    setup_logging("img-extract")
     checks = run_checks(weights_dir, verify)
     if as_json:
         click.echo(json.dumps([check.as_json() for check in checks], indent=2))
     else:
         click.echo(render(checks))
-    sys.exit(EXIT_FAILURES if any(check.status == "broken" for check in checks) else EXIT_OK)
+    sys.exit(EXIT_FAILED if any(check.status == "broken" for check in checks) else EXIT_OK)
 
 
 main.add_command(manifest_command)

@@ -9,26 +9,17 @@ from pathlib import Path
 
 import click
 
+from extract.cli.options import PART_SIZE
+from extract.core.console import EXIT_FAILED, EXIT_OK, fail, setup_logging
 from extract.core.errors import ImgVmrError
 
 log = logging.getLogger("img_vmr.extract")
 
-EXIT_OK, EXIT_DAMAGED = 0, 1
+EXIT_DAMAGED = EXIT_FAILED  # some parts are damaged: left as they are, reported
 
 
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-# compact and merge write new parts alike
-PART_SIZE = click.option(
-    "--part-size",
-    "part_mib",
-    default=512,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Largest new part in MiB (each is built in memory before it is written).",
-)
 
 
 @click.command("compact")
@@ -50,10 +41,9 @@ def compact_command(store: Path, part_mib: int, no_progress: bool) -> None:
     Example:
       img-extract compact feats.h5
     """
-    from extract.core.console import fail, setup_logging
     from extract.store.compact import compact
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         report = compact(store, part_mib * 2**20, progress=not no_progress)
     except ImgVmrError as error:
@@ -95,10 +85,9 @@ def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progres
     Example:
       img-extract merge feats-0.h5 feats-1.h5 feats-2.h5 feats-3.h5 --out feats.h5
     """
-    from extract.core.console import fail, setup_logging
     from extract.store.merge import merge_stores
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         report = merge_stores(list(shards), out, part_mib * 2**20, progress=not no_progress)
     except ImgVmrError as error:

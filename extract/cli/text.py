@@ -13,22 +13,16 @@ from typing import Any
 
 import click
 
-from extract.core.console import (
-    EXIT_FAILURES,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    fail,
-    resume_option,
-    setup_logging,
-    weights_dir_option,
-)
+from extract.cli.options import resume_option
+from extract.core.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail, setup_logging
 from extract.core.errors import ImgVmrError, StoreWriteError
+from extract.core.options import weights_dir_option
 from extract.text.tokenize import DEFAULT_TOKENIZER, TOKENIZERS
 from manifests.registry import DATASETS
 
 log = logging.getLogger("img_vmr.extract")
 
-EXIT_MISSING = EXIT_FAILURES  # some videos of the dataset are not on disk
+EXIT_MISSING = EXIT_FAILED  # some videos of the dataset are not on disk
 
 
 def _dataset_table() -> str:
@@ -70,7 +64,7 @@ def manifest_command(name: str, videos: Path, out: Path, splits: tuple[str, ...]
     """
     from manifests.video_manifest import find_videos, write_manifest, write_missing
 
-    setup_logging(False)
+    setup_logging("img-extract")
     try:
         video_ids = _video_ids(name, splits, data_dir)
         found, missing = find_videos(video_ids, videos)
@@ -189,7 +183,7 @@ def text_command(**flags: Any) -> None:
       img-extract text --annotations my.jsonl --store feats.h5 --vocabulary-from runs/charades/best.pt \\
                        --out my.glove.h5
     """
-    setup_logging(flags["verbose"])
+    setup_logging("img-extract", flags["verbose"])
     try:
         summary = _text(**flags)
     except StoreWriteError as error:

@@ -1,113 +1,137 @@
-"""What every img-extract command shares: logging, the one-line error, exit codes, option types and the
-options several commands take. extract/cli/run.py and extract/cli/text.py both import from here (and not from
-each other)."""
+"""What every img-vmr command shares on the console: logging, the one-line error, exit codes, the click classes
+that make command-line mistakes one line too, and SIGTERM as an interrupt.
+
+Every command (img-extract, img-train, img-eval, img-predict, img-pipeline) logs through `setup_logging` as
+"program: message" on stderr (its full log, tracebacks included, in a file when it keeps one), ends with `fail`
+when it cannot go on, and is a `CommandGroup` or `OneLineCommand`: an unknown option is one line, the same
+style and exit status (2) as every other usage error.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
-import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STOPPED = 3  # the run stopped before its end (store not writable, an internal error); finished work is kept
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
 
-WEIGHTS_DIR_HELP = (
-    "Folder with model weights for offline use: published files by name, saved Hugging Face models as "
-    "DIR/<name> (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr)."
-)
+ROOT_LOGGER = "img_vmr"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 
 
-def setup_logging(verbose: bool, program: str = "img-extract", quiet: bool = False) -> None:
-    """Messages on stderr as "program: message" (debug messages too with --verbose; warnings and errors only when
-    quiet). Every img-vmr command logs this way (img_model/cli_common.py passes img-train / img-eval)."""
-    root = logging.getLogger("img_vmr")
+def logger(module: str) -> logging.Logger:
+    """The logger of a module: `img_vmr.` + its dotted name (img_vmr.extract.run.engine_local), so that a command
+    can show or hide a package's lines by name."""
+    return logging.getLogger(f"{ROOT_LOGGER}.{module}")
+
+
+def setup_logging(program: str, verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
+    """Messages on stderr as "program: message" (debug messages too with `verbose`; warnings and errors only when
+    `quiet`, as the processes of a distributed run other than rank 0 log); the full log in `log_file` when given."""
+    root = logging.getLogger(ROOT_LOGGER)
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter(f"{program}: %(message)s"))
     root.addHandler(console)
+    if log_file is not None:
+        attach_log_file(log_file)
 
 
-def fail(message: str, code: int = EXIT_USAGE, program: str = "img-extract") -> NoReturn:
-    """The last line of a command that cannot go on: one line on stderr (whatever the message holds), then exit."""
-    click.echo(f"{program}: error: {' '.join(message.split())}", err=True)
+class LogFile(logging.FileHandler):
+    """Appends every message to a file, opened by the first one. When the file cannot be written (a full disk)
+    it goes quiet instead of printing a logging traceback per message; the console still has what matters."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", errors="backslashreplace", delay=True)
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+
+def attach_log_file(path: Path) -> logging.Handler:
+    """Log everything of img-vmr (debug level, tracebacks) to `path` too (OUT.parts/extract.log, RUN/train.log);
+    remove the handler to stop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = LogFile(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger(ROOT_LOGGER).addHandler(handler)
+    return handler
+
+
+def fail(message: str, code: int = EXIT_USAGE, program: str | None = None) -> NoReturn:
+    """The last line of a command that cannot go on: one line on stderr (whatever the message holds), then exit.
+    `program` defaults to the name of the running command (img-extract, img-train, ...)."""
+    if program is None:
+        context = click.get_current_context(silent=True)
+        program = context.find_root().command.name if context is not None else None
+    click.echo(f"{program or 'img-vmr'}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 
-class OneLineErrors(click.Group):
-    """A group whose command-line mistakes (an unknown option, --fps nan) are one line, like every other error."""
+class OneLineErrors:
+    """A click command whose command-line mistakes (an unknown option, --fps nan) are one line under the
+    command's name, like every other error; mixed into CommandGroup and OneLineCommand."""
+
+    name: str | None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click.exceptions.NoArgsIsHelpError as error:
             error.show()
             sys.exit(error.exit_code)
         except click.ClickException as error:
             context = getattr(error, "ctx", None)
             hint = f" (see {context.command_path} --help)" if context is not None else ""
-            fail(f"{error.format_message()}{hint}", error.exit_code)
+            fail(f"{error.format_message()}{hint}", error.exit_code, self.name)
         except click.Abort:
-            fail("aborted", EXIT_INTERRUPTED)
+            fail("aborted", EXIT_INTERRUPTED, self.name)
 
 
-class PositiveNumber(click.ParamType):
-    """A finite number above zero, within [least, most] when given: nan, inf, 0, negative values and numbers outside
-    the range are refused at parse time (a number that cannot work would fail every video, or never finish)."""
-
-    name = "number"
-
-    def __init__(self, least: float = 0.0, most: float = math.inf) -> None:
-        self.least, self.most = least, most
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number) or number <= 0:
-            self.fail(f"{value!r} is not a finite positive number", param, ctx)
-        if not self.least <= number <= self.most:
-            self.fail(f"{value!r} is not between {self.least:g} and {self.most:g}", param, ctx)
-        return number
+class OneLineCommand(OneLineErrors, click.Command):
+    """A single command (img-eval, img-pipeline) with one-line usage errors."""
 
 
-POSITIVE = PositiveNumber()
-# Frames per second sampled: one frame every 1000 s at least (below, a video gives no frame at all), at most 240
-# (high-speed footage; --fps 1e6 would make ffmpeg repeat every frame a million times a second, for hours).
-FPS = PositiveNumber(0.001, 240.0)
-# PANNs windows: Cnn14 needs 9,920 samples at 32 kHz (0.31 s); it was trained on AudioSet's 10-s clips (a larger
-# window only costs memory: --audio-window 1e9 asked for 116 TiB).
-AUDIO_WINDOW = PositiveNumber(0.31, 10.0)
-AUDIO_HOP = PositiveNumber(0.01, 10.0)  # and at most the window (checked with the preset's window)
-# Seconds per row of imported features: a millisecond to an hour.
-ROW_SECONDS = PositiveNumber(0.001, 3600.0)
+class CommandGroup(OneLineErrors, click.Group):
+    """A command with subcommands and one-line usage errors; `default` is the subcommand that runs when the first
+    word names none (img-extract VIDEOS runs `run`). With `default_takes_words=False` the default subcommand takes
+    options only, so a first word that is no command is a mistyped command, said in one line."""
+
+    def __init__(self, *args: Any, default: str | None = None, default_takes_words: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.default, self.default_takes_words = default, default_takes_words
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if self.default and args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            if not self.default_takes_words and not args[0].startswith("-"):
+                close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(self.commands)}"
+                fail(f"no command {args[0]!r}; {hint}", EXIT_USAGE, self.name)
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
 
 
-def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:
-    return click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help_text)
-
-
-def resume_option(what: str, redo: str) -> Callable[[Any], Any]:
-    """--resume/--no-resume: skip `what` already in the output (the default), or `redo` everything."""
-    return click.option(
-        "--resume/--no-resume",
-        default=True,
-        show_default=True,
-        help=f"Skip {what} already in the output (--no-resume {redo}).",
-    )
+# --- SIGTERM --------------------------------------------------------------------------------------------------
 
 
 class Terminated(KeyboardInterrupt):

@@ -465,7 +465,7 @@ def _run_share(
     provenance: dict[str, dict[str, Any]],
     parent: _Parent,
 ) -> _Outcome:
-    from extract.core.log_file import attach_log_file
+    from extract.core.console import attach_log_file
     from extract.run.engine_local import LocalEngine
 
     summary = RunSummary(total=len(items))

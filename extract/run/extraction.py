@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from extract.core.console import attach_log_file
 from extract.core.errors import UsageError
-from extract.core.log_file import attach_log_file
 from extract.media.sources import VideoSource
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.models.presets import Preset
