@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from extract.core.options import precision_option
 from manifests.registry import DATASETS
 
 
@@ -81,13 +82,7 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
     command does when they are not given (for the help)."""
     options = [
         click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
-        click.option(
-            "--precision",
-            type=click.Choice(["fp32", "bf16", "fp16"]),
-            default=None,
-            help=f"fp32, or autocast to bf16 / fp16 (fp16 needs CUDA; training adds a gradient scaler). Default: "
-            f"{precision}.",
-        ),
+        precision_option(precision),
         click.option(
             "--workers", type=click.IntRange(min=0), default=None, help=f"DataLoader worker processes ({workers})."
         ),

@@ -74,7 +74,7 @@ CHECKPOINT_EXPECTED = (
     default=None,
     help="With --report: the folder of the videos (as img-extract scanned it); rows get a player (files linked).",
 )
-@runtime_options(workers=0, precision="the run's (fp32 for converted checkpoints; fp16 runs evaluate in fp32 on a CPU)")
+@runtime_options(workers=0, precision="the checkpoint's run's, fp32 for converted checkpoints")
 def main(
     checkpoint_path: Path,
     splits: tuple[str, ...],
@@ -150,11 +150,12 @@ def _evaluate(
     data: dict[str, Any],
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """The report of each split, and the prediction rows of all of them (in split order)."""
+    from extract.core.precision import Precision
     from img_model.checkpoint import read_checkpoint
     from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
     from img_model.evaluator import EvalReport, Evaluator, check_inputs
     from img_model.model import IMG
-    from img_model.runtime import resolve_device
+    from img_model.runtime import runtime_device
     from img_model.train_config import check_batch_size, from_dict
 
     checkpoint = read_checkpoint(checkpoint_path, expected=CHECKPOINT_EXPECTED)
@@ -174,13 +175,8 @@ def _evaluate(
     check_batch_size(config, batch_size, "--batch-size")
     model = IMG(config)
     load_into(model, checkpoint.state_dict)
-    device = resolve_device(device_spec or "auto", precision, threads or 0)
-    if precision is None:  # the run's, where this device can run it
-        precision = run.runtime.precision if run else "fp32"
-        if precision == "fp16" and device.type != "cuda":
-            log.info("the checkpoint was trained in fp16, which needs a CUDA GPU; evaluating in fp32 on %s", device)
-            precision = "fp32"
-        log.info("precision: %s", precision)
+    device = runtime_device(device_spec or "auto", threads or 0)
+    precision = Precision.resolve(precision, device, run.runtime.precision if run else None)
     model.to(device).eval()
 
     available = sources.splits()
@@ -226,7 +222,7 @@ def _evaluate(
                 seed=seed,
                 drop_audio=drop_audio,
                 batch_size=batch_size,
-                precision=precision,
+                precision=precision.name,
                 device=str(device),
                 align=data_config.align,
                 coverage=dataset.coverage.as_dict(),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from extract.core.precision import FP32, Precision
 from img_model.checkpoint import Checkpoint
 from img_model.dataset import Batch, DataSources, MomentDataset, collate
 from img_model.decoding import best_span, index_to_time, top_spans
@@ -40,7 +41,7 @@ from img_model.errors import CheckpointMismatchError
 from img_model.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.model import IMG, IMGOutput
 from img_model.provenance import differences
-from img_model.runtime import SINGLE_PROCESS, RankContext, autocast
+from img_model.runtime import SINGLE_PROCESS, RankContext
 from manifests.records import QueryRecord
 
 BRANCHES = {
@@ -149,7 +150,7 @@ class Evaluator:
     def __init__(
         self,
         device: torch.device,
-        precision: str = "fp32",
+        precision: Precision = FP32,
         batch_size: int = 16,
         workers: int = 0,
         seed: int = 0,
@@ -200,7 +201,7 @@ class Evaluator:
     def _predict_batch(
         self, model: IMG, batch: Batch, records: dict[str, QueryRecord], split: str
     ) -> list[QueryPrediction]:
-        with autocast(self.device, self.precision):
+        with self.precision.autocast(self.device):
             outputs = model(**batch.model_inputs(), p_warm=1.0)
         lengths = batch.lengths.cpu().numpy()
         durations = batch.duration.cpu().numpy()

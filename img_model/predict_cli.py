@@ -19,6 +19,7 @@ import click
 
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
+from extract.core.options import precision_option
 from img_model.convert import CheckpointLayoutError
 
 log = logging.getLogger("img_vmr.predict")
@@ -86,13 +87,7 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option(
-            "--precision",
-            type=click.Choice(["fp32", "bf16", "fp16"]),
-            default=None,
-            help="IMG's precision (autocast; fp16 needs CUDA). Default: the checkpoint's run's, as img-eval; a "
-            "bf16 / fp16 run answers in fp32 on a CPU.",
-        ),
+        precision_option("the checkpoint's run's, as img-eval"),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
     ]

@@ -19,10 +19,9 @@ audio track as evaluation does (§7.17) and answered by the visual-only branch; 
 Each query runs in a batch of its own. The published model's outputs depend on the padding of its batch (the
 character CNN sees the longest word of the batch, the query encoder the longest query), so a batch of several
 queries would make an answer depend on which other queries were asked with it. Alone, a query gets exactly what
-`img-eval --batch-size 1` computes for it on the same features at the same precision (tested). Both default to
-the precision the checkpoint's run recorded; here a bf16 or fp16 run answers in fp32 on a CPU (logged; pass
-precision="bf16" for CPU autocast), so on a CPU such a run's answers equal `img-eval --precision fp32`'s.
-`VideoAnswers.precision` says which was used.
+`img-eval --batch-size 1` computes for it on the same features at the same precision (tested). Both choose the
+precision by one rule (extract/core/precision.py): the one asked for, else the checkpoint's run's (a run's fp16
+answers in fp32 on a CPU); `VideoAnswers.precision` says which was used.
 """
 
 from __future__ import annotations
@@ -38,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.precision import FP32, Precision
 from img_model.alignment import align
 from img_model.checkpoint import Checkpoint, read_checkpoint
 from img_model.dataset import Sample, collate
 from img_model.evaluator import BRANCHES, _branch_predictions
 from img_model.model import IMG
 from img_model.query_inputs import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
-from img_model.runtime import autocast, resolve_device
+from img_model.runtime import runtime_device
 from img_model.video_features import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
 
 log = logging.getLogger("img_vmr.predict")
@@ -150,7 +150,7 @@ class Predictor:
         features: FeatureCache,
         queries: GloveQueries | EncodedQueries,
         device: torch.device,
-        precision: str = "fp32",
+        precision: Precision = FP32,
         top_k: int = DEFAULT_TOP_K,
     ) -> None:
         self.checkpoint = checkpoint
@@ -191,8 +191,9 @@ class Predictor:
         None: the run's recorded one where the device runs it (see the module's docstring)."""
         checkpoint = read_checkpoint(path)
         specs = recorded_specs(checkpoint, visual, audio)
-        resolved = resolve_device(device, precision, threads)
-        precision = precision or default_precision(checkpoint, resolved)
+        resolved = runtime_device(device, threads)
+        recorded = (checkpoint.run or {}).get("runtime", {}).get("precision")
+        chosen = Precision.resolve(precision, resolved, recorded)
         weights = Path(weights_dir) if weights_dir is not None else None
         cache = FeatureCache(
             specs,
@@ -204,7 +205,7 @@ class Predictor:
             progress,
         )
         queries = query_reader(checkpoint, resolved, weights, text_model, trust_weights)
-        return cls(checkpoint, cache, queries, resolved, precision, top_k)
+        return cls(checkpoint, cache, queries, resolved, chosen, top_k)
 
     def read_queries(self, queries: Sequence[str]) -> list[QueryInput]:
         """The text inputs of these queries; an empty query or one without a known word is a QueryError."""
@@ -238,7 +239,7 @@ class Predictor:
         answers: list[QueryAnswer] = []
         for query in inputs:  # one query per forward: see the module's docstring
             batch = collate([_sample(aligned.visual, audio, audio_used, features.duration, query)]).to(self.device)
-            with autocast(self.device, self.precision):
+            with self.precision.autocast(self.device):
                 outputs = self.model(**batch.model_inputs(), p_warm=1.0)
             answers.append(_answer(outputs, branch, query, batch, top_k, audio_used))
         note = features.audio_note or ("" if audio_used else "no audio features")
@@ -252,7 +253,7 @@ class Predictor:
             audio_used=audio_used,
             note=note,
             answers=tuple(answers),
-            precision=self.precision,
+            precision=self.precision.name,
         )
 
 
@@ -298,15 +299,3 @@ def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int
         start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),
         end_probabilities=tuple(torch.softmax(end_logits, dim=0).tolist()),
     )
-
-
-def default_precision(checkpoint: Checkpoint, device: torch.device) -> str:
-    """The precision the checkpoint's run recorded (img-eval's default), or fp32 where the device cannot run it
-    (autocast in bf16 / fp16 is for CUDA here: on a CPU bf16 is slow and fp16 does not run)."""
-    recorded = str((checkpoint.run or {}).get("runtime", {}).get("precision") or "fp32")
-    if recorded != "fp32" and device.type != "cuda":
-        log.info("the checkpoint's run used %s; answering in fp32 on the %s (--precision %s to force it)", recorded,
-                 device.type, recorded)  # fmt: skip
-        return "fp32"
-    log.debug("precision: %s (the checkpoint's run)", recorded)
-    return recorded

@@ -1,4 +1,4 @@
-"""Where and in which precision training and evaluation run: the device, autocast, and the rank of this process.
+"""Where training and evaluation run: the device (their precision: extract/core/precision.py) and the rank.
 
 `RankContext` is this process's place in a distributed run (torchrun, img_model/distributed.py) and the
 collectives over its processes: identities in one process, so the training and evaluation code has one path.
@@ -7,46 +7,25 @@ Only rank 0 writes files and logs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
-from extract.core.errors import UsageError
+from extract.core.devices import resolve_device
 
 log = logging.getLogger("img_vmr.train")
 
 T = TypeVar("T")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str, precision: str | None = "fp32", threads: int = 0) -> torch.device:
-    """auto / cpu / cuda / cuda:N as img-extract resolves it, checked against the precision (None: the caller
-    chooses it for the device and logs it); `threads` > 0 sets torch's CPU threads."""
-    from extract.core.devices import resolve_device as resolve_extraction_device
-
+def runtime_device(spec: str, threads: int = 0) -> torch.device:
+    """auto / cpu / cuda / cuda:N as every command resolves it (extract/core/devices.py: logged with its GPU);
+    `threads` > 0 sets torch's CPU threads."""
     if threads:
         torch.set_num_threads(threads)
-    device = resolve_extraction_device(spec)  # logs the device, GPU name and any nvidia-smi mismatch
-    if precision is None:
-        return device
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError(f"--precision fp16 needs a CUDA GPU, and this runs on {device}: use bf16 or fp32 on CPU")
-    log.info("precision: %s", precision)
-    return device
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """torch.autocast for bf16 / fp16, nothing for fp32."""
-    if precision == "fp32":
-        yield
-        return
-    with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]):
-        yield
+    return resolve_device(spec)
 
 
 @dataclass(frozen=True)

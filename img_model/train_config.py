@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from extract.core.errors import UsageError
+from extract.core.precision import Precision
 from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
 from img_model.dataset import DataConfig
 
-Precision = Literal["fp32", "bf16", "fp16"]
 SelectOn = Literal["val", "test"]
 
 # IMGConfig fields the data decides (feature and vocabulary sizes): never set by defaults, TOML or flags.
@@ -75,7 +75,7 @@ class RuntimeConfig:
     """How to run (not what to compute); may change on --resume."""
 
     device: str = "auto"
-    precision: Precision = "fp32"
+    precision: str = "fp32"  # extract/core/precision.py
     compile: bool = False
     workers: int = 2  # DataLoader worker processes (the data is seeded per query, not per worker)
     threads: int = 0  # torch CPU threads (0: torch's default); small models often run fastest on 1
@@ -83,8 +83,7 @@ class RuntimeConfig:
     log_every: int = 10  # per-step TensorBoard scalars every this many steps (epoch means are always logged)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        Precision(self.precision)  # one of fp32, bf16, fp16 (UsageError otherwise)
         if self.workers < 0 or self.threads < 0:
             raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
         if self.log_every < 1:

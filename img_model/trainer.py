@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from extract.core.files import write_atomically
+from extract.core.precision import Precision
 from img_model.checkpoint import (
     Checkpoint,
     read_checkpoint,
@@ -63,7 +64,7 @@ from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
 from img_model.provenance import differences
 from img_model.run_log import metrics_lines
-from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
+from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
 log = logging.getLogger("img_vmr.train")
@@ -242,7 +243,8 @@ class Trainer:
     ) -> None:
         self.run, self.data, self.run_dir, self.rank = run, data, Path(run_dir), rank
         runtime, train = run.runtime, run.train
-        self.device = resolve_device(process_device(runtime.device, rank), runtime.precision, runtime.threads)
+        self.device = runtime_device(process_device(runtime.device, rank), runtime.threads)
+        self.precision = Precision.resolve(runtime.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -261,7 +263,7 @@ class Trainer:
         self.data_fingerprint = data_fingerprint(data, self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, train.learning_rate, train.weight_decay)
         self.scheduler = linear_decay(self.optimizer, self.total_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.precision == "fp16")
+        self.scaler = self.precision.grad_scaler(self.device)
         self.loader_generator = torch.Generator()
         self.step, self.epoch, self.epoch_step = 0, 0, 0
         self.epoch_totals: dict[str, list[float]] = {}  # scalar name -> [sum, count] over this epoch's steps
@@ -272,7 +274,7 @@ class Trainer:
         self.eval_model = torch.compile(self.model, dynamic=True) if runtime.compile else self.model
         self.forward_model = data_parallel(self.eval_model, rank, self.device)
         self.evaluator = Evaluator(
-            self.device, runtime.precision, train.eval_batch_size, runtime.workers, train.seed, rank
+            self.device, self.precision, train.eval_batch_size, runtime.workers, train.seed, rank
         )
         self.loader = DataLoader(
             data.train,
@@ -419,7 +421,7 @@ class Trainer:
         if self.rank.distributed:  # pad as the whole batch is padded
             sizes = self.rank.max(torch.tensor(batch.padded_sizes(), device=self.device))
             batch = batch.padded_to(*sizes.tolist())
-        with autocast(self.device, self.run.runtime.precision), batch_rows(share.rows):
+        with self.precision.autocast(self.device), batch_rows(share.rows):
             outputs = self.forward_model(**batch.model_inputs(), p_warm=p_warm)
         # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
         output_sums = torch.stack([output.detach().float().sum() for output in outputs])

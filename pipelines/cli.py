@@ -12,6 +12,7 @@ import click
 
 from extract.core.console import EXIT_INTERRUPTED, OneLineCommand, fail, setup_logging
 from extract.core.errors import ImgVmrError
+from extract.core.options import precision_option
 from pipelines.recipes import RECIPES
 
 PROGRAM = "img-pipeline"
@@ -68,8 +69,7 @@ def _recipe_table() -> str:
 @click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
               help="Select best.pt on held-out training videos (val, default) or on test (the paper).")  # fmt: skip
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N, for every stage.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-              help="Autocast precision of extraction, training and evaluation on CUDA (fp32).")  # fmt: skip
+@precision_option("fp32 for extraction and training, the run's for evaluation")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads of img-train / img-eval.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Feature model weights for offline use (img-extract --weights-dir).")  # fmt: skip

@@ -473,10 +473,10 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_fp16_without_a_gpu_is_refused_in_one_line() -> None:
-    from img_model.runtime import resolve_device
+    from extract.core.precision import Precision
 
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
-        resolve_device("auto", "fp16")
+        Precision.resolve("fp16", torch.device("cpu"))
 
 
 @pytest.mark.slow

@@ -250,19 +250,27 @@ def test_one_query_may_be_a_string(predictor: Predictor, real_run: RealRun) -> N
 
 
 def test_the_answers_use_the_runs_precision_where_the_device_runs_it(
-    real_run: RealRun, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    real_run: RealRun, cache: Path, tmp_path: Path
 ) -> None:
+    """A bf16 run answered in fp32 on a CPU while img-eval evaluated it in bf16: one rule now
+    (extract/core/precision.py), bf16 runs on the CPU; a run's fp16 falls back to fp32 there."""
     stored = torch.load(real_run.checkpoint, weights_only=True)
-    stored["run"]["runtime"]["precision"] = "bf16"
-    torch.save(stored, tmp_path / "bf16-run.pt")
     video = real_run.videos / "clip4.mp4"
-    with caplog.at_level(logging.INFO, logger="img_vmr.predict"):
-        default = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", **predictor_options(real_run, cache))
-    assert "the checkpoint's run used bf16; answering in fp32 on the cpu (--precision bf16 to force it)" in caplog.text
-    assert default.predict(video, "a person waves a hand").precision == "fp32"
-    forced = Predictor.from_checkpoint(tmp_path / "bf16-run.pt", "cpu", precision="bf16",
-                                       **predictor_options(real_run, cache))  # fmt: skip
-    assert forced.predict(video, "a person waves a hand").as_json()["precision"] == "bf16"
+    for recorded, expected in (("bf16", "bf16"), ("fp16", "fp32")):
+        stored["run"]["runtime"]["precision"] = recorded
+        torch.save(stored, tmp_path / f"{recorded}-run.pt")
+        default = Predictor.from_checkpoint(
+            tmp_path / f"{recorded}-run.pt", "cpu", **predictor_options(real_run, cache)
+        )
+        assert default.predict(video, "a person waves a hand").as_json()["precision"] == expected
+    forced = Predictor.from_checkpoint(
+        tmp_path / "bf16-run.pt", "cpu", precision="fp32", **predictor_options(real_run, cache)
+    )
+    assert forced.predict(video, "a person waves a hand").precision == "fp32"
+    with pytest.raises(UsageError, match="--precision fp16 needs a CUDA GPU"):
+        Predictor.from_checkpoint(
+            tmp_path / "bf16-run.pt", "cpu", precision="fp16", **predictor_options(real_run, cache)
+        )
 
 
 def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run: RealRun) -> None:

@@ -31,7 +31,7 @@ from extract.core.console import (
     sigterm_raises,
 )
 from extract.core.errors import ImgVmrError, StoreWriteError, UsageError
-from extract.core.options import weights_dir_option
+from extract.core.options import precision_option, weights_dir_option
 from extract.models.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -124,13 +124,7 @@ def main() -> None:
     help="CLIP model: Hugging Face id or saved model folder (default openai/clip-vit-base-patch32; offline, "
     "found as --weights-dir DIR/clip-vit-base-patch32).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="Autocast precision on CUDA (CPU always runs fp32).",
-)
+@precision_option("fp32")
 @resume_option("tracks", "extracts everything again")
 @click.option(
     "--retry-failed",
@@ -245,7 +239,7 @@ def _run(
     weights_dir: Path | None,
     trust_weights: bool,
     clip_model: str | None,
-    precision: str,
+    precision: str | None,
     resume: bool,
     retry_failed: bool,
     limit: int | None,
@@ -258,6 +252,7 @@ def _run(
     verbose: bool,
 ) -> Any:
     from extract.core.devices import resolve_device
+    from extract.core.precision import Precision
     from extract.media.sources import find_videos
     from extract.models import ExtractorOptions
     from extract.models.presets import get_preset
@@ -296,13 +291,15 @@ def _run(
     if engine == "ray" or len(device_list) > 1:
         import torch
 
-        resolved = torch.device("cpu")  # each worker or actor resolves its own device
+        resolved = torch.device("cpu")  # each worker or actor resolves its own device, and checks the precision
+        chosen = Precision(precision or "fp32")
     else:
         resolved = resolve_device(device_list[0] if device_list else device)
+        chosen = Precision.resolve(precision or "fp32", resolved)
     options = ExtractorOptions(
         device=resolved,
         weights_dir=weights_dir,
-        precision=precision,
+        precision=chosen,
         verify_weights=not trust_weights,
     )
     config = RunConfig(

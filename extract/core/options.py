@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from extract.core.precision import NAMES, RULE
+
 WEIGHTS_DIR_HELP = (
     "Folder with model weights for offline use: published files by name, saved Hugging Face models as "
     "DIR/<name> (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr)."
@@ -40,3 +42,14 @@ class PositiveNumber(click.ParamType):
 
 def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:
     return click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help_text)
+
+
+def precision_option(default: str) -> Callable[[Any], Any]:
+    """--precision fp32|bf16|fp16 with the one rule (extract/core/precision.py) in its help; `default` says what
+    the command does without it."""
+    return click.option(
+        "--precision",
+        type=click.Choice(NAMES),
+        default=None,
+        help=f"Autocast precision: fp32, bf16 or fp16 (default: {default}). {RULE}",
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.precision import FP32, Precision
 from extract.media.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
 from extract.models.presets import Preset
 
@@ -23,8 +24,12 @@ from extract.models.presets import Preset
 class ExtractorOptions:
     device: torch.device
     weights_dir: Path | None = None
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
+    precision: Precision = FP32  # extract/core/precision.py; a name (fp32, bf16, fp16) is taken too
     verify_weights: bool = True  # refuse published files whose sha256 contradicts the published one
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.precision, Precision):
+            object.__setattr__(self, "precision", Precision(self.precision))
 
 
 @dataclass
@@ -98,10 +103,8 @@ class FeatureExtractor(abc.ABC):
         return {}
 
     def autocast(self) -> Any:
-        """Autocast context for the configured precision (a no-op for fp32 or on CPU)."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.options.precision)
-        enabled = dtype is not None and self.options.device.type == "cuda"
-        return torch.autocast(self.options.device.type, dtype=dtype, enabled=enabled)
+        """Autocast to the configured precision on the model's device (extract/core/precision.py)."""
+        return self.options.precision.autocast(self.options.device)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         """Host array to the model's device (pinned, non-blocking copy on CUDA)."""

@@ -27,7 +27,7 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
         options = extractor.options
         runtime = {
             "device": str(options.device),
-            "precision": options.precision,
+            "precision": options.precision.name,
             "weights_checked": extractor.weights_checked,  # a published checksum was really compared
             **extractor.runtime(),
         }
@@ -37,8 +37,8 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             import decord
 
             decoder["decord"] = getattr(decord, "__version__", "unknown")
-        # fp16/bf16 change the numbers, so the precision that really ran belongs to the recipe (CPU runs fp32).
-        precision = options.precision if options.device.type == "cuda" else "fp32"
+        # bf16 / fp16 change the numbers, so the precision that really ran belongs to the recipe.
+        precision = options.precision.effective(options.device).name
         records[extractor.name] = {
             "recipe": {**extractor.recipe(), "precision": precision},
             "software": {**software, **decoder},
@@ -56,6 +56,7 @@ def load_models(
         from extract.core.devices import resolve_device
 
         options = dataclasses.replace(options, device=resolve_device(device))
+    options = dataclasses.replace(options, precision=options.precision.checked(options.device))
     extractors = [build(preset, options) for preset in presets]
     return extractors, provenance_records(extractors)
 
