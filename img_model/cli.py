@@ -209,11 +209,11 @@ def _train(
 ) -> None:
     """Resolve the run, open and check its data, build the trainer, and only then create the run folder (a
     failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
+    from extract.core.provenance import compare_recipes
     from img_model.checkpoint import read_checkpoint
     from img_model.dataset import DataSources
     from img_model.distributed import start_process_group
     from img_model.errors import CheckpointMismatchError
-    from img_model.provenance import differences
     from img_model.train_config import resolve
     from img_model.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 
@@ -265,11 +265,11 @@ def _train(
     if checkpoint is not None:
         for kind, recorded in checkpoint.provenance.items():
             current = sources.provenance()[kind]
-            detail = differences(recorded.get("recipe", {}), current.get("recipe", {}))
+            detail = compare_recipes(recorded.get("recipe", {}), current.get("recipe", {})).refused
             if detail:
                 raise CheckpointMismatchError(f"the {kind} inputs changed since the run started: {detail}")
         if run.model != checkpoint.config:
-            detail = differences(vars(checkpoint.config), vars(run.model))
+            detail = compare_recipes(vars(checkpoint.config), vars(run.model)).refused
             raise CheckpointMismatchError(f"the model the data asks for differs from the run's: {detail}")
     data = prepare_data(run, sources)
     for dataset in (data.train, data.select, data.test):

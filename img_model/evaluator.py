@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from extract.core.precision import FP32, Precision
+from extract.core.provenance import compare_recipes
 from img_model.checkpoint import Checkpoint
 from img_model.dataset import Batch, DataSources, MomentDataset, collate
 from img_model.decoding import best_span, index_to_time, top_spans
@@ -40,7 +41,6 @@ from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.errors import CheckpointMismatchError
 from img_model.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.model import IMG, IMGOutput
-from img_model.provenance import differences
 from img_model.runtime import SINGLE_PROCESS, RankContext
 from manifests.records import QueryRecord
 
@@ -323,7 +323,7 @@ def check_inputs(checkpoint: Checkpoint, sources: DataSources) -> list[str]:
         if recorded is None:
             notes.append(f"the checkpoint records no {kind} feature provenance (converted): only sizes are checked")
             continue
-        detail = differences(recorded["recipe"], recipe)
+        detail = compare_recipes(recorded["recipe"], recipe).refused
         if detail:
             raise CheckpointMismatchError(
                 f"{kind} features {name!r} were made differently from the checkpoint's {recorded['name']!r}: {detail}"
@@ -336,7 +336,7 @@ def check_inputs(checkpoint: Checkpoint, sources: DataSources) -> list[str]:
     recorded_text = checkpoint.provenance.get("text")
     if recorded_text is not None:
         expected = {"kind": recorded_text["kind"], **recorded_text["recipe"]}
-        detail = differences(expected, {"kind": texts.kind, **texts.recipe})
+        detail = compare_recipes(expected, {"kind": texts.kind, **texts.recipe}).refused
         if detail:
             raise CheckpointMismatchError(f"{texts.path} was made differently from the checkpoint's text: {detail}")
     if texts.vocabulary is not None:

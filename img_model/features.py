@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.core.errors import ProvenanceMismatchError, UsageError
-from extract.core.provenance import differences
+from extract.core.provenance import compare_recipes
 from extract.store import FeatureStore, Track
 from img_model.per_process import PerProcess
 
@@ -83,7 +83,7 @@ class FeatureStores:
             raise UsageError(f"no {feature!r} features in {stores} (they hold: {', '.join(known) or 'none'})")
         recipe = holders[0].provenance(feature)
         for other in holders[1:]:
-            detail = differences(recipe, other.provenance(feature))
+            detail = compare_recipes(recipe, other.provenance(feature)).refused
             if detail:
                 raise ProvenanceMismatchError(
                     f"{holders[0].path} and {other.path} hold {feature!r} features made differently ({detail}); "

@@ -26,7 +26,7 @@ from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize
 from extract.text.vocabulary import MAX_WORDS, Vocabulary
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError, QueryError
-from img_model.recipe_check import check_recipe
+from img_model.recipe_check import check_recorded_recipe
 
 log = logging.getLogger("img_vmr.predict")
 
@@ -138,7 +138,7 @@ def _text_encoder(
     encoder = classes[kind](model, device, 1, recipe.get("max_length"), weights_dir)
     actual = encoder.recipe()
     hint = "pass the model its text store used with --text-model (and --weights-dir)"
-    check_recipe(f"{kind} text features", recipe, actual, trust_weights, hint, ignore=TEXT_SOURCE_KEYS)
+    check_recorded_recipe(f"{kind} text features", recipe, actual, trust_weights, hint, ignore=TEXT_SOURCE_KEYS)
     if int(actual["hidden_size"]) != dim:
         raise CheckpointMismatchError(f"the model reads {dim}-d text features; {model} gives {actual['hidden_size']}-d")
     return encoder

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from extract.core.files import write_atomically
 from extract.core.precision import Precision
+from extract.core.provenance import differences
 from img_model.checkpoint import (
     Checkpoint,
     read_checkpoint,
@@ -62,7 +63,6 @@ from img_model.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.losses import BatchScope, IMGLoss, img_loss
 from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
-from img_model.provenance import differences
 from img_model.run_log import metrics_lines
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml

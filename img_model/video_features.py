@@ -10,10 +10,10 @@ windows, models, store) into a cache store under an id made from the file's path
 Cache layout: one folder per recorded recipe, CACHE/<recorded key>/, named from the checkpoint's recipes only
 (not from the models loaded here), so that a new process finds a video's features before loading any model.
 In it, feats.h5 holds features made with exactly the recorded recipe and feats-<key>.h5 those made with an
-accepted other one (another precision: bf16 features read on a CPU; other weights under --trust-weights), one
-store per recipe, each recording its own provenance. A cached video is read from the first store that holds it
-with a recipe check_recipe accepts (feats.h5 first; a non-exact one is warned about once): a second query on the
-same video, in this process or a new one, costs only the IMG model.
+accepted other one (another precision: fp16 features extracted on a CPU; other weights under --trust-weights),
+one store per recipe, each recording its own provenance. A cached video is read from the first store that holds
+it with a recipe check_recorded_recipe accepts (feats.h5 first; a non-exact one is warned about once): a second
+query on the same video, in this process or a new one, costs only the IMG model.
 
 Processes share a cache: extraction into a recipe folder takes its lock (CACHE/<key>/extract.lock); a process
 that finds it taken waits (up to `lock_timeout`, logging whom for), then looks again, since the other process
@@ -41,6 +41,7 @@ import torch
 from extract.core.download import cache_dir
 from extract.core.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
 from extract.core.files import acquire_writer_lock, release_writer_lock
+from extract.core.precision import Precision
 from extract.media.probe import read_stream_attrs, stored_duration
 from extract.media.sources import VideoSource
 from extract.models.base import ExtractorOptions, FeatureExtractor
@@ -53,7 +54,7 @@ from extract.store import (
 )
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
-from img_model.recipe_check import check_recipe, recipe_accepted
+from img_model.recipe_check import check_recorded_recipe, recipe_accepted
 
 log = logging.getLogger("img_vmr.predict")
 
@@ -229,19 +230,19 @@ class FeatureCache:
                 hint = "pass the files it was trained with (--weights-dir" + (
                     ", --clip-model)" if spec.recipe.get("model") == "clip-vision" else ")"
                 )
-                check_recipe(f"{spec.kind} features {spec.name!r}", spec.recipe, actual[spec.name], self.trust_weights,
-                             hint)  # fmt: skip
+                what = f"{spec.kind} features {spec.name!r}"
+                check_recorded_recipe(what, spec.recipe, actual[spec.name], self.trust_weights, hint)
             self._extractors = built
             exact = all(actual[spec.name] == spec.recipe for spec in self.specs.values())
             key = recipe_key({spec.kind: actual[spec.name] for spec in self.specs.values()})
             self._store_path = self.recorded_store if exact else self.folder / f"feats-{key}.h5"
-            self._warned.add(self._store_path)  # check_recipe warned about its differences just now
+            self._warned.add(self._store_path)  # check_recorded_recipe warned about its differences just now
         return self._extractors
 
     def _options(self, name: str) -> ExtractorOptions:
-        """The recorded precision where it can run (autocast is CUDA only; CPU extraction is fp32)."""
+        """The recorded precision, where this device runs it (extract/core/precision.py: fp16 needs CUDA)."""
         recipe = next(spec.recipe for spec in self.specs.values() if spec.name == name)
-        precision = recipe.get("precision", "fp32") if self.options.device.type == "cuda" else "fp32"
+        precision = Precision(recipe.get("precision", "fp32")).effective(self.options.device)
         return dataclasses.replace(self.options, precision=precision)
 
     @contextlib.contextmanager
@@ -319,7 +320,7 @@ class FeatureCache:
             if store_path not in self._warned and any(made[spec.name] != spec.recipe for spec in read):
                 self._warned.add(store_path)
                 for spec in read:  # accepted: only warnings (another precision, trusted weights)
-                    check_recipe(f"{spec.kind} features {spec.name!r} cached in {store_path}", spec.recipe,
+                    check_recorded_recipe(f"{spec.kind} features {spec.name!r} cached in {store_path}", spec.recipe,
                                  made[spec.name], self.trust_weights, "")  # fmt: skip
             note = ""
             if not has_audio:

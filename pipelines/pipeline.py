@@ -223,8 +223,8 @@ def _comparable(run: Any) -> dict[str, Any]:
 def check_training_config(plan: Plan, store: Path, text: Path) -> None:
     """Resolve the training configuration now (a bad --config is refused before hours of extraction) and refuse
     a run folder trained, or being trained, with another one."""
+    from extract.core.provenance import compare_recipes
     from img_model.cli_common import data_overrides
-    from img_model.provenance import differences
     from img_model.train_config import resolve
 
     options, recipe = plan.options, plan.recipe
@@ -240,7 +240,7 @@ def check_training_config(plan: Plan, store: Path, text: Path) -> None:
     if not (run / "config.toml").is_file():
         return
     recorded = resolve(run / "config.toml")
-    detail = differences(_comparable(recorded), _comparable(requested))
+    detail = compare_recipes(_comparable(recorded), _comparable(requested)).refused
     if detail:
         state = "was trained" if run_finished(run) else "is being trained"
         raise UsageError(

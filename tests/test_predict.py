@@ -199,19 +199,19 @@ def no_model(*args: object) -> None:
 def test_a_video_cached_with_another_precision_is_read_by_a_new_process_without_a_model(
     real_run: RealRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The checkpoint's features were made in bf16 (on a GPU); here they are extracted in fp32 (a warning), and a
+    """The checkpoint's features were made in fp16 (on a GPU); on a CPU they are extracted in fp32 (a warning), and a
     new Predictor (a new process) finds them in the cache without building or hashing any extraction model."""
     stored = torch.load(real_run.checkpoint, weights_only=True)
     for kind in ("visual", "audio"):
-        stored["provenance"][kind]["recipe"]["precision"] = "bf16"
-    torch.save(stored, tmp_path / "bf16-features.pt")
+        stored["provenance"][kind]["recipe"]["precision"] = "fp16"
+    torch.save(stored, tmp_path / "fp16-features.pt")
     options = predictor_options(real_run, tmp_path / "cache")
     video = real_run.videos / "clip4.mp4"
     with caplog.at_level(logging.WARNING, logger="img_vmr.predict"):
-        first = Predictor.from_checkpoint(tmp_path / "bf16-features.pt", "cpu", **options).predict(video, "a person")
-    assert "the checkpoint's were made in bf16, these in fp32" in caplog.text
+        first = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", "cpu", **options).predict(video, "a person")
+    assert "the checkpoint's were made in fp16, these in fp32" in caplog.text
     monkeypatch.setattr("extract.models.build_extractor", no_model)
-    again = Predictor.from_checkpoint(tmp_path / "bf16-features.pt", "cpu", **options).predict(video, "a person")
+    again = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", "cpu", **options).predict(video, "a person")
     assert again.answers == first.answers
 
 

@@ -8,7 +8,7 @@ import pytest
 from extract.models.presets import PANNS, get_preset
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
-from img_model.recipe_check import check_recipe
+from img_model.recipe_check import check_recorded_recipe
 from img_model.video_features import FeatureSpec, preset_for, recorded_specs
 
 
@@ -29,11 +29,11 @@ def test_the_recorded_recipe_rebuilds_its_preset_with_the_overrides(preset) -> N
 def test_a_changed_number_is_refused_and_other_weights_need_trust() -> None:
     recorded = {"preset": "panns", "windowing.hop_seconds": 0.5, "weights_sha256": "a" * 64, "precision": "fp32"}
     with pytest.raises(CheckpointMismatchError, match=r"windowing.hop_seconds: 0.5 -> 0.25"):
-        check_recipe("audio features", recorded, {**recorded, "windowing.hop_seconds": 0.25}, True, "hint")
+        check_recorded_recipe("audio features", recorded, {**recorded, "windowing.hop_seconds": 0.25}, True, "hint")
     other = {**recorded, "weights_sha256": "b" * 64}
     with pytest.raises(CheckpointMismatchError, match="--trust-weights"):
-        check_recipe("audio features", recorded, other, False, "hint")
-    check_recipe("audio features", recorded, {**other, "precision": "bf16"}, True, "hint")  # warnings only
+        check_recorded_recipe("audio features", recorded, other, False, "hint")
+    check_recorded_recipe("audio features", recorded, {**other, "precision": "bf16"}, True, "hint")  # warnings only
 
 
 def test_features_no_preset_can_extract_are_refused_in_one_line() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from extract.core.errors import ProvenanceMismatchError
-from extract.core.provenance import differences
+from extract.core.provenance import compare_recipes
 from extract.core.versions import software_versions
 from extract.media.ffmpeg import ffmpeg_version
 from extract.models.base import ExtractorOptions, FeatureExtractor
@@ -67,7 +67,7 @@ def check_same_recipes(workers: Sequence[tuple[str, dict[str, dict[str, Any]]]],
     (first_where, first), *others = workers
     for where, records in others:
         for name, record in first.items():
-            detail = differences(record["recipe"], records.get(name, {}).get("recipe", {}))
+            detail = compare_recipes(record["recipe"], records.get(name, {}).get("recipe", {})).refused
             if detail:
                 raise ProvenanceMismatchError(
                     f"the workers on {first_where} and {where} would make {name!r} features differently ({detail}); "

@@ -27,6 +27,7 @@ from typing import Any
 
 from extract.core.errors import ProvenanceMismatchError
 from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
+from extract.core.provenance import compare_recipes
 from extract.store import (
     PART_GLOB,
     FailureRecord,
@@ -76,9 +77,10 @@ def _check_recipes(view: FeatureStore) -> None:
             recipe = view.part_provenance(video_id, name).get("recipe")
             if recipe is None:
                 continue
-            if seen.setdefault(name, recipe) != recipe:
+            detail = compare_recipes(seen.setdefault(name, recipe), recipe).refused
+            if detail:
                 raise ProvenanceMismatchError(
-                    f"{view.path}: {name!r} tracks were made with different recipes (e.g. {video_id!r}); "
+                    f"{view.path}: {name!r} tracks were made with different recipes (e.g. {video_id!r}: {detail}); "
                     "they cannot be merged into one store"
                 )
 

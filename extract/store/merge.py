@@ -20,7 +20,7 @@ from typing import IO
 
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
 from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
-from extract.core.provenance import differences
+from extract.core.provenance import compare_recipes
 from extract.run.shard import ShardRecord, read_shard_record, write_shard_record
 from extract.store import (
     PART_GLOB,
@@ -56,7 +56,7 @@ def _check_shard_recipes(shards: list[Path]) -> None:
             recipes = store.recipes()
         for name, recipe in recipes.items():
             first, known = seen.setdefault(name, (shard, recipe))
-            detail = differences(known, recipe)
+            detail = compare_recipes(known, recipe).refused
             if detail:
                 raise ProvenanceMismatchError(
                     f"{first} and {shard} hold {name!r} features made differently ({detail}); "

@@ -45,7 +45,7 @@ from extract.core.errors import (
     UsageError,
 )
 from extract.core.files import acquire_writer_lock, check_writable, release_writer_lock, write_atomically
-from extract.core.provenance import differences
+from extract.core.provenance import compare_recipes
 from extract.store.ids import escape_id, storable_text, unescape_id
 
 STORE_FORMAT = "img-vmr-feature-store"
@@ -693,7 +693,7 @@ class StoreWriter:
         for name, record in self.provenance.items():
             if name not in recipes:
                 continue
-            detail = differences(recipes[name], record["recipe"])
+            detail = compare_recipes(recipes[name], record["recipe"]).refused
             if detail:
                 raise ProvenanceMismatchError(
                     f"{self.path} already holds {name!r} features made differently ({detail}); "
