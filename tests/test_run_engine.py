@@ -203,7 +203,7 @@ def test_a_full_disk_summary_says_what_finished_and_what_was_committed(
 ) -> None:
     import errno
 
-    from extract.store import reader as store_module
+    from extract.store import writer as store_module
 
     real_write_part = store_module.write_part
     written: list[int] = []

@@ -18,17 +18,11 @@ import pytest
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
 from extract.media.sources import VideoSource
 from extract.run.plan import plan_run
-from extract.run.shard import (
-    SHARD_RECORD,
-    Shard,
-    ShardRecord,
-    read_shard_record,
-    record_run_shard,
-    shard_of,
-    write_shard_record,
-)
-from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, next_part_name, parts_dir
+from extract.run.shard import Shard, record_run_shard, shard_of
+from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, parts_dir
 from extract.store.merge import merge_stores
+from extract.store.parts import next_part_name
+from extract.store.shards import SHARD_RECORD, ShardRecord, read_shard_record, write_shard_record
 from img_model.dataset import DataConfig, DataSources
 from img_model.features import FeatureStores
 from img_model.synthetic import SyntheticSpec, write_audio_matters

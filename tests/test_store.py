@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-import extract.store.reader as store_module
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, StoreReadError, UsageError
 from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord, iter_tracks, parts_dir
 from extract.store.ids import escape_id
 from extract.store.inspect import describe
+from extract.store.parts import read_attrs
 
 PROVENANCE = {"clip": {"recipe": {"preset": "clip", "frames.fps": 1.0}, "software": {"ffmpeg": "x"}}}
 
@@ -301,7 +301,7 @@ def test_the_part_catalog_reads_back_as_the_attributes_do(tmp_path: Path) -> Non
     [part] = parts_dir(store).glob("part-*.h5")
     with FeatureStore(store) as reader, h5py.File(part, "r") as f:
         assert reader.video_ids() == [odd]
-        assert reader.metadata(odd) == store_module._read_attrs(f["videos"][escape_id(odd)].attrs)
+        assert reader.metadata(odd) == read_attrs(f["videos"][escape_id(odd)].attrs)
 
 
 def test_a_failure_only_part_does_not_fix_the_recipe(tmp_path: Path) -> None:

@@ -5,24 +5,18 @@ own hash() of a string changes with every process), and independent of the manif
 array or a Kubernetes indexed job can give each task the whole manifest and its index. Adding videos to the
 manifest never moves a video to another shard.
 
-A store written by a `--shard i/N` run records which shard it holds (`shard.json` beside its parts, with the
-shards merged into it later): `img-extract merge` refuses shards of different N and names the shards not merged
-yet, so that a missing shard cannot silently leave its videos out of the merged store.
+A store written by a `--shard i/N` run records which shard it holds (extract/store/shards.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.core.errors import StoreCorruptError, UsageError
-from extract.core.files import write_atomically
-
-SHARD_RECORD = "shard.json"  # in the store's parts folder
+from extract.core.errors import UsageError
+from extract.store.shards import ShardRecord, read_shard_record, write_shard_record
 
 
 def shard_of(video_id: str, count: int) -> int:
@@ -53,46 +47,6 @@ class Shard:
         if match is None:
             raise UsageError(f"--shard {text!r} is not i/N (e.g. --shard 0/4 for the first of four jobs)")
         return cls(int(match[1]), int(match[2]))
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    """Which shards of an N-way split a store holds: one for a `--shard i/N` run, more after merges."""
-
-    count: int
-    indices: frozenset[int]
-
-    def missing(self) -> list[int]:
-        return [index for index in range(self.count) if index not in self.indices]
-
-    def names(self, indices: Iterable[int]) -> str:
-        return ", ".join(f"{index}/{self.count}" for index in sorted(indices))
-
-
-def read_shard_record(parts_folder: Path) -> ShardRecord | None:
-    """The shards a store holds, from its parts folder; None for a store not written by shard runs."""
-    path = parts_folder / SHARD_RECORD
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        record = ShardRecord(int(data["count"]), frozenset(int(index) for index in data["indices"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        damage = f"{path} is damaged ({type(error).__name__}); delete it if the store is whole"
-        raise StoreCorruptError(damage) from None
-    if record.count < 1 or not all(0 <= index < record.count for index in record.indices):
-        raise StoreCorruptError(f"{path} names shards outside 0..N-1; delete it if the store is whole")
-    return record
-
-
-def write_shard_record(parts_folder: Path, record: ShardRecord | None) -> None:
-    """Write (atomically) or, for a store that now holds every shard (or None), remove the record."""
-    path = parts_folder / SHARD_RECORD
-    if record is None or not record.missing():
-        path.unlink(missing_ok=True)
-        return
-    text = json.dumps({"count": record.count, "indices": sorted(record.indices)})
-    write_atomically(path, text)
 
 
 def record_run_shard(store: Path, parts_folder: Path, shard: Shard | None, has_parts: bool) -> None:

@@ -1,23 +1,9 @@
-"""The HDF5 feature store (extract/store/reader.py describes its layout): the types most code needs."""
+"""The HDF5 feature store (extract/store/reader.py describes its layout): what most code reads and writes."""
 
-from extract.store.reader import (
-    PART_GLOB,
-    PARTS_SUFFIX,
-    FailureRecord,
-    FeatureStore,
-    PartWriter,
-    StoreWriter,
-    Track,
-    VideoRecord,
-    check_is_store,
-    iter_tracks,
-    list_parts,
-    next_part_name,
-    parts_dir,
-    recipe_id,
-    write_error,
-    write_part,
-)
+from extract.store.parts import PART_GLOB, PARTS_SUFFIX, list_parts, parts_dir
+from extract.store.reader import FeatureStore, iter_tracks
+from extract.store.records import FailureRecord, Track, VideoRecord, recipe_id
+from extract.store.writer import PartWriter, StoreWriter
 
 __all__ = [
     "PARTS_SUFFIX",
@@ -28,12 +14,8 @@ __all__ = [
     "StoreWriter",
     "Track",
     "VideoRecord",
-    "check_is_store",
     "iter_tracks",
     "list_parts",
-    "next_part_name",
     "parts_dir",
     "recipe_id",
-    "write_error",
-    "write_part",
 ]

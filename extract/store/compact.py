@@ -28,11 +28,8 @@ from typing import Any
 from extract.core.errors import ProvenanceMismatchError
 from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
 from extract.core.provenance import compare_recipes
-from extract.store import (
+from extract.store.parts import (
     PART_GLOB,
-    FailureRecord,
-    FeatureStore,
-    VideoRecord,
     check_is_store,
     list_parts,
     next_part_name,
@@ -40,6 +37,8 @@ from extract.store import (
     write_error,
     write_part,
 )
+from extract.store.reader import FeatureStore
+from extract.store.records import FailureRecord, VideoRecord
 
 log = logging.getLogger("img_vmr.extract")
 

@@ -7,7 +7,7 @@ anything is written. While merging, the writer locks of OUT and of every shard a
 still being written is refused with one line naming its writer. Parts OUT held before are merged too (they
 rank first) and removed once the new parts and the index are in place, as `compact` does.
 
-Shard runs record their shard (extract/run/shard.py): shards of different N are refused, and the shards of the
+Shard runs record their shard (extract/store/shards.py): shards of different N are refused, and the shards of the
 split that OUT does not hold yet are named (OUT records those it holds, so they can be merged into it later).
 """
 
@@ -21,16 +21,10 @@ from typing import IO
 from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
 from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
 from extract.core.provenance import compare_recipes
-from extract.run.shard import ShardRecord, read_shard_record, write_shard_record
-from extract.store import (
-    PART_GLOB,
-    FeatureStore,
-    check_is_store,
-    list_parts,
-    parts_dir,
-    write_error,
-)
 from extract.store.compact import DEFAULT_PART_BYTES, plan_merge, write_merged
+from extract.store.parts import PART_GLOB, check_is_store, list_parts, parts_dir, write_error
+from extract.store.reader import FeatureStore
+from extract.store.shards import ShardRecord, read_shard_record, write_shard_record
 
 log = logging.getLogger("img_vmr.extract")
 
