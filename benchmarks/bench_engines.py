@@ -196,7 +196,7 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
     import ray
     import torch
 
-    from extract.media.sources import find_videos
+    from extract.media.sources import video_sources
     from extract.models import ExtractorOptions, build_extractor
     from extract.models.base import Units
     from extract.models.presets import get_preset
@@ -225,7 +225,7 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
     presets = [get_preset("clip").with_overrides(weights=str(clip))]
     extractors = [build_extractor(preset, options) for preset in presets]  # on the driver: views and provenance
     views = {e.name: DecodeView(e) for e in extractors}
-    sources = find_videos(videos)
+    sources = video_sources(videos)
     sink = Sink.remote()
     rows = ray.data.from_items([{"video_id": s.video_id, "path": str(s.path)} for s in sources])
     units = rows.map_batches(_decode_videos, batch_size=1, num_cpus=1, fn_kwargs={"views": views, "sink": sink})

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from extract.core.errors import UsageError
-from extract.media.probe import stored_duration
+from extract.store import video_durations
 from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.decoding import time_to_index
 from img_model.errors import DataError, listed
@@ -351,9 +351,7 @@ class DataSources:
             data_dir = Path(self.config.data_dir) if self.config.data_dir else None
             records = load_dataset(name, data_dir).records
         elif name.endswith(".jsonl"):
-            stored = {video_id: stored_duration(self.stores.metadata(video_id)) for video_id in self.stores.video_ids()}
-            durations = {video_id: duration for video_id, duration in stored.items() if duration is not None}
-            records, _ = read_custom(Path(name), durations)
+            records, _ = read_custom(Path(name), video_durations(self.stores))
         else:
             raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")
         splits: dict[str, list[QueryRecord]] = {}

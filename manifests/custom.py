@@ -2,10 +2,11 @@
 
     {"video_id": "cooking_03", "start": 12.5, "end": 19.0, "query": "she cracks an egg into the bowl"}
 
-Required: video_id, start, end (seconds), query. Optional: duration (seconds; taken from the feature store's
-video metadata when absent), qid (default qid_N, N = the record's 0-based position in the file), split
-(default "test"). Spans are clipped to [0, duration] like the published loaders do, with a warning count;
-start > end, empty queries, missing fields, duplicate qids, unknown video ids and non-UTF-8 files are errors.
+Required: video_id, start, end (seconds), query. Optional: duration (seconds; when absent, the caller passes
+the feature store's: extract/store/reader.py `video_durations`), qid (default qid_N, N = the record's 0-based
+position in the file), split (default "test"). Spans are clipped to [0, duration] like the published loaders
+do, with a warning count; start > end, empty queries, missing fields, duplicate qids, unknown video ids and
+non-UTF-8 files are errors.
 """
 
 from __future__ import annotations
@@ -162,13 +163,3 @@ def read_custom(
     if clipped:
         log.warning("%s: %d spans reach outside [0, duration] and were clipped", path, clipped)
     return records, clipped
-
-
-def store_durations(store_path: Path) -> dict[str, float]:
-    """{video_id: duration} of the videos in a feature store that record one (extract.media.probe.stored_duration)."""
-    from extract.media.probe import stored_duration
-    from extract.store import FeatureStore
-
-    with FeatureStore(store_path) as store:
-        durations = {video_id: stored_duration(store.metadata(video_id)) for video_id in store.video_ids()}
-    return {video_id: duration for video_id, duration in durations.items() if duration is not None}

@@ -17,7 +17,7 @@ from extract.media.sources import video_files
 YOUTUBE_PREFIX = "v_"
 
 
-def find_videos(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path], list[str]]:
+def match_video_files(video_ids: Iterable[str], folder: Path) -> tuple[dict[str, Path], list[str]]:
     """({id: path} of the ids with a video file under folder, [ids without one]), both in the ids' order."""
     if not folder.is_dir():
         raise UsageError(f"--videos {folder} is not a folder")

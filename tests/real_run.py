@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from img_model.synthetic import SENTENCES
-from manifests.custom import store_durations
 from tests.conftest import run_cli
 from tests.img_cli import run_img_train
+from tests.store_views import store_durations
 from tests.test_text_glove import glove_6b_subset
 from tests.videos import make_video
 

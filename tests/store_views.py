@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract.store import FeatureStore, list_parts, parts_dir
+from extract.store import FeatureStore, list_parts, parts_dir, video_durations
 
 
 def contents(store_path: Path) -> dict:
@@ -34,3 +34,9 @@ def records_per_video(store_path: Path) -> dict[str, int]:
             for video_id in single.video_ids():
                 counts[video_id] = counts.get(video_id, 0) + 1
     return counts
+
+
+def store_durations(store_path: Path) -> dict[str, float]:
+    """The videos' durations a store records (what `img-extract text --store` reads for queries without one)."""
+    with FeatureStore(store_path) as store:
+        return video_durations(store)

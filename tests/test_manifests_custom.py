@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from extract.store import StoreWriter, Track, VideoRecord
-from manifests.custom import read_custom, read_rows, store_durations
+from manifests.custom import read_custom, read_rows
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord
+from tests.store_views import store_durations
 
 
 def _write(path: Path, *rows: object) -> Path:

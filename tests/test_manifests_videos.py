@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from extract.cli.text import manifest_command
 from extract.media.sources import read_manifest
 from manifests.registry import load_dataset
-from manifests.video_manifest import find_videos
+from manifests.video_manifest import match_video_files
 from tests.conftest import cli_entry
 from tests.full_disk import run_on_full_disk
 from tests.testdata import annotations_dir
@@ -53,7 +53,7 @@ def test_split_option_restricts_the_ids_and_all_present_exits_zero(tmp_path: Pat
 
 def test_activitynet_ids_match_youtube_file_names_without_the_prefix(tmp_path: Path) -> None:
     _touch(tmp_path, "QOlSCBRmfWY.mkv", "v_uqiMw7tQ1Cc.mp4")
-    found, missing = find_videos(["v_QOlSCBRmfWY", "v_uqiMw7tQ1Cc", "v_absent"], tmp_path)
+    found, missing = match_video_files(["v_QOlSCBRmfWY", "v_uqiMw7tQ1Cc", "v_absent"], tmp_path)
     assert found == {"v_QOlSCBRmfWY": tmp_path / "QOlSCBRmfWY.mkv", "v_uqiMw7tQ1Cc": tmp_path / "v_uqiMw7tQ1Cc.mp4"}
     assert missing == ["v_absent"]
 

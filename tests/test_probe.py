@@ -12,7 +12,7 @@ from extract.media.decode import AudioSampling, FrameSampling, iter_audio, iter_
 from extract.media.ffmpeg import input_args
 from extract.media.probe import NOT_A_CONTAINER, probe, read_stream_attrs
 from extract.store import StoreWriter, Track, VideoRecord
-from manifests.custom import store_durations
+from tests.store_views import store_durations
 from tests.videos import REAL_VIDEO, ffmpeg, make_video
 
 

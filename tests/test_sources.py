@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from extract.media.sources import scan_folder
-from manifests.video_manifest import find_videos
+from manifests.video_manifest import match_video_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ def test_two_link_loops_end_the_scan(tmp_path: Path) -> None:
     (videos / "y").symlink_to(".")
     script = (
         "import json, sys; from pathlib import Path; from extract.media.sources import scan_folder; "
-        "from manifests.video_manifest import find_videos; folder = Path(sys.argv[1]); "
-        "print(json.dumps([[s.video_id for s in scan_folder(folder)], list(find_videos(['a'], folder)[0])]))"
+        "from manifests.video_manifest import match_video_files; folder = Path(sys.argv[1]); "
+        "print(json.dumps([[s.video_id for s in scan_folder(folder)], list(match_video_files(['a'], folder)[0])]))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Following both links blindly visits 2**40 folders: the scan would never end.
@@ -53,7 +53,7 @@ def test_a_second_way_into_a_folder_keeps_the_folders_own_path(tmp_path: Path) -
     (videos / "a").symlink_to("b")  # sorted before b
     (videos / "d" / "f").symlink_to("../b")
     assert [s.video_id for s in scan_folder(videos)] == ["b/c", "d/e"]
-    found, missing = find_videos(["c", "e"], videos)
+    found, missing = match_video_files(["c", "e"], videos)
     assert found == {"c": videos / "b" / "c.mp4", "e": videos / "d" / "e.mp4"} and not missing
 
 

@@ -253,7 +253,7 @@ def _run(
 ) -> Any:
     from extract.core.devices import resolve_device
     from extract.core.precision import Precision
-    from extract.media.sources import find_videos
+    from extract.media.sources import video_sources
     from extract.models import ExtractorOptions
     from extract.models.presets import get_preset
     from extract.run import ExtractionRun, RunConfig
@@ -277,7 +277,7 @@ def _run(
         presets.append(preset)
     if (audio_window or audio_hop) and not any("window_seconds" in p.windowing for p in presets):
         raise UsageError("--audio-window/--audio-hop apply to windowed audio presets (panns); none was requested")
-    sources = find_videos(videos)
+    sources = video_sources(videos)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
     device_list = parse_devices(devices) if devices is not None else ()

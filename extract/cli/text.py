@@ -62,12 +62,12 @@ def manifest_command(name: str, videos: Path, out: Path, splits: tuple[str, ...]
       img-extract manifest charades-sta --videos Charades_v1_480/ --out charades.jsonl
       img-extract charades.jsonl --out feats.h5 --features i3d-charades-vslnet,panns
     """
-    from manifests.video_manifest import find_videos, write_manifest, write_missing
+    from manifests.video_manifest import match_video_files, write_manifest, write_missing
 
     setup_logging("img-extract")
     try:
         video_ids = _video_ids(name, splits, data_dir)
-        found, missing = find_videos(video_ids, videos)
+        found, missing = match_video_files(video_ids, videos)
         write_manifest(found, out)
     except ImgVmrError as error:
         fail(str(error))
@@ -254,8 +254,9 @@ def _text(
 
 def _queries(dataset: str | None, annotations: Path | None, store: Path | None, data_dir: Path | None) -> Any:
     from extract.core.download import sha256_file
+    from extract.store import FeatureStore, video_durations
     from extract.text.pipeline import TextQueries
-    from manifests.custom import read_custom, store_durations
+    from manifests.custom import read_custom
     from manifests.registry import load_dataset
 
     if dataset is not None:
@@ -263,6 +264,9 @@ def _queries(dataset: str | None, annotations: Path | None, store: Path | None, 
         source = {"dataset": dataset, "files": loaded.files}
         return TextQueries(loaded.records, loaded.vocabulary_splits, source)
     assert annotations is not None
-    durations = store_durations(store) if store is not None else None
+    durations = None
+    if store is not None:
+        with FeatureStore(store) as features:
+            durations = video_durations(features)
     records, _ = read_custom(annotations, durations, known_videos=durations)
     return TextQueries(records, None, {"annotations": annotations.name, "sha256": sha256_file(annotations)})

@@ -26,6 +26,7 @@ EXIT_STOPPED = 3  # the run stopped before its end (store not writable, an inter
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
 
 ROOT_LOGGER = "img_vmr"
+_program: list[str] = []  # the name setup_logging was given: what fail() says by default
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 
 
@@ -38,6 +39,7 @@ def logger(module: str) -> logging.Logger:
 def setup_logging(program: str, verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
     """Messages on stderr as "program: message" (debug messages too with `verbose`; warnings and errors only when
     `quiet`, as the processes of a distributed run other than rank 0 log); the full log in `log_file` when given."""
+    _program[:] = [program]
     root = logging.getLogger(ROOT_LOGGER)
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
@@ -78,11 +80,9 @@ def attach_log_file(path: Path) -> logging.Handler:
 
 def fail(message: str, code: int = EXIT_USAGE, program: str | None = None) -> NoReturn:
     """The last line of a command that cannot go on: one line on stderr (whatever the message holds), then exit.
-    `program` defaults to the name of the running command (img-extract, img-train, ...)."""
-    if program is None:
-        context = click.get_current_context(silent=True)
-        program = context.find_root().command.name if context is not None else None
-    click.echo(f"{program or 'img-vmr'}: error: {' '.join(message.split())}", err=True)
+    `program` defaults to the name the command set up its logging with (img-extract, img-train, ...)."""
+    program = program or (_program[0] if _program else "img-vmr")
+    click.echo(f"{program}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

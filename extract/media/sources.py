@@ -126,7 +126,8 @@ def read_manifest(manifest: Path) -> list[VideoSource]:
     return _check_unique(sources, str(manifest))
 
 
-def find_videos(videos: Path) -> list[VideoSource]:
+def video_sources(videos: Path) -> list[VideoSource]:
+    """The videos of VIDEOS: a folder scanned recursively, or a manifest."""
     if videos.is_dir():
         return scan_folder(videos)
     if videos.is_file() and videos.suffix.lower() in MANIFEST_EXTENSIONS:

@@ -21,12 +21,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import h5py
 
 from extract.core.errors import StoreCorruptError, StoreReadError
 from extract.core.files import write_atomically
+from extract.media.probe import stored_duration
 from extract.store.catalog import Catalog, TrackRef, VideoEntry
 from extract.store.ids import escape_id
 from extract.store.parts import (
@@ -284,3 +285,15 @@ def iter_tracks(store: FeatureStore, feature: str) -> Iterator[tuple[str, Track]
     for video_id in store.video_ids():
         if feature in store.feature_names(video_id):
             yield video_id, store.track(video_id, feature)
+
+
+class VideoMetadata(Protocol):
+    def video_ids(self) -> list[str]: ...
+    def metadata(self, video_id: str) -> dict[str, Any]: ...
+
+
+def video_durations(store: VideoMetadata) -> dict[str, float]:
+    """{video_id: duration} of the videos of a store (or several read as one) whose metadata records one
+    (extract/media/probe.py `stored_duration`): the durations of users' queries that give none."""
+    durations = {video_id: stored_duration(store.metadata(video_id)) for video_id in store.video_ids()}
+    return {video_id: duration for video_id, duration in durations.items() if duration is not None}
