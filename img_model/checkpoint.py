@@ -31,7 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.errors import UsageError
 from extract.core.files import write_atomically
+from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
+from extract.text.vocabulary import Vocabulary
+from extract.text.vocabulary_source import VocabularySource
 from img_model.config import IMGConfig
 from img_model.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.model import IMG
@@ -226,3 +230,38 @@ def convert_official_checkpoint(
         provenance=provenance,
         origin={"file": source.name, "sha256": sha256},
     )
+
+
+# --- the vocabulary of a checkpoint ------------------------------------------------------------------------------
+
+# Where a checkpoint keeps the GloVe rows (both query embeddings hold the same frozen matrix).
+CHECKPOINT_GLOVE_KEY = "video_branch.query_embedding.words.glove_vectors"
+
+
+def checkpoint_vocabulary(path: Path) -> VocabularySource:
+    """The GloVe vocabulary of a checkpoint (`img-extract text --vocabulary-from RUN/best.pt`): its words and
+    characters, the GloVe rows its weights hold and the text recipe it records; UsageError (one line) when it has
+    none or is not a checkpoint."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointLayoutError as error:
+        raise UsageError(
+            f"--vocabulary-from {path}: neither a text store nor a readable checkpoint ({error})"
+        ) from None
+    if checkpoint.vocabulary is None or CHECKPOINT_GLOVE_KEY not in checkpoint.state_dict:
+        raise UsageError(
+            f"--vocabulary-from {path}: the checkpoint carries no GloVe vocabulary (a model of precomputed text "
+            "features, or converted without --text)"
+        )
+    vocabulary = Vocabulary(tuple(checkpoint.vocabulary["words"]), tuple(checkpoint.vocabulary["chars"]))
+    if vocabulary.sha256() != checkpoint.vocabulary["sha256"]:
+        raise UsageError(f"--vocabulary-from {path}: the checkpoint's vocabulary does not match its own sha256")
+    vectors = checkpoint.state_dict[CHECKPOINT_GLOVE_KEY].float().numpy()
+    recorded = checkpoint.provenance.get("text")
+    if recorded is not None:
+        recipe = dict(recorded.get("recipe", {}))
+    else:  # converted: the checkpoint records only the vocabulary, whose hash is what img-eval then compares
+        recipe = {"kind": "glove", **tokenizer_recipe(DEFAULT_TOKENIZER), "words": len(vocabulary.words),
+                  "chars": len(vocabulary.chars), "vocabulary_sha256": vocabulary.sha256()}  # fmt: skip
+    origin = {"path": str(path.resolve()), "kind": "checkpoint", "vocabulary_sha256": vocabulary.sha256()}
+    return VocabularySource(vocabulary, vectors, recipe, origin)

@@ -220,6 +220,7 @@ def _text(
     from extract.core.errors import UsageError
     from extract.text.pipeline import parse_embed, run_encoder, run_glove, run_glove_with_vocabulary
     from extract.text.vocabulary_source import load_vocabulary_source
+    from img_model.checkpoint import checkpoint_vocabulary
 
     if (dataset is None) == (annotations is None):
         raise UsageError("give exactly one of --dataset NAME and --annotations FILE.jsonl")
@@ -231,7 +232,7 @@ def _text(
     if vocabulary_from is not None:
         if max_length is not None:
             raise UsageError("--max-length applies to bert and clip-text; --vocabulary-from gives GloVe ids")
-        source = load_vocabulary_source(vocabulary_from)
+        source = load_vocabulary_source(vocabulary_from, checkpoint_vocabulary)
         queries = _queries(dataset, annotations, store, data_dir)
         return run_glove_with_vocabulary(queries, source, out, resume, tokenizer)
     assert embed is not None

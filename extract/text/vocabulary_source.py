@@ -6,7 +6,8 @@ text store (or worse, the ids would name other words). SOURCE is either
 
 - a GloVe text store (`img-extract text --embed glove:...`): its words, characters, vectors and recipe, or
 - an img_model checkpoint (`img-train` RUN/best.pt, or one converted with `--text`): its vocabulary, the GloVe
-  rows held in its weights, and the text recipe it records.
+  rows held in its weights, and the text recipe it records, read by img_model (img_model/checkpoint.py
+  `checkpoint_vocabulary`; the text package reads no checkpoints: the img-extract command passes the reader).
 
 The new store copies the source's recipe unchanged (it describes how words become ids: tokeniser, vocabulary,
 GloVe file), so img-eval compares it equal to the checkpoint's; where the vocabulary came from is recorded
@@ -15,6 +16,7 @@ beside the recipe in the provenance (`vocabulary_from`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,8 @@ import numpy as np
 
 from extract.core.errors import UsageError
 from extract.text.store import TEXT_STORE_FORMAT, TextStore
-from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
+from extract.text.tokenize import DEFAULT_TOKENIZER
 from extract.text.vocabulary import Vocabulary
-
-# Where a checkpoint keeps the GloVe rows (both query embeddings hold the same frozen matrix).
-CHECKPOINT_GLOVE_KEY = "video_branch.query_embedding.words.glove_vectors"
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,14 @@ def _is_text_store(path: Path) -> bool:
         return False
 
 
-def load_vocabulary_source(path: Path) -> VocabularySource:
-    """The vocabulary of a GloVe text store or of a checkpoint; UsageError (one line) for anything else."""
+def load_vocabulary_source(path: Path, from_checkpoint: Callable[[Path], VocabularySource]) -> VocabularySource:
+    """The vocabulary of a GloVe text store, or of a checkpoint (read by `from_checkpoint`); UsageError (one line)
+    for anything else."""
     if not path.is_file():
         raise UsageError(f"--vocabulary-from {path} does not exist; give a checkpoint (RUN/best.pt) or a text store")
     if _is_text_store(path):
         return _from_text_store(path)
-    return _from_checkpoint(path)
+    return from_checkpoint(path)
 
 
 def _from_text_store(path: Path) -> VocabularySource:
@@ -69,32 +69,3 @@ def _from_text_store(path: Path) -> VocabularySource:
     vocabulary = Vocabulary(tuple(words), tuple(chars))
     origin = {"path": str(path.resolve()), "kind": "text store", "vocabulary_sha256": vocabulary.sha256()}
     return VocabularySource(vocabulary, np.asarray(vectors, np.float32), recipe, origin)
-
-
-def _from_checkpoint(path: Path) -> VocabularySource:
-    from img_model.checkpoint import read_checkpoint
-    from img_model.convert import CheckpointLayoutError
-
-    try:
-        checkpoint = read_checkpoint(path)
-    except CheckpointLayoutError as error:
-        raise UsageError(
-            f"--vocabulary-from {path}: neither a text store nor a readable checkpoint ({error})"
-        ) from None
-    if checkpoint.vocabulary is None or CHECKPOINT_GLOVE_KEY not in checkpoint.state_dict:
-        raise UsageError(
-            f"--vocabulary-from {path}: the checkpoint carries no GloVe vocabulary (a model of precomputed text "
-            "features, or converted without --text)"
-        )
-    vocabulary = Vocabulary(tuple(checkpoint.vocabulary["words"]), tuple(checkpoint.vocabulary["chars"]))
-    if vocabulary.sha256() != checkpoint.vocabulary["sha256"]:
-        raise UsageError(f"--vocabulary-from {path}: the checkpoint's vocabulary does not match its own sha256")
-    vectors = checkpoint.state_dict[CHECKPOINT_GLOVE_KEY].float().numpy()
-    recorded = checkpoint.provenance.get("text")
-    if recorded is not None:
-        recipe = dict(recorded.get("recipe", {}))
-    else:  # converted: the checkpoint records only the vocabulary, whose hash is what img-eval then compares
-        recipe = {"kind": "glove", **tokenizer_recipe(DEFAULT_TOKENIZER), "words": len(vocabulary.words),
-                  "chars": len(vocabulary.chars), "vocabulary_sha256": vocabulary.sha256()}  # fmt: skip
-    origin = {"path": str(path.resolve()), "kind": "checkpoint", "vocabulary_sha256": vocabulary.sha256()}
-    return VocabularySource(vocabulary, vectors, recipe, origin)
