@@ -173,7 +173,7 @@ class _Embed:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from extract.models.base import Units
-        from extract.run.batcher import Batch, Piece
+        from extract.run.batcher import Piece, UnitBatch
         from extract.run.events import Embedded
 
         feature = str(batch["feature"][0])
@@ -181,7 +181,7 @@ class _Embed:
             Piece((str(v), int(s)), Units(batch["inputs"][i : i + 1], batch["span"][i : i + 1]))
             for i, (v, s) in enumerate(zip(batch["video_id"], batch["seq"], strict=True))
         ]
-        done = [r for r in self.embed(Batch(feature, pieces)) if isinstance(r, Embedded)]  # failures: no rows
+        done = [r for r in self.embed(UnitBatch(feature, pieces)) if isinstance(r, Embedded)]  # failures: no rows
         return {
             "video_id": np.array([r.item[0] for r in done], dtype=object),
             "feature": np.array([feature] * len(done), dtype=object),
@@ -222,7 +222,7 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
             return self.events
 
     options = ExtractorOptions(torch.device("cpu"))
-    presets = [get_preset("clip").with_overrides(weights=str(clip))]
+    presets = [get_preset("clip").with_options(weights=str(clip))]
     extractors = [build_extractor(preset, options) for preset in presets]  # on the driver: views and provenance
     views = {e.name: DecodeView(e) for e in extractors}
     sources = video_sources(videos)

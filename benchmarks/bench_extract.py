@@ -178,8 +178,7 @@ def main() -> None:
         weights = random_weights(Path(tmp) / "weights")
         for name in args.features.split(","):
             preset = get_preset(name)
-            if preset.model == "clip-vision":
-                preset = preset.with_overrides(weights=str(weights / "tiny-clip"))
+            preset = preset.with_options(weights=str(weights / "tiny-clip"))
             options = ExtractorOptions(device, weights, args.precision, verify_weights=False)
             extractor = build_extractor(preset, options)
             unit = "frames" if extractor.frame_sampling is not None else "s of audio"

@@ -127,14 +127,13 @@ def recorded_specs(checkpoint: Checkpoint, visual: str | None = None, audio: str
 def preset_for(spec: FeatureSpec, clip_model: str | None = None) -> Preset:
     """The preset of a recorded recipe, with the overrides the recipe shows (what img-extract's flags set)."""
     recipe = spec.recipe
-    preset = get_preset(recipe["preset"])
-    if preset.frames is not None:
-        preset = preset.with_overrides(fps=recipe.get("frames.fps"), decoder=recipe.get("frames.decoder"))
-    if "windowing.window_seconds" in recipe:
-        preset = preset.with_audio_windows(recipe["windowing.window_seconds"], recipe["windowing.hop_seconds"])
-    if preset.model == "clip-vision" and clip_model:
-        preset = preset.with_overrides(weights=clip_model)
-    return preset
+    return get_preset(recipe["preset"]).with_options(
+        fps=recipe.get("frames.fps"),
+        decoder=recipe.get("frames.decoder"),
+        weights=clip_model,
+        audio_window=recipe.get("windowing.window_seconds"),
+        audio_hop=recipe.get("windowing.hop_seconds"),
+    )
 
 
 def recipe_key(recipes: dict[str, dict[str, Any]]) -> str:

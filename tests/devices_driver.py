@@ -26,7 +26,7 @@ def main(videos: Path, out: Path, markers: Path, seconds: float) -> int:
     console = logging.StreamHandler()  # what the parent and the workers log goes to stderr
     console.setLevel(logging.INFO)
     logging.getLogger("img_vmr").addHandler(console)
-    preset = get_preset("clip").with_overrides(weights="mean-colour")
+    preset = get_preset("clip").with_options(weights="mean-colour")
     config = RunConfig(progress=False, batch_size=1, commit_every=1, devices=("cpu", "cpu"))
     build = SlowOnce(markers, seconds)
     run = ExtractionRun(scan_folder(videos), out, [preset], ExtractorOptions(torch.device("cpu")), config, build)

@@ -36,7 +36,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("source", ["real", "synthetic"])
 def test_our_decode_path_matches_clip_image_processor(tiny_clip: Path, tmp_path: Path, source: str) -> None:
     video = REAL_VIDEO if source == "real" else make_video(tmp_path / "s.mp4", seconds=4, size="640x360")
-    extractor = build_extractor(CLIP.with_overrides(weights=str(tiny_clip)), CPU)
+    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), CPU)
     assert extractor.frame_sampling is not None
     ours = extractor.embed(_frames(video, extractor.frame_sampling))
     native = _frames(video, FrameSampling(fps=1.0, resize="none", crop=0))
@@ -48,7 +48,7 @@ def test_our_decode_path_matches_clip_image_processor(tiny_clip: Path, tmp_path:
 
 
 def test_recipe_records_the_resolved_model(tiny_clip: Path) -> None:
-    extractor = build_extractor(CLIP.with_overrides(weights=str(tiny_clip), fps=0.5), CPU)
+    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip), fps=0.5), CPU)
     recipe = extractor.recipe()
     assert recipe["output_dim"] == 16 and recipe["frames.fps"] == 0.5 and recipe["frames.crop"] == 224
     assert recipe["weights_file"] == "model.safetensors" and len(recipe["weights_sha256"]) == 64
@@ -56,7 +56,7 @@ def test_recipe_records_the_resolved_model(tiny_clip: Path) -> None:
 
 def test_model_found_under_weights_dir(tiny_clip: Path) -> None:
     extractor = build_extractor(
-        CLIP.with_overrides(weights=f"someone/{tiny_clip.name}"),
+        CLIP.with_options(weights=f"someone/{tiny_clip.name}"),
         ExtractorOptions(device=torch.device("cpu"), weights_dir=tiny_clip.parent),
     )
     assert extractor.recipe()["output_dim"] == 16
@@ -65,7 +65,7 @@ def test_model_found_under_weights_dir(tiny_clip: Path) -> None:
 def test_missing_model_offline_is_one_line_with_the_fix(tmp_path: Path) -> None:
     options = ExtractorOptions(device=torch.device("cpu"), weights_dir=tmp_path)
     with pytest.raises(MissingWeightsError) as error:
-        build_extractor(CLIP.with_overrides(weights="openai/not-a-model-here"), options)
+        build_extractor(CLIP.with_options(weights="openai/not-a-model-here"), options)
     message = str(error.value)
     assert "\n" not in message and "https://huggingface.co/openai/not-a-model-here" in message
     assert "--weights-dir" in message

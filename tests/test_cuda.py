@@ -24,8 +24,7 @@ def build(name: str, device: str, precision: str, weights: Path, clip: Path):  #
     from extract.models.presets import get_preset
 
     preset = get_preset(name)
-    if preset.model == "clip-vision":
-        preset = preset.with_overrides(weights=str(clip))
+    preset = preset.with_options(weights=str(clip))
     return build_extractor(preset, ExtractorOptions(torch.device(device), weights, precision, verify_weights=False))
 
 

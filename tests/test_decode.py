@@ -223,7 +223,7 @@ def test_a_50_02_second_ntsc_clip_gives_vslnets_100_rows(clip_2997: Path) -> Non
     meta = probe(clip_2997)
     assert meta.stream_end == pytest.approx(50.0167, abs=1e-3)
     windowing = VSLNET_CHARADES.windowing
-    windower = FrameWindows(windowing["window"], windowing["stride"], windowing["chunk"])
+    windower = FrameWindows(windowing.window, windowing.stride, windowing.chunk)
     assert VSLNET_CHARADES.frames is not None
     frames, rows = 0, 0
     for batch in iter_frames(meta, dataclasses.replace(VSLNET_CHARADES.frames, short_side=64, crop=64)):

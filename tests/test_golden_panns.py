@@ -180,7 +180,7 @@ def test_truncated_checkpoint_is_one_clear_line(tmp_path: Path, golden_state: St
 def test_golden_soundtrack_through_the_product_path_matches_the_original(published_file: Path, tmp_path: Path) -> None:
     """One 3-s window (--audio-window 3) of the golden waveform, decoded from a video: the original's whole-clip
     embedding and log-mel."""
-    extractor = _extractor(published_file, PANNS_PRESET.with_audio_windows(3.0, 3.0))
+    extractor = _extractor(published_file, PANNS_PRESET.with_options(audio_window=3.0, audio_hop=3.0))
     windows, spans = _product_units(extractor, _soundtrack(tmp_path, np.load(PANNS / "inputs.npz")["waveform"][0]))
     assert windows.shape == (1, 3 * SAMPLE_RATE) and spans.tolist() == [[0.0, 3.0]]
     expected = np.load(PANNS / "expected.npz")

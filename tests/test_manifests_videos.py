@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from extract.cli.text import manifest_command
+from extract.cli.manifest import manifest_command
 from extract.media.sources import read_manifest
 from manifests.registry import load_dataset
 from manifests.video_manifest import match_video_files

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from extract.cli.run import main as img_extract
+from extract.cli.main import main as img_extract
 from extract.core.precision import RULE
 from extract.store import FeatureStore
 from img_model.cli import main as img_train

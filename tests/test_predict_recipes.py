@@ -15,9 +15,9 @@ from img_model.video_features import FeatureSpec, preset_for, recorded_specs
 @pytest.mark.parametrize(
     "preset",
     [
-        get_preset("clip").with_overrides(fps=0.5),
-        get_preset("i3d-anet-vslnet").with_overrides(decoder="decord"),
-        PANNS.with_audio_windows(2.0, 0.25),
+        get_preset("clip").with_options(fps=0.5),
+        get_preset("i3d-anet-vslnet").with_options(decoder="decord"),
+        PANNS.with_options(audio_window=2.0, audio_hop=0.25),
         get_preset("vggish-quantized"),
     ],
 )

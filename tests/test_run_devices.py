@@ -32,7 +32,7 @@ from tests.store_views import contents, records_per_video
 from tests.videos import make_video
 
 CPU = ExtractorOptions(torch.device("cpu"))
-FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
+FRAMES = get_preset("clip").with_options(weights="mean-colour")
 
 
 def test_devices_are_parsed_into_one_worker_each() -> None:

@@ -25,7 +25,7 @@ from tests.standin_models import MeanModel
 from tests.videos import make_video
 
 CPU = ExtractorOptions(torch.device("cpu"))
-FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
+FRAMES = get_preset("clip").with_options(weights="mean-colour")
 AUDIO = get_preset("vggish")
 
 
@@ -168,7 +168,7 @@ def test_a_slow_but_steady_decode_keeps_its_video(real_time_ffmpeg: Callable[[],
     limit at 1.5 s: its probe and its one chunk each take longer than that."""
     make_video(tmp_path / "videos" / "slow.mp4", seconds=4, size="160x120", audio=False)
     real_time_ffmpeg()
-    frames = FRAMES.with_overrides(fps=4.0)  # 16 frames: one chunk, sent when the decode ends
+    frames = FRAMES.with_options(fps=4.0)  # 16 frames: one chunk, sent when the decode ends
     summary = _run(tmp_path / "videos", tmp_path / "f.h5", presets=(frames,), workers=1, stall_seconds=1.5).run()
     assert [f.message for f in summary.failures] == [] and summary.done == 1
     with FeatureStore(tmp_path / "f.h5") as store:
@@ -252,7 +252,7 @@ def test_failures_made_with_another_recipe_do_not_block_a_good_one(
 
     def run(fps: float) -> RunSummary:
         config = RunConfig(progress=False, batch_size=4, workers=1)
-        frames = FRAMES.with_overrides(fps=fps)
+        frames = FRAMES.with_options(fps=fps)
         return ExtractionRun(scan_folder(videos), out, [frames], CPU, config, FailsAt8Fps).run()
 
     bad = run(8.0)

@@ -29,7 +29,7 @@ from tests.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ExtractorOptions(torch.device("cpu"))
-FRAMES = get_preset("clip").with_overrides(weights="mean-colour")
+FRAMES = get_preset("clip").with_options(weights="mean-colour")
 AUDIO = get_preset("vggish")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from extract.cli.run import main
+from extract.cli.main import main
 from extract.core.errors import MissingWeightsError
 from extract.models import weights
 from tests.conftest import run_cli
@@ -163,7 +163,7 @@ def test_weights_cli_refuses_random_bytes_for_every_published_file(tmp_path: Pat
 
 @pytest.mark.parametrize("command", ["list", "fetch", "verify"])
 def test_every_weights_command_takes_the_shared_weights_dir_option(command: str) -> None:
-    from extract.cli.run import main
+    from extract.cli.main import main
     from extract.core.options import WEIGHTS_DIR_HELP
 
     shown = " ".join(CliRunner().invoke(main, ["weights", command, "--help"], terminal_width=1000).output.split())

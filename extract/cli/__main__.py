@@ -1,5 +1,5 @@
 """`python -m extract.cli` is img-extract."""
 
-from extract.cli.run import main
+from extract.cli.main import main
 
 main()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from extract.cli.run import main
+from extract.cli.main import main
 
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 WIDTH = 110

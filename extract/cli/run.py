@@ -1,11 +1,8 @@
-"""img-extract: videos in, an HDF5 feature store with provenance out.
-
-The CLI maps flags onto RunConfig / presets / ExtractorOptions and nothing else reads flags.
-"""
+"""`img-extract run` (the default command: `img-extract VIDEOS --out feats.h5`): videos in, an HDF5 feature store
+with provenance out. The flags map onto extract/run/request.py's ExtractionRequest; the library does the rest."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,49 +11,31 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract import __version__
-from extract.cli.options import AUDIO_HOP, AUDIO_WINDOW, FPS, ROW_SECONDS, resume_option
-from extract.cli.store import compact_command, merge_command
-from extract.cli.text import manifest_command, text_command
+from extract.cli.options import AUDIO_HOP, AUDIO_WINDOW, FPS, resume_option
 from extract.core.console import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_STOPPED,
     EXIT_TERMINATED,
-    CommandGroup,
     fail,
     is_sigterm,
     setup_logging,
     sigterm_raises,
 )
-from extract.core.errors import ImgVmrError, StoreWriteError, UsageError
+from extract.core.errors import ImgVmrError, StoreWriteError
 from extract.core.options import precision_option, weights_dir_option
 from extract.models.presets import PRESETS
 
 if TYPE_CHECKING:
     from extract.run import RunStopped
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger("img_vmr.extract.cli.run")
 
 
 def _preset_table() -> str:
     return "\n".join(f"  {name:<8} {preset.description}" for name, preset in PRESETS.items())
 
 
-@click.group("img-extract", cls=CommandGroup, default="run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="img-extract")
-def main() -> None:
-    """Extract video and audio features for video moment retrieval into an HDF5 feature store.
-
-    \b
-    img-extract VIDEOS --out feats.h5 [options]   extract (same as `img-extract run ...`)
-    img-extract inspect feats.h5                  what a store holds, with provenance and failures
-    img-extract doctor                            what this machine gives img-vmr (ffmpeg, torch, GPUs, weights)
-    """
-
-
-@main.command(
+@click.command(
     "run",
     epilog="\b\nPresets (--features):\n" + _preset_table() + "\n\n\b\n"
     "Exit status: 0 every track extracted, 1 some tracks failed (the others are kept), 2 usage error,\n"
@@ -183,13 +162,17 @@ def run_command(**flags: Any) -> None:
       img-extract manifest.jsonl --out feats.h5 --engine ray --ray-address auto
     """
     from extract.run import RunStopped
+    from extract.run.request import ExtractionRequest, extract
 
-    setup_logging("img-extract", flags["verbose"])
+    setup_logging("img-extract", flags.pop("verbose"))
+    if flags["no_progress"] or not sys.stderr.isatty():  # transformers' "Loading weights" bar too (read at import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    request = ExtractionRequest(progress=not flags.pop("no_progress"), **flags)
     with sigterm_raises():
         try:
-            summary = _run(**flags)
+            summary = extract(request)
         except RunStopped as stopped:
-            _stopped(stopped, flags["out"])
+            _stopped(stopped, request.out)
         except ImgVmrError as error:
             log.debug("usage error", exc_info=True)
             fail(str(error))
@@ -223,270 +206,3 @@ def _stopped(stopped: RunStopped, out: Path) -> None:
         f"the run stopped: {type(cause).__name__}: {cause}; {committed} (details in {parts_dir(out) / 'extract.log'})",
         EXIT_STOPPED,
     )
-
-
-def _run(
-    videos: Path,
-    out: Path,
-    features: str,
-    device: str,
-    batch_size: int,
-    workers: int,
-    fps: float | None,
-    decoder: str | None,
-    audio_window: float | None,
-    audio_hop: float | None,
-    weights_dir: Path | None,
-    trust_weights: bool,
-    clip_model: str | None,
-    precision: str | None,
-    resume: bool,
-    retry_failed: bool,
-    limit: int | None,
-    commit_every: int,
-    engine: str,
-    devices: str | None,
-    ray_address: str | None,
-    shard: str | None,
-    no_progress: bool,
-    verbose: bool,
-) -> Any:
-    from extract.core.devices import resolve_device
-    from extract.core.precision import Precision
-    from extract.media.sources import video_sources
-    from extract.models import ExtractorOptions
-    from extract.models.presets import get_preset
-    from extract.run import ExtractionRun, RunConfig
-    from extract.run.engine_devices import parse_devices
-    from extract.run.shard import Shard
-
-    if no_progress or not sys.stderr.isatty():  # transformers' "Loading weights" bar too (read when it is imported)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    names = [name.strip() for name in features.split(",") if name.strip()]
-    if not names:
-        raise UsageError("--features is empty; name at least one preset, e.g. --features clip")
-    presets = []
-    for name in dict.fromkeys(names):
-        preset = get_preset(name)
-        if preset.frames is not None:
-            preset = preset.with_overrides(fps=fps, decoder=decoder)
-        if preset.model == "clip-vision" and clip_model:
-            preset = preset.with_overrides(weights=clip_model)
-        if "window_seconds" in preset.windowing:
-            preset = preset.with_audio_windows(audio_window, audio_hop)
-        presets.append(preset)
-    if (audio_window or audio_hop) and not any("window_seconds" in p.windowing for p in presets):
-        raise UsageError("--audio-window/--audio-hop apply to windowed audio presets (panns); none was requested")
-    sources = video_sources(videos)
-    if out.suffix.lower() not in (".h5", ".hdf5"):
-        raise UsageError(f"--out {out} should end in .h5 (the store's index file)")
-    device_list = parse_devices(devices) if devices is not None else ()
-    if device_list and device != "auto":
-        raise UsageError("give --device (one) or --devices (several), not both")
-    if engine == "ray" and (device_list or device.startswith("cuda:")):
-        raise UsageError(
-            f"--engine ray places one model actor on each GPU of the cluster: use --device auto, cuda or cpu "
-            f"(not {'--devices' if device_list else '--device ' + device})"
-        )
-    if engine == "ray" or len(device_list) > 1:
-        import torch
-
-        resolved = torch.device("cpu")  # each worker or actor resolves its own device, and checks the precision
-        chosen = Precision(precision or "fp32")
-    else:
-        resolved = resolve_device(device_list[0] if device_list else device)
-        chosen = Precision.resolve(precision or "fp32", resolved)
-    options = ExtractorOptions(
-        device=resolved,
-        weights_dir=weights_dir,
-        precision=chosen,
-        verify_weights=not trust_weights,
-    )
-    config = RunConfig(
-        batch_size=batch_size,
-        workers=workers,
-        resume=resume,
-        retry_failed=retry_failed,
-        limit=limit,
-        commit_every=commit_every,
-        progress=not no_progress,
-        shard=Shard.parse(shard) if shard is not None else None,
-        engine=engine,
-        devices=device_list if len(device_list) > 1 else (),
-        ray_address=ray_address,
-        ray_device=device,
-    )
-    run = ExtractionRun(sources, out, presets, options, config)
-    try:
-        return run.run()  # models load once the store is locked
-    finally:
-        run.close()
-
-
-@main.command("inspect")
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option(
-    "--videos",
-    "max_videos",
-    default=20,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Per-video lines to show (0 = all).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
-    """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
-    from extract.store.inspect import describe, render
-
-    setup_logging("img-extract")
-    try:
-        report = describe(store)
-    except ImgVmrError as error:
-        fail(str(error))
-    except Exception as error:  # an unexpected store: one line, the traceback in the debug log
-        log.debug("inspect failed", exc_info=True)
-        fail(f"cannot read {store}: {type(error).__name__}: {error}")
-    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report, max_videos))
-
-
-@main.group("weights")
-def weights_group() -> None:
-    """The published model files: list them, fetch them into the cache, verify their checksums."""
-
-
-@weights_group.command("list")
-@weights_dir_option()
-def weights_list(weights_dir: Path | None) -> None:
-    """Every published file the presets use, where it is found (or 'missing'), its URL and published checksum."""
-    from extract.models.weights import REGISTRY, find_local
-
-    for entry in REGISTRY.values():
-        found = find_local(entry.name, weights_dir)
-        checksums = ", ".join(f"{kind} {value}" for kind, value in entry.published_checksums().items())
-        click.echo(f"{entry.name:<32} {'missing' if found is None else found}")
-        click.echo(f"    {entry.layout}; presets: {', '.join(entry.used_by)}")
-        click.echo(f"    {entry.url}")
-        click.echo(f"    published checksum: {checksums or 'none'}")
-
-
-@weights_group.command("fetch")
-@click.argument("names", nargs=-1, required=True)
-@weights_dir_option("Where to put them (default $IMG_WEIGHTS_DIR or ~/.cache/img-vmr).")
-def weights_fetch(names: tuple[str, ...], weights_dir: Path | None) -> None:
-    """Download published files NAMES (see `weights list`), verified, unless already there."""
-    from extract.models.weights import default_weights_dir, fetch_weights
-
-    setup_logging("img-extract")
-    try:
-        for name in names:
-            click.echo(str(fetch_weights(name, weights_dir or default_weights_dir())))
-    except ImgVmrError as error:
-        fail(str(error))
-
-
-@weights_group.command("verify")
-@click.argument("names", nargs=-1)
-@weights_dir_option()
-def weights_verify(names: tuple[str, ...], weights_dir: Path | None) -> None:
-    """Check the local copies of NAMES (default: all that are present) against their published checksums.
-
-    Prints 'ok' only when a published checksum was compared, 'present, no published checksum' for a file whose
-    publisher gives none; exits 1 when a file is missing (when named) or contradicts its checksum.
-    """
-    from extract.models.weights import REGISTRY, find_local, registry_entry, verify_weights
-
-    setup_logging("img-extract")
-    bad = 0
-    for name in names or tuple(REGISTRY):
-        try:
-            entry = registry_entry(name)
-            path = find_local(name, weights_dir)
-            if path is None:
-                if names:
-                    click.echo(f"{name}: missing", err=True)
-                    bad += 1
-                continue
-            click.echo(f"{name}: {verify_weights(path, entry).describe()} ({path})")
-        except ImgVmrError as error:
-            click.echo(f"img-extract: error: {error}", err=True)
-            bad += 1
-    sys.exit(EXIT_FAILED if bad else EXIT_OK)
-
-
-@main.command("export-img")
-@click.option("--store", "store", required=True, type=click.Path(path_type=Path), help="Feature store to read.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder.")
-@click.option("--visual", default=None, help="Visual feature kind to export (e.g. i3d-charades-vslnet, clip).")
-@click.option("--audio", default=None, help="Audio feature kind to export (panns, or vggish-quantized as pickle).")
-def export_command(store: Path, out: Path, visual: str | None, audio: str | None) -> None:
-    """Write features in the layout the IMG authors' code reads (one .npy per video, shape json files,
-    VGGish.pickle for quantised VGGish)."""
-    from extract.store.interop import export_img
-
-    setup_logging("img-extract")
-    if visual is None and audio is None:
-        fail("name at least one of --visual and --audio")
-    try:
-        counts = export_img(store, out, visual, audio)
-    except ImgVmrError as error:
-        fail(str(error))
-    except OSError as error:
-        where = error.filename or out
-        fail(f"cannot write {where} ({error.strerror or error}); choose a writable --out folder")
-    for name, count in counts.items():
-        log.info("exported %s for %d videos into %s", name, count, out)
-
-
-@main.command("import-img")
-@click.argument("source", type=click.Path(path_type=Path, exists=True))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Feature store to write.")
-@click.option("--feature", required=True, help="Name to store the features under (e.g. i3d-released).")
-@click.option(
-    "--row-seconds",
-    type=ROW_SECONDS,
-    default=None,
-    help="Seconds per row when known, 0.001 to 3600 (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
-)
-def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
-    """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle
-    (only dicts of numpy arrays are unpickled)."""
-    from extract.store.interop import import_img
-
-    setup_logging("img-extract")
-    try:
-        count = import_img(source, out, feature, row_seconds)
-    except ImgVmrError as error:
-        fail(str(error))
-    log.info("imported %d videos from %s into %s as %r", count, source, out, feature)
-
-
-@main.command("doctor", epilog="Exit status: 0 nothing required is broken, 1 something is (the line says what).")
-@weights_dir_option()
-@click.option("--verify", is_flag=True, help="Hash every present weights file against its published checksums.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> None:
-    """Check what this machine gives img-vmr: ffmpeg, torch and its CUDA build, the GPUs (and GPUs the driver
-    sees that torch cannot use), the published weights, the Hugging Face models and cache, offline switches.
-
-    \b
-    Fast: weights are checked by presence and size (every run verifies the files it loads); --verify hashes
-    them. Missing weights or models are notes: they are downloaded on first use when online.
-    """
-    from extract.run.doctor import render, run_checks
-
-    setup_logging("img-extract")
-    checks = run_checks(weights_dir, verify)
-    if as_json:
-        click.echo(json.dumps([check.as_json() for check in checks], indent=2))
-    else:
-        click.echo(render(checks))
-    sys.exit(EXIT_FAILED if any(check.status == "broken" for check in checks) else EXIT_OK)
-
-
-main.add_command(manifest_command)
-main.add_command(text_command)
-main.add_command(compact_command)
-main.add_command(merge_command)
-
-if __name__ == "__main__":
-    main()

@@ -1,15 +1,16 @@
-"""`img-extract compact` (a store's many small parts into a few large ones) and `img-extract merge` (shard stores
-into one), registered in extract/cli/run.py."""
+"""The commands on feature stores: `img-extract inspect` (what a store holds), `compact` (its many small parts
+into a few large ones), `merge` (shard stores into one), `export-img` and `import-img` (the IMG authors' layout)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from extract.cli.options import PART_SIZE
+from extract.cli.options import PART_SIZE, ROW_SECONDS
 from extract.core.console import EXIT_FAILED, EXIT_OK, fail, setup_logging
 from extract.core.errors import ImgVmrError
 
@@ -115,3 +116,76 @@ def merge_command(shards: tuple[Path, ...], out: Path, part_mib: int, no_progres
     for part, reason in report.damaged:
         log.warning("damaged part skipped: %s (%s); its videos are not in %s", part, reason, out)
     sys.exit(EXIT_DAMAGED if report.damaged else EXIT_OK)
+
+
+@click.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "--videos",
+    "max_videos",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Per-video lines to show (0 = all).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(store: Path, max_videos: int, as_json: bool) -> None:
+    """Show what the feature store STORE holds: counts, feature kinds with provenance, failures, lengths."""
+    from extract.store.inspect import describe, render
+
+    setup_logging("img-extract")
+    try:
+        report = describe(store)
+    except ImgVmrError as error:
+        fail(str(error))
+    except Exception as error:  # an unexpected store: one line, the traceback in the debug log
+        log.debug("inspect failed", exc_info=True)
+        fail(f"cannot read {store}: {type(error).__name__}: {error}")
+    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report, max_videos))
+
+
+@click.command("export-img")
+@click.option("--store", "store", required=True, type=click.Path(path_type=Path), help="Feature store to read.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder.")
+@click.option("--visual", default=None, help="Visual feature kind to export (e.g. i3d-charades-vslnet, clip).")
+@click.option("--audio", default=None, help="Audio feature kind to export (panns, or vggish-quantized as pickle).")
+def export_command(store: Path, out: Path, visual: str | None, audio: str | None) -> None:
+    """Write features in the layout the IMG authors' code reads (one .npy per video, shape json files,
+    VGGish.pickle for quantised VGGish)."""
+    from extract.store.interop import export_img
+
+    setup_logging("img-extract")
+    if visual is None and audio is None:
+        fail("name at least one of --visual and --audio")
+    try:
+        counts = export_img(store, out, visual, audio)
+    except ImgVmrError as error:
+        fail(str(error))
+    except OSError as error:
+        where = error.filename or out
+        fail(f"cannot write {where} ({error.strerror or error}); choose a writable --out folder")
+    for name, count in counts.items():
+        log.info("exported %s for %d videos into %s", name, count, out)
+
+
+@click.command("import-img")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Feature store to write.")
+@click.option("--feature", required=True, help="Name to store the features under (e.g. i3d-released).")
+@click.option(
+    "--row-seconds",
+    type=ROW_SECONDS,
+    default=None,
+    help="Seconds per row when known, 0.001 to 3600 (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
+)
+def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
+    """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle
+    (only dicts of numpy arrays are unpickled)."""
+    from extract.store.interop import import_img
+
+    setup_logging("img-extract")
+    try:
+        count = import_img(source, out, feature, row_seconds)
+    except ImgVmrError as error:
+        fail(str(error))
+    log.info("imported %d videos from %s into %s as %r", count, source, out, feature)

@@ -1,7 +1,7 @@
 """Feature presets: one frozen object per preset pins everything that decides the numbers.
 
-A preset is what gets written as provenance (its `recipe`), in the spirit of torchvision's weights enums.
-Issue-by-issue the registry grows (I3D, VGGish, PANNs); the runner only ever sees `Preset` objects.
+A preset is what gets written as provenance (its `recipe`), in the spirit of torchvision's weights enums; the
+runner only ever sees `Preset` objects, and a user's options reach one through `with_options`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,39 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
+class FrameWindowing:
+    """Windows of frames (I3D): `window` frames every `stride`, in independent chunks of `chunk` frames."""
+
+    window: int
+    stride: int
+    chunk: int | None
+    rule: str
+    short_video: str
+
+
+@dataclass(frozen=True)
+class ExampleWindowing:
+    """Fixed examples of audio samples (VGGish's 0.96-s log-mel examples)."""
+
+    example_seconds: float
+    window_samples: int
+    hop_samples: int
+    tail: str
+
+
+@dataclass(frozen=True)
+class SecondsWindowing:
+    """Windows of audio in seconds (PANNs), which --audio-window and --audio-hop set."""
+
+    window_seconds: float
+    hop_seconds: float
+    tail: str
+
+
+Windowing = FrameWindowing | ExampleWindowing | SecondsWindowing
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     model: str  # which extractor class builds it (extract.models registry key)
@@ -32,49 +65,68 @@ class Preset:
     weights_sha256: str | None = None
     weights_url: str | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
-    windowing: dict[str, Any] = field(default_factory=dict)  # how units are cut (frames or seconds)
+    windowing: Windowing | None = None  # how units are cut; None: one unit per sampled frame
     extra_weights: tuple[str, ...] = ()  # further published files (VGGish's PCA parameters)
+    weights_by_model_id: bool = False  # weights are a Hugging Face id or folder (--clip-model), not a published file
 
-    def with_overrides(
-        self, *, fps: float | None = None, weights: str | None = None, decoder: str | None = None
+    def with_options(
+        self,
+        *,
+        fps: float | None = None,
+        decoder: str | None = None,
+        weights: str | None = None,
+        audio_window: float | None = None,
+        audio_hop: float | None = None,
     ) -> Preset:
-        """The same preset with a user's --fps, --decoder or model choice (all end up in the recipe)."""
+        """The same preset with a user's options, each where it applies (all end up in the recipe): --fps and
+        --decoder to presets that sample frames, another model (--clip-model) to presets whose weights are a
+        model id, --audio-window / --audio-hop to presets windowed in seconds. `accepts` says which apply."""
         preset = self
-        if decoder is not None and preset.frames is not None:
-            if decoder not in ("ffmpeg", "decord"):
+        if self.frames is not None and (fps is not None or decoder is not None):
+            if decoder is not None and decoder not in ("ffmpeg", "decord"):
                 raise UsageError(f"--decoder must be ffmpeg or decord, got {decoder!r}")
-            preset = dataclasses.replace(preset, frames=dataclasses.replace(preset.frames, decoder=decoder))
-        if fps is not None:
-            if preset.frames is None:
-                raise UsageError(f"--fps does not apply to the audio preset {preset.name!r}")
-            if fps <= 0:
+            if fps is not None and fps <= 0:
                 raise UsageError(f"--fps must be positive, got {fps}")
-            preset = dataclasses.replace(preset, frames=dataclasses.replace(preset.frames, fps=fps))
-        if weights is not None:
+            frames = dataclasses.replace(
+                self.frames,
+                fps=self.frames.fps if fps is None else fps,
+                decoder=self.frames.decoder if decoder is None else decoder,
+            )
+            preset = dataclasses.replace(preset, frames=frames)
+        if weights is not None and self.weights_by_model_id:
             preset = dataclasses.replace(preset, weights=weights, weights_sha256=None, weights_url=None)
+        if isinstance(self.windowing, SecondsWindowing) and (audio_window is not None or audio_hop is not None):
+            preset = dataclasses.replace(preset, windowing=self._audio_windows(audio_window, audio_hop))
         return preset
 
-    def with_audio_windows(self, window: float | None, hop: float | None) -> Preset:
-        """PANNs-style presets with a user's window / hop in seconds (recorded in the recipe)."""
-        if window is None and hop is None:
-            return self
-        if self.modality != "audio" or "window_seconds" not in self.windowing:
-            raise UsageError(f"--audio-window/--audio-hop do not apply to {self.name!r}")
-        windowing = dict(self.windowing)
-        for key, value in (("window_seconds", window), ("hop_seconds", hop)):
-            if value is not None:
-                if value <= 0:
-                    raise UsageError(f"--audio-window and --audio-hop must be positive, got {value}")
-                windowing[key] = value
-        if windowing["hop_seconds"] > windowing["window_seconds"]:
+    def accepts(self, option: str) -> bool:
+        """Whether with_options applies `option` (fps, decoder, weights, audio_window, audio_hop) to this preset."""
+        if option in ("fps", "decoder"):
+            return self.frames is not None
+        if option == "weights":
+            return self.weights_by_model_id
+        return isinstance(self.windowing, SecondsWindowing) and option in ("audio_window", "audio_hop")
+
+    def _audio_windows(self, window: float | None, hop: float | None) -> SecondsWindowing:
+        assert isinstance(self.windowing, SecondsWindowing)
+        for value in (window, hop):
+            if value is not None and value <= 0:
+                raise UsageError(f"--audio-window and --audio-hop must be positive, got {value}")
+        windowing = dataclasses.replace(
+            self.windowing,
+            window_seconds=self.windowing.window_seconds if window is None else window,
+            hop_seconds=self.windowing.hop_seconds if hop is None else hop,
+        )
+        if windowing.hop_seconds > windowing.window_seconds:
             raise UsageError(
-                f"--audio-hop {windowing['hop_seconds']:g} s is longer than the {windowing['window_seconds']:g}-s "
+                f"--audio-hop {windowing.hop_seconds:g} s is longer than the {windowing.window_seconds:g}-s "
                 "window (--audio-window): audio between windows would be skipped; give a hop up to the window"
             )
-        return dataclasses.replace(self, windowing=windowing)
+        return windowing
 
     def recipe(self) -> dict[str, Any]:
         """Every parameter that changes the numbers, as plain JSON-able values."""
+        windowing = dataclasses.asdict(self.windowing) if self.windowing is not None else {}
         out: dict[str, Any] = {
             "preset": self.name,
             "model": self.model,
@@ -83,7 +135,7 @@ class Preset:
             "modality": self.modality,
             "output_dim": self.output_dim,
             **{f"preprocessing.{k}": v for k, v in self.preprocessing.items()},
-            **{f"windowing.{k}": v for k, v in self.windowing.items()},
+            **{f"windowing.{k}": v for k, v in windowing.items()},
             **({"extra_weights": list(self.extra_weights)} if self.extra_weights else {}),
         }
         if self.frames is not None:
@@ -107,6 +159,7 @@ CLIP = Preset(
     frames=FrameSampling(fps=1.0, short_side=224, resize="shorter", crop=224, decoder="ffmpeg"),
     weights_url="https://huggingface.co/openai/clip-vit-base-patch32",
     preprocessing={"interpolation": "bicubic", "scale": "1/255", "mean": CLIP_MEAN, "std": CLIP_STD},
+    weights_by_model_id=True,
 )
 
 I3D_SCALING = {"scale": "x / 255 * 2 - 1"}
@@ -124,7 +177,7 @@ I3D_CHARADES_VSLNET = Preset(
         rounding="round", selection="ffmpeg_fps_near", chunk_frames=48,
     ),
     preprocessing=I3D_SCALING,
-    windowing={"window": 24, "stride": 24, "chunk": None, "rule": "vslnet", "short_video": SHORT_VIDEO},
+    windowing=FrameWindowing(window=24, stride=24, chunk=None, rule="vslnet", short_video=SHORT_VIDEO),
 )  # fmt: skip
 
 I3D_ANET_VSLNET = Preset(
@@ -139,7 +192,7 @@ I3D_ANET_VSLNET = Preset(
         selection="ffmpeg_fps_near", chunk_frames=48,
     ),
     preprocessing=I3D_SCALING,
-    windowing={"window": 16, "stride": 16, "chunk": 10000, "rule": "vslnet", "short_video": SHORT_VIDEO},
+    windowing=FrameWindowing(window=16, stride=16, chunk=10000, rule="vslnet", short_video=SHORT_VIDEO),
 )  # fmt: skip
 
 I3D_DEFAULT = Preset(
@@ -151,15 +204,15 @@ I3D_DEFAULT = Preset(
     description="I3D Kinetics: 24 fps, short side 256, centre crop 224, 16-frame windows, stride 16",
     frames=FrameSampling(fps=24.0, short_side=256, resize="shorter", crop=224, chunk_frames=48),
     preprocessing=I3D_SCALING,
-    windowing={"window": 16, "stride": 16, "chunk": None, "rule": "vslnet", "short_video": SHORT_VIDEO},
+    windowing=FrameWindowing(window=16, stride=16, chunk=None, rule="vslnet", short_video=SHORT_VIDEO),
 )
 
-VGGISH_WINDOWING = {
-    "example_seconds": 0.96,
-    "window_samples": 15600,  # 96 log-mel frames of 25 ms every 10 ms
-    "hop_samples": 15360,
-    "tail": "dropped (as the reference); audio shorter than one example: one zero-padded example",
-}
+VGGISH_WINDOWING = ExampleWindowing(
+    example_seconds=0.96,
+    window_samples=15600,  # 96 log-mel frames of 25 ms every 10 ms
+    hop_samples=15360,
+    tail="dropped (as the reference); audio shorter than one example: one zero-padded example",
+)
 
 VGGISH = Preset(
     name="vggish",
@@ -188,7 +241,7 @@ PANNS = Preset(
     output_dim=2048,
     description="PANNs Cnn14 2048-d embedding over 1-s windows every 0.5 s, 32 kHz (--audio-window/--audio-hop)",
     audio=AudioSampling(sample_rate=32000),
-    windowing={"window_seconds": 1.0, "hop_seconds": 0.5, "tail": "one zero-padded window over the rest"},
+    windowing=SecondsWindowing(window_seconds=1.0, hop_seconds=0.5, tail="one zero-padded window over the rest"),
 )
 
 PRESETS: dict[str, Preset] = {

@@ -15,7 +15,7 @@ import torch
 from extract.core.download import sha256_file
 from extract.core.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
-from extract.models.presets import Preset
+from extract.models.presets import ExampleWindowing, FrameWindowing, Preset, SecondsWindowing
 from extract.models.weights import locate_weights, registry_entry
 from extract.models.windows import AudioWindows, FrameWindows
 
@@ -57,7 +57,8 @@ class I3DExtractor(_PublishedExtractor):
 
     def windower(self) -> Windower:
         w = self.preset.windowing
-        return FrameWindows(w["window"], w["stride"], w["chunk"])
+        assert isinstance(w, FrameWindowing)
+        return FrameWindows(w.window, w.stride, w.chunk)
 
     @torch.inference_mode()
     def embed(self, inputs: np.ndarray) -> np.ndarray:
@@ -79,7 +80,8 @@ class VGGishExtractor(_PublishedExtractor):
 
     def windower(self) -> Windower:
         w = self.preset.windowing
-        return AudioWindows(w["window_samples"], w["hop_samples"], 16000, False, w["example_seconds"])
+        assert isinstance(w, ExampleWindowing)
+        return AudioWindows(w.window_samples, w.hop_samples, 16000, False, w.example_seconds)
 
     @torch.inference_mode()
     def examples(self, inputs: np.ndarray) -> torch.Tensor:
@@ -104,17 +106,18 @@ class PannsExtractor(_PublishedExtractor):
 
         super().__init__(preset, options)
         self.model = load_cnn14_checkpoint(self.weights_path).eval().to(options.device)
-        sample_rate = self.model.config.sample_rate
-        self.window = round(preset.windowing["window_seconds"] * sample_rate)
-        self.hop = round(preset.windowing["hop_seconds"] * sample_rate)
+        sample_rate, windowing = self.model.config.sample_rate, preset.windowing
+        assert isinstance(windowing, SecondsWindowing)
+        self.window = round(windowing.window_seconds * sample_rate)
+        self.hop = round(windowing.hop_seconds * sample_rate)
         if self.window < self.model.config.min_samples:
             raise UsageError(
-                f"--audio-window {preset.windowing['window_seconds']} s is shorter than Cnn14 accepts "
+                f"--audio-window {windowing.window_seconds} s is shorter than Cnn14 accepts "
                 f"({self.model.config.min_samples / sample_rate:.2f} s)"
             )
         if not 1 <= self.hop <= self.window:
             raise UsageError(
-                f"--audio-hop must be between one sample and --audio-window (got {preset.windowing['hop_seconds']} s)"
+                f"--audio-hop must be between one sample and --audio-window (got {windowing.hop_seconds} s)"
             )
         self.max_batch = 256 if options.device.type == "cuda" else 32
 

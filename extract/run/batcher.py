@@ -27,7 +27,7 @@ class Piece(Generic[K]):
 
 
 @dataclass
-class Batch(Generic[K]):
+class UnitBatch(Generic[K]):
     """Units of one feature from one or more keys, in arrival order."""
 
     feature: str
@@ -66,11 +66,11 @@ class Batcher(Generic[K]):
     def pending(self, feature: str | None = None) -> int:
         return self._counts[feature] if feature is not None else sum(self._counts.values())
 
-    def full_batches(self) -> list[Batch[K]]:
+    def full_batches(self) -> list[UnitBatch[K]]:
         """Every batch that can be filled completely now."""
         return [self._take(name) for name, size in self._sizes.items() for _ in range(self._counts[name] // size)]
 
-    def all_batches(self) -> list[Batch[K]]:
+    def all_batches(self) -> list[UnitBatch[K]]:
         """Everything queued, in batches (the last of each feature may be partial)."""
         return [
             self._take(name)
@@ -89,7 +89,7 @@ class Batcher(Generic[K]):
             dropped += removed
         return dropped
 
-    def _take(self, feature: str) -> Batch[K]:
+    def _take(self, feature: str) -> UnitBatch[K]:
         queue, room, pieces = self._queues[feature], self._sizes[feature], []
         while queue and room:
             piece = queue[0]
@@ -101,4 +101,4 @@ class Batcher(Generic[K]):
                 queue[0] = Piece(piece.key, Units(units.inputs[room:], units.spans[room:]))
             room -= len(pieces[-1].units)
         self._counts[feature] -= self._sizes[feature] - room
-        return Batch(feature, pieces)
+        return UnitBatch(feature, pieces)

@@ -37,7 +37,7 @@ from typing import Any
 from extract.core.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, Units
 from extract.models.presets import Preset
-from extract.run.batcher import Batch, Batcher
+from extract.run.batcher import Batcher, UnitBatch
 from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
 from extract.run.engine_local import PARTIAL_BATCH_WAIT_S, WriterThread, batch_sizes
@@ -215,7 +215,7 @@ class _Decode:
 @dataclass
 class _Flight:
     actor: int
-    batch: Batch[WorkItem]
+    batch: UnitBatch[WorkItem]
 
 
 @dataclass
@@ -247,7 +247,7 @@ class _DriverLoop:
         self.collector = Collector(items, self.batcher, self.writer.put, summary, self.progress)
         self.todo: deque[WorkItem] = deque(items)
         self.decoding: dict[Any, _Decode] = {}
-        self.formed: deque[Batch[WorkItem]] = deque()
+        self.formed: deque[UnitBatch[WorkItem]] = deque()
         self.inflight: dict[Any, _Flight] = {}
         self.probes: dict[Any, int] = {}  # probe call -> actor number
         self.actors = [_ActorState() for _ in engine.actors]
@@ -441,9 +441,9 @@ class _DriverLoop:
         self.todo.appendleft(retry)
 
     def _drop_formed(self, item: WorkItem) -> None:
-        kept: deque[Batch[WorkItem]] = deque()
+        kept: deque[UnitBatch[WorkItem]] = deque()
         for batch in self.formed:
             pieces = [piece for piece in batch.pieces if piece.key != item]
             if pieces:
-                kept.append(Batch(batch.feature, pieces))
+                kept.append(UnitBatch(batch.feature, pieces))
         self.formed = kept

@@ -29,7 +29,7 @@ from extract.core.errors import WorkerLostError
 from extract.media.decode import AudioSampling, FrameSampling
 from extract.models.base import ExtractorOptions, FeatureExtractor, Units, Windower
 from extract.models.presets import Preset
-from extract.run.batcher import Batch, Piece
+from extract.run.batcher import Piece, UnitBatch
 from extract.run.events import Embedded, Failed, UnitsReady
 from extract.run.plan import WorkItem
 from extract.run.provenance import load_models
@@ -151,7 +151,7 @@ class ModelWorker:
         if self.error is not None:
             raise WorkerLostError(f"the model actor could not load its models ({one_line(self.error)})")
 
-    def embed(self, batch: Batch[WorkItem]) -> list[Embedded | Failed]:
+    def embed(self, batch: UnitBatch[WorkItem]) -> list[Embedded | Failed]:
         """Embedded rows (without their inputs) and failure records of the batch's videos."""
         import ray
 
@@ -162,7 +162,7 @@ class ModelWorker:
         for piece in batch.pieces:
             rows: RemoteRows = piece.units.inputs
             pieces.append(Piece(piece.key, Units(arrays[rows.ref][rows.start : rows.stop], piece.units.spans)))
-        results = self.embed_stage(Batch(batch.feature, pieces))
+        results = self.embed_stage(UnitBatch(batch.feature, pieces))
         return [
             Embedded(r.item, r.feature, Units(placeholder(len(r.units)), r.units.spans), r.rows)
             if isinstance(r, Embedded)

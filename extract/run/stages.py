@@ -3,7 +3,7 @@
     Probe        WorkItem -> Probed | Failed (every feature of the item)
     FrameSource  WorkItem, stream -> UnitsReady..., then SourceDone | Failed per frame sampling
     AudioSource  WorkItem, stream -> UnitsReady..., then SourceDone | Failed per audio sampling
-    Embed        Batch (units of one feature from many videos) -> Embedded | Failed per video
+    Embed        UnitBatch (units of one feature from many videos) -> Embedded | Failed per video
     Commit       finished records -> committed parts
 
 They hold no threads or queues: the local engine runs the decode stages in worker threads and the model on its
@@ -32,7 +32,7 @@ from extract.media.decode import (
 )
 from extract.media.probe import StreamMetadata, probe
 from extract.models.base import FeatureExtractor, Units, Windower
-from extract.run.batcher import Batch, Piece
+from extract.run.batcher import Piece, UnitBatch
 from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, UnitsReady
 from extract.run.plan import WorkItem
 from extract.store import FailureRecord, StoreWriter, VideoRecord
@@ -181,7 +181,7 @@ class Embed:
     def __init__(self, extractors: Mapping[str, FeatureExtractor]) -> None:
         self._extractors = extractors
 
-    def __call__(self, batch: Batch[WorkItem]) -> list[Embedded | Failed]:
+    def __call__(self, batch: UnitBatch[WorkItem]) -> list[Embedded | Failed]:
         extractor = self._extractors[batch.feature]
         try:
             rows = extractor.embed(batch.inputs())
