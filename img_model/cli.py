@@ -30,7 +30,7 @@ from img_model.convert import CheckpointLayoutError
 if TYPE_CHECKING:
     from img_model.runtime import RankContext
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-train"
 
 

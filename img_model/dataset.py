@@ -42,7 +42,7 @@ from img_model.losses import SpanLabels
 from img_model.query_text import QueryTexts
 from manifests.records import QueryRecord
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 MissingAudio = Literal["drop", "zeros"]
 Role = Literal["train", "eval"]

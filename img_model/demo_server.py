@@ -43,7 +43,7 @@ from extract.core.errors import VideoDecodeError
 from extract.media.sources import VIDEO_EXTENSIONS, video_files
 from img_model.errors import QueryError
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 DISCONNECT_POLL_SECONDS = 0.25  # how often a waiting request checks that its client is still there

@@ -35,7 +35,7 @@ from extract.core.errors import UsageError
 from img_model.model import BatchRows
 from img_model.runtime import SINGLE_PROCESS, RankContext
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 def launched_rank() -> RankContext:

@@ -18,7 +18,7 @@ from extract.core.errors import ImgVmrError, UsageError
 from img_model.cli_common import data_options, data_overrides, dataset_table, runtime_options
 from img_model.convert import CheckpointLayoutError, load_into
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-eval"
 CONVERTED_NOTE = "converted from the authors' code, whose checkpoints were selected on the test split (§7.15)"
 CHECKPOINT_EXPECTED = (

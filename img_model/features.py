@@ -20,7 +20,7 @@ from extract.core.provenance import compare_recipes
 from extract.store import FeatureStore, Track
 from img_model.per_process import PerProcess
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 class FeatureStores:

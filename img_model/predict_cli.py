@@ -22,7 +22,7 @@ from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
 from extract.core.options import precision_option
 from img_model.convert import CheckpointLayoutError
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-predict"
 EXIT_STATUS = (
     "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "

@@ -30,7 +30,7 @@ from img_model.predictor import VideoAnswers
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 WAVEFORM_RATE = 8000  # samples per second decoded for the picture
 WAVEFORM_BINS = 2000

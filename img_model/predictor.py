@@ -47,7 +47,7 @@ from img_model.query_inputs import EncodedQueries, GloveQueries, QueryInput, que
 from img_model.runtime import runtime_device
 from img_model.video_features import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 DEFAULT_TOP_K = 5
 

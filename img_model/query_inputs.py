@@ -28,7 +28,7 @@ from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError, QueryError
 from img_model.recipe_check import check_recorded_recipe
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 # Recipe keys that say where a text model was loaded from, not what it computes.
 TEXT_SOURCE_KEYS = ("model",)

@@ -13,7 +13,7 @@ from typing import Any
 from extract.core.provenance import compare_recipes
 from img_model.errors import CheckpointMismatchError
 
-log = logging.getLogger("img_vmr.img_model.predict.recipe_check")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 def recipe_accepted(

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 def metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -15,7 +15,7 @@ import torch
 
 from extract.core.devices import resolve_device
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 T = TypeVar("T")
 

@@ -67,7 +67,7 @@ from img_model.run_log import metrics_lines
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
-log = logging.getLogger("img_vmr.train")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
 BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it

@@ -56,7 +56,7 @@ from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
 from img_model.recipe_check import check_recorded_recipe, recipe_accepted
 
-log = logging.getLogger("img_vmr.predict")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 KINDS = ("visual", "audio")
 EXACT_STORE = "feats.h5"  # features made with exactly the recorded recipe

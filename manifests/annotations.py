@@ -18,7 +18,7 @@ from pathlib import Path
 from extract.core.download import cache_dir, download, offline, sha256_file
 from manifests.errors import AnnotationDownloadError
 
-log = logging.getLogger("img_vmr.manifests.annotations")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 MIRROR_ENV = "IMG_DATA_MIRROR"  # a copy of the authors' data/dataset/ folder served elsewhere (URL ending in /)
 # The IMG authors' repository at commit dab38b9 (../shared/data/README.md).

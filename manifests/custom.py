@@ -20,7 +20,7 @@ from pathlib import Path
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord, clip_span, is_number
 
-log = logging.getLogger("img_vmr.manifests")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 REQUIRED = ("video_id", "start", "end", "query")
 DEFAULT_SPLIT = "test"

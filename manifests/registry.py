@@ -20,7 +20,7 @@ from manifests.annotations import AnnotationFile, locate_annotation
 from manifests.errors import ManifestError
 from manifests.records import QueryRecord
 
-log = logging.getLogger("img_vmr.manifests")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 CHARADES_DURATIONS = AnnotationFile(
     "charades/charades.json", "42de4feae0ae2705d847776393637edafce6d8d47cfbf9ed19b8cd182d370155", 1803980

@@ -46,7 +46,7 @@ from pipelines.stages import (
     run_finished,
 )
 
-log = logging.getLogger("img_vmr.pipeline")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 IDENTITY_FILE = "pipeline.json"
 TRAINING_CONFIG = "train.toml"

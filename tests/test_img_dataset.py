@@ -180,7 +180,7 @@ def test_queries_without_features_or_text_are_listed_in_one_line_and_left_out(
         QueryRecord("qid_nofeat", "no-such-video", 1.0, 2.0, 10.0, "a dog barks loudly", "test"),
         QueryRecord("qid_notext", records[0].video_id, 1.0, 2.0, records[0].duration, "a dog barks loudly", "test"),
     ]
-    with caplog.at_level("WARNING", logger="img_vmr.train"):
+    with caplog.at_level("WARNING", logger="img_vmr.img_model"):
         dataset = sources.dataset(queries, "test", "eval", max_pos_len=32)
     assert len(dataset) == len(records) - 1
     assert dataset.coverage.no_video == ["qid_nofeat (video no-such-video)"]

@@ -207,7 +207,7 @@ def test_a_video_cached_with_another_precision_is_read_by_a_new_process_without_
     torch.save(stored, tmp_path / "fp16-features.pt")
     options = predictor_options(real_run, tmp_path / "cache")
     video = real_run.videos / "clip4.mp4"
-    with caplog.at_level(logging.WARNING, logger="img_vmr.predict"):
+    with caplog.at_level(logging.WARNING, logger="img_vmr.img_model"):
         first = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", "cpu", **options).predict(video, "a person")
     assert "the checkpoint's were made in fp16, these in fp32" in caplog.text
     monkeypatch.setattr("extract.models.build_extractor", no_model)

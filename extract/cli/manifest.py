@@ -12,7 +12,7 @@ from extract.core.console import EXIT_FAILED, EXIT_OK, fail, setup_logging
 from extract.core.errors import ImgVmrError
 from manifests.registry import DATASETS
 
-log = logging.getLogger("img_vmr.extract.cli.manifest")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 EXIT_MISSING = EXIT_FAILED  # some videos of the dataset are not on disk
 

@@ -28,7 +28,7 @@ from extract.models.presets import PRESETS
 if TYPE_CHECKING:
     from extract.run import RunStopped
 
-log = logging.getLogger("img_vmr.extract.cli.run")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 def _preset_table() -> str:

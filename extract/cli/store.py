@@ -14,7 +14,7 @@ from extract.cli.options import PART_SIZE, ROW_SECONDS
 from extract.core.console import EXIT_FAILED, EXIT_OK, fail, setup_logging
 from extract.core.errors import ImgVmrError
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 EXIT_DAMAGED = EXIT_FAILED  # some parts are damaged: left as they are, reported
 

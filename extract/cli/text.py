@@ -15,7 +15,7 @@ from extract.core.options import weights_dir_option
 from extract.text.tokenize import TOKENIZERS
 from manifests.registry import DATASETS
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 @click.command("text")

@@ -1,7 +1,9 @@
 """What every img-vmr command shares on the console: logging, the one-line error, exit codes, the click classes
 that make command-line mistakes one line too, and SIGTERM as an interrupt.
 
-Every command (img-extract, img-train, img-eval, img-predict, img-pipeline) logs through `setup_logging` as
+Every module logs to `img_vmr.` + its dotted name (img_vmr.extract.run.engine_local), so that a command can show
+or hide a package's lines by name. Every command (img-extract, img-train, img-eval, img-predict, img-pipeline)
+logs through `setup_logging` as
 "program: message" on stderr (its full log, tracebacks included, in a file when it keeps one), ends with `fail`
 when it cannot go on, and is a `CommandGroup` or `OneLineCommand`: an unknown option is one line, the same
 style and exit status (2) as every other usage error.
@@ -28,12 +30,6 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as 
 ROOT_LOGGER = "img_vmr"
 _program: list[str] = []  # the name setup_logging was given: what fail() says by default
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
-
-
-def logger(module: str) -> logging.Logger:
-    """The logger of a module: `img_vmr.` + its dotted name (img_vmr.extract.run.engine_local), so that a command
-    can show or hide a package's lines by name."""
-    return logging.getLogger(f"{ROOT_LOGGER}.{module}")
 
 
 def setup_logging(program: str, verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:

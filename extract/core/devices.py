@@ -22,7 +22,7 @@ from extract.core.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 NVIDIA_SMI_TIMEOUT_S = 10.0
 DEVICE_SPECS = "auto, cpu, cuda or cuda:N"

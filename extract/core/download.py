@@ -34,7 +34,7 @@ from pathlib import Path
 from extract.core.errors import ImgVmrError
 from extract.core.files import install_file
 
-log = logging.getLogger("img_vmr.extract.core.download")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 OFFLINE_ENVS = ("IMG_VMR_OFFLINE", "HF_HUB_OFFLINE")
 CACHE_ENVS = {"weights": "IMG_WEIGHTS_DIR", "annotations": "IMG_DATA_DIR", "predict": "IMG_PREDICT_CACHE"}

@@ -21,7 +21,7 @@ import torch
 
 from extract.core.errors import UsageError
 
-log = logging.getLogger("img_vmr.extract.core.precision")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 NAMES = ("fp32", "bf16", "fp16")
 RULE = (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from extract.core.errors import UsageError
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".ogv"}

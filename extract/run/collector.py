@@ -22,7 +22,7 @@ from extract.run.stages import failure
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, VideoRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 class Collector:

@@ -47,7 +47,7 @@ from extract.run.provenance import check_same_recipes
 from extract.run.summary import RunSummary
 from extract.store import FeatureStore, PartWriter, StoreWriter, list_parts
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 READY_TIMEOUT_S = 1800.0  # model loading (a first download of weights included)

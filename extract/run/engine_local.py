@@ -34,7 +34,7 @@ from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, v
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 PARTIAL_BATCH_WAIT_S = 0.5  # decoders slower than the model: embed what is queued after this long
 

@@ -49,7 +49,7 @@ from extract.run.stages import Commit
 from extract.run.summary import RunSummary
 from extract.store import StoreWriter
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 RAY_MISSING = 'the Ray engine needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray[data]")'
 ACTOR_RESTARTS = 4  # Ray restarts a lost model actor (loading its models again) this many times

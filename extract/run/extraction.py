@@ -26,7 +26,7 @@ from extract.run.shard import record_run_shard
 from extract.run.summary import RunSummary
 from extract.store import FeatureStore, StoreWriter, list_parts, recipe_id
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 

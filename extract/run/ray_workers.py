@@ -35,7 +35,7 @@ from extract.run.plan import WorkItem
 from extract.run.provenance import load_models
 from extract.run.stages import AudioSource, Embed, FrameSource, Probe, failure, video_events
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 class DecodeView:

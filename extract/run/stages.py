@@ -37,7 +37,7 @@ from extract.run.events import Embedded, Event, Failed, Probed, SourceDone, Unit
 from extract.run.plan import WorkItem
 from extract.store import FailureRecord, StoreWriter, VideoRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 class UnitCutter(Protocol):

@@ -40,7 +40,7 @@ from extract.store.parts import (
 from extract.store.reader import FeatureStore
 from extract.store.records import FailureRecord, VideoRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 DEFAULT_PART_BYTES = 512 * 2**20  # a new part is built in memory before it is written
 

@@ -24,7 +24,7 @@ import numpy as np
 from extract.core.errors import StoreCorruptError, UsageError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 UNKNOWN = "unknown"
 VGGISH_PICKLE = "VGGish.pickle"

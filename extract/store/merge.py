@@ -26,7 +26,7 @@ from extract.store.parts import PART_GLOB, check_is_store, list_parts, parts_dir
 from extract.store.reader import FeatureStore
 from extract.store.shards import ShardRecord, read_shard_record, write_shard_record
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 @dataclass

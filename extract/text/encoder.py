@@ -20,7 +20,7 @@ from extract.core.download import sha256_file
 from extract.core.errors import MissingWeightsError, UsageError
 from extract.models.clip_vision import loads_locally, resolve_model_source, weights_file
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from extract.core.download import cache_dir
 from extract.core.errors import ImgVmrError, MissingWeightsError
 from extract.core.files import install_folder, write_atomically
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 CACHE_FORMAT_VERSION = 1
 BLOCK_BYTES = 1 << 24

@@ -30,7 +30,7 @@ from extract.text.vocabulary import MAX_WORDS, MIN_CHAR_COUNT, Vocabulary, build
 from extract.text.vocabulary_source import VocabularySource
 from manifests.records import QueryRecord
 
-log = logging.getLogger("img_vmr.extract")
+log = logging.getLogger(f"img_vmr.{__name__}")
 
 EMBED_KINDS = ("glove", "bert", "clip-text")
 
