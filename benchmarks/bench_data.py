@@ -1,6 +1,6 @@
 """IMG data loading from HDF5 stores: throughput against the training step, and memory at ActivityNet scale.
 
-Two measurements on synthetic stores written through the real writers (img_model.synthetic, parts of 32 videos
+Two measurements on synthetic stores written through the real writers (img_model.data.synthetic, parts of 32 videos
 as img-extract commits them, one query per video):
 
 - `rate`: queries per second a training DataLoader (2 worker processes, batches of 16, saliency draws,
@@ -35,9 +35,9 @@ import torch
 from bench_img import make_batch, training_step  # beside this script
 from torch.utils.data import DataLoader
 
-from img_model.dataset import DataConfig, DataSources, collate
-from img_model.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
-from img_model.trainer import EpochBatches
+from img_model.data.dataset import DataConfig, DataSources, collate
+from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
+from img_model.train.trainer import EpochBatches
 
 CHARADES_SIZED = SyntheticSpec(min_steps=16, max_steps=64, visual_dim=1024, audio_dim=2048, audio_rows_per_second=2,
                                silent_videos=0, commit_every=32)  # fmt: skip
@@ -107,8 +107,8 @@ def loading_cost(data: SyntheticDataset, batches: int = 12, batch_size: int = 16
 def training_cost(batch: int = 16) -> float:
     """CPU seconds per query of one Charades IMG training step (forward, loss, backward) on one thread (median of
     3 steps after one warm-up): the cost a query has in training, independent of how busy the machine is."""
-    from img_model.config import IMGConfig
-    from img_model.model import IMG
+    from img_model.network.config import IMGConfig
+    from img_model.network.model import IMG
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -19,9 +19,9 @@ from contextlib import nullcontext
 
 import torch
 
-from img_model.config import IMGConfig, ObjectiveConfig
-from img_model.losses import SpanLabels, img_loss
-from img_model.model import IMG
+from img_model.network.config import IMGConfig, ObjectiveConfig
+from img_model.network.losses import SpanLabels, img_loss
+from img_model.network.model import IMG
 
 
 def make_batch(config: IMGConfig, batch: int, video_len: int, query_len: int, device: torch.device) -> dict:

@@ -2,9 +2,9 @@
 
 The Charades configuration (3.77 M trainable parameters), B=16 videos padded to Lv=128 steps (true lengths
 64..128), Lq=12-word queries. A step is what each training loop does per batch: forward, the full loss, backward,
-gradient clipping, AdamW step, learning-rate step. Ours mirrors img_model/trainer.py (with its finiteness check
+gradient clipping, AdamW step, learning-rate step. Ours mirrors img_model/train/trainer.py (with its finiteness check
 and loss scalars); theirs mirrors the loop of their main.py (with its .item() calls), calling their IMGNet's own
-loss methods. Both models hold the same weights (img_model.convert maps the names); before timing, the script
+loss methods. Both models hold the same weights (img_model.network.convert maps the names); before timing, the script
 checks that their eval outputs agree. Steps alternate (ours, theirs, ours, ...) so that a machine shared with
 other work slows both alike; wall time and process CPU time are reported per step (median), and their ratio.
 
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from bench_img import make_batch  # beside this script
 
-from img_model.config import IMGConfig, ObjectiveConfig
-from img_model.convert import ours_to_official
-from img_model.losses import BatchScope, SpanLabels, img_loss
-from img_model.model import IMG
-from img_model.optim import linear_decay, make_optimizer
-from img_model.trainer import loss_scalars
+from img_model.network.config import IMGConfig, ObjectiveConfig
+from img_model.network.convert import ours_to_official
+from img_model.network.losses import BatchScope, SpanLabels, img_loss
+from img_model.network.model import IMG
+from img_model.network.optim import linear_decay, make_optimizer
+from img_model.train.trainer import loss_scalars
 
 TOTAL_STEPS = 62_100  # 100 epochs of Charades-STA train at batch 16: the linear decay's horizon
 P_WARM, KD_WARM = 0.5, 0.3  # mid-warm-up factors, the same for both
@@ -102,7 +102,7 @@ def check_same_model(ours: IMG, theirs: torch.nn.Module, inputs: dict[str, torch
 
 
 def our_step(model: IMG, inputs: dict[str, torch.Tensor], labels: SpanLabels) -> Callable[[], None]:
-    """img_model/trainer.py's _train_step, without the TensorBoard writes."""
+    """img_model/train/trainer.py's _train_step, without the TensorBoard writes."""
     optimizer = make_optimizer(model, 5e-4, 0.01)
     scheduler = linear_decay(optimizer, TOTAL_STEPS)
     objective = ObjectiveConfig()

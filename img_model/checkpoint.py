@@ -9,7 +9,7 @@
     provenance               {"visual": {name, dim, recipe}, "audio": {...}, "text": {kind, recipe}}: what the
                              inputs were made with; img-eval refuses inputs made otherwise (entries may be
                              missing for converted checkpoints)
-    run                      the resolved run config (img_model/train_config.py sections), None when converted
+    run                      the resolved run config (img_model/train/config.py sections), None when converted
     training                 None, or {epoch, step, epoch_step, optimizer, scheduler, scaler, rng, best}: the
                              state --resume continues from, bit for bit
     metrics                  the evaluation that made this checkpoint best / last, or None
@@ -36,9 +36,9 @@ from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary
 from extract.text.vocabulary_source import VocabularySource
-from img_model.config import IMGConfig
-from img_model.convert import CheckpointLayoutError, load_into, read_state_file
-from img_model.model import IMG
+from img_model.network.config import IMGConfig
+from img_model.network.convert import CheckpointLayoutError, load_into, read_state_file
+from img_model.network.model import IMG
 
 CHECKPOINT_FORMAT = "img-vmr-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -176,15 +176,15 @@ def seed_everything(seed: int) -> None:
 def convert_official_checkpoint(
     source: str | Path, text: str | Path | None = None, configs: str | Path | None = None, **overrides: object
 ) -> Checkpoint:
-    """An authors' `.t7` as a Checkpoint that knows its inputs: the model shape (img_model/convert.py infers what
-    the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
+    """An authors' `.t7` as a Checkpoint that knows its inputs: the model shape (img_model/network/convert.py infers
+    what the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
     checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
     text provenance. The feature provenance is unknown (img-eval then checks sizes only)."""
     import hashlib
 
-    from img_model.convert import load_official_checkpoint
+    from img_model.data.text_store import QueryTexts
     from img_model.errors import CheckpointMismatchError
-    from img_model.query_text import QueryTexts
+    from img_model.network.convert import load_official_checkpoint
 
     source = Path(source)
     model = load_official_checkpoint(source, configs, **overrides)

@@ -1,6 +1,6 @@
 """Distributed data-parallel training under torchrun: the same run as one process, on N processes.
 
-    torchrun --standalone --nproc-per-node 4 -m img_model.cli --dataset ... --out RUN
+    torchrun --standalone --nproc-per-node 4 -m img_model.cli.train --dataset ... --out RUN
 
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `start_process_group` joins them (NCCL on
 GPUs, one GPU per process: the one of its LOCAL_RANK; gloo on CPUs). The run is the one-process run at the same
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from extract.core.errors import UsageError
-from img_model.model import BatchRows
+from img_model.network.model import BatchRows
 from img_model.runtime import SINGLE_PROCESS, RankContext
 
 log = logging.getLogger(f"img_vmr.{__name__}")

@@ -12,7 +12,7 @@
         run/                       the img-train run folder (config.toml, best.pt, last.pt, metrics, summary)
         eval/NAME.json             img-eval --json of best.pt on dataset NAME; NAME.predictions.jsonl per query
 
-Each stage checks its output first (pipelines/stages.py) and is skipped when complete, so the same command run
+Each stage checks its output first (pipelines/pipeline_stages.py) and is skipped when complete, so the same command run
 again does nothing, and a run stopped anywhere continues where it stopped.
 """
 
@@ -32,8 +32,7 @@ from typing import Any
 
 from extract.core.errors import ImgVmrError, UsageError
 from extract.core.files import write_atomically
-from pipelines.recipes import METRICS, Recipe
-from pipelines.stages import (
+from pipelines.pipeline_stages import (
     Command,
     EvalStage,
     ExtractStage,
@@ -45,6 +44,7 @@ from pipelines.stages import (
     check_inputs,
     run_finished,
 )
+from pipelines.recipes import METRICS, Recipe
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -199,7 +199,7 @@ def build_plan(recipe: Recipe, options: PipelineOptions) -> Plan:
 def training_config(recipe: Recipe, options: PipelineOptions) -> str | None:
     """The recipe's training sections with the user's --config file over them, as the TOML of WORK/train.toml
     (None when neither says anything: img-train's per-dataset defaults are the paper's)."""
-    from img_model.train_config import read_toml, sections_toml
+    from img_model.train.config import read_toml, sections_toml
 
     user = read_toml(options.config) if options.config is not None else {}
     sections: dict[str, dict[str, Any]] = {name: dict(values) for name, values in recipe.training.items()}
@@ -213,7 +213,7 @@ def training_config(recipe: Recipe, options: PipelineOptions) -> str | None:
 
 def _comparable(run: Any) -> dict[str, Any]:
     """A RunConfig's recipe without what the data sets (feature and vocabulary sizes) and without runtime."""
-    from img_model.train_config import DATA_DERIVED
+    from img_model.train.config import DATA_DERIVED
 
     sections = run.recipe()
     sections["model"] = {k: v for k, v in sections["model"].items() if k not in DATA_DERIVED}
@@ -224,8 +224,8 @@ def check_training_config(plan: Plan, store: Path, text: Path) -> None:
     """Resolve the training configuration now (a bad --config is refused before hours of extraction) and refuse
     a run folder trained, or being trained, with another one."""
     from extract.core.provenance import compare_recipes
-    from img_model.cli_common import data_overrides
-    from img_model.train_config import resolve
+    from img_model.cli.options import data_overrides
+    from img_model.train.config import resolve
 
     options, recipe = plan.options, plan.recipe
     data = data_overrides(dataset=recipe.dataset, features=(store,), visual=plan.visual, audio=plan.audio, text=text,

@@ -3,7 +3,7 @@
 A recipe names the dataset a model is trained on, the feature presets of its visual and audio tracks, the text
 embedding of its queries, the training configuration (sections of `img-train --config`, over the per-dataset
 defaults, which are the paper's), the datasets it is evaluated on, and the numbers the paper reports there.
-`img-pipeline RECIPE` runs it (pipelines/stages.py). The three published settings are built in; a JSONL file
+`img-pipeline RECIPE` runs it (pipelines/pipeline_stages.py). The three published settings are built in; a JSONL file
 of your own queries is a recipe too (`custom_recipe`).
 """
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from img_model.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
+from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
 
 # A few seconds of training on 2 CPU cores: the learning check's small IMG, smaller still.
 TINY_CONFIG = """\
@@ -48,9 +48,9 @@ def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
 
     import torch
 
-    from img_model.dataset import DataSources
-    from img_model.train_config import resolve
-    from img_model.trainer import Trainer, model_inputs, prepare_data
+    from img_model.data.dataset import DataSources
+    from img_model.train.config import resolve
+    from img_model.train.trainer import Trainer, model_inputs, prepare_data
 
     data = tiny_dataset(folder / "data")
     run = resolve(
@@ -82,24 +82,24 @@ def _run(module: str, script: str, args: tuple[str | Path, ...], timeout: float)
 
 
 def run_img_train(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return _run("img_model.cli", "img-train", args, timeout)
+    return _run("img_model.cli.train", "img-train", args, timeout)
 
 
 def run_img_eval(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return _run("img_model.eval_cli", "img-eval", args, timeout)
+    return _run("img_model.cli.evaluate", "img-eval", args, timeout)
 
 
 def run_img_predict(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return _run("img_model.predict_cli", "img-predict", args, timeout)
+    return _run("img_model.cli.predict", "img-predict", args, timeout)
 
 
 def start_img_train(*args: str | Path) -> subprocess.Popen[str]:
     """img-train started in the background (stdout and stderr piped), e.g. to be killed mid-run."""
-    command, env = _command("img_model.cli", "img-train", args)
+    command, env = _command("img_model.cli.train", "img-train", args)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def start_img_predict(*args: str | Path) -> subprocess.Popen[str]:
     """img-predict started in the background (stdout and stderr piped): several can run at once."""
-    command, env = _command("img_model.predict_cli", "img-predict", args)
+    command, env = _command("img_model.cli.predict", "img-predict", args)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

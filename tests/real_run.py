@@ -4,7 +4,7 @@ img-extract, GloVe 6B-50d text through img-extract text, and a few seconds of im
 report and the demo page are tested with it (tests/conftest.py makes it once per session: `real_run`).
 
 Six videos of 8-13 s (96x64 test pattern with a 440 Hz tone): clip0-3 train, clip4-5 test; clip5 has no audio
-stream. Two queries per video from the learning check's sentences (img_model/synthetic.py); "barks" and
+stream. Two queries per video from the learning check's sentences (img_model/data/synthetic.py); "barks" and
 "knocks" are not in the GloVe subset, so they read as <UNK>.
 """
 
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from img_model.synthetic import SENTENCES
+from img_model.data.synthetic import SENTENCES
 from tests.conftest import run_cli
 from tests.img_cli import run_img_train
 from tests.store_views import store_durations

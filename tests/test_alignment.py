@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
-from img_model.alignment import (
+from img_model.data.alignment import (
     aligned_tracks,
     img_boundaries,
     img_resample,

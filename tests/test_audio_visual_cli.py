@@ -10,7 +10,7 @@ import pytest
 
 from extract.models.windows import frame_windows
 from extract.store import FeatureStore
-from img_model.alignment import aligned_tracks
+from img_model.data.alignment import aligned_tracks
 from tests.conftest import run_cli
 from tests.videos import REAL_VIDEO, make_video
 

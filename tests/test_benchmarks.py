@@ -23,8 +23,8 @@ def test_the_training_step_benchmark_runs_our_step_as_the_trainer_does() -> None
     import bench_train_step
     from bench_img import make_batch
 
-    from img_model.config import IMGConfig
-    from img_model.model import IMG
+    from img_model.network.config import IMGConfig
+    from img_model.network.model import IMG
 
     torch.manual_seed(0)
     config = IMGConfig()

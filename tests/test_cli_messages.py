@@ -201,7 +201,7 @@ def test_inspect_of_imported_features_and_export_to_a_bad_place(tmp_path: Path) 
 
 
 def test_convert_official_to_a_bad_place_is_one_line(tmp_path: Path) -> None:
-    from img_model.cli import main
+    from img_model.cli.train import main
     from tests.test_img_convert import CLI_SLOTS, write_golden_text_store
 
     official = golden_tensors("img/small", 401)

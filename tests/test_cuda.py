@@ -61,9 +61,9 @@ def test_fp16_training_with_the_grad_scaler_and_answers_on_the_gpu(tmp_path: Pat
     Predictor answers on the GPU (fp16) as on the CPU (fp32)."""
     from extract.store import Track
     from img_model.checkpoint import read_checkpoint
-    from img_model.predictor import Predictor
-    from img_model.query_inputs import QueryInput
-    from img_model.video_features import VideoFeatures
+    from img_model.predict.feature_cache import VideoFeatures
+    from img_model.predict.predictor import Predictor
+    from img_model.predict.queries import QueryInput
     from tests.img_cli import run_img_train, tiny_dataset
 
     data = tiny_dataset(tmp_path / "data")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from img_model.demo_server import create_app, host_names, list_videos, media_path
+from img_model.predict.demo_server import create_app, host_names, list_videos, media_path
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_predict
 from tests.real_run import RealRun
@@ -148,7 +148,7 @@ def post(port: int, body: dict[str, Any] | str, headers: dict[str, str] | None =
 
 @pytest.fixture(scope="module")
 def demo_predictor(real_run: RealRun, tmp_path_factory: pytest.TempPathFactory) -> CountingPredictor:
-    from img_model.predictor import Predictor
+    from img_model.predict.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(real_run.checkpoint, "cpu", cache_dir=tmp_path_factory.mktemp("cache"),
                                           weights_dir=real_run.weights_dir, clip_model=str(real_run.clip_model),
@@ -373,7 +373,7 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
     shutil.copy(real_run.videos / "clip4.mp4", videos / "kitchen.mp4")
     shutil.copy(real_run.videos / "clip5.mp4", videos / "silent.mp4")
     port = free_port()
-    command = [sys.executable, "-m", "img_model.predict_cli", "serve", "--videos", str(videos), "--port", str(port),
+    command = [sys.executable, "-m", "img_model.cli.predict", "serve", "--videos", str(videos), "--port", str(port),
                "--allow-host", "demo.local", *real_run.predict_options(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -14,7 +14,7 @@ import h5py
 import pytest
 
 from img_model.checkpoint import read_checkpoint
-from img_model.synthetic import SyntheticDataset
+from img_model.data.synthetic import SyntheticDataset
 from tests.conftest import run_cli
 from tests.img_cli import run_img_eval, run_img_train, tiny_dataset
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from extract.text.store import TextBatch, TextStoreWriter
 from extract.text.vocabulary import Vocabulary
 from img_model.checkpoint import read_checkpoint
-from img_model.cli import main
-from img_model.config import IMGConfig
-from img_model.convert import (
+from img_model.cli.train import main
+from img_model.network.config import IMGConfig
+from img_model.network.convert import (
     CheckpointLayoutError,
     infer_config,
     load_official_checkpoint,
@@ -24,7 +24,7 @@ from img_model.convert import (
     official_to_ours,
     ours_to_official,
 )
-from img_model.model import IMG
+from img_model.network.model import IMG
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors, load_npz
 from tests.test_img_golden import SMALL, golden_inputs, run_model

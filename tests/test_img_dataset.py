@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader
 from extract.core.errors import ProvenanceMismatchError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from extract.text.store import TextBatch, TextStoreWriter
-from img_model.config import IMGConfig
-from img_model.dataset import (
+from img_model.data.dataset import (
     DataConfig,
     DataSources,
     MomentDataset,
@@ -27,11 +26,8 @@ from img_model.dataset import (
     saliency_samples,
     sample_rng,
 )
-from img_model.decoding import time_to_index
-from img_model.errors import DataError
-from img_model.features import FeatureStores
-from img_model.model import IMG
-from img_model.synthetic import (
+from img_model.data.feature_stores import FeatureStores
+from img_model.data.synthetic import (
     AUDIO_FEATURE,
     VISUAL_FEATURE,
     SyntheticDataset,
@@ -39,8 +35,12 @@ from img_model.synthetic import (
     write_audio_matters,
     write_text_store,
 )
-from img_model.train_config import RunConfig, resolve
-from img_model.trainer import model_inputs, prepare_data
+from img_model.errors import DataError
+from img_model.network.config import IMGConfig
+from img_model.network.decoding import time_to_index
+from img_model.network.model import IMG
+from img_model.train.config import RunConfig, resolve
+from img_model.train.trainer import model_inputs, prepare_data
 from manifests.records import QueryRecord
 from tests.broken_media import make_truncated_video
 from tests.conftest import run_cli
@@ -272,7 +272,7 @@ def test_time_alignment_rule_is_used_when_asked(synthetic: SyntheticDataset, sou
 
 def _shard(path: Path, data: SyntheticDataset, video_ids: list[str], strength: float = 2.5) -> None:
     sources = DataSources(data_config(data))
-    recipe = {"generator": "img_model.synthetic", "seed": 0, "marker_strength": strength}
+    recipe = {"generator": "img_model.data.synthetic", "seed": 0, "marker_strength": strength}
     provenance = {VISUAL_FEATURE: {"recipe": {**recipe, "rows_per_second": 1}},
                   AUDIO_FEATURE: {"recipe": {**recipe, "rows_per_second": SPEC.audio_rows_per_second}}}  # fmt: skip
     writer = StoreWriter(path, provenance)
@@ -492,7 +492,7 @@ def test_stores_are_opened_again_in_a_worker_never_shared(
     import pickle
 
     from extract.text.store import TextStore
-    from img_model.per_process import PerProcess
+    from img_model.data.worker_handles import PerProcess
 
     handles = PerProcess(TextStore, [synthetic.text])
     parent = handles.get()

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from extract.core.errors import UsageError
-from img_model.config import IMGConfig, ObjectiveConfig
-from img_model.dataset import Batch, Sample, collate
+from img_model.data.dataset import Batch, Sample, collate
+from img_model.data.synthetic import SyntheticDataset
 from img_model.distributed import (
     BatchShare,
     batch_share,
@@ -27,10 +27,10 @@ from img_model.distributed import (
     launched_rank,
     process_device,
 )
-from img_model.losses import BatchScope, img_loss
-from img_model.model import IMG, BatchRows, batch_rows
+from img_model.network.config import IMGConfig, ObjectiveConfig
+from img_model.network.losses import BatchScope, img_loss
+from img_model.network.model import IMG, BatchRows, batch_rows
 from img_model.runtime import SINGLE_PROCESS, RankContext
-from img_model.synthetic import SyntheticDataset
 from tests.conftest import needs_cuda
 from tests.img_cli import tiny_dataset
 
@@ -251,7 +251,7 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
 def torchrun(processes: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "img_model.cli", *map(str, args)]  # fmt: skip
+               "-m", "img_model.cli.train", *map(str, args)]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 
 from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import read_checkpoint
-from img_model.cli import main as img_train
-from img_model.dataset import DataConfig, DataSources
-from img_model.eval_cli import CONVERTED_NOTE
-from img_model.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
-from img_model.metrics import retrieval_metrics
-from img_model.synthetic import SyntheticDataset, write_audio_matters
-from img_model.train_config import from_dict
+from img_model.cli.evaluate import CONVERTED_NOTE
+from img_model.cli.train import main as img_train
+from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.synthetic import SyntheticDataset, write_audio_matters
+from img_model.evaluate.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
+from img_model.network.metrics import retrieval_metrics
+from img_model.train.config import from_dict
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_SPEC, run_img_eval, train_tiny_checkpoint
@@ -173,7 +173,7 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
 
 
 def test_help_says_what_img_eval_does_without_the_options() -> None:
-    from img_model.eval_cli import main as img_eval
+    from img_model.cli.evaluate import main as img_eval
 
     text = " ".join(CliRunner().invoke(img_eval, ["--help"], terminal_width=200).output.split())
     assert "DataLoader worker processes (0)" in text and "Default: the run's (fp32 for converted" in text
@@ -187,7 +187,7 @@ def test_an_fp16_run_evaluates_in_fp32_on_a_cpu_and_the_report_says_how(
 ) -> None:
     """It used to fail ('--precision fp16 needs a CUDA GPU') unless --precision was given; --align that is not the
     checkpoint's was taken silently."""
-    from img_model.eval_cli import main as img_eval
+    from img_model.cli.evaluate import main as img_eval
 
     _, checkpoint = trained
     stored = torch.load(checkpoint, weights_only=True)
@@ -211,7 +211,7 @@ def test_an_fp16_run_evaluates_in_fp32_on_a_cpu_and_the_report_says_how(
 def test_what_img_eval_refuses_is_one_line_saying_what_it_expects(
     trained: tuple[SyntheticDataset, Path], tmp_path: Path
 ) -> None:
-    from img_model.eval_cli import main as img_eval
+    from img_model.cli.evaluate import main as img_eval
 
     data, checkpoint = trained
     result = CliRunner().invoke(img_eval, [str(checkpoint), "--split", "dev"])
@@ -234,7 +234,7 @@ def test_what_img_eval_refuses_is_one_line_saying_what_it_expects(
 def test_train_val_is_the_runs_selection_split_or_a_note_says_it_is_not(
     trained: tuple[SyntheticDataset, Path], tmp_path: Path
 ) -> None:
-    from img_model.eval_cli import main as img_eval
+    from img_model.cli.evaluate import main as img_eval
 
     data, checkpoint = trained
     recorded = read_checkpoint(checkpoint).training["data"]

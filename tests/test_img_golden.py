@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from img_model.config import ACTIVITYNET, CHARADES_CLIP_SF, CHARADES_IV2, IMGConfig, ObjectiveConfig
-from img_model.convert import mapping_table, official_to_ours
-from img_model.decoding import best_span
-from img_model.losses import IMGLoss, SpanLabels, img_loss
-from img_model.model import IMG, IMGOutput
+from img_model.network.config import ACTIVITYNET, CHARADES_CLIP_SF, CHARADES_IV2, IMGConfig, ObjectiveConfig
+from img_model.network.convert import mapping_table, official_to_ours
+from img_model.network.decoding import best_span
+from img_model.network.losses import IMGLoss, SpanLabels, img_loss
+from img_model.network.model import IMG, IMGOutput
 from tests.golden import golden_tensors, load_npz
 
 OUTPUT_NAMES = list(IMGOutput._fields)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from img_model.synthetic import LEARNING_CHECK_CONFIG, write_audio_matters
+from img_model.data.synthetic import LEARNING_CHECK_CONFIG, write_audio_matters
 from tests.img_cli import run_img_eval, run_img_train
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from img_model.metrics import recall_at, retrieval_metrics, temporal_iou
+from img_model.network.metrics import recall_at, retrieval_metrics, temporal_iou
 
 
 @pytest.mark.parametrize(

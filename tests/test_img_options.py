@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from img_model.config import IMGConfig, ObjectiveConfig, exp_up
-from img_model.losses import SpanLabels, img_loss, pseudo_labels
-from img_model.model import IMG, IMGOutput
+from img_model.network.config import IMGConfig, ObjectiveConfig, exp_up
+from img_model.network.losses import SpanLabels, img_loss, pseudo_labels
+from img_model.network.model import IMG, IMGOutput
 from tests.test_img_golden import SMALL
 
 TINY = replace(SMALL, drop_rate=0.0, slot_noise="train")  # the golden's small config, trainable

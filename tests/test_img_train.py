@@ -23,13 +23,13 @@ from click.testing import CliRunner
 from extract.core.errors import UsageError
 from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import Checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from img_model.cli import main as img_train
-from img_model.config import IMGConfig
-from img_model.model import IMG
-from img_model.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
-from img_model.synthetic import SyntheticDataset
-from img_model.train_config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
-from img_model.trainer import EpochBatches, evaluation_steps
+from img_model.cli.train import main as img_train
+from img_model.data.synthetic import SyntheticDataset
+from img_model.network.config import IMGConfig
+from img_model.network.model import IMG
+from img_model.network.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
+from img_model.train.config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
+from img_model.train.trainer import EpochBatches, evaluation_steps
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset
 from tests.test_img_golden import SMALL
@@ -104,7 +104,7 @@ def test_weight_decay_groups_are_the_authors_by_meaning() -> None:
     """The authors' rule on their names (the golden checkpoint's keys) and our groups hold the same tensors."""
     official = [key for key in golden_tensors("img/small", 401) if not key.endswith(NOT_LEARNED)]
     theirs_decayed = {key for key in official if authors_rule_decays(key)}
-    from img_model.convert import mapping_table
+    from img_model.network.convert import mapping_table
 
     to_official = {rule.ours: rule.official for rule in mapping_table(SMALL)}
     decayed, exempt = decay_split(IMG(SMALL))
@@ -292,8 +292,8 @@ def test_a_run_killed_with_sigkill_mid_run_resumes_to_the_straight_runs_weights(
 KILL_AT = """
 import os, signal, sys
 from pathlib import Path
-import img_model.checkpoint, img_model.trainer
-from img_model.cli import main
+import img_model.checkpoint, img_model.train.trainer
+from img_model.cli.train import main
 
 moment, occurrence = sys.argv[1], int(sys.argv[2])
 del sys.argv[1:3]
@@ -307,7 +307,8 @@ def due():
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-replace, save, log_metrics = os.replace, img_model.trainer.save_checkpoint, img_model.trainer.Trainer._log_metrics
+trainer = img_model.train.trainer
+replace, save, log_metrics = os.replace, trainer.save_checkpoint, trainer.Trainer._log_metrics
 
 def replacing(source, target):  # the temporary file is written and fsync'd; the rename has not happened
     if moment == "before-rename" and Path(target).name == "last.pt" and due():
@@ -322,15 +323,15 @@ def saving(checkpoint, path):
 def logging_metrics(self, entry):
     if moment == "mid-metrics-line" and due():
         with (self.run_dir / "metrics.jsonl").open("a") as out:
-            out.write(img_model.trainer.json.dumps(entry)[:40])
+            out.write(img_model.train.trainer.json.dumps(entry)[:40])
         die()
     log_metrics(self, entry)
     if moment == "after-final-line" and entry["kind"] == "final":
         die()
 
 img_model.checkpoint.os.replace = replacing
-img_model.trainer.save_checkpoint = saving
-img_model.trainer.Trainer._log_metrics = logging_metrics
+img_model.train.trainer.save_checkpoint = saving
+img_model.train.trainer.Trainer._log_metrics = logging_metrics
 main()
 """
 
@@ -373,7 +374,7 @@ def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_chec
     assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
     good = _state(run / "last.pt")
     # A train video's features become NaN (a new part supersedes its track): the next epoch meets it.
-    from img_model.dataset import DataConfig, DataSources
+    from img_model.data.dataset import DataConfig, DataSources
 
     sources = DataSources(
         DataConfig(str(tiny.annotations), (str(tiny.features),), tiny.visual, tiny.audio, str(tiny.text))
@@ -412,7 +413,7 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
     assert {"fused", "visual", "audio"} == set(entries[0]["branches"])
     best = read_checkpoint(run / "best.pt")
     assert best.select_on == "test" and best.vocabulary is not None and len(best.vocabulary["sha256"]) == 64
-    assert best.provenance["visual"]["recipe"]["generator"] == "img_model.synthetic"
+    assert best.provenance["visual"]["recipe"]["generator"] == "img_model.data.synthetic"
     assert set(best.training) >= {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
     assert "selected on the test split" in result.stdout
     scalars = _scalars(run)
@@ -446,8 +447,8 @@ def test_an_existing_run_is_not_overwritten_and_resume_takes_no_recipe_flags(
 
 @pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset, tmp_path: Path) -> None:
-    from img_model.dataset import DataSources
-    from img_model.trainer import Trainer, model_inputs, prepare_data
+    from img_model.data.dataset import DataSources
+    from img_model.train.trainer import Trainer, model_inputs, prepare_data
 
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         run = resolve(
@@ -502,8 +503,8 @@ def test_resume_refuses_training_data_that_changed_in_one_line(tmp_path: Path) -
 
 
 def _tiny_run(tiny: SyntheticDataset, **train: object) -> RunConfig:
-    from img_model.dataset import DataSources
-    from img_model.trainer import model_inputs
+    from img_model.data.dataset import DataSources
+    from img_model.train.trainer import model_inputs
 
     data = {"dataset": str(tiny.annotations), "features": (str(tiny.features),), "visual": tiny.visual,
             "audio": tiny.audio, "text": str(tiny.text)}  # fmt: skip
@@ -526,10 +527,10 @@ def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_
     """The last step of the run gets an infinite gradient (clipping makes it NaN weights), NaN weights, or a NaN
     loss from finite outputs: the run stops there, and last.pt and best.pt keep the step-2 weights (it used to
     finish with NaN weights in both)."""
-    from img_model import trainer as trainer_module
-    from img_model.dataset import DataSources
+    from img_model.data.dataset import DataSources
     from img_model.errors import TrainingDivergedError
-    from img_model.trainer import Trainer, prepare_data
+    from img_model.train import trainer as trainer_module
+    from img_model.train.trainer import Trainer, prepare_data
 
     run = _tiny_run(tiny, evals_per_epoch=1)
     trainer = Trainer(run, prepare_data(run, DataSources(run.data)), tmp_path / "run")
@@ -611,8 +612,8 @@ def test_a_mistyped_command_is_named_with_the_closest_one() -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_epoch_means_count_every_step_of_an_epoch_resumed_in_its_middle(tiny: SyntheticDataset, tmp_path: Path) -> None:
-    from img_model.dataset import DataSources
-    from img_model.trainer import Trainer, prepare_data
+    from img_model.data.dataset import DataSources
+    from img_model.train.trainer import Trainer, prepare_data
 
     run = _tiny_run(tiny, epochs=1)  # 2 steps, an evaluation (and last.pt) after each
     data = prepare_data(run, DataSources(run.data))

@@ -132,7 +132,7 @@ def test_unreadable_array_files_are_one_line(tmp_path: Path) -> None:
 
 
 def test_a_released_vggish_pickle_of_float_values_is_stored_quantised_and_read_divided_by_255(tmp_path: Path) -> None:
-    from img_model.alignment import decode_values
+    from img_model.data.alignment import decode_values
 
     rng = np.random.default_rng(0)
     released = {"v_a": rng.integers(0, 256, (5, 128)).astype(np.float64), "v_b": np.full((3, 128), 255.0)}

@@ -18,8 +18,8 @@ from click.testing import CliRunner, Result
 
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from pipelines.cli import main as pipeline_command
+from pipelines.pipeline_stages import ExtractStage
 from pipelines.recipes import RECIPES
-from pipelines.stages import ExtractStage
 from tests.conftest import run_cli
 from tests.img_cli import TINY_CONFIG
 from tests.test_text_glove import glove_6b_subset
@@ -251,7 +251,7 @@ import sys
 from pathlib import Path
 
 from pipelines.pipeline import StageFailed, _run_command
-from pipelines.stages import Command
+from pipelines.pipeline_stages import Command
 
 work = Path(sys.argv[1])
 STAGE = (
@@ -315,7 +315,7 @@ def test_the_final_table_puts_a_named_recipes_run_beside_the_papers_numbers(tmp_
 
 def test_a_run_is_finished_by_its_final_line_even_after_a_torn_one(tmp_path: Path) -> None:
     """A kill can tear metrics.jsonl's last line; the training stage's check read it as JSON and crashed."""
-    from pipelines.stages import run_finished
+    from pipelines.pipeline_stages import run_finished
 
     run = tmp_path / "run"
     run.mkdir()

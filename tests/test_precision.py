@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from extract.cli.main import main as img_extract
 from extract.core.precision import RULE
 from extract.store import FeatureStore
-from img_model.cli import main as img_train
-from img_model.eval_cli import main as img_eval
-from img_model.predict_cli import main as img_predict
+from img_model.cli.evaluate import main as img_eval
+from img_model.cli.predict import main as img_predict
+from img_model.cli.train import main as img_train
 from pipelines.cli import main as img_pipeline
 from tests.conftest import run_cli
 from tests.videos import make_video

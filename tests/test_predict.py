@@ -20,11 +20,11 @@ import torch
 
 from extract.core.errors import StoreLockedError, UsageError
 from img_model.checkpoint import read_checkpoint
-from img_model.convert import CheckpointLayoutError
+from img_model.cli.predict import _read_queries_file
 from img_model.errors import CheckpointMismatchError, QueryError
-from img_model.predict_cli import _read_queries_file
-from img_model.predictor import Predictor, VideoAnswers
-from img_model.video_features import recorded_specs
+from img_model.network.convert import CheckpointLayoutError
+from img_model.predict.feature_cache import recorded_specs
+from img_model.predict.predictor import Predictor, VideoAnswers
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_eval, run_img_predict, start_img_predict
 from tests.real_run import SILENT_VIDEO, RealRun
@@ -106,7 +106,7 @@ def test_the_plot_is_the_figure_of_the_answers_probabilities_spans_importance_an
     from matplotlib.image import imread
     from matplotlib.patches import Rectangle
 
-    from img_model.predict_plot import video_figure
+    from img_model.predict.plot import video_figure
 
     data = cli_answers["answers"]
     answers = VideoAnswers.from_json(data)

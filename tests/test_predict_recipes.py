@@ -8,8 +8,8 @@ import pytest
 from extract.models.presets import PANNS, get_preset
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
-from img_model.recipe_check import check_recorded_recipe
-from img_model.video_features import FeatureSpec, preset_for, recorded_specs
+from img_model.predict.feature_cache import FeatureSpec, preset_for, recorded_specs
+from img_model.predict.recipe_check import check_recorded_recipe
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_a_changed_number_is_refused_and_other_weights_need_trust() -> None:
 
 
 def test_features_no_preset_can_extract_are_refused_in_one_line() -> None:
-    from img_model.config import IMGConfig
+    from img_model.network.config import IMGConfig
 
     checkpoint = Checkpoint(
         config=IMGConfig(video_feature_dim=16, audio_feature_dim=12),

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from img_model.evaluator import BRANCHES
-from img_model.metrics import temporal_iou
-from img_model.report import report_data, write_report
+from img_model.evaluate.evaluator import BRANCHES
+from img_model.evaluate.report import report_data, write_report
+from img_model.network.metrics import temporal_iou
 from tests.img_cli import run_img_eval
 from tests.real_run import RealRun
 
@@ -181,8 +181,8 @@ def test_the_charts_data_are_the_iou_histogram_and_r1_curves_of_each_branch_and_
 
 def test_the_report_summary_is_img_evals(tmp_path: Path) -> None:
     """The metrics and the mean audio importance are EvalReport's own, over every query (videos without audio too)."""
-    from img_model.evaluator import EvalReport
-    from img_model.report import read_prediction
+    from img_model.evaluate.evaluator import EvalReport
+    from img_model.evaluate.report import read_prediction
 
     rows = generated_rows(200)
     rows[3]["branches"]["audio"]["top"] = rows[3]["branches"]["audio"]["top"][:2]  # a video of one or two steps

@@ -23,9 +23,9 @@ from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, pa
 from extract.store.merge import merge_stores
 from extract.store.parts import next_part_name
 from extract.store.shards import SHARD_RECORD, ShardRecord, read_shard_record, write_shard_record
-from img_model.dataset import DataConfig, DataSources
-from img_model.features import FeatureStores
-from img_model.synthetic import SyntheticSpec, write_audio_matters
+from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.feature_stores import FeatureStores
+from img_model.data.synthetic import SyntheticSpec, write_audio_matters
 from tests.conftest import run_cli
 from tests.test_store_compact import CLIP_A, _commit, _everything, _failure, _video
 from tests.videos import make_video

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from extract.cli.text import text_command
 from extract.text.store import TextStore
 from extract.text.tokenize import tokenize
-from img_model.synthetic import SyntheticDataset
+from img_model.data.synthetic import SyntheticDataset
 from tests.conftest import run_cli
 from tests.img_cli import run_img_eval, tiny_dataset, train_tiny_checkpoint
 from tests.test_text_glove import glove_6b_subset

@@ -1,7 +1,7 @@
 """IMG's datasets from the stores: queries (manifests/), video features (feature stores), text (text store).
 
 Per query (img_spec.md §2.2): the visual track pooled to at most max_pos_len rows and the audio track aligned to
-it (img_model/alignment.py, `img` or `time` rule), the word and character ids (or precomputed token features)
+it (img_model/data/alignment.py, `img` or `time` rule), the word and character ids (or precomputed token features)
 of the query's first max_pos_len tokens (§1.3 step 4), the start / end step labels of the authors' time-to-index
 rule (§1.3, computed for the whole split in bounded memory), whether the video has audio, and in training the
 saliency positives / negatives of §4.2, drawn from a generator seeded by (seed, epoch, query) so that any
@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from extract.core.errors import UsageError
 from extract.store import video_durations
-from img_model.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
-from img_model.decoding import time_to_index
+from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
+from img_model.data.feature_stores import FeatureStores
+from img_model.data.text_store import QueryTexts
 from img_model.errors import DataError, listed
-from img_model.features import FeatureStores
-from img_model.losses import SpanLabels
-from img_model.query_text import QueryTexts
+from img_model.network.decoding import time_to_index
+from img_model.network.losses import SpanLabels
 from manifests.records import QueryRecord
 
 log = logging.getLogger(f"img_vmr.{__name__}")

@@ -1,6 +1,6 @@
 """A trained checkpoint answering typed queries on a video file (what img-predict and its demo page run).
 
-    from img_model.predictor import Predictor
+    from img_model.predict.predictor import Predictor
 
     predictor = Predictor.from_checkpoint("runs/charades/best.pt", device="cpu")
     video = predictor.predict("kitchen.mp4", ["a person opens the fridge", "someone laughs"])  # or one str
@@ -9,8 +9,8 @@
         answer.top  # the top-k distinct spans, best first
         answer.audio_importance  # the model's predicted p (None when no audio was used)
 
-Features are made from the file with the checkpoint's recorded recipes and cached (img_model/video_features.py);
-queries become the checkpoint's text inputs (img_model/query_inputs.py). Each answer is the fused branch's span,
+Features are made from the file with the checkpoint's recorded recipes and cached (img_model/predict/feature_cache.py);
+queries become the checkpoint's text inputs (img_model/predict/queries.py). Each answer is the fused branch's span,
 decoded as img-eval decodes it (the argmax of P_start(i)·P_end(j), j >= i, img_spec.md §7.9), on the video's
 uniform grid of N steps (a span (i, j) covers [i·D/N, (j+1)·D/N]). A video without audio is read with a zero
 audio track as evaluation does (§7.17) and answered by the visual-only branch; the answer says so
@@ -38,14 +38,14 @@ import numpy as np
 import torch
 
 from extract.core.precision import FP32, Precision
-from img_model.alignment import align
 from img_model.checkpoint import Checkpoint, read_checkpoint
-from img_model.dataset import Sample, collate
-from img_model.evaluator import BRANCHES, _branch_predictions
-from img_model.model import IMG
-from img_model.query_inputs import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
+from img_model.data.alignment import align
+from img_model.data.dataset import Sample, collate
+from img_model.evaluate.evaluator import BRANCHES, _branch_predictions
+from img_model.network.model import IMG
+from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
+from img_model.predict.queries import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
 from img_model.runtime import runtime_device
-from img_model.video_features import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -156,7 +156,7 @@ class Predictor:
         self.checkpoint = checkpoint
         self.config = dataclasses.replace(checkpoint.config, slot_noise="never")  # deterministic: slots = mu
         self.model = IMG(self.config)
-        from img_model.convert import load_into
+        from img_model.network.convert import load_into
 
         load_into(self.model, checkpoint.state_dict)
         self.model.to(device).eval()

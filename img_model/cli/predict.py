@@ -1,6 +1,6 @@
 """img-predict: a checkpoint answering typed queries on a video file, and a local demo page (serve).
 
-A thin layer over img_model.predictor.Predictor: the CLI maps flags onto it and prints its answers; every
+A thin layer over img_model.predict.predictor.Predictor: the CLI maps flags onto it and prints its answers; every
 failure is one line on stderr.
 """
 
@@ -20,10 +20,12 @@ import click
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
 from extract.core.options import precision_option
-from img_model.convert import CheckpointLayoutError
+from img_model.network.convert import CheckpointLayoutError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-predict"
+OUR_LOGGERS = ("img_vmr.img_model.predict.", "img_vmr.img_model.cli.predict")
+EXTRACTION_RUN_LOGGER = "img_vmr.extract.run."
 EXIT_STATUS = (
     "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "
     "could not be written (the answers are printed first) or an internal error, 2 usage error: a bad query, a "
@@ -97,7 +99,7 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(flags: dict[str, Any], progress: bool) -> Any:
-    from img_model.predictor import Predictor
+    from img_model.predict.predictor import Predictor
 
     return Predictor.from_checkpoint(
         flags["checkpoint"],
@@ -119,10 +121,9 @@ def _load(flags: dict[str, Any], progress: bool) -> Any:
 def _quiet(record: logging.LogRecord) -> bool:
     """Without -v: our lines and every warning, but not the extraction run's own lines (its summary, and its
     failures, which come back as our one-line error) nor other INFO lines (device, precision)."""
-    if record.name.startswith("img_vmr.predict"):
+    if record.name.startswith(OUR_LOGGERS):
         return True
-    in_run = Path(record.pathname).parent.name == "run" and Path(record.pathname).parent.parent.name == "extract"
-    return record.levelno >= logging.WARNING and not in_run
+    return record.levelno >= logging.WARNING and not record.name.startswith(EXTRACTION_RUN_LOGGER)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -199,14 +200,14 @@ def answer_command(
         if not texts:
             raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
         if plot is not None:
-            from img_model.predict_plot import check_plot_path
+            from img_model.predict.plot import check_plot_path
 
             check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
         answers = predictor.predict(video, texts)
         click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
         if plot is not None:
-            from img_model.predict_plot import write_plot
+            from img_model.predict.plot import write_plot
 
             try:
                 log.info("wrote %s", write_plot(answers, plot))
@@ -290,7 +291,7 @@ def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: i
     _setup_logging(flags["verbose"])
 
     def work() -> None:
-        from img_model.demo_server import create_app, host_names
+        from img_model.predict.demo_server import create_app, host_names
 
         listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)

@@ -4,7 +4,7 @@ The network of "Audio Does Matter: Importance-Aware Multi-Granularity Fusion for
 (ACM MM 2025) as the authors' code (HuiGuanLab/IMG, commit dab38b9) computes it, described in img_spec.md §3.
 It reads top to bottom: building blocks, then the query / video / audio encoders, the audio importance predictor,
 the three fusion granularities, the span predictors, and `IMG` itself. With `IMGConfig()` defaults and weights
-converted by `img_model.convert`, it reproduces the published model to float32 rounding
+converted by `img_model.network.convert`, it reproduces the published model to float32 rounding
 (tests/test_img_golden.py); the quirks of §7 it keeps on purpose are marked, and the ones that change outputs
 are options of `IMGConfig`.
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from img_model.config import IMGConfig
+from img_model.network.config import IMGConfig
 
 MASK_VALUE = -1e30  # added to masked logits, as the published code does
 LAYER_NORM_EPS = 1e-6

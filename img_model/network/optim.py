@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from img_model.convert import mapping_table
-from img_model.model import IMG
+from img_model.network.convert import mapping_table
+from img_model.network.model import IMG
 
 NO_DECAY_MARKERS = ("bias", "layer_norm", "LayerNorm")
 

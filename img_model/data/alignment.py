@@ -1,5 +1,5 @@
 """Read-time alignment of feature tracks: what IMG consumes, computed from the raw tracks of the feature store
-by the dataset builder (img_model/dataset.py); the store itself keeps each track at its own rate.
+by the dataset builder (img_model/data/dataset.py); the store itself keeps each track at its own rate.
 
 Two rules:
 - `img`: the published IMG loader (img_spec.md §2.2). Visual rows are mean-pooled to at most max_pos_len rows
@@ -124,7 +124,7 @@ def aligned_tracks(
     rule: AlignmentRule = "img",
 ) -> AlignedVideo:
     """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid (audio None:
-    the video has no audio track). What the IMG datasets read (img_model/dataset.py)."""
+    the video has no audio track). What the IMG datasets read (img_model/data/dataset.py)."""
     audio_track = None
     if audio is not None and audio in store.feature_names(video_id):
         audio_track = store.track(video_id, audio)

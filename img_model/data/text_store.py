@@ -18,7 +18,7 @@ import numpy as np
 
 from extract.text.store import TextStore
 from extract.text.vocabulary import Vocabulary
-from img_model.per_process import PerProcess
+from img_model.data.worker_handles import PerProcess
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from extract.core.errors import ImgVmrError, UsageError
 from extract.core.files import check_writable, write_atomically
 from extract.media.decode import AudioSampling, iter_audio
 from extract.media.probe import probe
-from img_model.predictor import VideoAnswers
+from img_model.predict.predictor import VideoAnswers
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

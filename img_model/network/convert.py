@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from extract.core.torch_files import check_fits, read_state_dict
-from img_model.config import IMGConfig
 from img_model.errors import listed
-from img_model.model import IMG
+from img_model.network.config import IMGConfig
+from img_model.network.model import IMG
 
 
 class CheckpointLayoutError(ValueError):

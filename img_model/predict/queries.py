@@ -26,7 +26,7 @@ from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize
 from extract.text.vocabulary import MAX_WORDS, Vocabulary
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError, QueryError
-from img_model.recipe_check import check_recorded_recipe
+from img_model.predict.recipe_check import check_recorded_recipe
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

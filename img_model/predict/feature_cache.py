@@ -3,7 +3,7 @@
 The checkpoint's provenance records, per feature, the recipe its training store held (preset, fps, windows,
 crop, weights file and sha256...). Here the preset is rebuilt from that recipe (the named preset with the
 recorded overrides: --fps, --decoder, --audio-window/--audio-hop), the extractors are loaded, and their recipe
-must be the recorded one (img_model/recipe_check.py: other weights are refused unless trusted, another
+must be the recorded one (img_model/predict/recipe_check.py: other weights are refused unless trusted, another
 precision is a warning). The video then goes through the real extraction run (extract/run/: probe, decode,
 windows, models, store) into a cache store under an id made from the file's path, size and modification time.
 
@@ -54,7 +54,7 @@ from extract.store import (
 )
 from img_model.checkpoint import Checkpoint
 from img_model.errors import CheckpointMismatchError
-from img_model.recipe_check import check_recorded_recipe, recipe_accepted
+from img_model.predict.recipe_check import check_recorded_recipe, recipe_accepted
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -3,7 +3,7 @@
 Several stores (e.g. the shards that several machines wrote) are one collection: a video held by more than one
 comes from the last store, in the order given, that holds it (as for the parts of a store and for
 `img-extract merge`: the later one wins). The stores are scanned once in the process that builds the dataset;
-file handles are opened lazily *per process* (img_model/per_process.py); a forked DataLoader worker keeps the
+file handles are opened lazily *per process* (img_model/data/worker_handles.py); a forked DataLoader worker keeps the
 scan (plain Python data) and opens its own handles, a spawn-started one receives the paths and scans again.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from extract.core.errors import ProvenanceMismatchError, UsageError
 from extract.core.provenance import compare_recipes
 from extract.store import FeatureStore, Track
-from img_model.per_process import PerProcess
+from img_model.data.worker_handles import PerProcess
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -55,17 +55,17 @@ from img_model.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from img_model.config import exp_up
-from img_model.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
+from img_model.data.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
 from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
 from img_model.errors import CheckpointMismatchError, DataError, TrainingDivergedError, listed
-from img_model.evaluator import EvalReport, Evaluator, metrics_table
-from img_model.losses import BatchScope, IMGLoss, img_loss
-from img_model.model import IMG, batch_rows
-from img_model.optim import linear_decay, make_optimizer
-from img_model.run_log import metrics_lines
+from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
+from img_model.network.config import exp_up
+from img_model.network.losses import BatchScope, IMGLoss, img_loss
+from img_model.network.model import IMG, batch_rows
+from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
-from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
+from img_model.train.config import RunConfig, as_dict, from_dict, to_toml
+from img_model.train.run_log import metrics_lines
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -1,6 +1,6 @@
 """img-train: train IMG on features from the stores, and convert the authors' checkpoints.
 
-The CLI maps flags onto the run configuration (img_model/train_config.py) and nothing else reads flags; every
+The CLI maps flags onto the run configuration (img_model/train/config.py) and nothing else reads flags; every
 failure is one line on stderr (the traceback goes to RUN/train.log).
 """
 
@@ -24,8 +24,8 @@ from extract.core.console import (
     setup_logging,
 )
 from extract.core.errors import ImgVmrError
-from img_model.cli_common import data_options, data_overrides, dataset_table, runtime_options
-from img_model.convert import CheckpointLayoutError
+from img_model.cli.options import data_options, data_overrides, dataset_table, runtime_options
+from img_model.network.convert import CheckpointLayoutError
 
 if TYPE_CHECKING:
     from img_model.runtime import RankContext
@@ -48,7 +48,7 @@ def main() -> None:
     img-train --dataset NAME --features feats.h5 --visual V --audio A --text text.h5 --out RUN
                                                    train (same as `img-train train ...`)
     img-train --resume RUN                         continue a run exactly where its last.pt stopped
-    torchrun --standalone --nproc-per-node N -m img_model.cli --dataset ... --out RUN
+    torchrun --standalone --nproc-per-node N -m img_model.cli.train --dataset ... --out RUN
                                                    the same run on N processes (GPUs), DistributedDataParallel
     img-train convert-official IN.t7 OUT.pt --text text.h5
                                                    an authors' checkpoint as an img_model checkpoint
@@ -144,7 +144,7 @@ def train_command(
 
     \b
     \b
-    Under torchrun (`torchrun --nproc-per-node N -m img_model.cli ...`) the run is trained by N processes with
+    Under torchrun (`torchrun --nproc-per-node N -m img_model.cli.train ...`) the run is trained by N processes with
     DistributedDataParallel, one GPU each (--device cuda) or on CPUs (gloo): the same batches, loss and
     evaluations as one process at the same --batch-size (the global batch), up to floating-point noise; rank 0
     writes the run folder. --resume works with any number of processes.
@@ -211,11 +211,11 @@ def _train(
     failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
     from extract.core.provenance import compare_recipes
     from img_model.checkpoint import read_checkpoint
-    from img_model.dataset import DataSources
+    from img_model.data.dataset import DataSources
     from img_model.distributed import start_process_group
     from img_model.errors import CheckpointMismatchError
-    from img_model.train_config import resolve
-    from img_model.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
+    from img_model.train.config import resolve
+    from img_model.train.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 
     runtime = {"device": options["device"], "precision": options["precision"], "workers": options["workers"],
                "threads": options["threads"], "compile": options["compile_"], "progress": progress,

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from extract.core.errors import UsageError
 from extract.core.precision import Precision
-from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
-from img_model.dataset import DataConfig
+from img_model.data.dataset import DataConfig
+from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
 
 SelectOn = Literal["val", "test"]
 
@@ -44,7 +44,7 @@ class TrainConfig:
     batch_size: int = 16
     eval_batch_size: int = 16  # the published position encoding makes outputs depend on the batch (§7.1)
     learning_rate: float = 5e-4  # AdamW, default betas and eps, linear decay to 0 per step, no warm-up
-    weight_decay: float = 0.01  # not on biases and LayerNorms, by the authors' names (img_model/optim.py)
+    weight_decay: float = 0.01  # not on biases and LayerNorms, by the authors' names (img_model/network/optim.py)
     clip_norm: float = 1.0
     evals_per_epoch: int = 2  # at steps kN + N//2 and (k+1)N (§4.7)
     select_on: SelectOn = "val"  # "test": the paper's protocol (§7.15), recorded in every report

@@ -22,7 +22,7 @@ from extract.core.errors import UsageError
 
 State = Literal["done", "partial", "todo"]
 
-PROGRAMS = {"img-extract": "extract.cli", "img-train": "img_model.cli", "img-eval": "img_model.eval_cli"}
+PROGRAMS = {"img-extract": "extract.cli", "img-train": "img_model.cli.train", "img-eval": "img_model.cli.evaluate"}
 EXIT_SOME_FAILED = 1  # img-extract: some videos missing (manifest) or some tracks failed (run): the rest goes on
 
 
@@ -237,7 +237,7 @@ class TextStage(Stage):
 def run_finished(run: Path) -> bool:
     """img-train wrote its final report (metrics.jsonl holds the "final" line; a line torn by a kill is left out)
     and best.pt."""
-    from img_model.run_log import has_final_line
+    from img_model.train.run_log import has_final_line
 
     return (run / "best.pt").is_file() and has_final_line(run)
 

@@ -15,7 +15,7 @@ Sizes: the list renders one page (50 rows) at a time; the size and speed of a re
 are measured once, in the README ("The report"). Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here,
 in Python, with the same IoUs as the metrics, so filters and table can never disagree.
 
-    from img_model.report import write_report
+    from img_model.evaluate.report import write_report
     write_report("report.html", rows, title="charades test", videos="videos/")  # rows: predictions JSONL dicts
 """
 
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from extract.core.files import write_atomically
-from img_model.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPrediction
-from img_model.metrics import THRESHOLDS, TOP_K, recall_at
+from img_model.evaluate.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPrediction
+from img_model.network.metrics import THRESHOLDS, TOP_K, recall_at
 
 HISTOGRAM_BINS = 10
 # [k/10, (k+1)/10): k/10 as written (np.histogram's linspace edges are 0.30000000000000004, 0.6000000000000001 and

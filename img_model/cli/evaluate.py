@@ -15,8 +15,8 @@ import click
 
 from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
 from extract.core.errors import ImgVmrError, UsageError
-from img_model.cli_common import data_options, data_overrides, dataset_table, runtime_options
-from img_model.convert import CheckpointLayoutError, load_into
+from img_model.cli.options import data_options, data_overrides, dataset_table, runtime_options
+from img_model.network.convert import CheckpointLayoutError, load_into
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-eval"
@@ -152,11 +152,11 @@ def _evaluate(
     """The report of each split, and the prediction rows of all of them (in split order)."""
     from extract.core.precision import Precision
     from img_model.checkpoint import read_checkpoint
-    from img_model.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
-    from img_model.evaluator import EvalReport, Evaluator, check_inputs
-    from img_model.model import IMG
+    from img_model.data.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
+    from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
+    from img_model.network.model import IMG
     from img_model.runtime import runtime_device
-    from img_model.train_config import check_batch_size, from_dict
+    from img_model.train.config import check_batch_size, from_dict
 
     checkpoint = read_checkpoint(checkpoint_path, expected=CHECKPOINT_EXPECTED)
     run = from_dict(checkpoint.run) if checkpoint.run else None
@@ -260,7 +260,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], videos: Path | None) -> None:
-    from img_model.report import write_report
+    from img_model.evaluate.report import write_report
 
     first = reports[0].context
     context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}

@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader
 from extract.core.precision import FP32, Precision
 from extract.core.provenance import compare_recipes
 from img_model.checkpoint import Checkpoint
-from img_model.dataset import Batch, DataSources, MomentDataset, collate
-from img_model.decoding import best_span, index_to_time, top_spans
+from img_model.data.dataset import Batch, DataSources, MomentDataset, collate
 from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.errors import CheckpointMismatchError
-from img_model.metrics import TOP_K, retrieval_metrics, temporal_iou
-from img_model.model import IMG, IMGOutput
+from img_model.network.decoding import best_span, index_to_time, top_spans
+from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou
+from img_model.network.model import IMG, IMGOutput
 from img_model.runtime import SINGLE_PROCESS, RankContext
 from manifests.records import QueryRecord
 

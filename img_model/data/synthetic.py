@@ -149,7 +149,7 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
     audio_marker *= spec.marker_strength / np.linalg.norm(audio_marker) * np.sqrt(spec.audio_dim) / 2
     videos = _plan(spec, rng)
 
-    recipe = {"generator": "img_model.synthetic", "seed": spec.seed, "marker_strength": spec.marker_strength}
+    recipe = {"generator": "img_model.data.synthetic", "seed": spec.seed, "marker_strength": spec.marker_strength}
     provenance = {
         VISUAL_FEATURE: {"recipe": {**recipe, "rows_per_second": 1}, "software": {}},
         AUDIO_FEATURE: {"recipe": {**recipe, "rows_per_second": spec.audio_rows_per_second}, "software": {}},
@@ -191,7 +191,7 @@ def write_text_store(path: Path, records: list[QueryRecord], spec: SyntheticSpec
     tokens = [tokenize(record.sentence) for record in records]
     vocabulary = build_vocabulary(tokens, lambda word: True, min_char_count=1)
     vectors = rng.standard_normal((len(vocabulary.glove_words), spec.word_dim)).astype(np.float32)
-    recipe = {"kind": "glove", "generator": "img_model.synthetic", "vocabulary_sha256": vocabulary.sha256()}
+    recipe = {"kind": "glove", "generator": "img_model.data.synthetic", "vocabulary_sha256": vocabulary.sha256()}
     writer = TextStoreWriter(path, "glove", {"recipe": recipe, "software": {}, "runtime": {}}, resume=False)
     try:
         batch = TextBatch(

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from img_model.config import ObjectiveConfig
-from img_model.model import IMGOutput
+from img_model.network.config import ObjectiveConfig
+from img_model.network.model import IMGOutput
 
 _KEEP_EPS = 1e-6  # added to the number of kept samples before dividing, as the authors do
 

@@ -1,0 +1,1 @@
+"""Evaluating a checkpoint on a split: predictions, metrics, the report."""

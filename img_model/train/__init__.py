@@ -1,0 +1,1 @@
+"""Training a run: its configuration, seeding, the trainer and its log."""
