@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.core.errors import UsageError
+from extract.core.errors import ImgVmrError, UsageError
 from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary
@@ -39,6 +39,11 @@ from extract.text.vocabulary_source import VocabularySource
 from img_model.network.config import IMGConfig
 from img_model.network.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.network.model import IMG
+
+
+class CheckpointMismatchError(ImgVmrError):
+    """A checkpoint does not fit the features, text or run it is used with."""
+
 
 CHECKPOINT_FORMAT = "img-vmr-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -183,7 +188,6 @@ def convert_official_checkpoint(
     import hashlib
 
     from img_model.data.text_store import QueryTexts
-    from img_model.errors import CheckpointMismatchError
     from img_model.network.convert import load_official_checkpoint
 
     source = Path(source)

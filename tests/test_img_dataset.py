@@ -18,6 +18,7 @@ from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from extract.text.store import TextBatch, TextStoreWriter
 from img_model.data.dataset import (
     DataConfig,
+    DataError,
     DataSources,
     MomentDataset,
     Sample,
@@ -35,7 +36,6 @@ from img_model.data.synthetic import (
     write_audio_matters,
     write_text_store,
 )
-from img_model.errors import DataError
 from img_model.network.config import IMGConfig
 from img_model.network.decoding import time_to_index
 from img_model.network.model import IMG

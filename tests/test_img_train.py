@@ -528,9 +528,8 @@ def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_
     loss from finite outputs: the run stops there, and last.pt and best.pt keep the step-2 weights (it used to
     finish with NaN weights in both)."""
     from img_model.data.dataset import DataSources
-    from img_model.errors import TrainingDivergedError
     from img_model.train import trainer as trainer_module
-    from img_model.train.trainer import Trainer, prepare_data
+    from img_model.train.trainer import Trainer, TrainingDivergedError, prepare_data
 
     run = _tiny_run(tiny, evals_per_epoch=1)
     trainer = Trainer(run, prepare_data(run, DataSources(run.data)), tmp_path / "run")

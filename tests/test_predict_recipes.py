@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from extract.models.presets import PANNS, get_preset
-from img_model.checkpoint import Checkpoint
-from img_model.errors import CheckpointMismatchError
+from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.predict.feature_cache import FeatureSpec, preset_for, recorded_specs
 from img_model.predict.recipe_check import check_recorded_recipe
 

@@ -13,11 +13,10 @@ import torch
 
 from extract.text.bert import BertTextEncoder
 from extract.text.pipeline import TextQueries, run_encoder
-from img_model.checkpoint import Checkpoint
+from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.text_store import QueryTexts
-from img_model.errors import CheckpointMismatchError, QueryError
 from img_model.network.config import IMGConfig
-from img_model.predict.queries import EncodedQueries, query_reader
+from img_model.predict.queries import EncodedQueries, QueryError, query_reader
 from manifests.records import QueryRecord
 from tests.test_text_encoders import minilm_dir
 

@@ -171,7 +171,7 @@ def train_command(
     except CheckpointLayoutError as error:
         fail(str(error), program=program)
     except ImgVmrError as error:
-        from img_model.errors import TrainingDivergedError
+        from img_model.train.trainer import TrainingDivergedError
 
         log.debug("stopped", exc_info=True)
         fail(str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE, program)
@@ -210,10 +210,9 @@ def _train(
     """Resolve the run, open and check its data, build the trainer, and only then create the run folder (a
     failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
     from extract.core.provenance import compare_recipes
-    from img_model.checkpoint import read_checkpoint
+    from img_model.checkpoint import CheckpointMismatchError, read_checkpoint
     from img_model.data.dataset import DataSources
     from img_model.distributed import start_process_group
-    from img_model.errors import CheckpointMismatchError
     from img_model.train.config import resolve
     from img_model.train.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 

@@ -32,15 +32,19 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from extract.core.errors import UsageError
+from extract.core.errors import ImgVmrError, UsageError, listed
 from extract.store import video_durations
 from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.data.feature_stores import FeatureStores
 from img_model.data.text_store import QueryTexts
-from img_model.errors import DataError, listed
 from img_model.network.decoding import time_to_index
 from img_model.network.losses import SpanLabels
 from manifests.records import QueryRecord
+
+
+class DataError(ImgVmrError):
+    """The queries, features and text cannot be put together into a dataset (missing, stale or mismatched)."""
+
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -34,10 +34,9 @@ from torch.utils.data import DataLoader
 
 from extract.core.precision import FP32, Precision
 from extract.core.provenance import compare_recipes
-from img_model.checkpoint import Checkpoint
+from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.dataset import Batch, DataSources, MomentDataset, collate
 from img_model.distributed import evaluation_batches, in_batch_order
-from img_model.errors import CheckpointMismatchError
 from img_model.network.decoding import best_span, index_to_time, top_spans
 from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.network.model import IMG, IMGOutput

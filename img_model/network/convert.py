@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from extract.core.errors import listed
 from extract.core.torch_files import check_fits, read_state_dict
-from img_model.errors import listed
 from img_model.network.config import IMGConfig
 from img_model.network.model import IMG
 

@@ -41,7 +41,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from extract.core.errors import VideoDecodeError
 from extract.media.sources import VIDEO_EXTENSIONS, video_files
-from img_model.errors import QueryError
+from img_model.predict.queries import QueryError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -52,8 +52,7 @@ from extract.store import (
     FeatureStore,
     Track,
 )
-from img_model.checkpoint import Checkpoint
-from img_model.errors import CheckpointMismatchError
+from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.predict.recipe_check import check_recorded_recipe, recipe_accepted
 
 log = logging.getLogger(f"img_vmr.{__name__}")

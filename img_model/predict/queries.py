@@ -22,11 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.errors import ImgVmrError
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenize
 from extract.text.vocabulary import MAX_WORDS, Vocabulary
-from img_model.checkpoint import Checkpoint
-from img_model.errors import CheckpointMismatchError, QueryError
+from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.predict.recipe_check import check_recorded_recipe
+
+
+class QueryError(ImgVmrError):
+    """A query that cannot be answered: empty, or with no word the checkpoint's vocabulary knows."""
+
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from extract.core.provenance import compare_recipes
-from img_model.errors import CheckpointMismatchError
+from img_model.checkpoint import CheckpointMismatchError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -44,20 +44,29 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from extract.core.errors import ImgVmrError, listed
 from extract.core.files import write_atomically
 from extract.core.precision import Precision
 from extract.core.provenance import differences
 from img_model.checkpoint import (
     Checkpoint,
+    CheckpointMismatchError,
     read_checkpoint,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
-from img_model.data.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, Batch, DataSources, MomentDataset, collate
+from img_model.data.dataset import (
+    HELD_OUT_SPLIT,
+    OWN_VALIDATION_SPLIT,
+    Batch,
+    DataError,
+    DataSources,
+    MomentDataset,
+    collate,
+)
 from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
-from img_model.errors import CheckpointMismatchError, DataError, TrainingDivergedError, listed
 from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.network.config import exp_up
 from img_model.network.losses import BatchScope, IMGLoss, img_loss
@@ -66,6 +75,11 @@ from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train.config import RunConfig, as_dict, from_dict, to_toml
 from img_model.train.run_log import metrics_lines
+
+
+class TrainingDivergedError(ImgVmrError):
+    """The loss became NaN or infinite; training stopped and kept the last good checkpoint."""
+
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
