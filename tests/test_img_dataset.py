@@ -422,6 +422,31 @@ def test_validation_is_carved_among_the_videos_the_stores_hold(synthetic: Synthe
     assert {q.split(" ")[0] for q in data.train.coverage.no_video} == {r.qid for r in train if r.video_id in missing}
 
 
+def test_validation_is_carved_among_the_videos_that_are_not_truncated(
+    synthetic: SyntheticDataset, tmp_path: Path
+) -> None:
+    """Carving counted truncated videos as readable (readable_videos copied the dataset's filter without the
+    truncated check): the held-out videos it chose were then left out of the selection split, which shrank
+    silently, or emptied and stopped training with DataError. One rule (DataSources.unreadable) serves both."""
+    whole = DataSources(data_config(synthetic))
+    train = whole.splits()["train"]
+    videos = sorted({r.video_id for r in train})
+    cut = set(videos[: len(videos) // 2])
+    provenance = {name: {"recipe": whole.stores.recipe(name)} for name in (VISUAL_FEATURE, AUDIO_FEATURE)}
+    writer = StoreWriter(tmp_path / "cut.h5", provenance)
+    for video_id in whole.stores.video_ids():
+        tracks = {name: whole.stores.track(video_id, name) for name in whole.stores.feature_names(video_id)}
+        metadata = {**whole.stores.metadata(video_id), "truncated": video_id in cut}
+        writer.add_video(VideoRecord(video_id, metadata, tracks))
+    writer.close()
+    run = _run_config(synthetic, tmp_path / "cut.h5", val_fraction=0.25)
+    data = prepare_data(run, DataSources(run.data))
+    held = {r.video_id for r in data.select.records}
+    assert held and not held & cut and len(held) == round(0.25 * (len(videos) - len(cut)))
+    assert data.select.coverage.kept == data.select.coverage.queries  # no held-out query is left out
+    assert not data.select.coverage.truncated
+
+
 def test_every_training_seed_selects_on_the_same_videos_unless_val_seed_changes(synthetic: SyntheticDataset) -> None:
     def held_out(**train: object) -> list[str]:
         run = _run_config(synthetic, val_fraction=0.25, **train)

@@ -363,11 +363,21 @@ class DataSources:
             splits.setdefault(record.split, []).append(record)
         return splits
 
+    def unreadable(self, video_id: str) -> str | None:
+        """Why a video's queries cannot be read, the one rule of the datasets and of validation carving:
+        "no visual track", or "truncated" (its file was cut short: the tracks end early while the annotations'
+        times do not); None when they can."""
+        if video_id not in self.stores or self.config.visual not in self.stores.feature_names(video_id):
+            return "no visual track"
+        if self.stores.metadata(video_id).get("truncated"):
+            return "truncated"
+        return None
+
     def readable_videos(self, records: Sequence[QueryRecord]) -> set[str]:
-        """Videos of these records with a visual track in the stores and at least one query in the text store."""
-        stores, visual, sentences = self.stores, self.config.visual, self.texts.sentences
-        with_text = {r.video_id for r in records if sentences.get(r.qid) == r.sentence}
-        return {video_id for video_id in with_text if video_id in stores and visual in stores.feature_names(video_id)}
+        """Videos of these records that a dataset reads (`unreadable` says none of them) with at least one query
+        in the text store."""
+        with_text = {r.video_id for r in records if self.texts.sentences.get(r.qid) == r.sentence}
+        return {video_id for video_id in with_text if self.unreadable(video_id) is None}
 
     def validation(
         self, splits: dict[str, list[QueryRecord]], fraction: float, seed: int
@@ -470,11 +480,10 @@ class MomentDataset(Dataset):
         """(pooled length, has audio features) of a video, or why it is left out: "no visual track", or
         "truncated" (its file was cut short: the tracks end early while the annotations' times do not)."""
         stores, config = self.sources.stores, self.sources.config
-        if video_id not in stores or config.visual not in stores.feature_names(video_id):
-            return "no visual track"
+        why = self.sources.unreadable(video_id)
+        if why is not None:
+            return why
         metadata = stores.metadata(video_id)
-        if metadata.get("truncated"):
-            return "truncated"
         length = aligned_length(stores.track_shape(video_id, config.visual)[0], self.max_pos_len)
         has_audio_track = config.audio in stores.feature_names(video_id)
         if not has_audio_track and metadata.get("has_audio", False):
