@@ -22,13 +22,14 @@ from click.testing import CliRunner
 
 from extract.core.errors import UsageError
 from extract.store import StoreWriter, Track, VideoRecord
-from img_model.checkpoint import Checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from img_model.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from img_model.cli.train import main as img_train
 from img_model.data.synthetic import SyntheticDataset
 from img_model.network.config import IMGConfig
 from img_model.network.model import IMG
 from img_model.network.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
 from img_model.train.config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
+from img_model.train.seeding import rng_state, set_rng_state
 from img_model.train.trainer import EpochBatches, evaluation_steps
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset

@@ -52,10 +52,7 @@ from img_model.checkpoint import (
     Checkpoint,
     CheckpointMismatchError,
     read_checkpoint,
-    rng_state,
     save_checkpoint,
-    seed_everything,
-    set_rng_state,
 )
 from img_model.data.dataset import (
     HELD_OUT_SPLIT,
@@ -75,6 +72,7 @@ from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train.config import RunConfig, as_dict, from_dict, to_toml
 from img_model.train.run_log import metrics_lines
+from img_model.train.seeding import rng_state, seed_everything, set_rng_state
 
 
 class TrainingDivergedError(ImgVmrError):
