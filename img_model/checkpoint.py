@@ -10,9 +10,8 @@
                              inputs were made with; img-eval refuses inputs made otherwise (entries may be
                              missing for converted checkpoints)
     run                      the resolved run config (img_model/train/config.py sections), None when converted
-    training                 None, or {epoch, step, epoch_step, optimizer, scheduler, scaler, rng (train/seeding.py),
-                             best}: the
-                             state --resume continues from, bit for bit
+    training                 None, or {epoch, step, epoch_step, optimizer, scheduler, scaler, rng
+                             (train/seeding.py), best}: the state --resume continues from, bit for bit
     metrics                  the evaluation that made this checkpoint best / last, or None
     origin                   converted checkpoints: {file, sha256, configs} of the authors' file
 
