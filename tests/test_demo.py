@@ -148,11 +148,16 @@ def post(port: int, body: dict[str, Any] | str, headers: dict[str, str] | None =
 
 @pytest.fixture(scope="module")
 def demo_predictor(real_run: RealRun, tmp_path_factory: pytest.TempPathFactory) -> CountingPredictor:
-    from img_model.predict.predictor import Predictor
+    from img_model.predict.predictor import Predictor, PredictorOptions
 
-    predictor = Predictor.from_checkpoint(real_run.checkpoint, "cpu", cache_dir=tmp_path_factory.mktemp("cache"),
-                                          weights_dir=real_run.weights_dir, clip_model=str(real_run.clip_model),
-                                          threads=1)  # fmt: skip
+    options = PredictorOptions(
+        device="cpu",
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        weights_dir=real_run.weights_dir,
+        clip_model=str(real_run.clip_model),
+        threads=1,
+    )
+    predictor = Predictor.from_checkpoint(real_run.checkpoint, options)
     return CountingPredictor(predictor)
 
 

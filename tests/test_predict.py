@@ -23,7 +23,7 @@ from img_model.checkpoint import CheckpointMismatchError, read_checkpoint
 from img_model.cli.predict import _read_queries_file
 from img_model.network.convert import CheckpointLayoutError
 from img_model.predict.feature_cache import recorded_specs
-from img_model.predict.predictor import Predictor, VideoAnswers
+from img_model.predict.predictor import Predictor, PredictorOptions, VideoAnswers
 from img_model.predict.queries import QueryError
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_eval, run_img_predict, start_img_predict
@@ -39,7 +39,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(real_run: RealRun, cache: Path) -> Predictor:
-    return Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, cache))
+    return Predictor.from_checkpoint(
+        real_run.checkpoint, PredictorOptions(device="cpu", **predictor_options(real_run, cache))
+    )
 
 
 def predictor_options(real_run: RealRun, cache: Path) -> dict[str, Any]:
@@ -186,7 +188,9 @@ def test_a_second_query_on_a_cached_video_loads_no_extraction_model(
     video = real_run.videos / "clip4.mp4"
     first = predictor.predict(video, ["a person waves a hand"])
     monkeypatch.setattr("extract.models.build_extractor", no_model)
-    again = Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, cache))  # a new run
+    again = Predictor.from_checkpoint(
+        real_run.checkpoint, PredictorOptions(device="cpu", **predictor_options(real_run, cache))
+    )  # a new run
     second = again.predict(video, ["a person waves a hand", "the door slams shut"])
     assert second.answers[0] == first.answers[0]
     assert second.answers[1].query == "the door slams shut"
@@ -208,10 +212,14 @@ def test_a_video_cached_with_another_precision_is_read_by_a_new_process_without_
     options = predictor_options(real_run, tmp_path / "cache")
     video = real_run.videos / "clip4.mp4"
     with caplog.at_level(logging.WARNING, logger="img_vmr.img_model"):
-        first = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", "cpu", **options).predict(video, "a person")
+        first = Predictor.from_checkpoint(
+            tmp_path / "fp16-features.pt", PredictorOptions(device="cpu", **options)
+        ).predict(video, "a person")
     assert "the checkpoint's were made in fp16, these in fp32" in caplog.text
     monkeypatch.setattr("extract.models.build_extractor", no_model)
-    again = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", "cpu", **options).predict(video, "a person")
+    again = Predictor.from_checkpoint(tmp_path / "fp16-features.pt", PredictorOptions(device="cpu", **options)).predict(
+        video, "a person"
+    )
     assert again.answers == first.answers
 
 
@@ -228,7 +236,9 @@ def test_two_processes_sharing_a_cache_answer_at_once(real_run: RealRun, tmp_pat
 def test_a_process_waits_for_another_extracting_into_the_cache_then_names_cache(
     real_run: RealRun, tmp_path: Path
 ) -> None:
-    predictor = Predictor.from_checkpoint(real_run.checkpoint, "cpu", **predictor_options(real_run, tmp_path / "c"))
+    predictor = Predictor.from_checkpoint(
+        real_run.checkpoint, PredictorOptions(device="cpu", **predictor_options(real_run, tmp_path / "c"))
+    )
     predictor.features.lock_timeout = 0.5
     predictor.features.folder.mkdir(parents=True)
     with open(predictor.features.folder / "extract.lock", "w") as other:  # another img-predict extracting
@@ -260,16 +270,17 @@ def test_the_answers_use_the_runs_precision_where_the_device_runs_it(
         stored["run"]["runtime"]["precision"] = recorded
         torch.save(stored, tmp_path / f"{recorded}-run.pt")
         default = Predictor.from_checkpoint(
-            tmp_path / f"{recorded}-run.pt", "cpu", **predictor_options(real_run, cache)
+            tmp_path / f"{recorded}-run.pt", PredictorOptions(device="cpu", **predictor_options(real_run, cache))
         )
         assert default.predict(video, "a person waves a hand").as_json()["precision"] == expected
     forced = Predictor.from_checkpoint(
-        tmp_path / "bf16-run.pt", "cpu", precision="fp32", **predictor_options(real_run, cache)
+        tmp_path / "bf16-run.pt", PredictorOptions(device="cpu", precision="fp32", **predictor_options(real_run, cache))
     )
     assert forced.predict(video, "a person waves a hand").precision == "fp32"
     with pytest.raises(UsageError, match="--precision fp16 needs a CUDA GPU"):
         Predictor.from_checkpoint(
-            tmp_path / "bf16-run.pt", "cpu", precision="fp16", **predictor_options(real_run, cache)
+            tmp_path / "bf16-run.pt",
+            PredictorOptions(device="cpu", precision="fp16", **predictor_options(real_run, cache)),
         )
 
 
@@ -290,7 +301,7 @@ def test_a_checkpoint_from_a_newer_version_is_refused(real_run: RealRun, tmp_pat
     stored["format_version"] = 2
     torch.save(stored, tmp_path / "newer.pt")
     with pytest.raises(CheckpointLayoutError, match=r"written by a newer img-vmr \(format 2\); upgrade to read it"):
-        Predictor.from_checkpoint(tmp_path / "newer.pt", "cpu", cache_dir=tmp_path)
+        Predictor.from_checkpoint(tmp_path / "newer.pt", PredictorOptions(device="cpu", cache_dir=tmp_path))
 
 
 def test_a_video_that_fails_to_decode_is_one_line_naming_the_stage(real_run: RealRun, cache: Path, tmp_path) -> None:
@@ -358,16 +369,24 @@ def test_other_weights_are_refused_unless_trusted(
     options = {**predictor_options(real_run, tmp_path / "cache"), "clip_model": str(other)}
     video = real_run.videos / "clip4.mp4"
     with pytest.raises(CheckpointMismatchError, match=r"not the ones the checkpoint was trained on .*--trust-weights"):
-        Predictor.from_checkpoint(real_run.checkpoint, "cpu", **options).predict(video, ["a person waves a hand"])
-    trusted = Predictor.from_checkpoint(real_run.checkpoint, "cpu", trust_weights=True, **options)
+        Predictor.from_checkpoint(real_run.checkpoint, PredictorOptions(device="cpu", **options)).predict(
+            video, ["a person waves a hand"]
+        )
+    trusted = Predictor.from_checkpoint(
+        real_run.checkpoint, PredictorOptions(device="cpu", trust_weights=True, **options)
+    )
     first = trusted.predict(video, ["a person waves a hand"])
     assert first.audio_used
     with monkeypatch.context() as patched:  # a new process reads the trusted features without a model
         patched.setattr("extract.models.build_extractor", no_model)
-        again = Predictor.from_checkpoint(real_run.checkpoint, "cpu", trust_weights=True, **options)
+        again = Predictor.from_checkpoint(
+            real_run.checkpoint, PredictorOptions(device="cpu", trust_weights=True, **options)
+        )
         assert again.predict(video, ["a person waves a hand"]).answers == first.answers
     with pytest.raises(CheckpointMismatchError, match="--trust-weights"):  # untrusted: never read from the cache
-        Predictor.from_checkpoint(real_run.checkpoint, "cpu", **options).predict(video, ["a person waves a hand"])
+        Predictor.from_checkpoint(real_run.checkpoint, PredictorOptions(device="cpu", **options)).predict(
+            video, ["a person waves a hand"]
+        )
 
 
 def test_the_checkpoint_of_the_run_records_the_presets_of_its_features(real_run: RealRun) -> None:

@@ -99,11 +99,10 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(flags: dict[str, Any], progress: bool) -> Any:
-    from img_model.predict.predictor import Predictor
+    from img_model.predict.predictor import Predictor, PredictorOptions
 
-    return Predictor.from_checkpoint(
-        flags["checkpoint"],
-        flags["device"],
+    options = PredictorOptions(
+        device=flags["device"],
         cache_dir=flags["cache"],
         weights_dir=flags["weights_dir"],
         clip_model=flags["clip_model"],
@@ -116,6 +115,7 @@ def _load(flags: dict[str, Any], progress: bool) -> Any:
         audio=flags["audio"],
         progress=progress,
     )
+    return Predictor.from_checkpoint(flags["checkpoint"], options)
 
 
 def _quiet(record: logging.LogRecord) -> bool:

@@ -1,8 +1,8 @@
 """A trained checkpoint answering typed queries on a video file (what img-predict and its demo page run).
 
-    from img_model.predict.predictor import Predictor
+    from img_model.predict.predictor import Predictor, PredictorOptions
 
-    predictor = Predictor.from_checkpoint("runs/charades/best.pt", device="cpu")
+    predictor = Predictor.from_checkpoint("runs/charades/best.pt", PredictorOptions(device="cpu"))
     video = predictor.predict("kitchen.mp4", ["a person opens the fridge", "someone laughs"])  # or one str
     for answer in video.answers:
         answer.start, answer.end, answer.score  # seconds, P_start(i) * P_end(j)
@@ -139,6 +139,25 @@ class VideoAnswers:
         }
 
 
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How Predictor.from_checkpoint loads a checkpoint (img-predict's options; their help says what each does).
+    `precision` None: the checkpoint's run's (extract/core/precision.py)."""
+
+    device: str = "auto"
+    cache_dir: str | os.PathLike[str] | None = None  # None: $IMG_PREDICT_CACHE or ~/.cache/img-vmr/predict
+    weights_dir: str | os.PathLike[str] | None = None
+    clip_model: str | None = None
+    text_model: str | None = None
+    trust_weights: bool = False
+    precision: str | None = None
+    threads: int = 0
+    top_k: int = DEFAULT_TOP_K
+    visual: str | None = None  # converted checkpoints (no recorded recipe): the presets of their features
+    audio: str | None = None
+    progress: bool = False
+
+
 class Predictor:
     """A checkpoint's model, its feature cache and its text inputs, ready to answer queries on video files.
 
@@ -169,43 +188,22 @@ class Predictor:
         self.align_rule = run_data.get("align", "img")
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike[str],
-        device: str = "auto",
-        *,
-        cache_dir: str | os.PathLike[str] | None = None,
-        weights_dir: str | os.PathLike[str] | None = None,
-        clip_model: str | None = None,
-        text_model: str | None = None,
-        trust_weights: bool = False,
-        precision: str | None = None,
-        threads: int = 0,
-        top_k: int = DEFAULT_TOP_K,
-        visual: str | None = None,
-        audio: str | None = None,
-        progress: bool = False,
-    ) -> Predictor:
-        """Load a checkpoint (RUN/best.pt, or a converted one with `visual` / `audio` presets named) and its
-        text model; the extraction models load on the first video that is not in the cache yet. `precision`
-        None: the run's recorded one where the device runs it (see the module's docstring)."""
+    def from_checkpoint(cls, path: str | os.PathLike[str], options: PredictorOptions | None = None) -> Predictor:
+        """Load a checkpoint (RUN/best.pt, or a converted one with `options.visual` / `options.audio` presets
+        named) and its text model; the extraction models load on the first video that is not in the cache yet."""
+        options = options or PredictorOptions()
         checkpoint = read_checkpoint(path)
-        specs = recorded_specs(checkpoint, visual, audio)
-        resolved = runtime_device(device, threads)
+        specs = recorded_specs(checkpoint, options.visual, options.audio)
+        device = runtime_device(options.device, options.threads)
         recorded = (checkpoint.run or {}).get("runtime", {}).get("precision")
-        chosen = Precision.resolve(precision, resolved, recorded)
-        weights = Path(weights_dir) if weights_dir is not None else None
+        precision = Precision.resolve(options.precision, device, recorded)
+        weights = Path(options.weights_dir) if options.weights_dir is not None else None
+        cache_dir = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
         cache = FeatureCache(
-            specs,
-            Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-            resolved,
-            weights,
-            clip_model,
-            trust_weights,
-            progress,
+            specs, cache_dir, device, weights, options.clip_model, options.trust_weights, options.progress
         )
-        queries = query_reader(checkpoint, resolved, weights, text_model, trust_weights)
-        return cls(checkpoint, cache, queries, resolved, chosen, top_k)
+        queries = query_reader(checkpoint, device, weights, options.text_model, options.trust_weights)
+        return cls(checkpoint, cache, queries, device, precision, options.top_k)
 
     def read_queries(self, queries: Sequence[str]) -> list[QueryInput]:
         """The text inputs of these queries; an empty query or one without a known word is a QueryError."""
