@@ -39,11 +39,19 @@ from img_model.data.dataset import DataConfig, DataSources, collate
 from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
 from img_model.train.trainer import EpochBatches
 
-CHARADES_SIZED = SyntheticSpec(min_steps=16, max_steps=64, visual_dim=1024, audio_dim=2048, audio_rows_per_second=2,
-                               silent_videos=0, commit_every=32)  # fmt: skip
+CHARADES_SIZED = SyntheticSpec(
+    min_steps=16,
+    max_steps=64,
+    visual_dim=1024,
+    audio_dim=2048,
+    audio_rows_per_second=2,
+    silent_videos=0,
+    commit_every=32,
+)
 # 20,000 videos at Charades sizes would be 50 GB; the memory pass keeps the count and shrinks the rows.
-ACTIVITYNET_COUNT = SyntheticSpec(min_steps=16, max_steps=64, visual_dim=64, audio_dim=32, audio_rows_per_second=2,
-                                  silent_videos=0, commit_every=32)  # fmt: skip
+ACTIVITYNET_COUNT = SyntheticSpec(
+    min_steps=16, max_steps=64, visual_dim=64, audio_dim=32, audio_rows_per_second=2, silent_videos=0, commit_every=32
+)
 
 
 def store(folder: Path, spec: SyntheticSpec, videos: int) -> SyntheticDataset:
@@ -59,8 +67,15 @@ def store(folder: Path, spec: SyntheticSpec, videos: int) -> SyntheticDataset:
 
 
 def data_config(data: SyntheticDataset, cache: bool) -> DataConfig:
-    return DataConfig(str(data.annotations), (str(data.features),), data.visual, data.audio, str(data.text),
-                      missing_audio="zeros", cache_features=cache)  # fmt: skip
+    return DataConfig(
+        str(data.annotations),
+        (str(data.features),),
+        data.visual,
+        data.audio,
+        str(data.text),
+        missing_audio="zeros",
+        cache_features=cache,
+    )
 
 
 def loader(sources: DataSources, workers: int, batch_size: int = 16) -> tuple[DataLoader, int]:
@@ -129,13 +144,19 @@ def rate(args: argparse.Namespace) -> None:
     data = store(args.folder, CHARADES_SIZED, args.videos)
     result = one_pass(data, args.workers, cache=False)
     loading, training = loading_cost(data), training_cost()
-    print(f"data loading, {result['queries']} training queries of {args.videos} videos (I3D 1024-d + PANNs 2048-d, "
-          f"16-64 s), batch 16")  # fmt: skip
-    print(f"  DataLoader with {args.workers} workers: {result['queries_per_s']:.0f} queries/s on this machine now "
-          f"(first batch after {result['first_batch_s']:.1f} s)")  # fmt: skip
-    print(f"  CPU per query: loading {loading * 1e3:.2f} ms (read, align, sample, collate), one IMG training step "
-          f"{training * 1e3:.0f} ms (CPU, 1 thread): loading is {training / loading:.0f}x cheaper, so each worker "
-          f"feeds {training / loading:.0f} CPU training threads")  # fmt: skip
+    print(
+        f"data loading, {result['queries']} training queries of {args.videos} videos (I3D 1024-d + PANNs 2048-d, "
+        f"16-64 s), batch 16"
+    )
+    print(
+        f"  DataLoader with {args.workers} workers: {result['queries_per_s']:.0f} queries/s on this machine now "
+        f"(first batch after {result['first_batch_s']:.1f} s)"
+    )
+    print(
+        f"  CPU per query: loading {loading * 1e3:.2f} ms (read, align, sample, collate), one IMG training step "
+        f"{training * 1e3:.0f} ms (CPU, 1 thread): loading is {training / loading:.0f}x cheaper, so each worker "
+        f"feeds {training / loading:.0f} CPU training threads"
+    )
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -143,13 +164,18 @@ def memory(args: argparse.Namespace) -> None:
     print(f"one pass over the training split of {args.videos} videos ({data.features}), {args.workers} workers")
     for cache in (False, True):
         command = [sys.executable, __file__, "pass", str(data.folder), "--workers", str(args.workers)]
-        result = json.loads(subprocess.run([*command, *(["--cache"] if cache else [])], capture_output=True,
-                                           text=True, check=True).stdout)  # fmt: skip
+        result = json.loads(
+            subprocess.run(
+                [*command, *(["--cache"] if cache else [])], capture_output=True, text=True, check=True
+            ).stdout
+        )
         label = "--cache-features" if cache else "lazy (HDF5)"
-        print(f"  {label:<17} peak RSS main {result['main_peak_mib']:7.0f} MiB, largest worker "
-              f"{result['worker_peak_mib']:7.0f} MiB; open {result['open_s']:5.1f} s, first batch after "
-              f"{result['first_batch_s']:5.1f} s, pass {result['pass_s']:6.1f} s ({result['queries_per_s']:.0f} "
-              "queries/s)")  # fmt: skip
+        print(
+            f"  {label:<17} peak RSS main {result['main_peak_mib']:7.0f} MiB, largest worker "
+            f"{result['worker_peak_mib']:7.0f} MiB; open {result['open_s']:5.1f} s, first batch after "
+            f"{result['first_batch_s']:5.1f} s, pass {result['pass_s']:6.1f} s ({result['queries_per_s']:.0f} "
+            "queries/s)"
+        )
 
 
 def main() -> None:

@@ -34,11 +34,27 @@ def make_720p(path: Path, minutes: float) -> Path:
     if not path.exists():
         seconds = int(minutes * 60)
         subprocess.run(
-            [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
-             "-i", f"testsrc2=size=1280x720:rate=30:duration={seconds}",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p", str(path)],
+            [
+                ffmpeg_path(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=1280x720:rate=30:duration={seconds}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "60",
+                "-pix_fmt",
+                "yuv420p",
+                str(path),
+            ],
             check=True,
-        )  # fmt: skip
+        )
     return path
 
 

@@ -234,8 +234,9 @@ def ray_data_run(videos: Path, out: Path, clip: Path, batch_size: int) -> None:
     )
     collected: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-        for video_id, feature, seq, span, row in zip(batch["video_id"], batch["feature"], batch["seq"], batch["span"],
-                                                     batch["row"], strict=True):  # fmt: skip
+        for video_id, feature, seq, span, row in zip(
+            batch["video_id"], batch["feature"], batch["seq"], batch["span"], batch["row"], strict=True
+        ):
             collected[(str(video_id), str(feature))].append((int(seq), span, row))
     events = {video_id: pickle.loads(blob) for video_id, blob in ray.get(sink.take.remote()).items()}
     writer = StoreWriter(out, provenance_records(extractors))
@@ -306,8 +307,16 @@ def main() -> None:
 
     def engine(name: str, source: Path, out: Path) -> list[str]:
         if name == "ray-data":
-            return [sys.executable, __file__, "--batch-size", str(args.batch_size), "--ray-data-run",
-                    str(source), str(out), str(clip)]  # fmt: skip
+            return [
+                sys.executable,
+                __file__,
+                "--batch-size",
+                str(args.batch_size),
+                "--ray-data-run",
+                str(source),
+                str(out),
+                str(clip),
+            ]
         extra = ["--engine", "ray"] if name == "ray" else []
         return [*cli, str(source), "--out", str(out), *common, *extra]
 
@@ -317,38 +326,72 @@ def main() -> None:
             continue
         startup = measure(engine(name, one, stores / f"{name}-one.h5"), env)
         whole = measure(engine(name, videos, stores / f"{name}.h5"), env)
-        results[name] = {**whole, "startup": startup["wall"],
-                         "per_video": (whole["wall"] - startup["wall"]) / max(1, args.videos - 1)}  # fmt: skip
+        results[name] = {
+            **whole,
+            "startup": startup["wall"],
+            "per_video": (whole["wall"] - startup["wall"]) / max(1, args.videos - 1),
+        }
         print(f"{name}: {results[name]}", flush=True)
         check_same_videos(stores / "local.h5", stores / f"{name}.h5")
     if "shards" not in skip:
         start = time.monotonic()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         shards = [
-            subprocess.Popen([*cli, str(videos), "--out", str(stores / f"shard{i}.h5"), *common, "--workers", "1",
-                              "--shard", f"{i}/2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                [
+                    *cli,
+                    str(videos),
+                    "--out",
+                    str(stores / f"shard{i}.h5"),
+                    *common,
+                    "--workers",
+                    "1",
+                    "--shard",
+                    f"{i}/2",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             for i in range(2)
-        ]  # fmt: skip
+        ]
         for shard in shards:
             if shard.wait() not in (0, 1):
                 raise SystemExit(shard.stderr.read().decode() if shard.stderr else "a shard failed")
         extracted = time.monotonic() - start
-        merge = measure([*cli, "merge", str(stores / "shard0.h5"), str(stores / "shard1.h5"), "--out",
-                         str(stores / "merged.h5"), "--no-progress"], env)  # fmt: skip
+        merge = measure(
+            [
+                *cli,
+                "merge",
+                str(stores / "shard0.h5"),
+                str(stores / "shard1.h5"),
+                "--out",
+                str(stores / "merged.h5"),
+                "--no-progress",
+            ],
+            env,
+        )
         reap_all()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        results["shards 0/2 + 1/2, merged"] = {"wall": extracted + merge["wall"], "cpu": cpu, "processes": 2,
-                                               "startup": float("nan"), "per_video": float("nan"),
-                                               "merge": merge["wall"]}  # fmt: skip
+        results["shards 0/2 + 1/2, merged"] = {
+            "wall": extracted + merge["wall"],
+            "cpu": cpu,
+            "processes": 2,
+            "startup": float("nan"),
+            "per_video": float("nan"),
+            "merge": merge["wall"],
+        }
         check_same_videos(stores / "local.h5", stores / "merged.h5")
     base = results.get("local")
     print(f"\n{args.videos} videos of {args.seconds:g} s, tiny CLIP, batch {args.batch_size}, {os.cpu_count()} CPUs")
     print(f"{'engine':<28} {'wall s':>8} {'ratio':>6} {'CPU s':>8} {'start-up s':>10} {'per video s':>11} {'procs':>5}")
     for name, r in results.items():
         ratio = r["wall"] / base["wall"] if base else float("nan")
-        print(f"{name:<28} {r['wall']:8.1f} {ratio:6.2f} {r['cpu']:8.1f} {r['startup']:10.1f} {r['per_video']:11.3f} "
-              f"{int(r['processes']):5d}")  # fmt: skip
+        print(
+            f"{name:<28} {r['wall']:8.1f} {ratio:6.2f} {r['cpu']:8.1f} {r['startup']:10.1f} {r['per_video']:11.3f} "
+            f"{int(r['processes']):5d}"
+        )
     if "shards 0/2 + 1/2, merged" in results:
         print(f"(merge alone: {results['shards 0/2 + 1/2, merged']['merge']:.1f} s; merged store = local store's ids)")
 
@@ -361,8 +404,9 @@ def check_same_videos(reference: Path, other: Path) -> None:
     with FeatureStore(reference) as a, FeatureStore(other) as b:
         assert a.video_ids() == b.video_ids(), f"{other} holds other videos than {reference}"
         for video_id in a.video_ids():
-            np.testing.assert_allclose(a.track(video_id, "clip").features, b.track(video_id, "clip").features,
-                                       atol=1e-5)  # fmt: skip
+            np.testing.assert_allclose(
+                a.track(video_id, "clip").features, b.track(video_id, "clip").features, atol=1e-5
+            )
 
 
 if __name__ == "__main__":

@@ -105,10 +105,12 @@ def main() -> None:
         cuda = torch.device("cuda")
         runs += [("cuda fp32", cuda, None), ("cuda fp16 autocast", cuda, torch.float16)]
         runs += [("cuda bf16 autocast", cuda, torch.bfloat16)]
-    print(f"IMG Charades config, training step (forward + loss + backward), B={args.batch}, Lv={args.video_len}, "
-          f"Lq={args.query_len}, {args.repeats} timed repeats, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))  # fmt: skip
+    print(
+        f"IMG Charades config, training step (forward + loss + backward), B={args.batch}, Lv={args.video_len}, "
+        f"Lq={args.query_len}, {args.repeats} timed repeats, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
     for name, device, autocast in runs:
         seconds, peak = measure(device, autocast, args)
         memory = "peak RSS" if device.type == "cpu" else "peak allocated"

@@ -29,13 +29,35 @@ def make_long_video(path: Path, minutes: float) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         seconds = int(minutes * 60)
         subprocess.run(
-            [ffmpeg_path(), "-v", "error", "-y",
-             "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=30:duration={seconds}",
-             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p",
-             "-c:a", "aac", "-ac", "2", str(path)],
+            [
+                ffmpeg_path(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=320x240:rate=30:duration={seconds}",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency=440:sample_rate=44100:duration={seconds}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "60",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-ac",
+                "2",
+                str(path),
+            ],
             check=True,
-        )  # fmt: skip
+        )
     return path
 
 
@@ -58,10 +80,24 @@ def baseline(path: Path, repeats: int = 3) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run(
-            [ffmpeg_path(), "-v", "error", "-i", str(path), "-map", "0:V:0?", "-map", "0:a:0?", "-c", "copy",
-             "-f", "null", "-"],
+            [
+                ffmpeg_path(),
+                "-v",
+                "error",
+                "-i",
+                str(path),
+                "-map",
+                "0:V:0?",
+                "-map",
+                "0:a:0?",
+                "-c",
+                "copy",
+                "-f",
+                "null",
+                "-",
+            ],
             check=True,
-        )  # fmt: skip
+        )
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -65,12 +65,23 @@ def import_authors(checkout: Path) -> types.ModuleType:
 def authors_configs(config: IMGConfig) -> types.SimpleNamespace:
     """Their argparse namespace for our config (the fields IMGNet and build_optimizer_and_scheduler read)."""
     return types.SimpleNamespace(
-        word_size=config.glove_words + 2, char_size=config.char_vocab_size, word_dim=config.word_dim,
-        char_dim=config.char_dim, dim=config.dim, num_heads=config.num_heads, drop_rate=config.drop_rate,
-        video_feature_dim=config.video_feature_dim, audio_feature_dim=config.audio_feature_dim,
-        max_pos_len=config.max_pos_len, event_num=config.event_num, slot_layers=config.slot_iterations,
-        layers=config.fusion_gru_layers, init_lr=5e-4, num_train_steps=TOTAL_STEPS, warmup_proportion=0.0,
-    )  # fmt: skip
+        word_size=config.glove_words + 2,
+        char_size=config.char_vocab_size,
+        word_dim=config.word_dim,
+        char_dim=config.char_dim,
+        dim=config.dim,
+        num_heads=config.num_heads,
+        drop_rate=config.drop_rate,
+        video_feature_dim=config.video_feature_dim,
+        audio_feature_dim=config.audio_feature_dim,
+        max_pos_len=config.max_pos_len,
+        event_num=config.event_num,
+        slot_layers=config.slot_iterations,
+        layers=config.fusion_gru_layers,
+        init_lr=5e-4,
+        num_train_steps=TOTAL_STEPS,
+        warmup_proportion=0.0,
+    )
 
 
 def build_models(authors: types.ModuleType, config: IMGConfig) -> tuple[IMG, torch.nn.Module]:
@@ -85,8 +96,15 @@ def build_models(authors: types.ModuleType, config: IMGConfig) -> tuple[IMG, tor
 
 
 def their_forward(theirs: torch.nn.Module, inputs: dict[str, torch.Tensor], p_warm: float) -> tuple:
-    return theirs(inputs["word_ids"], inputs["char_ids"], inputs["video"], inputs["video_mask"], inputs["audio"],
-                  inputs["query_mask"], p_warm)  # fmt: skip
+    return theirs(
+        inputs["word_ids"],
+        inputs["char_ids"],
+        inputs["video"],
+        inputs["video_mask"],
+        inputs["audio"],
+        inputs["query_mask"],
+        p_warm,
+    )
 
 
 def check_same_model(ours: IMG, theirs: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
@@ -201,11 +219,14 @@ def profile(model: IMG, step: Callable[[], None], steps: int = 3) -> None:
     operators = sorted((e for e in averages if not e.key.startswith("## ")), key=lambda e: -e.self_cpu_time_total)
     for event in operators[:15]:
         share = event.self_cpu_time_total / steps / total
-        print(f"  {event.key[:58]:<58} {event.self_cpu_time_total / steps / 1e3:8.1f} ms {share:6.1%}  "
-              f"{event.count // steps:6d} calls")  # fmt: skip
+        print(
+            f"  {event.key[:58]:<58} {event.self_cpu_time_total / steps / 1e3:8.1f} ms {share:6.1%}  "
+            f"{event.count // steps:6d} calls"
+        )
     print("forward time of each part (per step; backward, loss and optimiser are the rest):")
-    for event in sorted((e for e in averages if e.key.startswith("## ") and e.key != "## step"),
-                        key=lambda e: -e.cpu_time_total):  # fmt: skip
+    for event in sorted(
+        (e for e in averages if e.key.startswith("## ") and e.key != "## step"), key=lambda e: -e.cpu_time_total
+    ):
         print(f"  {event.key[3:]:<58} {event.cpu_time_total / steps / 1e3:8.1f} ms")
 
 
@@ -225,9 +246,11 @@ def main() -> None:
     ours, theirs = build_models(authors, config)
     inputs, labels = make_batch(config, args.batch, args.video_len, args.query_len, torch.device("cpu"))
     difference = check_same_model(ours, theirs, inputs)
-    print(f"IMG Charades config, one training step (forward, loss, backward, clip, AdamW, lr), B={args.batch}, "
-          f"Lv={args.video_len}, Lq={args.query_len}, CPU, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; same weights (eval logits agree to {difference:.1e})")  # fmt: skip
+    print(
+        f"IMG Charades config, one training step (forward, loss, backward, clip, AdamW, lr), B={args.batch}, "
+        f"Lv={args.video_len}, Lq={args.query_len}, CPU, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; same weights (eval logits agree to {difference:.1e})"
+    )
     steps = {"ours": our_step(ours, inputs, labels), "authors'": their_step(authors, theirs, inputs, labels)}
     times = time_interleaved(steps, args.repeats)
     medians = {name: (statistics.median(wall), statistics.median(cpu)) for name, (wall, cpu) in times.items()}

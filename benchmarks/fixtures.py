@@ -12,10 +12,20 @@ from pathlib import Path
 
 # A tiny CLIP (2 layers of width 32) for tests and CPU benchmarks; VIT_B_32 is the published model's shape, for
 # timings on a GPU that mean something.
-TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "projection_dim": 16}  # fmt: skip
-VIT_B_32 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "projection_dim": 512}  # fmt: skip
+TINY_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "projection_dim": 16,
+}
+VIT_B_32 = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "projection_dim": 512,
+}
 
 
 def random_clip(folder: Path, shape: dict[str, int] | None = None) -> Path:
@@ -49,10 +59,25 @@ def make_videos(
         if not path.exists():
             sound = ["-f", "lavfi", "-i", f"sine=frequency={200 + 10 * index}:duration={seconds}", "-c:a", "aac"]
             subprocess.run(
-                [ffmpeg_path(), "-v", "error", "-y", "-f", "lavfi",
-                 "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", *(sound if audio else []),
-                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+                [
+                    ffmpeg_path(),
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+                    *(sound if audio else []),
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-pix_fmt",
+                    "yuv420p",
+                    str(path),
+                ],
                 check=True,
-            )  # fmt: skip
+            )
         paths.append(path)
     return paths

@@ -321,10 +321,18 @@ class GpuSampler:
         if smi is not None:
             try:
                 self.process = subprocess.Popen(
-                    [smi, f"--id={self.gpu_id}", "--query-gpu=utilization.gpu,memory.used",
-                     "--format=csv,noheader,nounits", "-lms", "500"],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                )  # fmt: skip
+                    [
+                        smi,
+                        f"--id={self.gpu_id}",
+                        "--query-gpu=utilization.gpu,memory.used",
+                        "--format=csv,noheader,nounits",
+                        "-lms",
+                        "500",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
             except OSError:
                 return self
             self.reader = threading.Thread(target=self._read, daemon=True)
@@ -468,8 +476,9 @@ def train_step_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, An
     from benchmarks.bench_img import measure
 
     device = torch.device(sizes.device)
-    args = argparse.Namespace(batch=sizes.train_batch, video_len=sizes.train_video_len, query_len=12,
-                              repeats=sizes.train_repeats)  # fmt: skip
+    args = argparse.Namespace(
+        batch=sizes.train_batch, video_len=sizes.train_video_len, query_len=12, repeats=sizes.train_repeats
+    )
     timings = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if dtype is torch.float16 and device.type != "cuda":
@@ -508,8 +517,12 @@ def ddp_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
         if w.is_floating_point() and not INVARIANT.search(name)
     )
     ma, mb = flat_metrics(folder / "one" / "metrics.jsonl"), flat_metrics(folder / "two" / "metrics.jsonl")
-    differing = [key for x, y in zip(ma, mb, strict=True) for key in x if "mean_audio_importance" not in key
-                 and x[key] != y.get(key)]  # fmt: skip
+    differing = [
+        key
+        for x, y in zip(ma, mb, strict=True)
+        for key in x
+        if "mean_audio_importance" not in key and x[key] != y.get(key)
+    ]
     return {
         "device": sizes.device,
         "one_process_s": round(one_s, 1),
@@ -547,15 +560,19 @@ def run_step(step: Step, work: Path, dry_run: bool, timeout: float) -> dict[str,
     command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--work", str(work)]
     command += ["--dry-run"] if dry_run else []
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True, cwd=ROOT)  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        entry: dict[str, Any] = {"status": "timeout", "seconds": round(time.perf_counter() - started, 1),
-                                 "timeout_s": round(timeout)}  # fmt: skip
+        entry: dict[str, Any] = {
+            "status": "timeout",
+            "seconds": round(time.perf_counter() - started, 1),
+            "timeout_s": round(timeout),
+        }
         if result_file.exists():  # what the step measured before it was killed
             entry["result"] = json.loads(result_file.read_text(encoding="utf-8"))
         return entry
@@ -653,8 +670,11 @@ def orchestrate(args: argparse.Namespace) -> int:
     preflight_started = time.perf_counter()
     status, lines = run_preflight(args.dry_run)
     print("\n".join(lines), flush=True)
-    report["preflight"] = {"ok": status == 0, "seconds": round(time.perf_counter() - preflight_started, 1),
-                           "lines": lines}  # fmt: skip
+    report["preflight"] = {
+        "ok": status == 0,
+        "seconds": round(time.perf_counter() - preflight_started, 1),
+        "lines": lines,
+    }
     report["total_s"] = report["preflight"]["seconds"]
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if status != 0:
@@ -698,8 +718,14 @@ def main() -> None:
     if args.preflight:
         lines, problems = preflight(args.dry_run)
         print("\n".join(f"preflight: {line}" for line in lines))
-        print("\n".join(f"preflight: MISSING {line}" if not line.startswith(" ") and not line.startswith("how")
-                        else f"preflight: {line}" for line in problems))  # fmt: skip
+        print(
+            "\n".join(
+                f"preflight: MISSING {line}"
+                if not line.startswith(" ") and not line.startswith("how")
+                else f"preflight: {line}"
+                for line in problems
+            )
+        )
         sys.exit(2 if problems else 0)
     if args.step is None:
         sys.exit(orchestrate(args))

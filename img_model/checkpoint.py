@@ -222,7 +222,12 @@ def checkpoint_vocabulary(path: Path) -> VocabularySource:
     if recorded is not None:
         recipe = dict(recorded.get("recipe", {}))
     else:  # converted: the checkpoint records only the vocabulary, whose hash is what img-eval then compares
-        recipe = {"kind": "glove", **tokenizer_recipe(DEFAULT_TOKENIZER), "words": len(vocabulary.words),
-                  "chars": len(vocabulary.chars), "vocabulary_sha256": vocabulary.sha256()}  # fmt: skip
+        recipe = {
+            "kind": "glove",
+            **tokenizer_recipe(DEFAULT_TOKENIZER),
+            "words": len(vocabulary.words),
+            "chars": len(vocabulary.chars),
+            "vocabulary_sha256": vocabulary.sha256(),
+        }
     origin = {"path": str(path.resolve()), "kind": "checkpoint", "vocabulary_sha256": vocabulary.sha256()}
     return VocabularySource(vocabulary, vectors, recipe, origin)

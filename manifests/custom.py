@@ -120,9 +120,15 @@ def _row(item: dict, line: int, position: int, path: Path, problems: list[str]) 
         _problem(problems, path, line, "split must be a non-empty string")
         return None
     return CustomRow(
-        line, str(qid), video_id, float(times["start"]), float(times["end"]), query.strip(), split,
+        line,
+        str(qid),
+        video_id,
+        float(times["start"]),
+        float(times["end"]),
+        query.strip(),
+        split,
         None if duration is None else float(duration),
-    )  # fmt: skip
+    )
 
 
 def _listed(ids: list[str]) -> str:

@@ -127,9 +127,11 @@ def load_dataset(name: str, data_dir: Path | None = None) -> DatasetQueries:
     manifest = get_dataset(name)
     paths = {file.path: locate_annotation(file, data_dir) for file in manifest.files}
     queries = DatasetQueries(
-        name, [], files={file.path: file.sha256 for file in manifest.files},
+        name,
+        [],
+        files={file.path: file.sha256 for file in manifest.files},
         vocabulary_splits=manifest.vocabulary_splits,
-    )  # fmt: skip
+    )
     durations = None
     if manifest.durations is not None:
         durations = charades.parse_durations(_read(paths[manifest.durations.path]), manifest.durations.path)

@@ -22,8 +22,10 @@ def _recipe_table() -> str:
     lines = []
     for name, recipe in RECIPES.items():
         lines.append(f"  {name:<13} {recipe.description}")
-        lines.append(f"  {'':<13} ({recipe.visual} + {recipe.audio} + {recipe.text}; evaluated on "
-                     f"{', '.join(recipe.evaluate_on)})")  # fmt: skip
+        lines.append(
+            f"  {'':<13} ({recipe.visual} + {recipe.audio} + {recipe.text}; evaluated on "
+            f"{', '.join(recipe.evaluate_on)})"
+        )
     lines.append(f"  {'FILE.jsonl':<13} your queries {{video_id, start, end, query, split}} (train and test splits),")
     lines.append(f"  {'':<13} with --visual / --audio presets (default i3d-charades-vslnet + panns)")
     return "\n".join(lines)
@@ -45,38 +47,78 @@ def _recipe_table() -> str:
     "2 usage error, 130 / 143 interrupted.",
 )
 @click.argument("recipe_name", metavar="RECIPE")
-@click.option("--work", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for every stage's output (one recipe's inputs per folder; reused to resume).")  # fmt: skip
-@click.option("--videos", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder of the dataset's videos (searched recursively; file name = video id).")  # fmt: skip
-@click.option("--released-visual", type=click.Path(path_type=Path), default=None,
-              help="Released visual features (folder of .npy) instead of videos (img-extract import-img).")  # fmt: skip
-@click.option("--released-audio", type=click.Path(path_type=Path), default=None,
-              help="Released audio features: folder of .npy (PANNs) or VGGish.pickle.")  # fmt: skip
-@click.option("--glove", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="GloVe vectors in the glove.840B.300d.txt format (not on PyPI: download glove.840B.300d.zip from "
-              "nlp.stanford.edu/projects/glove and unzip it).")  # fmt: skip
-@click.option("--glove-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where the GloVe index is built (default $IMG_WEIGHTS_DIR/glove-index).")  # fmt: skip
+@click.option(
+    "--work",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for every stage's output (one recipe's inputs per folder; reused to resume).",
+)
+@click.option(
+    "--videos",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of the dataset's videos (searched recursively; file name = video id).",
+)
+@click.option(
+    "--released-visual",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Released visual features (folder of .npy) instead of videos (img-extract import-img).",
+)
+@click.option(
+    "--released-audio",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Released audio features: folder of .npy (PANNs) or VGGish.pickle.",
+)
+@click.option(
+    "--glove",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="GloVe vectors in the glove.840B.300d.txt format (not on PyPI: download glove.840B.300d.zip from "
+    "nlp.stanford.edu/projects/glove and unzip it).",
+)
+@click.option(
+    "--glove-cache",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the GloVe index is built (default $IMG_WEIGHTS_DIR/glove-index).",
+)
 @click.option("--visual", default=None, help="Visual feature preset instead of the recipe's (e.g. clip).")
 @click.option("--audio", default=None, help="Audio feature preset instead of the recipe's (e.g. vggish).")
 @click.option("--text-embed", default=None, help="Text embedding instead of GloVe: bert[:MODEL] or clip-text[:MODEL].")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="img-train TOML ([model], [objective], [train], [data], [runtime]) over the recipe's.")  # fmt: skip
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="img-train TOML ([model], [objective], [train], [data], [runtime]) over the recipe's.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (the paper's 100).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (16).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Training seed (0).")
-@click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
-              help="Select best.pt on held-out training videos (val, default) or on test (the paper).")  # fmt: skip
+@click.option(
+    "--select-on",
+    type=click.Choice(["val", "test"]),
+    default=None,
+    help="Select best.pt on held-out training videos (val, default) or on test (the paper).",
+)
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N, for every stage.")
 @precision_option("fp32 for extraction and training, the run's for evaluation")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads of img-train / img-eval.")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Feature model weights for offline use (img-extract --weights-dir).")  # fmt: skip
+@click.option(
+    "--weights-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Feature model weights for offline use (img-extract --weights-dir).",
+)
 @click.option("--trust-weights", is_flag=True, help="Accept weights files whose checksum differs (img-extract).")
 @click.option("--clip-model", default=None, help="CLIP model id or folder for the clip preset (img-extract).")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Annotation files (default $IMG_DATA_DIR or ~/.cache/img-vmr/annotations).")  # fmt: skip
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Annotation files (default $IMG_DATA_DIR or ~/.cache/img-vmr/annotations).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the stages, whether each would run, and their commands; run none.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(recipe_name: str, dry_run: bool, no_progress: bool, **flags: Any) -> None:

@@ -140,11 +140,16 @@ def build_plan(recipe: Recipe, options: PipelineOptions) -> Plan:
     else:
         visual, audio = recipe.visual, recipe.audio
         manifest = folder / "videos.jsonl"
-        extract_options = _flags([
-            ("--device", options.device), ("--precision", options.precision), ("--weights-dir", options.weights_dir),
-            ("--trust-weights", options.trust_weights), ("--clip-model", options.clip_model),
-            ("--no-progress", not options.progress),
-        ])  # fmt: skip
+        extract_options = _flags(
+            [
+                ("--device", options.device),
+                ("--precision", options.precision),
+                ("--weights-dir", options.weights_dir),
+                ("--trust-weights", options.trust_weights),
+                ("--clip-model", options.clip_model),
+                ("--no-progress", not options.progress),
+            ]
+        )
         stages += [
             ManifestStage(recipe.dataset, options.videos, manifest, options.data_dir),
             ExtractStage(manifest, store, visual, audio, tuple(extract_options)),
@@ -164,15 +169,38 @@ def build_plan(recipe: Recipe, options: PipelineOptions) -> Plan:
     )
     training_toml = training_config(recipe, options)
     config = folder / TRAINING_CONFIG if training_toml is not None else None
-    data_args = ["--dataset", recipe.dataset, "--features", str(store), "--visual", visual, "--audio", audio,
-                 "--text", str(text), *_flags([("--data-dir", options.data_dir), ("--config", config)])]  # fmt: skip
+    data_args = [
+        "--dataset",
+        recipe.dataset,
+        "--features",
+        str(store),
+        "--visual",
+        visual,
+        "--audio",
+        audio,
+        "--text",
+        str(text),
+        *_flags([("--data-dir", options.data_dir), ("--config", config)]),
+    ]
     recipe_args = _flags([(flag, options.train_flags.get(name)) for name, flag in TRAIN_FLAGS.items()])
-    runtime_args = _flags([("--device", options.device), ("--precision", options.precision),
-                           ("--threads", options.threads), ("--no-progress", not options.progress)])  # fmt: skip
+    runtime_args = _flags(
+        [
+            ("--device", options.device),
+            ("--precision", options.precision),
+            ("--threads", options.threads),
+            ("--no-progress", not options.progress),
+        ]
+    )
     stages.append(TrainStage(run, (*data_args, *recipe_args), tuple(runtime_args)))
-    eval_args = _flags([("--data-dir", options.data_dir), ("--device", options.device),
-                        ("--precision", options.precision), ("--threads", options.threads),
-                        ("--no-progress", not options.progress)])  # fmt: skip
+    eval_args = _flags(
+        [
+            ("--data-dir", options.data_dir),
+            ("--device", options.device),
+            ("--precision", options.precision),
+            ("--threads", options.threads),
+            ("--no-progress", not options.progress),
+        ]
+    )
     reports = {}
     for dataset in recipe.evaluate_on:
         name = _eval_name(dataset)
@@ -228,8 +256,14 @@ def check_training_config(plan: Plan, store: Path, text: Path) -> None:
     from img_model.train.config import resolve
 
     options, recipe = plan.options, plan.recipe
-    data = data_overrides(dataset=recipe.dataset, features=(store,), visual=plan.visual, audio=plan.audio, text=text,
-                          data_dir=options.data_dir)  # fmt: skip
+    data = data_overrides(
+        dataset=recipe.dataset,
+        features=(store,),
+        visual=plan.visual,
+        audio=plan.audio,
+        text=text,
+        data_dir=options.data_dir,
+    )
     overrides = {"train": dict(options.train_flags), "data": data}
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / TRAINING_CONFIG
@@ -259,8 +293,11 @@ def dataset_folder(recipe: Recipe) -> str:
 def _identities(plan: Plan) -> dict[Path, dict[str, str]]:
     """What each folder's pipeline.json must say: the feature presets for WORK, the text embedding for WORK/D."""
     work, recipe = plan.options.work, plan.recipe
-    features = {"visual": recipe.visual, "audio": recipe.audio,
-                "features": "released" if plan.options.released else "videos"}  # fmt: skip
+    features = {
+        "visual": recipe.visual,
+        "audio": recipe.audio,
+        "features": "released" if plan.options.released else "videos",
+    }
     return {work: features, work / dataset_folder(recipe): {"dataset": recipe.dataset, "text": recipe.text}}
 
 
@@ -271,8 +308,11 @@ def check_work_folder(plan: Plan) -> None:
         if not path.is_file():
             continue
         recorded = json.loads(path.read_text(encoding="utf-8"))
-        changed = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in identity.items()
-                   if recorded.get(key) != value]  # fmt: skip
+        changed = [
+            f"{key}: {recorded.get(key)!r} -> {value!r}"
+            for key, value in identity.items()
+            if recorded.get(key) != value
+        ]
         if changed:
             raise UsageError(f"{folder} holds a pipeline of other inputs ({', '.join(changed)}); use another --work")
 
@@ -370,8 +410,7 @@ def _run_command(command: Command, stage: str, journal: Path) -> None:
             status if status in (EXIT_INTERRUPTED, EXIT_TERMINATED) else 1,
         )
     if status:
-        log.warning("  %s exited with %d (some videos missing or failed; see above); going on", command.program,
-                    status)  # fmt: skip
+        log.warning("  %s exited with %d (some videos missing or failed; see above); going on", command.program, status)
     if command.stdout is not None:
         command.stdout.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(command.stdout, output)
@@ -395,6 +434,7 @@ def summary(plan: Plan) -> str:
         if paper is not None:
             lines.append(f"  {'paper (' + paper.source + ')':<26}" + "".join(f"{v:8.2f}" for v in paper.values))
             if report.get("select_on") == "val":
-                lines.append("  (selected on held-out training videos; the paper selected on the test split: "
-                             "--select-on test)")  # fmt: skip
+                lines.append(
+                    "  (selected on held-out training videos; the paper selected on the test split: --select-on test)"
+                )
     return "\n".join(lines)

@@ -101,8 +101,16 @@ class ManifestStage(Stage):
     def commands(self, status: Status) -> list[Command]:
         # A named dataset's train and test videos (ActivityNet's val_2 is never used); your file's every video.
         splits = [] if self.dataset.endswith(".jsonl") else ["--split", "train", "--split", "test"]
-        args = ["manifest", self.dataset, "--videos", str(self.videos), "--out", str(self.manifest), *splits,
-                *_flag("--data-dir", self.data_dir)]  # fmt: skip
+        args = [
+            "manifest",
+            self.dataset,
+            "--videos",
+            str(self.videos),
+            "--out",
+            str(self.manifest),
+            *splits,
+            *_flag("--data-dir", self.data_dir),
+        ]
         return [Command("img-extract", tuple(args), frozenset({0, EXIT_SOME_FAILED}))]
 
 
@@ -150,8 +158,14 @@ class ExtractStage(Stage):
         return Status("done", f"{self.store} holds {self.visual} and {self.audio} for {len(wanted)} videos{note}")
 
     def commands(self, status: Status) -> list[Command]:
-        args = [str(self.manifest), "--out", str(self.store), "--features", f"{self.visual},{self.audio}",
-                *self.extract_options]  # fmt: skip
+        args = [
+            str(self.manifest),
+            "--out",
+            str(self.store),
+            "--features",
+            f"{self.visual},{self.audio}",
+            *self.extract_options,
+        ]
         return [Command("img-extract", tuple(args), frozenset({0, EXIT_SOME_FAILED}))]
 
 
@@ -179,8 +193,15 @@ class ImportStage(Stage):
         return None if self.source.exists() else f"{self.source} does not exist"
 
     def commands(self, status: Status) -> list[Command]:
-        args = ["import-img", str(self.source), "--out", str(self.store), "--feature", self.feature,
-                *_flag("--row-seconds", self.row_seconds)]  # fmt: skip
+        args = [
+            "import-img",
+            str(self.source),
+            "--out",
+            str(self.store),
+            "--feature",
+            self.feature,
+            *_flag("--row-seconds", self.row_seconds),
+        ]
         return [Command("img-extract", tuple(args))]
 
 
@@ -213,8 +234,10 @@ class TextStage(Stage):
     def missing_inputs(self) -> str | None:
         if self.embed == "glove":
             if self.glove is None:
-                return ("give --glove PATH/glove.840B.300d.txt (download glove.840B.300d.zip from "
-                        "https://nlp.stanford.edu/projects/glove/ and unzip it; it is not on PyPI)")  # fmt: skip
+                return (
+                    "give --glove PATH/glove.840B.300d.txt (download glove.840B.300d.zip from "
+                    "https://nlp.stanford.edu/projects/glove/ and unzip it; it is not on PyPI)"
+                )
             if not self.glove.is_file():
                 return f"--glove {self.glove} does not exist"
         return None
@@ -285,8 +308,15 @@ class EvalStage(Stage):
         return Status("todo", f"no {self.report} yet")
 
     def commands(self, status: Status) -> list[Command]:
-        args = [str(self.checkpoint), "--dataset", self.dataset, "--json", "--predictions", str(self.predictions),
-                *self.eval_args]  # fmt: skip
+        args = [
+            str(self.checkpoint),
+            "--dataset",
+            self.dataset,
+            "--json",
+            "--predictions",
+            str(self.predictions),
+            *self.eval_args,
+        ]
         return [Command("img-eval", tuple(args), stdout=self.report)]
 
 

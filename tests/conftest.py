@@ -74,8 +74,13 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, publishe
 
 
 CHROMIUM_PACKAGE = "chromium-headless-shell"  # Debian's package; `playwright install` cannot download here
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,9 @@ learning_rate = 0.003
 workers = 0
 threads = 1
 """
-TINY_SPEC = SyntheticSpec(train_videos_per_family=6, test_videos_per_family=2, min_steps=12, max_steps=24,
-                          silent_videos=1)  # fmt: skip
+TINY_SPEC = SyntheticSpec(
+    train_videos_per_family=6, test_videos_per_family=2, min_steps=12, max_steps=24, silent_videos=1
+)
 
 
 def tiny_dataset(folder: Path) -> SyntheticDataset:
@@ -55,10 +56,18 @@ def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
     data = tiny_dataset(folder / "data")
     run = resolve(
         folder / "data" / "tiny.toml",
-        {"data": {"dataset": str(data.annotations), "features": (str(data.features),), "visual": data.visual,
-                  "audio": data.audio, "text": str(data.text)},
-         "train": {"epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
-    )  # fmt: skip
+        {
+            "data": {
+                "dataset": str(data.annotations),
+                "features": (str(data.features),),
+                "visual": data.visual,
+                "audio": data.audio,
+                "text": str(data.text),
+            },
+            "train": {"epochs": 1, "evals_per_epoch": 1},
+            "runtime": {"progress": False},
+        },
+    )
     sources = DataSources(run.data)
     run = replace(run, model=replace(run.model, **model_inputs(sources)))
     threads = torch.get_num_threads()

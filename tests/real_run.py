@@ -60,8 +60,18 @@ class RealRun:
 
     def predict_options(self, cache: Path) -> list[str]:
         """img-predict's options that find this run's feature models, with a feature cache of its own."""
-        return ["--checkpoint", str(self.checkpoint), "--cache", str(cache), "--weights-dir", str(self.weights_dir),
-                "--clip-model", str(self.clip_model), "--threads", "1"]  # fmt: skip
+        return [
+            "--checkpoint",
+            str(self.checkpoint),
+            "--cache",
+            str(cache),
+            "--weights-dir",
+            str(self.weights_dir),
+            "--clip-model",
+            str(self.clip_model),
+            "--threads",
+            "1",
+        ]
 
     def queries(self) -> list[dict]:
         return [json.loads(line) for line in self.annotations.read_text().splitlines()]
@@ -77,29 +87,73 @@ def make_real_run(folder: Path, clip_model: Path, weights_dir: Path) -> RealRun:
         name = f"clip{number}"
         make_video(videos / f"{name}.mp4", seconds=8 + number, size="96x64", rate=10, audio=name != SILENT_VIDEO)
     features = folder / "feats.h5"
-    extracted = run_cli(videos, "--out", features, "--features", "clip,vggish", "--clip-model", clip_model,
-                        "--weights-dir", weights_dir, "--trust-weights", "--workers", "1", "--no-progress")  # fmt: skip
+    extracted = run_cli(
+        videos,
+        "--out",
+        features,
+        "--features",
+        "clip,vggish",
+        "--clip-model",
+        clip_model,
+        "--weights-dir",
+        weights_dir,
+        "--trust-weights",
+        "--workers",
+        "1",
+        "--no-progress",
+    )
     _check(extracted, "img-extract")
     durations = store_durations(features)
     rows = []
     for number, (video_id, duration) in enumerate(sorted(durations.items())):
         for k in range(2):
             start = round(duration * (0.1 + 0.4 * k), 2)
-            rows.append({"qid": f"q{2 * number + k}", "video_id": video_id, "start": start,
-                         "end": round(start + 0.3 * duration, 2), "duration": duration,
-                         "query": QUERIES[(number + k) % len(QUERIES)],
-                         "split": "test" if video_id in TEST_VIDEOS else "train"})  # fmt: skip
+            rows.append(
+                {
+                    "qid": f"q{2 * number + k}",
+                    "video_id": video_id,
+                    "start": start,
+                    "end": round(start + 0.3 * duration, 2),
+                    "duration": duration,
+                    "query": QUERIES[(number + k) % len(QUERIES)],
+                    "split": "test" if video_id in TEST_VIDEOS else "train",
+                }
+            )
     annotations = folder / "queries.jsonl"
     annotations.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     glove, _, _ = glove_6b_subset(folder)
     text = folder / "text.h5"
-    embedded = run_cli("text", "--annotations", annotations, "--embed", f"glove:{glove}", "--out", text,
-                       "--glove-cache", folder / "glove-index")  # fmt: skip
+    embedded = run_cli(
+        "text",
+        "--annotations",
+        annotations,
+        "--embed",
+        f"glove:{glove}",
+        "--out",
+        text,
+        "--glove-cache",
+        folder / "glove-index",
+    )
     _check(embedded, "img-extract text")
     config = folder / "tiny.toml"
     config.write_text(TINY_REAL_CONFIG, encoding="utf-8")
     run = folder / "run"
-    trained = run_img_train("--dataset", annotations, "--features", features, "--visual", "clip", "--audio", "vggish",
-                            "--text", text, "--config", config, "--out", run, "--no-progress")  # fmt: skip
+    trained = run_img_train(
+        "--dataset",
+        annotations,
+        "--features",
+        features,
+        "--visual",
+        "clip",
+        "--audio",
+        "vggish",
+        "--text",
+        text,
+        "--config",
+        config,
+        "--out",
+        run,
+        "--no-progress",
+    )
     _check(trained, "img-train")
     return RealRun(folder, videos, features, text, annotations, run / "best.pt", clip_model, weights_dir)

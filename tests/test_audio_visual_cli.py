@@ -107,8 +107,17 @@ def test_published_checksum_is_enforced_without_trust(run) -> None:
 
 def test_export_for_the_authors_code(run) -> None:
     root, out, _, _ = run
-    result = run_cli("export-img", "--store", out, "--out", root / "img", "--visual", "i3d-charades-vslnet",
-                     "--audio", "vggish-quantized")  # fmt: skip
+    result = run_cli(
+        "export-img",
+        "--store",
+        out,
+        "--out",
+        root / "img",
+        "--visual",
+        "i3d-charades-vslnet",
+        "--audio",
+        "vggish-quantized",
+    )
     assert result.returncode == 0, result.stderr
     assert np.load(root / "img" / "i3d_video" / f"{REAL_ID}.npy").shape == (28, 1024)
     assert (root / "img" / "audio" / "VGGish.pickle").exists()

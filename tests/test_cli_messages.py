@@ -29,9 +29,15 @@ def _error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--fps", "nan"), ("--fps", "inf"), ("--fps", "0"), ("--fps", "-1"), ("--audio-window", "inf"),
-     ("--audio-hop", "nan")],
-)  # fmt: skip
+    [
+        ("--fps", "nan"),
+        ("--fps", "inf"),
+        ("--fps", "0"),
+        ("--fps", "-1"),
+        ("--audio-window", "inf"),
+        ("--audio-hop", "nan"),
+    ],
+)
 def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, option: str, value: str) -> None:
     result = run_cli(tmp_path, "--out", tmp_path / "f.h5", option, value)
     assert result.returncode == 2
@@ -44,10 +50,14 @@ def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, opti
 
 @pytest.mark.parametrize(
     ("command", "option", "value", "bounds"),
-    [("run", "--fps", "1e6", "0.001 and 240"), ("run", "--fps", "1e-300", "0.001 and 240"),
-     ("run", "--audio-window", "1e9", "0.31 and 10"), ("run", "--audio-hop", "60", "0.01 and 10"),
-     ("import-img", "--row-seconds", "1e9", "0.001 and 3600")],
-)  # fmt: skip
+    [
+        ("run", "--fps", "1e6", "0.001 and 240"),
+        ("run", "--fps", "1e-300", "0.001 and 240"),
+        ("run", "--audio-window", "1e9", "0.31 and 10"),
+        ("run", "--audio-hop", "60", "0.01 and 10"),
+        ("import-img", "--row-seconds", "1e9", "0.001 and 3600"),
+    ],
+)
 def test_numbers_out_of_their_range_are_refused_at_parse_time(
     tmp_path: Path, command: str, option: str, value: str, bounds: str
 ) -> None:
@@ -72,8 +82,9 @@ def test_import_row_seconds_must_be_a_finite_positive_number(tmp_path: Path, val
 
 
 def test_a_hop_longer_than_the_window_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "--out", tmp_path / "f.h5", "--features", "panns", "--audio-window", "0.5",
-                     "--audio-hop", "0.75")  # fmt: skip
+    result = run_cli(
+        tmp_path, "--out", tmp_path / "f.h5", "--features", "panns", "--audio-window", "0.5", "--audio-hop", "0.75"
+    )
     assert result.returncode == 2 and _error_lines(result.stderr) == [
         "img-extract: error: --audio-hop 0.75 s is longer than the 0.5-s window (--audio-window): audio between "
         "windows would be skipped; give a hop up to the window"
@@ -164,12 +175,20 @@ def test_without_a_network_the_default_clip_fails_at_once_naming_the_hub(tmp_pat
     make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
     offline_switches = ("HF_HUB_OFFLINE", "IMG_VMR_OFFLINE", "TRANSFORMERS_OFFLINE")
     env = {k: v for k, v in os.environ.items() if k not in offline_switches}
-    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "hf"),
-            "IMG_WEIGHTS_DIR": str(tmp_path / "empty-cache")}  # fmt: skip
+    env |= {
+        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "HF_HOME": str(tmp_path / "hf"),
+        "IMG_WEIGHTS_DIR": str(tmp_path / "empty-cache"),
+    }
     script = Path(sys.executable).parent / "img-extract"
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "extract.cli"]
-    result = subprocess.run([*entry, str(tmp_path / "v"), "--out", str(tmp_path / "a.h5"), "--no-progress"],
-                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [*entry, str(tmp_path / "v"), "--out", str(tmp_path / "a.h5"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     (line,) = _error_lines(result.stderr)
     assert "CLIP model 'openai/clip-vit-base-patch32' is not available offline (127.0.0.1:" in line
@@ -218,8 +237,9 @@ def test_convert_official_to_a_bad_place_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(tmp_path: Path, tiny_clip: Path,
-                                                                       published_weights: Path) -> None:  # fmt: skip
+def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(
+    tmp_path: Path, tiny_clip: Path, published_weights: Path
+) -> None:
     """ffmpeg 7+ nests its component prefixes and ends with bookkeeping ("Terminating thread with return code
     -1145393733 ..."); the reason is the decoder's ("Decode error rate ... exceeds maximum") and what it met."""
     videos = tmp_path / "videos"
@@ -227,17 +247,34 @@ def test_decode_failures_give_ffmpegs_reason_in_the_run_and_in_inspect(tmp_path:
     make_corrupted_video(videos / "corrupt.mp4", tmp_path / "whole.mp4")
     make_renamed_playlist(videos / "playlist.mp4")
     out = tmp_path / "f.h5"
-    result = run_cli(videos, "--out", out, "--features", "clip,vggish", "--clip-model", tiny_clip, "--weights-dir",
-                     published_weights, "--trust-weights", "--no-progress")  # fmt: skip
+    result = run_cli(
+        videos,
+        "--out",
+        out,
+        "--features",
+        "clip,vggish",
+        "--clip-model",
+        tiny_clip,
+        "--weights-dir",
+        published_weights,
+        "--trust-weights",
+        "--no-progress",
+    )
     assert result.returncode == 1, result.stderr
     rate = r"Decode error rate [\d.]+ exceeds maximum 0\.666667: Invalid data found when processing input"
     expected = {  # video -> its failed tracks, what its one record says (the reasons of its tracks, joined)
         "broken audio": ("vggish", rf"broken audio\.mkv \(audio\): decoding failed \({rate}\)$"),
-        "corrupt": ("clip,vggish", rf"^clip: \S+corrupt\.mp4: decoding failed \({rate}\) \| "
-                                   rf"vggish: \S+corrupt\.mp4 \(audio\): decoding failed \({rate}\)$"),
-        "playlist": ("clip,vggish", r"playlist\.mp4: not a readable media file \(moov atom not found: it does not "
-                                    r"start like an mp4/mov file, so it is something else named like one\)$"),
-    }  # fmt: skip
+        "corrupt": (
+            "clip,vggish",
+            rf"^clip: \S+corrupt\.mp4: decoding failed \({rate}\) \| "
+            rf"vggish: \S+corrupt\.mp4 \(audio\): decoding failed \({rate}\)$",
+        ),
+        "playlist": (
+            "clip,vggish",
+            r"playlist\.mp4: not a readable media file \(moov atom not found: it does not "
+            r"start like an mp4/mov file, so it is something else named like one\)$",
+        ),
+    }
     with FeatureStore(out) as store:
         failures = {f.video_id: f for f in store.failures()}
     assert set(failures) == set(expected)

@@ -67,8 +67,18 @@ def test_fp16_training_with_the_grad_scaler_and_answers_on_the_gpu(tmp_path: Pat
     from tests.img_cli import run_img_train, tiny_dataset
 
     data = tiny_dataset(tmp_path / "data")
-    trained = run_img_train(*data.cli_data_args(), "--config", data.folder / "tiny.toml", "--no-progress",
-                            "--device", "cuda", "--precision", "fp16", "--out", tmp_path / "run")  # fmt: skip
+    trained = run_img_train(
+        *data.cli_data_args(),
+        "--config",
+        data.folder / "tiny.toml",
+        "--no-progress",
+        "--device",
+        "cuda",
+        "--precision",
+        "fp16",
+        "--out",
+        tmp_path / "run",
+    )
     assert trained.returncode == 0, trained.stderr
     checkpoint = read_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(w).all() for w in checkpoint.state_dict.values() if w.is_floating_point())
@@ -79,10 +89,13 @@ def test_fp16_training_with_the_grad_scaler_and_answers_on_the_gpu(tmp_path: Pat
     steps = 20
     spans = np.stack([np.arange(steps), np.arange(steps) + 1.0], axis=1)
     features = VideoFeatures(
-        tmp_path / "v.mp4", "v", float(steps), True,
+        tmp_path / "v.mp4",
+        "v",
+        float(steps),
+        True,
         Track(rng.standard_normal((steps, config.video_feature_dim)).astype(np.float32), spans),
         Track(rng.standard_normal((steps, config.audio_feature_dim)).astype(np.float32), spans),
-    )  # fmt: skip
+    )
     words = rng.integers(1, config.glove_words + 2, 4)
     query = QueryInput("a query", words, [rng.integers(1, config.char_vocab_size, 3) for _ in words])
     cpu = Predictor(checkpoint, None, None, torch.device("cpu")).answer(features, [query], 3)  # type: ignore[arg-type]

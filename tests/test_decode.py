@@ -158,8 +158,25 @@ def test_audio_that_starts_late_keeps_its_place_on_the_timeline(tmp_path: Path) 
     tone = tmp_path / "tone.m4a"
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:a", "aac", str(tone))
     path = tmp_path / "late_audio.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=6", "-itsoffset", "2", "-i", str(tone),
-           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "copy", str(path))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=25:duration=6",
+        "-itsoffset",
+        "2",
+        "-i",
+        str(tone),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "copy",
+        str(path),
+    )
     meta = probe(path)
     samples = np.concatenate([c.samples for c in iter_audio(meta, AudioSampling(sample_rate=16000))])
     assert len(samples) / 16000 == pytest.approx(6.0, abs=0.1)
@@ -184,8 +201,27 @@ def late_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("late")
     picture = make_numbered_video(folder / "picture.mp4", 60, "30000/1001")
     path = folder / "late.mp4"
-    ffmpeg("-itsoffset", "0.5", "-i", str(picture), "-f", "lavfi", "-t", "3", "-i", "sine=sample_rate=16000",
-           "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(path))  # fmt: skip
+    ffmpeg(
+        "-itsoffset",
+        "0.5",
+        "-i",
+        str(picture),
+        "-f",
+        "lavfi",
+        "-t",
+        "3",
+        "-i",
+        "sine=sample_rate=16000",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        str(path),
+    )
     return path
 
 
@@ -329,8 +365,12 @@ def test_resampling_follows_resampys_kaiser_best(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).standard_normal(len(t))
     waveform = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.15 * np.sin(2 * np.pi * (300 * t + 200 * t * t)) + 0.05 * noise
     path = make_video_with_waveform(tmp_path / "48k.mkv", waveform, rate)
-    kaiser_best = {"lowpass_filter_width": 64, "rolloff": 0.9475937167399596,
-                   "resampling_method": "sinc_interp_kaiser", "beta": 14.769656459379492}  # fmt: skip
+    kaiser_best = {
+        "lowpass_filter_width": 64,
+        "rolloff": 0.9475937167399596,
+        "resampling_method": "sinc_interp_kaiser",
+        "beta": 14.769656459379492,
+    }
     reference = torchaudio.functional.resample(torch.from_numpy(waveform), rate, 16000, **kaiser_best).numpy()
     ours = _decoded_audio(path, 16000)
     assert abs(len(ours) - len(reference)) <= 1
@@ -366,8 +406,21 @@ def test_a_slow_but_steady_decoder_is_not_stalled(monkeypatch) -> None:  # type:
     """A chunk that takes longer than the timeout to fill is fine while bytes keep coming (--fps 0.1, 4K HEVC)."""
     monkeypatch.setattr(decode, "STALL_TIMEOUT_S", 1.0)
     frame_bytes = 16 * 16 * 3
-    cmd = [ffmpeg_path(), "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=16x16:rate=10:duration=2.5",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]  # fmt: skip  # -re: one frame every 0.1 s
+    cmd = [
+        ffmpeg_path(),
+        "-v",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=16x16:rate=10:duration=2.5",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:1",
+    ]  # -re: one frame every 0.1 s
     blocks = list(decode._pipe_chunks(cmd, frame_bytes * 100, "slow"))
     assert sum(len(b) for b in blocks) == 25 * frame_bytes
 

@@ -199,8 +199,10 @@ def test_the_model_answers_one_request_at_a_time_and_the_others_wait(
     with serving(create_app(demo_predictor, folder)) as port:
         results: list[tuple[int, dict[str, Any]]] = []
         queries = ["a person waves a hand", "the door slams shut", "a dog barks loudly", "someone is on the sofa"]
-        threads = [threading.Thread(target=lambda q=q: results.append(post(port, {"video": "a.mp4", "query": q})))
-                   for q in queries]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda q=q: results.append(post(port, {"video": "a.mp4", "query": q})))
+            for q in queries
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -256,8 +258,10 @@ def send_and_leave(port: int, body: dict[str, Any]) -> socket.socket:
     """A POST whose client will go away before the answer (the caller closes the socket)."""
     payload = json.dumps(body).encode()
     connection = socket.create_connection(("127.0.0.1", port))
-    connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
+    connection.sendall(
+        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
     return connection
 
 
@@ -378,8 +382,19 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
     shutil.copy(real_run.videos / "clip4.mp4", videos / "kitchen.mp4")
     shutil.copy(real_run.videos / "clip5.mp4", videos / "silent.mp4")
     port = free_port()
-    command = [sys.executable, "-m", "img_model.cli.predict", "serve", "--videos", str(videos), "--port", str(port),
-               "--allow-host", "demo.local", *real_run.predict_options(tmp_path / "cache")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "img_model.cli.predict",
+        "serve",
+        "--videos",
+        str(videos),
+        "--port",
+        str(port),
+        "--allow-host",
+        "demo.local",
+        *real_run.predict_options(tmp_path / "cache"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

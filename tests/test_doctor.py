@@ -75,9 +75,13 @@ def test_gpus_that_torch_cannot_use_are_broken(tmp_path: Path, monkeypatch: pyte
 @pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build cannot use any GPU: broken is right")
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("CUDA_VISIBLE_DEVICES", ""), ("CUDA_VISIBLE_DEVICES", "-1"), ("CUDA_VISIBLE_DEVICES", "NoDevFiles"),
-     ("NVIDIA_VISIBLE_DEVICES", "void")],
-)  # fmt: skip
+    [
+        ("CUDA_VISIBLE_DEVICES", ""),
+        ("CUDA_VISIBLE_DEVICES", "-1"),
+        ("CUDA_VISIBLE_DEVICES", "NoDevFiles"),
+        ("NVIDIA_VISIBLE_DEVICES", "void"),
+    ],
+)
 def test_gpus_hidden_by_the_environment_are_a_note_naming_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:

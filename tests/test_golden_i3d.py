@@ -180,11 +180,31 @@ def test_golden_clip_through_the_product_path(imagenet_layout_file, expected, tm
     frames = load_npz("i3d", "inputs.npz")["frames_uint8"]
     video = tmp_path / "golden.mkv"
     subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "224x224",
-         "-r", "25", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0", str(video)],
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            "224x224",
+            "-r",
+            "25",
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264rgb",
+            "-qp",
+            "0",
+            str(video),
+        ],
         input=frames.tobytes(),
         check=True,
-    )  # fmt: skip
+    )
     folder = imagenet_layout_file.parent
     options = ExtractorOptions(device=torch.device("cpu"), weights_dir=folder, verify_weights=False)
     extractor = build_extractor(I3D_ANET_VSLNET, options)

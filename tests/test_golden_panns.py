@@ -187,8 +187,10 @@ def test_golden_soundtrack_through_the_product_path_matches_the_original(publish
     with torch.inference_mode():
         log_mel = extractor.model.front_end(torch.from_numpy(windows)).numpy()
     embedding = extractor.embed(windows)
-    print(f"\npanns via decode: logmel max |diff| {np.abs(log_mel - expected['logmel']).max():.3g}, "
-          f"embedding {np.abs(embedding - expected['embedding']).max():.3g}")  # fmt: skip
+    print(
+        f"\npanns via decode: logmel max |diff| {np.abs(log_mel - expected['logmel']).max():.3g}, "
+        f"embedding {np.abs(embedding - expected['embedding']).max():.3g}"
+    )
     np.testing.assert_allclose(log_mel, expected["logmel"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(embedding, expected["embedding"], atol=1e-4, rtol=1e-3)
 

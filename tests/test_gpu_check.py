@@ -48,8 +48,12 @@ def unimportable(folder: Path, *modules: str) -> str:
 
 def test_nvidia_smi_samples_give_mean_and_max_utilisation_and_memory() -> None:
     lines = ["12, 800\n", "90, 2048\n", "[N/A], [N/A]\n", "60, 1024\n"]
-    assert gpu_samples(lines) == {"samples": 3, "utilisation_mean_pct": 54.0, "utilisation_max_pct": 90.0,
-                                  "memory_max_mib": 2048.0}  # fmt: skip
+    assert gpu_samples(lines) == {
+        "samples": 3,
+        "utilisation_mean_pct": 54.0,
+        "utilisation_max_pct": 90.0,
+        "memory_max_mib": 2048.0,
+    }
     assert gpu_samples(["No devices were found\n"]) is None
 
 
@@ -86,8 +90,12 @@ def test_the_steps_and_the_preflight_end_well_inside_eight_minutes() -> None:
 
 
 def test_the_wheels_to_carry_are_what_the_steps_import_and_the_node_lacks() -> None:
-    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_wheels.sh"), "--print-list"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_wheels.sh"), "--print-list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stderr
     wheels = result.stdout.split()
     assert wheels == ["imageio-ffmpeg==0.6.0"]  # under the 64 MiB a device call carries (0.8's wheel is 68 MB)
@@ -107,8 +115,13 @@ def test_the_preflight_names_what_is_missing_and_how_to_bring_it_before_any_step
     env = {"PATH": str(tools), "PYTHONPATH": unimportable(tmp_path / "site", "imageio_ffmpeg", "h5py")}
     env = {k: v for k, v in {**os.environ, **env}.items() if k != "IMG_FFMPEG"}
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True, text=True,
-                            env={**env, "PYTHON": sys.executable}, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHON": sys.executable},
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("preflight: MISSING h5py: cannot import (ImportError") for line in lines), lines
@@ -122,8 +135,9 @@ def test_the_preflight_names_what_is_missing_and_how_to_bring_it_before_any_step
 
 
 def test_a_step_past_its_timeout_is_killed_recorded_and_the_check_goes_on(tmp_path: Path) -> None:
-    result = gpu_check("--dry-run", "--out", tmp_path, "--steps", "setup,train-step", "--timeout-s", "2",
-                       "--deadline-s", "3")  # fmt: skip
+    result = gpu_check(
+        "--dry-run", "--out", tmp_path, "--steps", "setup,train-step", "--timeout-s", "2", "--deadline-s", "3"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["preflight"]["ok"] is True
@@ -140,13 +154,15 @@ def test_the_dry_run_runs_every_step_on_the_cpu_without_what_the_gpu_node_lacks(
     driver = tmp_path / "driver"
     driver.mkdir()
     smi = driver / "nvidia-smi"  # answers the sampler's query only: no GPU for the device checks
-    smi.write_text('#!/bin/sh\ncase "$*" in *utilization.gpu*) while true; do echo "37, 1024"; sleep 0.1; done;; '
-                   "esac\nexit 9\n")  # fmt: skip
+    smi.write_text(
+        '#!/bin/sh\ncase "$*" in *utilization.gpu*) while true; do echo "37, 1024"; sleep 0.1; done;; esac\nexit 9\n'
+    )
     smi.chmod(0o755)
     out = tmp_path / "out"
     site = unimportable(tmp_path / "site", *NOT_ON_THE_NODE)
-    result = gpu_check("--dry-run", "--out", out,
-                       env={"PATH": f"{driver}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": site})  # fmt: skip
+    result = gpu_check(
+        "--dry-run", "--out", out, env={"PATH": f"{driver}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": site}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert list(report["steps"]) == [step.name for step in STEPS]

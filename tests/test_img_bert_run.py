@@ -32,9 +32,23 @@ def bert_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset
     embedded = run_cli("text", "--annotations", data.annotations, "--embed", f"bert:{minilm_dir()}", "--out", text)
     assert embedded.returncode == 0, embedded.stderr
     run = folder / "run"
-    trained = run_img_train("--dataset", data.annotations, "--features", data.features, "--visual", data.visual,
-                            "--audio", data.audio, "--text", text, "--config", data.folder / "tiny.toml", "--out",
-                            run, "--no-progress")  # fmt: skip
+    trained = run_img_train(
+        "--dataset",
+        data.annotations,
+        "--features",
+        data.features,
+        "--visual",
+        data.visual,
+        "--audio",
+        data.audio,
+        "--text",
+        text,
+        "--config",
+        data.folder / "tiny.toml",
+        "--out",
+        run,
+        "--no-progress",
+    )
     assert trained.returncode == 0, trained.stderr
     return data, text, run
 

@@ -128,8 +128,9 @@ def test_saliency_draw_is_seeded_per_seed_epoch_and_query(sources: DataSources) 
     again = [dataset[(1, i)].saliency_negatives.tolist() for i in range(len(dataset))]
     other_epoch = [dataset[(2, i)].saliency_negatives.tolist() for i in range(len(dataset))]
     assert first == again and first != other_epoch
-    draw = saliency_samples(int(dataset.start_index[3]), int(dataset.end_index[3]), int(dataset.lengths[3]),
-                            sample_rng(5, 1, 3))  # fmt: skip
+    draw = saliency_samples(
+        int(dataset.start_index[3]), int(dataset.end_index[3]), int(dataset.lengths[3]), sample_rng(5, 1, 3)
+    )
     assert draw[1].tolist() == first[3]
 
 
@@ -273,8 +274,10 @@ def test_time_alignment_rule_is_used_when_asked(synthetic: SyntheticDataset, sou
 def _shard(path: Path, data: SyntheticDataset, video_ids: list[str], strength: float = 2.5) -> None:
     sources = DataSources(data_config(data))
     recipe = {"generator": "img_model.data.synthetic", "seed": 0, "marker_strength": strength}
-    provenance = {VISUAL_FEATURE: {"recipe": {**recipe, "rows_per_second": 1}},
-                  AUDIO_FEATURE: {"recipe": {**recipe, "rows_per_second": SPEC.audio_rows_per_second}}}  # fmt: skip
+    provenance = {
+        VISUAL_FEATURE: {"recipe": {**recipe, "rows_per_second": 1}},
+        AUDIO_FEATURE: {"recipe": {**recipe, "rows_per_second": SPEC.audio_rows_per_second}},
+    }
     writer = StoreWriter(path, provenance)
     for video_id in video_ids:
         tracks: dict[str, Track] = {}
@@ -326,18 +329,42 @@ def extracted(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, publish
     make_video(root / "videos" / "whole.mp4", seconds=3, size="160x120")
     make_truncated_video(root / "videos" / "cut.mp4", root / "whole-cut.mp4", seconds=6)
     feats = root / "feats.h5"
-    extract = run_cli(root / "videos", "--out", feats, "--features", "clip,vggish", "--clip-model", tiny_clip,
-                      "--weights-dir", published_weights, "--trust-weights", "--no-progress")  # fmt: skip
+    extract = run_cli(
+        root / "videos",
+        "--out",
+        feats,
+        "--features",
+        "clip,vggish",
+        "--clip-model",
+        tiny_clip,
+        "--weights-dir",
+        published_weights,
+        "--trust-weights",
+        "--no-progress",
+    )
     assert extract.returncode == 0, extract.stderr
     queries = root / "queries.jsonl"
-    rows = [{"video_id": "whole", "start": 0.5, "end": 2.0, "query": "a person walks"},
-            {"video_id": "cut", "start": 4.0, "end": 5.5, "query": "a person sits"}]  # fmt: skip
+    rows = [
+        {"video_id": "whole", "start": 0.5, "end": 2.0, "query": "a person walks"},
+        {"video_id": "cut", "start": 4.0, "end": 5.5, "query": "a person sits"},
+    ]
     queries.write_text("".join(json.dumps(row) + "\n" for row in rows))
     glove = root / "glove.txt"
     glove.write_text("".join(f"{word} {' '.join(['0.5'] * 4)}\n" for word in ("a", "person", "walks", "sits")))
     text = root / "text.h5"
-    made = run_cli("text", "--annotations", queries, "--store", feats, "--embed", f"glove:{glove}", "--out", text,
-                   "--glove-cache", root / "glove-cache")  # fmt: skip
+    made = run_cli(
+        "text",
+        "--annotations",
+        queries,
+        "--store",
+        feats,
+        "--embed",
+        f"glove:{glove}",
+        "--out",
+        text,
+        "--glove-cache",
+        root / "glove-cache",
+    )
     assert made.returncode == 0, made.stderr
     return DataConfig(str(queries), (str(feats),), "clip", "vggish", str(text))
 
@@ -401,8 +428,13 @@ def test_custom_queries_without_durations_take_them_from_stored_header_or_packet
 
 
 def _run_config(data: SyntheticDataset, features: Path | None = None, **train: object) -> RunConfig:
-    data_section = {"dataset": str(data.annotations), "features": (str(features or data.features),),
-                    "visual": data.visual, "audio": data.audio, "text": str(data.text)}  # fmt: skip
+    data_section = {
+        "dataset": str(data.annotations),
+        "features": (str(features or data.features),),
+        "visual": data.visual,
+        "audio": data.audio,
+        "text": str(data.text),
+    }
     return resolve(overrides={"data": data_section, "train": train})
 
 
@@ -487,8 +519,9 @@ def test_queries_are_cut_to_their_first_max_pos_len_tokens(
     else:
         writer = TextStoreWriter(text, "bert", {"recipe": {"kind": "bert"}, "software": {}, "runtime": {}})
         tokens = [r.sentence.split() for r in records]
-        features = [np.random.default_rng(n).standard_normal((len(t), 6)).astype(np.float32) for n, t in
-                    enumerate(tokens)]  # fmt: skip
+        features = [
+            np.random.default_rng(n).standard_normal((len(t), 6)).astype(np.float32) for n, t in enumerate(tokens)
+        ]
         writer.commit(TextBatch(records, tokens, [False] * len(records), {"features": features}))
         writer.close()
     sources = DataSources(data_config(synthetic, text=str(text)))
@@ -501,8 +534,15 @@ def test_queries_are_cut_to_their_first_max_pos_len_tokens(
     else:
         assert np.array_equal(sample.query_features, sources.texts.features(records[0].qid)[:24])
     batch = collate([dataset[i] for i in range(3)])
-    config = IMGConfig(dim=16, num_heads=2, char_dim=4, char_kernel_channels=(2, 2, 2, 2), max_pos_len=24,
-                       positional_encoding="temporal", **model_inputs(sources))  # fmt: skip
+    config = IMGConfig(
+        dim=16,
+        num_heads=2,
+        char_dim=4,
+        char_kernel_channels=(2, 2, 2, 2),
+        max_pos_len=24,
+        positional_encoding="temporal",
+        **model_inputs(sources),
+    )
     with torch.no_grad():
         outputs = IMG(config).eval()(**batch.model_inputs())
     assert outputs.start_logits_av.shape == batch.video_mask.shape

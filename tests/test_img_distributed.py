@@ -35,10 +35,20 @@ from tests.conftest import needs_cuda
 from tests.img_cli import tiny_dataset
 
 TINY_IMG = IMGConfig(
-    dim=16, num_heads=2, word_dim=8, char_dim=4, char_kernel_channels=(2, 2, 2, 2), glove_words=20,
-    char_vocab_size=12, video_feature_dim=12, audio_feature_dim=10, max_pos_len=24, fusion_gru_layers=1,
-    predictor_conv_layers=1, encoder_conv_layers=1,
-)  # fmt: skip  # dropout 0.2, slot noise in training and the batch-index encoding: all that depends on the batch
+    dim=16,
+    num_heads=2,
+    word_dim=8,
+    char_dim=4,
+    char_kernel_channels=(2, 2, 2, 2),
+    glove_words=20,
+    char_vocab_size=12,
+    video_feature_dim=12,
+    audio_feature_dim=10,
+    max_pos_len=24,
+    fusion_gru_layers=1,
+    predictor_conv_layers=1,
+    encoder_conv_layers=1,
+)  # dropout 0.2, slot noise in training and the batch-index encoding: all that depends on the batch
 # Parameters whose gradient is zero by the model's invariances: attention key biases (a softmax over the keys),
 # the span heads' last bias (a softmax over the steps), the saliency biases (the hinge takes differences). Their
 # gradient is rounding noise, which AdamW turns into steps of about ±lr in any run.
@@ -250,8 +260,16 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
 
 def torchrun(processes: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "img_model.cli.train", *map(str, args)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "img_model.cli.train",
+        *map(str, args),
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -51,8 +51,18 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     test_qids = [qid for qid in data.families if int(qid[4:]) >= 3 * TINY_SPEC.train_videos_per_family]
     assert [row["qid"] for row in rows] == test_qids and report["queries"] == len(rows)
     row = rows[0]
-    assert set(row) == {"qid", "video_id", "query", "split", "duration", "num_steps", "ground_truth", "has_audio",
-                        "audio_importance", "branches"}  # fmt: skip
+    assert set(row) == {
+        "qid",
+        "video_id",
+        "query",
+        "split",
+        "duration",
+        "num_steps",
+        "ground_truth",
+        "has_audio",
+        "audio_importance",
+        "branches",
+    }
     sentences = {r["qid"]: r["query"] for r in map(json.loads, data.annotations.read_text().splitlines())}
     assert all(r["query"] == sentences[r["qid"]] and r["split"] == "test" for r in rows)
     assert set(row["branches"]) == set(BRANCHES) == set(report["branches"])
@@ -148,8 +158,15 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
     writer.close()
     with (tmp_path / "queries.jsonl").open("w") as out:
         for r in records:
-            line = {"qid": r.qid, "video_id": r.video_id, "start": r.start, "end": r.end, "query": r.sentence,
-                    "duration": r.duration, "split": "test"}  # fmt: skip
+            line = {
+                "qid": r.qid,
+                "video_id": r.video_id,
+                "start": r.start,
+                "end": r.end,
+                "query": r.sentence,
+                "duration": r.duration,
+                "split": "test",
+            }
             out.write(json.dumps(line) + "\n")
     vectors = official["word_embeddingv.word_emb.glove_vec"].numpy()
     text = write_golden_text_store(tmp_path / "text.h5", vectors, records)
@@ -158,8 +175,18 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
         img_train, ["convert-official", str(tmp_path / "IMG_9.t7"), str(converted), "--text", str(text)]
     )
     assert result.exit_code == 0, result.output
-    data_args = ["--dataset", tmp_path / "queries.jsonl", "--features", tmp_path / "feats.h5", "--visual", "i3d",
-                 "--audio", "panns", "--text", text]  # fmt: skip
+    data_args = [
+        "--dataset",
+        tmp_path / "queries.jsonl",
+        "--features",
+        tmp_path / "feats.h5",
+        "--visual",
+        "i3d",
+        "--audio",
+        "panns",
+        "--text",
+        text,
+    ]
     evaluated = run_img_eval(converted, *data_args, "--json", "--threads", "1")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)

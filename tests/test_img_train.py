@@ -44,8 +44,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
 
 
 def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
-    return [*data.cli_data_args(), "--config", str(data.folder / "tiny.toml"), "--out", str(out), "--no-progress",
-            *extra]  # fmt: skip
+    return [
+        *data.cli_data_args(),
+        "--config",
+        str(data.folder / "tiny.toml"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 # --- configuration --------------------------------------------------------------------------------------------
@@ -70,8 +77,10 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path: Path) ->
 
 def test_resolved_config_written_as_toml_reads_back_to_the_same_run(tmp_path: Path) -> None:
     derived = {"video_feature_dim": 24, "audio_feature_dim": 20, "glove_words": 7, "word_dim": 8}
-    run = resolve(overrides={"data": {"dataset": "x.jsonl", "features": ("a.h5", "b.h5")}, "train": {"seed": 3}},
-                  derived_model=derived)  # fmt: skip
+    run = resolve(
+        overrides={"data": {"dataset": "x.jsonl", "features": ("a.h5", "b.h5")}, "train": {"seed": 3}},
+        derived_model=derived,
+    )
     path = tmp_path / "config.toml"
     path.write_text(to_toml(run, header="a run"))
     assert resolve(path, derived_model=derived) == run
@@ -251,8 +260,17 @@ def test_resume_continues_bit_for_bit(
     # --stop-after counts the epochs of this invocation; the stores may have moved (a copy staged elsewhere)
     moved = tmp_path / "moved"
     shutil.copytree(tiny.folder, moved)  # each store with its parts
-    second = run_img_train("--resume", tmp_path / "resumed", "--stop-after", "1", "--no-progress",
-                           "--features", moved / tiny.features.name, "--text", moved / tiny.text.name)  # fmt: skip
+    second = run_img_train(
+        "--resume",
+        tmp_path / "resumed",
+        "--stop-after",
+        "1",
+        "--no-progress",
+        "--features",
+        moved / tiny.features.name,
+        "--text",
+        moved / tiny.text.name,
+    )
     assert second.returncode == 0, second.stderr
     _assert_same_run(_straight_dir(straight), tmp_path / "resumed")  # the checkpoint's scalars kept too
     assert list(_state(tmp_path / "resumed" / "last.pt")["run"]["data"]["features"]) == [
@@ -418,10 +436,23 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
     assert set(best.training) >= {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
     assert "selected on the test split" in result.stdout
     scalars = _scalars(run)
-    per_step = {"loss/total", "loss/location_fused", "loss/location_visual", "loss/location_audio",
-                "loss/saliency_fused", "loss/saliency_visual", "loss/saliency_audio", "loss/distill_audio",
-                "loss/distill_visual", "loss/importance", "terms/location", "train/lr", "train/grad_norm",
-                "warmup/importance", "warmup/distill"}  # fmt: skip
+    per_step = {
+        "loss/total",
+        "loss/location_fused",
+        "loss/location_visual",
+        "loss/location_audio",
+        "loss/saliency_fused",
+        "loss/saliency_visual",
+        "loss/saliency_audio",
+        "loss/distill_audio",
+        "loss/distill_visual",
+        "loss/importance",
+        "terms/location",
+        "train/lr",
+        "train/grad_norm",
+        "warmup/importance",
+        "warmup/distill",
+    }
     evaluations = {"test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}
     assert per_step | evaluations | {f"epoch_mean/{name}" for name in per_step} <= set(scalars)
     steps = {name: [step for step, _ in values] for name, values in scalars.items()}  # 3 steps per epoch
@@ -454,10 +485,18 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset,
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         run = resolve(
             tiny.folder / "tiny.toml",
-            {"data": {"dataset": str(tiny.annotations), "features": (str(tiny.features),), "visual": tiny.visual,
-                      "audio": tiny.audio, "text": str(tiny.text)},
-             "train": {"seed": seed, "epochs": 1, "evals_per_epoch": 1}, "runtime": {"progress": False}},
-        )  # fmt: skip
+            {
+                "data": {
+                    "dataset": str(tiny.annotations),
+                    "features": (str(tiny.features),),
+                    "visual": tiny.visual,
+                    "audio": tiny.audio,
+                    "text": str(tiny.text),
+                },
+                "train": {"seed": seed, "epochs": 1, "evals_per_epoch": 1},
+                "runtime": {"progress": False},
+            },
+        )
         sources = DataSources(run.data)
         run = replace(run, model=replace(run.model, **model_inputs(sources)))
         trainer = Trainer(run, prepare_data(run, sources), tmp_path / name)
@@ -507,8 +546,13 @@ def _tiny_run(tiny: SyntheticDataset, **train: object) -> RunConfig:
     from img_model.data.dataset import DataSources
     from img_model.train.trainer import model_inputs
 
-    data = {"dataset": str(tiny.annotations), "features": (str(tiny.features),), "visual": tiny.visual,
-            "audio": tiny.audio, "text": str(tiny.text)}  # fmt: skip
+    data = {
+        "dataset": str(tiny.annotations),
+        "features": (str(tiny.features),),
+        "visual": tiny.visual,
+        "audio": tiny.audio,
+        "text": str(tiny.text),
+    }
     run = resolve(tiny.folder / "tiny.toml", {"data": data, "train": train, "runtime": {"progress": False}})
     return replace(run, model=replace(run.model, **model_inputs(DataSources(run.data))))
 

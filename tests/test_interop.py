@@ -28,7 +28,7 @@ def store(tmp_path: Path) -> Path:
                 rng.integers(0, 256, size=(rows + 1, 128), dtype=np.uint8), _spans(rows + 1, 0.96)
             ),
             "panns": Track(rng.normal(size=(2 * rows, 2048)).astype(np.float32), _spans(2 * rows, 0.5)),
-        }  # fmt: skip
+        }
         writer.add_video(VideoRecord(video_id, {"has_audio": True}, tracks))
     writer.close()
     return path

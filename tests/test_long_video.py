@@ -20,9 +20,23 @@ MINUTES = 20
 def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("long") / "twenty_minutes.mkv"
     seconds = MINUTES * 60
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=64x48:rate=2:duration={seconds}",
-           "-f", "lavfi", "-i", f"sine=frequency=300:sample_rate=16000:duration={seconds}",
-           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le", str(path))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=64x48:rate=2:duration={seconds}",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=300:sample_rate=16000:duration={seconds}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "pcm_s16le",
+        str(path),
+    )
     return path
 
 

@@ -25,8 +25,12 @@ from tests.img_cli import TINY_CONFIG
 from tests.test_text_glove import glove_6b_subset
 from tests.videos import make_video
 
-SENTENCES = ("a person opens the door", "someone closes the window", "the man drinks a glass of water",
-             "a woman sits down on the sofa")  # fmt: skip
+SENTENCES = (
+    "a person opens the door",
+    "someone closes the window",
+    "the man drinks a glass of water",
+    "a woman sits down on the sofa",
+)
 STAGES = ("manifest", "extract", "text", "train", "eval queries")
 
 
@@ -46,23 +50,58 @@ def my_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     rows = []
     for number in range(6):
-        make_video(folder / "videos" / f"clip{number}.mp4", seconds=4.0, size="96x64", rate=30, channels=2,
-                   audio_rate=48000, extra=("-r", "30000/1001"))  # fmt: skip
+        make_video(
+            folder / "videos" / f"clip{number}.mp4",
+            seconds=4.0,
+            size="96x64",
+            rate=30,
+            channels=2,
+            audio_rate=48000,
+            extra=("-r", "30000/1001"),
+        )
         for query in range(2):
             start = round(float(rng.uniform(0, 2.0)), 2)
             split = "train" if number < 4 else "test"
-            rows.append({"video_id": f"clip{number}", "start": start, "end": round(start + 1.5, 2),
-                         "query": SENTENCES[(number + query) % 4], "split": split})  # fmt: skip
+            rows.append(
+                {
+                    "video_id": f"clip{number}",
+                    "start": start,
+                    "end": round(start + 1.5, 2),
+                    "query": SENTENCES[(number + query) % 4],
+                    "split": split,
+                }
+            )
     (folder / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "tiny.toml").write_text(TINY_CONFIG)
     return folder
 
 
 def _pipeline_args(data: Path, work: Path, tiny_clip: Path, weights: Path, glove: Path) -> list[str | Path]:
-    return [data / "queries.jsonl", "--videos", data / "videos", "--work", work, "--visual", "clip", "--clip-model",
-            tiny_clip, "--audio", "vggish", "--weights-dir", weights, "--trust-weights", "--glove", glove,
-            "--glove-cache", work.parent / "glove-cache", "--config", data / "tiny.toml", "--device", "cpu",
-            "--no-progress"]  # fmt: skip
+    return [
+        data / "queries.jsonl",
+        "--videos",
+        data / "videos",
+        "--work",
+        work,
+        "--visual",
+        "clip",
+        "--clip-model",
+        tiny_clip,
+        "--audio",
+        "vggish",
+        "--weights-dir",
+        weights,
+        "--trust-weights",
+        "--glove",
+        glove,
+        "--glove-cache",
+        work.parent / "glove-cache",
+        "--config",
+        data / "tiny.toml",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
@@ -79,8 +118,9 @@ def test_a_custom_recipe_runs_end_to_end_then_a_second_run_skips_every_stage(
         assert f"[{number}/5] {stage}: running" in first.stderr
     mine = work / "queries"  # the folder of the training dataset (your .jsonl file's name)
     report = json.loads((mine / "eval" / "queries.json").read_text())
-    assert report["queries"] == 4 and report["split"] == "test" and set(report["branches"]) == {
-        "fused", "visual", "audio"}  # fmt: skip
+    assert (
+        report["queries"] == 4 and report["split"] == "test" and set(report["branches"]) == {"fused", "visual", "audio"}
+    )
     assert len((mine / "eval" / "queries.predictions.jsonl").read_text().splitlines()) == 4
     assert "queries test, 4 queries (fused branch" in first.stdout and "this run" in first.stdout
     with open(mine / "run" / "config.toml", "rb") as handle:
@@ -132,8 +172,16 @@ def test_a_recipe_starts_from_released_features_instead_of_videos(tmp_path: Path
         for query in range(2):
             start = round(float(rng.uniform(0, 10)), 2)
             split = "train" if number < 4 else "test"
-            rows.append({"video_id": f"v{number}", "start": start, "end": start + 5, "duration": 20.0,
-                         "query": SENTENCES[(number + query) % 4], "split": split})  # fmt: skip
+            rows.append(
+                {
+                    "video_id": f"v{number}",
+                    "start": start,
+                    "end": start + 5,
+                    "duration": 20.0,
+                    "query": SENTENCES[(number + query) % 4],
+                    "split": split,
+                }
+            )
     (tmp_path / "VGGish.pickle").write_bytes(pickle.dumps(audio))
     (tmp_path / "released.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "tiny.toml").write_text(TINY_CONFIG)
@@ -143,10 +191,28 @@ def test_a_recipe_starts_from_released_features_instead_of_videos(tmp_path: Path
         "".join(f"{word} " + " ".join(f"{v:.3f}" for v in rng.standard_normal(8)) + "\n" for word in words)
     )
     work = tmp_path / "work"
-    result = run_pipeline(tmp_path / "released.jsonl", "--released-visual", tmp_path / "i3d_video", "--released-audio",
-                          tmp_path / "VGGish.pickle", "--audio", "vggish-quantized", "--glove", glove, "--glove-cache",
-                          tmp_path / "cache", "--config", tmp_path / "tiny.toml", "--epochs", "1", "--work", work,
-                          "--device", "cpu", "--no-progress")  # fmt: skip
+    result = run_pipeline(
+        tmp_path / "released.jsonl",
+        "--released-visual",
+        tmp_path / "i3d_video",
+        "--released-audio",
+        tmp_path / "VGGish.pickle",
+        "--audio",
+        "vggish-quantized",
+        "--glove",
+        glove,
+        "--glove-cache",
+        tmp_path / "cache",
+        "--config",
+        tmp_path / "tiny.toml",
+        "--epochs",
+        "1",
+        "--work",
+        work,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "[1/5] import visual: running" in result.stderr and "[2/5] import audio: running" in result.stderr
     assert "--row-seconds 0.96" in result.stderr and "manifest" not in result.stderr
@@ -165,8 +231,18 @@ def test_dry_run_prints_every_stage_and_its_command_and_runs_nothing(my_dataset:
     work = tmp_path / "work"
     glove = tmp_path / "glove.txt"
     glove.write_text("door 0.1 0.2\n")
-    result = pipeline_in_process(my_dataset / "queries.jsonl", "--videos", my_dataset / "videos", "--work", work,
-                                 "--glove", glove, "--epochs", "3", "--dry-run")  # fmt: skip
+    result = pipeline_in_process(
+        my_dataset / "queries.jsonl",
+        "--videos",
+        my_dataset / "videos",
+        "--work",
+        work,
+        "--glove",
+        glove,
+        "--epochs",
+        "3",
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("[")] == [
@@ -174,8 +250,10 @@ def test_dry_run_prints_every_stage_and_its_command_and_runs_nothing(my_dataset:
     ]
     commands = [line.strip() for line in lines if line.startswith("    ")]
     assert commands[0].startswith("img-extract manifest ") and "--videos" in commands[0]
-    assert commands[1].startswith(f"img-extract {work / 'queries' / 'videos.jsonl'} --out {work / 'feats.h5'} "
-                                  "--features i3d-charades-vslnet,panns")  # fmt: skip
+    assert commands[1].startswith(
+        f"img-extract {work / 'queries' / 'videos.jsonl'} --out {work / 'feats.h5'} "
+        "--features i3d-charades-vslnet,panns"
+    )
     assert commands[2].startswith("img-extract text --annotations ") and f"--embed glove:{glove}" in commands[2]
     assert commands[3].startswith("img-train --dataset ") and "--epochs 3" in commands[3]
     assert commands[4].startswith(f"img-eval {work / 'queries' / 'run' / 'best.pt'} --dataset ")
@@ -236,8 +314,9 @@ def test_a_named_dataset_extracts_the_videos_of_its_train_and_test_splits(tmp_pa
     videos.mkdir()
     glove = tmp_path / "glove.txt"
     glove.write_text("door 0.1 0.2\n")
-    result = pipeline_in_process("activitynet", "--videos", videos, "--glove", glove, "--work", tmp_path / "w",
-                                 "--dry-run")  # fmt: skip
+    result = pipeline_in_process(
+        "activitynet", "--videos", videos, "--glove", glove, "--work", tmp_path / "w", "--dry-run"
+    )
     assert result.exit_code == 0, result.output
     manifest = next(
         line.strip() for line in result.stdout.splitlines() if line.strip().startswith("img-extract manifest")
@@ -281,10 +360,13 @@ def test_sigterm_is_passed_on_to_the_running_stage_which_finishes_its_work(tmp_p
     import signal
 
     (tmp_path / "script.py").write_text(SIGTERM_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    pipeline = subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path)], stdout=subprocess.PIPE,
-                                text=True, env=env)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    pipeline = subprocess.Popen(
+        [sys.executable, str(tmp_path / "script.py"), str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert pipeline.stdout is not None and pipeline.stdout.readline().strip() == "ready"  # the stage runs
     pipeline.send_signal(signal.SIGTERM)
     output, _ = pipeline.communicate(timeout=60)

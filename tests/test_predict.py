@@ -45,8 +45,12 @@ def predictor(real_run: RealRun, cache: Path) -> Predictor:
 
 
 def predictor_options(real_run: RealRun, cache: Path) -> dict[str, Any]:
-    return {"cache_dir": cache, "weights_dir": real_run.weights_dir, "clip_model": str(real_run.clip_model),
-            "threads": 1}  # fmt: skip
+    return {
+        "cache_dir": cache,
+        "weights_dir": real_run.weights_dir,
+        "clip_model": str(real_run.clip_model),
+        "threads": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +58,32 @@ def cli_answers(real_run: RealRun, cache: Path, tmp_path_factory: pytest.TempPat
     """img-predict on the test video with audio: its test queries (one on the command line, one from --queries)
     and a query with an unknown word, with --json and --plot; and img-eval's predictions of the same queries."""
     folder = tmp_path_factory.mktemp("cli-answers")
-    evaluated = run_img_eval(real_run.checkpoint, "--batch-size", "1", "--threads", "1",
-                             "--predictions", folder / "test.jsonl")  # fmt: skip
+    evaluated = run_img_eval(
+        real_run.checkpoint, "--batch-size", "1", "--threads", "1", "--predictions", folder / "test.jsonl"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
     evaluated_rows = [row for row in rows if row["video_id"] == "clip4"]
     queries = folder / "queries.jsonl"
     queries.write_text(json.dumps({"query": evaluated_rows[1]["query"], "qid": "ignored"}) + "\n\n")
-    predicted = run_img_predict(*real_run.predict_options(cache), real_run.videos / "clip4.mp4",
-                                evaluated_rows[0]["query"], "--queries", queries, "a dog barks loudly", "--json",
-                                "--plot", folder / "plot.png")  # fmt: skip
+    predicted = run_img_predict(
+        *real_run.predict_options(cache),
+        real_run.videos / "clip4.mp4",
+        evaluated_rows[0]["query"],
+        "--queries",
+        queries,
+        "a dog barks loudly",
+        "--json",
+        "--plot",
+        folder / "plot.png",
+    )
     assert predicted.returncode == 0, predicted.stderr
-    return {"rows": evaluated_rows, "answers": json.loads(predicted.stdout), "stderr": predicted.stderr,
-            "plot": folder / "plot.png"}  # fmt: skip
+    return {
+        "rows": evaluated_rows,
+        "answers": json.loads(predicted.stdout),
+        "stderr": predicted.stderr,
+        "plot": folder / "plot.png",
+    }
 
 
 def test_predict_answers_a_real_video_exactly_as_img_eval_scores_its_features(cli_answers: dict[str, Any]) -> None:
@@ -328,8 +345,9 @@ def test_the_plot_of_a_video_whose_audio_fails_to_decode_keeps_the_answers(
     real_run: RealRun, cache: Path, tmp_path: Path
 ) -> None:
     video = make_broken_audio_video(tmp_path / "broken-audio.mkv", seconds=6.0)
-    result = run_img_predict(*real_run.predict_options(cache), video, "a person waves a hand", "--plot",
-                             tmp_path / "plot.png")  # fmt: skip
+    result = run_img_predict(
+        *real_run.predict_options(cache), video, "a person waves a hand", "--plot", tmp_path / "plot.png"
+    )
     assert result.returncode == 0, result.stderr
     assert f"{video}: 6.02 s, 6 steps, audio not used (its audio could not be used: " in result.stdout
     assert '1. "a person waves a hand": ' in result.stdout
@@ -348,8 +366,13 @@ def test_a_plot_path_that_cannot_be_written_is_one_line_before_anything_is_compu
     real_run: RealRun, tmp_path: Path, plot: str, message: str
 ) -> None:
     plot, message = plot.format(tmp=tmp_path), message.format(tmp=tmp_path)
-    result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4",
-                             "a person waves a hand", "--plot", plot)  # fmt: skip
+    result = run_img_predict(
+        *real_run.predict_options(tmp_path / "cache"),
+        real_run.videos / "clip4.mp4",
+        "a person waves a hand",
+        "--plot",
+        plot,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"img-predict: error: {message}") and result.stderr.count("\n") == 1
     assert result.stdout == "" and not (tmp_path / "cache").exists()

@@ -41,9 +41,11 @@ def test_features_no_preset_can_extract_are_refused_in_one_line() -> None:
     checkpoint = Checkpoint(
         config=IMGConfig(video_feature_dim=16, audio_feature_dim=12),
         state_dict={},
-        provenance={"visual": {"name": "synthetic-visual", "dim": 16, "recipe": {"generator": "synthetic"}},
-                    "audio": {"name": "synthetic-audio", "dim": 12, "recipe": {"generator": "synthetic"}}},
-    )  # fmt: skip
+        provenance={
+            "visual": {"name": "synthetic-visual", "dim": 16, "recipe": {"generator": "synthetic"}},
+            "audio": {"name": "synthetic-audio", "dim": 12, "recipe": {"generator": "synthetic"}},
+        },
+    )
     with pytest.raises(CheckpointMismatchError, match="were not made by an img-extract preset"):
         recorded_specs(checkpoint)
     converted = Checkpoint(config=IMGConfig(video_feature_dim=512, audio_feature_dim=2048), state_dict={})

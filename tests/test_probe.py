@@ -180,9 +180,25 @@ def test_durations_of_a_store_come_from_todays_and_older_names(tmp_path: Path) -
 
 def test_an_audio_stream_without_packets_is_no_audio(tmp_path: Path) -> None:
     path = tmp_path / "empty audio.mkv"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-f", "lavfi",
-           "-i", "anullsrc=sample_rate=16000,atrim=end_sample=0", "-map", "0:v", "-map", "1:a",
-           "-c:v", "libx264", "-c:a", "pcm_s16le", str(path))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=25:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=sample_rate=16000,atrim=end_sample=0",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "pcm_s16le",
+        str(path),
+    )
     meta = probe(path)
     assert meta.audio_codec == "pcm_s16le"  # the stream is declared ...
     assert not meta.has_audio and meta.audio_end is None  # ... but holds nothing to decode

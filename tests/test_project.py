@@ -78,8 +78,12 @@ def test_what_the_first_command_writes_is_ignored_by_git(tmp_path: Path) -> None
     git = shutil.which("git")
     if git is None:
         return  # nothing to check without git
-    written = ["feats.h5", "feats.h5.parts/writer.lock", "feats.h5.parts/extract.log",
-               "feats.h5.parts/part-20250101T000000.000000-host-1-1.h5"]  # fmt: skip
+    written = [
+        "feats.h5",
+        "feats.h5.parts/writer.lock",
+        "feats.h5.parts/extract.log",
+        "feats.h5.parts/part-20250101T000000.000000-host-1-1.h5",
+    ]
     result = subprocess.run([git, "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.split() == written, result.stderr
     assert "*.h5.d/" not in (ROOT / ".gitignore").read_text().split()  # a layout the store no longer has

@@ -45,8 +45,10 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
     for n in range(count):
         predicted = {}
         for branch, (spans, ious) in branches.items():
-            top = [{"span": spans[n, k].tolist(), "steps": [0, 1], "score": 0.1, "iou": float(ious[n, k])}
-                   for k in range(5)]  # fmt: skip
+            top = [
+                {"span": spans[n, k].tolist(), "steps": [0, 1], "score": 0.1, "iou": float(ious[n, k])}
+                for k in range(5)
+            ]
             predicted[branch] = {
                 "span": top[0]["span"],
                 "steps": [0, 1],
@@ -54,10 +56,20 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
                 "iou": top[0]["iou"],
                 "top": top,
             }
-        rows.append({"qid": f"q{n}", "video_id": f"v_{n // 4:05d}", "query": f"query number {n}",
-                     "split": "val_2" if n % 3 == 0 else "val_1", "duration": float(duration[n]), "num_steps": 128,
-                     "ground_truth": truth[n].tolist(), "has_audio": n % 50 != 0,
-                     "audio_importance": float(importance[n]), "branches": predicted})  # fmt: skip
+        rows.append(
+            {
+                "qid": f"q{n}",
+                "video_id": f"v_{n // 4:05d}",
+                "query": f"query number {n}",
+                "split": "val_2" if n % 3 == 0 else "val_1",
+                "duration": float(duration[n]),
+                "num_steps": 128,
+                "ground_truth": truth[n].tolist(),
+                "has_audio": n % 50 != 0,
+                "audio_importance": float(importance[n]),
+                "branches": predicted,
+            }
+        )
     return rows
 
 
@@ -152,8 +164,9 @@ def expected_charts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     histogram, recall = {}, {}
     for branch in BRANCHES:
         ious = [row["branches"][branch]["iou"] for row in rows]
-        histogram[branch] = [sum(1 for x in ious if k / 10 <= x < (k + 1) / 10 or (k == 9 and x == 1.0))
-                             for k in range(10)]  # fmt: skip
+        histogram[branch] = [
+            sum(1 for x in ious if k / 10 <= x < (k + 1) / 10 or (k == 9 and x == 1.0)) for k in range(10)
+        ]
         recall[branch] = [100 * sum(1 for x in ious if x >= k / 20) / len(ious) for k in range(1, 20)]
     return {"histogram": histogram, "recall": recall}
 
@@ -337,8 +350,22 @@ def test_the_report_of_a_real_run_shows_img_eval_metrics_filters_and_plays_from_
     chromium: Any, real_run: RealRun, tmp_path: Path
 ) -> None:
     report, predictions = tmp_path / "report.html", tmp_path / "predictions.jsonl"
-    evaluated = run_img_eval(real_run.checkpoint, "--split", "test", "--split", "train-val", "--threads", "1", "--json",
-                             "--predictions", predictions, "--report", report, "--videos", real_run.videos)  # fmt: skip
+    evaluated = run_img_eval(
+        real_run.checkpoint,
+        "--split",
+        "test",
+        "--split",
+        "train-val",
+        "--threads",
+        "1",
+        "--json",
+        "--predictions",
+        predictions,
+        "--report",
+        report,
+        "--videos",
+        real_run.videos,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     splits = {entry["split"]: entry for entry in json.loads(evaluated.stdout)["splits"]}
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
@@ -347,8 +374,9 @@ def test_the_report_of_a_real_run_shows_img_eval_metrics_filters_and_plays_from_
     page.select_option("#split", "test")
     for branch, metrics in splits["test"]["branches"].items():
         cells = page.locator(f'#metrics tr[data-branch="{branch}"] td').all_inner_texts()
-        assert cells[1:] == [f"{metrics[name]:.2f}" for name in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5@0.3",
-                                                                 "R5@0.5", "R5@0.7")]  # fmt: skip
+        assert cells[1:] == [
+            f"{metrics[name]:.2f}" for name in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5@0.3", "R5@0.5", "R5@0.7")
+        ]
     test_rows = [row for row in rows if row["split"] == "test"]
     assert page.locator("#list tbody tr").count() == len(test_rows)
     assert not all(row["has_audio"] for row in test_rows)  # clip5: its mean importance counts as img-eval's does

@@ -27,8 +27,9 @@ def test_a_link_back_to_a_parent_lists_each_video_once(tmp_path: Path, caplog: p
     videos = _videos(tmp_path / "videos", "a.mp4", "sub/b.mp4")
     (videos / "sub" / "loop").symlink_to("..")
     assert [(s.video_id, s.path) for s in scan_folder(videos)] == [
-        ("a", videos / "a.mp4"), ("sub/b", videos / "sub" / "b.mp4"),
-    ]  # fmt: skip
+        ("a", videos / "a.mp4"),
+        ("sub/b", videos / "sub" / "b.mp4"),
+    ]
     assert f"{videos / 'sub' / 'loop'} links to {videos}, which is scanned already; skipped" in caplog.text
 
 

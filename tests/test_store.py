@@ -283,8 +283,17 @@ def test_a_store_written_with_one_failure_record_per_video_still_reads(tmp_path:
         old_video.attrs.update({"video_id": "w", "duration": 2.5})
         old_video.create_group("clip").create_dataset("features", data=np.ones((2, 4), np.float32))
         old = f.create_group("failures").create_group("v")
-        old.attrs.update({"video_id": "v", "path": "/v.mp4", "stage": "decode", "error_type": "E", "message": "m",
-                          "features": "clip,panns", "time": 1.0})  # fmt: skip
+        old.attrs.update(
+            {
+                "video_id": "v",
+                "path": "/v.mp4",
+                "stage": "decode",
+                "error_type": "E",
+                "message": "m",
+                "features": "clip,panns",
+                "time": 1.0,
+            }
+        )
     _write(store, _video("v"), provenance=BOTH)
     with FeatureStore(store) as reader:
         [failure] = reader.failures()
@@ -295,8 +304,16 @@ def test_a_store_written_with_one_failure_record_per_video_still_reads(tmp_path:
 def test_the_part_catalog_reads_back_as_the_attributes_do(tmp_path: Path) -> None:
     store = tmp_path / "feats.h5"
     odd = os.fsdecode(b"caf\xe9")
-    metadata = {"path": odd, "rotation": np.int64(90), "fps": np.float32(29.97), "has_audio": np.bool_(False),
-                "codec": None, "size": (640, 480), "truncated": True, "duration": float("inf")}  # fmt: skip
+    metadata = {
+        "path": odd,
+        "rotation": np.int64(90),
+        "fps": np.float32(29.97),
+        "has_audio": np.bool_(False),
+        "codec": None,
+        "size": (640, 480),
+        "truncated": True,
+        "duration": float("inf"),
+    }
     _write(store, VideoRecord(odd, metadata, {"clip": _video("x").tracks["clip"]}))
     [part] = parts_dir(store).glob("part-*.h5")
     with FeatureStore(store) as reader, h5py.File(part, "r") as f:

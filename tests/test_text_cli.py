@@ -75,8 +75,18 @@ def test_glove_store_for_charades_sta_with_vocabulary_and_ids(glove_6b: Path, tm
 def test_glove_for_my_queries_truncates_long_ones_and_maps_unknown_words(glove_6b, my_queries, tmp_path) -> None:
     annotations, feats = my_queries
     out = tmp_path / "my.glove.h5"
-    result = _text("--annotations", annotations, "--store", feats, "--embed", f"glove:{glove_6b}", "--out", out,
-                   "--glove-cache", tmp_path / "cache")  # fmt: skip
+    result = _text(
+        "--annotations",
+        annotations,
+        "--store",
+        feats,
+        "--embed",
+        f"glove:{glove_6b}",
+        "--out",
+        out,
+        "--glove-cache",
+        tmp_path / "cache",
+    )
     assert result.exit_code == 0, result.output
     assert "1 queries longer than 128 words keep their first 128" in result.output
     with TextStore(out) as store:

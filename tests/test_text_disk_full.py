@@ -112,11 +112,14 @@ def test_a_full_disk_under_the_text_store_or_the_glove_index_is_one_line_and_kee
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
     _write_inputs(work)
     (tmp_path / "script.py").write_text(SCRIPT)
-    command = (f"mount -t tmpfs -o size=2m tmpfs '{disk}' && "
-               f"exec '{sys.executable}' '{tmp_path / 'script.py'}' '{disk}' '{work}'")  # fmt: skip
+    command = (
+        f"mount -t tmpfs -o size=2m tmpfs '{disk}' && "
+        f"exec '{sys.executable}' '{tmp_path / 'script.py'}' '{disk}' '{work}'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, env=env,
-                            timeout=600)  # fmt: skip
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     for key in ("no_room", "no_room_to_merge"):

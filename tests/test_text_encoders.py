@@ -46,10 +46,17 @@ def save_tiny_clip_text(folder: Path) -> Path:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     torch.manual_seed(0)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=16, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
     CLIPTextModelWithProjection(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

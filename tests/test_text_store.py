@@ -22,8 +22,10 @@ def _records(*sentences: str, first: int = 0) -> list[QueryRecord]:
 def _batch(records: list[QueryRecord], dim: int = 4) -> TextBatch:
     """Token features whose values say which query and token they belong to."""
     tokens = [["[CLS]", *r.sentence.split(), "[SEP]"] for r in records]
-    features = [np.full((len(t), dim), float(r.qid[4:]), np.float32) + np.arange(len(t))[:, None] for r, t in
-                zip(records, tokens, strict=True)]  # fmt: skip
+    features = [
+        np.full((len(t), dim), float(r.qid[4:]), np.float32) + np.arange(len(t))[:, None]
+        for r, t in zip(records, tokens, strict=True)
+    ]
     ids = [np.arange(len(t), dtype=np.int32) for t in tokens]
     pooled = np.stack([f[0] for f in features])
     return TextBatch(records, tokens, [False] * len(records), {"token_ids": ids, "features": features}, pooled)
@@ -50,10 +52,12 @@ def test_queries_read_back_by_qid_with_padding_mask(tmp_path: Path) -> None:
 def test_glove_ids_and_vocabulary_round_trip(tmp_path: Path) -> None:
     records = _records("door opens", "zebra")
     batch = TextBatch(
-        records, [["door", "opens"], ["zebra"]], [False, False],
+        records,
+        [["door", "opens"], ["zebra"]],
+        [False, False],
         token_arrays={"word_ids": [np.array([2, 3], np.int32), np.array([1], np.int32)]},
         char_ids=[[np.array([3, 2, 2, 1], np.int32), np.array([2, 1, 1, 1, 1], np.int32)], [np.array([1] * 5)]],
-    )  # fmt: skip
+    )
     writer = TextStoreWriter(tmp_path / "g.h5", "glove", PROVENANCE)
     writer.commit(batch)
     vectors = np.arange(6, dtype=np.float32).reshape(2, 3)

@@ -16,10 +16,27 @@ from tests.testdata import annotations_dir
 # The ActivityNet queries (all splits) that NLTK 3.7 and later NLTK releases tokenise differently; the first 18
 # are in the vocabulary splits (train, val_1).
 ANET_QUERIES_TOKENISED_DIFFERENTLY = (
-    "qid_4803", "qid_4805", "qid_4806", "qid_6381", "qid_18577", "qid_27708", "qid_30896", "qid_30898",
-    "qid_30899", "qid_34302", "qid_34919", "qid_40861", "qid_43578", "qid_44748", "qid_50723", "qid_51920",
-    "qid_51923", "qid_51924", "qid_58554", "qid_69130",
-)  # fmt: skip
+    "qid_4803",
+    "qid_4805",
+    "qid_4806",
+    "qid_6381",
+    "qid_18577",
+    "qid_27708",
+    "qid_30896",
+    "qid_30898",
+    "qid_30899",
+    "qid_34302",
+    "qid_34919",
+    "qid_40861",
+    "qid_43578",
+    "qid_44748",
+    "qid_50723",
+    "qid_51920",
+    "qid_51923",
+    "qid_51924",
+    "qid_58554",
+    "qid_69130",
+)
 
 
 @functools.cache
@@ -38,8 +55,17 @@ def vocabulary_tokens(name: str, tokenizer: str = DEFAULT_TOKENIZER) -> list[lis
 
 def test_tokens_are_lower_cased_treebank_words_of_the_whole_line() -> None:
     assert tokenize("  The person isn't opening the door. Then sits!  ") == [
-        "the", "person", "is", "n't", "opening", "the", "door.", "then", "sits", "!",
-    ]  # fmt: skip
+        "the",
+        "person",
+        "is",
+        "n't",
+        "opening",
+        "the",
+        "door.",
+        "then",
+        "sits",
+        "!",
+    ]
     assert tokenize("") == []
 
 
@@ -89,8 +115,9 @@ def test_current_nltk_splits_20_activitynet_queries_differently_and_moves_word_i
     pairs = zip(dataset_tokens("activitynet", "nltk-3.7"), dataset_tokens("activitynet", "nltk-current"), strict=True)
     differ = [record.qid for (record, authors), (_, current) in pairs if authors != current]
     assert tuple(differ) == ANET_QUERIES_TOKENISED_DIFFERENTLY
-    authors, current = (build_vocabulary(vocabulary_tokens("activitynet", t), lambda word: True)
-                        for t in ("nltk-3.7", "nltk-current"))  # fmt: skip
+    authors, current = (
+        build_vocabulary(vocabulary_tokens("activitynet", t), lambda word: True) for t in ("nltk-3.7", "nltk-current")
+    )
     assert (len(authors.words), len(current.words)) == (2 + 12444, 2 + 12448)
     current_ids = {word: i for i, word in enumerate(current.words)}
     moved = [word for i, word in enumerate(authors.words) if current_ids.get(word, i) != i]

@@ -98,16 +98,28 @@ def test_img_eval_accepts_new_queries_encoded_with_the_checkpoints_vocabulary(
 
     # A vocabulary of their own (what `--embed glove:...` builds from the new queries) is refused ...
     own = tmp_path / "own.h5"
-    made = run_cli("text", "--annotations", queries, "--store", data.features, "--embed", f"glove:{glove_6b}",
-                   "--glove-cache", tmp_path / "cache", "--out", own)  # fmt: skip
+    made = run_cli(
+        "text",
+        "--annotations",
+        queries,
+        "--store",
+        data.features,
+        "--embed",
+        f"glove:{glove_6b}",
+        "--glove-cache",
+        tmp_path / "cache",
+        "--out",
+        own,
+    )
     assert made.returncode == 0, made.stderr
     refused = run_img_eval(checkpoint, *data_args, "--text", own, "--threads", "1")
     assert refused.returncode == 2 and "made differently from the checkpoint's text" in refused.stderr
 
     # ... the checkpoint's vocabulary is accepted, and the model reads every query.
     encoded = tmp_path / "new.h5"
-    made = run_cli("text", "--annotations", queries, "--store", data.features, "--vocabulary-from", checkpoint,
-                   "--out", encoded)  # fmt: skip
+    made = run_cli(
+        "text", "--annotations", queries, "--store", data.features, "--vocabulary-from", checkpoint, "--out", encoded
+    )
     assert made.returncode == 0, made.stderr
     with TextStore(encoded) as store:
         assert store.provenance["vocabulary_from"]["kind"] == "checkpoint"

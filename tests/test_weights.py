@@ -56,9 +56,12 @@ def fake_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     server = _serve(served)
     digest = hashlib.sha256(payload).hexdigest()
     entry = weights.PublishedWeights(
-        "model.pth", f"http://127.0.0.1:{server.server_address[1]}/model.pth", "test", ("test",),
+        "model.pth",
+        f"http://127.0.0.1:{server.server_address[1]}/model.pth",
+        "test",
+        ("test",),
         sha256_prefix=digest[:8],
-    )  # fmt: skip
+    )
     monkeypatch.setitem(weights.REGISTRY, "model.pth", entry)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "cache"))

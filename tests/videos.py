@@ -107,12 +107,35 @@ def make_numbered_video(path: Path, frames: int, rate: str, size: int = 64) -> P
         level = 16 * ((index // 16**digit) % 16) + 8
         pixels[:, :, digit * size // 3 : (digit + 1) * size // 3] = level[:, None, None, None]
     subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}",
-         "-r", rate, "-i", "pipe:0", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", "-preset", "ultrafast",
-         str(path)],
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{size}x{size}",
+            "-r",
+            rate,
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            "-pix_fmt",
+            "yuv444p",
+            "-preset",
+            "ultrafast",
+            str(path),
+        ],
         input=pixels.tobytes(),
         check=True,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -136,11 +159,35 @@ def make_video_with_waveform(path: Path, waveform: np.ndarray, sample_rate: int,
     channels = 1 if samples.ndim == 1 else samples.shape[1]
     seconds = len(samples) / sample_rate
     subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration={seconds}",
-         "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_f32le", str(path)],
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate=25:duration={seconds}",
+            "-f",
+            "f32le",
+            "-ar",
+            str(sample_rate),
+            "-ac",
+            str(channels),
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "pcm_f32le",
+            str(path),
+        ],
         input=samples.tobytes(),
         check=True,
-    )  # fmt: skip
+    )
     return path

@@ -19,9 +19,13 @@ WIDTH = 110
 
 def _help(command: click.Command, name: str, parent: click.Context | None = None) -> str:
     context = click.Context(
-        command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH,
+        command,
+        info_name=name,
+        parent=parent,
+        terminal_width=WIDTH,
+        max_content_width=WIDTH,
         help_option_names=["-h", "--help"],
-    )  # fmt: skip
+    )
     return command.get_help(context)
 
 

@@ -237,9 +237,14 @@ def cuda_report() -> CudaReport:
             )
     arch_list = tuple(torch.cuda.get_arch_list()) if torch.version.cuda else ()
     return CudaReport(
-        _torch_build(torch), arch_list, available, tuple(devices), tuple(nvidia_smi_gpus()),
-        None if available else _unusable_gpus(torch, reason), None if available else _hidden_gpus(torch, reason),
-    )  # fmt: skip
+        _torch_build(torch),
+        arch_list,
+        available,
+        tuple(devices),
+        tuple(nvidia_smi_gpus()),
+        None if available else _unusable_gpus(torch, reason),
+        None if available else _hidden_gpus(torch, reason),
+    )
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -76,7 +76,10 @@ def local_input_url(path: str | os.PathLike[str]) -> str:
 def input_args(path: str | os.PathLike[str]) -> list[str]:
     """The `-i` part of a command (probing and decoding): local files only, in self-contained container formats."""
     return [
-        "-protocol_whitelist", INPUT_PROTOCOL_WHITELIST,
-        "-format_whitelist", INPUT_FORMAT_WHITELIST,
-        "-i", local_input_url(path),
-    ]  # fmt: skip
+        "-protocol_whitelist",
+        INPUT_PROTOCOL_WHITELIST,
+        "-format_whitelist",
+        INPUT_FORMAT_WHITELIST,
+        "-i",
+        local_input_url(path),
+    ]

@@ -173,12 +173,18 @@ I3D_CHARADES_VSLNET = Preset(
     output_dim=1024,
     description="VSLNet's Charades I3D: 24 fps, 24-frame windows, two 1024-d rows per window, rgb_charades.pt",
     frames=FrameSampling(
-        fps=24.0, short_side=226, resize="shorter_if_below", crop=224, interpolation="cv2_bilinear",
-        rounding="round", selection="ffmpeg_fps_near", chunk_frames=48,
+        fps=24.0,
+        short_side=226,
+        resize="shorter_if_below",
+        crop=224,
+        interpolation="cv2_bilinear",
+        rounding="round",
+        selection="ffmpeg_fps_near",
+        chunk_frames=48,
     ),
     preprocessing=I3D_SCALING,
     windowing=FrameWindowing(window=24, stride=24, chunk=None, rule="vslnet", short_video=SHORT_VIDEO),
-)  # fmt: skip
+)
 
 I3D_ANET_VSLNET = Preset(
     name="i3d-anet-vslnet",
@@ -188,12 +194,18 @@ I3D_ANET_VSLNET = Preset(
     output_dim=1024,
     description="VSLNet's ActivityNet I3D: native fps, short side 224, 16-frame windows in 10000-frame chunks",
     frames=FrameSampling(
-        fps=None, short_side=224, resize="shorter", crop=224, interpolation="cv2_bilinear", rounding="round",
-        selection="ffmpeg_fps_near", chunk_frames=48,
+        fps=None,
+        short_side=224,
+        resize="shorter",
+        crop=224,
+        interpolation="cv2_bilinear",
+        rounding="round",
+        selection="ffmpeg_fps_near",
+        chunk_frames=48,
     ),
     preprocessing=I3D_SCALING,
     windowing=FrameWindowing(window=16, stride=16, chunk=10000, rule="vslnet", short_video=SHORT_VIDEO),
-)  # fmt: skip
+)
 
 I3D_DEFAULT = Preset(
     name="i3d",

@@ -34,8 +34,11 @@ class PublishedWeights:
     def published_checksums(self) -> dict[str, str]:
         """{kind: value} of every checksum the publisher gives, strongest first; empty when there is none."""
         published = {
-            "sha256": self.sha256, "git blob id": self.git_blob, "md5": self.md5, "sha256 prefix": self.sha256_prefix,
-        }  # fmt: skip
+            "sha256": self.sha256,
+            "git blob id": self.git_blob,
+            "md5": self.md5,
+            "sha256 prefix": self.sha256_prefix,
+        }
         return {kind: value for kind, value in published.items() if value is not None}
 
 
@@ -65,27 +68,42 @@ REGISTRY: dict[str, PublishedWeights] = {
     w.name: w
     for w in (
         PublishedWeights(
-            "rgb_imagenet.pt", _I3D + "rgb_imagenet.pt", "plain state dict, InceptionI3d 400 classes",
-            ("i3d", "i3d-anet-vslnet"), git_blob="73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a",
+            "rgb_imagenet.pt",
+            _I3D + "rgb_imagenet.pt",
+            "plain state dict, InceptionI3d 400 classes",
+            ("i3d", "i3d-anet-vslnet"),
+            git_blob="73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a",
         ),
         PublishedWeights(
-            "rgb_charades.pt", _I3D + "rgb_charades.pt", "plain state dict, InceptionI3d 157 classes",
-            ("i3d-charades-vslnet",), git_blob="ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467",
+            "rgb_charades.pt",
+            _I3D + "rgb_charades.pt",
+            "plain state dict, InceptionI3d 157 classes",
+            ("i3d-charades-vslnet",),
+            git_blob="ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467",
         ),
         PublishedWeights(
-            "vggish-10086976.pth", _VGGISH + "vggish-10086976.pth", "plain state dict, torchvggish VGG",
-            ("vggish", "vggish-quantized"), sha256_prefix="10086976",
+            "vggish-10086976.pth",
+            _VGGISH + "vggish-10086976.pth",
+            "plain state dict, torchvggish VGG",
+            ("vggish", "vggish-quantized"),
+            sha256_prefix="10086976",
         ),
         PublishedWeights(
-            "vggish_pca_params-970ea276.pth", _VGGISH + "vggish_pca_params-970ea276.pth",
-            "dict of PCA eigen vectors and means", ("vggish-quantized",), sha256_prefix="970ea276",
+            "vggish_pca_params-970ea276.pth",
+            _VGGISH + "vggish_pca_params-970ea276.pth",
+            "dict of PCA eigen vectors and means",
+            ("vggish-quantized",),
+            sha256_prefix="970ea276",
         ),
         PublishedWeights(
-            "Cnn14_mAP=0.431.pth", "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1",
-            "dict with key 'model' holding the Cnn14 state dict", ("panns",), md5="541141fa2ee191a88f24a3219fff024e",
+            "Cnn14_mAP=0.431.pth",
+            "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1",
+            "dict with key 'model' holding the Cnn14 state dict",
+            ("panns",),
+            md5="541141fa2ee191a88f24a3219fff024e",
         ),
     )
-}  # fmt: skip
+}
 
 
 def default_weights_dir() -> Path:

@@ -116,8 +116,9 @@ class FrameWindows(Windower):
         if final and self.chunk is not None and length < self.window:
             first, length = self._seen - self.window, self.window
         windows = vslnet_windows(length, self.window, self.stride, first)
-        remaining = [w for w, start in zip(windows, range(0, length, self.stride), strict=True)
-                     if start >= self._next_start]  # fmt: skip
+        remaining = [
+            w for w, start in zip(windows, range(0, length, self.stride), strict=True) if start >= self._next_start
+        ]
         self._chunk_first += length
         self._next_start = 0
         return remaining

@@ -83,8 +83,11 @@ def check_torch() -> Check:
         return check
     cuda = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA (CPU only)"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    check.add(f"{torch.__version__}, {cuda}" + (f", cuDNN {cudnn}" if cudnn else "") +
-              f", {torch.get_num_threads()} CPU threads")  # fmt: skip
+    check.add(
+        f"{torch.__version__}, {cuda}"
+        + (f", cuDNN {cudnn}" if cudnn else "")
+        + f", {torch.get_num_threads()} CPU threads"
+    )
     return check
 
 
@@ -100,8 +103,10 @@ def check_cuda() -> Check:
     elif not report.available:
         check.add("no CUDA GPU visible: commands run on the CPU", "note")
     for device in report.devices:
-        line = (f"cuda:{device.index} {device.name}, {device.memory_gib:.0f} GiB, compute capability "
-                f"{device.capability[0]}.{device.capability[1]}")  # fmt: skip
+        line = (
+            f"cuda:{device.index} {device.name}, {device.memory_gib:.0f} GiB, compute capability "
+            f"{device.capability[0]}.{device.capability[1]}"
+        )
         check.add(f"{line}: {device.problem}" if device.problem else line, "broken" if device.problem else "ok")
     if report.driver_gpus:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -140,8 +145,11 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
         except MissingWeightsError as error:
             check.add(str(error), "broken")
     if missing and offline():
-        check.add("offline: copy the missing files into the cache or --weights-dir (img-extract weights fetch "
-                  "NAME where there is internet)", "note")  # fmt: skip
+        check.add(
+            "offline: copy the missing files into the cache or --weights-dir (img-extract weights fetch "
+            "NAME where there is internet)",
+            "note",
+        )
     elif missing:
         check.add(
             "missing files are downloaded into the cache on first use"
@@ -174,8 +182,9 @@ def check_models(weights_dir: Path | None) -> Check:
         elif model_file(source, WEIGHT_FILES) is not None:
             check.add(f"{use}: {model} in the Hugging Face cache")
         elif offline():
-            check.add(f"{use}: {model} not available offline (save it into --weights-dir DIR/{model.split('/')[-1]})",
-                      "note")  # fmt: skip
+            check.add(
+                f"{use}: {model} not available offline (save it into --weights-dir DIR/{model.split('/')[-1]})", "note"
+            )
         else:
             check.add(f"{use}: {model} not cached; downloaded on first use", "note")
     return check

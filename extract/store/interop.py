@@ -155,8 +155,14 @@ def import_img(source: Path, store_path: Path, feature: str, row_seconds: float 
     not specified; a float64 copy of the same values would otherwise be read 255 times too large)."""
     arrays = _read_source(source)
     sampling = UNKNOWN if row_seconds is None else f"{row_seconds} s per row"
-    recipe = {"preset": feature, "imported_from": str(source.resolve()), "model": UNKNOWN, "weights": UNKNOWN,
-              "weights_sha256": UNKNOWN, "sampling": sampling}  # fmt: skip
+    recipe = {
+        "preset": feature,
+        "imported_from": str(source.resolve()),
+        "model": UNKNOWN,
+        "weights": UNKNOWN,
+        "weights_sha256": UNKNOWN,
+        "sampling": sampling,
+    }
     if source.is_file() and source.suffix == ".pickle":
         quantized = _quantized(arrays)
         if quantized is not None:

@@ -133,9 +133,15 @@ def _load(folder: Path) -> GloveIndex:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         index = GloveIndex(
-            folder, meta["source_name"], meta["source_size"], meta["sha256"], meta["dim"], meta["rows"],
-            meta["skipped_lines"], meta["build_seconds"],
-        )  # fmt: skip
+            folder,
+            meta["source_name"],
+            meta["source_size"],
+            meta["sha256"],
+            meta["dim"],
+            meta["rows"],
+            meta["skipped_lines"],
+            meta["build_seconds"],
+        )
         complete = meta["format_version"] == CACHE_FORMAT_VERSION and (folder / "vectors.f32").stat().st_size == (
             meta["rows"] * meta["dim"] * 4
         )
@@ -267,6 +273,10 @@ def _build(path: Path, folder: Path) -> GloveIndex:
     index = _load(folder)
     log.info(
         "GloVe index: %d words of %d-d in %.1f s (%d lines skipped: not word + %d numbers)",
-        index.rows, index.dim, seconds, skipped, index.dim,
-    )  # fmt: skip
+        index.rows,
+        index.dim,
+        seconds,
+        skipped,
+        index.dim,
+    )
     return index

@@ -173,11 +173,13 @@ def _write_glove(
         truncated = [len(tokens[rows[r.qid]]) > MAX_WORDS for r in todo]
         writer.commit(
             TextBatch(
-                todo, kept, truncated,
+                todo,
+                kept,
+                truncated,
                 token_arrays={"word_ids": [vocab.word_ids(t) for t in kept]},
                 char_ids=[vocab.char_ids(t) for t in kept],
             )
-        )  # fmt: skip
+        )
     except BaseException:
         writer.abandon()
         raise
@@ -208,11 +210,13 @@ def run_encoder(
             encoded = encoder.encode([r.sentence for r in chunk])
             writer.commit(
                 TextBatch(
-                    chunk, encoded.tokens, encoded.truncated,
+                    chunk,
+                    encoded.tokens,
+                    encoded.truncated,
                     token_arrays={"token_ids": encoded.token_ids, "features": encoded.features},
                     pooled=encoded.pooled,
                 )
-            )  # fmt: skip
+            )
             summary.computed += len(chunk)
             summary.truncated += sum(encoded.truncated)
             log.info("%s: %d / %d queries embedded", out, start + len(chunk), len(todo))

@@ -174,8 +174,11 @@ class TextStoreWriter:
         header = _header(path)
         recipe = header["provenance"].get("recipe", {})
         if header["kind"] != self.kind or recipe != self.provenance["recipe"]:
-            changed = sorted(k for k in set(recipe) | set(self.provenance["recipe"])
-                             if recipe.get(k) != self.provenance["recipe"].get(k))  # fmt: skip
+            changed = sorted(
+                k
+                for k in set(recipe) | set(self.provenance["recipe"])
+                if recipe.get(k) != self.provenance["recipe"].get(k)
+            )
             detail = ", ".join(f"{k}: {recipe.get(k)!r} -> {self.provenance['recipe'].get(k)!r}" for k in changed[:2])
             raise ProvenanceMismatchError(
                 f"{path} holds {header['kind']} text features made differently ({detail or 'kind'}); "
@@ -277,8 +280,9 @@ def _append(out: h5py.File, source: h5py.File, keep: np.ndarray) -> int:
 
 def _append_rows(out: h5py.File, name: str, dataset: h5py.Dataset, mask: np.ndarray) -> None:
     if name not in out:
-        out.create_dataset(name, shape=(0, *dataset.shape[1:]), maxshape=(None, *dataset.shape[1:]),
-                           dtype=dataset.dtype, chunks=True)  # fmt: skip
+        out.create_dataset(
+            name, shape=(0, *dataset.shape[1:]), maxshape=(None, *dataset.shape[1:]), dtype=dataset.dtype, chunks=True
+        )
     target = out[name]
     for start in range(0, dataset.shape[0], COPY_ROWS):
         rows = dataset[start : start + COPY_ROWS][mask[start : start + COPY_ROWS]]

@@ -115,9 +115,18 @@ def main(
         fail("--videos links the videos into the HTML report: add --report report.html")
     try:
         reports, rows = _evaluate(
-            checkpoint_path, splits or ("test",), batch_size, slot_noise, seed, drop_audio, device, precision,
-            workers, threads, data,
-        )  # fmt: skip
+            checkpoint_path,
+            splits or ("test",),
+            batch_size,
+            slot_noise,
+            seed,
+            drop_audio,
+            device,
+            precision,
+            workers,
+            threads,
+            data,
+        )
         if predictions is not None:
             _write_jsonl(predictions, rows)
         if report is not None:
@@ -185,13 +194,17 @@ def _evaluate(
         if split == HELD_OUT_SPLIT and run is not None and "train" in available:
             name, _, chosen[split] = sources.validation(available, run.train.val_fraction, run.train.val_seed)
             if name != HELD_OUT_SPLIT:
-                raise UsageError(f"--split {split}: this run trained on all of train and selected on the dataset's "
-                                 f"own {name} split; use --split {name}")  # fmt: skip
+                raise UsageError(
+                    f"--split {split}: this run trained on all of train and selected on the dataset's "
+                    f"own {name} split; use --split {name}"
+                )
         elif split in available:
             chosen[split] = available[split]
         elif split == HELD_OUT_SPLIT and split not in available:
-            raise UsageError(f"--split {split}: the held-out training videos of a run; {checkpoint_path} was not "
-                             "trained by img-train (or its dataset has no train split)")  # fmt: skip
+            raise UsageError(
+                f"--split {split}: the held-out training videos of a run; {checkpoint_path} was not "
+                "trained by img-train (or its dataset has no train split)"
+            )
         else:
             named = ", ".join(
                 [*sorted(available), *([HELD_OUT_SPLIT] if run is not None and "train" in available else [])]
@@ -206,8 +219,10 @@ def _evaluate(
         split_notes = list(notes)
         recorded_data = (checkpoint.training or {}).get("data", {})
         if recorded_data.get("select_split") == split and recorded_data["select_qids_sha256"] != dataset.qids_sha256():
-            split_notes.append(f"the {split} queries read now are not those the run selected on (other stores or "
-                               "annotations): these numbers are of another split")  # fmt: skip
+            split_notes.append(
+                f"the {split} queries read now are not those the run selected on (other stores or "
+                "annotations): these numbers are of another split"
+            )
             log.warning("%s", split_notes[-1])
         predictions = evaluator.predict(model, dataset)
         reports.append(

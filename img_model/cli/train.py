@@ -188,11 +188,29 @@ def train_command(
 
 
 RECIPE_FLAGS = {
-    "train": ("epochs", "batch_size", "learning_rate", "seed", "select_on", "val_fraction", "val_seed",
-              "evals_per_epoch"),
-    "data": ("dataset", "features", "visual", "audio", "text", "data_dir", "align", "strict", "cache_features",
-             "missing_audio"),
-}  # fmt: skip
+    "train": (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "seed",
+        "select_on",
+        "val_fraction",
+        "val_seed",
+        "evals_per_epoch",
+    ),
+    "data": (
+        "dataset",
+        "features",
+        "visual",
+        "audio",
+        "text",
+        "data_dir",
+        "align",
+        "strict",
+        "cache_features",
+        "missing_audio",
+    ),
+}
 # Data options --resume accepts: where the data is (a moved or staged copy) and how it is read, not what it is.
 # The stores' provenance and the data fingerprint in last.pt guard that the data is the same.
 RESUMABLE_DATA_FLAGS = ("features", "text", "data_dir", "strict", "cache_features")
@@ -216,13 +234,23 @@ def _train(
     from img_model.train.config import resolve
     from img_model.train.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
 
-    runtime = {"device": options["device"], "precision": options["precision"], "workers": options["workers"],
-               "threads": options["threads"], "compile": options["compile_"], "progress": progress,
-               "log_every": options["log_every"]}  # fmt: skip
+    runtime = {
+        "device": options["device"],
+        "precision": options["precision"],
+        "workers": options["workers"],
+        "threads": options["threads"],
+        "compile": options["compile_"],
+        "progress": progress,
+        "log_every": options["log_every"],
+    }
     checkpoint = None
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" for names in RECIPE_FLAGS.values() for name in names
-                 if options.get(name) not in (None, ()) and name not in RESUMABLE_DATA_FLAGS]  # fmt: skip
+        given = [
+            f"--{name.replace('_', '-')}"
+            for names in RECIPE_FLAGS.values()
+            for name in names
+            if options.get(name) not in (None, ()) and name not in RESUMABLE_DATA_FLAGS
+        ]
         if given or config_file is not None:
             raise ImgVmrError(
                 f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} (only "
@@ -236,8 +264,9 @@ def _train(
         step = (checkpoint.training or {}).get("step", -1)
         summary = finished_summary(resume, step)
         if summary is not None:  # nothing to train, nothing to write
-            log.info("%s is already finished (step %d, its final line is in metrics.jsonl); nothing to do", resume,
-                     step)  # fmt: skip
+            log.info(
+                "%s is already finished (step %d, its final line is in metrics.jsonl); nothing to do", resume, step
+            )
             if summary and rank.is_main:
                 click.echo(summary)
             return

@@ -276,18 +276,26 @@ class Coverage:
     def missing_lines(self) -> list[str]:
         lines = []
         if self.no_video:
-            lines.append(f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
-                         f"{listed(self.no_video)}")  # fmt: skip
+            lines.append(
+                f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
+                f"{listed(self.no_video)}"
+            )
         if self.truncated:
-            lines.append(f"{len(self.truncated)} of {self.queries} {self.split} queries are on videos whose file was "
-                         "truncated when extracted (their features stop early, the annotations' times do not; "
-                         f"re-download them, then img-extract --retry-failed): {listed(self.truncated)}")  # fmt: skip
+            lines.append(
+                f"{len(self.truncated)} of {self.queries} {self.split} queries are on videos whose file was "
+                "truncated when extracted (their features stop early, the annotations' times do not; "
+                f"re-download them, then img-extract --retry-failed): {listed(self.truncated)}"
+            )
         if self.no_text:
-            lines.append(f"{len(self.no_text)} of {self.queries} {self.split} queries are not in the text store "
-                         f"(or with another sentence): {listed(self.no_text)}")  # fmt: skip
+            lines.append(
+                f"{len(self.no_text)} of {self.queries} {self.split} queries are not in the text store "
+                f"(or with another sentence): {listed(self.no_text)}"
+            )
         if self.no_audio_track:
-            lines.append(f"{len(self.no_audio_track)} {self.split} videos have audio but no audio features: "
-                         f"{listed(self.no_audio_track)}")  # fmt: skip
+            lines.append(
+                f"{len(self.no_audio_track)} {self.split} videos have audio but no audio features: "
+                f"{listed(self.no_audio_track)}"
+            )
         return lines
 
     def summary(self) -> str:
@@ -319,8 +327,12 @@ class DataSources:
     """The feature stores, the text store and the query records of one DataConfig, opened once."""
 
     def __init__(self, config: DataConfig) -> None:
-        for name, value in (("dataset", config.dataset), ("visual", config.visual), ("audio", config.audio),
-                            ("text", config.text)):  # fmt: skip
+        for name, value in (
+            ("dataset", config.dataset),
+            ("visual", config.visual),
+            ("audio", config.audio),
+            ("text", config.text),
+        ):
             if not value:
                 raise UsageError(f"no --{name} given")
         self.config = config
@@ -501,8 +513,9 @@ class MomentDataset(Dataset):
 
     def _read(self, video_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         config = self.sources.config
-        aligned = aligned_tracks(self.sources.stores, video_id, config.visual, config.audio, self.max_pos_len,
-                                 config.align)  # fmt: skip
+        aligned = aligned_tracks(
+            self.sources.stores, video_id, config.visual, config.audio, self.max_pos_len, config.align
+        )
         return aligned.visual, aligned.audio
 
     def __len__(self) -> int:
@@ -554,8 +567,9 @@ def carve_validation(
     can be read."""
     videos = sorted({r.video_id for r in records if readable is None or r.video_id in readable})
     if len(videos) < 2:
-        raise DataError(f"a validation split needs at least 2 training videos with features and text; there are "
-                        f"{len(videos)}")  # fmt: skip
+        raise DataError(
+            f"a validation split needs at least 2 training videos with features and text; there are {len(videos)}"
+        )
     count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
     chosen = set(np.random.default_rng(seed).permutation(len(videos))[:count].tolist())
     held_out = {videos[i] for i in chosen}

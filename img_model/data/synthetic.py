@@ -94,8 +94,18 @@ class SyntheticDataset:
 
     def cli_data_args(self) -> list[str]:
         """The data options of img-train / img-eval for this dataset."""
-        return ["--dataset", str(self.annotations), "--features", str(self.features), "--visual", self.visual,
-                "--audio", self.audio, "--text", str(self.text)]  # fmt: skip
+        return [
+            "--dataset",
+            str(self.annotations),
+            "--features",
+            str(self.features),
+            "--visual",
+            self.visual,
+            "--audio",
+            self.audio,
+            "--text",
+            str(self.text),
+        ]
 
 
 @dataclass(frozen=True)
@@ -157,11 +167,21 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
     features = folder / "feats.h5"
     writer = StoreWriter(features, provenance)
     for video in videos:
-        tracks = {VISUAL_FEATURE: _marked_track(video.steps, 1, visual_marker, video.start, video.end,
-                                                video.family in ("visual", "both"), rng)}  # fmt: skip
+        tracks = {
+            VISUAL_FEATURE: _marked_track(
+                video.steps, 1, visual_marker, video.start, video.end, video.family in ("visual", "both"), rng
+            )
+        }
         if video.has_audio:
-            tracks[AUDIO_FEATURE] = _marked_track(video.steps, spec.audio_rows_per_second, audio_marker, video.start,
-                                                  video.end, video.family in ("audio", "both"), rng)  # fmt: skip
+            tracks[AUDIO_FEATURE] = _marked_track(
+                video.steps,
+                spec.audio_rows_per_second,
+                audio_marker,
+                video.start,
+                video.end,
+                video.family in ("audio", "both"),
+                rng,
+            )
         end = float(video.steps)  # named as the probe names them (extract/media/probe.py)
         metadata = {"header_duration": end, "stream_end": end, "has_audio": video.has_audio, "source": "synthetic"}
         writer.add_video(VideoRecord(video.video_id, metadata, tracks))
@@ -176,8 +196,15 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
     annotations = folder / "queries.jsonl"
     with annotations.open("w", encoding="utf-8") as out:
         for record in records:
-            line = {"qid": record.qid, "video_id": record.video_id, "start": record.start, "end": record.end,
-                    "duration": record.duration, "query": record.sentence, "split": record.split}  # fmt: skip
+            line = {
+                "qid": record.qid,
+                "video_id": record.video_id,
+                "start": record.start,
+                "end": record.end,
+                "duration": record.duration,
+                "query": record.sentence,
+                "split": record.split,
+            }
             out.write(json.dumps(line) + "\n")
 
     text = folder / "text.h5"
@@ -195,10 +222,12 @@ def write_text_store(path: Path, records: list[QueryRecord], spec: SyntheticSpec
     writer = TextStoreWriter(path, "glove", {"recipe": recipe, "software": {}, "runtime": {}}, resume=False)
     try:
         batch = TextBatch(
-            records, tokens, [False] * len(records),
+            records,
+            tokens,
+            [False] * len(records),
             token_arrays={"word_ids": [vocabulary.word_ids(t) for t in tokens]},
             char_ids=[vocabulary.char_ids(t) for t in tokens],
-        )  # fmt: skip
+        )
         writer.todo(records)
         writer.commit(batch)
     except BaseException:

@@ -82,8 +82,13 @@ def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
     of each branch over these predictions."""
     evaluated = EvalReport.from_predictions("", predictions)
     mean_importance = evaluated.mean_importance if predictions else None
-    out: dict[str, Any] = {"queries": len(predictions), "metrics": evaluated.branches, "histogram": {}, "recall": {},
-                           "mean_importance": mean_importance}  # fmt: skip
+    out: dict[str, Any] = {
+        "queries": len(predictions),
+        "metrics": evaluated.branches,
+        "histogram": {},
+        "recall": {},
+        "mean_importance": mean_importance,
+    }
     for branch in BRANCHES:
         best = np.array([prediction.branches[branch].iou for prediction in predictions], np.float64)
         out["histogram"][branch] = iou_histogram(best)
@@ -166,10 +171,21 @@ def report_data(
         "media": [links.get(video) for video in videos],
         "overall": summary(predictions),
         "summaries": summaries,
-        "columns": ["qid", "video", "query", "split", "duration", "true_start", "true_end", "importance",
-                    "has_audio", "correct", *(f"{b}_{f}" for b in BRANCHES for f in ("start", "end", "iou"))],
+        "columns": [
+            "qid",
+            "video",
+            "query",
+            "split",
+            "duration",
+            "true_start",
+            "true_end",
+            "importance",
+            "has_audio",
+            "correct",
+            *(f"{b}_{f}" for b in BRANCHES for f in ("start", "end", "iou")),
+        ],
         "rows": compact,
-    }  # fmt: skip
+    }
 
 
 def render(data: Mapping[str, Any]) -> str:

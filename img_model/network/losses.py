@@ -169,6 +169,24 @@ def img_loss(
         term_pl = config.importance_weight * pl_loss
         total = term_loc + term_sal + term_kd + term_pl
     return IMGLoss(
-        loc_av, loc_v, loc_a, sal_v, sal_a, sal_av, kd_a, kd_v, pl_label, keep, n_keep, pl_loss,
-        *location, *saliency, *distill, term_loc, term_sal, term_kd, term_pl, total,
-    )  # fmt: skip
+        loc_av,
+        loc_v,
+        loc_a,
+        sal_v,
+        sal_a,
+        sal_av,
+        kd_a,
+        kd_v,
+        pl_label,
+        keep,
+        n_keep,
+        pl_loss,
+        *location,
+        *saliency,
+        *distill,
+        term_loc,
+        term_sal,
+        term_kd,
+        term_pl,
+        total,
+    )

@@ -318,8 +318,13 @@ class FeatureCache:
             if store_path not in self._warned and any(made[spec.name] != spec.recipe for spec in read):
                 self._warned.add(store_path)
                 for spec in read:  # accepted: only warnings (another precision, trusted weights)
-                    check_recorded_recipe(f"{spec.kind} features {spec.name!r} cached in {store_path}", spec.recipe,
-                                 made[spec.name], self.trust_weights, "")  # fmt: skip
+                    check_recorded_recipe(
+                        f"{spec.kind} features {spec.name!r} cached in {store_path}",
+                        spec.recipe,
+                        made[spec.name],
+                        self.trust_weights,
+                        "",
+                    )
             note = ""
             if not has_audio:
                 note = "the video has no audio stream"

@@ -142,8 +142,15 @@ def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure
         axis.axvspan(answer.start, answer.end, color="#2ca02c", alpha=0.18, label="answer", gid=f"answer:{number}")
         for rank, span in enumerate(answer.top):
             level = -0.06 * peak * (rank + 1)
-            axis.hlines(level, span.start, span.end, color="#2ca02c", alpha=1.0 - 0.15 * rank, linewidth=3,
-                        gid=f"top:{number}:{rank}")  # fmt: skip
+            axis.hlines(
+                level,
+                span.start,
+                span.end,
+                color="#2ca02c",
+                alpha=1.0 - 0.15 * rank,
+                linewidth=3,
+                gid=f"top:{number}:{rank}",
+            )
         axis.set_ylim(-0.06 * peak * (len(answer.top) + 1.5), peak * 1.15)
         importance = (
             f"audio importance {answer.audio_importance:.2f}"

@@ -31,9 +31,16 @@ SelectOn = Literal["val", "test"]
 
 # IMGConfig fields the data decides (feature and vocabulary sizes): never set by defaults, TOML or flags.
 DATA_DERIVED = frozenset(
-    {"video_feature_dim", "audio_feature_dim", "query_features", "glove_words", "word_dim", "char_vocab_size",
-     "text_feature_dim"}
-)  # fmt: skip
+    {
+        "video_feature_dim",
+        "audio_feature_dim",
+        "query_features",
+        "glove_words",
+        "word_dim",
+        "char_vocab_size",
+        "text_feature_dim",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
             raise UsageError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "evals_per_epoch": self.evals_per_epoch}  # fmt: skip
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "evals_per_epoch": self.evals_per_epoch,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")

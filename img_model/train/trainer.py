@@ -156,8 +156,9 @@ def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> st
     """The fields of two data fingerprints that differ, in one line ('' when none do); hashes shortened."""
 
     def shown(fingerprint: dict[str, Any]) -> dict[str, Any]:
-        return {key.replace("_", " "): value[:12] if key.endswith("sha256") else value
-                for key, value in fingerprint.items()}  # fmt: skip
+        return {
+            key.replace("_", " "): value[:12] if key.endswith("sha256") else value for key, value in fingerprint.items()
+        }
 
     return differences(shown(recorded), shown(current), limit=len(current))
 
@@ -226,13 +227,20 @@ class TrainResult:
 
 
 LOSS_SCALARS = {
-    "loss/location_fused": "location_fused", "loss/location_visual": "location_visual",
-    "loss/location_audio": "location_audio", "loss/saliency_fused": "saliency_fused",
-    "loss/saliency_visual": "saliency_visual", "loss/saliency_audio": "saliency_audio",
-    "loss/distill_audio": "distill_audio", "loss/distill_visual": "distill_visual", "loss/importance": "pl_loss",
-    "terms/location": "term_loc", "terms/saliency": "term_sal", "terms/distill": "term_kd",
+    "loss/location_fused": "location_fused",
+    "loss/location_visual": "location_visual",
+    "loss/location_audio": "location_audio",
+    "loss/saliency_fused": "saliency_fused",
+    "loss/saliency_visual": "saliency_visual",
+    "loss/saliency_audio": "saliency_audio",
+    "loss/distill_audio": "distill_audio",
+    "loss/distill_visual": "distill_visual",
+    "loss/importance": "pl_loss",
+    "terms/location": "term_loc",
+    "terms/saliency": "term_sal",
+    "terms/distill": "term_kd",
     "terms/importance": "term_pl",
-}  # fmt: skip
+}
 
 
 def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
@@ -323,8 +331,14 @@ class Trainer:
         self.best_score, self.best_step = training["best_score"], training["best_step"]
         set_rng_state(training["rng"], self.device)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
-        log.info("resuming at epoch %d, step %d (best %s %.2f at step %d)", self.epoch + 1, self.step,
-                 SELECTION_METRIC, self.best_score, self.best_step)  # fmt: skip
+        log.info(
+            "resuming at epoch %d, step %d (best %s %.2f at step %d)",
+            self.epoch + 1,
+            self.step,
+            SELECTION_METRIC,
+            self.best_score,
+            self.best_step,
+        )
 
     def _checkpoint(self, metrics: dict[str, Any] | None) -> Checkpoint:
         texts = self.data.sources.texts
@@ -359,8 +373,7 @@ class Trainer:
         already is left as it is."""
         train = self.run.train
         if self.epoch >= train.epochs and (summary := finished_summary(self.run_dir, self.step)) is not None:
-            log.info("%s is already finished (%d epochs, %d steps); nothing to do", self.run_dir, self.epoch,
-                     self.step)  # fmt: skip
+            log.info("%s is already finished (%d epochs, %d steps); nothing to do", self.run_dir, self.epoch, self.step)
             return self._result(finished=True, final={"summary": summary})
         stop_at = train.epochs if stop_after is None else min(train.epochs, self.epoch + stop_after)
         if self.rank.is_main:
@@ -422,8 +435,13 @@ class Trainer:
             if self.epoch_step in self.eval_steps:
                 self._evaluate_and_save()
         progress.close()
-        log.info("epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, train.epochs,
-                 self._epoch_means()["loss/total"], self.steps_per_epoch)  # fmt: skip
+        log.info(
+            "epoch %d/%d: mean loss %.4f over %d steps",
+            epoch + 1,
+            train.epochs,
+            self._epoch_means()["loss/total"],
+            self.steps_per_epoch,
+        )
         self.epoch += 1
         self.epoch_totals = {}
         self.epoch_step = 0
@@ -462,8 +480,12 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.epoch_step += 1
-        scalars |= {"train/lr": lr, "train/grad_norm": grad_norm, "warmup/importance": p_warm,
-                    "warmup/distill": kd_warm}  # fmt: skip
+        scalars |= {
+            "train/lr": lr,
+            "train/grad_norm": grad_norm,
+            "warmup/importance": p_warm,
+            "warmup/distill": kd_warm,
+        }
         for name, value in scalars.items():
             if math.isfinite(value):  # fp16: the scaler's skipped steps have an infinite gradient norm
                 total = self.epoch_totals.setdefault(name, [0.0, 0])
@@ -537,8 +559,15 @@ class Trainer:
             save_checkpoint(checkpoint, self.run_dir / "best.pt")
         save_checkpoint(checkpoint, self.run_dir / "last.pt")
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
-        log.info("step %d: %s fused %s %.2f%s (%.1f s)", self.step, report.split, SELECTION_METRIC, score,
-                 " (best)" if improved else "", time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "step %d: %s fused %s %.2f%s (%.1f s)",
+            self.step,
+            report.split,
+            SELECTION_METRIC,
+            score,
+            " (best)" if improved else "",
+            time.perf_counter() - started,
+        )
 
     def _log_metrics(self, entry: dict[str, Any]) -> None:
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
@@ -576,8 +605,10 @@ class Trainer:
             HELD_OUT_SPLIT: f"{HELD_OUT_SPLIT} (held-out training videos)",
             OWN_VALIDATION_SPLIT: f"{OWN_VALIDATION_SPLIT} (the dataset's own validation split)",
         }[self.data.select.split]
-        header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
-                  f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
+        header = (
+            f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
+            f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}"
+        )
         summary = "\n\n".join([header, *tables])
         write_atomically(self.run_dir / "summary.txt", summary + "\n")
         self._log_metrics(final)  # last: the final line marks the run finished (finished_summary)
