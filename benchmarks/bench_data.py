@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from img_model.data.dataset import DataConfig, DataSources, collate
 from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
-from img_model.train.trainer import EpochBatches
+from img_model.train.batches import EpochBatches
 
 CHARADES_SIZED = SyntheticSpec(
     min_steps=16,

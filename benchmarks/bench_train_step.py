@@ -35,10 +35,9 @@ from bench_img import make_batch  # beside this script
 
 from img_model.network.config import IMGConfig, ObjectiveConfig
 from img_model.network.convert import ours_to_official
-from img_model.network.losses import BatchScope, SpanLabels, img_loss
+from img_model.network.losses import BatchScope, SpanLabels, img_loss, loss_scalars
 from img_model.network.model import IMG
 from img_model.network.optim import linear_decay, make_optimizer
-from img_model.train.trainer import loss_scalars
 
 TOTAL_STEPS = 62_100  # 100 epochs of Charades-STA train at batch 16: the linear decay's horizon
 P_WARM, KD_WARM = 0.5, 0.3  # mid-warm-up factors, the same for both

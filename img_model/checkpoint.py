@@ -34,6 +34,7 @@ from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary
 from extract.text.vocabulary_source import VocabularySource
+from img_model.data.dataset import DataConfig, HeldOut
 from img_model.network.config import IMGConfig
 from img_model.network.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.network.model import IMG
@@ -71,6 +72,28 @@ class Checkpoint:
         if self.source == "convert-official":
             return "test"
         return (self.run or {}).get("train", {}).get("select_on")
+
+    # What evaluating a checkpoint takes from the run it records (img_model/train/config.py writes `run`); a
+    # converted checkpoint records none and gets the published settings.
+
+    def recorded(self, section: str, name: str, default: Any = None) -> Any:
+        """A setting of the run this checkpoint records ([section] name), `default` when it records none."""
+        return (self.run or {}).get(section, {}).get(name, default)
+
+    @property
+    def recorded_data(self) -> DataConfig:
+        """The data the run trained with (DataConfig() for converted checkpoints: the authors' alignment rule)."""
+        fields = dict((self.run or {}).get("data", {}))
+        if "features" in fields:
+            fields["features"] = tuple(fields["features"])
+        return DataConfig(**fields)
+
+    @property
+    def held_out(self) -> HeldOut | None:
+        """How the run carved its train-val split from the training videos (None: not trained by img-train)."""
+        if self.run is None:
+            return None
+        return HeldOut(float(self.recorded("train", "val_fraction")), int(self.recorded("train", "val_seed")))
 
     def as_file(self) -> dict[str, Any]:
         return {

@@ -51,7 +51,8 @@ def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
 
     from img_model.data.dataset import DataSources
     from img_model.train.config import resolve
-    from img_model.train.trainer import Trainer, model_inputs, prepare_data
+    from img_model.train.run_data import model_inputs, prepare_data
+    from img_model.train.trainer import Trainer
 
     data = tiny_dataset(folder / "data")
     run = resolve(

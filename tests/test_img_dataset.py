@@ -40,7 +40,7 @@ from img_model.network.config import IMGConfig
 from img_model.network.decoding import time_to_index
 from img_model.network.model import IMG
 from img_model.train.config import RunConfig, resolve
-from img_model.train.trainer import model_inputs, prepare_data
+from img_model.train.run_data import model_inputs, prepare_data
 from manifests.records import QueryRecord
 from tests.broken_media import make_truncated_video
 from tests.conftest import run_cli

@@ -28,9 +28,9 @@ from img_model.data.synthetic import SyntheticDataset
 from img_model.network.config import IMGConfig
 from img_model.network.model import IMG
 from img_model.network.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
+from img_model.train.batches import EpochBatches, evaluation_steps
 from img_model.train.config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
 from img_model.train.seeding import rng_state, set_rng_state
-from img_model.train.trainer import EpochBatches, evaluation_steps
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset
 from tests.test_img_golden import SMALL
@@ -311,7 +311,7 @@ def test_a_run_killed_with_sigkill_mid_run_resumes_to_the_straight_runs_weights(
 KILL_AT = """
 import os, signal, sys
 from pathlib import Path
-import img_model.checkpoint, img_model.train.trainer
+import img_model.checkpoint, img_model.train.run_log, img_model.train.trainer
 from img_model.cli.train import main
 
 moment, occurrence = sys.argv[1], int(sys.argv[2])
@@ -327,7 +327,7 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 trainer = img_model.train.trainer
-replace, save, log_metrics = os.replace, trainer.save_checkpoint, trainer.Trainer._log_metrics
+replace, save, log_metrics = os.replace, trainer.save_checkpoint, img_model.train.run_log.RunLog.log_metrics
 
 def replacing(source, target):  # the temporary file is written and fsync'd; the rename has not happened
     if moment == "before-rename" and Path(target).name == "last.pt" and due():
@@ -342,7 +342,7 @@ def saving(checkpoint, path):
 def logging_metrics(self, entry):
     if moment == "mid-metrics-line" and due():
         with (self.run_dir / "metrics.jsonl").open("a") as out:
-            out.write(img_model.train.trainer.json.dumps(entry)[:40])
+            out.write(img_model.train.run_log.json.dumps(entry)[:40])
         die()
     log_metrics(self, entry)
     if moment == "after-final-line" and entry["kind"] == "final":
@@ -350,7 +350,7 @@ def logging_metrics(self, entry):
 
 img_model.checkpoint.os.replace = replacing
 img_model.train.trainer.save_checkpoint = saving
-img_model.train.trainer.Trainer._log_metrics = logging_metrics
+img_model.train.run_log.RunLog.log_metrics = logging_metrics
 main()
 """
 
@@ -480,7 +480,8 @@ def test_an_existing_run_is_not_overwritten_and_resume_takes_no_recipe_flags(
 @pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tiny: SyntheticDataset, tmp_path: Path) -> None:
     from img_model.data.dataset import DataSources
-    from img_model.train.trainer import Trainer, model_inputs, prepare_data
+    from img_model.train.run_data import model_inputs, prepare_data
+    from img_model.train.trainer import Trainer
 
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         run = resolve(
@@ -544,7 +545,7 @@ def test_resume_refuses_training_data_that_changed_in_one_line(tmp_path: Path) -
 
 def _tiny_run(tiny: SyntheticDataset, **train: object) -> RunConfig:
     from img_model.data.dataset import DataSources
-    from img_model.train.trainer import model_inputs
+    from img_model.train.run_data import model_inputs
 
     data = {
         "dataset": str(tiny.annotations),
@@ -574,7 +575,8 @@ def test_non_finite_gradients_or_weights_stop_the_run_before_a_checkpoint_holds_
     finish with NaN weights in both)."""
     from img_model.data.dataset import DataSources
     from img_model.train import trainer as trainer_module
-    from img_model.train.trainer import Trainer, TrainingDivergedError, prepare_data
+    from img_model.train.run_data import prepare_data
+    from img_model.train.trainer import Trainer, TrainingDivergedError
 
     run = _tiny_run(tiny, evals_per_epoch=1)
     trainer = Trainer(run, prepare_data(run, DataSources(run.data)), tmp_path / "run")
@@ -657,7 +659,8 @@ def test_a_mistyped_command_is_named_with_the_closest_one() -> None:
 @pytest.mark.usefixtures("one_thread")
 def test_epoch_means_count_every_step_of_an_epoch_resumed_in_its_middle(tiny: SyntheticDataset, tmp_path: Path) -> None:
     from img_model.data.dataset import DataSources
-    from img_model.train.trainer import Trainer, prepare_data
+    from img_model.train.run_data import prepare_data
+    from img_model.train.trainer import Trainer
 
     run = _tiny_run(tiny, epochs=1)  # 2 steps, an evaluation (and last.pt) after each
     data = prepare_data(run, DataSources(run.data))

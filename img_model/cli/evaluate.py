@@ -1,29 +1,25 @@
 """img-eval: metrics of a checkpoint on a dataset split, for the fused, visual-only and audio-only branches.
 
-The CLI maps flags onto the evaluation and nothing else reads flags; every failure is one line on stderr.
+The flags map onto img_model/evaluate/evaluation.py's EvaluationRequest; every failure is one line on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
-from extract.core.errors import ImgVmrError, UsageError
-from img_model.cli.options import data_options, data_overrides, dataset_table, runtime_options
-from img_model.network.convert import CheckpointLayoutError, load_into
+from extract.core.errors import ImgVmrError
+from img_model.cli.options import data_options, dataset_table, runtime_options
+from img_model.evaluate.evaluation import CONVERTED_NOTE
+from img_model.network.convert import CheckpointLayoutError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-eval"
-CONVERTED_NOTE = "converted from the authors' code, whose checkpoints were selected on the test split (§7.15)"
-CHECKPOINT_EXPECTED = (
-    "an img_model checkpoint: RUN/best.pt or RUN/last.pt (img-train), or img-train convert-official's OUT.pt"
-)
 
 
 @click.command(
@@ -110,27 +106,35 @@ def main(
       img-eval converted.pt --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet \\
                --audio panns --text text.h5 --slot-noise always --seed 1
     """
+    from img_model.evaluate.evaluation import (
+        EvaluationRequest,
+        evaluate_checkpoint,
+        write_evaluation_report,
+        write_predictions,
+    )
+
     setup_logging(PROGRAM, verbose)
     if videos is not None and report is None:
         fail("--videos links the videos into the HTML report: add --report report.html")
+    request = EvaluationRequest(
+        checkpoint_path,
+        splits or ("test",),
+        data,
+        batch_size,
+        slot_noise,
+        seed,
+        drop_audio,
+        device or "auto",
+        precision,
+        workers or 0,
+        threads or 0,
+    )
     try:
-        reports, rows = _evaluate(
-            checkpoint_path,
-            splits or ("test",),
-            batch_size,
-            slot_noise,
-            seed,
-            drop_audio,
-            device,
-            precision,
-            workers,
-            threads,
-            data,
-        )
+        evaluation = evaluate_checkpoint(request)
         if predictions is not None:
-            _write_jsonl(predictions, rows)
+            write_predictions(predictions, evaluation.rows)
         if report is not None:
-            _write_report(report, reports, rows, videos)
+            write_evaluation_report(report, evaluation, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(str(error))
         return
@@ -138,114 +142,12 @@ def main(
         log.debug("internal error", exc_info=True)
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
+    reports = evaluation.reports
     if as_json:
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo("\n\n".join(_tables(report) for report in reports))
-
-
-def _evaluate(
-    checkpoint_path: Path,
-    splits: tuple[str, ...],
-    batch_size: int | None,
-    slot_noise: str,
-    seed: int,
-    drop_audio: bool,
-    device_spec: str | None,
-    precision: str | None,
-    workers: int | None,
-    threads: int | None,
-    data: dict[str, Any],
-) -> tuple[list[Any], list[dict[str, Any]]]:
-    """The report of each split, and the prediction rows of all of them (in split order)."""
-    from extract.core.precision import Precision
-    from img_model.checkpoint import read_checkpoint
-    from img_model.data.dataset import HELD_OUT_SPLIT, DataConfig, DataSources
-    from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
-    from img_model.network.model import IMG
-    from img_model.runtime import runtime_device
-    from img_model.train.config import check_batch_size, from_dict
-
-    checkpoint = read_checkpoint(checkpoint_path, expected=CHECKPOINT_EXPECTED)
-    run = from_dict(checkpoint.run) if checkpoint.run else None
-    recorded = run.data if run is not None else DataConfig()  # converted: the authors' alignment rule
-    data_config = replace(recorded, **data_overrides(**data), missing_audio="zeros")
-    sources = DataSources(data_config)
-    notes = check_inputs(checkpoint, sources)
-    if data_config.align != recorded.align:
-        notes.append(f"--align {data_config.align}: the checkpoint was trained with --align {recorded.align}")
-    for note in notes:
-        log.warning("%s", note)
-    if checkpoint.source == "convert-official":  # recorded; the table's note says it
-        notes.append(CONVERTED_NOTE)
-    config = replace(checkpoint.config, slot_noise="always" if slot_noise == "always" else "never")
-    batch_size = batch_size or (run.train.eval_batch_size if run else 16)
-    check_batch_size(config, batch_size, "--batch-size")
-    model = IMG(config)
-    load_into(model, checkpoint.state_dict)
-    device = runtime_device(device_spec or "auto", threads or 0)
-    precision = Precision.resolve(precision, device, run.runtime.precision if run else None)
-    model.to(device).eval()
-
-    available = sources.splits()
-    chosen = {}
-    for split in dict.fromkeys(splits):  # every name is checked before anything is computed
-        if split == HELD_OUT_SPLIT and run is not None and "train" in available:
-            name, _, chosen[split] = sources.validation(available, run.train.val_fraction, run.train.val_seed)
-            if name != HELD_OUT_SPLIT:
-                raise UsageError(
-                    f"--split {split}: this run trained on all of train and selected on the dataset's "
-                    f"own {name} split; use --split {name}"
-                )
-        elif split in available:
-            chosen[split] = available[split]
-        elif split == HELD_OUT_SPLIT and split not in available:
-            raise UsageError(
-                f"--split {split}: the held-out training videos of a run; {checkpoint_path} was not "
-                "trained by img-train (or its dataset has no train split)"
-            )
-        else:
-            named = ", ".join(
-                [*sorted(available), *([HELD_OUT_SPLIT] if run is not None and "train" in available else [])]
-            )
-            raise UsageError(f"--split {split}: {data_config.dataset} has the splits {named}")
-    workers = workers if workers is not None else 0
-    evaluator = Evaluator(device, precision, batch_size, workers, seed)
-    reports, rows = [], []
-    for split, records in chosen.items():
-        dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=drop_audio)
-        log.info("%s", dataset.coverage.summary())
-        split_notes = list(notes)
-        recorded_data = (checkpoint.training or {}).get("data", {})
-        if recorded_data.get("select_split") == split and recorded_data["select_qids_sha256"] != dataset.qids_sha256():
-            split_notes.append(
-                f"the {split} queries read now are not those the run selected on (other stores or "
-                "annotations): these numbers are of another split"
-            )
-            log.warning("%s", split_notes[-1])
-        predictions = evaluator.predict(model, dataset)
-        reports.append(
-            EvalReport.from_predictions(
-                split,
-                predictions,
-                checkpoint=str(checkpoint_path),
-                checkpoint_source=checkpoint.source,
-                select_on=checkpoint.select_on,
-                dataset=data_config.dataset,
-                slot_noise=slot_noise,
-                seed=seed,
-                drop_audio=drop_audio,
-                batch_size=batch_size,
-                precision=precision.name,
-                device=str(device),
-                align=data_config.align,
-                coverage=dataset.coverage.as_dict(),
-                notes=split_notes,
-            )
-        )
-        rows += [prediction.as_json() for prediction in predictions]
-    return reports, rows
 
 
 def _tables(report: Any) -> str:
@@ -261,32 +163,6 @@ def _tables(report: Any) -> str:
         + (", audio dropped" if context["drop_audio"] else "")
     )
     return "\n".join(lines)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    from extract.core.files import write_atomically
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
-    log.info("wrote %d predictions to %s", len(rows), path)
-
-
-def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], videos: Path | None) -> None:
-    from img_model.evaluate.report import write_report
-
-    first = reports[0].context
-    context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
-    if first["drop_audio"]:
-        context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
-    title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
-    try:
-        write_report(path, rows, title, context, videos)
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
-    log.info("wrote the report of %d queries to %s", len(rows), path)
 
 
 if __name__ == "__main__":

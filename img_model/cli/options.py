@@ -99,17 +99,3 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
         return command
 
     return decorate
-
-
-def data_overrides(**values: Any) -> dict[str, Any]:
-    """The data options that were given, as DataConfig fields (absolute paths as strings, stores as a tuple)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None or value == ():
-            continue
-        if name == "features":  # absolute, so that the run's config works from any folder (img-eval, --resume)
-            value = tuple(str(Path(p).absolute()) for p in value)
-        elif isinstance(value, Path) or (name == "dataset" and value.endswith(".jsonl")):
-            value = str(Path(value).absolute())
-        out[name] = value
-    return out

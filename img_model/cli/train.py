@@ -1,16 +1,14 @@
 """img-train: train IMG on features from the stores, and convert the authors' checkpoints.
 
-The CLI maps flags onto the run configuration (img_model/train/config.py) and nothing else reads flags; every
-failure is one line on stderr (the traceback goes to RUN/train.log).
+The flags map onto img_model/train/session.py's TrainingRequest; every failure is one line on stderr (the traceback
+goes to RUN/train.log).
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -19,16 +17,12 @@ from extract.core.console import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CommandGroup,
-    attach_log_file,
     fail,
     setup_logging,
 )
 from extract.core.errors import ImgVmrError
-from img_model.cli.options import data_options, data_overrides, dataset_table, runtime_options
+from img_model.cli.options import data_options, dataset_table, runtime_options
 from img_model.network.convert import CheckpointLayoutError
-
-if TYPE_CHECKING:
-    from img_model.runtime import RankContext
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-train"
@@ -156,23 +150,19 @@ def train_command(
       img-train --resume runs/charades --device cuda
     """
     from img_model.distributed import launched_rank, stop_process_group
+    from img_model.train.session import TrainingRequest, train
+    from img_model.train.trainer import TrainingDivergedError
 
     rank = launched_rank()
     program = PROGRAM if rank.is_main else f"{PROGRAM}[rank {rank.rank}]"
     setup_logging(program, verbose, quiet=not rank.is_main)
-    run_dir = resume or out
-    if run_dir is None:
-        fail("give --out RUN (a new run folder) or --resume RUN", program=program)
-        return
-    if resume is not None and out is not None:
-        fail("give either --out (a new run) or --resume (continue one), not both", program=program)
+    request = TrainingRequest(out, resume, config_file, stop_after, not no_progress, options)
+    run_dir = request.run_dir or Path(".")
     try:
-        _train(config_file, out, resume, stop_after, not no_progress, options, rank)
+        summary = train(request, rank)
     except CheckpointLayoutError as error:
         fail(str(error), program=program)
     except ImgVmrError as error:
-        from img_model.train.trainer import TrainingDivergedError
-
         log.debug("stopped", exc_info=True)
         fail(str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE, program)
     except KeyboardInterrupt:
@@ -185,154 +175,8 @@ def train_command(
         fail(f"internal error: {type(error).__name__}: {error} ({where})", EXIT_FAILED, program)
     finally:
         stop_process_group()
-
-
-RECIPE_FLAGS = {
-    "train": (
-        "epochs",
-        "batch_size",
-        "learning_rate",
-        "seed",
-        "select_on",
-        "val_fraction",
-        "val_seed",
-        "evals_per_epoch",
-    ),
-    "data": (
-        "dataset",
-        "features",
-        "visual",
-        "audio",
-        "text",
-        "data_dir",
-        "align",
-        "strict",
-        "cache_features",
-        "missing_audio",
-    ),
-}
-# Data options --resume accepts: where the data is (a moved or staged copy) and how it is read, not what it is.
-# The stores' provenance and the data fingerprint in last.pt guard that the data is the same.
-RESUMABLE_DATA_FLAGS = ("features", "text", "data_dir", "strict", "cache_features")
-
-
-def _train(
-    config_file: Path | None,
-    out: Path | None,
-    resume: Path | None,
-    stop_after: int | None,
-    progress: bool,
-    options: dict[str, Any],
-    rank: RankContext,
-) -> None:
-    """Resolve the run, open and check its data, build the trainer, and only then create the run folder (a
-    failed invocation leaves nothing behind; its log lines are kept in memory until the folder exists)."""
-    from extract.core.provenance import compare_recipes
-    from img_model.checkpoint import CheckpointMismatchError, read_checkpoint
-    from img_model.data.dataset import DataSources
-    from img_model.distributed import start_process_group
-    from img_model.train.config import resolve
-    from img_model.train.trainer import Trainer, finished_summary, model_inputs, prepare_data, restored_run
-
-    runtime = {
-        "device": options["device"],
-        "precision": options["precision"],
-        "workers": options["workers"],
-        "threads": options["threads"],
-        "compile": options["compile_"],
-        "progress": progress,
-        "log_every": options["log_every"],
-    }
-    checkpoint = None
-    if resume is not None:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for names in RECIPE_FLAGS.values()
-            for name in names
-            if options.get(name) not in (None, ()) and name not in RESUMABLE_DATA_FLAGS
-        ]
-        if given or config_file is not None:
-            raise ImgVmrError(
-                f"--resume continues the run as it was configured; drop {', '.join(given) or '--config'} (only "
-                "--device, --precision, --workers, --threads, --compile, --log-every and where the data is: "
-                "--features, --text, --data-dir, --strict, --cache-features may change)"
-            )
-        last = resume / "last.pt"
-        if not last.is_file():
-            raise ImgVmrError(f"{resume} holds no last.pt to resume from")
-        checkpoint = read_checkpoint(last)
-        step = (checkpoint.training or {}).get("step", -1)
-        summary = finished_summary(resume, step)
-        if summary is not None:  # nothing to train, nothing to write
-            log.info(
-                "%s is already finished (step %d, its final line is in metrics.jsonl); nothing to do", resume, step
-            )
-            if summary and rank.is_main:
-                click.echo(summary)
-            return
-        if rank.is_main:
-            attach_log_file(resume / "train.log")
-        moved = data_overrides(**{name: options[name] for name in RESUMABLE_DATA_FLAGS})
-        run = restored_run(checkpoint, runtime, moved)
-        run_dir = resume
-    else:
-        assert out is not None
-        if (out / "last.pt").exists():
-            raise ImgVmrError(
-                f"{out} already holds a run (last.pt); continue it with --resume {out} or use another --out"
-            )
-        if out.exists() and not out.is_dir():
-            raise ImgVmrError(f"--out {out} is a file, not a folder; choose another --out")
-        train_flags = {name: options[name] for name in RECIPE_FLAGS["train"]}
-        data_flags = data_overrides(**{name: options[name] for name in RECIPE_FLAGS["data"]})
-        run = resolve(config_file, {"train": train_flags, "data": data_flags, "runtime": runtime})
-        run_dir = out
-    early_log = _hold_log_records() if checkpoint is None and rank.is_main else None
-    sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
-    if checkpoint is not None:
-        for kind, recorded in checkpoint.provenance.items():
-            current = sources.provenance()[kind]
-            detail = compare_recipes(recorded.get("recipe", {}), current.get("recipe", {})).refused
-            if detail:
-                raise CheckpointMismatchError(f"the {kind} inputs changed since the run started: {detail}")
-        if run.model != checkpoint.config:
-            detail = compare_recipes(vars(checkpoint.config), vars(run.model)).refused
-            raise CheckpointMismatchError(f"the model the data asks for differs from the run's: {detail}")
-    data = prepare_data(run, sources)
-    for dataset in (data.train, data.select, data.test):
-        if dataset is not None:
-            log.info("%s", dataset.coverage.summary())
-    if run.train.select_on == "test":
-        log.warning("selecting the checkpoint on the test split (the paper's protocol, img_spec.md §7.15)")
-    start_process_group(rank, run.runtime.device)
-    trainer = Trainer(run, data, run_dir, resume=checkpoint, rank=rank)
-    if early_log is not None:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ImgVmrError(
-                f"cannot create the run folder {run_dir} ({error.strerror}); choose another --out"
-            ) from None
-        _write_held_records(early_log, attach_log_file(run_dir / "train.log"))
-    result = trainer.fit(stop_after)
-    if result.finished and rank.is_main:
-        click.echo(result.final["summary"])
-
-
-def _hold_log_records() -> logging.handlers.MemoryHandler:
-    """Keep img-train's log records in memory (until the run folder, and its train.log, exist)."""
-    held = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1)
-    held.setLevel(logging.DEBUG)
-    logging.getLogger("img_vmr").addHandler(held)
-    return held
-
-
-def _write_held_records(held: logging.handlers.MemoryHandler, log_file: logging.Handler) -> None:
-    """Write the held records to train.log, and stop holding."""
-    logging.getLogger("img_vmr").removeHandler(held)
-    held.setTarget(log_file)
-    held.close()  # flushes into log_file
+    if summary:
+        click.echo(summary)
 
 
 @main.command("convert-official")

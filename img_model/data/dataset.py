@@ -78,6 +78,28 @@ class DataConfig:
             raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
 
 
+def data_overrides(**values: Any) -> dict[str, Any]:
+    """The data options that were given, as DataConfig fields (absolute paths as strings, stores as a tuple)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == ():
+            continue
+        if name == "features":  # absolute, so that the run's config works from any folder (img-eval, --resume)
+            value = tuple(str(Path(p).absolute()) for p in value)
+        elif isinstance(value, Path) or (name == "dataset" and value.endswith(".jsonl")):
+            value = str(Path(value).absolute())
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """How a run carves its train-val split: `fraction` of the training videos, chosen by `seed`."""
+
+    fraction: float
+    seed: int
+
+
 # --- saliency sampling (§4.2) ----------------------------------------------------------------------------------
 
 
@@ -390,6 +412,34 @@ class DataSources:
         in the text store."""
         with_text = {r.video_id for r in records if self.texts.sentences.get(r.qid) == r.sentence}
         return {video_id for video_id in with_text if self.unreadable(video_id) is None}
+
+    def evaluation_splits(self, names: Sequence[str], held_out: HeldOut | None) -> dict[str, list[QueryRecord]]:
+        """The records of each named split, every name checked before anything is computed: a split of the
+        dataset, or `train-val`, the held-out training videos of a run (re-carved by `held_out`; None: the
+        checkpoint was not trained by img-train)."""
+        available = self.splits()
+        can_carve = held_out is not None and "train" in available
+        chosen = {}
+        for split in dict.fromkeys(names):
+            if split == HELD_OUT_SPLIT and can_carve:
+                assert held_out is not None
+                name, _, chosen[split] = self.validation(available, held_out.fraction, held_out.seed)
+                if name != HELD_OUT_SPLIT:
+                    raise UsageError(
+                        f"--split {split}: this run trained on all of train and selected on the dataset's own "
+                        f"{name} split; use --split {name}"
+                    )
+            elif split in available:
+                chosen[split] = available[split]
+            elif split == HELD_OUT_SPLIT:
+                raise UsageError(
+                    f"--split {split}: the held-out training videos of a run; the checkpoint was not trained by "
+                    "img-train (or its dataset has no train split)"
+                )
+            else:
+                named = ", ".join([*sorted(available), *([HELD_OUT_SPLIT] if can_carve else [])])
+                raise UsageError(f"--split {split}: {self.config.dataset} has the splits {named}")
+        return chosen
 
     def validation(
         self, splits: dict[str, list[QueryRecord]], fraction: float, seed: int

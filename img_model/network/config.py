@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from extract.core.errors import UsageError
+
 PositionalEncoding = Literal["official", "temporal"]
 SlotNoise = Literal["train", "always", "never"]
 QueryFeatures = Literal["glove_char", "precomputed"]
@@ -57,6 +59,16 @@ class IMGConfig:
             raise ValueError(f"slot_noise must be 'train', 'always' or 'never', not {self.slot_noise!r}")
         if self.query_features not in ("glove_char", "precomputed"):
             raise ValueError(f"query_features must be 'glove_char' or 'precomputed', not {self.query_features!r}")
+
+    def check_batch_size(self, batch_size: int, name: str) -> None:
+        """The official position encoding indexes its table by the sample's place in the batch (§7.1): a batch may
+        hold at most max_pos_len samples (UsageError, one line, before anything runs)."""
+        if self.positional_encoding == "official" and batch_size > self.max_pos_len:
+            raise UsageError(
+                f"{name} {batch_size} exceeds max_pos_len {self.max_pos_len}: the official batch-index position "
+                f"encoding (§7.1) covers at most {self.max_pos_len} samples per batch; use a batch of "
+                f'{self.max_pos_len} or fewer, or [model] positional_encoding = "temporal"'
+            )
 
     @property
     def char_feature_dim(self) -> int:

@@ -190,3 +190,26 @@ def img_loss(
         term_pl,
         total,
     )
+
+
+LOSS_SCALARS = {
+    "loss/location_fused": "location_fused",
+    "loss/location_visual": "location_visual",
+    "loss/location_audio": "location_audio",
+    "loss/saliency_fused": "saliency_fused",
+    "loss/saliency_visual": "saliency_visual",
+    "loss/saliency_audio": "saliency_audio",
+    "loss/distill_audio": "distill_audio",
+    "loss/distill_visual": "distill_visual",
+    "loss/importance": "pl_loss",
+    "terms/location": "term_loc",
+    "terms/saliency": "term_sal",
+    "terms/distill": "term_kd",
+    "terms/importance": "term_pl",
+}
+
+
+def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
+    """Every loss term of §4.5 as it enters the total, per step (this process's share of the batch's value)."""
+    terms = {name: getattr(loss, field) for name, field in LOSS_SCALARS.items()}
+    return {"loss/total": loss.total_loss, **terms, "loss/kept_fraction": scope.mean(loss.keep.float())}

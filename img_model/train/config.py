@@ -110,23 +110,12 @@ class RunConfig:
     runtime: RuntimeConfig
 
     def __post_init__(self) -> None:
-        check_batch_size(self.model, self.train.batch_size, "batch_size")
-        check_batch_size(self.model, self.train.eval_batch_size, "eval_batch_size")
+        self.model.check_batch_size(self.train.batch_size, "batch_size")
+        self.model.check_batch_size(self.train.eval_batch_size, "eval_batch_size")
 
     def recipe(self) -> dict[str, Any]:
         """Everything that decides the numbers: compared on --resume (runtime excluded)."""
         return {name: section for name, section in as_dict(self).items() if name != "runtime"}
-
-
-def check_batch_size(model: IMGConfig, batch_size: int, name: str) -> None:
-    """The official position encoding indexes its table by the sample's place in the batch (§7.1): a batch may
-    hold at most max_pos_len samples (UsageError, one line, before anything runs)."""
-    if model.positional_encoding == "official" and batch_size > model.max_pos_len:
-        raise UsageError(
-            f"{name} {batch_size} exceeds max_pos_len {model.max_pos_len}: the official batch-index position encoding "
-            f"(§7.1) covers at most {model.max_pos_len} samples per batch; use a batch of {model.max_pos_len} or "
-            'fewer, or [model] positional_encoding = "temporal"'
-        )
 
 
 SECTIONS: dict[str, type] = {

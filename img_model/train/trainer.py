@@ -26,28 +26,27 @@ norm stops the run with the step and the batch's query ids; checkpoints are only
 Distributed training (`torchrun`, img_model/distributed.py) is the same run at the same global batch size: each
 process takes its share of every batch (`EpochBatches`), computes its share of the loss, and evaluates its share
 of the batches; rank 0 alone writes (`RankContext.is_main`).
+
+`Trainer` is one class of more than 200 lines on purpose: the run's state (model, optimiser, scheduler, gradient
+scaler, step counters, best score) is what each of its methods reads and writes and what a checkpoint saves whole;
+split, the pieces would hand that state back and forth.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from extract.core.errors import ImgVmrError, listed
-from extract.core.files import write_atomically
 from extract.core.precision import Precision
-from extract.core.provenance import differences
 from img_model.checkpoint import (
     Checkpoint,
     CheckpointMismatchError,
@@ -59,19 +58,20 @@ from img_model.data.dataset import (
     OWN_VALIDATION_SPLIT,
     Batch,
     DataError,
-    DataSources,
     MomentDataset,
     collate,
 )
-from img_model.distributed import BatchShare, batch_share, data_parallel, process_device
+from img_model.distributed import BatchShare, data_parallel, process_device
 from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.network.config import exp_up
-from img_model.network.losses import BatchScope, IMGLoss, img_loss
+from img_model.network.losses import BatchScope, img_loss, loss_scalars
 from img_model.network.model import IMG, batch_rows
 from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
-from img_model.train.config import RunConfig, as_dict, from_dict, to_toml
-from img_model.train.run_log import metrics_lines
+from img_model.train.batches import EpochBatches, evaluation_steps
+from img_model.train.config import RunConfig, as_dict
+from img_model.train.run_data import RunData, data_fingerprint, fingerprint_changes
+from img_model.train.run_log import RunLog, finished_summary
 from img_model.train.seeding import rng_state, seed_everything, set_rng_state
 
 
@@ -83,133 +83,6 @@ log = logging.getLogger(f"img_vmr.{__name__}")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
 BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it
-
-
-# --- data of a run ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunData:
-    """The datasets of a run: training, selection (val or test) and the test split for the final report."""
-
-    sources: DataSources
-    train: MomentDataset
-    select: MomentDataset
-    test: MomentDataset | None  # None when selecting on test (it is `select`) or when there is no test split
-
-
-def model_inputs(sources: DataSources) -> dict[str, Any]:
-    """The IMGConfig fields the data decides: feature sizes and the query embedding's vocabulary sizes."""
-    fields: dict[str, Any] = {"video_feature_dim": sources.video_dim, "audio_feature_dim": sources.audio_dim}
-    texts = sources.texts
-    if texts.precomputed:
-        return fields | {"query_features": "precomputed", "text_feature_dim": texts.feature_dim}
-    assert texts.vocabulary is not None
-    vectors = texts.vocabulary.vectors
-    return fields | {
-        "query_features": "glove_char",
-        "glove_words": vectors.shape[0],
-        "word_dim": vectors.shape[1],
-        "char_vocab_size": len(texts.vocabulary.chars),
-    }
-
-
-def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
-    """Splits: train, the selection split and test. Selecting on validation data (the default), the selection
-    split is a custom JSONL's own `val` split, else `train-val`: a share of the training videos that have features
-    and text, seeded by val_seed (not the training seed: every seed selects on the same videos), removed from train.
-    With select_on = test, train is the whole train split. Training queries of videos without audio follow
-    data.missing_audio."""
-    splits = sources.splits()
-    if "train" not in splits:
-        raise DataError(f"{run.data.dataset} has no train split (it has: {', '.join(sorted(splits))})")
-    max_pos_len, seed = run.model.max_pos_len, run.train.seed
-    test_records = splits.get("test")
-    if run.train.select_on == "test":
-        if not test_records:
-            raise DataError(f"--select-on test: {run.data.dataset} has no test split")
-        train = sources.dataset(splits["train"], "train", "train", max_pos_len, seed)
-        select = sources.dataset(test_records, "test", "eval", max_pos_len)
-        return RunData(sources, train, select, None)
-    name, train_records, val_records = sources.validation(splits, run.train.val_fraction, run.train.val_seed)
-    if name == OWN_VALIDATION_SPLIT:
-        log.info("selecting on the dataset's own %s split; --val-fraction and --val-seed do not apply", name)
-    train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
-    select = sources.dataset(val_records, name, "eval", max_pos_len)
-    test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None
-    return RunData(sources, train, select, test)
-
-
-def data_fingerprint(data: RunData, steps_per_epoch: int) -> dict[str, Any]:
-    """What a checkpoint records about the data it trained on; --resume refuses data that differs."""
-    return {
-        "train_queries": len(data.train),
-        "train_qids_sha256": data.train.qids_sha256(),
-        "select_split": data.select.split,
-        "select_queries": len(data.select),
-        "select_qids_sha256": data.select.qids_sha256(),
-        "steps_per_epoch": steps_per_epoch,
-    }
-
-
-def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> str:
-    """The fields of two data fingerprints that differ, in one line ('' when none do); hashes shortened."""
-
-    def shown(fingerprint: dict[str, Any]) -> dict[str, Any]:
-        return {
-            key.replace("_", " "): value[:12] if key.endswith("sha256") else value for key, value in fingerprint.items()
-        }
-
-    return differences(shown(recorded), shown(current), limit=len(current))
-
-
-def finished_summary(run_dir: Path, step: int) -> str | None:
-    """The summary of a run whose last.pt (at `step`) it finished: metrics.jsonl holds a final line at that step.
-    None when the run is not finished."""
-    entries = [entry for _, entry in metrics_lines(run_dir / "metrics.jsonl")]
-    if not any(entry.get("kind") == "final" and entry.get("step") == step for entry in entries):
-        return None
-    summary = run_dir / "summary.txt"
-    return summary.read_text(encoding="utf-8").rstrip("\n") if summary.exists() else ""
-
-
-# --- batch order -----------------------------------------------------------------------------------------------
-
-
-class EpochBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of (epoch, index) keys: epoch e's order is a permutation seeded by (seed, e), so any epoch can be
-    replayed, and started from any batch (`skip`), without a saved sampler state. The last batch may be short
-    (the authors' loader keeps it). In a distributed run every process walks the same batches and yields its
-    share of each (`share`)."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: RankContext = SINGLE_PROCESS) -> None:
-        self.size, self.batch_size, self.seed, self.rank = size, batch_size, seed, rank
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.size / self.batch_size)
-
-    def share(self, number: int) -> BatchShare:
-        """This process's rows of batch `number` (0-based) of an epoch."""
-        return batch_share(min(self.batch_size, self.size - number * self.batch_size), self.rank)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        for number in range(self.skip, self.batches_per_epoch()):
-            first = number * self.batch_size
-            yield self.share(number).take([(self.epoch, int(i)) for i in order[first : first + self.batch_size]])
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch() - self.skip
-
-
-def evaluation_steps(batches_per_epoch: int, evals_per_epoch: int) -> list[int]:
-    """Steps within an epoch (1-based) after which to evaluate: N//2 and N for two per epoch (§4.7)."""
-    n = batches_per_epoch
-    return sorted({n * k // evals_per_epoch for k in range(1, evals_per_epoch + 1)} - {0})
 
 
 # --- the training loop ---------------------------------------------------------------------------------------
@@ -224,29 +97,6 @@ class TrainResult:
     best_score: float
     finished: bool  # False when stopped early on purpose (stop_after)
     final: dict[str, Any] = field(default_factory=dict)
-
-
-LOSS_SCALARS = {
-    "loss/location_fused": "location_fused",
-    "loss/location_visual": "location_visual",
-    "loss/location_audio": "location_audio",
-    "loss/saliency_fused": "saliency_fused",
-    "loss/saliency_visual": "saliency_visual",
-    "loss/saliency_audio": "saliency_audio",
-    "loss/distill_audio": "distill_audio",
-    "loss/distill_visual": "distill_visual",
-    "loss/importance": "pl_loss",
-    "terms/location": "term_loc",
-    "terms/saliency": "term_sal",
-    "terms/distill": "term_kd",
-    "terms/importance": "term_pl",
-}
-
-
-def loss_scalars(loss: IMGLoss, scope: BatchScope) -> dict[str, torch.Tensor]:
-    """Every loss term of §4.5 as it enters the total, per step (this process's share of the batch's value)."""
-    terms = {name: getattr(loss, field) for name, field in LOSS_SCALARS.items()}
-    return {"loss/total": loss.total_loss, **terms, "loss/kept_fraction": scope.mean(loss.keep.float())}
 
 
 class Trainer:
@@ -305,7 +155,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=self.loader_generator,
         )
-        self.writer: Any = None
+        self.log = RunLog(self.run_dir)
 
     # --- state ---------------------------------------------------------------------------------------------
 
@@ -377,7 +227,7 @@ class Trainer:
             return self._result(finished=True, final={"summary": summary})
         stop_at = train.epochs if stop_after is None else min(train.epochs, self.epoch + stop_after)
         if self.rank.is_main:
-            self._open_outputs()
+            self.log.open(self.run, self.step)
         try:
             while self.epoch < train.epochs:
                 if self.epoch >= stop_at:
@@ -387,29 +237,7 @@ class Trainer:
             final = self._final_report()
             return self._result(finished=True, final=final)
         finally:
-            if self.writer is not None:
-                self.writer.close()
-
-    def _open_outputs(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        header = f"img-train run {self.run_dir.name}: the resolved configuration"
-        write_atomically(self.run_dir / "config.toml", to_toml(self.run, header=header))
-        self._truncate_metrics()
-        for stale in self.run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write a kill interrupted (never renamed)
-            log.info("removing %s, a checkpoint write that was interrupted", stale.name)
-            stale.unlink(missing_ok=True)
-        # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
-
-    def _truncate_metrics(self) -> None:
-        """On resume, forget evaluations logged after the checkpoint (they will be repeated identically)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [line for line, entry in metrics_lines(path) if entry.get("step", 0) <= self.step]
-        write_atomically(path, "".join(line + "\n" for line in kept))
+            self.log.close()
 
     def _train_epoch(self) -> None:
         epoch, train = self.epoch, self.run.train
@@ -490,13 +318,10 @@ class Trainer:
             if math.isfinite(value):  # fp16: the scaler's skipped steps have an infinite gradient norm
                 total = self.epoch_totals.setdefault(name, [0.0, 0])
                 total[0], total[1] = total[0] + value, total[1] + 1
-        if self.writer is not None:
-            if self.step % self.run.runtime.log_every == 0:
-                for name, value in scalars.items():
-                    self.writer.add_scalar(name, value, self.step)
-            if self.epoch_step == self.steps_per_epoch:  # before the epoch's last checkpoint: a resume keeps them
-                for name, value in self._epoch_means().items():
-                    self.writer.add_scalar(f"epoch_mean/{name}", value, self.step)
+        if self.step % self.run.runtime.log_every == 0:
+            self.log.scalars(scalars, self.step)
+        if self.epoch_step == self.steps_per_epoch:  # before the epoch's last checkpoint: a resume keeps them
+            self.log.scalars(self._epoch_means(), self.step, "epoch_mean/")
         return scalars
 
     def _epoch_means(self) -> dict[str, float]:
@@ -539,7 +364,7 @@ class Trainer:
         metrics = {"split": report.split, "branches": report.branches, "mean_audio_importance": report.mean_importance}
         # The logs first, then the checkpoints: a kill at any moment leaves logs up to the step of last.pt at least
         # (what a resume keeps), never a last.pt whose evaluation or scalars were lost; later lines are dropped.
-        self._log_metrics(
+        self.log.log_metrics(
             {
                 "kind": "eval",
                 "epoch": self.epoch + 1,
@@ -550,10 +375,9 @@ class Trainer:
             }
         )
         for branch, values in report.branches.items():
-            for name, value in values.items():
-                self.writer.add_scalar(f"{report.split}/{branch}/{name}", value, self.step)
-        self.writer.add_scalar(f"{report.split}/mean_audio_importance", report.mean_importance, self.step)
-        self.writer.flush()  # every scalar up to this step is in the event file before last.pt says so
+            self.log.scalars(values, self.step, f"{report.split}/{branch}/")
+        self.log.scalars({"mean_audio_importance": report.mean_importance}, self.step, f"{report.split}/")
+        self.log.flush()  # every scalar up to this step is in the event file before last.pt says so
         checkpoint = self._checkpoint(metrics)
         if improved:
             save_checkpoint(checkpoint, self.run_dir / "best.pt")
@@ -568,10 +392,6 @@ class Trainer:
             " (best)" if improved else "",
             time.perf_counter() - started,
         )
-
-    def _log_metrics(self, entry: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
 
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
@@ -610,19 +430,9 @@ class Trainer:
             f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}"
         )
         summary = "\n\n".join([header, *tables])
-        write_atomically(self.run_dir / "summary.txt", summary + "\n")
-        self._log_metrics(final)  # last: the final line marks the run finished (finished_summary)
+        self.log.summary(summary)
+        self.log.log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
 
     def _result(self, finished: bool, final: dict[str, Any] | None = None) -> TrainResult:
         return TrainResult(self.run_dir, self.epoch, self.step, self.best_step, self.best_score, finished, final or {})
-
-
-def restored_run(
-    checkpoint: Checkpoint, runtime_overrides: dict[str, Any], data_overrides: dict[str, Any] | None = None
-) -> RunConfig:
-    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...) and data
-    locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI)."""
-    run = from_dict(checkpoint.run or {})
-    runtime = replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None})
-    return replace(run, runtime=runtime, data=replace(run.data, **(data_overrides or {})))

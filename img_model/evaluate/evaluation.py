@@ -1,0 +1,143 @@
+"""Evaluating a checkpoint on the splits of a dataset (what img-eval runs): `evaluate_checkpoint(request)`.
+
+img-eval's flags map one to one onto EvaluationRequest; the decisions live here, where pipelines and tests call
+them without click: the data defaults to what the checkpoint's run recorded (inputs made otherwise are refused,
+evaluator.check_inputs), the splits (the run's train-val re-carved, DataSources.evaluation_splits), the batch
+size the model allows, and the precision (extract/core/precision.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from extract.core.errors import ImgVmrError
+from extract.core.files import write_atomically
+from extract.core.precision import Precision
+from img_model.checkpoint import read_checkpoint
+from img_model.data.dataset import DataSources, data_overrides
+from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
+from img_model.network.convert import load_into
+from img_model.network.model import IMG
+from img_model.runtime import runtime_device
+
+log = logging.getLogger(f"img_vmr.{__name__}")
+
+CONVERTED_NOTE = "converted from the authors' code, whose checkpoints were selected on the test split (§7.15)"
+CHECKPOINT_EXPECTED = (
+    "an img_model checkpoint: RUN/best.pt or RUN/last.pt (img-train), or img-train convert-official's OUT.pt"
+)
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """img-eval's options (their help says what each does); `data` holds the data options given (DataConfig
+    fields), over the checkpoint's."""
+
+    checkpoint: Path
+    splits: tuple[str, ...] = ("test",)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None  # None: the run's evaluation batch size
+    slot_noise: str = "off"  # off | always
+    seed: int = 0
+    drop_audio: bool = False
+    device: str = "auto"
+    precision: str | None = None  # None: the run's
+    workers: int = 0
+    threads: int = 0
+
+
+@dataclass
+class Evaluation:
+    reports: list[EvalReport]  # one per split, in the order asked
+    rows: list[dict[str, Any]]  # every query's prediction (img-eval --predictions), split after split
+
+
+def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
+    """The report of each split, and the prediction rows of all of them."""
+    checkpoint = read_checkpoint(request.checkpoint, expected=CHECKPOINT_EXPECTED)
+    recorded = checkpoint.recorded_data
+    data_config = replace(recorded, **data_overrides(**request.data), missing_audio="zeros")
+    sources = DataSources(data_config)
+    notes = check_inputs(checkpoint, sources)
+    if data_config.align != recorded.align:
+        notes.append(f"--align {data_config.align}: the checkpoint was trained with --align {recorded.align}")
+    for note in notes:
+        log.warning("%s", note)
+    if checkpoint.source == "convert-official":  # recorded; the table's note says it
+        notes.append(CONVERTED_NOTE)
+    config = replace(checkpoint.config, slot_noise="always" if request.slot_noise == "always" else "never")
+    batch_size = request.batch_size or int(checkpoint.recorded("train", "eval_batch_size", 16))
+    config.check_batch_size(batch_size, "--batch-size")
+    model = IMG(config)
+    load_into(model, checkpoint.state_dict)
+    device = runtime_device(request.device, request.threads)
+    precision = Precision.resolve(request.precision, device, checkpoint.recorded("runtime", "precision"))
+    model.to(device).eval()
+    chosen = sources.evaluation_splits(request.splits, checkpoint.held_out)
+    evaluator = Evaluator(device, precision, batch_size, request.workers, request.seed)
+    selected_on = (checkpoint.training or {}).get("data", {})
+    evaluation = Evaluation([], [])
+    for split, records in chosen.items():
+        dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=request.drop_audio)
+        log.info("%s", dataset.coverage.summary())
+        split_notes = list(notes)
+        if selected_on.get("select_split") == split and selected_on["select_qids_sha256"] != dataset.qids_sha256():
+            split_notes.append(
+                f"the {split} queries read now are not those the run selected on (other stores or "
+                "annotations): these numbers are of another split"
+            )
+            log.warning("%s", split_notes[-1])
+        predictions = evaluator.predict(model, dataset)
+        evaluation.reports.append(
+            EvalReport.from_predictions(
+                split,
+                predictions,
+                checkpoint=str(request.checkpoint),
+                checkpoint_source=checkpoint.source,
+                select_on=checkpoint.select_on,
+                dataset=data_config.dataset,
+                slot_noise=request.slot_noise,
+                seed=request.seed,
+                drop_audio=request.drop_audio,
+                batch_size=batch_size,
+                precision=precision.name,
+                device=str(device),
+                align=data_config.align,
+                coverage=dataset.coverage.as_dict(),
+                notes=split_notes,
+            )
+        )
+        evaluation.rows += [prediction.as_json() for prediction in predictions]
+    return evaluation
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    """img-eval --predictions: one JSON object per query."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+    except OSError as error:
+        raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
+    log.info("wrote %d predictions to %s", len(rows), path)
+
+
+def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | None) -> None:
+    """img-eval --report: the HTML report of every split's queries (img_model/evaluate/report.py)."""
+    from img_model.evaluate.report import write_report
+
+    reports, rows = evaluation.reports, evaluation.rows
+    first = reports[0].context
+    context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
+    if first["drop_audio"]:
+        context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
+    title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
+    try:
+        write_report(path, rows, title, context, videos)
+    except OSError as error:
+        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
+    log.info("wrote the report of %d queries to %s", len(rows), path)
