@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from extract.core.errors import UsageError
-from img_model.network.model import BatchRows
+from img_model.network.layers import BatchRows
 from img_model.runtime import SINGLE_PROCESS, RankContext
 
 log = logging.getLogger(f"img_vmr.{__name__}")

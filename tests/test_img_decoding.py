@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from img_model.network.decoding import best_span, index_to_time, span_probabilities, time_to_index, top_spans
-from img_model.network.model import mask_logits
+from img_model.network.layers import mask_logits
 
 
 def padded_logits(seed: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from extract.core.errors import UsageError
-from img_model.data.dataset import Batch, Sample, collate
+from img_model.data.batch import Batch, Sample, collate
 from img_model.data.synthetic import SyntheticDataset
 from img_model.distributed import (
     BatchShare,
@@ -28,8 +28,9 @@ from img_model.distributed import (
     process_device,
 )
 from img_model.network.config import IMGConfig, ObjectiveConfig
+from img_model.network.layers import BatchRows, batch_rows
 from img_model.network.losses import BatchScope, img_loss
-from img_model.network.model import IMG, BatchRows, batch_rows
+from img_model.network.model import IMG
 from img_model.runtime import SINGLE_PROCESS, RankContext
 from tests.conftest import needs_cuda
 from tests.img_cli import tiny_dataset

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader
 from extract.core.precision import FP32, Precision
 from extract.core.provenance import compare_recipes
 from img_model.checkpoint import Checkpoint, CheckpointMismatchError
-from img_model.data.dataset import Batch, DataSources, MomentDataset, collate
+from img_model.data.batch import Batch, collate
+from img_model.data.dataset import DataSources, MomentDataset
 from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.network.decoding import best_span, index_to_time, top_spans
 from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou

@@ -40,7 +40,7 @@ import torch
 from extract.core.precision import FP32, Precision
 from img_model.checkpoint import Checkpoint, read_checkpoint
 from img_model.data.alignment import align
-from img_model.data.dataset import Sample, collate
+from img_model.data.batch import Sample, collate
 from img_model.evaluate.evaluator import BRANCHES, _branch_predictions
 from img_model.network.model import IMG
 from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs

@@ -53,19 +53,14 @@ from img_model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from img_model.data.dataset import (
-    HELD_OUT_SPLIT,
-    OWN_VALIDATION_SPLIT,
-    Batch,
-    DataError,
-    MomentDataset,
-    collate,
-)
+from img_model.data.batch import Batch, collate
+from img_model.data.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, DataError, MomentDataset
 from img_model.distributed import BatchShare, data_parallel, process_device
 from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.network.config import exp_up
+from img_model.network.layers import batch_rows
 from img_model.network.losses import BatchScope, img_loss, loss_scalars
-from img_model.network.model import IMG, batch_rows
+from img_model.network.model import IMG
 from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train.batches import EpochBatches, evaluation_steps

@@ -1,0 +1,207 @@
+"""The audio importance predictor and the three fusion granularities of IMG (img_spec.md §3.3, §3.4): local
+(convolutions), event (slot attention) and global (pooling), mixed by the predicted importance, and their
+multi-granularity fusion by GRUs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from img_model.network.config import IMGConfig
+from img_model.network.layers import (
+    CrossAttentionBlock,
+    FeatureProjection,
+    WeightedPool,
+    current_batch_rows,
+    layer_norm,
+    mask_logits,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio importance and the three fusion granularities
+
+
+class AudioImportancePredictor(nn.Module):
+    """p = sigmoid(Linear([pool(Â) ; pool(V̂)])): how much the audio helps for this video and query (the paper's
+    AIP; its "MLP" is one linear layer, §7.5)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.audio_pool = WeightedPool(dim)
+        self.video_pool = WeightedPool(dim)
+        self.classifier = nn.Linear(2 * dim, 1)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([self.audio_pool(audio, mask), self.video_pool(video, mask)], dim=1)
+        return torch.sigmoid(self.classifier(pooled).float()).squeeze(1)
+
+
+class ImportanceWeightedSum(nn.Module):
+    """(1 − w)·LN(video) + w·LN(audio), with the audio weight w of shape (B, 1, 1)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.video_norm = layer_norm(dim)
+        self.audio_norm = layer_norm(dim)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor) -> torch.Tensor:
+        return (1 - audio_weight) * self.video_norm(video) + audio_weight * self.audio_norm(audio)
+
+
+class LocalFusion(nn.Module):
+    """Local granularity: depthwise convolutions of widths 1, 3, 5 per stream, concatenated and projected."""
+
+    def __init__(self, config: IMGConfig) -> None:
+        super().__init__()
+
+        def multi_width_convs() -> nn.ModuleList:
+            return nn.ModuleList(
+                nn.Conv1d(config.dim, config.dim, k, padding=k // 2, groups=config.dim) for k in config.local_kernels
+            )
+
+        width = len(config.local_kernels) * config.dim
+        self.audio_convs = multi_width_convs()
+        self.video_convs = multi_width_convs()
+        self.audio_projection = FeatureProjection(width, config.dim, config.drop_rate)
+        self.video_projection = FeatureProjection(width, config.dim, config.drop_rate)
+        self.mix = ImportanceWeightedSum(config.dim)
+
+    @staticmethod
+    def _local_features(x: torch.Tensor, convs: nn.ModuleList, projection: nn.Module) -> torch.Tensor:
+        channels_first = x.transpose(1, 2)
+        return projection(torch.cat([F.relu(conv(channels_first)) for conv in convs], dim=1).transpose(1, 2))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor) -> torch.Tensor:
+        local_video = self._local_features(video, self.video_convs, self.video_projection)
+        local_audio = self._local_features(audio, self.audio_convs, self.audio_projection)
+        return self.mix(local_video, local_audio, audio_weight)
+
+
+class SlotAttention(nn.Module):
+    """Event slots refined by iterative attention over the sequence, as the authors' variant computes it (§3.2
+    step 9): the softmax runs over the input positions, not over the slots (§7.3), and the initial slots are
+    mu + sigma·noise with noise as `IMGConfig.slot_noise` says (§7.2)."""
+
+    def __init__(self, config: IMGConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        self.num_slots = config.event_num
+        self.iterations = config.slot_iterations
+        self.noise = config.slot_noise
+        self.scale = dim**-0.5
+        self.slot_mean = nn.Parameter(torch.randn(1, 1, dim))
+        self.slot_log_std = nn.Parameter(torch.empty(1, 1, dim))
+        nn.init.xavier_uniform_(self.slot_log_std)
+        self.input_norm = nn.LayerNorm(dim)
+        self.slot_norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.update = nn.GRUCell(dim, dim)
+        self.refine_norm = nn.LayerNorm(dim)
+        self.refine = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def initial_slots(self, batch: int) -> torch.Tensor:
+        shape = (batch, self.num_slots, self.slot_mean.shape[-1])
+        if self.noise == "always" or (self.noise == "train" and self.training):
+            rows = current_batch_rows()
+            drawn = shape if rows is None else (rows.total, *shape[1:])
+            noise = torch.randn(drawn, device=self.slot_mean.device, dtype=self.slot_mean.dtype)
+            if rows is not None:
+                noise = noise[rows.start : rows.start + batch]
+            return self.slot_mean + self.slot_log_std.exp() * noise
+        return self.slot_mean.expand(shape)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, _, dim = x.shape
+        inputs = self.input_norm(x)
+        keys, values = self.key(inputs), self.value(inputs)
+        slots = self.initial_slots(batch)
+        for _ in range(self.iterations):  # a fixed, small number of refinement steps
+            queries = self.query(self.slot_norm(slots))
+            logits = mask_logits(queries @ keys.transpose(1, 2) * self.scale, mask.unsqueeze(1))
+            updates = torch.softmax(logits, dim=-1).to(values.dtype) @ values
+            slots = self.update(updates.reshape(-1, dim), slots.reshape(-1, dim)).view(batch, -1, dim)
+            slots = slots + self.refine(self.refine_norm(slots))
+        return slots
+
+
+class EventFusion(nn.Module):
+    """Event granularity: each stream attends to its own event slots, then the streams are mixed."""
+
+    def __init__(self, config: IMGConfig) -> None:
+        super().__init__()
+        self.audio_slots = SlotAttention(config)
+        self.video_slots = SlotAttention(config)
+        self.audio_attention = CrossAttentionBlock(config.dim, config.num_heads, config.drop_rate)
+        self.video_attention = CrossAttentionBlock(config.dim, config.num_heads, config.drop_rate)
+        self.mix = ImportanceWeightedSum(config.dim)
+
+    def forward(
+        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor
+    ) -> torch.Tensor:
+        audio_slots = self.audio_slots(audio, mask)
+        video_slots = self.video_slots(video, mask)
+        slot_mask = mask.new_ones(mask.shape[0], audio_slots.shape[1])
+        event_audio = self.audio_attention(audio, audio_slots, mask, slot_mask)
+        event_video = self.video_attention(video, video_slots, mask, slot_mask)
+        return self.mix(event_video, event_audio, audio_weight)
+
+
+class GlobalFusion(nn.Module):
+    """Global granularity: each step gets its stream's pooled summary, [summary ; x] is projected, then mixed."""
+
+    def __init__(self, config: IMGConfig) -> None:
+        super().__init__()
+        self.audio_pool = WeightedPool(config.dim)
+        self.video_pool = WeightedPool(config.dim)
+        self.audio_projection = FeatureProjection(2 * config.dim, config.dim, config.drop_rate)
+        self.video_projection = FeatureProjection(2 * config.dim, config.dim, config.drop_rate)
+        self.mix = ImportanceWeightedSum(config.dim)
+
+    @staticmethod
+    def _with_summary(x: torch.Tensor, pool: WeightedPool, mask: torch.Tensor, projection: nn.Module) -> torch.Tensor:
+        summary = pool(x, mask).unsqueeze(1).expand_as(x)
+        return projection(torch.cat([summary, x], dim=2))
+
+    def forward(
+        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor
+    ) -> torch.Tensor:
+        global_audio = self._with_summary(audio, self.audio_pool, mask, self.audio_projection)
+        global_video = self._with_summary(video, self.video_pool, mask, self.video_projection)
+        return self.mix(global_video, global_audio, audio_weight)
+
+
+class MultiGranularityFusion(nn.Module):
+    """Bidirectional GRUs over each pair of granularities, a GRU over the three results, and a projection.
+    The GRUs run on packed sequences, so their outputs at padded steps are 0."""
+
+    def __init__(self, config: IMGConfig) -> None:
+        super().__init__()
+        dim = config.dim
+
+        def pair_gru() -> nn.GRU:
+            return nn.GRU(2 * dim, dim // 2, config.fusion_gru_layers, batch_first=True, bidirectional=True)
+
+        self.local_event_gru = pair_gru()
+        self.event_global_gru = pair_gru()
+        self.local_global_gru = pair_gru()
+        self.combined_gru = nn.GRU(3 * dim, dim, batch_first=True, bidirectional=True)
+        self.projection = FeatureProjection(2 * dim, dim, config.drop_rate)
+
+    @staticmethod
+    def _run(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    def forward(
+        self, local: torch.Tensor, event: torch.Tensor, global_: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        lengths = mask.sum(dim=1).long().cpu()
+        local_event = self._run(self.local_event_gru, torch.cat([local, event], dim=2), lengths)
+        event_global = self._run(self.event_global_gru, torch.cat([event, global_], dim=2), lengths)
+        local_global = self._run(self.local_global_gru, torch.cat([local, global_], dim=2), lengths)
+        combined = self._run(self.combined_gru, torch.cat([local_event, event_global, local_global], dim=2), lengths)
+        return self.projection(combined)
