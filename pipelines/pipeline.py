@@ -88,7 +88,7 @@ class PipelineOptions:
 
 
 @dataclass
-class Plan:
+class PipelinePlan:
     recipe: Recipe
     options: PipelineOptions
     stages: list[Stage]
@@ -122,7 +122,7 @@ def _custom_needs_store(annotations: str) -> bool:
     return any(row.duration is None for row in read_rows(Path(annotations)))
 
 
-def build_plan(recipe: Recipe, options: PipelineOptions) -> Plan:
+def build_plan(recipe: Recipe, options: PipelineOptions) -> PipelinePlan:
     """The stages of the recipe in the work folder, their commands, and the checks that need no stage to run."""
     work = options.work.absolute()
     folder = work / dataset_folder(recipe)
@@ -215,7 +215,7 @@ def build_plan(recipe: Recipe, options: PipelineOptions) -> Plan:
                 name=f"eval {name}",
             )
         )
-    plan = Plan(recipe, options, stages, visual, audio, reports, training_toml)
+    plan = PipelinePlan(recipe, options, stages, visual, audio, reports, training_toml)
     check_work_folder(plan)
     check_training_config(plan, store, text)
     return plan
@@ -240,7 +240,7 @@ def training_config(recipe: Recipe, options: PipelineOptions) -> str | None:
 
 
 def _comparable(run: Any) -> dict[str, Any]:
-    """A RunConfig's recipe without what the data sets (feature and vocabulary sizes) and without runtime."""
+    """A TrainingRunConfig's recipe without what the data sets (feature and vocabulary sizes) and without runtime."""
     from img_model.train.config import DATA_DERIVED
 
     sections = run.recipe()
@@ -248,7 +248,7 @@ def _comparable(run: Any) -> dict[str, Any]:
     return {f"{section}.{name}": value for section, values in sections.items() for name, value in values.items()}
 
 
-def check_training_config(plan: Plan, store: Path, text: Path) -> None:
+def check_training_config(plan: PipelinePlan, store: Path, text: Path) -> None:
     """Resolve the training configuration now (a bad --config is refused before hours of extraction) and refuse
     a run folder trained, or being trained, with another one."""
     from extract.core.provenance import compare_recipes
@@ -290,7 +290,7 @@ def dataset_folder(recipe: Recipe) -> str:
     return _eval_name(recipe.dataset)
 
 
-def _identities(plan: Plan) -> dict[Path, dict[str, str]]:
+def _identities(plan: PipelinePlan) -> dict[Path, dict[str, str]]:
     """What each folder's pipeline.json must say: the feature presets for WORK, the text embedding for WORK/D."""
     work, recipe = plan.options.work, plan.recipe
     features = {
@@ -301,7 +301,7 @@ def _identities(plan: Plan) -> dict[Path, dict[str, str]]:
     return {work: features, work / dataset_folder(recipe): {"dataset": recipe.dataset, "text": recipe.text}}
 
 
-def check_work_folder(plan: Plan) -> None:
+def check_work_folder(plan: PipelinePlan) -> None:
     """Refuse a work folder made with other feature presets, or a dataset folder with another text embedding."""
     for folder, identity in _identities(plan).items():
         path = folder / IDENTITY_FILE
@@ -317,7 +317,7 @@ def check_work_folder(plan: Plan) -> None:
             raise UsageError(f"{folder} holds a pipeline of other inputs ({', '.join(changed)}); use another --work")
 
 
-def claim_work_folder(plan: Plan) -> None:
+def claim_work_folder(plan: PipelinePlan) -> None:
     """Record the identities (pipeline.json) and write the training configuration (D/train.toml)."""
     try:
         for folder, identity in _identities(plan).items():
@@ -336,7 +336,7 @@ def claim_work_folder(plan: Plan) -> None:
 # --- running -------------------------------------------------------------------------------------------------
 
 
-def describe(plan: Plan) -> list[str]:
+def describe(plan: PipelinePlan) -> list[str]:
     """What --dry-run prints: every stage, whether it would run, and its commands."""
     lines = [f"recipe {plan.recipe.name}: {plan.recipe.description}", f"work folder {plan.options.work}"]
     for number, stage in enumerate(plan.stages, start=1):
@@ -348,7 +348,7 @@ def describe(plan: Plan) -> list[str]:
     return lines
 
 
-def run_plan(plan: Plan) -> None:
+def run_plan(plan: PipelinePlan) -> None:
     """Run every stage that is not done, in order; StageFailed when one cannot go on."""
     check_inputs(plan.stages)
     claim_work_folder(plan)
@@ -419,7 +419,7 @@ def _run_command(command: Command, stage: str, journal: Path) -> None:
 # --- the result ----------------------------------------------------------------------------------------------
 
 
-def summary(plan: Plan) -> str:
+def summary(plan: PipelinePlan) -> str:
     """Fused-branch metrics of every evaluation beside the paper's numbers for the same setting."""
     lines = []
     for dataset, path in plan.reports.items():

@@ -30,7 +30,7 @@ from img_model.data.synthetic import (
 from img_model.network.config import IMGConfig
 from img_model.network.decoding import time_to_index
 from img_model.network.model import IMG
-from img_model.train.config import RunConfig, resolve
+from img_model.train.config import TrainingRunConfig, resolve
 from img_model.train.run_data import model_inputs, prepare_data
 from manifests.records import QueryRecord
 from tests.broken_media import make_truncated_video
@@ -418,7 +418,7 @@ def test_custom_queries_without_durations_take_them_from_stored_header_or_packet
     assert {record.video_id: record.duration for record in test} == {"header": 6.0, "packets": 6.5}
 
 
-def _run_config(data: SyntheticDataset, features: Path | None = None, **train: object) -> RunConfig:
+def _run_config(data: SyntheticDataset, features: Path | None = None, **train: object) -> TrainingRunConfig:
     data_section = {
         "dataset": str(data.annotations),
         "features": (str(features or data.features),),

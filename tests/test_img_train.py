@@ -29,7 +29,7 @@ from img_model.network.config import IMGConfig
 from img_model.network.model import IMG
 from img_model.network.optim import authors_rule_decays, decay_split, linear_decay, make_optimizer
 from img_model.train.batches import EpochBatches, evaluation_steps
-from img_model.train.config import DATA_DERIVED, RunConfig, read_toml, resolve, to_toml
+from img_model.train.config import DATA_DERIVED, TrainingRunConfig, read_toml, resolve, to_toml
 from img_model.train.seeding import rng_state, set_rng_state
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset
@@ -543,7 +543,7 @@ def test_resume_refuses_training_data_that_changed_in_one_line(tmp_path: Path) -
     }
 
 
-def _tiny_run(tiny: SyntheticDataset, **train: object) -> RunConfig:
+def _tiny_run(tiny: SyntheticDataset, **train: object) -> TrainingRunConfig:
     from img_model.data.dataset import DataSources
     from img_model.train.run_data import model_inputs
 

@@ -16,7 +16,7 @@ from extract.text.pipeline import TextQueries, run_encoder
 from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.text_store import QueryTexts
 from img_model.network.config import IMGConfig
-from img_model.predict.queries import EncodedQueries, QueryError, query_reader
+from img_model.predict.queries import EncoderQueryReader, QueryError, query_reader
 from manifests.records import QueryRecord
 from tests.test_text_encoders import minilm_dir
 
@@ -40,7 +40,7 @@ def bert_checkpoint(texts: QueryTexts, **recipe_changes: object) -> Checkpoint:
 
 def test_a_query_gets_the_features_its_text_store_holds(minilm_store: QueryTexts) -> None:
     reader = query_reader(bert_checkpoint(minilm_store), torch.device("cpu"))
-    assert isinstance(reader, EncodedQueries)
+    assert isinstance(reader, EncoderQueryReader)
     for number, sentence in enumerate(SENTENCES):
         query = reader(f"  {sentence} ")
         assert query.word_ids is None and query.text == sentence
@@ -59,7 +59,7 @@ def test_other_weights_or_another_size_are_refused(minilm_store: QueryTexts) -> 
     other = bert_checkpoint(minilm_store, weights_sha256="0" * 64)
     with pytest.raises(CheckpointMismatchError, match=r"bert text features: the weights found here are not the ones"):
         query_reader(other, torch.device("cpu"))
-    assert isinstance(query_reader(other, torch.device("cpu"), trust_weights=True), EncodedQueries)
+    assert isinstance(query_reader(other, torch.device("cpu"), trust_weights=True), EncoderQueryReader)
     with pytest.raises(CheckpointMismatchError, match=r"would be made otherwise .*hidden_size: 768 -> 384"):
         query_reader(bert_checkpoint(minilm_store, hidden_size=768), torch.device("cpu"))
     wider = bert_checkpoint(minilm_store)

@@ -44,7 +44,7 @@ from img_model.data.batch import Sample, collate
 from img_model.evaluate.evaluator import BRANCHES, _branch_predictions
 from img_model.network.model import IMG
 from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
-from img_model.predict.queries import EncodedQueries, GloveQueries, QueryInput, query_reader, read_queries
+from img_model.predict.queries import EncoderQueryReader, GloveQueryReader, QueryInput, query_reader, read_queries
 from img_model.runtime import runtime_device
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -167,7 +167,7 @@ class Predictor:
         self,
         checkpoint: Checkpoint,
         features: FeatureCache,
-        queries: GloveQueries | EncodedQueries,
+        queries: GloveQueryReader | EncoderQueryReader,
         device: torch.device,
         precision: Precision = FP32,
         top_k: int = DEFAULT_TOP_K,

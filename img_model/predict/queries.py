@@ -58,7 +58,7 @@ def checked_query(text: str) -> str:
     return query
 
 
-class GloveQueries:
+class GloveQueryReader:
     """Word and character ids from the checkpoint's vocabulary, tokenised as its text store was."""
 
     def __init__(self, vocabulary: dict[str, Any], recipe: dict[str, Any]) -> None:
@@ -86,7 +86,7 @@ class GloveQueries:
         return QueryInput(query, word_ids=word_ids, char_ids=char_ids, unknown_words=unknown)
 
 
-class EncodedQueries:
+class EncoderQueryReader:
     """Per-token features from the text encoder the checkpoint's text store recorded."""
 
     def __init__(self, encoder: Any) -> None:
@@ -104,7 +104,7 @@ def query_reader(
     weights_dir: Path | None = None,
     text_model: str | None = None,
     trust_weights: bool = False,
-) -> GloveQueries | EncodedQueries:
+) -> GloveQueryReader | EncoderQueryReader:
     """The function turning a typed query into this checkpoint's text inputs."""
     config = checkpoint.config
     recorded = checkpoint.provenance.get("text")
@@ -116,8 +116,8 @@ def query_reader(
             )
         if not recorded:
             log.warning("the checkpoint records no tokeniser (converted); queries are split with %s", DEFAULT_TOKENIZER)
-        return GloveQueries(checkpoint.vocabulary, recipe)
-    return EncodedQueries(
+        return GloveQueryReader(checkpoint.vocabulary, recipe)
+    return EncoderQueryReader(
         _text_encoder(config.text_feature_dim, recipe, device, weights_dir, text_model, trust_weights)
     )
 
@@ -149,6 +149,6 @@ def _text_encoder(
     return encoder
 
 
-def read_queries(reader: GloveQueries | EncodedQueries, texts: Sequence[str]) -> list[QueryInput]:
+def read_queries(reader: GloveQueryReader | EncoderQueryReader, texts: Sequence[str]) -> list[QueryInput]:
     """Every query's inputs; the first bad query stops with its QueryError."""
     return [reader(text) for text in texts]

@@ -102,7 +102,9 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class TrainingRunConfig:
+    """The whole configuration of a training run, its sections as in RUN/config.toml."""
+
     model: IMGConfig
     objective: ObjectiveConfig
     train: TrainConfig
@@ -188,7 +190,7 @@ def resolve(
     config_file: Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     derived_model: Mapping[str, Any] | None = None,
-) -> RunConfig:
+) -> TrainingRunConfig:
     """The dataset's defaults, then the TOML file, then the flags (`overrides`, None values ignored); the model's
     input sizes (`derived_model`, from the data) always win."""
     file_layer = read_toml(config_file) if config_file else {}
@@ -200,16 +202,18 @@ def resolve(
         raise UsageError("no dataset given; pass --dataset NAME|FILE.jsonl (or set [data] dataset in --config)")
     merged = _merge(dataset_defaults(dataset), file_layer, flag_layer, {"model": dict(derived_model or {})})
     where = str(config_file) if config_file else "options"
-    return RunConfig(**{section: _build(section, values, where) for section, values in merged.items()})
+    return TrainingRunConfig(**{section: _build(section, values, where) for section, values in merged.items()})
 
 
-def as_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+def as_dict(config: TrainingRunConfig) -> dict[str, dict[str, Any]]:
     return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
 
 
-def from_dict(sections: Mapping[str, Mapping[str, Any]]) -> RunConfig:
-    """A RunConfig from `as_dict` output (e.g. a checkpoint's)."""
-    return RunConfig(**{section: _build(section, sections.get(section, {}), "checkpoint") for section in SECTIONS})
+def from_dict(sections: Mapping[str, Mapping[str, Any]]) -> TrainingRunConfig:
+    """A TrainingRunConfig from `as_dict` output (e.g. a checkpoint's)."""
+    return TrainingRunConfig(
+        **{section: _build(section, sections.get(section, {}), "checkpoint") for section in SECTIONS}
+    )
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------
@@ -229,8 +233,8 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-def to_toml(config: RunConfig, header: str = "") -> str:
-    """The resolved config as TOML that `--config` reads back to the same RunConfig (the model's input sizes
+def to_toml(config: TrainingRunConfig, header: str = "") -> str:
+    """The resolved config as TOML that `--config` reads back to the same TrainingRunConfig (the model's input sizes
     are written as comments: the data sets them)."""
     lines = [f"# {line}" for line in header.splitlines()]
     for section, values in as_dict(config).items():

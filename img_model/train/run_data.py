@@ -9,7 +9,7 @@ from typing import Any
 
 from extract.core.provenance import differences
 from img_model.data.dataset import OWN_VALIDATION_SPLIT, DataError, DataSources, MomentDataset
-from img_model.train.config import RunConfig
+from img_model.train.config import TrainingRunConfig
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -40,7 +40,7 @@ def model_inputs(sources: DataSources) -> dict[str, Any]:
     }
 
 
-def prepare_data(run: RunConfig, sources: DataSources) -> RunData:
+def prepare_data(run: TrainingRunConfig, sources: DataSources) -> RunData:
     """Splits: train, the selection split and test. Selecting on validation data (the default), the selection
     split is a custom JSONL's own `val` split, else `train-val`: a share of the training videos that have features
     and text, seeded by val_seed (not the training seed: every seed selects on the same videos), removed from train.

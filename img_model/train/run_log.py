@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from extract.core.files import write_atomically
 
 if TYPE_CHECKING:
-    from img_model.train.config import RunConfig
+    from img_model.train.config import TrainingRunConfig
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -56,7 +56,7 @@ class RunLog:
         self.run_dir = run_dir
         self.writer: Any = None  # TensorBoard's SummaryWriter, once opened
 
-    def open(self, run: RunConfig, step: int) -> None:
+    def open(self, run: TrainingRunConfig, step: int) -> None:
         """The run's config.toml; metrics.jsonl without the evaluations logged after `step` (a resume repeats them
         identically); a TensorBoard writer that drops the scalars logged after `step`."""
         from torch.utils.tensorboard import SummaryWriter

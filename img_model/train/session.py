@@ -23,7 +23,7 @@ from img_model.checkpoint import Checkpoint, CheckpointMismatchError, read_check
 from img_model.data.dataset import DataSources, data_overrides
 from img_model.distributed import start_process_group
 from img_model.runtime import RankContext
-from img_model.train.config import RunConfig, from_dict, resolve
+from img_model.train.config import TrainingRunConfig, from_dict, resolve
 from img_model.train.run_data import model_inputs, prepare_data
 from img_model.train.run_log import finished_summary
 from img_model.train.trainer import Trainer
@@ -170,7 +170,7 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
 
 def restored_run(
     checkpoint: Checkpoint, runtime_overrides: dict[str, Any], data_overrides: dict[str, Any] | None = None
-) -> RunConfig:
+) -> TrainingRunConfig:
     """The run config a last.pt was trained with, with new runtime settings (device, workers, ...) and data
     locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI)."""
     run = from_dict(checkpoint.run or {})

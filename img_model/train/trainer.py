@@ -64,7 +64,7 @@ from img_model.network.model import IMG
 from img_model.network.optim import linear_decay, make_optimizer
 from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
 from img_model.train.batches import EpochBatches, evaluation_steps
-from img_model.train.config import RunConfig, as_dict
+from img_model.train.config import TrainingRunConfig, as_dict
 from img_model.train.run_data import RunData, data_fingerprint, fingerprint_changes
 from img_model.train.run_log import RunLog, finished_summary
 from img_model.train.seeding import rng_state, seed_everything, set_rng_state
@@ -99,7 +99,7 @@ class Trainer:
 
     def __init__(
         self,
-        run: RunConfig,
+        run: TrainingRunConfig,
         data: RunData,
         run_dir: Path,
         resume: Checkpoint | None = None,
