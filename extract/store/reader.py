@@ -54,6 +54,49 @@ _SCAN_ATTEMPTS = 5
 T = TypeVar("T")
 
 
+class OpenParts:
+    """The parts a reader holds open: at most `limit` at once, the least recently used closed first, and half of
+    them given back when the process runs out of file descriptors."""
+
+    def __init__(self, limit: int = MAX_OPEN_PARTS) -> None:
+        self.limit = max(1, limit)
+        self._handles: OrderedDict[Path, h5py.File] = OrderedDict()
+
+    def get(self, part: Path) -> h5py.File:
+        handle = self._handles.get(part)
+        if handle is not None:
+            self._handles.move_to_end(part)
+            return handle
+        while len(self._handles) >= self.limit:
+            self._handles.popitem(last=False)[1].close()
+        try:
+            handle = open_part(part)
+        except StoreReadError:
+            if not self._handles:
+                raise
+            for _ in range((len(self._handles) + 1) // 2):
+                self._handles.popitem(last=False)[1].close()
+            handle = open_part(part)
+        except DamagedPart as damage:
+            raise StoreCorruptError(f"{part}: damaged since it was scanned ({damage})") from None
+        self._handles[part] = handle
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self._handles)
+
+    def values(self) -> list[h5py.File]:
+        return list(self._handles.values())
+
+
 class FeatureStore:
     """Read-only view of a store: list videos, read one track at a time (nothing else is loaded).
 
@@ -72,9 +115,9 @@ class FeatureStore:
     ) -> None:
         self.path = Path(store_path)
         self.parts_dir = parts_dir(self.path)
-        self.max_open_files = max(1, max_open_files)
         self._given_parts = None if parts is None else [Path(p) for p in parts]
-        self._open_files: OrderedDict[Path, h5py.File] = OrderedDict()
+        self.max_open_files = max(1, max_open_files)
+        self._open_files = OpenParts(self.max_open_files)
         self._scan()
 
     @classmethod
@@ -204,30 +247,10 @@ class FeatureStore:
         return tracks[feature]
 
     def _file(self, part: Path) -> h5py.File:
-        handle = self._open_files.get(part)
-        if handle is not None:
-            self._open_files.move_to_end(part)
-            return handle
-        while len(self._open_files) >= self.max_open_files:
-            self._open_files.popitem(last=False)[1].close()
-        try:
-            handle = open_part(part)
-        except StoreReadError:
-            if not self._open_files:
-                raise
-            # Out of file descriptors: give back the older half of ours and try once more.
-            for _ in range((len(self._open_files) + 1) // 2):
-                self._open_files.popitem(last=False)[1].close()
-            handle = open_part(part)
-        except DamagedPart as damage:
-            raise StoreCorruptError(f"{part}: damaged since it was scanned ({damage})") from None
-        self._open_files[part] = handle
-        return handle
+        return self._open_files.get(part)
 
     def close(self) -> None:
-        for handle in self._open_files.values():
-            handle.close()
-        self._open_files.clear()
+        self._open_files.close()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -250,34 +273,37 @@ class FeatureStore:
             if attempt or self._given_parts is not None:
                 raise StoreCorruptError(f"{self.path}: part {missing[0]} holds tracks but no longer exists")
             self._rescan()
-        folder = self.path.parent
-
-        def fill(f: h5py.File) -> None:
-            write_attrs(
-                f.attrs,
-                {
-                    "format": STORE_FORMAT + "-index",
-                    "format_version": STORE_FORMAT_VERSION,
-                    "parts_dir": os.path.relpath(self.parts_dir, folder),
-                    "parts": json.dumps([os.path.relpath(part, folder) for part in linked]),
-                },
-            )
-            prov = f.create_group("provenance")
-            for name, record in self._catalog.provenance.items():
-                prov.attrs[name] = json.dumps(record["recipe"], sort_keys=True)
-            videos = f.create_group("videos")
-            for video_id, entry in sorted(self._catalog.videos.items()):
-                name = escape_id(video_id)
-                group = videos.create_group(name)
-                write_attrs(group.attrs, entry.metadata)
-                for feature, ref in entry.tracks.items():
-                    group[feature] = h5py.ExternalLink(os.path.relpath(ref.part, folder), f"/videos/{name}/{feature}")
-            write_failures(f.create_group("failures"), self.failures(), self._catalog.provenance)
-
+        image = hdf5_image(lambda f: _fill_index(f, self.path, self.parts_dir, self._catalog, linked))
         try:
-            write_atomically(self.path, hdf5_image(fill))
+            write_atomically(self.path, image)
         except OSError as error:
             raise write_error(self.path, error) from None
+
+
+def _fill_index(f: h5py.File, path: Path, parts_folder: Path, catalog: Catalog, linked: list[Path]) -> None:
+    """The index file: one entry per video, HDF5 external links to its current tracks, the provenance and the
+    current failures."""
+    folder = path.parent
+    write_attrs(
+        f.attrs,
+        {
+            "format": STORE_FORMAT + "-index",
+            "format_version": STORE_FORMAT_VERSION,
+            "parts_dir": os.path.relpath(parts_folder, folder),
+            "parts": json.dumps([os.path.relpath(part, folder) for part in linked]),
+        },
+    )
+    prov = f.create_group("provenance")
+    for name, record in catalog.provenance.items():
+        prov.attrs[name] = json.dumps(record["recipe"], sort_keys=True)
+    videos = f.create_group("videos")
+    for video_id, entry in sorted(catalog.videos.items()):
+        name = escape_id(video_id)
+        group = videos.create_group(name)
+        write_attrs(group.attrs, entry.metadata)
+        for feature, ref in entry.tracks.items():
+            group[feature] = h5py.ExternalLink(os.path.relpath(ref.part, folder), f"/videos/{name}/{feature}")
+    write_failures(f.create_group("failures"), catalog.failures(), catalog.provenance)
 
 
 def iter_tracks(store: FeatureStore, feature: str) -> Iterator[tuple[str, Track]]:
