@@ -203,7 +203,7 @@ def test_help_says_what_img_eval_does_without_the_options() -> None:
     from img_model.cli.evaluate import main as img_eval
 
     text = " ".join(CliRunner().invoke(img_eval, ["--help"], terminal_width=200).output.split())
-    assert "DataLoader worker processes (0)" in text and "Default: the run's (fp32 for converted" in text
+    assert "DataLoader worker processes (0)" in text and "(default: the checkpoint's run's, fp32 for converted" in text
     train = " ".join(CliRunner().invoke(img_train, ["train", "--help"], terminal_width=200).output.split())
     assert "DataLoader worker processes (2)" in train and "counted from the epoch it starts in" in train
 

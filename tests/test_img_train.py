@@ -348,7 +348,7 @@ def logging_metrics(self, entry):
     if moment == "after-final-line" and entry["kind"] == "final":
         die()
 
-img_model.checkpoint.os.replace = replacing
+os.replace = replacing
 img_model.train.trainer.save_checkpoint = saving
 img_model.train.run_log.RunLog.log_metrics = logging_metrics
 main()
