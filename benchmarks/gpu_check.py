@@ -44,6 +44,8 @@ imageio-ffmpeg and no system ffmpeg), bring the missing wheels: here, with PyPI,
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=$PWD:/tmp/site && bash benchmarks/gpu_check.sh --out $OUT
+
+Over 450 lines on purpose: what a GPU node runs whole, its steps, their budget and the report, in one script.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ has reported (a worker that finished before the signal counts as finished), then
 worker that dies (killed, out of memory) loses only what it had not committed: the run stops with WorkerLostError
 and the same command resumes. A worker whose parent dies (SIGKILL, out of memory) receives SIGTERM from the kernel
 (Linux) or finds its pipe closed, commits its finished videos and exits: no worker outlives its parent.
+
+Over 450 lines on purpose: the parent's side (DeviceWorkers) and the worker's side (_Parent, the signals) of
+one pipe protocol read best side by side.
 """
 
 from __future__ import annotations
