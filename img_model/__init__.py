@@ -1,1 +1,2 @@
-"""The IMG network, losses, span decoding, metrics, trainer and evaluator (img_spec.md). Arrives with issue 5."""
+"""IMG (img_spec.md), in layers: network (the model, losses, decoding, metrics, the converter), data (queries with
+their features and text), checkpoint, evaluate, train, predict, and the img-train / img-eval / img-predict CLIs."""

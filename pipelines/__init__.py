@@ -1,1 +1,2 @@
-"""End-to-end recipes (dataset + feature preset + training config) and their execution engines."""
+"""End-to-end recipes (dataset + feature presets + training config), run stage by stage through the project's
+commands (img-pipeline)."""

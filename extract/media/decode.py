@@ -2,7 +2,7 @@
 
 Two frame decoders sit behind one interface (`iter_frames`):
 - `ffmpeg`: one ffmpeg process per video, `fps,scale,crop` filters, raw RGB on a pipe. Fastest for
-  dense sequential passes and flat in memory (issue 2 measurements; benchmarks/bench_decode.py).
+  dense sequential passes and flat in memory (benchmarks/bench_decode.py measures it).
 - `decord`: random access by index through decord2, for sparse sampling; it seeks past the frames it does not
   need. It ignores rotation metadata, so rotated files always go through ffmpeg.
 

@@ -13,7 +13,7 @@ from extract.core.errors import UsageError
 
 FFMPEG_ENV = "IMG_FFMPEG"
 
-# Only local files may be opened: no http, no concat: or subfile: URLs, no data: URIs (design.md, issue 2).
+# Only local files may be opened: no http, no concat: or subfile: URLs, no data: URIs (design.md).
 INPUT_PROTOCOL_WHITELIST = "file"
 
 # Only container formats that hold their media in the file itself. ffmpeg picks a demuxer by the file's content,
