@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from extract.core.download import sha256_file
 from extract.core.errors import ImgVmrError, UsageError
 from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
@@ -165,8 +166,6 @@ def convert_official_checkpoint(
     what the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
     checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
     text provenance. The feature provenance is unknown (img-eval then checks sizes only)."""
-    import hashlib
-
     from img_model.data.text_store import QueryTexts
     from img_model.network.convert import load_official_checkpoint
 
@@ -205,7 +204,7 @@ def convert_official_checkpoint(
                     f"the checkpoint has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
                 )
             vocabulary = texts.vocabulary.as_checkpoint()
-    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    sha256 = sha256_file(source)
     return Checkpoint(
         config=config,
         state_dict=model.state_dict(),
