@@ -19,8 +19,8 @@ driver never blocks on one task or actor, it waits on all of them at once. The d
 (features are far smaller than the frames), so the store only needs to be on the driver's disk, and a driver
 killed at any moment leaves committed parts only: the same command resumes from them.
 
-`_DriverLoop` is one class over 200 lines on purpose: every method reads and updates the same bookkeeping of
-the decode tasks and batches in flight, their attempts and the collector.
+Over 450 lines, with `_DriverLoop` one class over 200, on purpose: the driver's methods read and update one
+bookkeeping of the decode tasks and batches in flight, their attempts and the collector.
 """
 
 from __future__ import annotations
