@@ -23,7 +23,7 @@ from tests.real_run import RealRun
 
 ACTIVITYNET_TEST_QUERIES = 17502
 PAGE_SIZE = 50
-SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (README)
+SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (docs/)
 
 
 def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -108,7 +108,7 @@ def test_the_report_is_one_file_with_nothing_to_fetch_and_escapes_what_it_shows(
 
 @pytest.mark.slow
 def test_the_size_of_an_activitynet_report_stays_small(activitynet_sized: tuple[list, Path]) -> None:
-    assert activitynet_sized[1].stat().st_size < 3_000_000  # the README's measured 2.5 MB, with room
+    assert activitynet_sized[1].stat().st_size < 3_000_000  # the measured 2.5 MB of docs/prediction.md, with room
 
 
 def test_the_filters_flags_are_the_metrics_ious() -> None:
@@ -193,12 +193,14 @@ def test_the_report_summary_is_img_evals(tmp_path: Path) -> None:
     assert read_prediction(rows[5]).as_json() == {**rows[5], "num_steps": 128}
 
 
-def test_the_readme_shows_a_screenshot_of_the_report_and_of_the_demo_page_under_300_kb() -> None:
+def test_the_docs_show_a_screenshot_of_the_report_and_of_the_demo_page_under_300_kb() -> None:
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text(encoding="utf-8")
-    for name in ("docs/report.png", "docs/demo.png"):
-        assert f"]({name})" in readme
-        image = root / name
+    prediction = (root / "docs" / "prediction.md").read_text(encoding="utf-8")
+    assert "](docs/report.png)" in readme
+    for name in ("report.png", "demo.png"):
+        assert f"]({name})" in prediction
+        image = root / "docs" / name
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 300_000
 
 

@@ -1,8 +1,8 @@
 """mkdocs hook: the CLI reference page (docs/cli.md) rendered from the commands themselves at build time.
 
-The page holds the marker below; every build replaces it (and what follows it) with the `--help` of each console script named in
-pyproject.toml's [project.scripts] and of each of its subcommands, depth first, as a terminal 110 columns wide
-shows it. The commands are found through pyproject.toml, so the page follows a renamed or moved CLI module
+The page holds the marker below; every build replaces it (and what follows it) with the `--help` of each console
+script named in pyproject.toml's [project.scripts] and of each of its subcommands, depth first, as a terminal 110
+columns wide shows it. The commands are found through pyproject.toml, so the page follows a renamed or moved CLI module
 without an edit here, and an option added to a command is on the page the next time the site is built.
 """
 
