@@ -277,6 +277,9 @@ def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], vi
 
     first = reports[0].context
     context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
+    for key in ("checkpoint", "dataset"):  # files named relative to the report, as its video links are
+        if Path(context[key]).is_file():
+            context[key] = os.path.relpath(Path(context[key]).absolute(), path.absolute().parent)
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
