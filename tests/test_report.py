@@ -122,7 +122,7 @@ def test_the_report_names_the_checkpoint_and_the_dataset_relative_to_itself(tmp_
     """A report is read where it lies, like its video links: the files it names are found from it, and the
     folders of the machine that wrote it are not shown (img-eval was given absolute paths here)."""
     data, checkpoint = train_tiny_checkpoint(tmp_path / "trained")
-    report = tmp_path / "shared" / "report.html"
+    report = tmp_path / "published" / "report.html"
     evaluated = run_img_eval(checkpoint, "--report", report, "--threads", "1")
     assert evaluated.returncode == 0, evaluated.stderr
     context = report_context(report)
