@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,6 +18,16 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 NEEDS_CUDA = "needs a CUDA GPU"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
+
+OPENVINO_MISSING = 'OpenVINO is not installed (pip install -e ".[openvino]"; .ci/run installs it)'
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=OPENVINO_MISSING)
+BF16_MISSING = "this CPU has no native bf16 (avx512_bf16, amx_bf16 or bf16): --precision bf16 is refused here"
+
+
+@pytest.fixture(scope="module", params=["torch", pytest.param("openvino", marks=needs_openvino)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each installed backend in turn (--backend): the golden tests run through the product path on every one."""
+    return request.param
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
