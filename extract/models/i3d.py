@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.models.checkpoint import check_state_dict, load_torch_file
+from extract.models.checkpoint import build_loaded, load_torch_file
 
 Triple = tuple[int, int, int]
 
@@ -207,9 +207,7 @@ def load_i3d_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tens
     else:
         state_dict, source = load_torch_file(path_or_state_dict), str(path_or_state_dict)
     head = state_dict.get("logits.conv3d.weight") if isinstance(state_dict, Mapping) else None
-    model = InceptionI3d(head.shape[0] if isinstance(head, torch.Tensor) and head.ndim == 5 else 400)
-    check_state_dict(model, state_dict, source)
-    # A plain dict copy drops any version metadata, so BatchNorm fills the num_batches_tracked counters that
-    # the published files (written before PyTorch 0.4.1) lack, even if the dict came from a newer torch.save.
-    model.load_state_dict(dict(state_dict), strict=True)
-    return model.eval()
+    classes = head.shape[0] if isinstance(head, torch.Tensor) and head.ndim == 5 else 400
+    model = build_loaded(lambda: InceptionI3d(classes), state_dict, source)
+    assert isinstance(model, InceptionI3d)
+    return model

@@ -129,7 +129,8 @@ class OpenVinoNetwork:
         }
         self.compiled = openvino.Core().compile_model(model, "CPU", config)
         self.precision = precision
-        self.runs = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))  # what it really computes in
+        # What it really computes in: a CPU without bf16 answers f32 to a bf16 hint.
+        self.runs = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(inputs.detach().to(torch.float32).numpy())
