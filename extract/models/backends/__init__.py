@@ -136,4 +136,5 @@ def load_network(
             f"--precision bf16: OpenVINO computes {identity.get('name', 'the model')} in {network.runs} on this CPU "
             "(it has no native bf16); use --precision fp32"
         )
+    module.to("meta")  # the compiled model holds its own weights: the torch copy would only double the memory
     return LoadedNetwork(network, "openvino", ov.openvino_version())
