@@ -73,13 +73,13 @@ import pathlib; pathlib.Path('models/clip/checkpoints').mkdir(exist_ok=True)
 torch.save(clip.state_dict(), 'models/clip/checkpoints/CLIP-custom.pth')
 from models.vggish.vggish_src.vggish_slim import VGGish
 net = VGGish(pretrained=False, postprocess=False)
-pathlib.Path('models/vggish/checkpoints').mkdir(exist_ok=True)
-torch.save(net.state_dict(), 'models/vggish/checkpoints/vggish-10086976.pth')
-import numpy as np
-torch.save({'pca_eigen_vectors': np.eye(128), 'pca_means': np.zeros((128, 1))},
-           'models/vggish/checkpoints/vggish_pca_params-970ea276.pth')
+hub = pathlib.Path('models/vggish/hub/checkpoints')  # torch.hub's cache under the TORCH_HOME vggish_slim sets
+hub.mkdir(parents=True, exist_ok=True)
+torch.save(net.state_dict(), hub / 'vggish-10086976.pth')
+torch.save({'pca_eigen_vectors': torch.eye(128), 'pca_means': torch.zeros(128, 1)},
+           hub / 'vggish_pca_params-970ea276.pth')
 """
-    if not (peer / "models" / "vggish" / "checkpoints" / "vggish-10086976.pth").exists():
+    if not (peer / "models" / "vggish" / "hub" / "checkpoints" / "vggish-10086976.pth").exists():
         subprocess.run([str(python), "-c", code], cwd=peer, check=True)
     return peer
 
