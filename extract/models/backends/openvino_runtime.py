@@ -21,6 +21,7 @@ import logging
 import mmap
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,10 @@ def converted_model(network: torch.nn.Module, example: torch.Tensor, identity: M
         if xml.is_file():  # converted by the process we waited for
             return core.read_model(xml)
         log.info("converting %s to OpenVINO (once; cached in %s)", identity.get("name", "the model"), folder)
-        with torch.inference_mode():
+        # Tracing warns about every shape-dependent Python branch (I3D's "same" padding, CLIP's size check): the
+        # shapes are fixed but the batch, which those branches do not read.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = openvino.convert_model(network, example_input=example, input=[shape])
         _save_ir(model, xml)
         return model
