@@ -142,7 +142,20 @@ def main() -> None:
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
     show_default=True,
-    help="Autocast precision on CUDA (CPU always runs fp32).",
+    help="fp16/bf16: autocast on CUDA. On a CPU, bf16 runs where the cores have bf16 instructions (avx512_bf16, "
+    "amx_bf16; refused elsewhere) and fp16 runs fp32. bf16 features are a recipe of their own: they never join "
+    "fp32 rows in one store.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    show_default=True,
+    envvar="IMG_VMR_BACKEND",
+    help="What runs the models: torch, or OpenVINO on the CPU (converted from the same torch models once, cached "
+    'beside the weights; pip install -e ".[openvino]"). auto: OpenVINO on a CPU where installed, torch on a GPU. '
+    "fp32 features of both agree within the golden tolerances and may share a store. Default from "
+    "$IMG_VMR_BACKEND.",
 )
 @resume_option("tracks", "extracts everything again")
 @click.option(
@@ -259,6 +272,7 @@ def _run(
     trust_weights: bool,
     clip_model: str | None,
     precision: str,
+    backend: str,
     resume: bool,
     retry_failed: bool,
     limit: int | None,
@@ -317,6 +331,7 @@ def _run(
         weights_dir=weights_dir,
         precision=precision,
         verify_weights=not trust_weights,
+        backend=backend,
     )
     config = RunConfig(
         batch_size=batch_size,

@@ -10,9 +10,11 @@ server announced.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -28,6 +30,10 @@ from extract.errors import MissingWeightsError, UsageError
 log = logging.getLogger("img_vmr.extract")
 
 WEIGHTS_DIR_ENV = "IMG_WEIGHTS_DIR"
+# Checksums already computed, by (path, size, mtime): hashing a 300 MB checkpoint took ~1 s of every run's start-up.
+CHECKSUM_CACHE = "checksums.json"
+CHECKSUM_CACHE_ENTRIES = 256
+CHECKSUM_CACHE_MIN_BYTES = 1 << 20  # smaller files hash in a blink: not worth an entry
 OFFLINE_ENVS = ("IMG_VMR_OFFLINE", "HF_HUB_OFFLINE")
 
 
@@ -121,8 +127,48 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
         return f"{host}:{port} cannot be reached ({error.strerror or type(error).__name__})"
 
 
+def _checksum_cache_file() -> Path:
+    return default_weights_dir() / CHECKSUM_CACHE
+
+
+def _read_checksum_cache() -> dict[str, dict[str, object]]:
+    try:
+        entries = json.loads(_checksum_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember_checksum(key: str, entry: dict[str, object]) -> None:
+    """Add one checksum to the cache file (written atomically; a cache that cannot be written is only slower)."""
+    from extract.store import save_atomically
+
+    entries = _read_checksum_cache()
+    entries.pop(key, None)
+    entries[key] = entry
+    kept = dict(list(entries.items())[-CHECKSUM_CACHE_ENTRIES:])  # the newest: old files' entries fall out
+    with contextlib.suppress(OSError):
+        _checksum_cache_file().parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(_checksum_cache_file(), memoryview(json.dumps(kept, indent=1).encode()))
+
+
 @functools.cache
 def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
+    """A file's checksum, from the cache file when it was computed for this (path, size, mtime) before."""
+    if size < CHECKSUM_CACHE_MIN_BYTES or Path(path).name.startswith("."):  # small, or a download in progress
+        return _digest(path, size, kind)
+    key = f"{kind}:{path}"
+    known = _read_checksum_cache().get(key)
+    if isinstance(known, dict) and known.get("size") == size and known.get("mtime_ns") == mtime_ns:
+        digest = known.get("digest")
+        if isinstance(digest, str):
+            return digest
+    digest = _digest(path, size, kind)
+    _remember_checksum(key, {"size": size, "mtime_ns": mtime_ns, "digest": digest})
+    return digest
+
+
+def _digest(path: str, size: int, kind: str) -> str:
     # md5 and sha1 name files here (Zenodo's checksum, git's object id); usedforsecurity=False lets FIPS builds run them
     if kind == "git blob id":
         digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)  # git's object header, then content
@@ -135,7 +181,8 @@ def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
 
 
 def file_digest(path: str | os.PathLike[str], kind: str = "sha256") -> str:
-    """A checksum of a file (kind: sha256, md5, git blob id), computed once per (path, size, mtime) in this process."""
+    """A checksum of a file (kind: sha256, md5, git blob id), computed once per (path, size, mtime): kept in this
+    process and in $IMG_WEIGHTS_DIR/checksums.json for the next ones."""
     stat = os.stat(path)
     return _digest_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, kind)
 

@@ -167,3 +167,26 @@ def test_every_weights_command_takes_the_shared_weights_dir_option(command: str)
     shown = " ".join(CliRunner().invoke(main, ["weights", command, "--help"], terminal_width=1000).output.split())
     expected = "Where to put them" if command == "fetch" else WEIGHTS_DIR_HELP
     assert f"--weights-dir DIRECTORY {expected}" in shown
+
+
+def test_a_checksum_is_computed_once_per_file_version_across_processes(tmp_path, monkeypatch) -> None:
+    """Start-up reads the sha256 of an unchanged weights file from $IMG_WEIGHTS_DIR/checksums.json; a changed file
+    (size or mtime) is hashed again."""
+    import hashlib
+
+    from extract import weights
+
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"weights " * 200_000)  # over CHECKSUM_CACHE_MIN_BYTES
+    assert weights.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (tmp_path / "cache" / weights.CHECKSUM_CACHE).is_file()
+    weights._digest_cached.cache_clear()  # as a new process starts
+    hashed = []
+    real_digest = weights._digest
+    monkeypatch.setattr(weights, "_digest", lambda *args: hashed.append(args[0]) or real_digest(*args))
+    assert weights.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashed == []  # read from the cache file
+    path.write_bytes(b"other weights " * 200_000)
+    assert weights.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashed == [str(path.resolve())]

@@ -8,6 +8,9 @@ calls `embed` on each batch. An extractor therefore only says how to cut units a
 from __future__ import annotations
 
 import abc
+import hashlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from extract.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
+from extract.models.backends import LoadedNetwork, check_precision, load_network, resolve_backend
 from extract.presets import Preset
 
 
@@ -23,8 +27,9 @@ from extract.presets import Preset
 class ExtractorOptions:
     device: torch.device
     weights_dir: Path | None = None
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA; bf16 on CPUs with bf16 instructions)
     verify_weights: bool = True  # refuse published files whose sha256 contradicts the published one
+    backend: str = "torch"  # torch | openvino | auto (OpenVINO on a CPU where it is installed)
 
 
 @dataclass
@@ -57,6 +62,24 @@ class FrameUnits(Windower):
         return Units(chunk.data, spans)
 
 
+class NetworkPart(torch.nn.Module):
+    """What a backend runs of a model: `take(model, inputs)` as a module's forward (e.g. I3D's extract_features,
+    CLIP's image_embeds), so that OpenVINO converts exactly the part the extractor calls."""
+
+    def __init__(self, model: torch.nn.Module, take: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._take = take
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._take(self.model, inputs)
+
+
+def source_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the file that defines `model`'s class: a converted model is stale once its code changes."""
+    return hashlib.sha256(Path(inspect.getfile(type(model))).read_bytes()).hexdigest()
+
+
 class FeatureExtractor(abc.ABC):
     """A loaded feature model bound to a preset and a device."""
 
@@ -66,8 +89,11 @@ class FeatureExtractor(abc.ABC):
     weights_checked: bool = False
 
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        check_precision(options.precision, options.device)  # before any weights are read
         self.preset = preset
         self.options = options
+        self.backend = resolve_backend(options.backend, options.device)
+        self.network: LoadedNetwork | None = None
 
     @property
     def name(self) -> str:
@@ -97,11 +123,32 @@ class FeatureExtractor(abc.ABC):
         """Facts about this run that do not change the numbers (e.g. where the weights were found)."""
         return {}
 
-    def autocast(self) -> Any:
-        """Autocast context for the configured precision (a no-op for fp32 or on CPU)."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.options.precision)
-        enabled = dtype is not None and self.options.device.type == "cuda"
-        return torch.autocast(self.options.device.type, dtype=dtype, enabled=enabled)
+    def backend_runtime(self) -> dict[str, Any]:
+        """The backend that really runs the network (after any fallback) and its version, for provenance."""
+        if self.network is None:
+            return {"backend": "torch", "backend_version": torch.__version__}
+        return {"backend": self.network.backend, "backend_version": self.network.version}
+
+    def load_network(
+        self, part: NetworkPart, example: torch.Tensor, weights_file: Path | None, **identity: Any
+    ) -> LoadedNetwork:
+        """`part` ready on this extractor's backend and precision, for inputs shaped like `example` (any batch)."""
+        self.network = load_network(
+            part,
+            example.to(self.options.device),
+            backend=self.backend,
+            precision=self.options.precision,
+            device=self.options.device,
+            identity={
+                "name": self.preset.model,
+                "weights_sha256": self.preset.weights_sha256,
+                "source_sha256": source_sha256(part.model),
+                "torch": torch.__version__,
+                **identity,
+            },
+            weights_file=weights_file,
+        )
+        return self.network
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         """Host array to the model's device (pinned, non-blocking copy on CUDA)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from extract.errors import ProvenanceMismatchError
 from extract.ffmpeg_binary import ffmpeg_version
+from extract.models.backends import recipe_precision
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.presets import Preset
 from extract.record_differences import differences
@@ -29,6 +30,8 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             "device": str(options.device),
             "precision": options.precision,
             "weights_checked": extractor.weights_checked,  # a published checksum was really compared
+            # fp32 rows of either backend agree within the golden tolerances: a store may hold both (inspect says so)
+            **extractor.backend_runtime(),
             **extractor.runtime(),
         }
         frames = extractor.frame_sampling
@@ -37,8 +40,9 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             import decord
 
             decoder["decord"] = getattr(decord, "__version__", "unknown")
-        # fp16/bf16 change the numbers, so the precision that really ran belongs to the recipe (CPU runs fp32).
-        precision = options.precision if options.device.type == "cuda" else "fp32"
+        # fp16/bf16 change the numbers, so the precision that really ran belongs to the recipe (a CPU runs fp32 or
+        # bf16): bf16 rows never join fp32 rows of the same feature.
+        precision = recipe_precision(options.precision, options.device)
         records[extractor.name] = {
             "recipe": {**extractor.recipe(), "precision": precision},
             "software": {**software, **decoder},
