@@ -12,6 +12,14 @@ batches filled across videos, a writer thread). Both use the same decoder, model
 Published models get randomly initialised weights in their published layouts (timing does not depend on the
 values). On CUDA with --precision fp16/bf16 the script also reports the per-row cosine of the autocast features
 against fp32 on the same inputs (target >= 0.999).
+
+Backends x precisions on the CPU (`--matrix`): each cell is `img-extract` itself, a fresh process per run, with
+the peak RSS of its whole process tree (benchmarks/process_tree.py); printed per preset and cell: videos/s
+(median of --runs, with min-max), peak RSS (median, min-max) and the ratio to torch fp32 of the same round.
+Cells run round-robin (every cell once, then again), so a machine that slows down hurts all of them alike; bf16
+cells are skipped, named, on a CPU without bf16. CLIP is ViT-B/32 here (random weights).
+
+    python benchmarks/bench_extract.py --matrix --features i3d-charades-vslnet,clip,vggish,panns --videos 6 --seconds 30
 """
 
 from __future__ import annotations
@@ -158,6 +166,77 @@ def precision_check(
     return cosines
 
 
+MATRIX = (("torch", "fp32"), ("openvino", "fp32"), ("torch", "bf16"), ("openvino", "bf16"))
+
+
+def backend_matrix(names: list[str], videos: Path, weights: Path, runs: int, batch_size: int, workers: int) -> None:
+    """The --matrix table (module doc)."""
+    import statistics
+
+    from benchmarks.fixtures import VIT_B_32, random_clip
+    from benchmarks.process_tree import run_measured
+    from extract.core.cpu import bf16_refusal
+    from extract.models.backends import openvino_installed
+
+    clip = random_clip(weights / "clip-vit-base-patch32", VIT_B_32)
+    count = len(list(videos.glob("*.mp4")))
+    bf16 = bf16_refusal() is None
+    cells = [(b, p) for b, p in MATRIX if (b != "openvino" or openvino_installed()) and (p != "bf16" or bf16)]
+    skipped = [f"{b} {p}" for b, p in MATRIX if (b, p) not in cells]
+    for name in names:
+        found: dict[tuple[str, str], list[Any]] = {cell: [] for cell in cells}
+        for repeat in range(-1, runs):  # -1: one video per cell, untimed (the OpenVINO conversion happens there)
+            for backend, precision in cells:
+                out = weights.parent / "matrix-out"
+                shutil.rmtree(out, ignore_errors=True)
+                command = [
+                    str(Path(sys.executable).parent / "img-extract"),
+                    str(videos),
+                    "--out",
+                    str(out / "f.h5"),
+                    "--features",
+                    name,
+                    "--weights-dir",
+                    str(weights),
+                    "--trust-weights",
+                    "--device",
+                    "cpu",
+                    "--backend",
+                    backend,
+                    "--precision",
+                    precision,
+                    "--batch-size",
+                    str(batch_size),
+                    "--workers",
+                    str(workers),
+                    "--no-progress",
+                    "--clip-model",
+                    str(clip),
+                ]
+                run = run_measured([*command, "--limit", "1"] if repeat < 0 else command)
+                if run.returncode:
+                    raise SystemExit(f"{name} {backend} {precision} failed:\n{run.stderr[-2000:]}")
+                if repeat >= 0:
+                    found[(backend, precision)].append(run)
+        print(f"\n{name}: {count} videos, {runs} runs per cell (round-robin)")
+        print(
+            f"  {'backend':<9} {'precision':<9} {'videos/s':>9} {'(min-max)':>15} {'peak RSS MiB':>13} "
+            f"{'(min-max)':>11} {'vs torch fp32':>13}"
+        )
+        base = [count / r.wall_s for r in found[("torch", "fp32")]]
+        for (backend, precision), measured in found.items():
+            rates = [count / r.wall_s for r in measured]
+            peaks = [r.peak_rss_mb for r in measured]
+            ratios = [rate / b for rate, b in zip(rates, base, strict=True)]  # same round, same machine state
+            print(
+                f"  {backend:<9} {precision:<9} {statistics.median(rates):9.3f} {min(rates):7.3f}-{max(rates):<7.3f} "
+                f"{statistics.median(peaks):13.0f} {min(peaks):5.0f}-{max(peaks):<5.0f} "
+                f"{statistics.median(ratios):12.2f}x"
+            )
+        if skipped:
+            print(f"  not run here: {', '.join(skipped)} (no bf16 on this CPU, or OpenVINO not installed)")
+
+
 def main() -> None:
     from benchmarks.fixtures import make_videos
 
@@ -170,12 +249,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--matrix", action="store_true", help="backends x precisions on the CPU (module doc)")
+    parser.add_argument("--runs", type=int, default=3, help="--matrix: runs per cell")
     args = parser.parse_args()
     videos = args.workdir / f"clips-{args.videos}x{args.seconds:g}s"
     make_videos(videos, args.videos, args.seconds)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         weights = random_weights(Path(tmp) / "weights")
+        if args.matrix:
+            backend_matrix(args.features.split(","), videos, weights, args.runs, args.batch_size, args.workers)
+            return
         for name in args.features.split(","):
             preset = get_preset(name)
             preset = preset.with_options(weights=str(weights / "tiny-clip"))

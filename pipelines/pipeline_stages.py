@@ -22,7 +22,11 @@ from extract.core.errors import UsageError
 
 State = Literal["done", "partial", "todo"]
 
-PROGRAMS = {"img-extract": "extract.cli", "img-train": "img_model.cli.train", "img-eval": "img_model.cli.evaluate"}
+PROGRAMS = {
+    "img-extract": "extract.cli",
+    "img-train": "img_model.cli.train",
+    "img-eval": "img_model.cli.evaluate",
+}
 EXIT_SOME_FAILED = 1  # img-extract: some videos missing (manifest) or some tracks failed (run): the rest goes on
 
 

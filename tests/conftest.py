@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,9 +15,21 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# img-extract's --backend default for the suite's subprocesses: torch, so that the many runs on throwaway weights do
+# not each convert their models to OpenVINO; the backend tests name --backend (auto and openvino) themselves.
+os.environ["IMG_VMR_BACKEND"] = "torch"
 
 NEEDS_CUDA = "needs a CUDA GPU"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
+
+OPENVINO_MISSING = 'OpenVINO is not installed (pip install -e ".[openvino]"; .ci/run installs it)'
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=OPENVINO_MISSING)
+
+
+@pytest.fixture(scope="module", params=["torch", pytest.param("openvino", marks=needs_openvino)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each installed backend in turn (--backend): the golden tests run through the product path on every one."""
+    return request.param
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

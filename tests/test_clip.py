@@ -34,15 +34,20 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("source", ["real", "synthetic"])
-def test_our_decode_path_matches_clip_image_processor(tiny_clip: Path, tmp_path: Path, source: str) -> None:
+def test_our_decode_path_matches_clip_image_processor(
+    tiny_clip: Path, tmp_path: Path, source: str, backend: str
+) -> None:
+    """Our decode + normalisation + the model on each installed backend against CLIPImageProcessor + the model."""
     video = REAL_VIDEO if source == "real" else make_video(tmp_path / "s.mp4", seconds=4, size="640x360")
-    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), CPU)
+    options = ExtractorOptions(device=torch.device("cpu"), backend=backend)
+    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), options)
+    assert extractor.backend_runtime()["backend"] == backend
     assert extractor.frame_sampling is not None
     ours = extractor.embed(_frames(video, extractor.frame_sampling))
     native = _frames(video, FrameSampling(fps=1.0, resize="none", crop=0))
     reference = _hf_reference(tiny_clip, native)
     cosine = _cosine(ours, reference)
-    print(f"{source}: cosine per frame min {cosine.min():.6f} mean {cosine.mean():.6f}")
+    print(f"{source} on {backend}: cosine per frame min {cosine.min():.6f} mean {cosine.mean():.6f}")
     assert ours.shape == reference.shape
     assert cosine.min() >= 0.999
 

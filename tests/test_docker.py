@@ -73,8 +73,8 @@ def test_the_image_pins_ray_with_its_job_server_and_the_kuberay_example_asks_for
     assert '"ray[default]==${RAY_VERSION}"' in text
     ray_bound = next(Requirement(d) for d in _pyproject()["project"]["optional-dependencies"]["ray"])
     assert ray_bound.name == "ray" and pin.group(1) in ray_bound.specifier
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    job = readme[readme.index("kind: RayJob") :]
+    engines = (ROOT / "docs" / "engines.md").read_text(encoding="utf-8")
+    job = engines[engines.index("kind: RayJob") :]
     assert re.search(r'rayVersion: "([^"]+)"', job).group(1) == pin.group(1)
     entrypoint = job[job.index("entrypoint:") : job.index("shutdownAfterJobFinishes")]
     assert "--engine ray" in entrypoint and "--device cuda" in entrypoint

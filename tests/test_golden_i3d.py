@@ -14,7 +14,7 @@ from extract.media.decode import iter_frames
 from extract.media.ffmpeg import ffmpeg_path
 from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
-from extract.models.i3d import InceptionI3d, load_i3d_checkpoint
+from extract.models.i3d import InceptionI3d, MaxPoolSame, load_i3d_checkpoint, pad_same
 from extract.models.presets import I3D_ANET_VSLNET
 from tests.golden import GOLDEN, golden_tensors, load_npz
 
@@ -166,7 +166,7 @@ def test_a_truncated_file_is_reported_in_one_line(imagenet_layout_file, tmp_path
     path = tmp_path / "truncated.pt"
     path.write_bytes(data[: len(data) // 2])
     message = _one_line_error(path)
-    assert "is not a readable PyTorch file (truncated or damaged" in message
+    assert "could not be read as a PyTorch checkpoint" in message
 
 
 def test_a_missing_file_is_reported_in_one_line(tmp_path):
@@ -175,10 +175,11 @@ def test_a_missing_file_is_reported_in_one_line(tmp_path):
         load_i3d_checkpoint(path)
 
 
-def test_golden_clip_through_the_product_path(imagenet_layout_file, expected, tmp_path):
-    """The golden frames as a lossless video -> probe -> ffmpeg decode -> i3d-anet-vslnet's frame windows -> I3D."""
+@pytest.fixture(scope="module")
+def golden_video(tmp_path_factory) -> Path:
+    """The golden frames as a lossless 224x224 video at 25 fps."""
     frames = load_npz("i3d", "inputs.npz")["frames_uint8"]
-    video = tmp_path / "golden.mkv"
+    video = tmp_path_factory.mktemp("i3d-video") / "golden.mkv"
     subprocess.run(
         [
             ffmpeg_path(),
@@ -205,14 +206,81 @@ def test_golden_clip_through_the_product_path(imagenet_layout_file, expected, tm
         input=frames.tobytes(),
         check=True,
     )
-    folder = imagenet_layout_file.parent
-    options = ExtractorOptions(device=torch.device("cpu"), weights_dir=folder, verify_weights=False)
-    extractor = build_extractor(I3D_ANET_VSLNET, options)
-    assert extractor.frame_sampling is not None
+    return video
+
+
+def _extractor(folder: Path, backend: str = "torch", precision: str = "fp32"):  # type: ignore[no-untyped-def]
+    options = ExtractorOptions(torch.device("cpu"), folder, precision, verify_weights=False, backend=backend)
+    return build_extractor(I3D_ANET_VSLNET, options)
+
+
+def _product_windows(extractor, video: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
     windower = extractor.windower()
     units = [windower.push(batch) for batch in iter_frames(probe(video), extractor.frame_sampling)]
-    windows = np.concatenate([u.inputs for u in [*units, windower.finish()] if u is not None])
-    np.testing.assert_array_equal(windows, frames[None])  # decoded, resized (x1) and cropped without a change
+    return np.concatenate([u.inputs for u in [*units, windower.finish()] if u is not None])
+
+
+def test_golden_clip_through_the_product_path(imagenet_layout_file, golden_video, expected, backend):
+    """The golden frames as a lossless video -> probe -> ffmpeg decode -> i3d-anet-vslnet's frame windows -> I3D,
+    on each installed backend (the extractor's own inference form: BatchNorm folded, channels-last input)."""
+    extractor = _extractor(imagenet_layout_file.parent, backend)
+    assert extractor.backend_runtime()["backend"] == backend  # no silent fallback
+    windows = _product_windows(extractor, golden_video)
+    np.testing.assert_array_equal(windows, load_npz("i3d", "inputs.npz")["frames_uint8"][None])  # decoded unchanged
     features = extractor.embed(windows)  # (1, 1, 1024)
     diff = _assert_close(features.reshape(1, 1024, 1, 1, 1), expected["features"], "features via decode")
-    print(f"\nI3D features through decode and windows: max |diff| {diff:.3g}")
+    print(f"\nI3D features through decode and windows on {backend}: max |diff| {diff:.3g}")
+
+
+def test_folded_batch_norm_keeps_every_endpoint_and_the_logits(golden_state_dict, expected):
+    """The inference form (BatchNorm in the convs, padding inside them) against the goldens, odd sizes too."""
+    model = InceptionI3d(num_classes=400)
+    model.load_state_dict(golden_state_dict, strict=True)  # the published keys, before folding
+    reference = InceptionI3d(num_classes=400)
+    reference.load_state_dict(golden_state_dict, strict=True)
+    reference.eval()
+    model.fold_batch_norm()
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    with np.load(I3D_GOLDEN / "inputs.npz") as npz:
+        x = torch.from_numpy(((npz["frames_uint8"] / 255.0) * 2 - 1).astype(np.float32)).permute(3, 0, 1, 2)[None]
+    with torch.inference_mode():
+        _assert_close(model(x).numpy(), expected["logits"], "folded logits")
+        odd = torch.rand(1, 3, 19, 224, 224) * 2 - 1  # odd T: other "same" paddings in every stride-2 layer
+        diff = (model.extract_features(odd) - reference.extract_features(odd)).abs().max().item()
+    assert diff < ATOL, f"folded vs unfolded on T = 19: max |diff| {diff:.3g}"
+
+
+@pytest.mark.parametrize(
+    "kernel,stride", [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2))]
+)
+def test_max_pools_equal_zero_padded_pooling_on_post_relu_inputs_of_any_size(kernel, stride):
+    pool = MaxPoolSame(kernel, stride)
+    generator = torch.Generator().manual_seed(0)
+    for size in range(2, 14):
+        x = torch.relu(torch.randn(1, 2, size, size + 1, size + 3, generator=generator))
+        want = torch.nn.functional.max_pool3d(pad_same(x, kernel, stride), kernel, stride)
+        assert torch.equal(pool(x), want), f"size {tuple(x.shape[2:])}"
+
+
+def test_inference_pads_no_copy_but_the_stems(imagenet_layout_file, monkeypatch):
+    """One zero-padded copy per forward (the 3-channel input of the stride-2 stem), none in the 60 other layers."""
+    from extract.models import i3d
+
+    extractor = _extractor(imagenet_layout_file.parent)
+    pads = []
+    real_pad = i3d.F.pad
+    monkeypatch.setattr(i3d.F, "pad", lambda x, *args, **kwargs: pads.append(x.shape) or real_pad(x, *args, **kwargs))
+    extractor.embed(np.zeros((1, 16, 224, 224, 3), np.uint8))
+    assert pads == [(1, 3, 16, 224, 224)]
+
+
+def test_the_clips_reach_the_model_channels_last(imagenet_layout_file):
+    """The layout the CPU convolutions are fastest in (1.5x): a refactor that loses it would cost that silently."""
+    extractor = _extractor(imagenet_layout_file.parent)
+    seen = []
+    stem = extractor.model.Conv3d_1a_7x7.conv3d
+    stem.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    extractor.embed(np.zeros((2, 16, 224, 224, 3), np.uint8))
+    (clips,) = seen
+    assert clips.shape == (2, 3, 16 + 5, 224 + 5, 224 + 5)  # "same"-padded for the stride-2 stem
+    assert clips.is_contiguous(memory_format=torch.channels_last_3d) and not clips.is_contiguous()

@@ -102,8 +102,8 @@ def test_the_wheels_to_carry_are_what_the_steps_import_and_the_node_lacks() -> N
     assert set(STEP_IMPORTS.values()) <= NODE_PACKAGES  # everything else the steps import is on the node
     help_text = gpu_check("--help").stdout
     assert "benchmarks/gpu_wheels.sh" in help_text and "--target /tmp/site .whl/*.whl" in help_text
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert DEVICE_COMMAND in readme and 'carry [".whl"]' in readme
+    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert DEVICE_COMMAND in performance and 'carry [".whl"]' in performance
 
 
 def test_the_preflight_names_what_is_missing_and_how_to_bring_it_before_any_step(tmp_path: Path) -> None:

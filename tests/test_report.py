@@ -18,12 +18,12 @@ import pytest
 from img_model.evaluate.evaluator import BRANCHES
 from img_model.evaluate.report import report_data, write_report
 from img_model.network.metrics import temporal_iou
-from tests.img_cli import run_img_eval
+from tests.img_cli import run_img_eval, train_tiny_checkpoint
 from tests.real_run import RealRun
 
 ACTIVITYNET_TEST_QUERIES = 17502
 PAGE_SIZE = 50
-SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (README)
+SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (docs/)
 
 
 def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -120,7 +120,28 @@ def test_the_report_is_one_file_with_nothing_to_fetch_and_escapes_what_it_shows(
 
 @pytest.mark.slow
 def test_the_size_of_an_activitynet_report_stays_small(activitynet_sized: tuple[list, Path]) -> None:
-    assert activitynet_sized[1].stat().st_size < 3_000_000  # the README's measured 2.5 MB, with room
+    assert activitynet_sized[1].stat().st_size < 3_000_000  # the measured 2.5 MB of docs/prediction.md, with room
+
+
+def report_context(report: Path) -> dict[str, Any]:
+    """The context (checkpoint, dataset, notes, ...) a report's page shows under its title."""
+    text = report.read_text(encoding="utf-8")
+    data = text.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0]
+    return json.loads(data)["context"]
+
+
+def test_the_report_names_the_checkpoint_and_the_dataset_relative_to_itself(tmp_path: Path) -> None:
+    """A report is read where it lies, like its video links: the files it names are found from it, and the
+    folders of the machine that wrote it are not shown (img-eval was given absolute paths here)."""
+    data, checkpoint = train_tiny_checkpoint(tmp_path / "trained")
+    report = tmp_path / "published" / "report.html"
+    evaluated = run_img_eval(checkpoint, "--report", report, "--threads", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    context = report_context(report)
+    assert context["checkpoint"] == os.path.join("..", "trained", "run", "best.pt")
+    assert context["dataset"] == os.path.relpath(data.annotations, report.parent)
+    assert (report.parent / context["dataset"]).resolve() == data.annotations.resolve()
+    assert str(tmp_path) not in report.read_text(encoding="utf-8")
 
 
 def test_the_filters_flags_are_the_metrics_ious() -> None:
@@ -206,12 +227,14 @@ def test_the_report_summary_is_img_evals(tmp_path: Path) -> None:
     assert read_prediction(rows[5]).as_json() == {**rows[5], "num_steps": 128}
 
 
-def test_the_readme_shows_a_screenshot_of_the_report_and_of_the_demo_page_under_300_kb() -> None:
+def test_the_docs_show_a_screenshot_of_the_report_and_of_the_demo_page_under_300_kb() -> None:
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text(encoding="utf-8")
-    for name in ("docs/report.png", "docs/demo.png"):
-        assert f"]({name})" in readme
-        image = root / name
+    prediction = (root / "docs" / "prediction.md").read_text(encoding="utf-8")
+    assert "](docs/report.png)" in readme
+    for name in ("report.png", "demo.png"):
+        assert f"]({name})" in prediction
+        image = root / "docs" / name
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 300_000
 
 

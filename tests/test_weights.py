@@ -174,6 +174,29 @@ def test_every_weights_command_takes_the_shared_weights_dir_option(command: str)
     assert f"--weights-dir DIRECTORY {expected}" in shown
 
 
+def test_a_checksum_is_computed_once_per_file_version_across_processes(tmp_path, monkeypatch) -> None:
+    """Start-up reads the sha256 of an unchanged weights file from $IMG_WEIGHTS_DIR/checksums.json; a changed file
+    (size or mtime) is hashed again."""
+    import hashlib
+
+    from extract.core import download
+
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"weights " * 200_000)  # over CHECKSUM_CACHE_MIN_BYTES
+    assert download.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (tmp_path / "cache" / download.CHECKSUM_CACHE).is_file()
+    download._digest_cached.cache_clear()  # as a new process starts
+    hashed = []
+    real_digest = download._digest
+    monkeypatch.setattr(download, "_digest", lambda *args: hashed.append(args[0]) or real_digest(*args))
+    assert download.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashed == []  # read from the cache file
+    path.write_bytes(b"other weights " * 200_000)
+    assert download.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashed == [str(path.resolve())]
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
 def test_a_downloaded_file_is_installed_0644_under_the_umask(fake_entry, tmp_path: Path, umask: int, mode: int) -> None:
     """It was installed 0600 (the mode of its temporary file): a lab's shared weights folder, or a container

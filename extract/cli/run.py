@@ -104,6 +104,17 @@ def _preset_table() -> str:
     "found as --weights-dir DIR/clip-vit-base-patch32).",
 )
 @precision_option("fp32")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    show_default=True,
+    envvar="IMG_VMR_BACKEND",
+    help="What runs the models: torch, or OpenVINO on the CPU (converted from the same torch models once, cached "
+    'beside the weights; pip install -e ".[openvino]"). auto: OpenVINO on a CPU where installed, torch on a GPU. '
+    "fp32 features of both agree within the golden tolerances and may share a store. Default from "
+    "$IMG_VMR_BACKEND.",
+)
 @resume_option("tracks", "extracts everything again")
 @click.option(
     "--retry-failed",

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import http.client
+import json
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from extract.core.errors import ImgVmrError
-from extract.core.files import install_file
+from extract.core.files import install_file, write_atomically
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -44,6 +45,10 @@ TIMEOUT_S = 60.0
 # Kinds of published checksum, as publishers give them: "sha256 prefix" is the 8 hex digits in a torch.hub file
 # name, "git blob id" git's object id of a file in a pinned commit (sha1 of "blob <size>\0" + content), md5 Zenodo's.
 CHECKSUM_KINDS = ("sha256", "git blob id", "md5", "sha256 prefix")
+# Checksums already computed, by (path, size, mtime), in the weights cache.
+CHECKSUM_CACHE = "checksums.json"
+CHECKSUM_CACHE_ENTRIES = 256
+CHECKSUM_CACHE_MIN_BYTES = 1 << 20  # smaller files hash in a blink: not worth an entry
 
 
 def cache_dir(kind: str) -> Path:
@@ -87,8 +92,46 @@ def _hasher(kind: str, size: int | None = None) -> hashlib._Hash:
     return hashlib.new("sha256" if kind == "sha256 prefix" else kind, usedforsecurity=False)
 
 
+def _checksum_cache_file() -> Path:
+    return cache_dir("weights") / CHECKSUM_CACHE
+
+
+def _read_checksum_cache() -> dict[str, dict[str, object]]:
+    try:
+        entries = json.loads(_checksum_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember_checksum(key: str, entry: dict[str, object]) -> None:
+    """Add one checksum to the cache file (written atomically; a cache that cannot be written is only slower)."""
+    entries = _read_checksum_cache()
+    entries.pop(key, None)
+    entries[key] = entry
+    kept = dict(list(entries.items())[-CHECKSUM_CACHE_ENTRIES:])  # the newest: old files' entries fall out
+    with contextlib.suppress(OSError):
+        _checksum_cache_file().parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(_checksum_cache_file(), json.dumps(kept, indent=1))
+
+
 @functools.cache
 def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
+    """A file's checksum, from the cache file when it was computed for this (path, size, mtime) before."""
+    if size < CHECKSUM_CACHE_MIN_BYTES or Path(path).name.startswith("."):  # small, or a download in progress
+        return _digest(path, size, kind)
+    key = f"{kind}:{path}"
+    known = _read_checksum_cache().get(key)
+    if isinstance(known, dict) and known.get("size") == size and known.get("mtime_ns") == mtime_ns:
+        digest = known.get("digest")
+        if isinstance(digest, str):
+            return digest
+    digest = _digest(path, size, kind)
+    _remember_checksum(key, {"size": size, "mtime_ns": mtime_ns, "digest": digest})
+    return digest
+
+
+def _digest(path: str, size: int, kind: str) -> str:
     digest = _hasher(kind, size)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -97,7 +140,9 @@ def _digest_cached(path: str, size: int, mtime_ns: int, kind: str) -> str:
 
 
 def file_digest(path: str | os.PathLike[str], kind: str = "sha256") -> str:
-    """A checksum of a file (a kind of CHECKSUM_KINDS), computed once per (path, size, mtime) in this process."""
+    """A checksum of a file (a kind of CHECKSUM_KINDS), computed once per (path, size, mtime): kept in this process
+    and, for files of a MiB or more, in the weights cache's checksums.json for the next processes (hashing a 300 MB
+    checkpoint took ~1 s of every run's start-up)."""
     stat = os.stat(path)
     return _digest_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, kind)
 

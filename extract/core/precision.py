@@ -1,13 +1,14 @@
 """The arithmetic precision a model runs in, and the one rule for a device that cannot run it.
 
     fp32   full precision, everywhere
-    bf16   autocast to bfloat16, on a GPU and on the CPU alike (torch autocasts bf16 on both)
+    bf16   autocast to bfloat16: on a GPU, and on a CPU whose cores have bf16 instructions (extract/core/cpu.py;
+           elsewhere torch emulates it, slower than fp32, and OpenVINO quietly computes f32)
     fp16   autocast to float16 (with a gradient scaler when training): CUDA only
 
-Every command applies the same rule (`Precision.resolve`): the precision asked for (--precision) runs, and fp16
-asked for on a CPU is a one-line usage error; without --precision, img-eval and img-predict take the precision
-the checkpoint's run trained in, and a run's fp16 on a CPU falls back to fp32 (said in the log). What really ran
-is recorded: in extraction's provenance, img-eval's report and img-predict's answers.
+Every command applies the same rule (`Precision.resolve`): the precision asked for (--precision) runs, and a
+precision the device cannot run is a one-line usage error; without --precision, img-eval and img-predict take the
+precision the checkpoint's run trained in, and where the device cannot run it they run fp32 (said in the log).
+What really ran is recorded: in extraction's provenance, img-eval's report and img-predict's answers.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
+from extract.core import cpu
 from extract.core.errors import UsageError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
 NAMES = ("fp32", "bf16", "fp16")
 RULE = (
-    "bf16 autocasts on a GPU and on the CPU; fp16 needs CUDA (asked for on a CPU it is refused; a run's fp16 "
-    "falls back to fp32 there); the precision that ran is recorded."
+    "bf16 runs on a GPU or a CPU with bf16 instructions, fp16 on CUDA only; one a device cannot run is refused "
+    "when asked for and falls back to fp32 when it comes from a checkpoint's run; the precision that ran is recorded."
 )
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,17 +49,23 @@ class Precision:
         return _DTYPES[self.name]
 
     def runs_on(self, device: torch.device) -> bool:
-        return self.name != "fp16" or device.type == "cuda"
+        if self.name == "fp32" or device.type == "cuda":
+            return True
+        return self.name == "bf16" and device.type == "cpu" and cpu.native_bf16()
 
     def effective(self, device: torch.device) -> Precision:
-        """What runs on `device`: this precision, or fp32 for fp16 without CUDA (autocast never runs it there)."""
+        """What runs on `device`: this precision, or fp32 where the device cannot run it (autocast never runs it
+        there)."""
         return self if self.runs_on(device) else FP32
 
     def checked(self, device: torch.device) -> Precision:
-        """This precision, when `device` can run it; a one-line UsageError otherwise (fp16 without CUDA)."""
-        if not self.runs_on(device):
-            raise UsageError(f"--precision {self} needs a CUDA GPU, and this runs on {device}: use bf16 or fp32")
-        return self
+        """This precision, when `device` can run it; a one-line UsageError saying why not otherwise."""
+        if self.runs_on(device):
+            return self
+        if self.name == "bf16":
+            raise UsageError(cpu.bf16_refusal() or f"--precision bf16 does not run on {device}; use --precision fp32")
+        other = " or bf16" if Precision("bf16").runs_on(device) else ""
+        raise UsageError(f"--precision {self} needs a CUDA GPU, and this runs on {device}: use fp32{other}")
 
     @classmethod
     def resolve(cls, asked: str | Precision | None, device: torch.device, recorded: str | None = None) -> Precision:
@@ -69,7 +77,7 @@ class Precision:
         else:
             precision = cls(recorded or "fp32")
             if not precision.runs_on(device):
-                log.info("the run used %s, which needs a CUDA GPU; running in fp32 on %s", precision, device)
+                log.info("the run used %s, which does not run on %s; running in fp32", precision, device)
                 precision = FP32
         log.info("precision: %s", precision)
         return precision

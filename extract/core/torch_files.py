@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def read_torch_file(path: str | Path, expected: str, error: ErrorType) -> object
     if kind is not None:
         raise error(f"{path} is {kind}, not a PyTorch file; expected {expected}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped where the file is in torch's zip format (torch >= 1.6; the published I3D and VGGish files
+        # predate it): its pages are the page cache's, read as the weights are used.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
         raise error(f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}") from None
 

@@ -8,6 +8,9 @@ calls `embed` on each batch. An extractor therefore only says how to cut units a
 from __future__ import annotations
 
 import abc
+import hashlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import torch
 
 from extract.core.precision import FP32, Precision
 from extract.media.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
+from extract.models.backends import LoadedNetwork, load_network, resolve_backend
 from extract.models.presets import Preset
 
 
@@ -26,6 +30,7 @@ class ExtractorOptions:
     weights_dir: Path | None = None
     precision: Precision = FP32  # extract/core/precision.py; a name (fp32, bf16, fp16) is taken too
     verify_weights: bool = True  # refuse published files whose sha256 contradicts the published one
+    backend: str = "torch"  # torch | openvino | auto (OpenVINO on a CPU where it is installed)
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, Precision):
@@ -62,6 +67,24 @@ class FrameUnits(Windower):
         return Units(chunk.data, spans)
 
 
+class NetworkPart(torch.nn.Module):
+    """What a backend runs of a model: `take(model, inputs)` as a module's forward (e.g. I3D's extract_features,
+    CLIP's image_embeds), so that OpenVINO converts exactly the part the extractor calls."""
+
+    def __init__(self, model: torch.nn.Module, take: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._take = take
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._take(self.model, inputs)
+
+
+def source_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the file that defines `model`'s class: a converted model is stale once its code changes."""
+    return hashlib.sha256(Path(inspect.getfile(type(model))).read_bytes()).hexdigest()
+
+
 class FeatureExtractor(abc.ABC):
     """A loaded feature model bound to a preset and a device."""
 
@@ -71,8 +94,12 @@ class FeatureExtractor(abc.ABC):
     weights_checked: bool = False
 
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        if options.precision.name == "bf16":  # refused before any weights are read where the CPU lacks bf16
+            options.precision.checked(options.device)  # (fp16 asked of a model on a CPU runs fp32: .effective)
         self.preset = preset
         self.options = options
+        self.backend = resolve_backend(options.backend, options.device)
+        self.network: LoadedNetwork | None = None
 
     @property
     def name(self) -> str:
@@ -102,9 +129,32 @@ class FeatureExtractor(abc.ABC):
         """Facts about this run that do not change the numbers (e.g. where the weights were found)."""
         return {}
 
-    def autocast(self) -> Any:
-        """Autocast to the configured precision on the model's device (extract/core/precision.py)."""
-        return self.options.precision.autocast(self.options.device)
+    def backend_runtime(self) -> dict[str, Any]:
+        """The backend that really runs the network (after any fallback) and its version, for provenance."""
+        if self.network is None:
+            return {"backend": "torch", "backend_version": torch.__version__}
+        return {"backend": self.network.backend, "backend_version": self.network.version}
+
+    def load_network(
+        self, part: NetworkPart, example: torch.Tensor, weights_file: Path | None, **identity: Any
+    ) -> LoadedNetwork:
+        """`part` ready on this extractor's backend and precision, for inputs shaped like `example` (any batch)."""
+        self.network = load_network(
+            part,
+            example.to(self.options.device),
+            backend=self.backend,
+            precision=self.options.precision,
+            device=self.options.device,
+            identity={
+                "name": self.preset.model,
+                "weights_sha256": self.preset.weights_sha256,
+                "source_sha256": source_sha256(part.model),
+                "torch": torch.__version__,
+                **identity,
+            },
+            weights_file=weights_file,
+        )
+        return self.network
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         """Host array to the model's device (pinned, non-blocking copy on CUDA)."""

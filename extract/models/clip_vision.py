@@ -19,12 +19,18 @@ import torch
 
 from extract.core.download import hub_unreachable, offline, sha256_file
 from extract.core.errors import MissingWeightsError
-from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, Windower
+from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, NetworkPart, Windower
 from extract.models.presets import Preset
 from extract.models.weights import search_dirs
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
+
+
+def _version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _looks_like_path(model: str) -> bool:
@@ -142,6 +148,9 @@ class ClipVisionExtractor(FeatureExtractor):
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
+        part = NetworkPart(self.model, lambda model, pixels: model(pixel_values=pixels).image_embeds)
+        example = torch.zeros(2, 3, image_size, image_size)
+        self.load_network(part, example, weights_path, config_sha256=self.config_sha256, transformers=_version())
 
     @staticmethod
     def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
@@ -159,9 +168,8 @@ class ClipVisionExtractor(FeatureExtractor):
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         frames = self.to_device(inputs).permute(0, 3, 1, 2).float().div_(255.0)
         pixels = (frames - self._mean) / self._std
-        with self.autocast():
-            embeds = self.model(pixel_values=pixels).image_embeds
-        return embeds.float().cpu().numpy()
+        assert self.network is not None
+        return self.network(pixels).float().cpu().numpy()
 
     def recipe(self) -> dict[str, Any]:
         """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extract.core.errors import MissingWeightsError
-from extract.models.weights import check_weights_fit, read_weights_file
+from extract.models.weights import build_loaded, read_weights_file
 
 # Slaney's mel scale as librosa implements it: linear below 1 kHz, logarithmic above.
 _MEL_HZ_PER_MEL = 200.0 / 3
@@ -221,13 +221,13 @@ class Cnn14(nn.Module):
         return Cnn14Output(embedding, torch.sigmoid(self.fc_audioset(embedding)))
 
 
-def _check_front_end(model: Cnn14, state_dict: Mapping[str, object], source: str) -> None:
-    """The file's copies of the front-end tensors, where present, must match what `model` computes."""
-    for name, ours in model.front_end.published_tensors().items():
+def _check_front_end(front_end: LogMelFrontEnd, state_dict: Mapping[str, object], source: str) -> None:
+    """The file's copies of the front-end tensors, where present, must match what `front_end` computes."""
+    for name, ours in front_end.published_tensors().items():
         if name not in state_dict:
             continue
         theirs = state_dict[name]
-        misfit = f"{source} does not fit {model.config.describe()}: front-end tensor {name}"
+        misfit = f"{source} does not fit {front_end.config.describe()}: front-end tensor {name}"
         shape = tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__
         if shape != tuple(ours.shape):
             raise MissingWeightsError(f"{misfit} {shape} vs {tuple(ours.shape)}")
@@ -247,11 +247,12 @@ def load_cnn14_checkpoint(path: str | Path, config: Cnn14Config | None = None) -
     """
     checkpoint = read_weights_file(path)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    model = Cnn14(config)
+    front_end = LogMelFrontEnd(config or Cnn14Config())
     if isinstance(state_dict, Mapping):
-        _check_front_end(model, state_dict, str(path))
-        front_end_keys = model.front_end.published_tensors().keys()
+        _check_front_end(front_end, state_dict, str(path))
+        front_end_keys = front_end.published_tensors().keys()
         state_dict = {k: v for k, v in state_dict.items() if k not in front_end_keys}
-    check_weights_fit(model, state_dict, str(path))
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    model = build_loaded(lambda: Cnn14(config), state_dict, str(path))
+    assert isinstance(model, Cnn14)
+    model.front_end = front_end  # computed, not loaded: built for real, not on the meta device
+    return model

@@ -14,7 +14,7 @@ import torch
 
 from extract.core.download import sha256_file
 from extract.core.errors import UsageError
-from extract.models.base import ExtractorOptions, FeatureExtractor, Windower
+from extract.models.base import ExtractorOptions, FeatureExtractor, NetworkPart, Windower
 from extract.models.presets import ExampleWindowing, FrameWindowing, Preset, SecondsWindowing
 from extract.models.weights import locate_weights, registry_entry
 from extract.models.windows import AudioWindows, FrameWindows
@@ -52,8 +52,13 @@ class I3DExtractor(_PublishedExtractor):
         from extract.models.i3d import load_i3d_checkpoint
 
         super().__init__(preset, options)
-        self.model = load_i3d_checkpoint(self.weights_path).eval().to(options.device)
+        self.model = load_i3d_checkpoint(self.weights_path).fold_batch_norm().to(options.device)
         self.max_batch = 32 if options.device.type == "cuda" else 4
+        assert preset.frames is not None
+        side = preset.frames.crop or preset.frames.short_side
+        assert isinstance(preset.windowing, FrameWindowing)
+        example = torch.zeros(2, 3, preset.windowing.window, side, side)
+        self.load_network(NetworkPart(self.model, type(self.model).extract_features), example, self.weights_path)
 
     def windower(self) -> Windower:
         w = self.preset.windowing
@@ -63,8 +68,8 @@ class I3DExtractor(_PublishedExtractor):
     @torch.inference_mode()
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         clips = self.to_device(inputs).permute(0, 4, 1, 2, 3).float().div_(255.0).mul_(2.0).sub_(1.0)
-        with self.autocast():
-            pooled = self.model.extract_features(clips)  # (B, 1024, t, 1, 1)
+        assert self.network is not None
+        pooled = self.network(clips)  # (B, 1024, t, 1, 1)
         return pooled.float().flatten(3).squeeze(3).transpose(1, 2).cpu().numpy()  # (B, t, 1024)
 
 
@@ -77,6 +82,8 @@ class VGGishExtractor(_PublishedExtractor):
         super().__init__(preset, options)
         self.model = load_vggish_checkpoint(self.weights_path).eval().to(options.device)
         self.postprocessor = load_pca_params(self.extra_paths[0]).to(options.device) if self.extra_paths else None
+        example = torch.zeros(2, 1, 96, 64)  # log-mel examples
+        self.load_network(NetworkPart(self.model, type(self.model).forward), example, self.weights_path)
 
     def windower(self) -> Windower:
         w = self.preset.windowing
@@ -92,7 +99,8 @@ class VGGishExtractor(_PublishedExtractor):
 
     @torch.inference_mode()
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        embeddings = self.model(self.examples(inputs))
+        assert self.network is not None
+        embeddings = self.network(self.examples(inputs)).float()
         if self.postprocessor is not None:
             return self.postprocessor(embeddings).cpu().numpy()  # uint8, divided by 255 at read time
         return embeddings.float().cpu().numpy()
@@ -120,12 +128,14 @@ class PannsExtractor(_PublishedExtractor):
                 f"--audio-hop must be between one sample and --audio-window (got {windowing.hop_seconds} s)"
             )
         self.max_batch = 256 if options.device.type == "cuda" else 32
+        example = torch.zeros(2, self.window)
+        part = NetworkPart(self.model, lambda model, waveform: model(waveform).embedding)
+        self.load_network(part, example, self.weights_path, window_samples=self.window)
 
     def windower(self) -> Windower:
         return AudioWindows(self.window, self.hop, self.model.config.sample_rate, keep_tail=True)
 
     @torch.inference_mode()
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        with self.autocast():
-            embedding = self.model(self.to_device(inputs)).embedding
-        return embedding.float().cpu().numpy()
+        assert self.network is not None
+        return self.network(self.to_device(inputs)).float().cpu().numpy()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from extract.core.errors import MissingWeightsError
-from extract.models.weights import check_weights_fit, read_weights_file
+from extract.models.weights import build_loaded, check_weights_fit, read_weights_file
 
 # Front end, as in the reference's vggish_params.py / vggish_input.py.
 SAMPLE_RATE = 16000
@@ -150,11 +150,9 @@ class VGGishPostprocessor(nn.Module):
 
 def load_vggish_checkpoint(path: str | Path) -> VGGish:
     """`vggish-10086976.pth` (a plain state dict of the network) -> `VGGish` in eval mode."""
-    state_dict = read_weights_file(path)
-    model = VGGish()
-    check_weights_fit(model, state_dict, source=str(path))
-    model.load_state_dict(state_dict)
-    return model.eval()
+    model = build_loaded(VGGish, read_weights_file(path), source=str(path))
+    assert isinstance(model, VGGish)
+    return model
 
 
 # torchvggish's PCA .pth most likely holds numpy arrays (harritaylor/torchvggish#11), which `weights_only`

@@ -9,7 +9,7 @@ committed to a pinned repository (the sha1 of `blob <size>\0` + content), Zenodo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +187,25 @@ def check_weights_fit(model: torch.nn.Module, state_dict: object, source: str) -
     """check_fits for a feature model: MissingWeightsError naming the keys at fault; BatchNorm counters may be
     missing (files written before PyTorch 0.4.1 have none)."""
     return check_fits(model, state_dict, source, MissingWeightsError, optional=batch_norm_counter)
+
+
+def build_loaded(make: Callable[[], torch.nn.Module], state_dict: object, source: str) -> torch.nn.Module:
+    """`make()` in eval mode holding `state_dict`'s own tensors (cast to the model's dtypes where they differ), so
+    that the weights are in memory once (read_weights_file memory-maps zip-format files).
+
+    The model is built on the meta device (no memory, no random initialisation) and checked against the dict
+    first (`check_weights_fit`). A plain-dict copy drops any version metadata, so BatchNorm fills the
+    num_batches_tracked counters that files written before PyTorch 0.4.1 lack. Buffers that a module computes in
+    its constructor rather than loads (non-persistent) would stay on the meta device: build those after.
+    """
+    with torch.device("meta"):
+        model = make()
+    check_weights_fit(model, state_dict, source)
+    assert isinstance(state_dict, Mapping)
+    expected = model.state_dict()
+    tensors = {
+        key: value.to(expected[key].dtype) if value.dtype != expected[key].dtype else value
+        for key, value in state_dict.items()
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval()

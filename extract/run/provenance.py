@@ -29,6 +29,8 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             "device": str(options.device),
             "precision": options.precision.name,
             "weights_checked": extractor.weights_checked,  # a published checksum was really compared
+            # fp32 rows of either backend agree within the golden tolerances: a store may hold both (inspect says so)
+            **extractor.backend_runtime(),
             **extractor.runtime(),
         }
         frames = extractor.frame_sampling
@@ -37,7 +39,8 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             import decord
 
             decoder["decord"] = getattr(decord, "__version__", "unknown")
-        # bf16 / fp16 change the numbers, so the precision that really ran belongs to the recipe.
+        # bf16 / fp16 change the numbers, so the precision that really ran belongs to the recipe: bf16 rows never
+        # join fp32 rows of the same feature.
         precision = options.precision.effective(options.device).name
         records[extractor.name] = {
             "recipe": {**extractor.recipe(), "precision": precision},

@@ -48,6 +48,7 @@ class ExtractionRequest:
     weights_dir: Path | None = None
     trust_weights: bool = False
     precision: str | None = None  # None: fp32
+    backend: str = "torch"  # torch | openvino | auto (extract/models/backends/)
     resume: bool = True
     retry_failed: bool = False
     limit: int | None = None
@@ -95,7 +96,9 @@ def extraction_run(request: ExtractionRequest) -> ExtractionRun:
     else:
         device = resolve_device(device_list[0] if device_list else request.device)
         precision = Precision.resolve(request.precision or "fp32", device)
-    options = ExtractorOptions(device, request.weights_dir, precision, verify_weights=not request.trust_weights)
+    options = ExtractorOptions(
+        device, request.weights_dir, precision, verify_weights=not request.trust_weights, backend=request.backend
+    )
     config = RunConfig(
         batch_size=request.batch_size,
         workers=request.workers,

@@ -6,6 +6,7 @@ Works on every store: extracted ones, and imported ones whose videos have no pro
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ def describe(store_path: Path) -> dict[str, Any]:
                 record = store.provenance_record(name)
             except KeyError:  # tracks written without provenance
                 record = {}
+            holding = [v for v in store.video_ids() if name in store.feature_names(v)]
             features[name] = {
-                "videos": sum(name in store.feature_names(v) for v in store.video_ids()),
+                "videos": len(holding),
+                "backends": _backends(store, name, holding),
                 "failed": len({f.video_id for f in failures if name in f.features}),
                 "recipe": record.get("recipe", {}),
                 "software": record.get("software", {}),
@@ -64,6 +67,16 @@ def describe(store_path: Path) -> dict[str, Any]:
         }
 
 
+def _backends(store: FeatureStore, feature: str, video_ids: list[str]) -> dict[str, int]:
+    """{"openvino 2026.4.1": videos, ...}: what computed the feature's rows, over every part holding them (fp32 rows
+    of torch and OpenVINO share a store; their recipe is the same)."""
+    counts: Counter[str] = Counter()
+    for video_id in video_ids:
+        runtime = store.part_provenance(video_id, feature).get("runtime", {})
+        counts[f"{runtime.get('backend', 'torch')} {runtime.get('backend_version', '')}".strip()] += 1
+    return dict(sorted(counts.items()))
+
+
 def _number(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -85,9 +98,14 @@ def render(report: dict[str, Any], max_videos: int) -> str:
     for name, info in report["features"].items():
         failed = f", {info['failed']} failed" if info["failed"] else ""
         lines.append(f"\nfeature {name}: {info['videos']} videos{failed}")
+        if len(info["backends"]) > 1:
+            mixed = ", ".join(f"{backend} ({count} videos)" for backend, count in info["backends"].items())
+            lines.append(f"  MIXED BACKENDS: {mixed}; same recipe, rows agree within the golden tolerances")
         for key, value in sorted(info["recipe"].items()):
             lines.append(f"  {key:<28} {value}")
         for key, value in sorted({**info["software"], **info["runtime"]}.items()):
+            if key in ("backend", "backend_version") and len(info["backends"]) > 1:
+                continue  # the newest part's; the line above names them all
             lines.append(f"  {key:<28} {value}")
     if report["failures"]:
         lines.append("\nfailures (video  tracks  [stage] reason):")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,6 +134,9 @@ def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | N
     reports, rows = evaluation.reports, evaluation.rows
     first = reports[0].context
     context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
+    for key in ("checkpoint", "dataset"):  # files named relative to the report, as its video links are
+        if Path(context[key]).is_file():
+            context[key] = os.path.relpath(Path(context[key]).absolute(), path.absolute().parent)
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
