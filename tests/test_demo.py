@@ -512,6 +512,8 @@ def test_invalid_text_and_overlong_queries_are_400_and_never_reach_the_model(
         assert (status, json.loads(body)) == (404, {"error": "no such video under the served folder"})
         long = post(port, {"video": "a.mp4", "query": "a" * 1001})
         assert long == (400, {"error": "query too long: 1001 characters, at most 1000"})
+        deep = post(port, {"video": "sub/" * 1250 + "a.mp4", "query": "a person waves"})
+        assert deep == (400, {"error": "video too long: 5005 characters, at most 4096"})
         status, answer = post(port, {"video": "a.mp4", "query": "ü" * 400 + " a person waves a hand"})
         assert status == 200, answer  # a long query of real text within the limit is answered
     assert demo_predictor.calls == calls + 1
