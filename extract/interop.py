@@ -8,6 +8,10 @@ Export writes what their loader reads:
 Import reads one released source (a folder of .npy / .npz files with key `features`, or a VGGish.pickle) into a
 store, with provenance "imported from DIR" and every unknown recipe field marked unknown. Pickles are read with
 an unpickler that only builds numpy arrays inside a dict: anything else (code, other classes) is refused.
+
+No file makes import allocate more than its own bytes warrant: the size an array claims (a .npy header's shape,
+a pickle's arrays) is checked against the bytes the file holds before numpy allocates it, so a damaged or
+hostile header claiming terabytes is one line naming the file, not an out-of-memory traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import pickle
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -30,35 +36,144 @@ UNKNOWN = "unknown"
 VGGISH_PICKLE = "VGGish.pickle"
 
 # What numpy needs to rebuild arrays (numpy 1.x and 2.x module names), and nothing else.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
+_RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
+_ALLOWED_GLOBALS = _RECONSTRUCT | {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
 }
+# The most one byte of a deflate stream can become (the format's limit is 1032:1), for the size an .npz member
+# may claim; numpy writes its .npz members stored (np.savez) or deflated (np.savez_compressed).
+_DEFLATE_MOST = 1032
+
+
+def _size(nbytes: int) -> str:
+    """1536 -> '1.5 KiB': a byte count for a one-line message."""
+    value, unit = float(nbytes), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{nbytes} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def _claimed_bytes(shape: Any, dtype: np.dtype) -> int:
+    """The bytes an array of `shape` and `dtype` takes (Python ints: no overflow); ValueError for a shape that is
+    not a tuple of non-negative integers."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, tuple | list) or not all(isinstance(n, int) and n >= 0 for n in dims):
+        raise ValueError(f"shape {shape!r} is not a tuple of non-negative integers")
+    return math.prod(dims) * dtype.itemsize
+
+
+class _SizeClaimError(pickle.UnpicklingError):
+    """A pickled array claims a size its pickle does not hold."""
+
+
+class _CheckedArray(np.ndarray):
+    """What the unpickler builds arrays as: numpy's own __setstate__ after the state's shape is checked against its
+    data (numpy computes the size in C, where a shape like (2**62, 2**62) overflows into a MemoryError)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("an array's state is not numpy's")
+        shape, dtype, _, data = state[-4:]
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError(f"an array's dtype is {type(dtype).__name__}")
+        claimed = _claimed_bytes(shape, dtype)
+        if isinstance(data, bytes | bytearray) and claimed != len(data):
+            raise _SizeClaimError(
+                f"it claims a {tuple(shape)} {dtype} array ({_size(claimed)}) with {_size(len(data))} of data"
+            )
+        super().__setstate__(state)
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Builds numpy arrays, dicts and plain values, nothing else; every array's claimed size is checked against
+    the pickle's own length before numpy allocates it (its data can only come from the pickle itself)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self._file_bytes = len(data)
+        self._budget = len(data)  # bytes the arrays built so far may still take
+
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _RECONSTRUCT:
+            return self._reconstruct
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"it asks for {module}.{name}")
 
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError(f"it asks for an array of type {getattr(subtype, '__name__', subtype)!r}")
+        kind = np.dtype(dtype)
+        claimed = _claimed_bytes(shape, kind)
+        if claimed > self._budget:
+            file_bytes = _size(self._file_bytes)
+            raise _SizeClaimError(f"it claims a {shape} {kind} array ({_size(claimed)}) in a file of {file_bytes}")
+        self._budget -= claimed
+        return np.ndarray.__new__(_CheckedArray, shape, kind)
+
 
 def load_array_pickle(path: Path) -> dict[str, np.ndarray]:
-    """A pickled dict of name -> numpy array, refusing any pickle that would build anything else."""
+    """A pickled dict of name -> numpy array, refusing any pickle that would build anything else or claims
+    arrays larger than the file."""
+    data = path.read_bytes()
     try:
-        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+        loaded = _ArraysOnlyUnpickler(data).load()
+    except _SizeClaimError as error:
+        raise StoreCorruptError(f"{path}: damaged or not a feature pickle: {error}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise StoreCorruptError(
             f"{path}: refused to unpickle ({error}); only dicts of numpy arrays are accepted"
         ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, np.ndarray) for v in data.values()):
-        raise StoreCorruptError(f"{path}: expected a dict of numpy arrays, found {type(data).__name__}")
-    return {str(k): v for k, v in data.items()}
+    if not isinstance(loaded, dict) or not all(isinstance(v, np.ndarray) for v in loaded.values()):
+        raise StoreCorruptError(f"{path}: expected a dict of numpy arrays, found {type(loaded).__name__}")
+    return {str(k): v.view(np.ndarray) for k, v in loaded.items()}
+
+
+def _read_npy(handle: IO[bytes], available: int, path: Path) -> np.ndarray:
+    """The array of an .npy stream of `available` bytes, read from its start; refused before numpy allocates it
+    when its header claims more data than that."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+    claimed, present = _claimed_bytes(shape, dtype), available - handle.tell()
+    if claimed > present:
+        raise StoreCorruptError(
+            f"{path}: damaged: its header claims a {shape} {dtype} array ({_size(claimed)}) but it holds "
+            f"{_size(max(present, 0))} of data"
+        )
+    handle.seek(0)
+    return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+def _read_npz_features(path: Path) -> np.ndarray:
+    """The `features` array of an .npz file, its size checked against what its zip member can hold."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if "features.npy" not in names:
+            held = ", ".join(name.removesuffix(".npy") for name in names)
+            raise StoreCorruptError(f"{path}: no array named 'features' (has: {held})")
+        member = archive.getinfo("features.npy")
+        if member.compress_type == zipfile.ZIP_STORED:
+            available = min(member.file_size, member.compress_size)
+        elif member.compress_type == zipfile.ZIP_DEFLATED:
+            available = min(member.file_size, member.compress_size * _DEFLATE_MOST)
+        else:
+            raise StoreCorruptError(
+                f"{path}: its features are compressed in a way numpy never writes (zip method "
+                f"{member.compress_type}); save them with np.savez or np.savez_compressed"
+            )
+        with archive.open(member) as handle:
+            return _read_npy(handle, available, path)
 
 
 def _check_file_stem(video_id: str) -> None:
@@ -121,13 +236,11 @@ def _read_source(source: Path) -> dict[str, np.ndarray]:
         stem = path.name.split(".", 1)[0]  # as the IMG loader does: the text before the first "."
         try:
             if path.suffix == ".npy":
-                out[stem] = np.load(path, allow_pickle=False)
+                with open(path, "rb") as handle:
+                    out[stem] = _read_npy(handle, path.stat().st_size, path)
             elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as npz:
-                    if "features" not in npz:
-                        raise StoreCorruptError(f"{path}: no array named 'features' (has: {', '.join(npz.files)})")
-                    out[stem] = npz["features"]
-        except (ValueError, OSError, EOFError) as error:
+                out[stem] = _read_npz_features(path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise StoreCorruptError(f"{path}: not a readable numpy array file ({error})") from None
     if not out:
         raise UsageError(f"{source} holds no .npy or .npz feature files")

@@ -287,15 +287,26 @@ def _text(answers: Any) -> str:
     "0.0.0.0. Other Host headers are refused (DNS rebinding).",
 )
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True, help="Port.")
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024, max=16 * 2**20),
+    default=2**20,  # demo_server.MAX_BODY_BYTES, not imported here: FastAPI loads only for serve
+    show_default=True,
+    help="Largest request body the page's requests may send, 1 KiB to 16 MiB (a query is a few hundred bytes); "
+    "a larger one is refused with 413 before it is read.",
+)
 @predictor_options
-def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, **flags: Any) -> None:
+def serve_command(
+    videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, max_body_bytes: int, **flags: Any
+) -> None:
     """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
     player seeking to them, and the audio-importance score.
 
     \b
     Requests are answered one at a time per model (others wait in line; the page stays responsive). Only files
     under --videos are served: paths that leave it (../, encoded or not, or links to elsewhere) are refused, and
-    so are requests whose Host header names another machine (a web page rebinding its name to this one).
+    so are requests whose Host header names another machine (a web page rebinding its name to this one), bodies
+    over --max-body-bytes (before they are read) and queries over 1000 characters.
 
     \b
     Example:
@@ -308,7 +319,9 @@ def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: i
 
         listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)
-        app = create_app(predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts])
+        app = create_app(
+            predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts], max_body_bytes=max_body_bytes
+        )
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
         _serve(app, listening, _url(host, listening.getsockname()[1]), flags["verbose"])
