@@ -186,7 +186,8 @@ def convert_official_checkpoint(
     """An authors' `.t7` as a Checkpoint that knows its inputs: the model shape (img_model/convert.py infers what
     the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
     checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
-    text provenance. The feature provenance is unknown (img-eval then checks sizes only)."""
+    text provenance. The feature provenance is unknown (img-eval then checks sizes only). Every error names
+    `source` (or the --text / --configs file it is about)."""
     import hashlib
 
     from img_model.convert import load_official_checkpoint
@@ -199,7 +200,7 @@ def convert_official_checkpoint(
     vocabulary, provenance = None, {}
     if text is None and config.query_features == "glove_char":
         raise CheckpointLayoutError(
-            "this checkpoint embeds GloVe word ids: pass --text TEXT.h5 (img-extract text --embed glove:...) so that "
+            f"{source} embeds GloVe word ids: pass --text TEXT.h5 (img-extract text --embed glove:...) so that "
             "it carries the vocabulary its ids follow"
         )
     if text is not None:
@@ -207,25 +208,23 @@ def convert_official_checkpoint(
         provenance["text"] = texts.provenance()
         if config.query_features == "glove_char":
             if texts.vocabulary is None:
-                raise CheckpointMismatchError(
-                    f"{text} holds {texts.kind} features, not the GloVe ids this model embeds"
-                )
+                raise CheckpointMismatchError(f"{text} holds {texts.kind} features, not the GloVe ids {source} embeds")
             stored = model.video_branch.query_embedding.words.glove_vectors.numpy()
             vectors = texts.vocabulary.vectors
             if stored.shape != vectors.shape:
                 raise CheckpointMismatchError(
-                    f"the checkpoint has {stored.shape[0]} GloVe rows of {stored.shape[1]}-d; {text} has "
+                    f"{source} has {stored.shape[0]} GloVe rows of {stored.shape[1]}-d; {text} has "
                     f"{vectors.shape[0]} of {vectors.shape[1]}-d: another vocabulary"
                 )
             differing = int((stored != vectors).any(axis=1).sum())
             if differing:
                 raise CheckpointMismatchError(
-                    f"{differing} of {len(vectors)} GloVe rows of the checkpoint differ from {text}'s: another "
+                    f"{differing} of {len(vectors)} GloVe rows of {source} differ from {text}'s: another "
                     "vocabulary order or GloVe file, so word ids would point at other words"
                 )
             if len(texts.vocabulary.chars) != config.char_vocab_size:
                 raise CheckpointMismatchError(
-                    f"the checkpoint has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
+                    f"{source} has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
                 )
             vocabulary = texts.vocabulary.as_checkpoint()
     sha256 = hashlib.sha256(source.read_bytes()).hexdigest()

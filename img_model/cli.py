@@ -371,8 +371,8 @@ def convert_official(
         checkpoint = convert_official_checkpoint(
             source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
         )
-    except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
-        fail(PROGRAM, f"{source}: {exc}")
+    except (CheckpointLayoutError, ImgVmrError) as exc:  # each names IN.t7 (or the file it is about)
+        fail(PROGRAM, str(exc))
         return
     try:
         _write_converted(checkpoint, target)
