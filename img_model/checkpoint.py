@@ -35,6 +35,7 @@ import torch
 from extract.store import fsync_path
 from img_model.config import IMGConfig
 from img_model.convert import CheckpointLayoutError, load_into, read_state_file
+from img_model.errors import listed
 from img_model.model import IMG
 
 CHECKPOINT_FORMAT = "img-vmr-checkpoint"
@@ -114,26 +115,50 @@ def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint")
             f"{path} was written by a newer img-vmr (format {stored['format_version']}); upgrade to read it"
         )
     return Checkpoint(
-        config=IMGConfig(**_config_fields(stored["config"])),
+        config=_model_config(path, stored["config"]),
         state_dict=stored["state_dict"],
         source=stored.get("source", "convert-official"),
         vocabulary=stored.get("vocabulary"),
         provenance=stored.get("provenance") or {},
-        run=stored.get("run"),
+        run=_run_config(path, stored.get("run")),
         training=stored.get("training"),
         metrics=stored.get("metrics"),
         origin=stored.get("origin"),
     )
 
 
-def _config_fields(fields: object) -> dict[str, object]:
+DAMAGED = "the file is damaged or was edited; use another checkpoint"
+
+
+def _model_config(path: str | Path, fields: object) -> IMGConfig:
+    """The checkpoint's IMGConfig, checked as a config file's is (one line naming the file), before any model is
+    built from it."""
     if not isinstance(fields, Mapping):
-        raise CheckpointLayoutError("the checkpoint's config is not a mapping")
+        raise CheckpointLayoutError(f"{path}: its model config is not a mapping; {DAMAGED}")
     known = {field.name for field in dataclasses.fields(IMGConfig)}
-    unknown = sorted(set(fields) - known)
+    unknown = sorted(str(key) for key in set(fields) - known)
     if unknown:
-        raise CheckpointLayoutError(f"the checkpoint's config has unknown fields: {', '.join(unknown)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+        raise CheckpointLayoutError(f"{path}: its model config has unknown fields: {listed(unknown)}")
+    try:
+        return IMGConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+    except (ValueError, TypeError) as error:
+        raise CheckpointLayoutError(f"{path}: its model config is not valid ({error}); {DAMAGED}") from None
+
+
+def _run_config(path: str | Path, run: object) -> dict[str, Any] | None:
+    """The checkpoint's run config (the sections of img_model/train_config.py), checked as a config file's is."""
+    if run is None:
+        return None
+    from extract.errors import UsageError
+    from img_model.train_config import from_dict
+
+    if not isinstance(run, Mapping):
+        raise CheckpointLayoutError(f"{path}: its run config is not a mapping; {DAMAGED}")
+    try:
+        from_dict(run, where=str(path))
+    except UsageError as error:
+        raise CheckpointLayoutError(f"{error}; {DAMAGED}") from None
+    return dict(run)
 
 
 # --- random number generators ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from img_model.cli_common import (
     setup_logging,
 )
 from img_model.convert import CheckpointLayoutError
+from img_model.train_config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
 
 if TYPE_CHECKING:
     from img_model.runtime import RankContext
@@ -92,10 +93,15 @@ def main() -> None:
     default=None,
     help="TOML file with [model], [objective], [train], [data], [runtime] sections; flags override it.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (100).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (16).")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None, help="Training epochs (100).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Training batch size (16).")
 @click.option("--lr", "learning_rate", type=float, default=None, help="AdamW learning rate (5e-4), decayed linearly.")
-@click.option("--seed", type=int, default=None, help="Seed of everything: init, order, dropout, sampling (0).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=None,
+    help="Seed of everything: init, order, dropout, sampling (0).",
+)
 @click.option(
     "--select-on",
     type=click.Choice(["val", "test"]),
@@ -110,12 +116,14 @@ def main() -> None:
 )
 @click.option(
     "--val-seed",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_SEED),
     default=None,
     help="Seed of which training videos are held out (0): fixed, so every --seed selects on the same videos. "
     "A custom .jsonl with its own 'val' split selects on that split instead.",
 )
-@click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
+@click.option(
+    "--evals-per-epoch", type=click.IntRange(1, MAX_EVALS_PER_EPOCH), default=None, help="Evaluations per epoch (2)."
+)
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option(
     "--stop-after",
@@ -270,7 +278,10 @@ def _train(
         run_dir = out
     early_log = _hold_log_records() if checkpoint is None and rank.is_main else None
     sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    try:
+        run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    except ValueError as error:  # the inputs' sizes (feature widths, vocabulary) are checked as the config's are
+        raise ImgVmrError(f"the inputs make a model no run can train: {error}") from None
     if checkpoint is not None:
         for kind, recorded in checkpoint.provenance.items():
             current = sources.provenance()[kind]

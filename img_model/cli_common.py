@@ -12,6 +12,7 @@ import click
 
 from extract import cli_common as shared
 from extract.log_file import attach_log_file
+from img_model.train_config import MAX_THREADS, MAX_WORKERS
 from manifests.registry import DATASETS
 
 EXIT_FAILED, EXIT_USAGE = shared.EXIT_FAILURES, shared.EXIT_USAGE
@@ -115,10 +116,17 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
             f"{precision}.",
         ),
         click.option(
-            "--workers", type=click.IntRange(min=0), default=None, help=f"DataLoader worker processes ({workers})."
+            "--workers",
+            type=click.IntRange(0, MAX_WORKERS),
+            default=None,
+            help=f"DataLoader worker processes ({workers}); at most the CPUs this process may use and the batches "
+            "of a pass (one line says so when fewer run).",
         ),
         click.option(
-            "--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads (default: torch's choice)."
+            "--threads",
+            type=click.IntRange(0, MAX_THREADS),
+            default=None,
+            help="torch CPU threads (default: torch's choice).",
         ),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages."),

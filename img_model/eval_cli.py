@@ -25,6 +25,7 @@ from img_model.cli_common import (
     setup_logging,
 )
 from img_model.convert import CheckpointLayoutError, load_into
+from img_model.train_config import MAX_BATCH, MAX_SEED
 
 log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-eval"
@@ -48,7 +49,9 @@ CHECKPOINT_EXPECTED = (
     help="Split to evaluate (default test; repeat it for several, each with its table); train-val is the run's "
     "held-out training videos (re-carved from its seed).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size (the run's, 16).")
+@click.option(
+    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Evaluation batch size (the run's, 16)."
+)
 @click.option(
     "--slot-noise",
     type=click.Choice(["off", "always"]),
@@ -57,7 +60,11 @@ CHECKPOINT_EXPECTED = (
     help="off: initial slots = mu, deterministic; always: the authors' random slots (§7.2), drawn from --seed.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the slot noise (with --slot-noise always)."
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Seed of the slot noise (with --slot-noise always).",
 )
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")

@@ -20,6 +20,7 @@ import click
 from extract.errors import ImgVmrError, UsageError, VideoDecodeError
 from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging
 from img_model.convert import CheckpointLayoutError
+from img_model.train_config import MAX_THREADS
 
 log = logging.getLogger("img_vmr.predict")
 PROGRAM = "img-predict"
@@ -93,7 +94,7 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
         ),
-        click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Distinct spans."),
+        click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--precision",
@@ -102,7 +103,9 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="IMG's precision (autocast; fp16 needs CUDA). Default: the checkpoint's run's, as img-eval; a "
             "bf16 / fp16 run answers in fp32 on a CPU.",
         ),
-        click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
+        click.option(
+            "--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="torch CPU threads (0: torch's choice)."
+        ),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
     ]
     for option in reversed(options):
