@@ -62,7 +62,7 @@ from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
 from img_model.provenance import differences
 from img_model.run_log import metrics_lines
-from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
+from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, loader_workers, resolve_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
 log = logging.getLogger("img_vmr.train")
@@ -277,10 +277,9 @@ class Trainer:
             data.train,
             batch_sampler=self.batches,
             collate_fn=collate,
-            num_workers=runtime.workers,
-            persistent_workers=runtime.workers > 0,
             pin_memory=self.device.type == "cuda",
             generator=self.loader_generator,
+            **loader_workers(runtime.workers, self.steps_per_epoch, "training"),
         )
         self.writer: Any = None
 
