@@ -270,6 +270,29 @@ def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run
         predictor.predict(real_run.videos / "clip4.mp4", ["barks knocks"])
 
 
+def test_a_query_longer_than_max_pos_len_is_read_up_to_there_as_img_eval_reads_it_and_says_so(
+    real_run: RealRun, cache: Path
+) -> None:
+    """img-predict used to end with "internal error: 17 query tokens exceed max_pos_len 16" (exit 1; the demo page
+    answered 500); img-eval reads the first max_pos_len tokens of such a query (§1.3)."""
+    checkpoint = read_checkpoint(real_run.checkpoint)
+    limit = checkpoint.config.max_pos_len
+    known = [word for word in checkpoint.vocabulary["words"][2:] if word.isalpha()]
+    words = [known[number % len(known)] for number in range(limit + 4)]
+    long, first = " ".join(words), " ".join(words[:limit])
+    result = run_img_predict(*real_run.predict_options(cache), real_run.videos / "clip4.mp4", long, first, "--json")
+    assert result.returncode == 0, result.stderr
+    read_long, read_first = json.loads(result.stdout)["answers"]
+    assert (read_long["tokens_dropped"], read_first["tokens_dropped"]) == (4, 0)
+    assert {key: value for key, value in read_long.items() if key not in ("query", "tokens_dropped")} == {
+        key: value for key, value in read_first.items() if key not in ("query", "tokens_dropped")
+    }
+    note = (
+        f"{long!r}: the model reads its first {limit} tokens (max_pos_len), as img-eval does; the last 4 are not read"
+    )
+    assert note in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_an_empty_query_is_one_line_before_anything_is_extracted(real_run: RealRun, tmp_path: Path) -> None:
     result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4", "  ")
     assert result.returncode == 2, result.stderr
