@@ -5,6 +5,9 @@
     config                   IMGConfig fields: the model's shape (incl. event_num, slot_iterations,
                              fusion_gru_layers) and its input sizes
     state_dict               the weights under our names
+    weights_sha256           sha256 of the weights (`weights_sha256`), checked on every load: a changed byte (a bad
+                             disk or copy; torch.load does not check the zip's CRCs) is refused, naming the file;
+                             files written before it existed load with a note
     vocabulary               {"words", "chars", "sha256"} for GloVe models (word / char ids index these), else None
     provenance               {"visual": {name, dim, recipe}, "audio": {...}, "text": {kind, recipe}}: what the
                              inputs were made with; img-eval refuses inputs made otherwise (entries may be
@@ -22,6 +25,8 @@ Read with torch.load(weights_only=True). The first converter's format ({"config"
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
 import random
 from collections.abc import Mapping
@@ -37,6 +42,8 @@ from img_model.config import IMGConfig
 from img_model.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.errors import listed
 from img_model.model import IMG
+
+log = logging.getLogger("img_vmr.checkpoint")
 
 CHECKPOINT_FORMAT = "img-vmr-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -74,6 +81,7 @@ class Checkpoint:
             "source": self.source,
             "config": dataclasses.asdict(self.config),
             "state_dict": dict(self.state_dict),
+            "weights_sha256": weights_sha256(self.state_dict),
             "vocabulary": self.vocabulary,
             "provenance": self.provenance,
             "run": self.run,
@@ -81,6 +89,17 @@ class Checkpoint:
             "metrics": self.metrics,
             "origin": self.origin,
         }
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: for each tensor in the order of its sorted names, a line "name dtype shape" and
+    then its bytes in C order (as the machine stores them), so names, types, shapes and every byte count."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
@@ -114,6 +133,7 @@ def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint")
         raise CheckpointLayoutError(
             f"{path} was written by a newer img-vmr (format {stored['format_version']}); upgrade to read it"
         )
+    _check_weights(path, stored)
     return Checkpoint(
         config=_model_config(path, stored["config"]),
         state_dict=stored["state_dict"],
@@ -128,6 +148,21 @@ def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint")
 
 
 DAMAGED = "the file is damaged or was edited; use another checkpoint"
+
+
+def _check_weights(path: str | Path, stored: Mapping[str, Any]) -> None:
+    """The weights are those the file was saved with (their sha256), or a note says they cannot be checked."""
+    recorded, state_dict = stored.get("weights_sha256"), stored["state_dict"]
+    if not isinstance(state_dict, Mapping) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise CheckpointLayoutError(f"{path}: its state_dict is not a mapping of tensors; {DAMAGED}")
+    if recorded is None:
+        log.warning("%s records no sha256 of its weights (written before img-vmr kept one): they cannot be checked",
+                    path)  # fmt: skip
+    elif recorded != weights_sha256(state_dict):
+        raise CheckpointLayoutError(
+            f"{path} is damaged: its weights are not those it was saved with (their sha256 differs; a bad disk or "
+            "copy); copy it again from where it was made, or use another checkpoint of the run"
+        )
 
 
 def _model_config(path: str | Path, fields: object) -> IMGConfig:
@@ -213,8 +248,6 @@ def convert_official_checkpoint(
     checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
     text provenance. The feature provenance is unknown (img-eval then checks sizes only). Every error names
     `source` (or the --text / --configs file it is about)."""
-    import hashlib
-
     from img_model.convert import load_official_checkpoint
     from img_model.errors import CheckpointMismatchError
     from img_model.query_text import QueryTexts
