@@ -24,6 +24,7 @@ Read with torch.load(weights_only=True). The first converter's format ({"config"
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -32,7 +33,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -102,18 +103,44 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+class _KeptWriteErrors:
+    """A file handle that keeps the OSError of a failed write: torch.save reports it as an unspecific
+    RuntimeError ("unexpected pos ..."), which would hide a full disk."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
-    """Write atomically: temporary name in the same folder, fsync, rename, fsync of the folder."""
+    """Write atomically: temporary name in the same folder, fsync, rename, fsync of the folder. A write the disk
+    refuses (full) is its OSError, and the previous file stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
-            torch.save(checkpoint.as_file(), handle)
+            kept = _KeptWriteErrors(handle)
+            try:
+                torch.save(checkpoint.as_file(), kept)
+            except RuntimeError:
+                if kept.error is None:
+                    raise
+                raise kept.error from None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract.errors import ImgVmrError
+from extract.errors import ImgVmrError, OutputWriteError
 from img_model.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -24,8 +24,10 @@ from img_model.cli_common import (
     data_overrides,
     dataset_table,
     fail,
+    log_thread_failures,
     runtime_options,
     setup_logging,
+    write_failed,
 )
 from img_model.convert import CheckpointLayoutError
 from img_model.train_config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
@@ -177,6 +179,7 @@ def train_command(
     rank = launched_rank()
     program = PROGRAM if rank.is_main else f"{PROGRAM}[rank {rank.rank}]"
     setup_logging(program, verbose, quiet=not rank.is_main)
+    log_thread_failures()
     run_dir = resume or out
     if run_dir is None:
         fail(program, "give --out RUN (a new run folder) or --resume RUN")
@@ -187,6 +190,10 @@ def train_command(
         _train(config_file, out, resume, stop_after, not no_progress, options, rank)
     except CheckpointLayoutError as error:
         fail(program, str(error))
+    except OutputWriteError as error:  # a full disk: every file written before is whole
+        log.debug("stopped", exc_info=True)
+        resumable = (run_dir / "last.pt").is_file()
+        write_failed(program, error, f"img-train --resume {run_dir}" if resumable else "run the same command again")
     except ImgVmrError as error:
         from img_model.errors import TrainingDivergedError
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from extract.errors import ImgVmrError, UsageError
+from extract.errors import ImgVmrError, OutputWriteError, UsageError, writing
+from extract.store import save_atomically
 from img_model.cli_common import (
     EXIT_FAILED,
     data_options,
@@ -23,6 +24,7 @@ from img_model.cli_common import (
     fail,
     runtime_options,
     setup_logging,
+    write_failed,
 )
 from img_model.convert import CheckpointLayoutError, load_into
 from img_model.train_config import MAX_BATCH, MAX_SEED
@@ -131,10 +133,6 @@ def main(
             checkpoint_path, splits or ("test",), batch_size, slot_noise, seed, drop_audio, device, precision,
             workers, threads, data,
         )  # fmt: skip
-        if predictions is not None:
-            _write_jsonl(predictions, rows)
-        if report is not None:
-            _write_report(report, reports, rows, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(PROGRAM, str(error))
         return
@@ -142,11 +140,19 @@ def main(
         log.debug("internal error", exc_info=True)
         fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
-    if as_json:
+    if as_json:  # the metrics first: a file that cannot be written (a full disk) loses none of them
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo("\n\n".join(_tables(report) for report in reports))
+    try:
+        if predictions is not None:
+            _write_jsonl(predictions, rows)
+        if report is not None:
+            _write_report(report, reports, rows, videos)
+    except OutputWriteError as error:
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-eval again (the metrics are printed above)")
 
 
 def _evaluate(
@@ -266,16 +272,11 @@ def _tables(report: Any) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """All the rows or nothing (a temporary name, renamed): a full disk leaves no half file."""
+    with writing(f"--predictions {path}", path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        save_atomically(path, memoryview(text.encode()), path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     log.info("wrote %d predictions to %s", len(rows), path)
 
 
@@ -287,10 +288,8 @@ def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], vi
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
-    try:
+    with writing(f"--report {path}", path.parent):
         write_report(path, rows, title, context, videos)
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
     log.info("wrote the report of %d queries to %s", len(rows), path)
 
 
