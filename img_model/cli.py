@@ -72,7 +72,8 @@ def main() -> None:
 @main.command(
     "train",
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\n"
-    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error.",
+    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error, 3 a file of the run "
+    "could not be written (a full disk: img-train --resume continues once there is room).",
 )
 @data_options(required=True)
 @click.option(

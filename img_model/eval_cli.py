@@ -40,7 +40,8 @@ CHECKPOINT_EXPECTED = (
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\nExit status: 0 evaluated, 1 internal error, "
-    "2 usage error or inputs that do not fit the checkpoint.",
+    "2 usage error or inputs that do not fit the checkpoint, 3 --predictions or --report could not be written (a full "
+    "disk; the metrics are printed first).",
 )
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path, dir_okay=False))
 @data_options(required=False)
