@@ -45,6 +45,7 @@ from extract.errors import (
     StoreReadError,
     StoreWriteError,
     UsageError,
+    cannot_write,
 )
 from extract.ids import escape_id, storable_text, unescape_id
 from extract.record_differences import differences
@@ -214,8 +215,7 @@ def release_writer_lock(handle: IO[str] | None) -> None:
 
 def write_error(store: Path, error: OSError) -> StoreWriteError:
     """The one-line StoreWriteError for an OSError met while writing `store` (e.g. no space left on device)."""
-    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
-    return StoreWriteError(f"cannot write the feature store {store}: {reason[:1].lower()}{reason[1:]}")
+    return cannot_write(f"the feature store {store}", store.parent, error, StoreWriteError)
 
 
 def save_atomically(path: Path, image: memoryview, tmp: Path | None = None) -> None:

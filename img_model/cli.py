@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract.errors import ImgVmrError
+from extract.errors import ImgVmrError, OutputWriteError
 from img_model.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -24,10 +24,13 @@ from img_model.cli_common import (
     data_overrides,
     dataset_table,
     fail,
+    log_thread_failures,
     runtime_options,
     setup_logging,
+    write_failed,
 )
 from img_model.convert import CheckpointLayoutError
+from img_model.train_config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
 
 if TYPE_CHECKING:
     from img_model.runtime import RankContext
@@ -69,7 +72,8 @@ def main() -> None:
 @main.command(
     "train",
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\n"
-    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error.",
+    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error, 3 a file of the run "
+    "could not be written (a full disk: img-train --resume continues once there is room).",
 )
 @data_options(required=True)
 @click.option(
@@ -92,10 +96,15 @@ def main() -> None:
     default=None,
     help="TOML file with [model], [objective], [train], [data], [runtime] sections; flags override it.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (100).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (16).")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None, help="Training epochs (100).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Training batch size (16).")
 @click.option("--lr", "learning_rate", type=float, default=None, help="AdamW learning rate (5e-4), decayed linearly.")
-@click.option("--seed", type=int, default=None, help="Seed of everything: init, order, dropout, sampling (0).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=None,
+    help="Seed of everything: init, order, dropout, sampling (0).",
+)
 @click.option(
     "--select-on",
     type=click.Choice(["val", "test"]),
@@ -110,12 +119,14 @@ def main() -> None:
 )
 @click.option(
     "--val-seed",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_SEED),
     default=None,
     help="Seed of which training videos are held out (0): fixed, so every --seed selects on the same videos. "
     "A custom .jsonl with its own 'val' split selects on that split instead.",
 )
-@click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
+@click.option(
+    "--evals-per-epoch", type=click.IntRange(1, MAX_EVALS_PER_EPOCH), default=None, help="Evaluations per epoch (2)."
+)
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option(
     "--stop-after",
@@ -169,6 +180,7 @@ def train_command(
     rank = launched_rank()
     program = PROGRAM if rank.is_main else f"{PROGRAM}[rank {rank.rank}]"
     setup_logging(program, verbose, quiet=not rank.is_main)
+    log_thread_failures()
     run_dir = resume or out
     if run_dir is None:
         fail(program, "give --out RUN (a new run folder) or --resume RUN")
@@ -179,6 +191,10 @@ def train_command(
         _train(config_file, out, resume, stop_after, not no_progress, options, rank)
     except CheckpointLayoutError as error:
         fail(program, str(error))
+    except OutputWriteError as error:  # a full disk: every file written before is whole
+        log.debug("stopped", exc_info=True)
+        resumable = (run_dir / "last.pt").is_file()
+        write_failed(program, error, f"img-train --resume {run_dir}" if resumable else "run the same command again")
     except ImgVmrError as error:
         from img_model.errors import TrainingDivergedError
 
@@ -270,7 +286,10 @@ def _train(
         run_dir = out
     early_log = _hold_log_records() if checkpoint is None and rank.is_main else None
     sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    try:
+        run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    except ValueError as error:  # the inputs' sizes (feature widths, vocabulary) are checked as the config's are
+        raise ImgVmrError(f"the inputs make a model no run can train: {error}") from None
     if checkpoint is not None:
         for kind, recorded in checkpoint.provenance.items():
             current = sources.provenance()[kind]
@@ -371,8 +390,8 @@ def convert_official(
         checkpoint = convert_official_checkpoint(
             source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
         )
-    except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
-        fail(PROGRAM, f"{source}: {exc}")
+    except (CheckpointLayoutError, ImgVmrError) as exc:  # each names IN.t7 (or the file it is about)
+        fail(PROGRAM, str(exc))
         return
     try:
         _write_converted(checkpoint, target)

@@ -4,6 +4,7 @@ extract/cli_common.py's, under their own program name)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -11,10 +12,13 @@ from typing import Any, NoReturn
 import click
 
 from extract import cli_common as shared
+from extract.errors import OutputWriteError
 from extract.log_file import attach_log_file
+from img_model.train_config import MAX_THREADS, MAX_WORKERS
 from manifests.registry import DATASETS
 
 EXIT_FAILED, EXIT_USAGE = shared.EXIT_FAILURES, shared.EXIT_USAGE
+EXIT_STOPPED = shared.EXIT_STOPPED  # an output could not be written (a full disk): what was written before is kept
 
 log = logging.getLogger("img_vmr.train")
 
@@ -27,6 +31,19 @@ def setup_logging(program: str, verbose: bool, log_file: Path | None = None, qui
         add_log_file(log_file)
 
 
+def log_thread_failures() -> None:
+    """An exception that ends a background thread goes to the log (with its traceback, in RUN/train.log and with
+    -v), not as a traceback on the console: the threads img-train starts (TensorBoard's event writer, which stops on
+    a full disk) hand their failure to the main thread, whose one line says it."""
+
+    def to_the_log(failure: threading.ExceptHookArgs) -> None:
+        name = failure.thread.name if failure.thread is not None else "a thread"
+        error = (failure.exc_type, failure.exc_value, failure.exc_traceback)
+        log.debug("%s stopped: %s", name, failure.exc_value, exc_info=error)  # type: ignore[arg-type]
+
+    threading.excepthook = to_the_log
+
+
 def add_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     return attach_log_file(path)
@@ -35,6 +52,13 @@ def add_log_file(path: Path) -> logging.Handler:
 def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
     """One line on stderr, then exit (extract/cli_common.fail under this program's name)."""
     shared.fail(message, code, program)
+
+
+def write_failed(program: str, error: OutputWriteError, then: str) -> NoReturn:
+    """The last line of a command that could not write an output, as img-extract's (exit 3): what, what to free
+    when the disk is full, and what to run `then`."""
+    room = f"make room ({error.make_room}), then " if error.make_room else ""
+    fail(program, f"{error}; {room}{then}", EXIT_STOPPED)
 
 
 def dataset_table() -> str:
@@ -115,10 +139,17 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
             f"{precision}.",
         ),
         click.option(
-            "--workers", type=click.IntRange(min=0), default=None, help=f"DataLoader worker processes ({workers})."
+            "--workers",
+            type=click.IntRange(0, MAX_WORKERS),
+            default=None,
+            help=f"DataLoader worker processes ({workers}); at most the CPUs this process may use and the batches "
+            "of a pass (one line says so when fewer run).",
         ),
         click.option(
-            "--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads (default: torch's choice)."
+            "--threads",
+            type=click.IntRange(0, MAX_THREADS),
+            default=None,
+            help="torch CPU threads (default: torch's choice).",
         ),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages."),

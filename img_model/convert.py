@@ -11,8 +11,6 @@ Our checkpoint file is img_model/checkpoint.py's.
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from extract.models.checkpoint import torch_load_failure
 from img_model.config import IMGConfig
 from img_model.errors import listed
 from img_model.model import IMG
@@ -399,7 +398,7 @@ def infer_config(official_state_dict: Mapping[str, torch.Tensor], **overrides: o
 def load_official_checkpoint(path: str | Path, configs: str | Path | None = None, **overrides: object) -> IMG:
     """An `IMG` (eval mode) holding the weights of an authors' `*.t7` file. What the weights do not show comes
     from `overrides` (e.g. event_num, slot_iterations, num_heads), else from the authors' configs.json (`configs`,
-    by default the one beside the file when there is one)."""
+    by default the one beside the file when there is one). Every error names the file once."""
     path = Path(path)
     state_dict = read_state_file(path, "an authors' checkpoint (a plain IMGNet state dict, e.g. IMG_9.t7)")
     settings = {}
@@ -408,9 +407,12 @@ def load_official_checkpoint(path: str | Path, configs: str | Path | None = None
         settings = read_official_configs(configs)
     elif configs != path.with_name("configs.json"):
         raise CheckpointLayoutError(f"{configs} does not exist")
-    config = infer_config(state_dict, **{**settings, **{k: v for k, v in overrides.items() if v is not None}})
-    model = IMG(config)
-    load_into(model, official_to_ours(state_dict, config))
+    try:
+        config = infer_config(state_dict, **{**settings, **{k: v for k, v in overrides.items() if v is not None}})
+        model = IMG(config)
+        load_into(model, official_to_ours(state_dict, config))
+    except (CheckpointLayoutError, ValueError) as error:  # ValueError: a config the shapes contradict
+        raise CheckpointLayoutError(f"{path}: {error}") from None
     return model.eval()
 
 
@@ -446,21 +448,7 @@ def read_state_file(path: str | Path, expected: str = "a PyTorch state dict") ->
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointLayoutError(
-            f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}"
-        ) from None
+        raise CheckpointLayoutError(f"{torch_load_failure(path, exc)}; expected {expected}") from None
     if not isinstance(state, Mapping):
         raise CheckpointLayoutError(f"{path} holds a {type(state).__name__}, not a state dict; expected {expected}")
     return state
-
-
-def _load_failure(error: Exception) -> str:
-    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
-    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    if unsupported:
-        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
-    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
-        return "another kind of file, or a damaged one"
-    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
-        return "truncated or damaged: copy or save it again"
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

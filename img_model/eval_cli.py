@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from extract.errors import ImgVmrError, UsageError
+from extract.errors import ImgVmrError, OutputWriteError, UsageError, writing
+from extract.store import save_atomically
 from img_model.cli_common import (
     EXIT_FAILED,
     data_options,
@@ -23,8 +24,10 @@ from img_model.cli_common import (
     fail,
     runtime_options,
     setup_logging,
+    write_failed,
 )
 from img_model.convert import CheckpointLayoutError, load_into
+from img_model.train_config import MAX_BATCH, MAX_SEED
 
 log = logging.getLogger("img_vmr.train")
 PROGRAM = "img-eval"
@@ -37,7 +40,8 @@ CHECKPOINT_EXPECTED = (
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\nExit status: 0 evaluated, 1 internal error, "
-    "2 usage error or inputs that do not fit the checkpoint.",
+    "2 usage error or inputs that do not fit the checkpoint, 3 --predictions or --report could not be written (a full "
+    "disk; the metrics are printed first).",
 )
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path, dir_okay=False))
 @data_options(required=False)
@@ -48,7 +52,9 @@ CHECKPOINT_EXPECTED = (
     help="Split to evaluate (default test; repeat it for several, each with its table); train-val is the run's "
     "held-out training videos (re-carved from its seed).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size (the run's, 16).")
+@click.option(
+    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Evaluation batch size (the run's, 16)."
+)
 @click.option(
     "--slot-noise",
     type=click.Choice(["off", "always"]),
@@ -57,7 +63,11 @@ CHECKPOINT_EXPECTED = (
     help="off: initial slots = mu, deterministic; always: the authors' random slots (§7.2), drawn from --seed.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the slot noise (with --slot-noise always)."
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Seed of the slot noise (with --slot-noise always).",
 )
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
@@ -124,10 +134,6 @@ def main(
             checkpoint_path, splits or ("test",), batch_size, slot_noise, seed, drop_audio, device, precision,
             workers, threads, data,
         )  # fmt: skip
-        if predictions is not None:
-            _write_jsonl(predictions, rows)
-        if report is not None:
-            _write_report(report, reports, rows, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(PROGRAM, str(error))
         return
@@ -135,11 +141,19 @@ def main(
         log.debug("internal error", exc_info=True)
         fail(PROGRAM, f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
-    if as_json:
+    if as_json:  # the metrics first: a file that cannot be written (a full disk) loses none of them
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo("\n\n".join(_tables(report) for report in reports))
+    try:
+        if predictions is not None:
+            _write_jsonl(predictions, rows)
+        if report is not None:
+            _write_report(report, reports, rows, videos)
+    except OutputWriteError as error:
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-eval again (the metrics are printed above)")
 
 
 def _evaluate(
@@ -259,16 +273,11 @@ def _tables(report: Any) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """All the rows or nothing (a temporary name, renamed): a full disk leaves no half file."""
+    with writing(f"--predictions {path}", path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        save_atomically(path, memoryview(text.encode()), path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     log.info("wrote %d predictions to %s", len(rows), path)
 
 
@@ -283,10 +292,8 @@ def _write_report(path: Path, reports: list[Any], rows: list[dict[str, Any]], vi
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
-    try:
+    with writing(f"--report {path}", path.parent):
         write_report(path, rows, title, context, videos)
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
     log.info("wrote the report of %d queries to %s", len(rows), path)
 
 

@@ -17,17 +17,18 @@ from typing import Any
 
 import click
 
-from extract.errors import ImgVmrError, UsageError, VideoDecodeError
-from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging
+from extract.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
+from img_model.cli_common import EXIT_FAILED, EXIT_USAGE, fail, setup_logging, write_failed
 from img_model.convert import CheckpointLayoutError
+from img_model.train_config import MAX_THREADS
 
 log = logging.getLogger("img_vmr.predict")
 PROGRAM = "img-predict"
 EXIT_STATUS = (
-    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "
-    "could not be written (the answers are printed first) or an internal error, 2 usage error: a bad query, a "
-    "--plot path that cannot be written, a checkpoint or weights that do not fit, or a --cache another process "
-    "still extracts into after 30 min."
+    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
+    "internal error, 2 usage error: a bad query, a --plot path that cannot be written, a checkpoint or weights "
+    "that do not fit, or a --cache another process still extracts into after 30 min, 3 the feature cache or the "
+    "plot could not be written (a full disk: the answers are printed first)."
 )
 
 
@@ -93,7 +94,7 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
         ),
-        click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Distinct spans."),
+        click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--precision",
@@ -102,7 +103,9 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="IMG's precision (autocast; fp16 needs CUDA). Default: the checkpoint's run's, as img-eval; a "
             "bf16 / fp16 run answers in fp32 on a CPU.",
         ),
-        click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
+        click.option(
+            "--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="torch CPU threads (0: torch's choice)."
+        ),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
     ]
     for option in reversed(options):
@@ -156,6 +159,9 @@ def _one_line_errors(work: Callable[[], None]) -> None:
         work()
     except VideoDecodeError as error:
         fail(PROGRAM, str(error), EXIT_FAILED)
+    except OutputWriteError as error:  # the feature cache on a full disk: what it holds is whole
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-predict again (or give --cache a folder with room)")
     except (CheckpointLayoutError, ImgVmrError) as error:
         log.debug("error", exc_info=True)
         fail(PROGRAM, str(error), EXIT_USAGE)
@@ -224,8 +230,8 @@ def answer_command(
 
             try:
                 log.info("wrote %s", write_plot(answers, plot))
-            except ImgVmrError as error:
-                fail(PROGRAM, f"{error} (the answers are printed above)", EXIT_FAILED)
+            except OutputWriteError as error:
+                write_failed(PROGRAM, error, "run img-predict again (the answers are printed above)")
 
     _one_line_errors(work)
 

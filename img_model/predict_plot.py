@@ -14,6 +14,7 @@ as a matplotlib Figure (its artists named by gid: see answers_figure), for noteb
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -23,8 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from extract.decode import AudioSampling, iter_audio
-from extract.errors import ImgVmrError, UsageError
+from extract.errors import ImgVmrError, UsageError, writing
 from extract.probe import probe
+from extract.store import save_atomically
 from img_model.predictor import VideoAnswers
 
 if TYPE_CHECKING:
@@ -87,11 +89,11 @@ def write_plot(answers: VideoAnswers, out: str | os.PathLike[str]) -> Path:
     """The figure of these answers (video_figure) written at `out`; the format follows the suffix."""
     figure = video_figure(answers)
     path = Path(out)
-    try:
+    image = io.BytesIO()
+    figure.savefig(image, dpi=PLOT_DPI, format=path.suffix.lower().lstrip("."))
+    with writing(f"--plot {out}", path.parent):  # whole or not at all: a full disk leaves no half figure
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=PLOT_DPI)
-    except OSError as error:
-        raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
+        save_atomically(path, image.getbuffer(), path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     return path
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,11 +24,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from extract.errors import UsageError
-from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
+from img_model.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig, check_number, check_whole_number
 from img_model.dataset import DataConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 SelectOn = Literal["val", "test"]
+
+MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_EVALS_PER_EPOCH = 1_000
+MAX_WORKERS = 256  # DataLoader worker processes asked for; each run uses at most the CPUs it may use (loader_workers)
+MAX_THREADS = 1_024
+# One activation tensor of a forward pass (an attention map: batch x heads x steps x steps values) at most: 8 GiB
+# in fp32. The published setting needs 2 million.
+MAX_ACTIVATION = 2**31
 
 # IMGConfig fields the data decides (feature and vocabulary sizes): never set by defaults, TOML or flags.
 DATA_DERIVED = frozenset(
@@ -54,20 +65,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
-            raise UsageError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "evals_per_epoch": self.evals_per_epoch}  # fmt: skip
-        for name, value in positive.items():
-            if value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}")
-        if self.seed < 0 or self.val_seed < 0:
-            raise UsageError(f"seed and val_seed must be >= 0, not {self.seed} / {self.val_seed}")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
+            raise ValueError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
+        check_whole_number("epochs", self.epochs, 1, MAX_EPOCHS)
+        check_whole_number("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_whole_number("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
+        check_whole_number("evals_per_epoch", self.evals_per_epoch, 1, MAX_EVALS_PER_EPOCH)
+        check_whole_number("seed", self.seed, 0, MAX_SEED)
+        check_whole_number("val_seed", self.val_seed, 0, MAX_SEED)
+        check_number("val_fraction", self.val_fraction, 0.0, 1.0, above_low=True, below_high=True)
         for name in ("learning_rate", "weight_decay", "clip_norm"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UsageError(f"{name} must be a finite number >= 0, not {value}")
+            check_number(name, getattr(self, name), 0.0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +91,12 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
-        if self.workers < 0 or self.threads < 0:
-            raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
-        if self.log_every < 1:
-            raise UsageError(f"log_every must be at least 1, not {self.log_every}")
+            raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if type(self.device) is not str:
+            raise ValueError(f"device must be a string (auto, cpu, cuda or cuda:N), not {self.device!r}")
+        check_whole_number("workers", self.workers, 0, MAX_WORKERS)
+        check_whole_number("threads", self.threads, 0, MAX_THREADS)
+        check_whole_number("log_every", self.log_every, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -109,13 +117,23 @@ class RunConfig:
 
 
 def check_batch_size(model: IMGConfig, batch_size: int, name: str) -> None:
-    """The official position encoding indexes its table by the sample's place in the batch (§7.1): a batch may
-    hold at most max_pos_len samples (UsageError, one line, before anything runs)."""
+    """UsageError (one line, before anything runs) for a batch the model cannot take: the official position
+    encoding indexes its table by the sample's place in the batch (§7.1), so a batch holds at most max_pos_len
+    samples; and the largest activation of a forward pass (an attention map over max_pos_len steps, or the
+    widest feature map) stays within MAX_ACTIVATION values."""
     if model.positional_encoding == "official" and batch_size > model.max_pos_len:
         raise UsageError(
             f"{name} {batch_size} exceeds max_pos_len {model.max_pos_len}: the official batch-index position encoding "
             f"(§7.1) covers at most {model.max_pos_len} samples per batch; use a batch of {model.max_pos_len} or "
             'fewer, or [model] positional_encoding = "temporal"'
+        )
+    steps = model.max_pos_len
+    per_sample = max(model.num_heads * steps * steps, steps * model.dim * max(4, len(model.local_kernels)))
+    if batch_size * per_sample > MAX_ACTIVATION:
+        raise UsageError(
+            f"{name} {batch_size} with max_pos_len {steps}, dim {model.dim} and {model.num_heads} heads makes "
+            f"activations of {batch_size * per_sample:,} values ({batch_size * per_sample * 4 / 2**30:,.0f} GiB in "
+            f"fp32) each; the bound is {MAX_ACTIVATION:,} (8 GiB): use a smaller {name} or max_pos_len"
         )
 
 
@@ -142,8 +160,14 @@ def read_toml(path: Path) -> dict[str, dict[str, Any]]:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise UsageError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--config {path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"--config {path} is not valid TOML ({error})") from None
+    except RecursionError:  # the standard library's parser recurses once per level of nesting
+        raise UsageError(
+            f"--config {path} nests arrays or tables hundreds of levels deep: not an img-train config"
+        ) from None
     for section, values in raw.items():
         if section not in SECTIONS:
             raise UsageError(f"{path}: unknown section [{section}]; use {', '.join(f'[{s}]' for s in SECTIONS)}")
@@ -165,19 +189,28 @@ def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def _build(section: str, values: Mapping[str, Any], where: str) -> Any:
+    """A section's dataclass from its values: each of a type its field takes (lists for tuples), then each
+    dataclass's own checks; one UsageError line saying where (a config file, "options", a checkpoint)."""
     cls = SECTIONS[section]
     defaults = cls()
+    if not isinstance(values, Mapping):
+        raise UsageError(f"{where}: [{section}] must be a section of settings, not {reprlib.repr(values)}")
     fields = {}
     for name, value in values.items():
+        if not hasattr(defaults, name):
+            raise UsageError(f"{where}: [{section}] has no setting {reprlib.repr(name)}")
         default = getattr(defaults, name)
-        if isinstance(default, tuple) and isinstance(value, list | tuple):
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, int | float | str) for v in value):
+                raise UsageError(f"{where}: [{section}] {name} must be a list of values, not {reprlib.repr(value)}")
             value = tuple(value)
         elif isinstance(default, bool) and not isinstance(value, bool):
-            raise UsageError(f"{where}: [{section}] {name} must be true or false, not {value!r}")
+            raise UsageError(f"{where}: [{section}] {name} must be true or false, not {reprlib.repr(value)}")
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif type(default) in (int, str) and type(value) is not type(default):
-            raise UsageError(f"{where}: [{section}] {name} must be a {type(default).__name__}, not {value!r}")
+        elif type(default) in (int, float, str) and type(value) is not type(default):
+            kind = {int: "a whole number", float: "a number", str: "a string"}[type(default)]
+            raise UsageError(f"{where}: [{section}] {name} must be {kind}, not {reprlib.repr(value)}")
         fields[name] = value
     try:
         return cls(**fields)
@@ -208,9 +241,12 @@ def as_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
     return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
 
 
-def from_dict(sections: Mapping[str, Mapping[str, Any]]) -> RunConfig:
-    """A RunConfig from `as_dict` output (e.g. a checkpoint's)."""
-    return RunConfig(**{section: _build(section, sections.get(section, {}), "checkpoint") for section in SECTIONS})
+def from_dict(sections: Mapping[str, Mapping[str, Any]], where: str = "checkpoint") -> RunConfig:
+    """A RunConfig from `as_dict` output (e.g. a checkpoint's); `where` the errors name."""
+    unknown = sorted(str(name) for name in set(sections) - set(SECTIONS))
+    if unknown:
+        raise UsageError(f"{where}: unknown section [{unknown[0]}]")
+    return RunConfig(**{section: _build(section, sections.get(section, {}), where) for section in SECTIONS})
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------

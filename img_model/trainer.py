@@ -30,9 +30,11 @@ of the batches; rank 0 alone writes (`RankContext.is_main`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -44,6 +46,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from extract.errors import OutputWriteError, cannot_write
+from extract.store import save_atomically
 from img_model.checkpoint import (
     Checkpoint,
     read_checkpoint,
@@ -62,7 +66,7 @@ from img_model.model import IMG, batch_rows
 from img_model.optim import linear_decay, make_optimizer
 from img_model.provenance import differences
 from img_model.run_log import metrics_lines
-from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, resolve_device
+from img_model.runtime import SINGLE_PROCESS, RankContext, autocast, loader_workers, resolve_device
 from img_model.train_config import RunConfig, as_dict, from_dict, to_toml
 
 log = logging.getLogger("img_vmr.train")
@@ -277,10 +281,9 @@ class Trainer:
             data.train,
             batch_sampler=self.batches,
             collate_fn=collate,
-            num_workers=runtime.workers,
-            persistent_workers=runtime.workers > 0,
             pin_memory=self.device.type == "cuda",
             generator=self.loader_generator,
+            **loader_workers(runtime.workers, self.steps_per_epoch, "training"),
         )
         self.writer: Any = None
 
@@ -354,28 +357,58 @@ class Trainer:
             while self.epoch < train.epochs:
                 if self.epoch >= stop_at:
                     log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
+                    self._close_outputs()
                     return self._result(finished=False)
                 self._train_epoch()
             final = self._final_report()
+            self._close_outputs()
             return self._result(finished=True, final=final)
         finally:
-            if self.writer is not None:
+            if self.writer is not None:  # stopped by an error: it is the error the user sees
+                with contextlib.suppress(OSError):
+                    self.writer.close()
+
+    @contextlib.contextmanager
+    def _writing(self, what: str | Path) -> Iterator[None]:
+        """An OSError within the block (a full disk) is one OutputWriteError line: what could not be written, and
+        the checkpoint that holds the run so far (every file is written so that the previous one stays whole)."""
+        try:
+            yield
+        except OSError as error:
+            failure = cannot_write(str(what), self.run_dir, error)
+            raise OutputWriteError(f"{failure}; {self._kept()}", failure.make_room) from None
+
+    def _close_outputs(self) -> None:
+        if self.writer is not None:
+            with self._writing(self.run_dir / "tensorboard"):
                 self.writer.close()
+            self.writer = None
+
+    def _add_scalars(self, scalars: dict[str, float], step: int, prefix: str = "") -> None:
+        with self._writing(self.run_dir / "tensorboard"):
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"{prefix}{name}", value, step)
 
     def _open_outputs(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(
-            to_toml(self.run, header=f"img-train run {self.run_dir.name}: the resolved configuration"),
-            encoding="utf-8",
-        )
-        self._truncate_metrics()
-        for stale in self.run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write a kill interrupted (never renamed)
-            log.info("removing %s, a checkpoint write that was interrupted", stale.name)
+        for stale in self.run_dir.glob(".*.tmp"):  # a write a kill interrupted (never renamed)
+            log.info("removing %s, a write that was interrupted", stale.name)
             stale.unlink(missing_ok=True)
+        config = to_toml(self.run, header=f"img-train run {self.run_dir.name}: the resolved configuration")
+        with self._writing(self.run_dir / "config.toml"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_atomically(self.run_dir / "config.toml", memoryview(config.encode()), self._tmp("config.toml"))
+        self._truncate_metrics()
         # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+        with self._writing(self.run_dir / "tensorboard"):
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None
+            )
+
+    def _tmp(self, name: str) -> Path:
+        """Where a file of the run folder is written before it is renamed into place."""
+        return self.run_dir / f".{name}.{os.getpid()}.tmp"
 
     def _truncate_metrics(self) -> None:
         """On resume, forget evaluations logged after the checkpoint (they will be repeated identically)."""
@@ -383,7 +416,8 @@ class Trainer:
         if not path.exists():
             return
         kept = [line for line, entry in metrics_lines(path) if entry.get("step", 0) <= self.step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        with self._writing(path):  # all of it or none: a full disk keeps the file as it was
+            save_atomically(path, memoryview("".join(line + "\n" for line in kept).encode()), self._tmp(path.name))
 
     def _train_epoch(self) -> None:
         epoch, train = self.epoch, self.run.train
@@ -457,11 +491,9 @@ class Trainer:
                 total[0], total[1] = total[0] + value, total[1] + 1
         if self.writer is not None:
             if self.step % self.run.runtime.log_every == 0:
-                for name, value in scalars.items():
-                    self.writer.add_scalar(name, value, self.step)
+                self._add_scalars(scalars, self.step)
             if self.epoch_step == self.steps_per_epoch:  # before the epoch's last checkpoint: a resume keeps them
-                for name, value in self._epoch_means().items():
-                    self.writer.add_scalar(f"epoch_mean/{name}", value, self.step)
+                self._add_scalars(self._epoch_means(), self.step, "epoch_mean/")
         return scalars
 
     def _epoch_means(self) -> dict[str, float]:
@@ -515,21 +547,34 @@ class Trainer:
             }
         )
         for branch, values in report.branches.items():
-            for name, value in values.items():
-                self.writer.add_scalar(f"{report.split}/{branch}/{name}", value, self.step)
-        self.writer.add_scalar(f"{report.split}/mean_audio_importance", report.mean_importance, self.step)
-        self.writer.flush()  # every scalar up to this step is in the event file before last.pt says so
+            self._add_scalars(values, self.step, f"{report.split}/{branch}/")
+        self._add_scalars({"mean_audio_importance": report.mean_importance}, self.step, f"{report.split}/")
+        with self._writing(self.run_dir / "tensorboard"):
+            self.writer.flush()  # every scalar up to this step is in the event file before last.pt says so
         checkpoint = self._checkpoint(metrics)
-        if improved:
-            save_checkpoint(checkpoint, self.run_dir / "best.pt")
-        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        for name in ("best.pt", "last.pt") if improved else ("last.pt",):
+            with self._writing(self.run_dir / name):
+                save_checkpoint(checkpoint, self.run_dir / name)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
         log.info("step %d: %s fused %s %.2f%s (%.1f s)", self.step, report.split, SELECTION_METRIC, score,
                  " (best)" if improved else "", time.perf_counter() - started)  # fmt: skip
 
     def _log_metrics(self, entry: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
+        """One line appended to metrics.jsonl, whole or not at all (a full disk leaves no torn line)."""
+        path = self.run_dir / "metrics.jsonl"
+        with self._writing(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    line = memoryview((json.dumps(entry) + "\n").encode())
+                    while line:
+                        line = line[os.write(fd, line) :]
+                except OSError:
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
 
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
@@ -566,7 +611,10 @@ class Trainer:
         header = (f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
                   f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}")  # fmt: skip
         summary = "\n\n".join([header, *tables])
-        (self.run_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+        with self._writing(self.run_dir / "summary.txt"):
+            save_atomically(
+                self.run_dir / "summary.txt", memoryview((summary + "\n").encode()), self._tmp("summary.txt")
+            )
         self._log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
 

@@ -12,6 +12,8 @@ memory once: building VGGish first and copying its 288 MB in made the run's peak
 
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,17 +35,31 @@ def load_torch_file(path: str | Path) -> object:
         # mmap needs the zip format (torch >= 1.6); the published I3D and VGGish files predate it.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
-        raise MissingWeightsError(
-            f"{path} could not be read as a PyTorch checkpoint ({_first_sentence(exc)}); "
-            "if it is truncated or corrupt, download it again"
-        ) from exc
+        raise MissingWeightsError(f"{torch_load_failure(path, exc)}; download the published file again") from exc
 
 
-def _first_sentence(exc: Exception) -> str:
-    """The informative part of torch.load's multi-paragraph errors, e.g. 'Unsupported operand 103'."""
-    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
-    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return line.split(". ", 1)[0].rstrip(".")
+# torch's weights-only unpickler names the global a pickle asks for in both of its refusals: "unsupported GLOBAL
+# posix.system whose module posix is blocked" and "Unsupported global: GLOBAL __main__.X was not an allowed global".
+_ASKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def torch_load_failure(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) gave up on `path`, as the start of a one-line message (every torch.load
+    of img-vmr words it here): a pickle that asks for anything but tensors and plain containers (os.system, a
+    class of its own) "was refused for safety", naming what it asks for; anything else "is not a readable PyTorch
+    file", with why in a few words (not torch's advice to load untrusted code)."""
+    text = str(error)
+    asked = _ASKED_GLOBAL.search(text)
+    if asked:
+        return (f"{path} was refused for safety: it asks for {asked.group(1)}, and only tensors and plain "
+                "containers are loaded")  # fmt: skip
+    if "PytorchStreamReader" in text:  # the zip container is cut short or damaged
+        reason = "truncated or damaged"
+    elif isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
+        reason = "another kind of file, or a damaged one"
+    else:
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return f"{path} is not a readable PyTorch file ({reason})"
 
 
 def _shape(value: object) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
+from extract.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError, cannot_write
 from extract.store import acquire_writer_lock, hdf5_image, release_writer_lock, save_atomically
 from manifests.records import QueryRecord
 
@@ -114,8 +114,7 @@ def _fsync_write(path: Path, attrs: Mapping[str, Any], fill: Any) -> None:
 
 
 def _write_error(path: Path, error: OSError) -> StoreWriteError:
-    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
-    return StoreWriteError(f"cannot write the text store {path}: {reason[:1].lower()}{reason[1:]}")
+    return cannot_write(f"the text store {path}", path.parent, error, StoreWriteError)
 
 
 def _header(path: Path) -> dict[str, Any]:
