@@ -275,3 +275,52 @@ def test_a_cluster_left_without_cpus_stops_the_run_after_stall_seconds_saying_wh
     assert committed and set(committed.values()) == {1}  # what had finished is in the store, once
     assert f"{len(committed)} finished video" in last
     report("every CPU node lost (--stall-seconds 30)", started, driver, driver.out)
+
+
+# --- SIGTERM and cancellation at the wrong moment (issue 15, item 2) ------------------------------------------
+
+SIGTERM_INSIDE_RAY_INIT = """
+import os, signal, sys
+import ray
+from ray._private import utils
+import ray._raylet as raylet
+
+moment = sys.argv.pop(1)
+if moment == "ray-handler":  # ray.init has just installed a SIGTERM handler of its own (its first step)
+    install = utils.set_sigterm_handler
+    def installing(handler):
+        install(handler)
+        os.kill(os.getpid(), signal.SIGTERM)
+    utils.set_sigterm_handler = installing
+else:  # the driver's C++ core has just started (with it, Ray's crash handler, which takes SIGTERM too)
+    CoreWorker = raylet.CoreWorker
+    def starting(*args, **kwargs):
+        core = CoreWorker(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return core
+    raylet.CoreWorker = starting
+from extract.cli import main
+sys.argv[0] = "img-extract"
+main()
+"""
+
+
+@pytest.mark.parametrize("moment", ["ray-handler", "core-worker"])
+def test_a_sigterm_inside_ray_init_ends_img_extract_with_its_own_line_and_143(
+    cluster: LocalCluster, videos: Path, tmp_path: Path, tiny_clip: Path, moment: str
+) -> None:
+    """ray.init used to replace img-extract's SIGTERM handler with a bare sys.exit (exit 15, no line) and Ray's C++
+    crash handler took SIGTERM until connect() put img-extract's back (a stack dump, exit 134). A fault point
+    delivers SIGTERM at each of those moments."""
+    out = tmp_path / "feats.h5"
+    options = ["--engine", "ray", "--ray-address", cluster.address, "--device", "cpu", "--no-progress"]
+    command = [sys.executable, "-c", SIGTERM_INSIDE_RAY_INIT, moment, str(videos), "--out", str(out), *options,
+               "--clip-model", str(tiny_clip)]  # fmt: skip
+    env = {**cluster.driver_env(), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("img-extract: ")]
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert lines[-1] == (
+        "img-extract: error: terminated (SIGTERM) before any video was extracted; nothing was committed"
+    ), result.stderr[-3000:]
+    assert "Handlers" not in result.stderr and "SIGTERM received" not in result.stderr

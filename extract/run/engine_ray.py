@@ -44,6 +44,7 @@ with WorkerLostError: the finished videos are committed and the same command res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -53,7 +54,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,17 +110,48 @@ def connect(address: str | None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
+    with sigterm_handler_kept(ray):
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:  # "local": a new cluster of our own, never one a `ray start` left running on this machine
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            # ray.init makes SIGTERM a bare sys.exit; ours commits the finished videos first (exit 143)
-            signal.signal(signal.SIGTERM, sigterm)
     return not address
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept(ray: Any) -> Iterator[None]:
+    """Within the block (a ray.init), the SIGTERM handler installed before it stays the one a SIGTERM reaches.
+
+    ray.init replaces it at once with a bare sys.exit (exit status 15, no message, nothing said about what was
+    committed), and Ray's C++ core installs its crash handler for SIGTERM too (a stack dump and an abort, exit
+    134), until the caller puts its own back: a SIGTERM in between ended img-extract that way. Here neither is
+    ever installed: the SIGTERM handler this thread sets inside the block is not changed (the call answers as if
+    it had been), and the C++ crash handler is not installed in this process (ray_constants'
+    RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read when the driver's core starts; Ray's workers keep theirs). So
+    img-extract's handler (commit the finished videos, exit 143) is in place before, during and after ray.init.
+    Only the main thread can set handlers; elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ray._private import ray_constants
+
+    install = signal.signal
+    ours = signal.getsignal(signal.SIGTERM)
+
+    def keep_sigterm(signalnum: int, handler: Any) -> Any:
+        if signalnum == signal.SIGTERM and threading.current_thread() is threading.main_thread():
+            return ours
+        return install(signalnum, handler)
+
+    crash_handler_disabled = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    signal.signal = keep_sigterm
+    try:
+        yield
+    finally:
+        signal.signal = install
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = crash_handler_disabled
 
 
 def unwrap(error: BaseException) -> BaseException:
