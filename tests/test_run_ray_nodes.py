@@ -324,3 +324,45 @@ def test_a_sigterm_inside_ray_init_ends_img_extract_with_its_own_line_and_143(
         "img-extract: error: terminated (SIGTERM) before any video was extracted; nothing was committed"
     ), result.stderr[-3000:]
     assert "Handlers" not in result.stderr and "SIGTERM received" not in result.stderr
+
+
+CANCEL_WHILE_READING_ARGUMENTS = """
+import sys, time
+from pathlib import Path
+import ray
+from extract.run.engine_ray import cancel_decode, decode_task
+from extract.run.plan import WorkItem
+from tests.standin_models import ReadSlowly
+
+folder = Path(sys.argv[2])
+ray.init(address=sys.argv[1], logging_level="WARNING")
+task = decode_task(ray).remote(WorkItem("v0", Path("v0.mp4"), ("clip",)), ray.put(ReadSlowly(folder)))
+deadline = time.monotonic() + 120
+while not (folder / "reading").exists():  # the worker is reading the task's arguments
+    assert time.monotonic() < deadline, "the decode task never started"
+    time.sleep(0.05)
+cancel_decode(ray, task)  # as the driver does when it stops, loses the video elsewhere, or finds it stalled
+try:
+    for ref in task:
+        ray.get(ref)
+    print("ended without an error")
+except Exception as error:
+    print(type(error).__name__, "|", " ".join(str(error).split())[-300:])
+"""
+
+
+def test_a_decode_task_cancelled_while_it_reads_its_arguments_ends_cancelled(
+    two_cpu_nodes: LocalCluster, tmp_path: Path
+) -> None:
+    """Ray's gentle cancel, arriving while a worker reads the task's arguments, failed the task with "TypeError:
+    'Handlers' object is not callable" in a cluster whose processes ignore SIGINT (started in the background, as
+    these nodes are): issue 15's error at the end of a SIGTERMed driver's output. The driver's cancel is delivered
+    right inside that window here (the argument's reading lasts until the cancel has reached the worker)."""
+    folder = tmp_path / "argument"
+    folder.mkdir()
+    env = {**two_cpu_nodes.driver_env(), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", CANCEL_WHILE_READING_ARGUMENTS, two_cpu_nodes.address,
+                             str(folder)], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("TaskCancelledError"), result.stdout + result.stderr[-3000:]
+    assert "Handlers" not in result.stdout + result.stderr

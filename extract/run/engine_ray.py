@@ -168,6 +168,23 @@ def decode_task(ray: Any) -> Any:
     )
 
 
+def cancel_decode(ray: Any, generator: Any) -> None:
+    """Stop a decode task by ending its worker process (force=True).
+
+    Ray's gentle cancel interrupts the task's main thread as SIGINT would. That cannot stop a decoder blocked in a
+    native call, and arriving while the worker still reads the task's arguments it fails inside Ray: Ray defers
+    the interrupt until the arguments are read, then calls the worker's saved SIGINT handler, which in a cluster
+    started in the background (nohup, `&`, a batch job, a CI runner: every process inherits SIGINT ignored) is
+    signal.SIG_IGN, as a function. The task then ends with "TypeError: 'Handlers' object is not callable" instead
+    of being cancelled: the error issue 15 saw at the end of a SIGTERMed driver's output. A worker process ended
+    from outside runs no Python at all; Ray starts a new one for the next task.
+    """
+    try:
+        ray.cancel(generator, force=True)
+    except Exception:
+        log.debug("cancelling a decode task failed", exc_info=True)
+
+
 def describe_asks(asks: dict[str, float]) -> str:
     """'1 GPU and 0 CPU', '0 GPU and 0.01 CPU': what one model actor asks the cluster for."""
     return f"{asks.get('num_gpus', 0):g} GPU and {asks.get('num_cpus', 0):g} CPU"
@@ -536,10 +553,7 @@ class _DriverLoop:
                 self._lost(decode.item, silent, "decode")
 
     def _cancel(self, generator: Any) -> None:
-        try:
-            self.ray.cancel(generator)
-        except Exception:
-            log.debug("cancelling a decode task failed", exc_info=True)
+        cancel_decode(self.ray, generator)
 
     def _read_decode(self, generator: Any) -> None:
         decode = self.decoding[generator]
