@@ -182,7 +182,7 @@ def main() -> None:
     "--stall-seconds",
     type=STALL_SECONDS,
     default=None,
-    help="Seconds without progress before giving up, 5 to 86400 (default 360): a decoder (a Ray decode task) "
+    help="Seconds without progress before giving up, 30 to 86400 (default 360): a decoder (a Ray decode task) "
     "silent this long loses its video, which fails (with --engine ray, starts again); a Ray run in which "
     "nothing progresses this long (a lost node left no room for its tasks or its model actor) stops, saying what "
     "it waited for, and commits the finished videos.",
