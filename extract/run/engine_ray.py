@@ -120,16 +120,19 @@ def connect(address: str | None) -> bool:
 
 @contextlib.contextmanager
 def sigterm_handler_kept(ray: Any) -> Iterator[None]:
-    """Within the block (a ray.init), the SIGTERM handler installed before it stays the one a SIGTERM reaches.
+    """Within the block (a ray.init), a SIGTERM waits for its end, then reaches the handler installed before it.
 
-    ray.init replaces it at once with a bare sys.exit (exit status 15, no message, nothing said about what was
-    committed), and Ray's C++ core installs its crash handler for SIGTERM too (a stack dump and an abort, exit
-    134), until the caller puts its own back: a SIGTERM in between ended img-extract that way. Here neither is
-    ever installed: the SIGTERM handler this thread sets inside the block is not changed (the call answers as if
-    it had been), and the C++ crash handler is not installed in this process (ray_constants'
-    RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read when the driver's core starts; Ray's workers keep theirs). So
-    img-extract's handler (commit the finished videos, exit 143) is in place before, during and after ray.init.
-    Only the main thread can set handlers; elsewhere the block changes nothing.
+    ray.init replaces that handler at once with a bare sys.exit (exit status 15, no message, nothing said about
+    what was committed), and Ray's C++ core installs its crash handler for SIGTERM too (a stack dump and an abort,
+    exit 134), until the caller puts its own back: a SIGTERM in between ended img-extract that way. And a SIGTERM
+    handled inside ray.init leaves Ray half started (the process then crashed on its way out, exit -11). So for
+    the block: a handler that only records a SIGTERM is installed first, before anything can deliver one; Ray's
+    own attempts to set a SIGTERM handler from this thread are answered but not applied; the C++ crash handler
+    is not installed in this process (ray_constants' RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read when the driver's
+    core starts; Ray's workers keep theirs). At the end the previous handler is back, and a SIGTERM that came
+    meanwhile is passed on to it if it is a function (img-extract's: commit, exit 143), given its default action
+    if that was the handler, and dropped if SIGTERM was ignored. Only the main thread can set handlers; elsewhere
+    the block changes nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -137,21 +140,31 @@ def sigterm_handler_kept(ray: Any) -> Iterator[None]:
     from ray._private import ray_constants
 
     install = signal.signal
-    ours = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        received.append(signum)
 
     def keep_sigterm(signalnum: int, handler: Any) -> Any:
         if signalnum == signal.SIGTERM and threading.current_thread() is threading.main_thread():
-            return ours
+            return previous
         return install(signalnum, handler)
 
     crash_handler_disabled = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    previous = install(signal.SIGTERM, record)
     signal.signal = keep_sigterm
     try:
         yield
     finally:
         signal.signal = install
         ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = crash_handler_disabled
+        install(signal.SIGTERM, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGTERM, None)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def unwrap(error: BaseException) -> BaseException:
