@@ -14,10 +14,12 @@ Exactly once. A video's records reach the writer once, when all its tracks are s
 a worker (a decode task's process or node, a model actor, an object with its node), every video whose events
 or batch were lost starts again as a new attempt (`WorkItem.attempt`): what was collected for it is dropped, and
 events of older attempts are ignored, so no row is counted twice. After `RunConfig.attempts` tries the video
-becomes a failure record. A running decode task silent for `RunConfig.stall_seconds` is lost the same way: the
-driver never blocks on one task or actor, it waits on all of them at once. The driver commits parts itself
-(features are far smaller than the frames), so the store only needs to be on the driver's disk, and a driver
-killed at any moment leaves committed parts only: the same command resumes from them.
+becomes a failure record; a loss that came with a lost node (lost_with_a_node) is not counted as a try, up to
+NODE_LOSS_RESTARTS more restarts (one node loss can cost a video its decode task and its batch). A running
+decode task silent for `RunConfig.stall_seconds` is lost the same way: the driver never blocks on one task or
+actor, it waits on all of them at once. The driver commits parts itself (features are far smaller than the
+frames), so the store only needs to be on the driver's disk, and a driver killed at any moment leaves committed
+parts only: the same command resumes from them.
 
 Resources: what Ray reserves for whom, so that a lost node can never leave a run waiting forever. Ray's CPU is a
 scheduling token, not a core: a model actor holds its tokens for its whole life, a decode task while it runs. A
@@ -88,6 +90,7 @@ CPU_MODEL_CPUS = 0.01
 RESOURCES_REFRESH_S = 5.0  # how often the driver re-reads the live cluster's CPUs (nodes lost or joined)
 NO_PROGRESS_REPORT_S = 30.0  # a run without progress says what it waits for after this long (or stall_seconds/2)
 NO_PROGRESS_REPEAT_S = 60.0  # and again this often until it progresses or stall_seconds end it
+NODE_LOSS_RESTARTS = 5  # restarts of a video for lost nodes (not counted as tries) beyond its tries, at most
 
 
 def import_ray() -> Any:
@@ -171,6 +174,16 @@ def unwrap(error: BaseException) -> BaseException:
     """Our own error inside a Ray task error (it names the failed task and its traceback), else the error."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, ImgVmrError) else error
+
+
+def lost_with_a_node(ray: Any, error: BaseException) -> bool:
+    """Whether a worker was lost because its node (or the node of the objects it read) was: the task's node died,
+    the model actor was unreachable while Ray moved or restarted it, or a video's decoded frames went with their
+    node. Such a loss says nothing about the video, so it does not count among its tries; a decode process that
+    died, an actor that died, a stall may be the video's doing and count."""
+    exceptions = ray.exceptions
+    lost = (exceptions.NodeDiedError, exceptions.ActorUnavailableError, exceptions.ObjectLostError)
+    return isinstance(error, lost) or isinstance(getattr(error, "cause", None), lost)
 
 
 def decode_task(ray: Any) -> Any:
@@ -400,6 +413,7 @@ class _DriverLoop:
         self.actors = [_ActorState() for _ in engine.actors]
         self.decode = decode_task(self.ray)
         self.views = self.ray.put(description.views)
+        self.tries: dict[str, int] = {}  # counted losses per video (a loss with a node does not count)
         self.progressed = time.monotonic()  # the last decoded object, embedded batch or actor answer
         self.reported: float | None = None  # when the current stretch without progress was last reported
 
@@ -648,21 +662,25 @@ class _DriverLoop:
                 self._cancel(generator)
         self._drop_formed(item)
         reason = one_line(unwrap(error))
-        if item.attempt + 1 >= self.config.attempts:
-            where = "decoding" if stage == "decode" else "embedding"
+        where = "decoding" if stage == "decode" else "embedding"
+        counted = not lost_with_a_node(self.ray, error)
+        tries = self.tries.get(item.video_id, 0) + counted
+        if tries >= self.config.attempts or item.attempt + 1 >= self.config.attempts + NODE_LOSS_RESTARTS:
             lost = WorkerLostError(
                 f"{item.path}: the Ray worker {where} it was lost on all {self.config.attempts} tries (last: {reason})"
+                if counted
+                else f"{item.path}: the Ray worker {where} it was lost {item.attempt + 1} times (last: {reason})"
             )
             self.collector.give_up(item, lost, stage)
             return
+        self.tries[item.video_id] = tries
         retry = dataclasses.replace(item, attempt=item.attempt + 1)
         log.warning(
-            "%s: a Ray worker %s it was lost (%s); starting it again (try %d of %d)",
+            "%s: a Ray worker %s it was lost (%s); starting it again (%s)",
             item.video_id,
-            "decoding" if stage == "decode" else "embedding",
+            where,
             reason,
-            retry.attempt + 1,
-            self.config.attempts,
+            f"try {tries + 1} of {self.config.attempts}" if counted else "lost with a node: not counted as a try",
         )
         self.collector.restart(retry)
         self.todo.appendleft(retry)
