@@ -25,6 +25,7 @@ from extract.cli_common import (
     EXIT_TERMINATED,
     FPS,
     ROW_SECONDS,
+    STALL_SECONDS,
     OneLineErrors,
     fail,
     is_sigterm,
@@ -191,6 +192,15 @@ def main() -> None:
     help="Ray cluster to join (default $RAY_ADDRESS; neither: a local one on this machine).",
 )
 @click.option(
+    "--stall-seconds",
+    type=STALL_SECONDS,
+    default=None,
+    help="Seconds without progress before giving up, 30 to 86400 (default 360): a decoder (a Ray decode task) "
+    "silent this long loses its video, which fails (with --engine ray, starts again); a Ray run in which "
+    "nothing progresses this long (a lost node left no room for its tasks or its model actor) stops, saying what "
+    "it waited for, and commits the finished videos.",
+)
+@click.option(
     "--shard",
     default=None,
     help="i/N: extract only the videos whose id hashes to shard i of N (stable across runs and machines), "
@@ -277,6 +287,7 @@ def _run(
     retry_failed: bool,
     limit: int | None,
     commit_every: int,
+    stall_seconds: float | None,
     engine: str,
     devices: str | None,
     ray_address: str | None,
@@ -346,6 +357,7 @@ def _run(
         devices=device_list if len(device_list) > 1 else (),
         ray_address=ray_address,
         ray_device=device,
+        **({"stall_seconds": stall_seconds} if stall_seconds is not None else {}),
     )
     run = ExtractionRun(sources, out, presets, options, config)
     try:
