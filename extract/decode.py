@@ -46,7 +46,7 @@ STALL_TIMEOUT_S = 300.0
 # cv2_bilinear: cv2.resize(fx=fy=scale, INTER_LINEAR) on RGB frames, as VSLNet's scripts do: 2-tap bilinear
 # without antialiasing, the source position of output pixel x being (x + 0.5) / scale - 0.5.
 Interpolation = Literal["bicubic", "cv2_bilinear"]
-# truncate: long side int(), crop offsets floored (CLIPImageProcessor, torchvision).
+# truncate: long side int(long * short_side / short), crop offsets floored (CLIPImageProcessor, torchvision, HERO).
 # round: long side round(size * factor) as cv2.resize(fx=fy=factor) gives, crop offsets round((size - crop) / 2)
 # half to even, as VSLNet's numpy code does.
 Rounding = Literal["truncate", "round"]
@@ -95,9 +95,12 @@ class FrameSampling:
         if factor is None:
             return width, height
         short = min(width, height)
-        fit = round if self.rounding == "round" else int
-        new_w = self.short_side if width == short else max(1, fit(width * factor))
-        new_h = self.short_side if height == short else max(1, fit(height * factor))
+        if self.rounding == "round":
+            new_w, new_h = round(width * factor), round(height * factor)
+        else:  # from the ratio itself: width * factor can fall just below a whole number (720x576 -> 279, not 280)
+            new_w, new_h = int(width * self.short_side / short), int(height * self.short_side / short)
+        new_w = self.short_side if width == short else max(1, new_w)
+        new_h = self.short_side if height == short else max(1, new_h)
         return new_w, new_h
 
     def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
