@@ -12,7 +12,6 @@ an unpickler that only builds numpy arrays inside a dict: anything else (code, o
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import pickle
@@ -38,6 +37,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes (an array's data) at pickle protocol 2
 }
 
 
@@ -48,10 +48,17 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it asks for {module}.{name}")
 
 
+def unpickle_arrays(path: Path, encoding: str = "ASCII") -> Any:
+    """What a pickle of numpy arrays in dicts, lists and plain values holds; a pickle that asks for any other class
+    or function raises `pickle.UnpicklingError`. encoding="latin1" reads Python 2 pickles (Caffe2 checkpoints)."""
+    with open(path, "rb") as f:
+        return _ArraysOnlyUnpickler(f, encoding=encoding).load()
+
+
 def load_array_pickle(path: Path) -> dict[str, np.ndarray]:
     """A pickled dict of name -> numpy array, refusing any pickle that would build anything else."""
     try:
-        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+        data = unpickle_arrays(path)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise StoreCorruptError(
             f"{path}: refused to unpickle ({error}); only dicts of numpy arrays are accepted"
