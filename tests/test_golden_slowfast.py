@@ -2,7 +2,8 @@
 
 The golden holds four small videos (64x64 frames, the reference's head pooling set to the 2x2 res5 map) that
 exercise the clip rule at 30, 25 and 60 fps, with 2-s and 3/2-s clips and a duration cut, and one at the real size
-(70 frames of 224x224, two clips).
+(70 frames of 224x224, two clips) that goes through the product path: a lossless video -> probe -> ffmpeg decode ->
+the preset's clips -> the extractor.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from extract.decode import FrameBatch
+from extract.decode import FrameBatch, iter_frames
 from extract.errors import MissingWeightsError
+from extract.ffmpeg_binary import ffmpeg_path
 from extract.hero_clips import ClipRule, ClipSource, HeroClips
+from extract.models import ExtractorOptions, build_extractor
 from extract.models.slowfast import BLOB_TABLE, SlowFastR50, load_slowfast_checkpoint, normalize_clips
+from extract.presets import SLOWFAST
+from extract.probe import probe
 from tests.golden import golden_arrays, load_npz
 
 WEIGHTS_SEED = 501
@@ -200,12 +205,12 @@ def weights_dir(blobs, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("slowfast")
     optimizer = {"res2_0_branch2a_w_momentum": np.zeros((64, 80, 1, 1, 1), np.float32), "lr": np.array([0.1]),
                  "model_iter": np.array([1000])}  # fmt: skip
-    _write_caffe2(folder / "SLOWFAST_8x8_R50.pkl", {**blobs, **optimizer})
+    _write_caffe2(folder / SLOWFAST.weights, {**blobs, **optimizer})
     return folder
 
 
 def test_a_python2_caffe2_pickle_with_optimizer_state_loads(weights_dir, blobs) -> None:
-    loaded = load_slowfast_checkpoint(weights_dir / "SLOWFAST_8x8_R50.pkl").state_dict()
+    loaded = load_slowfast_checkpoint(weights_dir / SLOWFAST.weights).state_dict()
     for name in ("conv1_w", "t_res4_5_branch2c_bn_subsample_bn_riv", "pred_b"):
         assert torch.equal(loaded[BLOB_TABLE[name]], torch.from_numpy(blobs[name])), name
 
@@ -237,3 +242,42 @@ def test_a_pytorch_file_is_not_taken_for_the_caffe2_checkpoint(tmp_path) -> None
     assert "could not be read as a Caffe2 pickle" in _one_line_error(path)
     path.write_bytes(pickle.dumps({"model_state": {}}))
     assert "holds no dict named 'blobs'" in _one_line_error(path)
+
+
+# --- the real-size golden through the product path ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_golden_video_through_decode_clips_and_extractor(weights_dir, inputs, expected, tmp_path, monkeypatch):
+    """The real-size golden frames as a lossless 30-fps video -> probe -> ffmpeg -> `slowfast`'s clips -> embed."""
+    frames = inputs["full/frames_uint8"]
+    video = tmp_path / "golden.mkv"
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "224x224",
+         "-r", "30", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0", str(video)],
+        input=frames.tobytes(),
+        check=True,
+    )  # fmt: skip
+    extractor = build_extractor(SLOWFAST, ExtractorOptions(device=torch.device("cpu"), weights_dir=weights_dir))
+    stream = probe(video)
+    windower = extractor.windower()
+    windower.start(stream)
+    assert extractor.frame_sampling is not None
+    units = [windower.push(batch) for batch in iter_frames(stream, extractor.frame_sampling)]
+    units = [u for u in [*units, windower.finish()] if u is not None]
+    clips, spans = np.concatenate([u.inputs for u in units]), np.concatenate([u.spans for u in units])
+    np.testing.assert_array_equal(clips, frames[expected["full/frame_index"]])  # decoded and cut unchanged
+    np.testing.assert_allclose(spans, [[0, 2], [2, 70 / 30]])
+
+    seen: list[torch.Tensor] = []  # the float32 rows that embed rounds to float16
+    extract_features = extractor.model.extract_features
+
+    def spy(clips: torch.Tensor) -> torch.Tensor:
+        seen.append(extract_features(clips))
+        return seen[-1]
+
+    monkeypatch.setattr(extractor.model, "extract_features", spy)
+    stored = extractor.embed(clips)
+    diff = _assert_close(torch.cat(seen).numpy(), expected["full/features"], "full features")
+    stored_diff = _assert_float16_rounding_of(stored, expected["full/stored"], "full stored")
+    print(f"\nSlowFast 224x224 through the product path: max |diff| {diff:.3g} (float32), {stored_diff:.3g} (float16)")

@@ -1,4 +1,4 @@
-"""Extractors around the published checkpoints: I3D, VGGish, PANNs Cnn14.
+"""Extractors around the published checkpoints: I3D, VGGish, PANNs Cnn14, SlowFast.
 
 Each one finds its published file (weights registry: --weights-dir, the cache, or a download), loads it with the
 published key names, cuts its units with a streaming windower and embeds batches of units from many videos.
@@ -7,6 +7,7 @@ published key names, cuts its units with a streaming windower and embeds batches
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -125,3 +126,40 @@ class PannsExtractor(_PublishedExtractor):
         with self.autocast():
             embedding = self.model(self.to_device(inputs)).embedding
         return embedding.float().cpu().numpy()
+
+
+class SlowFastExtractor(_PublishedExtractor):
+    """SlowFast R50 8x8: HERO's clips of 32 frames -> 2304-d rows, rounded to float16 as HERO stores them."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        from extract.hero_clips import ClipRule
+        from extract.models.slowfast import load_slowfast_checkpoint
+
+        frames, windowing = preset.frames, preset.windowing
+        assert frames is not None and frames.fps is not None
+        if frames.fps != int(frames.fps):
+            raise UsageError(
+                f"SlowFast's clips need a whole frame rate (HERO's --target_framerate), got --fps {frames.fps}"
+            )
+        self.rule = ClipRule(
+            Fraction(windowing["clip_seconds"]),
+            int(frames.fps),
+            windowing["samples_per_clip"],
+            windowing["sampling_rate"],
+        )
+        super().__init__(preset, options)
+        self.model = load_slowfast_checkpoint(self.weights_path).to(options.device)
+        self.max_batch = 16 if options.device.type == "cuda" else 2
+
+    def windower(self) -> Windower:
+        from extract.hero_clips import HeroClips
+
+        return HeroClips(self.rule)
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        from extract.models.slowfast import normalize_clips
+
+        with self.autocast():
+            features = self.model.extract_features(normalize_clips(self.to_device(inputs)))
+        return features.float().half().cpu().numpy()  # (B, 2304) float16
