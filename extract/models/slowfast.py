@@ -57,7 +57,6 @@ class SlowFastConfig:
     slow_temporal: tuple[int, ...] = (1, 1, 1, 3, 3)
     fast_temporal: tuple[int, ...] = (5, 3, 3, 3, 3)
     spatial_strides: tuple[int, int, int, int] = (1, 2, 2, 2)  # of each stage's first block (in its 3x3 conv)
-    frames: int = 32  # DATA.NUM_FRAMES: Fast frames per clip
     num_classes: int = 400
 
     @property
@@ -128,15 +127,11 @@ class Pathway(nn.Module):
         self.stem = Stem(width, temporal[0])
         in_channels = width
         for index, blocks in enumerate(config.stage_blocks):
-            out_channels, inner = width * 4 * 2**index, width * 2**index
+            out_channels, inner, kernel = width * 4 * 2**index, width * 2**index, temporal[index + 1]
             stride = config.spatial_strides[index]
-            stage = [
-                Bottleneck(in_channels + extra_inputs[index], out_channels, inner, temporal[index + 1], stride)
-                if block == 0
-                else Bottleneck(out_channels, out_channels, inner, temporal[index + 1], 1)
-                for block in range(blocks)
-            ]
-            setattr(self, f"res{index + 2}", nn.Sequential(*stage))
+            first = Bottleneck(in_channels + extra_inputs[index], out_channels, inner, kernel, stride)
+            rest = [Bottleneck(out_channels, out_channels, inner, kernel, 1) for _ in range(blocks - 1)]
+            setattr(self, f"res{index + 2}", nn.Sequential(first, *rest))
             in_channels = out_channels
 
     def stage(self, name: str) -> nn.Module:
