@@ -139,7 +139,8 @@ class SlowFastExtractor(_PublishedExtractor):
         assert frames is not None and frames.fps is not None
         if frames.fps != int(frames.fps):
             raise UsageError(
-                f"SlowFast's clips need a whole frame rate (HERO's --target_framerate), got --fps {frames.fps}"
+                f"--fps {frames.fps:g} does not fit {preset.name}: HERO's clips need a whole frame rate (30 by "
+                f"default); extract {preset.name} in a run of its own without --fps (the same --out store is fine)"
             )
         self.rule = ClipRule(
             Fraction(windowing["clip_seconds"]),
