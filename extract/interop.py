@@ -43,6 +43,7 @@ _ALLOWED_GLOBALS = _RECONSTRUCT | {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes (an array's data) at pickle protocol 2
 }
 # The most one byte of a deflate stream can become (the format's limit is 1032:1), for the size an .npz member
 # may claim; numpy writes its .npz members stored (np.savez) or deflated (np.savez_compressed).
@@ -94,8 +95,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Builds numpy arrays, dicts and plain values, nothing else; every array's claimed size is checked against
     the pickle's own length before numpy allocates it (its data can only come from the pickle itself)."""
 
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
+    def __init__(self, data: bytes, encoding: str = "ASCII") -> None:
+        super().__init__(io.BytesIO(data), encoding=encoding)
         self._file_bytes = len(data)
         self._budget = len(data)  # bytes the arrays built so far may still take
 
@@ -116,6 +117,23 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             raise _SizeClaimError(f"it claims a {shape} {kind} array ({_size(claimed)}) in a file of {file_bytes}")
         self._budget -= claimed
         return np.ndarray.__new__(_CheckedArray, shape, kind)
+
+
+def unpickle_arrays(path: Path, encoding: str = "ASCII") -> Any:
+    """What a pickle of numpy arrays in dicts, lists and plain values holds; a pickle that asks for any other class
+    or function raises `pickle.UnpicklingError`. encoding="latin1" reads Python 2 pickles (Caffe2 checkpoints)."""
+    return _plain_arrays(_ArraysOnlyUnpickler(Path(path).read_bytes(), encoding=encoding).load())
+
+
+def _plain_arrays(value: Any) -> Any:
+    """`value` with every checked array inside dicts, lists and tuples seen as a plain numpy array."""
+    if isinstance(value, np.ndarray):
+        return value.view(np.ndarray)
+    if isinstance(value, dict):
+        return {k: _plain_arrays(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain_arrays(v) for v in value)
+    return value
 
 
 def load_array_pickle(path: Path) -> dict[str, np.ndarray]:

@@ -101,6 +101,10 @@ REGISTRY: dict[str, PublishedWeights] = {
             "Cnn14_mAP=0.431.pth", "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1",
             "dict with key 'model' holding the Cnn14 state dict", ("panns",), md5="541141fa2ee191a88f24a3219fff024e",
         ),
+        PublishedWeights(  # PySlowFast's model zoo publishes no checksum for it
+            "SLOWFAST_8x8_R50.pkl", "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/SLOWFAST_8x8_R50.pkl",
+            "Caffe2 pickle {'blobs': {name: array}}, SlowFast R50 8x8 Kinetics-400", ("slowfast",),
+        ),
     )
 }  # fmt: skip
 

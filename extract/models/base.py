@@ -21,6 +21,7 @@ import torch
 from extract.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
 from extract.models.backends import LoadedNetwork, check_precision, load_network, resolve_backend
 from extract.presets import Preset
+from extract.probe import StreamMetadata
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Units:
 
 class Windower(abc.ABC):
     """Per-video state that turns decoded chunks into units. `finish` flushes what is left at the end."""
+
+    def start(self, stream: StreamMetadata) -> None:  # noqa: B027 (most windowers need nothing of the stream)
+        """Called once per video, before its first chunk, with its stream facts (HERO's clips need its rate)."""
 
     @abc.abstractmethod
     def push(self, chunk: FrameBatch | AudioChunk) -> Units | None: ...
