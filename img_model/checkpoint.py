@@ -5,6 +5,9 @@
     config                   IMGConfig fields: the model's shape (incl. event_num, slot_iterations,
                              fusion_gru_layers) and its input sizes
     state_dict               the weights under our names
+    weights_sha256           sha256 of the weights (`weights_sha256`), checked on every load: a changed byte (a bad
+                             disk or copy; torch.load does not check the zip's CRCs) is refused, naming the file;
+                             files written before it existed load with a note
     vocabulary               {"words", "chars", "sha256"} for GloVe models (word / char ids index these), else None
     provenance               {"visual": {name, dim, recipe}, "audio": {...}, "text": {kind, recipe}}: what the
                              inputs were made with; img-eval refuses inputs made otherwise (entries may be
@@ -22,15 +25,17 @@ Read with torch.load(weights_only=True). The first converter's format ({"config"
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from extract.core.download import sha256_file
-from extract.core.errors import ImgVmrError, UsageError
+from extract.core.errors import ImgVmrError, UsageError, listed
 from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary
@@ -40,10 +45,14 @@ from img_model.network.config import IMGConfig
 from img_model.network.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.network.model import IMG
 
+log = logging.getLogger(f"img_vmr.{__name__}")
+
 
 class CheckpointMismatchError(ImgVmrError):
     """A checkpoint does not fit the features, text or run it is used with."""
 
+
+log = logging.getLogger("img_vmr.checkpoint")
 
 CHECKPOINT_FORMAT = "img-vmr-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -103,6 +112,7 @@ class Checkpoint:
             "source": self.source,
             "config": dataclasses.asdict(self.config),
             "state_dict": dict(self.state_dict),
+            "weights_sha256": weights_sha256(self.state_dict),
             "vocabulary": self.vocabulary,
             "provenance": self.provenance,
             "run": self.run,
@@ -112,10 +122,50 @@ class Checkpoint:
         }
 
 
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: for each tensor in the order of its sorted names, a line "name dtype shape" and
+    then its bytes in C order (as the machine stores them), so names, types, shapes and every byte count."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class _KeptWriteErrors:
+    """A file handle that keeps the OSError of a failed write: torch.save reports it as an unspecific
+    RuntimeError ("unexpected pos ..."), which would hide a full disk."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
-    """Write atomically (extract/core/files.py): a kill at any moment leaves the previous file intact."""
+    """Write atomically (extract/core/files.py): a kill at any moment leaves the previous file intact. A write the
+    disk refuses (full) is its OSError, and the previous file stays as it was."""
     file = checkpoint.as_file()
-    write_atomically(Path(path), lambda handle: torch.save(file, handle))
+
+    def save(handle: BinaryIO) -> None:
+        kept = _KeptWriteErrors(handle)
+        try:
+            torch.save(file, kept)
+        except RuntimeError:
+            if kept.error is None:
+                raise
+            raise kept.error from None
+
+    write_atomically(Path(path), save)
 
 
 def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint") -> Checkpoint:
@@ -133,27 +183,62 @@ def read_checkpoint(path: str | Path, expected: str = "an img_model checkpoint")
         raise CheckpointLayoutError(
             f"{path} was written by a newer img-vmr (format {stored['format_version']}); upgrade to read it"
         )
+    _check_weights(path, stored)
     return Checkpoint(
-        config=IMGConfig(**_config_fields(stored["config"])),
+        config=_model_config(path, stored["config"]),
         state_dict=stored["state_dict"],
         source=stored.get("source", "convert-official"),
         vocabulary=stored.get("vocabulary"),
         provenance=stored.get("provenance") or {},
-        run=stored.get("run"),
+        run=_run_config(path, stored.get("run")),
         training=stored.get("training"),
         metrics=stored.get("metrics"),
         origin=stored.get("origin"),
     )
 
 
-def _config_fields(fields: object) -> dict[str, object]:
+DAMAGED = "the file is damaged or was edited; use another checkpoint"
+
+
+def _check_weights(path: str | Path, stored: Mapping[str, Any]) -> None:
+    """The weights are those the file was saved with (their sha256), or a note says they cannot be checked."""
+    recorded, state_dict = stored.get("weights_sha256"), stored["state_dict"]
+    if not isinstance(state_dict, Mapping) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise CheckpointLayoutError(f"{path}: its state_dict is not a mapping of tensors; {DAMAGED}")
+    if recorded is None:
+        log.warning(
+            "%s records no sha256 of its weights (written before img-vmr kept one): they cannot be checked", path
+        )
+    elif recorded != weights_sha256(state_dict):
+        raise CheckpointLayoutError(
+            f"{path} is damaged: its weights are not those it was saved with (their sha256 differs; a bad disk or "
+            "copy); copy it again from where it was made, or use another checkpoint of the run"
+        )
+
+
+def _model_config(path: str | Path, fields: object) -> IMGConfig:
+    """The checkpoint's IMGConfig, checked as a config file's is (one line naming the file), before any model is
+    built from it."""
     if not isinstance(fields, Mapping):
-        raise CheckpointLayoutError("the checkpoint's config is not a mapping")
+        raise CheckpointLayoutError(f"{path}: its model config is not a mapping; {DAMAGED}")
     known = {field.name for field in dataclasses.fields(IMGConfig)}
-    unknown = sorted(set(fields) - known)
+    unknown = sorted(str(key) for key in set(fields) - known)
     if unknown:
-        raise CheckpointLayoutError(f"the checkpoint's config has unknown fields: {', '.join(unknown)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+        raise CheckpointLayoutError(f"{path}: its model config has unknown fields: {listed(unknown)}")
+    try:
+        return IMGConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+    except (ValueError, TypeError) as error:
+        raise CheckpointLayoutError(f"{path}: its model config is not valid ({error}); {DAMAGED}") from None
+
+
+def _run_config(path: str | Path, run: object) -> dict[str, Any] | None:
+    """The checkpoint's run config: sections of settings (img_model/train/config.py), each value checked as a
+    config file's is where the run is resumed (img_model/train/session.restored_run)."""
+    if run is None:
+        return None
+    if not isinstance(run, Mapping) or not all(isinstance(section, Mapping) for section in run.values()):
+        raise CheckpointLayoutError(f"{path}: its run config is not a mapping of sections; {DAMAGED}")
+    return dict(run)
 
 
 # --- from the authors' checkpoints ------------------------------------------------------------------------------
@@ -165,7 +250,8 @@ def convert_official_checkpoint(
     """An authors' `.t7` as a Checkpoint that knows its inputs: the model shape (img_model/network/convert.py infers
     what the weights show and refuses what they do not), the vocabulary of the text store `text` (required for GloVe
     checkpoints; its vectors must be the checkpoint's GloVe rows, so that word ids mean the same words) and the
-    text provenance. The feature provenance is unknown (img-eval then checks sizes only)."""
+    text provenance. The feature provenance is unknown (img-eval then checks sizes only). Every error names
+    `source` (or the --text / --configs file it is about)."""
     from img_model.data.text_store import QueryTexts
     from img_model.network.convert import load_official_checkpoint
 
@@ -175,7 +261,7 @@ def convert_official_checkpoint(
     vocabulary, provenance = None, {}
     if text is None and config.query_features == "glove_char":
         raise CheckpointLayoutError(
-            "this checkpoint embeds GloVe word ids: pass --text TEXT.h5 (img-extract text --embed glove:...) so that "
+            f"{source} embeds GloVe word ids: pass --text TEXT.h5 (img-extract text --embed glove:...) so that "
             "it carries the vocabulary its ids follow"
         )
     if text is not None:
@@ -183,25 +269,23 @@ def convert_official_checkpoint(
         provenance["text"] = texts.provenance()
         if config.query_features == "glove_char":
             if texts.vocabulary is None:
-                raise CheckpointMismatchError(
-                    f"{text} holds {texts.kind} features, not the GloVe ids this model embeds"
-                )
+                raise CheckpointMismatchError(f"{text} holds {texts.kind} features, not the GloVe ids {source} embeds")
             stored = model.video_branch.query_embedding.words.glove_vectors.numpy()
             vectors = texts.vocabulary.vectors
             if stored.shape != vectors.shape:
                 raise CheckpointMismatchError(
-                    f"the checkpoint has {stored.shape[0]} GloVe rows of {stored.shape[1]}-d; {text} has "
+                    f"{source} has {stored.shape[0]} GloVe rows of {stored.shape[1]}-d; {text} has "
                     f"{vectors.shape[0]} of {vectors.shape[1]}-d: another vocabulary"
                 )
             differing = int((stored != vectors).any(axis=1).sum())
             if differing:
                 raise CheckpointMismatchError(
-                    f"{differing} of {len(vectors)} GloVe rows of the checkpoint differ from {text}'s: another "
+                    f"{differing} of {len(vectors)} GloVe rows of {source} differ from {text}'s: another "
                     "vocabulary order or GloVe file, so word ids would point at other words"
                 )
             if len(texts.vocabulary.chars) != config.char_vocab_size:
                 raise CheckpointMismatchError(
-                    f"the checkpoint has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
+                    f"{source} has {config.char_vocab_size} characters; {text} has {len(texts.vocabulary.chars)}"
                 )
             vocabulary = texts.vocabulary.as_checkpoint()
     sha256 = sha256_file(source)

@@ -7,12 +7,16 @@ Only rank 0 writes files and logs.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import signal
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
+from extract.core.child_process import end_with_parent
 from extract.core.devices import resolve_device
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -26,6 +30,33 @@ def runtime_device(spec: str, threads: int = 0) -> torch.device:
     if threads:
         torch.set_num_threads(threads)
     return resolve_device(spec)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm or container limit), or the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(asked: int, batches: int, what: str) -> dict[str, Any]:
+    """DataLoader options for `batches` batches of `what` on `asked` worker processes: at most the CPUs this
+    process may use and the batches (one line says so when fewer run: workers = 100000 forked until the OOM killer
+    ended the run and other users' jobs), persistent, and each ending with its parent process even when the parent
+    is killed with SIGKILL (otherwise they would linger, holding the parent's files)."""
+    cpus = usable_cpus()
+    workers = max(0, min(asked, cpus, batches))
+    if workers < asked:
+        reason = f"the CPUs this process may use: {cpus}" if cpus <= batches else f"its batches: {batches}"
+        log.info("%d DataLoader workers asked for; %d run for %s (%s)", asked, workers, what, reason)
+    options: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+    if workers:
+        options["worker_init_fn"] = functools.partial(_end_with_parent, os.getpid())
+    return options
+
+
+def _end_with_parent(parent_pid: int, worker_id: int) -> None:
+    """A DataLoader worker's first step: SIGKILL when the parent dies (it holds nothing worth saving)."""
+    if not end_with_parent(parent_pid, signal.SIGKILL):
+        os._exit(1)  # the parent died while this worker started
 
 
 @dataclass(frozen=True)

@@ -383,16 +383,21 @@ def _run_command(command: Command, stage: str, journal: Path) -> None:
         out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage}: {command.display()}\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     capture = subprocess.PIPE if command.stdout is not None else None
-    process = subprocess.Popen(command.argv(), stdout=capture, text=True, env=env)
+    process: subprocess.Popen[str] | None = None
     terminated = False
 
     def forward(signum: int, frame: object) -> None:
         nonlocal terminated
         terminated = True
-        process.terminate()
+        if process is not None:
+            process.terminate()
 
+    # installed before the command starts: a SIGTERM in between would end us and leave the command running
     previous = signal.signal(signal.SIGTERM, forward)
     try:
+        process = subprocess.Popen(command.argv(), stdout=capture, text=True, env=env)
+        if terminated:  # it came while the command was starting
+            process.terminate()
         try:
             output, _ = process.communicate()
         except KeyboardInterrupt:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def write_published_weights(folder: Path) -> Path:
     """The goldens' weights saved into folder in the published files' names and layouts (also used by
     benchmarks/gpu_check.py on GPU nodes without internet)."""
     from extract.models.panns import Cnn14
-    from tests.golden import golden_tensors
+    from tests.golden import golden_arrays, golden_tensors
     from tests.testdata import GOOGLE_VGGISH_PCA
 
     i3d = golden_tensors("i3d", 101)
@@ -75,6 +76,8 @@ def write_published_weights(folder: Path) -> Path:
     torch.save(pca, folder / "vggish_pca_params-970ea276.pth")
     panns = {**golden_tensors("panns_cnn14", 301), **Cnn14().front_end.published_tensors()}
     torch.save({"iteration": 0, "model": panns}, folder / "Cnn14_mAP=0.431.pth")
+    with open(folder / "SLOWFAST_8x8_R50.pkl", "wb") as f:  # the model zoo's Caffe2 layout; protocol 4 writes the
+        pickle.dump({"blobs": golden_arrays("slowfast", 501)}, f, protocol=4)  # arrays as bytes: 139 MB, not 208
     return folder
 
 

@@ -200,3 +200,26 @@ class KillThenFailToLoad:
 
     def __call__(self, preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
         return _LoadFailingModel(preset, options, self)
+
+
+def _read_until_interrupted(folder: Path) -> ReadSlowly:
+    """Unpickling a ReadSlowly, in a Ray worker reading a task's arguments: announce it, then hold the read until
+    Ray's interrupt (a gentle cancel) has reached this worker. Ray defers it while arguments are read, its handler
+    meanwhile being the bound method of its DeferSigint; at most 60 s."""
+    (folder / "reading").touch()
+    deferring = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+    deadline = time.monotonic() + 60
+    while not getattr(deferring, "signal_received", False) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ReadSlowly(folder)
+
+
+@dataclass(frozen=True)
+class ReadSlowly:
+    """A task argument whose reading in a Ray worker announces itself (`folder`/reading) and lasts until a cancel
+    arrives: a task held while it reads its arguments, to be cancelled right there."""
+
+    folder: Path
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return _read_until_interrupted, (self.folder,)

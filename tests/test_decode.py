@@ -79,6 +79,20 @@ def test_resize_keeps_aspect_and_centre_crops() -> None:
     assert frames.shape[1:] == (224, 298, 3)
 
 
+def test_the_long_side_comes_from_the_ratio_so_whole_ratios_stay_whole(tmp_path: Path) -> None:
+    # 720 * (1 + (224 - 576) / 576) is 279.99999999999994; CLIPImageProcessor and torchvision compute
+    # int(720 * 224 / 576) = 280.
+    sampling = FrameSampling(fps=1.0, short_side=224, crop=224)
+    assert sampling.resized_size(720, 576) == (280, 224) and sampling.resized_size(576, 720) == (224, 280)
+    assert sampling.crop_offsets(280, 224) == (28, 0)
+    clip = get_preset("clip").frames
+    assert clip is not None and clip.resized_size(720, 576) == (280, 224)
+    frames, _ = _decode(
+        make_video(tmp_path / "pal.mp4", 1, "720x576", audio=False), dataclasses.replace(sampling, crop=0)
+    )
+    assert frames.shape[1:] == (224, 280, 3)
+
+
 @pytest.mark.parametrize("decoder", ["ffmpeg", "decord"])
 def test_odd_sizes_decode(tmp_path: Path, decoder: str) -> None:
     path = make_video(tmp_path / "odd.mp4", size="17x9", audio=False, extra=("-pix_fmt", "yuv444p"))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -15,12 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
 
-from img_model.predict.demo_server import create_app, host_names, list_videos, media_path
+from img_model.predict.demo_server import RequestBodyLimit, create_app, host_names, list_videos, media_path
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_predict
 from tests.real_run import RealRun
@@ -124,6 +128,109 @@ def serving(app: Any) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class BodyCounter:
+    """ASGI wrapper around the app: counts the request body bytes the server hands to it (what it has read)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.read = app, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counted() -> Any:
+            message = await receive()
+            self.read += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            return message
+
+        await self.app(scope, counted, send)
+
+
+@dataclass
+class CliServer:
+    """`img-predict serve` as a user starts it; `output` (stdout and stderr) once it stopped."""
+
+    process: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextlib.contextmanager
+def serving_cli(real_run: RealRun, videos: Path, cache: Path, *options: str) -> Iterator[tuple[int, CliServer]]:
+    """`img-predict serve --videos VIDEOS` with the real run's checkpoint (a subprocess), once it answers."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "img_model.cli.predict",
+        "serve",
+        "--videos",
+        str(videos),
+        "--port",
+        str(port),
+        *options,
+        *real_run.predict_options(cache),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = CliServer(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.process.poll() is None, server.process.communicate()[0]
+            with contextlib.suppress(OSError):
+                if raw_get(port, "/api/videos")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "the demo server did not start"
+            time.sleep(0.25)
+        yield port, server
+    finally:
+        server.process.terminate()
+        server.output = server.process.communicate(timeout=30)[0]
+
+
+@dataclass
+class StreamedPost:
+    sent: int  # body bytes the client got onto the socket before the answer came
+    status: int
+    answer: dict[str, Any]
+
+
+def post_streaming(port: int, body: bytes, chunked: bool, send_body: bool = True) -> StreamedPost:
+    """POST /api/predict sending `body` 64 KiB at a time (chunked, or after a Content-Length header), stopping
+    as soon as the server answers or closes; then read the answer."""
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
+    connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+    connection.sendall(
+        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%s\r\n\r\n" % framing
+    )
+    sent = 0
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        while send_body and sent < len(body) and not select.select([connection], [], [], 0)[0]:
+            piece = body[sent : sent + 65536]
+            connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+        if send_body and chunked and sent == len(body):
+            connection.sendall(b"0\r\n\r\n")
+    reply = b""
+    with contextlib.suppress(ConnectionResetError), connection:
+        while chunk := connection.recv(65536):
+            reply += chunk
+    head, _, text = reply.partition(b"\r\n\r\n")
+    return StreamedPost(sent, int(head.split(b" ")[1]), json.loads(text))
+
+
+@contextlib.contextmanager
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """The records the server logs meanwhile (uvicorn's own and the product's)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "img_vmr")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def raw_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
@@ -305,9 +412,18 @@ def test_a_host_header_naming_another_machine_is_refused(
     calls = demo_predictor.calls
     with serving(create_app(demo_predictor, folder)) as port:
         evil = {"Host": f"evil.example:{port}"}  # a web page that rebound evil.example to 127.0.0.1
+        refusal = {  # JSON, as every other error: the page shows its "error" (it was Starlette's plain text)
+            "error": "this server answers requests for 127.0.0.1, localhost, [::1]; this request's Host header names "
+            "'evil.example' (a page elsewhere may be rebinding its name to this machine); to reach the page by "
+            "another name, start img-predict serve with --allow-host NAME"
+        }
         for path in ("/", "/api/videos", "/media/a.mp4"):
-            assert raw_get(port, path, evil)[0] == 400, path
-        assert post(port, {"video": "a.mp4", "query": "a person waves a hand"}, evil)[0] == 400
+            status, body = raw_get(port, path, evil)
+            assert (status, json.loads(body)) == (400, refusal), path
+        assert post(port, {"video": "a.mp4", "query": "a person waves a hand"}, evil) == (400, refusal)
+        for host in ("[::1", "[::2]:80", "127.0.0.1.evil.example", ""):
+            status, body = raw_get(port, "/api/videos", {"Host": host})
+            assert status == 400 and "--allow-host NAME" in json.loads(body)["error"], host
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
             assert raw_get(port, "/api/videos", {"Host": host})[0] == 200, host
     assert demo_predictor.calls == calls
@@ -330,6 +446,131 @@ def test_every_error_is_one_json_line(served: tuple[Path, Path], demo_predictor:
         failed = post(port, {"video": "a.mp4", "query": "a person waves a hand"})
         assert failed == (500, {"error": "internal error: RuntimeError: CUDA out of memory"})
         assert raw_get(port, "/api/videos")[0] == 200  # and it keeps serving
+
+
+FORTY_MB_QUERY = json.dumps({"video": "a.mp4", "query": "a person waves " * 2_800_000}).encode()
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_is_refused_while_it_arrives(
+    served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    """A 40 MB body was read whole and tokenised (16.6 s, RSS 1.6 -> 2.3 GB). Now a Content-Length over the limit
+    is refused before one byte is read, and a chunked body once the count passes the limit."""
+    calls = demo_predictor.calls
+    app = BodyCounter(create_app(demo_predictor, served[0]))
+    refusal = {"error": "request body larger than 1048576 bytes, this server's limit (--max-body-bytes)"}
+    with serving(app) as port, logged() as records:
+        declared = post_streaming(port, FORTY_MB_QUERY, chunked=False, send_body=False)
+        assert (declared.status, declared.answer, app.read) == (413, refusal, 0)
+        streamed = post_streaming(port, FORTY_MB_QUERY, chunked=True)
+        assert (streamed.status, streamed.answer) == (413, refusal)
+        assert 2**20 < app.read <= 2**20 + 2**19  # the limit and at most one network read past it
+        assert streamed.sent < len(FORTY_MB_QUERY) // 2  # the client was stopped (what it sent sits in buffers)
+        small = json.dumps({"video": "a.mp4", "query": "a person waves a hand"}).encode()
+        assert post_streaming(port, small, chunked=True).status == 200  # under the limit, chunked or not
+        assert post(port, {"video": "a.mp4", "query": "a person waves a hand", "top_k": 3})[0] == 200
+    assert demo_predictor.calls == calls + 2
+    assert not [record for record in records if record.exc_info or record.levelno >= logging.ERROR]
+    with serving(create_app(demo_predictor, served[0], max_body_bytes=4096)) as port:
+        status, answer = post(port, {"video": "a.mp4", "query": "x " * 2100})
+    assert (status, answer) == (
+        413,
+        {"error": "request body larger than 4096 bytes, this server's limit (--max-body-bytes)"},
+    )
+
+
+def test_a_streamed_upload_with_a_limit_of_its_own_is_stopped_at_it_and_leaves_no_file(tmp_path: Path) -> None:
+    """How the video upload (a later issue) reuses RequestBodyLimit: its route's own limit, its body streamed to
+    disk, the partial file removed when the limit stops it."""
+    app = FastAPI()
+    target = tmp_path / "upload.part"
+
+    @app.post("/api/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        try:
+            with open(target, "wb") as file:
+                async for chunk in request.stream():
+                    file.write(chunk)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return {"bytes": target.stat().st_size}
+
+    app.add_middleware(RequestBodyLimit, max_bytes=1024, route_limits={"/api/upload": (3 * 2**20, "--max-upload")})
+    with serving(app) as port:
+
+        def send(body: bytes) -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.putrequest("POST", "/api/upload")
+            connection.putheader("Transfer-Encoding", "chunked")
+            connection.endheaders()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for start in range(0, len(body), 2**16):
+                    piece = body[start : start + 2**16]
+                    connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                connection.send(b"0\r\n\r\n")
+            response = connection.getresponse()
+            return response.status, response.read()
+
+        assert send(bytes(2 * 2**20)) == (200, b'{"bytes":2097152}')  # over the default limit, under its own
+        status, text = send(bytes(40 * 2**20))
+        assert status == 413 and b"larger than 3145728 bytes, this server's limit (--max-upload)" in text
+        assert not target.exists()
+
+
+@pytest.mark.slow
+def test_invalid_text_and_overlong_queries_are_400_and_never_reach_the_model(
+    served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    """A lone surrogate was predicted, then the answer failed to encode: a 500 and a traceback in the log."""
+    calls = demo_predictor.calls
+    with serving(create_app(demo_predictor, served[0])) as port, logged() as records:
+        lone = post(port, '{"video": "a.mp4", "query": "a person \\ud800 waves"}')
+        assert lone == (400, {"error": "query is not valid text: a lone UTF-16 surrogate (U+D800) at character 10"})
+        in_video = post(port, '{"video": "sub/\\udcff.mp4", "query": "a person waves"}')
+        assert in_video == (400, {"error": "video is not valid text: a lone UTF-16 surrogate (U+DCFF) at character 5"})
+        status, body = raw_get(port, "/media/%ED%A0%80.mp4")
+        assert (status, json.loads(body)) == (404, {"error": "no such video under the served folder"})
+        long = post(port, {"video": "a.mp4", "query": "a" * 1001})
+        assert long == (400, {"error": "query too long: 1001 characters, at most 1000"})
+        deep = post(port, {"video": "sub/" * 1250 + "a.mp4", "query": "a person waves"})
+        assert deep == (400, {"error": "video too long: 5005 characters, at most 4096"})
+        status, answer = post(port, {"video": "a.mp4", "query": "ü" * 400 + " a person waves a hand"})
+        assert status == 200, answer  # a long query of real text within the limit is answered
+    assert demo_predictor.calls == calls + 1
+    assert not [record for record in records if record.exc_info or record.levelno >= logging.ERROR]
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_40_mb_body_by_its_max_body_bytes_without_growing(real_run: RealRun, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(real_run.videos / "clip4.mp4", videos / "kitchen.mp4")
+    with serving_cli(real_run, videos, tmp_path / "cache", "--max-body-bytes", "65536") as (port, server):
+        assert post_streaming(port, FORTY_MB_QUERY[: 2**17], chunked=True).status == 413  # its imports done
+        before = resident_bytes(server.process.pid)
+        declared = post_streaming(port, FORTY_MB_QUERY, chunked=False)
+        streamed = post_streaming(port, FORTY_MB_QUERY, chunked=True)
+        grown = resident_bytes(server.process.pid) - before
+        evil = raw_get(port, "/api/videos", {"Host": "evil.example"})
+    refusal = {"error": "request body larger than 65536 bytes, this server's limit (--max-body-bytes)"}
+    assert (declared.status, declared.answer) == (streamed.status, streamed.answer) == (413, refusal)
+    assert grown < 16 * 2**20, f"the server grew by {grown / 2**20:.0f} MiB"
+    assert evil[0] == 400 and b"--allow-host" in evil[1]
+    assert "Traceback" not in server.output and "ERROR" not in server.output, server.output
+
+
+def resident_bytes(pid: int) -> int:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) * 1024
+
+
+@pytest.mark.slow  # a subprocess CLI (~5 s of imports)
+def test_max_body_bytes_is_bounded(tmp_path: Path) -> None:
+    for value in ("100", str(64 * 2**20)):
+        result = run_img_predict("serve", "--videos", tmp_path, "--max-body-bytes", value, "--checkpoint", "x.pt")
+        assert result.returncode == 2 and "'--max-body-bytes'" in result.stderr and "1024<=x<=16777216" in result.stderr
 
 
 @pytest.mark.slow
@@ -376,36 +617,27 @@ def test_the_page_shows_the_servers_error_message(
 
 
 @pytest.mark.slow
+def test_the_page_keeps_queries_to_the_servers_limit_and_shows_its_refusal(
+    chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    with serving(create_app(demo_predictor, served[0], max_query_chars=40)) as port:
+        page = chromium.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#video option", state="attached")
+        assert page.eval_on_selector("#query", "input => input.maxLength") == 40
+        page.eval_on_selector("#query", "input => { input.value = 'a person waves a hand '.repeat(3); }")  # pasted
+        page.click("#submit")
+        page.wait_for_selector("#status.error")
+        assert page.inner_text("#status") == "query too long: 66 characters, at most 40"
+
+
+@pytest.mark.slow
 def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run: RealRun, tmp_path: Path) -> None:
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(real_run.videos / "clip4.mp4", videos / "kitchen.mp4")
     shutil.copy(real_run.videos / "clip5.mp4", videos / "silent.mp4")
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "img_model.cli.predict",
-        "serve",
-        "--videos",
-        str(videos),
-        "--port",
-        str(port),
-        "--allow-host",
-        "demo.local",
-        *real_run.predict_options(tmp_path / "cache"),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            with contextlib.suppress(OSError):
-                if raw_get(port, "/api/videos")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "the demo server did not start"
-            time.sleep(0.25)
+    with serving_cli(real_run, videos, tmp_path / "cache", "--allow-host", "demo.local") as (port, server):
         page = chromium.new_page(viewport={"width": 1300, "height": 760})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -438,7 +670,4 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
         assert not errors, errors
         assert raw_get(port, "/api/videos", {"Host": f"demo.local:{port}"})[0] == 200  # --allow-host
         assert raw_get(port, "/api/videos", {"Host": f"evil.example:{port}"})[0] == 400
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert f"img-predict: demo page on http://127.0.0.1:{port} (Ctrl-C stops it)" in output
+    assert f"img-predict: demo page on http://127.0.0.1:{port} (Ctrl-C stops it)" in server.output

@@ -166,7 +166,7 @@ def test_a_truncated_file_is_reported_in_one_line(imagenet_layout_file, tmp_path
     path = tmp_path / "truncated.pt"
     path.write_bytes(data[: len(data) // 2])
     message = _one_line_error(path)
-    assert "could not be read as a PyTorch checkpoint" in message
+    assert "is not a readable PyTorch file (truncated or damaged); expected published weights: fetch" in message
 
 
 def test_a_missing_file_is_reported_in_one_line(tmp_path):

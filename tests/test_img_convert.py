@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from img_model.network.convert import (
 from img_model.network.model import IMG
 from manifests.records import QueryRecord
 from tests.golden import golden_tensors, load_npz
+from tests.img_cli import run_img_eval, run_img_predict, run_img_train
 from tests.test_img_golden import SMALL, golden_inputs, run_model
 
 State = dict[str, torch.Tensor]
@@ -184,7 +187,7 @@ def test_cli_refuses_a_text_store_whose_vectors_are_not_the_checkpoints(
     text = write_golden_text_store(tmp_path / "text.h5", vectors)
     args = ["convert-official", str(official_file), str(tmp_path / "o.pt"), "--text", str(text), *CLI_SLOTS]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "2 of 20 GloVe rows of the checkpoint differ" in result.output
+    assert result.exit_code == 2 and f"2 of 20 GloVe rows of {official_file} differ" in result.output
     assert not (tmp_path / "o.pt").exists()
 
 
@@ -208,3 +211,40 @@ def test_cli_rejects_unreadable_input_in_one_line(content: object, tmp_path: Pat
     result = CliRunner().invoke(main, ["convert-official", str(source), str(tmp_path / "out.pt")])
     assert result.exit_code == 2
     assert result.output.startswith("img-train: error: ") and result.output.count("\n") == 1
+    assert result.output.count(str(source)) == 1  # it used to say "IN.t7: IN.t7 is not a readable ..."
+
+
+class _RunsAShell:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("command", ["convert-official", "img-eval", "img-predict"])
+def test_a_checkpoint_that_asks_for_os_system_is_refused_for_safety_naming_it_once(
+    command: str, tmp_path: Path
+) -> None:
+    """It used to be "not a readable PyTorch file (another kind of file, or a damaged one)", as if it were damaged."""
+    source = tmp_path / "evil.pt"
+    torch.save({"config": {}, "state_dict": {"w": _RunsAShell()}}, source)
+    if command == "convert-official":
+        result = run_img_train("convert-official", source, tmp_path / "out.pt")
+    elif command == "img-eval":
+        result = run_img_eval(source)
+    else:
+        result = run_img_predict("--checkpoint", source, tmp_path / "video.mp4", "a query")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert re.search(
+        rf"error: {re.escape(str(source))} was refused for safety: it asks for (posix|os)\.system, ", result.stderr
+    ), result.stderr
+    assert result.stderr.count(str(source)) == 1 and "not a readable" not in result.stderr
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+def test_weights_of_a_feature_model_that_ask_for_os_system_are_refused_for_safety(tmp_path: Path) -> None:
+    from extract.core.errors import MissingWeightsError
+    from extract.models.weights import read_weights_file
+
+    source = tmp_path / "rgb_imagenet.pt"
+    torch.save({"w": _RunsAShell()}, source)
+    with pytest.raises(MissingWeightsError, match=r"rgb_imagenet\.pt was refused for safety: it asks for (posix|os)"):
+        read_weights_file(source)

@@ -92,7 +92,7 @@ def test_resolved_config_written_as_toml_reads_back_to_the_same_run(tmp_path: Pa
     [
         ("[trian]\nepochs = 1\n", r"unknown section \[trian\]"),
         ("[train]\nepoch = 1\n", r"\[train\] has no setting 'epoch'"),
-        ("[train]\nepochs = 'ten'\n", r"\[train\] epochs must be a int"),
+        ("[train]\nepochs = 'ten'\n", r"\[train\] epochs must be a whole number, not 'ten'"),
         ("[train]\nselect_on = 'dev'\n", "select_on must be 'val' or 'test'"),
         ("[model]\nvideo_feature_dim = 5\n", "set by the data"),
         ("[train\n", "not valid TOML"),

@@ -1,7 +1,9 @@
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,3 +152,131 @@ def test_a_released_vggish_pickle_of_float_values_is_stored_quantised_and_read_d
     import_img(tmp_path / "scaled" / "VGGish.pickle", tmp_path / "scaled.h5", "vggish-scaled", 0.96)
     with FeatureStore(tmp_path / "scaled.h5") as store:
         np.testing.assert_array_equal(store.track("v_c", "vggish-scaled").features, scaled["v_c"])
+
+
+# --- files whose headers claim more than they hold: refused before numpy allocates ---------------------------
+
+HUGE = (2**22, 2**20)  # float32: 16 TiB, claimed by a file of a few hundred bytes
+
+
+def _npy_claiming(path: Path, shape: tuple[int, ...], data: bytes = b"\0" * 64) -> Path:
+    """An .npy file whose header says `shape` float32 but which holds only `data`."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        handle.write(data)
+    return path
+
+
+class _PickledArray:
+    """Pickles as numpy pickles an array (its _reconstruct, then its state), with the shapes a test chooses."""
+
+    def __init__(self, shape: tuple[int, ...], state: tuple[Any, ...] | None = None) -> None:
+        self.shape, self.state = shape, state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, self.shape, b"b"), *([self.state] if self.state else []))
+
+
+def test_an_npy_whose_header_claims_terabytes_is_one_line_before_any_allocation(tmp_path: Path) -> None:
+    """It used to allocate what the header said: a numpy _ArrayMemoryError traceback, exit 1."""
+    source = tmp_path / "released"
+    source.mkdir()
+    np.save(source / "v_a.npy", np.ones((3, 8), np.float32))
+    claim = _npy_claiming(source / "v_b.npy", HUGE)
+    result = run_cli("import-img", source, "--out", tmp_path / "f.h5", "--feature", "x")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"img-extract: error: {claim}: damaged: its header claims a (4194304, 1048576) float32 array (16.0 TiB) "
+        "but it holds 64 bytes of data\n"
+    )
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_an_npz_whose_features_claim_more_than_the_zip_holds_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "released"
+    source.mkdir()
+    inner = _npy_claiming(tmp_path / "features.npy", HUGE)
+    with zipfile.ZipFile(source / "v_a.npz", "w") as archive:
+        archive.write(inner, "features.npy")
+    with pytest.raises(
+        StoreCorruptError,
+        match=r"v_a\.npz: damaged: its header claims a \(4194304, 1048576\) "
+        r"float32 array \(16\.0 TiB\) but it holds 64 bytes",
+    ):
+        import_img(source, tmp_path / "f.h5", "x", None)
+
+
+def test_an_npz_member_that_lies_about_its_size_is_bounded_by_what_deflate_can_make(tmp_path: Path) -> None:
+    """A deflated member can grow at most 1032 times: a zip entry claiming 3 GiB from a few hundred bytes is
+    refused by its compressed size, not trusted."""
+    inner = _npy_claiming(tmp_path / "features.npy", (3 * 2**28,))
+    source = tmp_path / "released"
+    source.mkdir()
+    with zipfile.ZipFile(source / "v_a.npz", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(inner, "features.npy")
+    image = bytearray((source / "v_a.npz").read_bytes())
+    real = inner.stat().st_size.to_bytes(4, "little")
+    claimed = (3 * 2**30 + 128).to_bytes(4, "little")
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central uncompressed size
+        at = image.index(signature) + offset
+        assert image[at : at + 4] == real
+        image[at : at + 4] = claimed
+    (source / "v_a.npz").write_bytes(bytes(image))
+    with pytest.raises(
+        StoreCorruptError,
+        match=r"v_a\.npz: damaged: its header claims a \(805306368,\) float32 "
+        r"array \(3\.0 GiB\) but it holds \d+\.\d KiB of data",
+    ):
+        import_img(source, tmp_path / "f.h5", "x", None)
+    legit = tmp_path / "legit"
+    legit.mkdir()
+    np.savez_compressed(legit / "v_z.npz", features=np.zeros((2000, 512), np.float32))  # 4 MB of zeros: ~1000:1
+    import_img(legit, tmp_path / "g.h5", "x", None)
+    with FeatureStore(tmp_path / "g.h5") as store:
+        assert store.track("v_z", "x").features.shape == (2000, 512)
+
+
+def test_a_pickle_claiming_a_huge_array_is_one_line_before_any_allocation(tmp_path: Path) -> None:
+    """It used to allocate the 16 TiB its _reconstruct asked for: a numpy _ArrayMemoryError traceback, exit 1."""
+    evil = tmp_path / "VGGish.pickle"
+    evil.write_bytes(pickle.dumps({"v_a": _PickledArray((2**44,))}, protocol=4))
+    result = run_cli("import-img", evil, "--out", tmp_path / "f.h5", "--feature", "x")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"img-extract: error: {evil}: damaged or not a feature pickle: it claims a (17592186044416,) int8 array "
+        f"(16.0 TiB) in a file of {evil.stat().st_size} bytes\n"
+    )
+
+
+def test_a_pickled_array_state_whose_shape_overflows_or_disagrees_with_its_data_is_refused(tmp_path: Path) -> None:
+    """numpy sizes a state's shape in C: (2**62, 2**62) overflowed into a bare MemoryError traceback."""
+    cases = {
+        (2**62, 2**62): r"it claims a \(4611686018427387904, 4611686018427387904\) float32 array \(.*\) with 0 bytes",
+        (2**20, 2**10): r"it claims a \(1048576, 1024\) float32 array \(4\.0 GiB\) with 16 bytes of data",
+    }
+    for shape, message in cases.items():
+        state = (1, shape, np.dtype(np.float32), False, b"\0" * (0 if shape[0] == 2**62 else 16))
+        evil = tmp_path / "VGGish.pickle"
+        evil.write_bytes(pickle.dumps({"v_a": _PickledArray((0,), state)}, protocol=4))
+        with pytest.raises(StoreCorruptError, match="damaged or not a feature pickle: " + message):
+            load_array_pickle(evil)
+
+
+def test_the_arrays_of_one_pickle_together_claim_no_more_than_its_size(tmp_path: Path) -> None:
+    def claims(each: int) -> bytes:
+        pad = np.zeros(1000, np.uint8)  # a real array, so that the claims below are 2-byte ints in the pickle
+        return pickle.dumps({"pad": pad, "a": _PickledArray((each,)), "b": _PickledArray((each,))}, protocol=4)
+
+    size = len(claims(1000))
+    each = size * 6 // 10  # each alone fits in the file; the two together do not
+    evil = tmp_path / "VGGish.pickle"
+    evil.write_bytes(claims(each))
+    assert evil.stat().st_size == size
+    with pytest.raises(StoreCorruptError, match=rf"it claims a \({each},\) int8 array \(.*\) in a file of 1\.\d KiB"):
+        load_array_pickle(evil)
+    fine = tmp_path / "fine.pickle"
+    fine.write_bytes(pickle.dumps({"a": np.arange(6, dtype=np.float32), "b": np.ones((2, 3), np.uint8)}, protocol=4))
+    loaded = load_array_pickle(fine)
+    assert type(loaded["a"]) is np.ndarray and loaded["b"].shape == (2, 3)

@@ -3,6 +3,7 @@ stage whose output is complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -372,6 +373,59 @@ def test_sigterm_is_passed_on_to_the_running_stage_which_finishes_its_work(tmp_p
     output, _ = pipeline.communicate(timeout=60)
     assert pipeline.returncode == 0 and output.startswith("143 extract: terminated (SIGTERM)"), output
     assert (tmp_path / "stage.out").read_text() == "committed"  # the stage itself got the signal and finished
+
+
+SIGTERM_AS_THE_STAGE_STARTS = (
+    """
+import os, signal, subprocess, sys
+from pathlib import Path
+
+start = subprocess.Popen
+
+
+def starting(*args, **kwargs):  # the stage's process exists, _run_command has not had it back yet
+    process = start(*args, **kwargs)
+    Path(sys.argv[1], "stage.pid").write_text(str(process.pid))
+    os.kill(os.getpid(), signal.SIGTERM)
+    return process
+
+
+subprocess.Popen = starting
+"""
+    + SIGTERM_SCRIPT
+)
+
+
+def test_a_sigterm_while_the_stage_starts_stops_the_stage_too(tmp_path: Path) -> None:
+    """The forwarding handler used to be installed after the stage's process was started: a SIGTERM in between
+    ended the pipeline at once and left the stage running on its own. A fault point delivers it right there."""
+    import signal
+
+    (tmp_path / "script.py").write_text(SIGTERM_AS_THE_STAGE_STARTS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        pipeline = subprocess.run(
+            [sys.executable, str(tmp_path / "script.py"), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        last = pipeline.stdout.strip().splitlines()[-1:]  # (the stage may have said "ready" before it stopped)
+        assert pipeline.returncode == 0 and last[0].startswith("143 extract: terminated (SIGTERM)"), (
+            pipeline.returncode,
+            pipeline.stdout,
+            pipeline.stderr,
+        )
+        stage = int((tmp_path / "stage.pid").read_text())
+        assert not Path(f"/proc/{stage}").exists()  # the stage was stopped and waited for, not left behind
+    finally:
+        if (tmp_path / "stage.pid").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int((tmp_path / "stage.pid").read_text()), signal.SIGKILL)
 
 
 def test_the_final_table_puts_a_named_recipes_run_beside_the_papers_numbers(tmp_path: Path) -> None:

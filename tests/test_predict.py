@@ -309,6 +309,54 @@ def test_a_query_of_unknown_words_only_is_refused(predictor: Predictor, real_run
         predictor.predict(real_run.videos / "clip4.mp4", ["barks knocks"])
 
 
+def test_a_query_longer_than_max_pos_len_is_read_up_to_there_as_img_eval_reads_it_and_says_so(
+    real_run: RealRun, cache: Path
+) -> None:
+    """img-predict used to end with "internal error: 17 query tokens exceed max_pos_len 16" (exit 1; the demo page
+    answered 500); img-eval reads the first max_pos_len tokens of such a query (§1.3)."""
+    checkpoint = read_checkpoint(real_run.checkpoint)
+    limit = checkpoint.config.max_pos_len
+    known = [word for word in checkpoint.vocabulary["words"][2:] if word.isalpha()]
+    words = [known[number % len(known)] for number in range(limit + 4)]
+    long, first = " ".join(words), " ".join(words[:limit])
+    result = run_img_predict(*real_run.predict_options(cache), real_run.videos / "clip4.mp4", long, first, "--json")
+    assert result.returncode == 0, result.stderr
+    read_long, read_first = json.loads(result.stdout)["answers"]
+    assert (read_long["tokens_dropped"], read_first["tokens_dropped"]) == (4, 0)
+    assert {key: value for key, value in read_long.items() if key not in ("query", "tokens_dropped")} == {
+        key: value for key, value in read_first.items() if key not in ("query", "tokens_dropped")
+    }
+    note = (
+        f"{long!r}: the model reads its first {limit} tokens (max_pos_len), as img-eval does; the last 4 are not read"
+    )
+    assert note in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_full_disk_under_the_cache_or_the_plot_is_one_line_exit_3_and_loses_nothing(
+    real_run: RealRun, tmp_path: Path
+) -> None:
+    """It used to be "feature extraction stopped (...)" with exit 2, or a half-written figure."""
+    from tests.test_img_disk_full import run_on_a_filling_disk
+
+    cache, video, plot = tmp_path / "cache", real_run.videos / "clip4.mp4", tmp_path / "out" / "answers.png"
+    args = [*real_run.predict_options(cache), video, "a person waves a hand", "--json"]
+    cached = run_on_a_filling_disk(tmp_path, "img_model.cli.predict", "part-*.h5.tmp", 1, 0, *args)
+    assert cached.returncode == 3, cached.stderr
+    last = cached.stderr.splitlines()[-1]
+    assert last.startswith(f"img-predict: error: cannot write the feature store {cache}/") and "Traceback" not in last
+    assert ": no space left on device; make room (" in last
+    assert last.endswith("then run img-predict again (or give --cache a folder with room)")
+    assert not list(cache.rglob("*.tmp")) and cached.stdout == ""
+    plotted = run_on_a_filling_disk(
+        tmp_path, "img_model.cli.predict", ".answers.png.*.tmp", 1, 1_000, *args, "--plot", plot
+    )
+    assert plotted.returncode == 3, plotted.stderr
+    assert plotted.stderr.splitlines()[-1].startswith(f"img-predict: error: cannot write --plot {plot}: no space left")
+    assert plotted.stderr.splitlines()[-1].endswith("then run img-predict again (the answers are printed above)")
+    assert json.loads(plotted.stdout)["answers"][0]["query"] == "a person waves a hand"  # printed before the plot
+    assert list((tmp_path / "out").iterdir()) == []  # no half figure
+
+
 def test_an_empty_query_is_one_line_before_anything_is_extracted(real_run: RealRun, tmp_path: Path) -> None:
     result = run_img_predict(*real_run.predict_options(tmp_path / "cache"), real_run.videos / "clip4.mp4", "  ")
     assert result.returncode == 2, result.stderr

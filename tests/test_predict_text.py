@@ -66,3 +66,14 @@ def test_other_weights_or_another_size_are_refused(minilm_store: QueryTexts) -> 
     wider.config = IMGConfig(query_features="precomputed", text_feature_dim=768)
     with pytest.raises(CheckpointMismatchError, match="the model reads 768-d text features"):
         query_reader(wider, torch.device("cpu"))
+
+
+def test_a_query_longer_than_max_pos_len_gets_its_first_tokens_as_img_eval_reads_them(
+    minilm_store: QueryTexts,
+) -> None:
+    checkpoint = bert_checkpoint(minilm_store)
+    checkpoint.config = IMGConfig(query_features="precomputed", text_feature_dim=384, max_pos_len=5)
+    query = query_reader(checkpoint, torch.device("cpu"))(SENTENCES[1])
+    stored = minilm_store.features("q1")  # [CLS] she turns off ... [SEP]: more than 5 tokens
+    np.testing.assert_allclose(query.features, stored[:5], atol=1e-5)  # what img-eval's dataset reads of it
+    assert query.tokens_dropped == len(stored) - 5 > 0

@@ -15,7 +15,13 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreLockedError, UsageError
+from extract.core.errors import (
+    ProvenanceMismatchError,
+    StoreCorruptError,
+    StoreLockedError,
+    StoreWriteError,
+    UsageError,
+)
 from extract.media.sources import VideoSource
 from extract.run.plan import plan_run
 from extract.run.shard import Shard, record_run_shard, shard_of
@@ -141,6 +147,58 @@ def test_merge_refuses_a_shard_being_written_and_itself_as_out(tmp_path: Path) -
         merge_stores([first, second], first)
     with pytest.raises(UsageError, match=r"s0\.h5 is named twice; name each shard once"):
         merge_stores([first, second, tmp_path / "." / "s0.h5"], tmp_path / "all.h5")
+
+
+def _folder_listing(tmp_path: Path) -> list[str]:
+    return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+
+
+def test_a_refused_merge_leaves_no_trace_of_out(tmp_path: Path) -> None:
+    """A merge refused for mismatched recipes used to leave OUT.parts/ holding an empty writer.lock."""
+    first, second = _shards(tmp_path)
+    other = tmp_path / "s2.h5"
+    _commit(other, {"clip": {**CLIP_A, "recipe": {"preset": "clip", "frames.fps": 0.5}}}, _video("z", 1, clip=1))
+    before = _folder_listing(tmp_path)
+    with pytest.raises(ProvenanceMismatchError, match="made differently"):
+        merge_stores([first, second, other], tmp_path / "all.h5")
+    writer = StoreWriter(second, {})
+    try:
+        with pytest.raises(StoreLockedError, match="is being written by"):
+            merge_stores([first, second], tmp_path / "all.h5")
+    finally:
+        writer.abandon()
+    write_shard_record(parts_dir(first), ShardRecord(3, frozenset({0})))
+    write_shard_record(parts_dir(second), ShardRecord(2, frozenset({1})))
+    with pytest.raises(UsageError, match="they split the videos differently"):  # refused under OUT's lock
+        merge_stores([first, second], tmp_path / "all.h5")
+    assert _folder_listing(tmp_path) == sorted(before + [f"s{i}.h5.parts/shard.json" for i in (0, 1)])
+
+
+def test_a_merge_that_cannot_write_its_index_leaves_out_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk when the index is written: the new parts are removed (they would double OUT on a full disk),
+    and so is the folder of an OUT the merge created; an OUT that existed keeps its parts and index."""
+    first, second = _shards(tmp_path)
+    out = tmp_path / "all.h5"
+    merge_stores([first], out)
+    with FeatureStore(out) as store:
+        kept = _everything(store)
+    existing = _folder_listing(tmp_path)
+    index_bytes = out.read_bytes()
+
+    def disk_full(self: FeatureStore) -> None:
+        raise StoreWriteError(f"cannot write the feature store {self.path}: no space left on device")
+
+    monkeypatch.setattr(FeatureStore, "write_index", disk_full)
+    with pytest.raises(StoreWriteError, match="no space left"):
+        merge_stores([first, second], tmp_path / "new.h5")
+    with pytest.raises(StoreWriteError, match="no space left"):
+        merge_stores([second], out)
+    monkeypatch.undo()
+    assert _folder_listing(tmp_path) == existing and out.read_bytes() == index_bytes
+    with FeatureStore(out) as store:
+        assert _everything(store) == kept
 
 
 def test_a_shard_runs_store_records_its_shard_and_takes_only_runs_of_the_same_split(tmp_path: Path) -> None:

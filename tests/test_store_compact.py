@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import extract.store.reader as store_module
-from extract.core.errors import ProvenanceMismatchError, StoreLockedError
-from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord, list_parts, parts_dir
+from extract.core.errors import ProvenanceMismatchError, StoreLockedError, StoreWriteError
+from extract.store import FailureRecord, FeatureStore, StoreWriter, Track, VideoRecord
 from extract.store.compact import compact, plan_merge, write_merged
+from extract.store.parts import list_parts, next_part_name, parts_dir
 from tests.conftest import run_cli
 
 CLIP_A = {"recipe": {"preset": "clip", "frames.fps": 1.0}, "software": {"img_vmr": "1"}, "runtime": {"device": "cpu"}}
@@ -195,3 +196,29 @@ def test_compact_command_names_a_missing_store(tmp_path: Path) -> None:
         f"img-extract: error: {tmp_path / 'nothing.h5'}: no such feature store; run img-extract with --out "
         f"{tmp_path / 'nothing.h5'}"
     ]
+
+
+def test_a_compaction_that_fails_leaves_the_store_as_it_was(varied, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk when the index is written used to leave the new parts beside the old ones: the store's size
+    doubled on a full disk. A compaction refused for mixed recipes writes nothing either."""
+    store, before = varied
+    listing = sorted(parts_dir(store).iterdir())
+    index_bytes = store.read_bytes()
+
+    def disk_full(self: FeatureStore) -> None:
+        raise StoreWriteError(f"cannot write the feature store {self.path}: no space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FeatureStore, "write_index", disk_full)
+        with pytest.raises(StoreWriteError, match="no space left"):
+            compact(store)
+    assert sorted(parts_dir(store).iterdir()) == listing and store.read_bytes() == index_bytes
+    assert _snapshot(store) == before
+    other = store.with_name("other.h5")
+    _commit(other, {"clip": {**CLIP_A, "recipe": {"preset": "clip", "frames.fps": 2.0}}}, _video("z", 1, clip=1))
+    for part in list_parts(parts_dir(other)):
+        part.rename(parts_dir(store) / next_part_name(listing[-1].name, 1))
+    listing = sorted(parts_dir(store).iterdir())
+    with pytest.raises(ProvenanceMismatchError, match="different recipes"):
+        compact(store)
+    assert sorted(parts_dir(store).iterdir()) == listing

@@ -136,8 +136,9 @@ def test_i3d_files_are_checked_by_their_git_blob_id(tmp_path: Path) -> None:
     assert check.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_every_published_file_has_a_published_checksum() -> None:
-    assert all(entry.published_checksums() for entry in weights.REGISTRY.values())
+def test_every_published_file_has_a_published_checksum_but_slowfast() -> None:
+    unchecked = [name for name, entry in weights.REGISTRY.items() if not entry.published_checksums()]
+    assert unchecked == ["SLOWFAST_8x8_R50.pkl"]  # PySlowFast's model zoo publishes none
     assert weights.registry_entry("Cnn14_mAP=0.431.pth").md5 == "541141fa2ee191a88f24a3219fff024e"  # Zenodo 3987831
 
 
@@ -158,7 +159,9 @@ def test_weights_cli_refuses_random_bytes_for_every_published_file(tmp_path: Pat
         (tmp_path / name).write_bytes(b"random bytes")
     verify = run_cli("weights", "verify", "--weights-dir", tmp_path)
     assert verify.returncode == 1 and "ok" not in verify.stdout
-    assert verify.stderr.count("img-extract: error:") == len(weights.REGISTRY)
+    checked = [name for name, entry in weights.REGISTRY.items() if entry.published_checksums()]
+    assert verify.stderr.count("img-extract: error:") == len(checked)
+    assert "SLOWFAST_8x8_R50.pkl: present, no published checksum" in verify.stdout
     assert "has md5 " in verify.stderr and "not the published 541141fa2ee191a88f24a3219fff024e" in verify.stderr
     listing = run_cli("weights", "list", "--weights-dir", tmp_path)
     assert "published checksum: git blob id ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467" in listing.stdout

@@ -18,6 +18,9 @@ AUDIO_WINDOW = PositiveNumber(0.31, 10.0)
 AUDIO_HOP = PositiveNumber(0.01, 10.0)  # and at most the window (checked with the preset's window)
 # Seconds per row of imported features: a millisecond to an hour.
 ROW_SECONDS = PositiveNumber(0.001, 3600.0)
+# Seconds without progress before a decoder or a Ray run is given up: less than 30 s would take a Ray worker
+# process still starting (importing torch on a busy node) for a stall; a day is far beyond any real stall.
+STALL_SECONDS = PositiveNumber(30.0, 86400.0)
 
 # compact and merge write new parts alike
 PART_SIZE = click.option(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from extract.cli.options import AUDIO_HOP, AUDIO_WINDOW, FPS, resume_option
+from extract.cli.options import AUDIO_HOP, AUDIO_WINDOW, FPS, STALL_SECONDS, resume_option
 from extract.core.console import (
     EXIT_INTERRUPTED,
     EXIT_STOPPED,
@@ -147,6 +147,15 @@ def _preset_table() -> str:
     "--ray-address",
     default=None,
     help="Ray cluster to join (default $RAY_ADDRESS; neither: a local one on this machine).",
+)
+@click.option(
+    "--stall-seconds",
+    type=STALL_SECONDS,
+    default=None,
+    help="Seconds without progress before giving up, 30 to 86400 (default 360): a decoder (a Ray decode task) "
+    "silent this long loses its video, which fails (with --engine ray, starts again); a Ray run in which "
+    "nothing progresses this long (a lost node left no room for its tasks or its model actor) stops, saying what "
+    "it waited for, and commits the finished videos.",
 )
 @click.option(
     "--shard",

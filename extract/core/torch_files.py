@@ -42,7 +42,7 @@ def read_torch_file(path: str | Path, expected: str, error: ErrorType) -> object
         # predate it): its pages are the page cache's, read as the weights are used.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
-        raise error(f"{path} is not a readable PyTorch file ({_load_failure(exc)}); expected {expected}") from None
+        raise error(f"{torch_load_failure(path, exc)}; expected {expected}") from None
 
 
 def read_state_dict(path: str | Path, expected: str, error: ErrorType) -> Mapping[str, torch.Tensor]:
@@ -53,16 +53,30 @@ def read_state_dict(path: str | Path, expected: str, error: ErrorType) -> Mappin
     return state
 
 
-def _load_failure(error: Exception) -> str:
-    """Why torch.load(weights_only=True) failed, in a few words (not torch's advice to load untrusted code)."""
-    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    if unsupported:
-        return f"it holds {unsupported.group(1)} objects, which are not loaded: only tensors and plain containers"
-    if isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
-        return "another kind of file, or a damaged one"
-    if "PytorchStreamReader" in str(error):  # the zip container is cut short or damaged
-        return "truncated or damaged: copy, save or download it again"
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+# torch's weights-only unpickler names the global a pickle asks for in both of its refusals: "unsupported GLOBAL
+# posix.system whose module posix is blocked" and "Unsupported global: GLOBAL __main__.X was not an allowed global".
+_ASKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def torch_load_failure(path: str | Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) gave up on `path`, as the start of a one-line message (every torch.load
+    of img-vmr words it here): a pickle that asks for anything but tensors and plain containers (os.system, a
+    class of its own) "was refused for safety", naming what it asks for; anything else "is not a readable PyTorch
+    file", with why in a few words (not torch's advice to load untrusted code)."""
+    text = str(error)
+    asked = _ASKED_GLOBAL.search(text)
+    if asked:
+        return (
+            f"{path} was refused for safety: it asks for {asked.group(1)}, and only tensors and plain containers "
+            "are loaded"
+        )
+    if "PytorchStreamReader" in text:  # the zip container is cut short or damaged
+        reason = "truncated or damaged"
+    elif isinstance(error, pickle.UnpicklingError | KeyError | EOFError | ValueError):
+        reason = "another kind of file, or a damaged one"
+    else:
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return f"{path} is not a readable PyTorch file ({reason})"
 
 
 def _shape(value: object) -> str:

@@ -43,10 +43,12 @@ FrameSelection = Literal["shown_at", "ffmpeg_fps_near"]
 # A decoder that sends nothing for this long while we wait for it is stopped and the video fails.
 STALL_TIMEOUT_S = 300.0
 # bicubic: swscale inside ffmpeg, from the decoded picture to the output size in one pass.
+# swscale_default: the same pass with no flags, what a plain `scale=W:H` filter does (HERO's SlowFast extraction).
 # cv2_bilinear: cv2.resize(fx=fy=scale, INTER_LINEAR) on RGB frames, as VSLNet's scripts do: 2-tap bilinear
 # without antialiasing, the source position of output pixel x being (x + 0.5) / scale - 0.5.
-Interpolation = Literal["bicubic", "cv2_bilinear"]
-# truncate: long side int(), crop offsets floored (CLIPImageProcessor, torchvision).
+Interpolation = Literal["bicubic", "swscale_default", "cv2_bilinear"]
+IN_DECODER = ("bicubic", "swscale_default")  # resized by the decoder itself, before the centre crop
+# truncate: long side int(long * short_side / short), crop offsets floored (CLIPImageProcessor, torchvision, HERO).
 # round: long side round(size * factor) as cv2.resize(fx=fy=factor) gives, crop offsets round((size - crop) / 2)
 # half to even, as VSLNet's numpy code does.
 Rounding = Literal["truncate", "round"]
@@ -95,9 +97,12 @@ class FrameSampling:
         if factor is None:
             return width, height
         short = min(width, height)
-        fit = round if self.rounding == "round" else int
-        new_w = self.short_side if width == short else max(1, fit(width * factor))
-        new_h = self.short_side if height == short else max(1, fit(height * factor))
+        if self.rounding == "round":
+            new_w, new_h = round(width * factor), round(height * factor)
+        else:  # from the ratio itself: width * factor can fall just below a whole number (720x576 -> 279, not 280)
+            new_w, new_h = int(width * self.short_side / short), int(height * self.short_side / short)
+        new_w = self.short_side if width == short else max(1, new_w)
+        new_h = self.short_side if height == short else max(1, new_h)
         return new_w, new_h
 
     def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
@@ -295,7 +300,7 @@ def _resize_and_crop(frames: np.ndarray, sampling: FrameSampling) -> np.ndarray:
 
 
 def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, threads: int) -> Iterator[FrameBatch]:
-    in_ffmpeg = sampling.interpolation == "bicubic"  # else frames leave ffmpeg unscaled, for the cv2 resize
+    in_ffmpeg = sampling.interpolation in IN_DECODER  # else frames leave ffmpeg unscaled, for the cv2 resize
     # shown_at: start_time=0 makes t = 0 the start of the file's timeline, shared with the audio (which aresample
     # pads the same way), round=up counts a frame from the first tick at or after its start. ffmpeg_fps_near is
     # VSLNet's `-filter:v fps=fps=24` with every option at its default.
@@ -303,7 +308,8 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, th
     filters = [f"fps=fps={fps!r}{fps_options}"]
     if in_ffmpeg:
         width, height = sampling.resized_size(meta.width, meta.height)
-        filters.append(f"scale={width}:{height}:{BICUBIC}")
+        flags = f":{BICUBIC}" if sampling.interpolation == "bicubic" else ""
+        filters.append(f"scale={width}:{height}{flags}")
         if sampling.crop:
             left, top = sampling.crop_offsets(width, height)
             filters.append(f"crop={sampling.crop}:{sampling.crop}:{left}:{top}")
@@ -334,7 +340,7 @@ def _ffmpeg_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float, th
 def _decord_frames(meta: StreamMetadata, sampling: FrameSampling, fps: float) -> Iterator[FrameBatch]:
     import decord  # imported lazily: it maps ~700 MB next to the CUDA torch wheels
 
-    in_decord = sampling.interpolation == "bicubic"
+    in_decord = sampling.interpolation in IN_DECODER
     width, height = sampling.resized_size(meta.width, meta.height) if in_decord else (meta.width, meta.height)
     what = f"{meta.path} (decord)"
     try:

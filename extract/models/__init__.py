@@ -13,6 +13,7 @@ EXTRACTORS: dict[str, tuple[str, str]] = {
     "i3d": ("extract.models.published", "I3DExtractor"),
     "vggish": ("extract.models.published", "VGGishExtractor"),
     "panns-cnn14": ("extract.models.published", "PannsExtractor"),
+    "slowfast": ("extract.models.published", "SlowFastExtractor"),
 }
 
 

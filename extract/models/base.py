@@ -20,6 +20,7 @@ import torch
 
 from extract.core.precision import FP32, Precision
 from extract.media.decode import AudioChunk, AudioSampling, FrameBatch, FrameSampling
+from extract.media.probe import StreamMetadata
 from extract.models.backends import LoadedNetwork, load_network, resolve_backend
 from extract.models.presets import Preset
 
@@ -50,6 +51,9 @@ class Units:
 
 class Windower(abc.ABC):
     """Per-video state that turns decoded chunks into units. `finish` flushes what is left at the end."""
+
+    def start(self, stream: StreamMetadata) -> None:  # noqa: B027 (most windowers need nothing of the stream)
+        """Called once per video, before its first chunk, with its stream facts (HERO's clips need its rate)."""
 
     @abc.abstractmethod
     def push(self, chunk: FrameBatch | AudioChunk) -> Units | None: ...

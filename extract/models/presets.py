@@ -49,7 +49,20 @@ class SecondsWindowing:
     tail: str
 
 
-Windowing = FrameWindowing | ExampleWindowing | SecondsWindowing
+@dataclass(frozen=True)
+class ClipWindowing:
+    """HERO's clips of frames (SlowFast): `samples_per_clip` frames sampled from each `clip_seconds` clip
+    (extract/models/hero_clips.py); the other fields describe the rule for the recipe."""
+
+    clip_seconds: str  # a fraction, e.g. "2" (exact: HERO counts clips of whole frames)
+    samples_per_clip: int
+    sampling_rate: int
+    padding: str
+    clips: str
+    sampling: str
+
+
+Windowing = FrameWindowing | ExampleWindowing | SecondsWindowing | ClipWindowing
 
 
 @dataclass(frozen=True)
@@ -256,9 +269,46 @@ PANNS = Preset(
     windowing=SecondsWindowing(window_seconds=1.0, hop_seconds=0.5, tail="one zero-padded window over the rest"),
 )
 
+SLOWFAST = Preset(
+    name="slowfast",
+    model="slowfast",
+    weights="SLOWFAST_8x8_R50.pkl",
+    modality="visual",
+    output_dim=2304,
+    description="SlowFast R50 8x8 2304-d float16 row per 2-s clip of 30-fps frames (Moment-DETR / HERO features)",
+    # HERO_Video_Feature_Extractor's slowfast/extract_feature: ffmpeg `fps=30,scale=W:H,crop=224:224:x:y` to rgb24
+    frames=FrameSampling(
+        fps=30.0,
+        short_side=224,
+        resize="shorter",
+        crop=224,
+        interpolation="swscale_default",
+        rounding="truncate",
+        selection="ffmpeg_fps_near",
+        chunk_frames=60,
+    ),
+    weights_url="https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/SLOWFAST_8x8_R50.pkl",
+    preprocessing={
+        "scale": "x / 255",
+        "mean": (0.45, 0.45, 0.45),
+        "std": "(0.225, 0.225, 0.225) + 1e-8 in float32",
+        "pathways": "slow: frames linspace(0, 31, 8) truncated, fast: all 32",
+        "feature": "mean of res5, slow ; fast",
+        "output_dtype": "float16",
+    },
+    windowing=ClipWindowing(
+        clip_seconds="2",
+        samples_per_clip=32,
+        sampling_rate=2,
+        padding="last frame to whole seconds, then last second to a multiple of the clip length's numerator",
+        clips="ceil(video stream duration / clip_seconds)",
+        sampling="positions linspace(0, 64 * floor(source fps) / 30 - 1, 32) truncated, clamped to the clip",
+    ),
+)
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
-    for preset in (CLIP, I3D_CHARADES_VSLNET, I3D_ANET_VSLNET, I3D_DEFAULT, VGGISH, VGGISH_QUANTIZED, PANNS)
+    for preset in (CLIP, I3D_CHARADES_VSLNET, I3D_ANET_VSLNET, I3D_DEFAULT, VGGISH, VGGISH_QUANTIZED, PANNS, SLOWFAST)
 }
 
 

@@ -1,4 +1,4 @@
-"""Extractors around the published checkpoints: I3D, VGGish, PANNs Cnn14.
+"""Extractors around the published checkpoints: I3D, VGGish, PANNs Cnn14, SlowFast.
 
 Each one finds its published file (weights registry: --weights-dir, the cache, or a download), loads it with the
 published key names, cuts its units with a streaming windower and embeds batches of units from many videos.
@@ -7,6 +7,7 @@ published key names, cuts its units with a streaming windower and embeds batches
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from extract.core.download import sha256_file
 from extract.core.errors import UsageError
 from extract.models.base import ExtractorOptions, FeatureExtractor, NetworkPart, Windower
-from extract.models.presets import ExampleWindowing, FrameWindowing, Preset, SecondsWindowing
+from extract.models.presets import ClipWindowing, ExampleWindowing, FrameWindowing, Preset, SecondsWindowing
 from extract.models.weights import locate_weights, registry_entry
 from extract.models.windows import AudioWindows, FrameWindows
 
@@ -139,3 +140,41 @@ class PannsExtractor(_PublishedExtractor):
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         assert self.network is not None
         return self.network(self.to_device(inputs)).float().cpu().numpy()
+
+
+class SlowFastExtractor(_PublishedExtractor):
+    """SlowFast R50 8x8: HERO's clips of 32 frames -> 2304-d rows, rounded to float16 as HERO stores them."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        from extract.models.hero_clips import ClipRule
+        from extract.models.slowfast import load_slowfast_checkpoint, normalize_clips
+
+        frames, windowing = preset.frames, preset.windowing
+        assert frames is not None and frames.fps is not None and isinstance(windowing, ClipWindowing)
+        if frames.fps != int(frames.fps):
+            raise UsageError(
+                f"--fps {frames.fps:g} does not fit {preset.name}: HERO's clips need a whole frame rate (30 by "
+                f"default); extract {preset.name} in a run of its own without --fps (the same --out store is fine)"
+            )
+        self.rule = ClipRule(
+            Fraction(windowing.clip_seconds), int(frames.fps), windowing.samples_per_clip, windowing.sampling_rate
+        )
+        super().__init__(preset, options)
+        # SlowFast runs on torch on every device: its OpenVINO form has not been checked against its golden.
+        self.backend = "torch"
+        self.model = load_slowfast_checkpoint(self.weights_path).to(options.device)
+        self.max_batch = 16 if options.device.type == "cuda" else 2
+        side = frames.crop or frames.short_side
+        example = torch.zeros(2, windowing.samples_per_clip, side, side, 3, dtype=torch.uint8)
+        part = NetworkPart(self.model, lambda model, clips: model.extract_features(normalize_clips(clips)))
+        self.load_network(part, example, self.weights_path)
+
+    def windower(self) -> Windower:
+        from extract.models.hero_clips import HeroClips
+
+        return HeroClips(self.rule)
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        assert self.network is not None
+        return self.network(self.to_device(inputs)).float().half().cpu().numpy()  # (B, 2304) float16

@@ -102,6 +102,12 @@ REGISTRY: dict[str, PublishedWeights] = {
             ("panns",),
             md5="541141fa2ee191a88f24a3219fff024e",
         ),
+        PublishedWeights(  # PySlowFast's model zoo publishes no checksum for it
+            "SLOWFAST_8x8_R50.pkl",
+            "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/SLOWFAST_8x8_R50.pkl",
+            "Caffe2 pickle {'blobs': {name: array}}, SlowFast R50 8x8 Kinetics-400",
+            ("slowfast",),
+        ),
     )
 }
 

@@ -33,13 +33,13 @@ import multiprocessing.connection
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extract.core.child_process import end_with_parent
 from extract.core.errors import ImgVmrError, UsageError, WorkerLostError
 from extract.models.base import ExtractorOptions, FeatureExtractor
 from extract.models.presets import Preset
@@ -56,7 +56,6 @@ Build = Callable[[Preset, ExtractorOptions], FeatureExtractor]
 READY_TIMEOUT_S = 1800.0  # model loading (a first download of weights included)
 STOP_GRACE_S = 120.0  # after an interrupt: time for the workers to commit their finished videos
 POLL_S = 1.0  # the parent's longest wait between looks at the clock
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -392,12 +391,7 @@ def _stop_with_parent(parent_pid: int) -> bool:
     """Ask the kernel to send this worker SIGTERM when its parent dies (Linux), so it commits its finished videos
     and exits instead of writing on without the parent; False when the parent is gone already. (The kernel
     watches the parent's thread that started the worker: ExtractionRun starts them in the thread that runs it.)"""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    return os.getppid() == parent_pid  # died before the request: nobody would send the signal
+    return end_with_parent(parent_pid, signal.SIGTERM)
 
 
 def _interrupts_once() -> None:

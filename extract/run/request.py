@@ -53,6 +53,7 @@ class ExtractionRequest:
     retry_failed: bool = False
     limit: int | None = None
     commit_every: int = 32
+    stall_seconds: float | None = None  # None: RunConfig's default
     shard: str | None = None
     progress: bool = True
 
@@ -112,6 +113,7 @@ def extraction_run(request: ExtractionRequest) -> ExtractionRun:
         devices=device_list if len(device_list) > 1 else (),
         ray_address=request.ray_address,
         ray_device=request.device,
+        **({"stall_seconds": request.stall_seconds} if request.stall_seconds is not None else {}),
     )
     return ExtractionRun(sources, request.out, presets, options, config)
 

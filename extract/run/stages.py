@@ -97,9 +97,13 @@ def _requested(groups: dict[object, list[str]], item: WorkItem) -> Iterator[tupl
 class _Cut:
     """Feeds one video's decoded chunks to each feature's windower and counts what was read and cut."""
 
-    def __init__(self, item: WorkItem, extractors: Mapping[str, UnitCutter], features: tuple[str, ...]) -> None:
+    def __init__(
+        self, item: WorkItem, stream: StreamMetadata, extractors: Mapping[str, UnitCutter], features: tuple[str, ...]
+    ) -> None:
         self.item = item
         self.windowers: dict[str, Windower] = {name: extractors[name].windower() for name in features}
+        for windower in self.windowers.values():
+            windower.start(stream)
         self.units = dict.fromkeys(features, 0)
         self.read = 0  # frames, or audio samples
 
@@ -127,7 +131,7 @@ class FrameSource:
 
     def __call__(self, item: WorkItem, stream: StreamMetadata) -> Iterator[Event]:
         for sampling, wanted in _requested(self._groups, item):
-            cut = _Cut(item, self._extractors, wanted)
+            cut = _Cut(item, stream, self._extractors, wanted)
             try:
                 yield from cut(iter_frames(stream, sampling, threads=self._threads))
                 empty = [name for name, count in cut.units.items() if count == 0]
@@ -154,7 +158,7 @@ class AudioSource:
             if not stream.has_audio:
                 yield SourceDone(item, wanted, audio_found=False)
                 continue
-            cut = _Cut(item, self._extractors, wanted)
+            cut = _Cut(item, stream, self._extractors, wanted)
             try:
                 yield from cut(iter_audio(stream, sampling))
             except Exception as error:

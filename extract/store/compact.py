@@ -10,6 +10,8 @@ one store under the writer lock and then removes the merged parts. Each step lea
 2. the index is rebuilt, linking the new parts;
 3. the old parts are removed; a reader that scanned before and opens a removed part scans again.
 
+A compaction that fails before step 3 (a full disk) removes the new parts again: the store is left as it was.
+
 Damaged parts are left where they are (and reported), never merged away.
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract.core.errors import ProvenanceMismatchError
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError
 from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
 from extract.core.provenance import compare_recipes
 from extract.store.parts import (
@@ -198,8 +200,13 @@ def compact(store_path: Path, part_bytes: int = DEFAULT_PART_BYTES, progress: bo
                 written = write_merged(view, folder, plan, progress)
             except OSError as error:
                 raise write_error(store_path, error) from None
-        with FeatureStore(store_path, parts=written) as merged:  # the new parts alone hold the whole view
-            merged.write_index()
+        try:
+            with FeatureStore(store_path, parts=written) as merged:  # the new parts alone hold the whole view
+                merged.write_index()
+        except (StoreCorruptError, StoreWriteError):  # the old parts and index still hold the store: step 1 undone
+            for part in written:
+                part.unlink(missing_ok=True)
+            raise
         for part in sources:
             part.unlink(missing_ok=True)
         fsync_path(folder)

@@ -8,19 +8,24 @@ Export writes what their loader reads:
 Import reads one released source (a folder of .npy / .npz files with key `features`, or a VGGish.pickle) into a
 store, with provenance "imported from DIR" and every unknown recipe field marked unknown. Pickles are read with
 an unpickler that only builds numpy arrays inside a dict: anything else (code, other classes) is refused.
+
+No file makes import allocate more than its own bytes warrant: the size an array claims (a .npy header's shape,
+a pickle's arrays) is checked against the bytes the file holds before numpy allocates it, so a damaged or
+hostile header claiming terabytes is one line naming the file, not an out-of-memory traceback.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import pickle
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import numpy as np
 
+from extract.core.array_pickle import ArraysOnlyUnpickler, SizeClaimError, byte_size, claimed_bytes
 from extract.core.errors import StoreCorruptError, UsageError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 
@@ -29,36 +34,67 @@ log = logging.getLogger(f"img_vmr.{__name__}")
 UNKNOWN = "unknown"
 VGGISH_PICKLE = "VGGish.pickle"
 
-# What numpy needs to rebuild arrays (numpy 1.x and 2.x module names), and nothing else.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+# The most one byte of a deflate stream can become (the format's limit is 1032:1), for the size an .npz member
+# may claim; numpy writes its .npz members stored (np.savez) or deflated (np.savez_compressed).
+_DEFLATE_MOST = 1032
 
 
 def load_array_pickle(path: Path) -> dict[str, np.ndarray]:
-    """A pickled dict of name -> numpy array, refusing any pickle that would build anything else."""
+    """A pickled dict of name -> numpy array, refusing any pickle that would build anything else or claims
+    arrays larger than the file."""
+    data = path.read_bytes()
     try:
-        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+        loaded = ArraysOnlyUnpickler(data).load()
+    except SizeClaimError as error:
+        raise StoreCorruptError(f"{path}: damaged or not a feature pickle: {error}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise StoreCorruptError(
             f"{path}: refused to unpickle ({error}); only dicts of numpy arrays are accepted"
         ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, np.ndarray) for v in data.values()):
-        raise StoreCorruptError(f"{path}: expected a dict of numpy arrays, found {type(data).__name__}")
-    return {str(k): v for k, v in data.items()}
+    if not isinstance(loaded, dict) or not all(isinstance(v, np.ndarray) for v in loaded.values()):
+        raise StoreCorruptError(f"{path}: expected a dict of numpy arrays, found {type(loaded).__name__}")
+    return {str(k): v.view(np.ndarray) for k, v in loaded.items()}
+
+
+def _read_npy(handle: IO[bytes], available: int, path: Path) -> np.ndarray:
+    """The array of an .npy stream of `available` bytes, read from its start; refused before numpy allocates it
+    when its header claims more data than that."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+    claimed, present = claimed_bytes(shape, dtype), available - handle.tell()
+    if claimed > present:
+        raise StoreCorruptError(
+            f"{path}: damaged: its header claims a {shape} {dtype} array ({byte_size(claimed)}) but it holds "
+            f"{byte_size(max(present, 0))} of data"
+        )
+    handle.seek(0)
+    return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+def _read_npz_features(path: Path) -> np.ndarray:
+    """The `features` array of an .npz file, its size checked against what its zip member can hold."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if "features.npy" not in names:
+            held = ", ".join(name.removesuffix(".npy") for name in names)
+            raise StoreCorruptError(f"{path}: no array named 'features' (has: {held})")
+        member = archive.getinfo("features.npy")
+        if member.compress_type == zipfile.ZIP_STORED:
+            available = min(member.file_size, member.compress_size)
+        elif member.compress_type == zipfile.ZIP_DEFLATED:
+            available = min(member.file_size, member.compress_size * _DEFLATE_MOST)
+        else:
+            raise StoreCorruptError(
+                f"{path}: its features are compressed in a way numpy never writes (zip method "
+                f"{member.compress_type}); save them with np.savez or np.savez_compressed"
+            )
+        with archive.open(member) as handle:
+            return _read_npy(handle, available, path)
 
 
 def _check_file_stem(video_id: str) -> None:
@@ -121,13 +157,11 @@ def _read_source(source: Path) -> dict[str, np.ndarray]:
         stem = path.name.split(".", 1)[0]  # as the IMG loader does: the text before the first "."
         try:
             if path.suffix == ".npy":
-                out[stem] = np.load(path, allow_pickle=False)
+                with open(path, "rb") as handle:
+                    out[stem] = _read_npy(handle, path.stat().st_size, path)
             elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as npz:
-                    if "features" not in npz:
-                        raise StoreCorruptError(f"{path}: no array named 'features' (has: {', '.join(npz.files)})")
-                    out[stem] = npz["features"]
-        except (ValueError, OSError, EOFError) as error:
+                out[stem] = _read_npz_features(path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise StoreCorruptError(f"{path}: not a readable numpy array file ({error})") from None
     if not out:
         raise UsageError(f"{source} holds no .npy or .npz feature files")

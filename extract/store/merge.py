@@ -14,12 +14,13 @@ split that OUT does not hold yet are named (OUT records those it holds, so they 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, UsageError
-from extract.core.files import acquire_writer_lock, fsync_path, release_writer_lock
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
+from extract.core.files import LOCK_NAME, acquire_writer_lock, fsync_path, release_writer_lock
 from extract.core.provenance import compare_recipes
 from extract.store.compact import DEFAULT_PART_BYTES, plan_merge, write_merged
 from extract.store.parts import PART_GLOB, check_is_store, list_parts, parts_dir, write_error
@@ -98,25 +99,48 @@ def merge_stores(
     if out.exists() and not parts_dir(out).is_dir():
         raise UsageError(f"--out {out} exists and is not an img-vmr store; choose another --out")
     folder = parts_dir(out)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write the store at {out} ({error.strerror}); choose a writable --out") from None
     locks: list[IO[str]] = []
+    created = False  # OUT's folder is this merge's: a merge that does not finish removes it
     try:
-        locks.append(acquire_writer_lock(folder, out))
         for shard in shards:  # a shard still being written is refused with its writer's name
             locks.append(acquire_writer_lock(parts_dir(shard), shard))
+        _check_shard_recipes(shards)
+        created = _make_folder(folder, out)
+        locks.append(acquire_writer_lock(folder, out))
         return _merge(shards, out, folder, part_bytes, progress)
+    except BaseException:
+        if created and len(locks) == len(shards) + 1:  # only while holding OUT's lock: no other writer is in it
+            _remove_if_unused(folder)
+        raise
     finally:
         for lock in locks:
             release_writer_lock(lock)
 
 
+def _make_folder(folder: Path, out: Path) -> bool:
+    """Create OUT's parts folder; whether this call created it (False: it was there)."""
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise UsageError(f"cannot write the store at {out} ({error.strerror}); choose a writable --out") from None
+    return True
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Remove a parts folder that holds nothing but its writer lock (a merge into it that did not finish)."""
+    try:
+        if set(os.listdir(folder)) <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError as error:
+        log.warning("could not remove %s (%s); it holds nothing", folder, error.strerror)
+
+
 def _merge(shards: list[Path], out: Path, folder: Path, part_bytes: int, progress: bool) -> MergeReport:
     for stale in folder.glob(PART_GLOB + ".tmp"):
         stale.unlink(missing_ok=True)
-    _check_shard_recipes(shards)
     held, unrecorded = _shards_held(shards, out, folder)
     own = list_parts(folder)
     holders: dict[str, int] = {}
@@ -136,7 +160,7 @@ def _merge(shards: list[Path], out: Path, folder: Path, part_bytes: int, progres
     try:
         with FeatureStore(out, parts=written) as merged:
             merged.write_index()
-    except StoreCorruptError:
+    except (StoreCorruptError, StoreWriteError):  # OUT's earlier parts and index stay as they were
         for part in written:
             part.unlink(missing_ok=True)
         raise

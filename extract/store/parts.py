@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.core.errors import StoreCorruptError, StoreReadError, StoreWriteError
+from extract.core.errors import StoreCorruptError, StoreReadError, StoreWriteError, cannot_write
 from extract.core.files import write_atomically
 from extract.store.ids import escape_id, storable_text, unescape_id
 from extract.store.records import FailureRecord, VideoRecord, recipe_id
@@ -81,8 +81,7 @@ def read_attrs(source: h5py.AttributeManager) -> dict[str, Any]:
 
 def write_error(store: Path, error: OSError) -> StoreWriteError:
     """The one-line StoreWriteError for an OSError met while writing `store` (e.g. no space left on device)."""
-    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
-    return StoreWriteError(f"cannot write the feature store {store}: {reason[:1].lower()}{reason[1:]}")
+    return cannot_write(f"the feature store {store}", store.parent, error, StoreWriteError)
 
 
 def hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:

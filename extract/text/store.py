@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError
+from extract.core.errors import ProvenanceMismatchError, StoreCorruptError, StoreWriteError, UsageError, cannot_write
 from extract.core.files import acquire_writer_lock, release_writer_lock, write_atomically
 from extract.store.reader import hdf5_image
 from manifests.records import QueryRecord
@@ -115,8 +115,7 @@ def _fsync_write(path: Path, attrs: Mapping[str, Any], fill: Any) -> None:
 
 
 def _write_error(path: Path, error: OSError) -> StoreWriteError:
-    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
-    return StoreWriteError(f"cannot write the text store {path}: {reason[:1].lower()}{reason[1:]}")
+    return cannot_write(f"the text store {path}", path.parent, error, StoreWriteError)
 
 
 def _header(path: Path) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from typing import Any
 import click
 
 from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
-from extract.core.errors import ImgVmrError
-from img_model.cli.options import data_options, dataset_table, runtime_options
+from extract.core.errors import ImgVmrError, OutputWriteError
+from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
 from img_model.evaluate.evaluation import CONVERTED_NOTE
 from img_model.network.convert import CheckpointLayoutError
+from img_model.train.config import MAX_BATCH, MAX_SEED
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-eval"
@@ -27,7 +28,8 @@ PROGRAM = "img-eval"
     cls=OneLineCommand,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\nExit status: 0 evaluated, 1 internal error, "
-    "2 usage error or inputs that do not fit the checkpoint.",
+    "2 usage error or inputs that do not fit the checkpoint, 3 --predictions or --report could not be written (a full "
+    "disk; the metrics are printed first).",
 )
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path, dir_okay=False))
 @data_options(required=False)
@@ -38,7 +40,9 @@ PROGRAM = "img-eval"
     help="Split to evaluate (default test; repeat it for several, each with its table); train-val is the run's "
     "held-out training videos (re-carved from its seed).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size (the run's, 16).")
+@click.option(
+    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Evaluation batch size (the run's, 16)."
+)
 @click.option(
     "--slot-noise",
     type=click.Choice(["off", "always"]),
@@ -47,7 +51,11 @@ PROGRAM = "img-eval"
     help="off: initial slots = mu, deterministic; always: the authors' random slots (§7.2), drawn from --seed.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the slot noise (with --slot-noise always)."
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Seed of the slot noise (with --slot-noise always).",
 )
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
@@ -131,10 +139,6 @@ def main(
     )
     try:
         evaluation = evaluate_checkpoint(request)
-        if predictions is not None:
-            write_predictions(predictions, evaluation.rows)
-        if report is not None:
-            write_evaluation_report(report, evaluation, videos)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(str(error))
         return
@@ -143,11 +147,21 @@ def main(
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
         return
     reports = evaluation.reports
-    if as_json:
+    if as_json:  # the metrics first: a file that cannot be written (a full disk) loses none of them
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo("\n\n".join(_tables(report) for report in reports))
+    try:
+        if predictions is not None:
+            write_predictions(predictions, evaluation.rows)
+        if report is not None:
+            write_evaluation_report(report, evaluation, videos)
+    except OutputWriteError as error:
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-eval again (the metrics are printed above)")
+    except ImgVmrError as error:
+        fail(str(error))
 
 
 def _tables(report: Any) -> str:

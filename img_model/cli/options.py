@@ -1,15 +1,43 @@
-"""What img-train and img-eval share: the data options and the runtime options."""
+"""What img-train, img-eval and img-predict share: the data options, the runtime options, the line of an output
+that could not be written, and background threads' failures sent to the log."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from extract.core.console import EXIT_STOPPED, fail
+from extract.core.errors import OutputWriteError
 from extract.core.options import precision_option
+from img_model.train.config import MAX_THREADS, MAX_WORKERS
 from manifests.registry import DATASETS
+
+log = logging.getLogger(f"img_vmr.{__name__}")
+
+
+def log_thread_failures() -> None:
+    """An exception that ends a background thread goes to the log (with its traceback, in RUN/train.log and with
+    -v), not as a traceback on the console: the threads img-train starts (TensorBoard's event writer, which stops on
+    a full disk) hand their failure to the main thread, whose one line says it."""
+
+    def to_the_log(failure: threading.ExceptHookArgs) -> None:
+        name = failure.thread.name if failure.thread is not None else "a thread"
+        error = (failure.exc_type, failure.exc_value, failure.exc_traceback)
+        log.debug("%s stopped: %s", name, failure.exc_value, exc_info=error)  # type: ignore[arg-type]
+
+    threading.excepthook = to_the_log
+
+
+def write_failed(program: str, error: OutputWriteError, then: str) -> NoReturn:
+    """The last line of a command that could not write an output, as img-extract's (exit 3): what, what to free
+    when the disk is full, and what to run `then`."""
+    room = f"make room ({error.make_room}), then " if error.make_room else ""
+    fail(f"{error}; {room}{then}", EXIT_STOPPED, program)
 
 
 def dataset_table() -> str:
@@ -84,10 +112,17 @@ def runtime_options(workers: int, precision: str) -> Callable[[Callable[..., Any
         click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
         precision_option(precision),
         click.option(
-            "--workers", type=click.IntRange(min=0), default=None, help=f"DataLoader worker processes ({workers})."
+            "--workers",
+            type=click.IntRange(0, MAX_WORKERS),
+            default=None,
+            help=f"DataLoader worker processes ({workers}); at most the CPUs this process may use and the batches "
+            "of a pass (one line says so when fewer run).",
         ),
         click.option(
-            "--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads (default: torch's choice)."
+            "--threads",
+            type=click.IntRange(0, MAX_THREADS),
+            default=None,
+            help="torch CPU threads (default: torch's choice).",
         ),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages."),

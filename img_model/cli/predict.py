@@ -18,19 +18,21 @@ from typing import Any
 import click
 
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
-from extract.core.errors import ImgVmrError, UsageError, VideoDecodeError
+from extract.core.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
 from extract.core.options import precision_option
+from img_model.cli.options import write_failed
 from img_model.network.convert import CheckpointLayoutError
+from img_model.train.config import MAX_THREADS
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-predict"
 OUR_LOGGERS = ("img_vmr.img_model.predict.", "img_vmr.img_model.cli.predict")
 EXTRACTION_RUN_LOGGER = "img_vmr.extract.run."
 EXIT_STATUS = (
-    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said), the plot "
-    "could not be written (the answers are printed first) or an internal error, 2 usage error: a bad query, a "
-    "--plot path that cannot be written, a checkpoint or weights that do not fit, or a --cache another process "
-    "still extracts into after 30 min."
+    "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
+    "internal error, 2 usage error: a bad query, a --plot path that cannot be written, a checkpoint or weights "
+    "that do not fit, or a --cache another process still extracts into after 30 min, 3 the feature cache or the "
+    "plot could not be written (a full disk: the answers are printed first)."
 )
 
 
@@ -87,10 +89,12 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
         ),
-        click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Distinct spans."),
+        click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         precision_option("the checkpoint's run's, as img-eval"),
-        click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's choice)."),
+        click.option(
+            "--threads", type=click.IntRange(0, MAX_THREADS), default=0, help="torch CPU threads (0: torch's choice)."
+        ),
         click.option("-v", "--verbose", is_flag=True, help="Debug messages, and the extraction run's log lines."),
     ]
     for option in reversed(options):
@@ -143,6 +147,9 @@ def _one_line_errors(work: Callable[[], None]) -> None:
         work()
     except VideoDecodeError as error:
         fail(str(error), EXIT_FAILED)
+    except OutputWriteError as error:  # the feature cache on a full disk: what it holds is whole
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-predict again (or give --cache a folder with room)")
     except (CheckpointLayoutError, ImgVmrError) as error:
         log.debug("error", exc_info=True)
         fail(str(error), EXIT_USAGE)
@@ -211,8 +218,8 @@ def answer_command(
 
             try:
                 log.info("wrote %s", write_plot(answers, plot))
-            except ImgVmrError as error:
-                fail(f"{error} (the answers are printed above)", EXIT_FAILED)
+            except OutputWriteError as error:
+                write_failed(PROGRAM, error, "run img-predict again (the answers are printed above)")
 
     _one_line_errors(work)
 
@@ -274,15 +281,26 @@ def _text(answers: Any) -> str:
     "0.0.0.0. Other Host headers are refused (DNS rebinding).",
 )
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True, help="Port.")
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024, max=16 * 2**20),
+    default=2**20,  # demo_server.MAX_BODY_BYTES, not imported here: FastAPI loads only for serve
+    show_default=True,
+    help="Largest request body the page's requests may send, 1 KiB to 16 MiB (a query is a few hundred bytes); "
+    "a larger one is refused with 413 before it is read.",
+)
 @predictor_options
-def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, **flags: Any) -> None:
+def serve_command(
+    videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, max_body_bytes: int, **flags: Any
+) -> None:
     """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
     player seeking to them, and the audio-importance score.
 
     \b
     Requests are answered one at a time per model (others wait in line; the page stays responsive). Only files
     under --videos are served: paths that leave it (../, encoded or not, or links to elsewhere) are refused, and
-    so are requests whose Host header names another machine (a web page rebinding its name to this one).
+    so are requests whose Host header names another machine (a web page rebinding its name to this one), bodies
+    over --max-body-bytes (before they are read) and queries over 1000 characters.
 
     \b
     Example:
@@ -295,7 +313,9 @@ def serve_command(videos: Path, host: str, allow_hosts: tuple[str, ...], port: i
 
         listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)
-        app = create_app(predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts])
+        app = create_app(
+            predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts], max_body_bytes=max_body_bytes
+        )
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)
         _serve(app, listening, _url(host, listening.getsockname()[1]), flags["verbose"])

@@ -20,9 +20,10 @@ from extract.core.console import (
     fail,
     setup_logging,
 )
-from extract.core.errors import ImgVmrError
-from img_model.cli.options import data_options, dataset_table, runtime_options
+from extract.core.errors import ImgVmrError, OutputWriteError
+from img_model.cli.options import data_options, dataset_table, log_thread_failures, runtime_options, write_failed
 from img_model.network.convert import CheckpointLayoutError
+from img_model.train.config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 PROGRAM = "img-train"
@@ -54,7 +55,8 @@ def main() -> None:
 @main.command(
     "train",
     epilog="\b\nDatasets:\n" + dataset_table() + "\n\n\b\n"
-    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error.",
+    "Exit status: 0 trained, 1 stopped (NaN/inf loss, internal error), 2 usage or data error, 3 a file of the run "
+    "could not be written (a full disk: img-train --resume continues once there is room).",
 )
 @data_options(required=True)
 @click.option(
@@ -77,10 +79,15 @@ def main() -> None:
     default=None,
     help="TOML file with [model], [objective], [train], [data], [runtime] sections; flags override it.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (100).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (16).")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None, help="Training epochs (100).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Training batch size (16).")
 @click.option("--lr", "learning_rate", type=float, default=None, help="AdamW learning rate (5e-4), decayed linearly.")
-@click.option("--seed", type=int, default=None, help="Seed of everything: init, order, dropout, sampling (0).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=None,
+    help="Seed of everything: init, order, dropout, sampling (0).",
+)
 @click.option(
     "--select-on",
     type=click.Choice(["val", "test"]),
@@ -95,12 +102,14 @@ def main() -> None:
 )
 @click.option(
     "--val-seed",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_SEED),
     default=None,
     help="Seed of which training videos are held out (0): fixed, so every --seed selects on the same videos. "
     "A custom .jsonl with its own 'val' split selects on that split instead.",
 )
-@click.option("--evals-per-epoch", type=click.IntRange(min=1), default=None, help="Evaluations per epoch (2).")
+@click.option(
+    "--evals-per-epoch", type=click.IntRange(1, MAX_EVALS_PER_EPOCH), default=None, help="Evaluations per epoch (2)."
+)
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option(
     "--stop-after",
@@ -156,12 +165,17 @@ def train_command(
     rank = launched_rank()
     program = PROGRAM if rank.is_main else f"{PROGRAM}[rank {rank.rank}]"
     setup_logging(program, verbose, quiet=not rank.is_main)
+    log_thread_failures()
     request = TrainingRequest(out, resume, config_file, stop_after, not no_progress, options)
     run_dir = request.run_dir or Path(".")
     try:
         summary = train(request, rank)
     except CheckpointLayoutError as error:
         fail(str(error), program=program)
+    except OutputWriteError as error:  # a full disk: every file written before is whole
+        log.debug("stopped", exc_info=True)
+        resumable = (run_dir / "last.pt").is_file()
+        write_failed(program, error, f"img-train --resume {run_dir}" if resumable else "run the same command again")
     except ImgVmrError as error:
         log.debug("stopped", exc_info=True)
         fail(str(error), EXIT_FAILED if isinstance(error, TrainingDivergedError) else EXIT_USAGE, program)
@@ -234,8 +248,8 @@ def convert_official(
         checkpoint = convert_official_checkpoint(
             source, text, configs, event_num=event_num, slot_iterations=slot_iterations, num_heads=num_heads
         )
-    except (CheckpointLayoutError, ImgVmrError, ValueError) as exc:  # ValueError: a config the shapes contradict
-        fail(f"{source}: {exc}")
+    except (CheckpointLayoutError, ImgVmrError) as exc:  # each names IN.t7 (or the file it is about)
+        fail(str(exc))
         return
     try:
         _write_converted(checkpoint, target)

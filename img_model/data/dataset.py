@@ -74,6 +74,8 @@ class DataConfig:
             raise UsageError(f"align must be one of {', '.join(ALIGNMENT_RULES)}, not {self.align!r}")
         if self.missing_audio not in ("drop", "zeros"):
             raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
+        if not all(isinstance(store, str) and store for store in self.features):
+            raise UsageError(f"features must be a list of feature store paths, not {list(self.features)!r}")
 
 
 def data_overrides(**values: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from extract.core.errors import ImgVmrError
+from extract.core.errors import writing
 from extract.core.files import write_atomically
 from extract.core.precision import Precision
 from img_model.checkpoint import read_checkpoint
@@ -118,12 +118,11 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
-    """img-eval --predictions: one JSON object per query."""
-    try:
+    """img-eval --predictions: one JSON object per query; all the rows or nothing (a temporary name, renamed), so
+    a full disk leaves no half file (OutputWriteError)."""
+    with writing(f"--predictions {path}", path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --predictions {path} ({error.strerror})") from None
     log.info("wrote %d predictions to %s", len(rows), path)
 
 
@@ -140,8 +139,6 @@ def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | N
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
-    try:
+    with writing(f"--report {path}", path.parent):
         write_report(path, rows, title, context, videos)
-    except OSError as error:
-        raise ImgVmrError(f"cannot write --report {path} ({error.strerror or error})") from None
     log.info("wrote the report of %d queries to %s", len(rows), path)

@@ -41,7 +41,7 @@ from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.network.decoding import best_span, index_to_time, top_spans
 from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.network.model import IMG, IMGOutput
-from img_model.runtime import SINGLE_PROCESS, RankContext
+from img_model.runtime import SINGLE_PROCESS, RankContext, loader_workers
 from manifests.records import QueryRecord
 
 BRANCHES = {
@@ -170,13 +170,13 @@ class Evaluator:
         key = (id(dataset), shared)
         if key not in self._loaders:
             rank = self.rank if shared else SINGLE_PROCESS
+            batches = evaluation_batches(len(dataset), self.batch_size, rank)
             self._loaders[key] = DataLoader(
                 dataset,
-                batch_sampler=evaluation_batches(len(dataset), self.batch_size, rank),
-                num_workers=self.workers,
-                persistent_workers=self.workers > 0,
+                batch_sampler=batches,
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
+                **loader_workers(self.workers, len(batches), f"evaluating {dataset.split}"),
             )
         return self._loaders[key]
 

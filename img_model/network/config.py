@@ -8,6 +8,7 @@ Every quirk of the authors' code that changes outputs is the default here and ha
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,57 @@ from extract.core.errors import UsageError
 PositionalEncoding = Literal["official", "temporal"]
 SlotNoise = Literal["train", "always", "never"]
 QueryFeatures = Literal["glove_char", "precomputed"]
+
+# Every size of the architecture, bounded (inclusive): far above the published settings (dim 128, 8 heads, 128
+# steps, 3 slots) and below what no accelerator holds. The input sizes are the data's (feature and text widths,
+# vocabularies). The model as a whole is bounded too: MAX_WEIGHTS.
+SIZE_BOUNDS: dict[str, tuple[int, int]] = {
+    "dim": (2, 8192),
+    "num_heads": (1, 256),
+    "video_feature_dim": (1, 65536),
+    "audio_feature_dim": (1, 65536),
+    "max_pos_len": (1, 8192),
+    "word_dim": (1, 65536),
+    "glove_words": (1, 10_000_000),
+    "char_vocab_size": (2, 1_114_112),  # PAD and UNK, up to every Unicode code point
+    "char_dim": (1, 4096),
+    "text_feature_dim": (1, 65536),
+    "encoder_kernel": (1, 255),
+    "encoder_conv_layers": (0, 64),
+    "predictor_conv_layers": (0, 64),
+    "event_num": (1, 256),
+    "slot_iterations": (1, 64),
+    "fusion_gru_layers": (1, 64),
+}
+KERNEL_LIST_LENGTH = (1, 16)  # entries of char_kernel_channels and local_kernels
+CHAR_CHANNELS = (1, 4096)  # each entry of char_kernel_channels
+# Weights (parameters and buffers, GloVe rows included) of the whole model: 4 GB in fp32, to which training adds
+# as much for the gradients and twice as much for AdamW's moments. The published model has 4.6 million.
+MAX_WEIGHTS = 1_000_000_000
+# One activation tensor of a forward pass (an attention map: batch x heads x steps x steps values) at most: 8 GiB
+# in fp32. The published setting needs 2 million.
+MAX_ACTIVATION = 2**31
+
+
+def check_whole_number(name: str, value: object, low: int, high: int) -> None:
+    """ValueError (one line) unless `value` is an int (not a bool) from low to high."""
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low:,} to {high:,}, not {reprlib.repr(value)}")
+
+
+def check_number(
+    name: str, value: object, low: float, high: float = math.inf, *, above_low: bool = False, below_high: bool = False
+) -> None:
+    """ValueError (one line) unless `value` is a finite int or float (not a bool) within [low, high] (open ends
+    where said)."""
+    ok = type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+    if ok:
+        number = float(value)  # type: ignore[arg-type]
+        ok = (number > low if above_low else number >= low) and (number < high if below_high else number <= high)
+    if not ok:
+        lower = f"{'above' if above_low else 'at least'} {low:g}"
+        upper = "" if math.isinf(high) else f" and {'below' if below_high else 'at most'} {high:g}"
+        raise ValueError(f"{name} must be a finite number {lower}{upper}, not {reprlib.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -51,23 +103,105 @@ class IMGConfig:
     slot_noise: SlotNoise = "train"
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads or self.dim % 2:
+        """ValueError (one line) for any field no model can have; types too (the values come from TOML files
+        and checkpoints)."""
+        for name, (low, high) in SIZE_BOUNDS.items():
+            check_whole_number(name, getattr(self, name), low, high)
+        if self.dim % 2 or self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be even and divisible by num_heads {self.num_heads}")
+        if self.encoder_kernel % 2 == 0:
+            raise ValueError(f"encoder_kernel must be odd (a centred convolution), not {self.encoder_kernel}")
+        for name, entry_bounds, odd in (
+            ("char_kernel_channels", CHAR_CHANNELS, False),
+            ("local_kernels", SIZE_BOUNDS["encoder_kernel"], True),
+        ):
+            entries = getattr(self, name)
+            if type(entries) is not tuple or not KERNEL_LIST_LENGTH[0] <= len(entries) <= KERNEL_LIST_LENGTH[1]:
+                raise ValueError(
+                    f"{name} must be a list of {KERNEL_LIST_LENGTH[0]} to {KERNEL_LIST_LENGTH[1]} whole numbers, "
+                    f"not {reprlib.repr(list(entries) if isinstance(entries, tuple) else entries)}"
+                )
+            for entry in entries:
+                check_whole_number(f"each of {name}", entry, *entry_bounds)
+                if odd and entry % 2 == 0:
+                    raise ValueError(f"{name} must be odd widths (centred convolutions), not {list(entries)}")
+        check_number("drop_rate", self.drop_rate, 0.0, 1.0, below_high=True)
         if self.positional_encoding not in ("official", "temporal"):
             raise ValueError(f"positional_encoding must be 'official' or 'temporal', not {self.positional_encoding!r}")
         if self.slot_noise not in ("train", "always", "never"):
             raise ValueError(f"slot_noise must be 'train', 'always' or 'never', not {self.slot_noise!r}")
         if self.query_features not in ("glove_char", "precomputed"):
             raise ValueError(f"query_features must be 'glove_char' or 'precomputed', not {self.query_features!r}")
+        weights = self.weight_count()
+        if weights > MAX_WEIGHTS:
+            raise ValueError(
+                f"this model would hold {weights:,} weights ({weights * 4 / 1e9:,.1f} GB in fp32); the bound is "
+                f"{MAX_WEIGHTS:,} (4 GB, and training needs 4 times that): lower dim, max_pos_len or the layer counts"
+            )
+
+    def weight_count(self) -> int:
+        """The number of parameters and buffers of `IMG(self)` (GloVe rows included), computed from the sizes
+        without building the model (img_model/network/model.py's structure, module by module; a test holds them
+        equal)."""
+        d, steps = self.dim, self.max_pos_len
+
+        def linear(inputs: int, outputs: int) -> int:
+            return inputs * outputs + outputs
+
+        attention = 4 * linear(d, d)  # query, key, value, output
+        self_attention, cross_attention = attention + 2 * 2 * d, attention + 3 * 2 * d  # and 2 / 3 LayerNorms
+
+        def conv_encoder(layers: int) -> int:  # each layer: LayerNorm, depthwise (no bias), pointwise
+            return layers * (2 * d + d * self.encoder_kernel + linear(d, d)) + self_attention
+
+        if self.query_features == "glove_char":
+            characters = self.char_vocab_size * self.char_dim + sum(
+                self.char_dim * channels * width + channels
+                for width, channels in enumerate(self.char_kernel_channels, start=1)
+            )
+            words = (2 + self.glove_words) * self.word_dim  # padding, unknown, GloVe
+            query = words + characters + linear(self.word_dim + self.char_feature_dim, d)
+        else:
+            query = linear(self.text_feature_dim, d)
+        context_query = 3 * d + linear(4 * d, d)
+        concatenation = d + linear(2 * d, d)
+        branch = query + steps * d + conv_encoder(self.encoder_conv_layers) + self_attention + cross_attention
+        branches = 2 * branch + context_query * 2 + concatenation * 2
+        branches += linear(self.video_feature_dim, d) + linear(self.audio_feature_dim, d)
+        mix = 2 * 2 * d  # two LayerNorms
+        importance = 2 * d + linear(2 * d, 1)
+        local = 2 * sum(d * width + d for width in self.local_kernels) + 2 * linear(len(self.local_kernels) * d, d)
+        slots = 2 * d + 3 * 2 * d + 3 * linear(d, d) + 2 * 3 * (d * d + d) + 2 * linear(d, d)
+        event = 2 * slots + 2 * cross_attention
+        global_ = 2 * d + 2 * linear(2 * d, d)
+
+        def gru(inputs: int, hidden: int, layers: int) -> int:  # bidirectional
+            first = 3 * hidden * (inputs + hidden) + 6 * hidden
+            later = 3 * hidden * (2 * hidden + hidden) + 6 * hidden
+            return 2 * (first + (layers - 1) * later)
+
+        fusion = 3 * gru(2 * d, d // 2, self.fusion_gru_layers) + gru(3 * d, d, 1) + linear(2 * d, d)
+        span = steps * d + conv_encoder(self.predictor_conv_layers) + 2 * 2 * d + 2 * (linear(2 * d, d) + linear(d, 1))
+        return branches + importance + local + event + global_ + 3 * mix + fusion + 3 * span + 3 * linear(d, 1)
 
     def check_batch_size(self, batch_size: int, name: str) -> None:
-        """The official position encoding indexes its table by the sample's place in the batch (§7.1): a batch may
-        hold at most max_pos_len samples (UsageError, one line, before anything runs)."""
+        """UsageError (one line, before anything runs) for a batch this model cannot take: the official position
+        encoding indexes its table by the sample's place in the batch (§7.1), so a batch holds at most max_pos_len
+        samples; and the largest activation of a forward pass (an attention map over max_pos_len steps, or the
+        widest feature map) stays within MAX_ACTIVATION values."""
         if self.positional_encoding == "official" and batch_size > self.max_pos_len:
             raise UsageError(
                 f"{name} {batch_size} exceeds max_pos_len {self.max_pos_len}: the official batch-index position "
                 f"encoding (§7.1) covers at most {self.max_pos_len} samples per batch; use a batch of "
                 f'{self.max_pos_len} or fewer, or [model] positional_encoding = "temporal"'
+            )
+        steps = self.max_pos_len
+        per_sample = max(self.num_heads * steps * steps, steps * self.dim * max(4, len(self.local_kernels)))
+        if batch_size * per_sample > MAX_ACTIVATION:
+            raise UsageError(
+                f"{name} {batch_size} with max_pos_len {steps}, dim {self.dim} and {self.num_heads} heads makes "
+                f"activations of {batch_size * per_sample:,} values ({batch_size * per_sample * 4 / 2**30:,.0f} GiB "
+                f"in fp32) each; the bound is {MAX_ACTIVATION:,} (8 GiB): use a smaller {name} or max_pos_len"
             )
 
     @property
@@ -95,6 +229,16 @@ class ObjectiveConfig:
     pseudo_label_temperature: float = 3.0  # γ
     importance_warmup_epochs: int = 10  # p_warm = exp_up(epoch, 10)
     distill_warmup_epochs: int = 20  # the KD weight's warm-up, exp_up(epoch, 20)
+
+    def __post_init__(self) -> None:
+        for name in ("saliency_weight", "distill_weight", "importance_weight", "saliency_margin"):
+            check_number(name, getattr(self, name), 0.0)
+        for name in ("distill_temperature", "pseudo_label_temperature"):
+            check_number(name, getattr(self, name), 0.0, above_low=True)
+        # ε keeps y > ε and makes y > 1 − ε a 1: it must be below 1/2 for the two to differ
+        check_number("pseudo_label_threshold", self.pseudo_label_threshold, 0.0, 0.5, below_high=True)
+        for name in ("importance_warmup_epochs", "distill_warmup_epochs"):
+            check_whole_number(name, getattr(self, name), 0, 1_000_000)
 
 
 ACTIVITYNET_OBJECTIVE = ObjectiveConfig(pseudo_label_threshold=0.1, pseudo_label_temperature=2.0)

@@ -398,7 +398,7 @@ def infer_config(official_state_dict: Mapping[str, torch.Tensor], **overrides: o
 def load_official_checkpoint(path: str | Path, configs: str | Path | None = None, **overrides: object) -> IMG:
     """An `IMG` (eval mode) holding the weights of an authors' `*.t7` file. What the weights do not show comes
     from `overrides` (e.g. event_num, slot_iterations, num_heads), else from the authors' configs.json (`configs`,
-    by default the one beside the file when there is one)."""
+    by default the one beside the file when there is one). Every error names the file once."""
     path = Path(path)
     state_dict = read_state_file(path, "an authors' checkpoint (a plain IMGNet state dict, e.g. IMG_9.t7)")
     settings = {}
@@ -407,9 +407,12 @@ def load_official_checkpoint(path: str | Path, configs: str | Path | None = None
         settings = read_official_configs(configs)
     elif configs != path.with_name("configs.json"):
         raise CheckpointLayoutError(f"{configs} does not exist")
-    config = infer_config(state_dict, **{**settings, **{k: v for k, v in overrides.items() if v is not None}})
-    model = IMG(config)
-    load_into(model, official_to_ours(state_dict, config))
+    try:
+        config = infer_config(state_dict, **{**settings, **{k: v for k, v in overrides.items() if v is not None}})
+        model = IMG(config)
+        load_into(model, official_to_ours(state_dict, config))
+    except (CheckpointLayoutError, ValueError) as error:  # ValueError: a config the shapes contradict
+        raise CheckpointLayoutError(f"{path}: {error}") from None
     return model.eval()
 
 

@@ -1,19 +1,24 @@
 """The local demo page of img-predict serve (FastAPI, run by uvicorn).
 
     GET  /                  the page (inline script and style: nothing is fetched from elsewhere)
-    GET  /api/videos        {"videos": [paths relative to DIR], "top_k": k}
+    GET  /api/videos        {"videos": [paths relative to DIR], "top_k": k, "max_query_chars": n}
     GET  /media/{path}      a video file under DIR (range requests, so the player can seek)
     POST /api/predict       {"video": path, "query": text, "top_k": k} -> the Predictor's answer as JSON
 
-Every error is {"error": one line} with its status: 400 a bad query, 404 no such video (or page), 422 a video
-that fails to decode or a malformed request, 500 anything else. Video paths in answers and errors are the
-names relative to DIR, never the server's own paths.
+Every error, every refusal included, is {"error": one line} with its status: 400 a bad query (empty, longer
+than max_query_chars, or not valid text such as a lone UTF-16 surrogate) or a Host header that names another
+machine, 404 no such video (or page), 413 a request body over the limit, 422 a video that fails to decode or a
+malformed request, 500 anything else. Video paths in answers and errors are the names relative to DIR, never the
+server's own paths. A client's error is never logged with a traceback; only a 500 is.
 
 Only files under DIR are served: a requested path is resolved (links followed) and must stay inside DIR's own
 resolved path, so `../`, its percent-encoded forms and links pointing out of DIR are all refused alike (404,
 without saying whether the file exists). Requests must name this machine in their Host header (127.0.0.1,
 localhost, [::1], or the names the server was started for): a web page elsewhere that rebinds its own domain to
-127.0.0.1 (DNS rebinding) gets 400 "Invalid host header" (Starlette's TrustedHostMiddleware), not the videos.
+127.0.0.1 (DNS rebinding) gets 400 and the names to use, not the videos (AllowedHosts).
+
+Request bodies are limited while they arrive (RequestBodyLimit, 1 MiB by default: a prediction request is a
+few hundred bytes), so a 40 MB body costs neither memory nor the model's time.
 
 The model answers one request at a time, in the order they arrive: predictions run in a single-worker
 executor, and the endpoint awaits its turn without holding a thread, so the page, the video list and the
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -36,8 +41,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extract.core.errors import VideoDecodeError
 from extract.media.sources import VIDEO_EXTENSIONS, video_files
@@ -48,6 +54,9 @@ log = logging.getLogger(f"img_vmr.{__name__}")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 DISCONNECT_POLL_SECONDS = 0.25  # how often a waiting request checks that its client is still there
 CLIENT_GONE = 499  # the status logged for a request dropped because its client went away (nginx's)
+MAX_BODY_BYTES = 2**20  # a prediction request is a few hundred bytes
+MAX_QUERY_CHARS = 1000  # a long caption is ~300; the model reads only its first max_pos_len tokens anyway
+MAX_VIDEO_CHARS = 4096  # the longest path Linux opens (PATH_MAX)
 
 
 class PredictRequest(BaseModel):
@@ -62,7 +71,7 @@ def media_path(root: Path, requested: str) -> Path | None:
         return None
     try:
         path = (root / requested).resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, or a link loop
+    except (OSError, RuntimeError, ValueError):  # missing, a link loop, or a name no file can have (a surrogate)
         return None
     if not path.is_relative_to(root) or not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
         return None
@@ -89,7 +98,112 @@ def host_names(host: str) -> list[str]:
 
 
 def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # A 413 is answered before the body was read: the connection closes rather than reading the rest to reuse it.
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _host_name(header: str | None) -> str:
+    """The name a Host header gives, without its port, lower case: 'LOCALHOST:8080' -> 'localhost',
+    '[::1]:8080' -> '[::1]'; '' when there is none."""
+    header = (header or "").strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]  # '' when the bracket is never closed
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class AllowedHosts:
+    """ASGI middleware: answers only requests whose Host header names one of `names` (see host_names); any
+    other gets 400 with a JSON error saying which names work and how to add one. Starlette's
+    TrustedHostMiddleware does the same check but answers in plain text, which the page cannot show."""
+
+    def __init__(self, app: ASGIApp, names: Sequence[str]) -> None:
+        self.app, self.names = app, [name.lower() for name in names]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = _host_name(Headers(scope=scope).get("host")) if scope["type"] == "http" else None
+        if host is None or host in self.names:  # the app has no websocket routes: lifespan is all else it gets
+            await self.app(scope, receive, send)
+        else:
+            named = f"names {host[:100]!r}" if host else "names no host"
+            message = (
+                f"this server answers requests for {', '.join(self.names)}; this request's Host header "
+                f"{named} (a page elsewhere may be rebinding its name to this machine); to reach the page "
+                "by another name, start img-predict serve with --allow-host NAME"
+            )
+            await _error(message, 400)(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over its route's limit: raised by the receive of RequestBodyLimit while the body is read."""
+
+    def __init__(self, limit: int, option: str) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes, this server's limit ({option})")
+
+
+class RequestBodyLimit:
+    """ASGI middleware: request bodies larger than `max_bytes` (set by the command-line `option`), or than a
+    route's own limit in `route_limits` (path prefix -> (bytes, option)), are refused with 413 while they arrive,
+    never after buffering them.
+
+    A request whose Content-Length says more than the limit is answered at once: the app is not called and not
+    one byte of the body is read. A body without a Content-Length (chunked) is counted as the app reads it: the
+    read that takes the count past the limit raises BodyTooLarge inside the app, whose HTTPException handler
+    answers 413, so the server holds at most the limit plus one network read of it (uvicorn stops reading
+    from the socket while its buffer is full). Either way the connection is closed, not drained.
+
+    A streamed upload reuses it as it is: give its route a larger limit (route_limits={"/api/upload": (size,
+    "--max-upload-bytes")}), read `request.stream()` chunk by chunk into a temporary file, and remove that file
+    when BodyTooLarge (or any error) ends the loop; the client gets the same 413 JSON line.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        option: str = "--max-body-bytes",
+        route_limits: Mapping[str, tuple[int, str]] | None = None,
+    ) -> None:
+        self.app, self.default, self.route_limits = app, (max_bytes, option), dict(route_limits or {})
+
+    def limit(self, path: str) -> tuple[int, str]:
+        """(bytes, option) of the route at `path`."""
+        return next((limit for prefix, limit in self.route_limits.items() if path.startswith(prefix)), self.default)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, option = self.limit(scope["path"])
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _error(BodyTooLarge(limit, option).detail, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit, option)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def text_problem(field: str, text: str, most: int) -> str | None:
+    """Why `text` (a request's `field`) cannot be used, as one line; None when it can. JSON may carry lone
+    UTF-16 surrogates ("\\ud800"), which are no text: they could not even be written back in the answer."""
+    if len(text) > most:
+        return f"{field} too long: {len(text)} characters, at most {most}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        surrogate = ord(text[error.start])
+        return f"{field} is not valid text: a lone UTF-16 surrogate (U+{surrogate:04X}) at character {error.start + 1}"
+    return None
 
 
 def _validation_line(error: RequestValidationError) -> str:
@@ -101,9 +215,16 @@ def _validation_line(error: RequestValidationError) -> str:
     return "; ".join(parts) or "malformed request"
 
 
-def create_app(predictor: Any, videos: Path, allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
+def create_app(
+    predictor: Any,
+    videos: Path,
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_query_chars: int = MAX_QUERY_CHARS,
+) -> FastAPI:
     """The demo app for one Predictor and one folder of videos, answering requests whose Host is one of
-    `allowed_hosts` (see host_names)."""
+    `allowed_hosts` (see host_names) and whose body is at most `max_body_bytes`, queries of at most
+    `max_query_chars` characters."""
     root = Path(videos).resolve(strict=True)
     model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="img-predict-model")  # one request at a time
     page = resources.files("img_model").joinpath("templates/demo.html").read_text(encoding="utf-8")
@@ -114,7 +235,8 @@ def create_app(predictor: Any, videos: Path, allowed_hosts: Sequence[str] = LOCA
         model.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="img-predict demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(RequestBodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(AllowedHosts, names=list(allowed_hosts))  # added last: it runs first
     app.state.waiting = 0  # predictions waiting for the model or running (for the log and the tests)
 
     @app.exception_handler(RequestValidationError)
@@ -136,7 +258,7 @@ def create_app(predictor: Any, videos: Path, allowed_hosts: Sequence[str] = LOCA
 
     @app.get("/api/videos")
     def videos_list() -> dict[str, Any]:
-        return {"videos": list_videos(root), "top_k": predictor.top_k}
+        return {"videos": list_videos(root), "top_k": predictor.top_k, "max_query_chars": max_query_chars}
 
     @app.get("/media/{requested:path}", response_model=None)
     def media(requested: str) -> FileResponse | JSONResponse:
@@ -147,6 +269,11 @@ def create_app(predictor: Any, videos: Path, allowed_hosts: Sequence[str] = LOCA
 
     @app.post("/api/predict")
     async def predict(request: PredictRequest, connection: Request) -> Response:
+        problem = text_problem("video", request.video, MAX_VIDEO_CHARS) or text_problem(
+            "query", request.query, max_query_chars
+        )
+        if problem is not None:
+            return _error(problem, 400)
         path = media_path(root, request.video)
         if path is None:
             return _error(f"no video {request.video!r} under the served folder", 404)

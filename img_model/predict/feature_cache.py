@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from extract.core.download import cache_dir
-from extract.core.errors import ImgVmrError, StoreLockedError, UsageError, VideoDecodeError
+from extract.core.errors import ImgVmrError, OutputWriteError, StoreLockedError, UsageError, VideoDecodeError, writing
 from extract.core.files import acquire_writer_lock, release_writer_lock
 from extract.core.precision import Precision
 from extract.media.probe import read_stream_attrs, stored_duration
@@ -246,13 +246,14 @@ class FeatureCache:
     @contextlib.contextmanager
     def _extraction_lock(self) -> Iterator[None]:
         """Hold the folder's extraction lock, waiting up to lock_timeout for another process that holds it."""
-        self.folder.mkdir(parents=True, exist_ok=True)
 
         def waiting(holder: str) -> None:
             log.info("waiting for %s, which extracts a video into the cache %s", holder, self.cache_dir)
 
         try:
-            handle = acquire_writer_lock(self.folder, self.cache_dir, CACHE_LOCK, self.lock_timeout, waiting)
+            with writing(f"the feature cache {self.folder}", self.folder):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                handle = acquire_writer_lock(self.folder, self.cache_dir, CACHE_LOCK, self.lock_timeout, waiting)
         except StoreLockedError as locked:
             raise StoreLockedError(
                 f"the feature cache {self.cache_dir} is still being written by {locked.holder} after "
@@ -287,6 +288,8 @@ class FeatureCache:
                 locked.holder,
             ) from None
         except RunStopped as stopped:
+            if isinstance(stopped.cause, OutputWriteError):  # a full disk under the cache: one line, exit 3
+                raise stopped.cause from None
             raise ImgVmrError(f"{video}: feature extraction stopped ({stopped.cause})") from stopped.cause
         visual = self.specs["visual"].name
         for failure in summary.failures:

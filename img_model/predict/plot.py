@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extract.core.errors import ImgVmrError, UsageError
+from extract.core.errors import ImgVmrError, UsageError, writing
 from extract.core.files import check_writable, write_atomically
 from extract.media.decode import AudioSampling, iter_audio
 from extract.media.probe import probe
@@ -86,13 +86,11 @@ def write_plot(answers: VideoAnswers, out: str | os.PathLike[str]) -> Path:
     """The figure of these answers (video_figure) written at `out`; the format follows the suffix."""
     figure = video_figure(answers)
     path = Path(out)
-    try:
+    with writing(f"--plot {out}", path.parent):  # whole or not at all: a full disk leaves no half figure
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(
             path, lambda handle: figure.savefig(handle, format=path.suffix.lower().lstrip("."), dpi=PLOT_DPI)
         )
-    except OSError as error:
-        raise ImgVmrError(f"--plot {out}: cannot write the figure ({error.strerror or error})") from None
     return path
 
 

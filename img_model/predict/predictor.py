@@ -72,6 +72,7 @@ class QueryAnswer:
     branch: str  # "fused", or "visual" when no audio was used
     audio_importance: float | None  # the predicted p; None when no audio was used
     unknown_words: tuple[str, ...] = ()  # words read as <UNK>
+    tokens_dropped: int = 0  # tokens past the first max_pos_len, not read (as img-eval reads a query)
     start_probabilities: tuple[float, ...] = ()  # P_start per step of the video's grid
     end_probabilities: tuple[float, ...] = ()
 
@@ -84,6 +85,7 @@ class QueryAnswer:
             "branch": self.branch,
             "audio_importance": self.audio_importance,
             "unknown_words": list(self.unknown_words),
+            "tokens_dropped": self.tokens_dropped,
             "top": [span.as_json() for span in self.top],
             "start_probabilities": list(self.start_probabilities),
             "end_probabilities": list(self.end_probabilities),
@@ -118,6 +120,7 @@ class VideoAnswers:
                 branch=answer["branch"],
                 audio_importance=answer["audio_importance"],
                 unknown_words=tuple(answer["unknown_words"]),
+                tokens_dropped=answer.get("tokens_dropped", 0),  # absent from older answers
                 start_probabilities=tuple(answer["start_probabilities"]),
                 end_probabilities=tuple(answer["end_probabilities"]),
             )
@@ -206,9 +209,17 @@ class Predictor:
         return cls(checkpoint, cache, queries, device, precision, options.top_k)
 
     def read_queries(self, queries: Sequence[str]) -> list[QueryInput]:
-        """The text inputs of these queries; an empty query or one without a known word is a QueryError."""
+        """The text inputs of these queries; an empty query or one without a known word is a QueryError. A query
+        longer than max_pos_len tokens is read up to there, as img-eval reads it (a warning says so)."""
         inputs = read_queries(self.queries, queries)
         for query in inputs:
+            if query.tokens_dropped:
+                log.warning(
+                    "%r: the model reads its first %d tokens (max_pos_len), as img-eval does; the last %d are not read",
+                    query.text,
+                    self.config.max_pos_len,
+                    query.tokens_dropped,
+                )
             if query.unknown_words:
                 log.warning(
                     "%r: %s not in the checkpoint's vocabulary, read as <UNK> (the UNK vector)",
@@ -294,6 +305,7 @@ def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int
         branch=branch,
         audio_importance=float(outputs.aip_prob[0].float()) if audio_used else None,
         unknown_words=query.unknown_words,
+        tokens_dropped=query.tokens_dropped,
         start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),
         end_probabilities=tuple(torch.softmax(end_logits, dim=0).tolist()),
     )

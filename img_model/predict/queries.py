@@ -7,6 +7,9 @@ some unknown words is answered, and `unknown_words` names them (img-predict warn
 word is unknown is refused (QueryError): all its words would be the same UNK vector, so the answer would not
 depend on what was typed. An empty query is refused too.
 
+Long queries. The model reads the first max_pos_len tokens of a query, as img-eval reads the text store's (§1.3
+step 4); `tokens_dropped` counts the others (img-predict says so, and the answer carries it).
+
 The encoder of a BERT / CLIP-text checkpoint is loaded from the model its text store recorded (or --text-model)
 and must be the same model: its weights' sha256 must be the recorded one, unless trust_weights says otherwise.
 """
@@ -48,6 +51,7 @@ class QueryInput:
     char_ids: list[np.ndarray] | None = None
     features: np.ndarray | None = None  # [L, D] float32
     unknown_words: tuple[str, ...] = ()
+    tokens_dropped: int = 0  # tokens past the first max_pos_len, which the model does not read
 
 
 def checked_query(text: str) -> str:
@@ -61,16 +65,19 @@ def checked_query(text: str) -> str:
 class GloveQueryReader:
     """Word and character ids from the checkpoint's vocabulary, tokenised as its text store was."""
 
-    def __init__(self, vocabulary: dict[str, Any], recipe: dict[str, Any]) -> None:
+    def __init__(self, vocabulary: dict[str, Any], recipe: dict[str, Any], max_tokens: int) -> None:
         self.vocabulary = Vocabulary(
             tuple(vocabulary["words"]), tuple(vocabulary["chars"]), int(recipe.get("max_words", MAX_WORDS))
         )
         self.tokenizer = str(recipe.get("tokenizer", DEFAULT_TOKENIZER))
+        self.max_tokens = max_tokens
         self._known = set(self.vocabulary.words[2:])
 
     def __call__(self, text: str) -> QueryInput:
         query = checked_query(text)
-        tokens = tokenize(query, self.tokenizer)[: self.vocabulary.max_words]
+        every_token = tokenize(query, self.tokenizer)
+        # the text store's first max_words, of which img-eval reads the first max_pos_len (§1.3)
+        tokens = every_token[: min(self.vocabulary.max_words, self.max_tokens)]
         if not tokens:
             raise QueryError(f"{query!r} has no words once tokenised")
         unknown = tuple(dict.fromkeys(token for token in tokens if token not in self._known))
@@ -83,19 +90,22 @@ class GloveQueryReader:
             )
         word_ids = self.vocabulary.word_ids(tokens).astype(np.int64)
         char_ids = [ids.astype(np.int64) for ids in self.vocabulary.char_ids(tokens)]
-        return QueryInput(query, word_ids=word_ids, char_ids=char_ids, unknown_words=unknown)
+        dropped = len(every_token) - len(tokens)
+        return QueryInput(query, word_ids=word_ids, char_ids=char_ids, unknown_words=unknown, tokens_dropped=dropped)
 
 
 class EncoderQueryReader:
-    """Per-token features from the text encoder the checkpoint's text store recorded."""
+    """Per-token features from the text encoder the checkpoint's text store recorded (the first max_tokens)."""
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, max_tokens: int) -> None:
         self.encoder = encoder
+        self.max_tokens = max_tokens
 
     def __call__(self, text: str) -> QueryInput:
         query = checked_query(text)
-        features = self.encoder.encode([query]).features[0]
-        return QueryInput(query, features=np.asarray(features, np.float32))
+        features = np.asarray(self.encoder.encode([query]).features[0], np.float32)
+        read = features[: self.max_tokens]
+        return QueryInput(query, features=read, tokens_dropped=len(features) - len(read))
 
 
 def query_reader(
@@ -116,9 +126,10 @@ def query_reader(
             )
         if not recorded:
             log.warning("the checkpoint records no tokeniser (converted); queries are split with %s", DEFAULT_TOKENIZER)
-        return GloveQueryReader(checkpoint.vocabulary, recipe)
+        return GloveQueryReader(checkpoint.vocabulary, recipe, config.max_pos_len)
     return EncoderQueryReader(
-        _text_encoder(config.text_feature_dim, recipe, device, weights_dir, text_model, trust_weights)
+        _text_encoder(config.text_feature_dim, recipe, device, weights_dir, text_model, trust_weights),
+        config.max_pos_len,
     )
 
 

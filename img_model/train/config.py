@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,9 +26,16 @@ from typing import Any, Literal
 from extract.core.errors import UsageError
 from extract.core.precision import Precision
 from img_model.data.dataset import DataConfig
-from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig
+from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig, check_number, check_whole_number
 
 SelectOn = Literal["val", "test"]
+
+MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_EVALS_PER_EPOCH = 1_000
+MAX_WORKERS = 256  # DataLoader worker processes asked for; each run uses at most the CPUs it may use (loader_workers)
+MAX_THREADS = 1_024
 
 # IMGConfig fields the data decides (feature and vocabulary sizes): never set by defaults, TOML or flags.
 DATA_DERIVED = frozenset(
@@ -61,24 +69,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
-            raise UsageError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size,
-            "evals_per_epoch": self.evals_per_epoch,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}")
-        if self.seed < 0 or self.val_seed < 0:
-            raise UsageError(f"seed and val_seed must be >= 0, not {self.seed} / {self.val_seed}")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
+            raise ValueError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
+        check_whole_number("epochs", self.epochs, 1, MAX_EPOCHS)
+        check_whole_number("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_whole_number("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
+        check_whole_number("evals_per_epoch", self.evals_per_epoch, 1, MAX_EVALS_PER_EPOCH)
+        check_whole_number("seed", self.seed, 0, MAX_SEED)
+        check_whole_number("val_seed", self.val_seed, 0, MAX_SEED)
+        check_number("val_fraction", self.val_fraction, 0.0, 1.0, above_low=True, below_high=True)
         for name in ("learning_rate", "weight_decay", "clip_norm"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UsageError(f"{name} must be a finite number >= 0, not {value}")
+            check_number(name, getattr(self, name), 0.0)
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,11 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         Precision(self.precision)  # one of fp32, bf16, fp16 (UsageError otherwise)
-        if self.workers < 0 or self.threads < 0:
-            raise UsageError(f"workers and threads must be >= 0, not {self.workers} / {self.threads}")
-        if self.log_every < 1:
-            raise UsageError(f"log_every must be at least 1, not {self.log_every}")
+        if type(self.device) is not str:
+            raise ValueError(f"device must be a string (auto, cpu, cuda or cuda:N), not {self.device!r}")
+        check_whole_number("workers", self.workers, 0, MAX_WORKERS)
+        check_whole_number("threads", self.threads, 0, MAX_THREADS)
+        check_whole_number("log_every", self.log_every, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,14 @@ def read_toml(path: Path) -> dict[str, dict[str, Any]]:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise UsageError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--config {path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"--config {path} is not valid TOML ({error})") from None
+    except RecursionError:  # the standard library's parser recurses once per level of nesting
+        raise UsageError(
+            f"--config {path} nests arrays or tables hundreds of levels deep: not an img-train config"
+        ) from None
     for section, values in raw.items():
         if section not in SECTIONS:
             raise UsageError(f"{path}: unknown section [{section}]; use {', '.join(f'[{s}]' for s in SECTIONS)}")
@@ -166,19 +173,28 @@ def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def _build(section: str, values: Mapping[str, Any], where: str) -> Any:
+    """A section's dataclass from its values: each of a type its field takes (lists for tuples), then each
+    dataclass's own checks; one UsageError line saying where (a config file, "options", a checkpoint)."""
     cls = SECTIONS[section]
     defaults = cls()
+    if not isinstance(values, Mapping):
+        raise UsageError(f"{where}: [{section}] must be a section of settings, not {reprlib.repr(values)}")
     fields = {}
     for name, value in values.items():
+        if not hasattr(defaults, name):
+            raise UsageError(f"{where}: [{section}] has no setting {reprlib.repr(name)}")
         default = getattr(defaults, name)
-        if isinstance(default, tuple) and isinstance(value, list | tuple):
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, int | float | str) for v in value):
+                raise UsageError(f"{where}: [{section}] {name} must be a list of values, not {reprlib.repr(value)}")
             value = tuple(value)
         elif isinstance(default, bool) and not isinstance(value, bool):
-            raise UsageError(f"{where}: [{section}] {name} must be true or false, not {value!r}")
+            raise UsageError(f"{where}: [{section}] {name} must be true or false, not {reprlib.repr(value)}")
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif type(default) in (int, str) and type(value) is not type(default):
-            raise UsageError(f"{where}: [{section}] {name} must be a {type(default).__name__}, not {value!r}")
+        elif type(default) in (int, float, str) and type(value) is not type(default):
+            kind = {int: "a whole number", float: "a number", str: "a string"}[type(default)]
+            raise UsageError(f"{where}: [{section}] {name} must be {kind}, not {reprlib.repr(value)}")
         fields[name] = value
     try:
         return cls(**fields)
@@ -209,11 +225,12 @@ def as_dict(config: TrainingRunConfig) -> dict[str, dict[str, Any]]:
     return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
 
 
-def from_dict(sections: Mapping[str, Mapping[str, Any]]) -> TrainingRunConfig:
-    """A TrainingRunConfig from `as_dict` output (e.g. a checkpoint's)."""
-    return TrainingRunConfig(
-        **{section: _build(section, sections.get(section, {}), "checkpoint") for section in SECTIONS}
-    )
+def from_dict(sections: Mapping[str, Mapping[str, Any]], where: str = "checkpoint") -> TrainingRunConfig:
+    """A TrainingRunConfig from `as_dict` output (e.g. a checkpoint's); `where` the errors name."""
+    unknown = sorted(str(name) for name in set(sections) - set(SECTIONS))
+    if unknown:
+        raise UsageError(f"{where}: unknown section [{unknown[0]}]")
+    return TrainingRunConfig(**{section: _build(section, sections.get(section, {}), where) for section in SECTIONS})
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------

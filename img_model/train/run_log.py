@@ -1,15 +1,23 @@
 """What a training run writes beside its checkpoints (config.toml, metrics.jsonl, TensorBoard scalars,
 summary.txt), and metrics.jsonl read back (img-train's resume, img-pipeline's "is the run finished?") without
-importing torch."""
+importing torch.
+
+Every file is written whole or not at all (a temporary name renamed into place; a metrics line appended whole or
+truncated away), and an OSError while writing (a full disk) is one OutputWriteError line saying what could not be
+written and which checkpoint holds the run so far.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from extract.core.errors import OutputWriteError, cannot_write
 from extract.core.files import write_atomically
 
 if TYPE_CHECKING:
@@ -50,11 +58,23 @@ def finished_summary(run_dir: Path, step: int) -> str | None:
 
 class RunLog:
     """The files of a run folder that are not checkpoints, written by rank 0 (a RunLog that was not opened, as on
-    the other ranks, writes nothing)."""
+    the other ranks, writes nothing). `kept()` names the checkpoint that holds the run so far, for the line of a
+    write that failed."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, kept: Callable[[], str] = lambda: "no checkpoint was written yet") -> None:
         self.run_dir = run_dir
+        self.kept = kept
         self.writer: Any = None  # TensorBoard's SummaryWriter, once opened
+
+    @contextlib.contextmanager
+    def writing(self, what: str | Path) -> Iterator[None]:
+        """An OSError within the block (a full disk) is one OutputWriteError line: what could not be written, and
+        the checkpoint that holds the run so far (every file is written so that the previous one stays whole)."""
+        try:
+            yield
+        except OSError as error:
+            failure = cannot_write(str(what), self.run_dir, error)
+            raise OutputWriteError(f"{failure}; {self.kept()}", failure.make_room) from None
 
     def open(self, run: TrainingRunConfig, step: int) -> None:
         """The run's config.toml; metrics.jsonl without the evaluations logged after `step` (a resume repeats them
@@ -63,36 +83,65 @@ class RunLog:
 
         from img_model.train.config import to_toml
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.tmp"):  # a write a kill interrupted (never renamed)
+            log.info("removing %s, a write that was interrupted", stale.name)
+            stale.unlink(missing_ok=True)
         header = f"img-train run {self.run_dir.name}: the resolved configuration"
-        write_atomically(self.run_dir / "config.toml", to_toml(run, header=header))
+        with self.writing(self.run_dir / "config.toml"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.run_dir / "config.toml", to_toml(run, header=header))
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():
             kept = [line for line, entry in metrics_lines(metrics) if entry.get("step", 0) <= step]
-            write_atomically(metrics, "".join(line + "\n" for line in kept))
-        for stale in self.run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write a kill interrupted (never renamed)
-            log.info("removing %s, a checkpoint write that was interrupted", stale.name)
-            stale.unlink(missing_ok=True)
+            with self.writing(metrics):  # all of it or none: a full disk keeps the file as it was
+                write_atomically(metrics, "".join(line + "\n" for line in kept))
         # scalars logged after the checkpoint's step are dropped (they will be logged again); the step's own stay
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+        with self.writing(self.run_dir / "tensorboard"):
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(f"{prefix}{name}", value, step)
+            with self.writing(self.run_dir / "tensorboard"):
+                for name, value in values.items():
+                    self.writer.add_scalar(f"{prefix}{name}", value, step)
 
     def flush(self) -> None:
         if self.writer is not None:
-            self.writer.flush()
+            with self.writing(self.run_dir / "tensorboard"):
+                self.writer.flush()
 
     def log_metrics(self, entry: dict[str, Any]) -> None:
-        """One line of metrics.jsonl (an evaluation, or the final line that marks the run finished)."""
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
+        """One line of metrics.jsonl (an evaluation, or the final line that marks the run finished), appended whole
+        or not at all (a full disk leaves no torn line)."""
+        path = self.run_dir / "metrics.jsonl"
+        with self.writing(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    line = memoryview((json.dumps(entry) + "\n").encode())
+                    while line:
+                        line = line[os.write(fd, line) :]
+                except OSError:
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
 
     def summary(self, text: str) -> None:
-        write_atomically(self.run_dir / "summary.txt", text + "\n")
+        with self.writing(self.run_dir / "summary.txt"):
+            write_atomically(self.run_dir / "summary.txt", text + "\n")
 
     def close(self) -> None:
+        """Close the TensorBoard writer at the end of a run (its last events written: a failure is the line)."""
         if self.writer is not None:
-            self.writer.close()
+            with self.writing(self.run_dir / "tensorboard"):
+                self.writer.close()
+            self.writer = None
+
+    def abandon(self) -> None:
+        """Close the writer of a run stopped by an error: that error is the one the user sees."""
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            self.writer = None

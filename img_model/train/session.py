@@ -19,9 +19,10 @@ from typing import Any
 from extract.core.console import attach_log_file
 from extract.core.errors import ImgVmrError, UsageError
 from extract.core.provenance import compare_recipes
-from img_model.checkpoint import Checkpoint, CheckpointMismatchError, read_checkpoint
+from img_model.checkpoint import DAMAGED, Checkpoint, CheckpointMismatchError, read_checkpoint
 from img_model.data.dataset import DataSources, data_overrides
 from img_model.distributed import start_process_group
+from img_model.network.convert import CheckpointLayoutError
 from img_model.runtime import RankContext
 from img_model.train.config import TrainingRunConfig, from_dict, resolve
 from img_model.train.run_data import model_inputs, prepare_data
@@ -122,7 +123,7 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
         if rank.is_main:
             attach_log_file(resume / "train.log")
         moved = data_overrides(**{name: options.get(name) for name in RESUMABLE_DATA_FLAGS})
-        run = restored_run(checkpoint, runtime, moved)
+        run = restored_run(checkpoint, runtime, moved, where=last)
         run_dir = resume
     else:
         assert out is not None
@@ -138,7 +139,10 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
         run_dir = out
     early_log = _hold_log_records() if checkpoint is None and rank.is_main else None
     sources = DataSources(run.data)
-    run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    try:
+        run = replace(run, model=replace(run.model, **model_inputs(sources)))
+    except ValueError as error:  # the inputs' sizes (feature widths, vocabulary) are checked as the config's are
+        raise ImgVmrError(f"the inputs make a model no run can train: {error}") from None
     if checkpoint is not None:
         for kind, recorded in checkpoint.provenance.items():
             current = sources.provenance()[kind]
@@ -169,11 +173,18 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
 
 
 def restored_run(
-    checkpoint: Checkpoint, runtime_overrides: dict[str, Any], data_overrides: dict[str, Any] | None = None
+    checkpoint: Checkpoint,
+    runtime_overrides: dict[str, Any],
+    data_overrides: dict[str, Any] | None = None,
+    where: str | Path = "checkpoint",
 ) -> TrainingRunConfig:
-    """The run config a last.pt was trained with, with new runtime settings (device, workers, ...) and data
-    locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI)."""
-    run = from_dict(checkpoint.run or {})
+    """The run config a last.pt (`where`) was trained with, with new runtime settings (device, workers, ...) and
+    data locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI). Its recorded sections are checked as a config
+    file's are: a value no run can have is a CheckpointLayoutError naming the file."""
+    try:
+        run = from_dict(checkpoint.run or {}, where=str(where))
+    except UsageError as error:
+        raise CheckpointLayoutError(f"{error}; {DAMAGED}") from None
     runtime = replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None})
     return replace(run, runtime=runtime, data=replace(run.data, **(data_overrides or {})))
 

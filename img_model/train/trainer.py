@@ -62,7 +62,7 @@ from img_model.network.layers import batch_rows
 from img_model.network.losses import BatchScope, img_loss, loss_scalars
 from img_model.network.model import IMG
 from img_model.network.optim import linear_decay, make_optimizer
-from img_model.runtime import SINGLE_PROCESS, RankContext, runtime_device
+from img_model.runtime import SINGLE_PROCESS, RankContext, loader_workers, runtime_device
 from img_model.train.batches import EpochBatches, evaluation_steps
 from img_model.train.config import TrainingRunConfig, as_dict
 from img_model.train.run_data import RunData, data_fingerprint, fingerprint_changes
@@ -145,12 +145,11 @@ class Trainer:
             data.train,
             batch_sampler=self.batches,
             collate_fn=collate,
-            num_workers=runtime.workers,
-            persistent_workers=runtime.workers > 0,
             pin_memory=self.device.type == "cuda",
             generator=self.loader_generator,
+            **loader_workers(runtime.workers, self.steps_per_epoch, "training"),
         )
-        self.log = RunLog(self.run_dir)
+        self.log = RunLog(self.run_dir, self._kept)
 
     # --- state ---------------------------------------------------------------------------------------------
 
@@ -227,12 +226,14 @@ class Trainer:
             while self.epoch < train.epochs:
                 if self.epoch >= stop_at:
                     log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
+                    self.log.close()
                     return self._result(finished=False)
                 self._train_epoch()
             final = self._final_report()
+            self.log.close()
             return self._result(finished=True, final=final)
         finally:
-            self.log.close()
+            self.log.abandon()
 
     def _train_epoch(self) -> None:
         epoch, train = self.epoch, self.run.train
@@ -374,9 +375,9 @@ class Trainer:
         self.log.scalars({"mean_audio_importance": report.mean_importance}, self.step, f"{report.split}/")
         self.log.flush()  # every scalar up to this step is in the event file before last.pt says so
         checkpoint = self._checkpoint(metrics)
-        if improved:
-            save_checkpoint(checkpoint, self.run_dir / "best.pt")
-        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        for name in ("best.pt", "last.pt") if improved else ("last.pt",):
+            with self.log.writing(self.run_dir / name):
+                save_checkpoint(checkpoint, self.run_dir / name)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
         log.info(
             "step %d: %s fused %s %.2f%s (%.1f s)",
