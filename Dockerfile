@@ -15,7 +15,7 @@ ARG TORCHVISION_VERSION=0.26.0
 ARG TORCHAUDIO_VERSION=2.11.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
 # ray[default]: the dashboard and job server that `ray job submit` and KubeRay's RayJob talk to (plain `ray`, the
-# extra's minimum that CI installs, has neither). README's RayJob names this version as its rayVersion.
+# extra's minimum that CI installs, has neither). docs/engines.md's RayJob names this version as its rayVersion.
 ARG RAY_VERSION=2.60.0
 
 # HOME and the caches are writable by any uid: `docker run --user "$(id -u):$(id -g)"` has no passwd entry (HOME

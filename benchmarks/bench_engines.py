@@ -13,7 +13,7 @@ per-video cost is (whole - start-up) / (videos - 1). Ratios are against the loca
 The Ray Data variant is the same work as the Ray engine expressed as a Dataset: `map_batches` decode tasks (the
 stages of extract/run/stages.py, one video per task, its events to a small actor) -> `map_batches` with an actor
 pool of the model (Embed) -> the driver assembles the rows (VideoAssembly) and commits parts. It needs
-`pip install "ray[data]"`; it exists to measure the choice the Ray engine made (README, "Engines").
+`pip install "ray[data]"`; it exists to measure the choice the Ray engine made (docs/engines.md).
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def test_a_store_holds_fp32_rows_of_both_backends_and_says_so(tmp_path, clip_cop
 
 def test_bf16_on_the_cpu_is_the_documented_distance_from_fp32(published_weights, monkeypatch):
     """torch autocast bf16 (emulated where the CPU lacks bf16) against fp32 on the same VGGish examples: the
-    README's bf16 numbers; on a CPU with bf16 the same run is the real one."""
+    numbers of docs/performance.md; on a CPU with bf16 the same run is the real one."""
     monkeypatch.setattr(cpu, "native_bf16", lambda: True)
     inputs = np.random.default_rng(0).normal(0, 0.1, (4, 15600)).astype(np.float32)
     rows = {

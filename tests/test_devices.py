@@ -62,7 +62,7 @@ def test_auto_warns_when_the_driver_sees_gpus_that_torch_cannot_use(
     assert resolve_device("auto") == torch.device("cpu")
     warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert warning.startswith("running on the CPU: nvidia-smi sees 1 GPU(s) (Tesla V100-SXM2-16GB; driver 535.104.05)")
-    assert f"that torch {torch.__version__}" in warning and "README, Installation" in warning
+    assert f"that torch {torch.__version__}" in warning and "docs/install.md, Torch for your GPU and driver" in warning
 
 
 @no_cuda

@@ -124,7 +124,7 @@ def _unusable_gpus(torch: Any, reason: str | None) -> str | None:
     why = f": {reason}" if reason else ""
     return (
         f"{_gpus_line(gpus)} that {_torch_build(torch)} cannot use{why}; install the torch build for this driver "
-        "and GPU (README, Installation)"
+        "and GPU (docs/install.md, Torch for your GPU and driver)"
     )
 
 
@@ -144,7 +144,7 @@ def _unsupported_gpu(torch: Any, index: int) -> str | None:
     return (
         f"{torch.cuda.get_device_name(index)} (compute capability {capability[0]}.{capability[1]}) has no kernels "
         f"in {_torch_build(torch)}, built for {' '.join(torch.cuda.get_arch_list())}; install a torch build "
-        "for this GPU (README, Installation)"
+        "for this GPU (docs/install.md, Torch for your GPU and driver)"
     )
 
 

@@ -7,7 +7,7 @@
       Commit on a writer thread           <--       rows + failures      on CPUs (0.01 CPU); models loaded once
       -> immutable parts, index at the end
 
-Ray core rather than Ray Data: benchmarks/bench_engines.py measured both on the same work (README, "Engines").
+Ray core rather than Ray Data: benchmarks/bench_engines.py measured both on the same work (docs/engines.md, "Ray").
 The stages, the Batcher, VideoAssembly (via Collector) and the Commit stage are the local engine's own.
 
 Exactly once. A video's records reach the writer once, when all its tracks are settled (Collector). When Ray loses

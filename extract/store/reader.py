@@ -1,6 +1,6 @@
 """The HDF5 feature store: immutable part files plus an index, written crash-safely, read lazily.
 
-Layout for `--out feats.h5` (README "Feature store layout"):
+Layout for `--out feats.h5` (docs/store.md, "Layout"):
 
     feats.h5                     index: links every current track (HDF5 external links) for h5py users
     feats.h5.parts/

@@ -12,7 +12,7 @@ without the extension, extract.media.sources.folder_video_id), a row whose video
 the predicted start.
 
 Sizes: the list renders one page (50 rows) at a time; the size and speed of a report of ActivityNet's test split
-are measured once, in the README ("The report"). Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here,
+are measured once, in docs/prediction.md ("The report"). Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here,
 in Python, with the same IoUs as the metrics, so filters and table can never disagree.
 
     from img_model.evaluate.report import write_report

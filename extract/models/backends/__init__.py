@@ -6,8 +6,9 @@ it (extract/models/backends/openvino_runtime.py). `--backend auto` picks OpenVIN
 (`pip install -e ".[openvino]"`) and torch on a GPU. A model OpenVINO cannot convert or compile runs on torch,
 with one line in the log saying so; provenance records the backend that really ran and its version.
 
-fp32 features of both backends agree within the golden tolerances (README "Backends"), so a store may hold rows
-of both under one recipe; bf16 is part of the recipe and never mixes with fp32 rows.
+fp32 features of both backends agree within the golden tolerances (docs/performance.md, "Backends and precision on
+the CPU"), so a store may hold rows of both under one recipe; bf16 is part of the recipe and never mixes with fp32
+rows.
 """
 
 from __future__ import annotations
