@@ -113,6 +113,7 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
         if not last.is_file():
             raise ImgVmrError(f"{resume} holds no last.pt to resume from")
         checkpoint = read_checkpoint(last)
+        recorded_run(checkpoint, last)  # a value no run can have is refused before anything else
         step = (checkpoint.training or {}).get("step", -1)
         summary = finished_summary(resume, step)
         if summary is not None:  # nothing to train, nothing to write
@@ -181,12 +182,18 @@ def restored_run(
     """The run config a last.pt (`where`) was trained with, with new runtime settings (device, workers, ...) and
     data locations (moved stores, `RESUMABLE_DATA_FLAGS` of the CLI). Its recorded sections are checked as a config
     file's are: a value no run can have is a CheckpointLayoutError naming the file."""
-    try:
-        run = from_dict(checkpoint.run or {}, where=str(where))
-    except UsageError as error:
-        raise CheckpointLayoutError(f"{error}; {DAMAGED}") from None
+    run = recorded_run(checkpoint, where)
     runtime = replace(run.runtime, **{k: v for k, v in runtime_overrides.items() if v is not None})
     return replace(run, runtime=runtime, data=replace(run.data, **(data_overrides or {})))
+
+
+def recorded_run(checkpoint: Checkpoint, where: str | Path = "checkpoint") -> TrainingRunConfig:
+    """The run config a checkpoint (the file `where`) records, each section checked as a config file's is: a value
+    no run can have is a CheckpointLayoutError naming the file."""
+    try:
+        return from_dict(checkpoint.run or {}, where=str(where))
+    except UsageError as error:
+        raise CheckpointLayoutError(f"{error}; {DAMAGED}") from None
 
 
 def _hold_log_records() -> logging.handlers.MemoryHandler:
