@@ -24,7 +24,7 @@ from img_model.cli.options import write_failed
 from img_model.network.convert import CheckpointLayoutError
 from img_model.train.config import MAX_THREADS
 
-log = logging.getLogger(f"img_vmr.{__name__}")
+log = logging.getLogger("img_vmr.img_model.cli.predict")  # by name: `python -m` runs it as __main__
 PROGRAM = "img-predict"
 OUR_LOGGERS = ("img_vmr.img_model.predict.", "img_vmr.img_model.cli.predict")
 EXTRACTION_RUN_LOGGER = "img_vmr.extract.run."
