@@ -29,7 +29,7 @@ failure takes down only what depends on it:
 
 Results: OUT/gpu_check.json and OUT/gpu_check.md (rewritten after every step, so a killed check leaves what it
 measured). --dry-run runs the same steps on the CPU with tiny inputs (1 video, a tiny CLIP, a small training
-batch, fp16 asked for where the CPU runs fp32, the DDP check on 2 gloo processes): CI runs it
+batch, fp32 extraction runs as a CPU runs them, the DDP check on 2 gloo processes): CI runs it
 (tests/test_gpu_check.py).
 
     benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--deadline-s 360] [--steps setup,extract,...]
@@ -216,7 +216,7 @@ class Sizes:
     seconds: float
     batch_size: int
     workers: int
-    precision: str  # of the extraction runs (fp16 on the CPU runs fp32: the option's path is what the dry run runs)
+    precision: str  # of the extraction runs (a run asked for fp16 on a CPU is refused: extract/core/precision.py)
     clip_layers: int  # ViT-B/32 has 12
     train_batch: int
     train_video_len: int
@@ -227,7 +227,7 @@ class Sizes:
 
 
 GPU = Sizes("cuda", 16, 8.0, 64, min(8, os.cpu_count() or 1), "fp16", 12, 16, 128, 5, 8.0, 16, 0)
-DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp16", 1, 2, 16, 1, 3.0, 1, 1)
+DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp32", 1, 2, 16, 1, 3.0, 1, 1)
 
 
 @dataclass(frozen=True)

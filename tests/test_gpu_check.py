@@ -173,7 +173,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu_without_what_the_gpu_node_lacks(
     for extraction in steps["extract"]["presets"].values():
         assert extraction["clips_per_s"] > 0 and extraction["bound"] in ("decode", "compute")
         assert extraction["gpu"]["utilisation_mean_pct"] == 37.0 and extraction["gpu"]["memory_max_mib"] == 1024.0
-        assert extraction["precision"] == "fp16"  # the option's path runs (the CPU computes fp32)
+        assert extraction["precision"] == "fp32"  # what a CPU runs (fp16 asked for there is refused)
     assert set(steps["precision"]["min_cosine_to_fp32"]) == {"clip", "i3d-charades-vslnet", "vggish", "panns"}
     assert steps["precision"]["inputs"] == "synthetic"
     assert steps["train-step"]["fp32"]["ms_per_step"] > 0 and "bf16" in steps["train-step"]

@@ -1,12 +1,19 @@
-"""Feature models. `build_extractor` maps a preset's `model` key onto its extractor class (imported lazily)."""
+"""Feature models. `build_extractor` maps a preset's `model` key onto its extractor class (imported lazily).
+
+The package itself imports no torch: `extract.models.presets` is read by commands that never load a model
+(img-pipeline's recipes, --help), and importing torch starts subprocesses of its own (ldconfig) and takes seconds.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from extract.core.errors import UsageError
-from extract.models.base import ExtractorOptions, FeatureExtractor
-from extract.models.presets import Preset
+
+if TYPE_CHECKING:
+    from extract.models.base import ExtractorOptions, FeatureExtractor
+    from extract.models.presets import Preset
 
 EXTRACTORS: dict[str, tuple[str, str]] = {
     "clip-vision": ("extract.models.clip_vision", "ClipVisionExtractor"),
@@ -22,6 +29,15 @@ def build_extractor(preset: Preset, options: ExtractorOptions) -> FeatureExtract
         raise UsageError(f"preset {preset.name!r} names an unknown model {preset.model!r}")
     module, name = EXTRACTORS[preset.model]
     return getattr(importlib.import_module(module), name)(preset, options)
+
+
+def __getattr__(name: str) -> Any:
+    """ExtractorOptions and FeatureExtractor (extract/models/base.py), imported when first asked for."""
+    if name in ("ExtractorOptions", "FeatureExtractor"):
+        from extract.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["EXTRACTORS", "ExtractorOptions", "FeatureExtractor", "build_extractor"]
