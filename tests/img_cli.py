@@ -42,6 +42,19 @@ def tiny_dataset(folder: Path) -> SyntheticDataset:
     return data
 
 
+def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
+    """img-train's arguments for `data` with its tiny.toml (tiny_dataset), writing the run to `out`."""
+    return [
+        *data.cli_data_args(),
+        "--config",
+        str(data.folder / "tiny.toml"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
 def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
     """The tiny synthetic dataset in folder/data and a checkpoint trained on it for one epoch, in this process
     (torch's thread count restored afterwards): folder/run/best.pt."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,12 @@ import torch
 
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import iter_frames
-from extract.media.ffmpeg import ffmpeg_path
 from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
 from extract.models.i3d import InceptionI3d, MaxPoolSame, load_i3d_checkpoint, pad_same
 from extract.models.presets import I3D_ANET_VSLNET
 from tests.golden import GOLDEN, golden_tensors, load_npz
+from tests.videos import encode_frames
 
 I3D_GOLDEN = GOLDEN / "i3d"
 WEIGHTS_SEED = 101
@@ -180,32 +179,7 @@ def golden_video(tmp_path_factory) -> Path:
     """The golden frames as a lossless 224x224 video at 25 fps."""
     frames = load_npz("i3d", "inputs.npz")["frames_uint8"]
     video = tmp_path_factory.mktemp("i3d-video") / "golden.mkv"
-    subprocess.run(
-        [
-            ffmpeg_path(),
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            "224x224",
-            "-r",
-            "25",
-            "-i",
-            "pipe:0",
-            "-c:v",
-            "libx264rgb",
-            "-qp",
-            "0",
-            str(video),
-        ],
-        input=frames.tobytes(),
-        check=True,
-    )
+    encode_frames(video, frames, "25")
     return video
 
 

@@ -19,13 +19,13 @@ import torch
 
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import FrameBatch, iter_frames
-from extract.media.ffmpeg import ffmpeg_path
 from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
 from extract.models.hero_clips import ClipRule, ClipSource, HeroClips
 from extract.models.presets import SLOWFAST
 from extract.models.slowfast import BLOB_TABLE, SlowFastR50, load_slowfast_checkpoint, normalize_clips
 from tests.golden import golden_arrays, load_npz
+from tests.videos import encode_frames
 
 WEIGHTS_SEED = 501
 ATOL = RTOL = 1e-4
@@ -271,32 +271,7 @@ def test_golden_video_through_decode_clips_and_extractor(weights_dir, inputs, ex
     """The real-size golden frames as a lossless 30-fps video -> probe -> ffmpeg -> `slowfast`'s clips -> embed."""
     frames = inputs["full/frames_uint8"]
     video = tmp_path / "golden.mkv"
-    subprocess.run(
-        [
-            ffmpeg_path(),
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            "224x224",
-            "-r",
-            "30",
-            "-i",
-            "pipe:0",
-            "-c:v",
-            "libx264rgb",
-            "-qp",
-            "0",
-            str(video),
-        ],
-        input=frames.tobytes(),
-        check=True,
-    )
+    encode_frames(video, frames, "30")
     extractor = build_extractor(SLOWFAST, ExtractorOptions(device=torch.device("cpu"), weights_dir=weights_dir))
     stream = probe(video)
     windower = extractor.windower()

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from img_model.data.synthetic import SyntheticDataset
-from tests.img_cli import run_img_train, tiny_dataset
+from tests.img_cli import run_img_train, tiny_dataset, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,18 +118,6 @@ def run_on_a_filling_disk(
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
-    return [
-        *data.cli_data_args(),
-        "--config",
-        str(data.folder / "tiny.toml"),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")

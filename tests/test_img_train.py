@@ -32,7 +32,7 @@ from img_model.train.batches import EpochBatches, evaluation_steps
 from img_model.train.config import DATA_DERIVED, TrainingRunConfig, read_toml, resolve, to_toml
 from img_model.train.seeding import rng_state, set_rng_state
 from tests.golden import golden_tensors
-from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset
+from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset, train_args
 from tests.test_img_golden import SMALL
 
 NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model or frozen (requires_grad False)
@@ -41,18 +41,6 @@ NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
-    return [
-        *data.cli_data_args(),
-        "--config",
-        str(data.folder / "tiny.toml"),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
 
 
 # --- configuration --------------------------------------------------------------------------------------------

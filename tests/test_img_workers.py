@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from img_model.data.synthetic import SyntheticDataset
-from tests.img_cli import run_img_train, start_img_train, tiny_dataset
+from tests.img_cli import run_img_train, start_img_train, tiny_dataset, train_args
 
 WORKERS_GONE_S = 1.0  # the kernel signals them as their parent dies; torch's own watchdog looks every 5 s
 
@@ -20,18 +20,6 @@ WORKERS_GONE_S = 1.0  # the kernel signals them as their parent dies; torch's ow
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def train_args(data: SyntheticDataset, out: Path, *extra: str) -> list[str]:
-    return [
-        *data.cli_data_args(),
-        "--config",
-        str(data.folder / "tiny.toml"),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
 
 
 def _stat(pid: int) -> list[str] | None:

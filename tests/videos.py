@@ -15,6 +15,21 @@ def ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_path(), "-v", "error", "-nostdin", "-y", *args], check=True)
 
 
+LOSSLESS_RGB = ("-c:v", "libx264rgb", "-qp", "0")  # the frames' RGB bytes back exactly
+LOSSLESS_YUV444 = ("-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", "-preset", "ultrafast")
+
+
+def encode_frames(
+    path: Path, frames: np.ndarray, rate: str, codec: tuple[str, ...] = LOSSLESS_RGB, filters: tuple[str, ...] = ()
+) -> Path:
+    """A video of `frames` (N, H, W, 3) uint8 RGB at `rate` frames per second, piped raw into ffmpeg."""
+    height, width = frames.shape[1:3]
+    source = ("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", rate, "-i", "pipe:0")
+    command = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", *source, *filters, *codec, str(path)]
+    subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(), check=True)
+    return path
+
+
 def make_video(
     path: Path,
     seconds: float = 2.0,
@@ -53,41 +68,8 @@ def make_indexed_video(path: Path, pts: list[float], size: int = 64) -> Path:
     frames = np.stack([np.full((size, size, 3), 8 * i, np.uint8) for i in range(len(pts))])
     # ffmpeg's setpts with a per-frame lookup table: build the expression from the list of times.
     expression = "+".join(f"eq(N\\,{i})*{t}" for i, t in enumerate(pts))
-    subprocess.run(
-        [
-            ffmpeg_path(),
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            f"{size}x{size}",
-            "-r",
-            "1000",
-            "-i",
-            "pipe:0",
-            "-vf",
-            f"setpts=({expression})/TB",
-            "-fps_mode",
-            "passthrough",
-            "-c:v",
-            "libx264",
-            "-qp",
-            "0",
-            "-pix_fmt",
-            "yuv444p",
-            "-preset",
-            "ultrafast",
-            str(path),
-        ],
-        input=frames.tobytes(),
-        check=True,
-    )
-    return path
+    filters = ("-vf", f"setpts=({expression})/TB", "-fps_mode", "passthrough")
+    return encode_frames(path, frames, "1000", LOSSLESS_YUV444, filters)
 
 
 def grey_index(frame: np.ndarray) -> int:
@@ -106,37 +88,7 @@ def make_numbered_video(path: Path, frames: int, rate: str, size: int = 64) -> P
     for digit in range(3):
         level = 16 * ((index // 16**digit) % 16) + 8
         pixels[:, :, digit * size // 3 : (digit + 1) * size // 3] = level[:, None, None, None]
-    subprocess.run(
-        [
-            ffmpeg_path(),
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            f"{size}x{size}",
-            "-r",
-            rate,
-            "-i",
-            "pipe:0",
-            "-c:v",
-            "libx264",
-            "-qp",
-            "0",
-            "-pix_fmt",
-            "yuv444p",
-            "-preset",
-            "ultrafast",
-            str(path),
-        ],
-        input=pixels.tobytes(),
-        check=True,
-    )
-    return path
+    return encode_frames(path, pixels, rate, LOSSLESS_YUV444)
 
 
 def frame_number(frame: np.ndarray) -> int:
