@@ -23,6 +23,10 @@ query), the DataLoader's own generator is re-seeded per epoch, and last.pt holds
 run resumed from any evaluation point continues bit for bit. A NaN or infinite loss, model output or gradient
 norm stops the run with the step and the batch's query ids; checkpoints are only written from finite weights.
 
+`Trainer` is one class over 200 lines, on purpose: restore, step, epoch, evaluation points and checkpoints read
+and update one run's state together (model, optimiser, scaler, step counters, RNG streams, the best metric), and
+exact resume depends on that state being captured and restored in one place (`_checkpoint` / `_restore`).
+
 Distributed training (`torchrun`, img_model/distributed.py) is the same run at the same global batch size: each
 process takes its share of every batch (`EpochBatches`), computes its share of the loss, and evaluates its share
 of the batches; rank 0 alone writes (`RankContext.is_main`).
