@@ -4,6 +4,7 @@ import importlib.util
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -31,6 +32,27 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
 def backend(request: pytest.FixtureRequest) -> str:
     """Each installed backend in turn (--backend): the golden tests run through the product path on every one."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_dataloader_sigchld_handler_between_tests() -> Iterator[None]:
+    """Put SIGCHLD back to its default after a test whose in-process DataLoader workers installed torch's handler.
+
+    torch installs a Python SIGCHLD handler the first time a DataLoader starts workers and never removes it, so
+    every later child exit in the xdist worker (the many subprocess tests) is delivered to a handler. In 4 of 6
+    full-length runs the worker then died with a kernel SIGSEGV (si_code SI_KERNEL, as when no signal frame can be
+    set up) right at the SIGCHLD of a child's exit, after OpenVINO and other native thread pools had run in the same
+    process (strace of a replay; in tests/test_backends.py's two-process test whenever the test was known), which
+    ended the run (CI timed out). Which thread's stack failed is not known. With the default disposition SIGCHLD
+    is ignored without a frame. torch installs its handler again when a
+    later test starts DataLoader workers.
+    """
+    yield
+    from torch.utils.data._utils import signal_handling
+
+    if signal_handling._SIGCHLD_handler_set:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal_handling._SIGCHLD_handler_set = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
