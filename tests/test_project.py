@@ -81,3 +81,12 @@ def test_what_the_first_command_writes_is_ignored_by_git(tmp_path: Path) -> None
     result = subprocess.run([git, "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.split() == written, result.stderr
     assert "*.h5.d/" not in (ROOT / ".gitignore").read_text().split()  # a layout the store no longer has
+
+
+def test_imports_run_downward_only() -> None:
+    """The import contracts of pyproject.toml ([tool.importlinter]): the layers across packages and inside each,
+    and no cycle between the modules of a package."""
+    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert lint_imports is not None, "import-linter is a dev dependency"
+    result = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
