@@ -103,14 +103,21 @@ def check_fits(
         for k, v in state_dict.items()
         if k in expected and _shape(v) != str(tuple(expected[k].shape))
     ]
+    misfit = misfit_message(source, name, missing, unexpected, wrong_shape)
+    if misfit:
+        raise error(misfit)
+    return state_dict
+
+
+def misfit_message(source: str, name: str, missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> str:
+    """The one line saying how the weights of `source` do not fit the network `name` (the first LISTED_KEYS
+    names of each problem kind, the rest counted), or "" when nothing is missing, unexpected or mis-shaped."""
     problems = [
         f"{label} {listed(keys, LISTED_KEYS)}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape))
         if keys
     ]
-    if problems:
-        raise error(f"{source} does not fit {name}: " + "; ".join(problems))
-    return state_dict
+    return f"{source} does not fit {name}: " + "; ".join(problems) if problems else ""
 
 
 def batch_norm_counter(key: str) -> bool:

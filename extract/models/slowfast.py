@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from extract.core.array_pickle import unpickle_arrays
-from extract.core.errors import MissingWeightsError, listed
+from extract.core.errors import MissingWeightsError
+from extract.core.torch_files import misfit_message
 
 Triple = tuple[int, int, int]
 
@@ -279,13 +280,9 @@ def state_dict_from_blobs(blobs: Mapping[str, object], source: str) -> dict[str,
             wrong_shape.append(f"{blob} {shape} where the network has {tuple(expected[key].shape)}")
             continue
         state[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-    problems = [
-        f"{label} {listed(names, 3)}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape))
-        if names
-    ]
-    if problems:
-        raise MissingWeightsError(f"{source} does not fit SlowFast R50 8x8: " + "; ".join(problems))
+    misfit = misfit_message(source, "SlowFast R50 8x8", missing, unexpected, wrong_shape)
+    if misfit:
+        raise MissingWeightsError(misfit)
     return state
 
 
