@@ -164,7 +164,7 @@ class QueryPrediction:
         """(the branch's predicted score of each labelled clip (c,), the labels' scores (c, annotators)) or None
         without labels. A clip's prediction is the saliency of the step holding the clip's middle."""
         labels = self.saliency_labels
-        if labels is None:
+        if labels is None or len(self.branches[branch].saliency) == 0:
             return None
         clips = labels.num_clips(self.duration)
         truth = np.zeros((clips, len(labels.scores[0]) if labels.scores else 1))
@@ -331,6 +331,8 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
         ranked = with_top and bool(predictions)
         top = np.stack([p.branches[name].top_ious for p in predictions]) if ranked else None
         kept = _padded([p.branches[name].nms_ious for p in predictions]) if ranked else None
+        if kept is not None and kept.shape[1] == 0:  # rows read back from a predictions file without top_nms
+            kept = None
         out[name] = retrieval_metrics(best, top, kept)
         labelled = [clips for p in predictions if (clips := p.clip_scores(name)) is not None] if ranked else []
         if labelled:

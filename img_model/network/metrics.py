@@ -115,8 +115,9 @@ def average_precision(ious: np.ndarray, thresholds: tuple[float, ...] = MAP_THRE
     threshold (a true positive), else it is a false positive; then precision and recall (over all ground truths)
     after each window, precision made non-increasing from the right, and AP = Σ (recall step) × precision, recall
     running from 0 to 1 (VOC 2011; ground truths never found add recall at precision 0). No window: AP 0."""
-    ious = np.asarray(ious, dtype=np.float64).reshape(len(ious), -1)
-    windows, truths = ious.shape
+    ious = np.asarray(ious, dtype=np.float64)
+    windows, truths = ious.shape if ious.ndim == 2 else (len(ious), 1)
+    ious = ious.reshape(windows, truths)
     out = np.zeros(len(thresholds))
     if windows == 0 or truths == 0:
         return out
