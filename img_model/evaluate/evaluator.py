@@ -71,16 +71,12 @@ BRANCHES = {
 }
 SALIENCY_SCORES = {"fused": "av_score", "visual": "v_score", "audio": "a_score"}  # IMGOutput's saliency heads
 IMPORTANCE_EDGES = (0.15, 0.25, 0.35, 0.45)  # the bins of the paper's Table 16
-METRIC_NAMES = (
-    *(f"R1@{t}" for t in THRESHOLDS),
-    "mIoU",
-    *(top_name(t, nms=True) for t in THRESHOLDS),
-    *MAP_NAMES.values(),
-    MAP_AVERAGE,
-    *(top_name(t, nms=False) for t in THRESHOLDS),
-    *HIGHLIGHT_NAMES,
+TABLE_BLOCKS = (  # the table's blocks of columns (each under 120 characters wide)
+    (*(f"R1@{t}" for t in THRESHOLDS), "mIoU", *(top_name(t, nms=True) for t in THRESHOLDS)),
+    (*MAP_NAMES.values(), MAP_AVERAGE, *(top_name(t, nms=False) for t in THRESHOLDS)),
+    HIGHLIGHT_NAMES,
 )
-TABLE_COLUMNS = 8  # metrics per table row block, so that a table stays under 120 characters wide
+METRIC_NAMES = tuple(name for block in TABLE_BLOCKS for name in block)
 
 
 @dataclass
@@ -403,21 +399,26 @@ class EvalReport:
     def table(self) -> str:
         table = metrics_table(self.branches, title=f"{self.split}: {self.queries} queries")
         threshold = self.context.get("nms_threshold", NMS_THRESHOLD)
-        legend = (
-            f"R1/R5 count IoU >= threshold; R5-NMS: top 5 after greedy NMS (IoU > {threshold:g} suppressed, as "
-            "2D-TAN/MMN); R5-noNMS: the 5 most probable distinct spans; mAP: Moment-DETR's, over the top 10 after NMS"
-        )
+        legend = [
+            "a span is right when its IoU >= the threshold (R1, R5, mAP); R5-NMS: the top 5 after greedy NMS over all",
+            f"spans, IoU > {threshold:g} suppressed (2D-TAN/MMN's R@5); R5-noNMS: the 5 most probable distinct spans;",
+            "mAP: Moment-DETR's, on the top 10 after NMS",
+        ]
         if self.highlight_queries:
-            legend += f"; HL-mAP, HL-HIT@1 (clips >= Very Good): the {self.highlight_queries} labelled queries"
-        return f"{table}\n{legend}"
+            legend.append(
+                "HL-mAP, HL-HIT@1: Moment-DETR's highlight detection (clips >= Very Good), on the "
+                f"{self.highlight_queries} queries with clip labels"
+            )
+        return "\n".join([table, *legend])
 
 
 def metrics_table(branches: dict[str, dict[str, float]], title: str = "") -> str:
-    """The metrics of each branch as text columns, TABLE_COLUMNS metrics per block of rows."""
-    names = [name for name in METRIC_NAMES if any(name in m for m in branches.values())]
+    """The metrics of each branch as text columns, a block of rows per TABLE_BLOCKS entry that has any."""
     lines = [title] if title else []
-    for first in range(0, max(len(names), 1), TABLE_COLUMNS):
-        block = names[first : first + TABLE_COLUMNS]
+    for names in TABLE_BLOCKS:
+        block = [name for name in names if any(name in m for m in branches.values())]
+        if not block:
+            continue
         widths = [max(8, len(name) + 2) for name in block]
         lines.append(f"{'branch':<8}" + "".join(f"{name:>{w}}" for name, w in zip(block, widths, strict=True)))
         for branch, metrics in branches.items():

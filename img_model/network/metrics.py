@@ -83,11 +83,10 @@ def retrieval_metrics(
     if ranked_ious is not None:
         ranked_ious = np.asarray(ranked_ious, dtype=np.float64).reshape(len(best_iou), -1)
         metrics |= {top_name(t, nms=True): recall_at(ranked_ious[:, :TOP_K], t) for t in THRESHOLDS}
+        metrics |= moment_map(ranked_ious)
     if top_ious is not None:
         top_ious = np.asarray(top_ious, dtype=np.float64).reshape(len(best_iou), -1)[:, :TOP_K]
         metrics |= {top_name(t, nms=False): recall_at(top_ious, t) for t in THRESHOLDS}
-    if ranked_ious is not None:
-        metrics |= moment_map(ranked_ious)
     return metrics
 
 
