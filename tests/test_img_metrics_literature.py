@@ -98,6 +98,18 @@ def test_moment_map_is_moment_detrs_mean_over_queries_and_ten_thresholds() -> No
     assert moment_map(np.array([[0.2] * 10 + [1.0]]))["mAP@0.5"] == 0.0  # only the first ten windows count
 
 
+def test_moment_map_of_one_ground_truth_is_the_mean_of_average_precision() -> None:
+    rng = np.random.default_rng(0)
+    ranked = np.round(rng.random((50, 10)), 1)  # IoUs on a 0.1 grid: many ties with the thresholds
+    ranked[::7, 4:] = np.nan  # queries with fewer windows
+    expected = np.mean([average_precision(row[~np.isnan(row)][:, None]) for row in ranked], axis=0)
+    metrics = moment_map(ranked)
+    assert metrics["mAP@[0.5:0.95]"] == pytest.approx(100 * expected.mean())
+    assert metrics["mAP@0.5"] == pytest.approx(100 * expected[0]) and metrics["mAP@0.75"] == pytest.approx(
+        100 * expected[5]
+    )
+
+
 def test_average_precision_matches_each_ground_truth_once_and_interpolates_as_voc() -> None:
     # Two true windows; ranked windows: a copy of the first (IoU 1), a near copy of it (IoU 0.9), the second.
     # At 0.5: TP, FP (its truth is taken), TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1. Precision made

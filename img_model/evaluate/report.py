@@ -101,6 +101,11 @@ def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "queries": len(predictions),
         "metrics": evaluated.branches,
+        # as img-eval's table prints them (Python rounds a tie to even, JavaScript's toFixed up: 14.625 -> 14.63)
+        "metrics_text": {
+            branch: {name: f"{value:.2f}" if np.isfinite(value) else "-" for name, value in metrics.items()}
+            for branch, metrics in evaluated.branches.items()
+        },
         "histogram": {},
         "recall": {},
         "mean_importance": mean_importance,

@@ -92,15 +92,17 @@ def retrieval_metrics(
 
 def moment_map(ranked_ious: np.ndarray) -> dict[str, float]:
     """mAP@0.5, mAP@0.75 and mAP@[0.5:0.95] (percent) of queries with one ground-truth window each, from the IoUs
-    (n, k) of their windows in rank order (NaN: no window); the first MAP_WINDOWS count."""
-    ranked_ious = np.asarray(ranked_ious, dtype=np.float64)
-    if len(ranked_ious) == 0:
+    (n, k) of their windows in rank order (NaN: no window); the first MAP_WINDOWS count.
+
+    With one ground truth, average_precision's matching leaves one true positive, the first window with IoU ≥ μ, at
+    rank r: precision 1/r at recall 1, so AP = 1/r (0 when no window reaches μ); computed so, for all queries at
+    once."""
+    ranked = np.asarray(ranked_ious, dtype=np.float64).reshape(len(ranked_ious), -1)[:, :MAP_WINDOWS]
+    if len(ranked) == 0:
         return {**{name: float("nan") for name in MAP_NAMES.values()}, MAP_AVERAGE: float("nan")}
-    per_query = []
-    for ious in ranked_ious[:, :MAP_WINDOWS]:
-        ious = ious[~np.isnan(ious)]
-        per_query.append(average_precision(ious[:, None], MAP_THRESHOLDS))
-    per_threshold = 100.0 * np.mean(per_query, axis=0)
+    hits = ranked[:, :, None] >= np.asarray(MAP_THRESHOLDS)  # (n, k, thresholds); NaN is no hit
+    precision = np.where(hits.any(axis=1), 1.0 / (hits.argmax(axis=1) + 1), 0.0)
+    per_threshold = 100.0 * precision.mean(axis=0)
     metrics = {name: float(per_threshold[MAP_THRESHOLDS.index(t)]) for t, name in MAP_NAMES.items()}
     metrics[MAP_AVERAGE] = float(per_threshold.mean())
     return metrics
