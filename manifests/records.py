@@ -23,7 +23,7 @@ class ClipSaliency:
 
     def num_clips(self, duration: float) -> int:
         """Clips that start before the end of the video: ⌈D / c⌉ (QVHighlights' int(D / c) for its whole clips)."""
-        return math.ceil(round(duration / self.clip_length, 6))
+        return max(1, math.ceil(round(duration / self.clip_length, 6)))
 
 
 @dataclass(frozen=True)

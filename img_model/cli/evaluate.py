@@ -72,7 +72,8 @@ PROGRAM = "img-eval"
     "--predictions",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write per-query predictions (JSONL: each branch's top spans, scores, IoU, audio importance).",
+    help="Write per-query predictions (JSONL: each branch's top spans with and without NMS, scores, IoU, saliency "
+    "score per step; audio importance).",
 )
 @click.option(
     "--report",
