@@ -4,7 +4,14 @@
 
 Required: video_id, start, end (seconds), query. Optional: duration (seconds; when absent, the caller passes
 the feature store's: extract/store/reader.py `video_durations`), qid (default qid_N, N = the record's 0-based
-position in the file), split (default "test"). Spans are clipped to [0, duration] like the published loaders
+position in the file), split (default "test"), and clip-level saliency labels in QVHighlights' fields (for the
+highlight-detection metrics of img-eval):
+
+    {..., "relevant_clip_ids": [13, 14, 15], "saliency_scores": [[4, 4, 2], [3, 4, 2], [2, 2, 3]], "clip_length": 2}
+
+clip k covers [k·clip_length, (k+1)·clip_length) seconds (clip_length default 2, QVHighlights'); each relevant
+clip has one score per annotator (or a single number: one annotator) on the 0-4 scale (very bad … very good);
+the clips not listed score 0. Spans are clipped to [0, duration] like the published loaders
 do, with a warning count; start > end, empty queries, missing fields, duplicate qids, unknown video ids and
 non-UTF-8 files are errors.
 """
@@ -18,13 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manifests.errors import ManifestError
-from manifests.records import QueryRecord, clip_span, is_number
+from manifests.records import (
+    DEFAULT_CLIP_LENGTH,
+    MAX_SALIENCY_SCORE,
+    ClipSaliency,
+    QueryRecord,
+    clip_span,
+    is_number,
+)
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
 REQUIRED = ("video_id", "start", "end", "query")
 DEFAULT_SPLIT = "test"
 MAX_LISTED = 10
+MAX_CLIPS = 100_000  # clips of one video with saliency labels (QVHighlights: 75)
+SALIENCY_FIELDS = ("relevant_clip_ids", "saliency_scores")
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class CustomRow:
     query: str
     split: str
     duration: float | None
+    saliency: ClipSaliency | None = None
 
 
 def _problem(rows: list[str], path: Path, line: int, message: str) -> None:
@@ -119,6 +136,10 @@ def _row(item: dict, line: int, position: int, path: Path, problems: list[str]) 
     if not isinstance(split, str) or not split:
         _problem(problems, path, line, "split must be a non-empty string")
         return None
+    saliency = _saliency(item)
+    if isinstance(saliency, str):
+        _problem(problems, path, line, saliency)
+        return None
     return CustomRow(
         line,
         str(qid),
@@ -128,7 +149,38 @@ def _row(item: dict, line: int, position: int, path: Path, problems: list[str]) 
         query.strip(),
         split,
         None if duration is None else float(duration),
+        saliency,
     )
+
+
+def _saliency(item: dict) -> ClipSaliency | str | None:
+    """The row's clip-level saliency labels, None when it has none, or what is wrong with them."""
+    given = [name for name in SALIENCY_FIELDS if name in item]
+    if not given:
+        if "clip_length" in item:
+            return "clip_length without relevant_clip_ids and saliency_scores (the clip-level saliency labels)"
+        return None
+    if len(given) == 1:
+        other = next(name for name in SALIENCY_FIELDS if name not in given)
+        return f"{given[0]} without {other}: give both (QVHighlights' fields)"
+    ids, scores = item["relevant_clip_ids"], item["saliency_scores"]
+    clip_length = item.get("clip_length", DEFAULT_CLIP_LENGTH)
+    if not is_number(clip_length) or clip_length <= 0:
+        return f"clip_length {clip_length!r} must be a positive number of seconds"
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        return "relevant_clip_ids must be a list of clip numbers (integers from 0)"
+    if len(set(ids)) != len(ids):
+        return "relevant_clip_ids lists a clip twice"
+    if not isinstance(scores, list) or len(scores) != len(ids):
+        return "saliency_scores must be a list with one entry per relevant clip id"
+    rows = [score if isinstance(score, list) else [score] for score in scores]
+    if any(not row or not all(is_number(v) for v in row) for row in rows):
+        return "saliency_scores entries must be numbers or lists of numbers (one per annotator)"
+    if len({len(row) for row in rows}) > 1:
+        return "saliency_scores entries must have the same number of annotators"
+    if any(not 0 <= v <= MAX_SALIENCY_SCORE for row in rows for v in row):
+        return f"saliency_scores must be in [0, {MAX_SALIENCY_SCORE:g}] (0 very bad ... 4 very good)"
+    return ClipSaliency(float(clip_length), tuple(ids), tuple(tuple(float(v) for v in row) for row in rows))
 
 
 def _listed(ids: list[str]) -> str:
@@ -163,9 +215,26 @@ def read_custom(
             )
         if row.end <= 0:
             raise ManifestError(f"{path} line {row.line}: end {row.end} is not after the start of the video (0 s)")
+        if row.saliency is not None:
+            _check_clips(path, row.line, row.saliency, duration)
         start, end, changed = clip_span(row.start, row.end, duration)
         clipped += changed
-        records.append(QueryRecord(row.qid, row.video_id, start, end, duration, row.query, row.split))
+        records.append(QueryRecord(row.qid, row.video_id, start, end, duration, row.query, row.split, row.saliency))
     if clipped:
         log.warning("%s: %d spans reach outside [0, duration] and were clipped", path, clipped)
     return records, clipped
+
+
+def _check_clips(path: Path, line: int, saliency: ClipSaliency, duration: float) -> None:
+    clips = saliency.num_clips(duration)
+    if clips > MAX_CLIPS:
+        raise ManifestError(
+            f"{path} line {line}: clip_length {saliency.clip_length} cuts the {duration} s video into {clips} clips, "
+            f"more than {MAX_CLIPS}; give the clip length in seconds"
+        )
+    outside = [clip for clip in saliency.clip_ids if clip >= clips]
+    if outside:
+        raise ManifestError(
+            f"{path} line {line}: relevant clip {outside[0]} starts at {outside[0] * saliency.clip_length:g} s, not "
+            f"before the end of the video ({duration} s; clips of {saliency.clip_length:g} s)"
+        )

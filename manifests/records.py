@@ -7,6 +7,24 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+DEFAULT_CLIP_LENGTH = 2.0  # seconds: QVHighlights' clips
+MAX_SALIENCY_SCORE = 4.0  # QVHighlights' scale: 0 very bad, 1 bad, 2 fair, 3 good, 4 very good
+
+
+@dataclass(frozen=True)
+class ClipSaliency:
+    """Clip-level saliency labels, as QVHighlights gives them: the video cut into clips of `clip_length` seconds
+    (clip k covers [k·c, (k+1)·c), the last one possibly shorter), the ids of the relevant clips and, for each,
+    one score per annotator on the 0-4 scale; every other clip scores 0."""
+
+    clip_length: float
+    clip_ids: tuple[int, ...]
+    scores: tuple[tuple[float, ...], ...]  # (len(clip_ids), annotators)
+
+    def num_clips(self, duration: float) -> int:
+        """Clips that start before the end of the video: ⌈D / c⌉ (QVHighlights' int(D / c) for its whole clips)."""
+        return max(1, math.ceil(round(duration / self.clip_length, 6)))
+
 
 @dataclass(frozen=True)
 class QueryRecord:
@@ -23,6 +41,7 @@ class QueryRecord:
     duration: float
     sentence: str
     split: str
+    saliency: ClipSaliency | None = None  # clip-level saliency labels, when the dataset has them (custom JSONL)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

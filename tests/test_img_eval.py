@@ -67,7 +67,8 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     assert all(r["query"] == sentences[r["qid"]] and r["split"] == "test" for r in rows)
     assert set(row["branches"]) == set(BRANCHES) == set(report["branches"])
     fused = row["branches"]["fused"]
-    assert set(fused) == {"span", "steps", "score", "iou", "top"} and 1 <= len(fused["top"]) <= 5
+    assert set(fused) == {"span", "steps", "score", "iou", "top", "top_nms", "saliency"} and 1 <= len(fused["top"]) <= 5
+    assert 1 <= len(fused["top_nms"]) <= 10 and len(fused["saliency"]) == row["num_steps"]
     i, j = fused["steps"]
     assert fused["span"] == pytest.approx(
         [i * row["duration"] / row["num_steps"], (j + 1) * row["duration"] / row["num_steps"]]
@@ -75,7 +76,11 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     for branch in BRANCHES:  # the report's numbers are those of the predictions file
         best = np.array([r["branches"][branch]["iou"] for r in rows])
         top = np.array([[t["iou"] for t in r["branches"][branch]["top"]] for r in rows])
-        assert retrieval_metrics(best, top) == pytest.approx(report["branches"][branch])
+        ranked = np.full((len(rows), 10), np.nan)
+        for number, r in enumerate(rows):
+            kept = [t["iou"] for t in r["branches"][branch]["top_nms"]]
+            ranked[number, : len(kept)] = kept
+        assert retrieval_metrics(best, top, ranked) == pytest.approx(report["branches"][branch])
     bins = report["audio_importance_bins"]
     assert [b["range"][1] for b in bins[:-1]] == list(IMPORTANCE_EDGES) and sum(b["queries"] for b in bins) == len(rows)
     assert report["slot_noise"] == "off" and report["select_on"] == "val"

@@ -57,13 +57,13 @@ def test_retrieval_metrics_from_ranked_spans() -> None:
             [0.0, 0.0, 0.0, 0.0, 0.35],
         ]
     )
-    metrics = retrieval_metrics(ious[:, 0], ious)
+    metrics = retrieval_metrics(ious[:, 0], top_ious=ious)
     assert metrics["R1@0.3"] == pytest.approx(100 / 3)
     assert metrics["R1@0.7"] == pytest.approx(100 / 3)
     assert metrics["mIoU"] == pytest.approx(100 * 1.0 / 3)
-    assert metrics["R5@0.3"] == pytest.approx(100.0)
-    assert metrics["R5@0.5"] == pytest.approx(200 / 3)
-    assert metrics["R5@0.7"] == pytest.approx(100 / 3)
+    assert metrics["R5-noNMS@0.3"] == pytest.approx(100.0)
+    assert metrics["R5-noNMS@0.5"] == pytest.approx(200 / 3)
+    assert metrics["R5-noNMS@0.7"] == pytest.approx(100 / 3)
 
 
 def test_retrieval_metrics_without_ranked_spans_report_r1_and_miou_only() -> None:

@@ -441,7 +441,13 @@ def test_a_run_folder_holds_config_checkpoints_metrics_and_tensorboard(tiny: Syn
         "warmup/importance",
         "warmup/distill",
     }
-    evaluations = {"test/fused/R1@0.7", "test/visual/mIoU", "test/audio/R5@0.5"}
+    evaluations = {
+        "test/fused/R1@0.7",
+        "test/visual/mIoU",
+        "test/audio/R5-noNMS@0.5",
+        "test/fused/R5-NMS@0.5",
+        "test/fused/mAP@[0.5:0.95]",
+    }
     assert per_step | evaluations | {f"epoch_mean/{name}" for name in per_step} <= set(scalars)
     steps = {name: [step for step, _ in values] for name, values in scalars.items()}  # 3 steps per epoch
     assert {name: steps[name] for name in per_step} == {name: [2, 4, 6] for name in per_step}  # every 2nd step

@@ -21,6 +21,11 @@ from img_model.network.metrics import temporal_iou
 from tests.img_cli import run_img_eval, train_tiny_checkpoint
 from tests.real_run import RealRun
 
+TABLE_NAMES = (  # without clip-level saliency labels: no HL-mAP / HL-HIT@1
+    *("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5-NMS@0.3", "R5-NMS@0.5", "R5-NMS@0.7"),
+    *("mAP@0.5", "mAP@0.75", "mAP@[0.5:0.95]", "R5-noNMS@0.3", "R5-noNMS@0.5", "R5-noNMS@0.7"),
+)
+
 ACTIVITYNET_TEST_QUERIES = 17502
 PAGE_SIZE = 50
 SCREENSHOTS_ENV = "IMG_VMR_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (docs/)
@@ -41,6 +46,8 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
         ious = temporal_iou(spans[..., 0], spans[..., 1], truth[:, :1], truth[:, 1:])
         branches[branch] = (spans, ious)
     importance = rng.uniform(size=count)
+    # one saliency list per branch, shared by the rows (img-eval writes float32's shortest decimals)
+    saliency = {branch: np.round(np.random.default_rng(seed + 1).normal(size=128), 2).tolist() for branch in BRANCHES}
     rows = []
     for n in range(count):
         predicted = {}
@@ -55,6 +62,8 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
                 "score": 0.1,
                 "iou": top[0]["iou"],
                 "top": top,
+                "top_nms": top,
+                "saliency": saliency[branch],
             }
         rows.append(
             {
@@ -397,9 +406,7 @@ def test_the_report_of_a_real_run_shows_img_eval_metrics_filters_and_plays_from_
     page.select_option("#split", "test")
     for branch, metrics in splits["test"]["branches"].items():
         cells = page.locator(f'#metrics tr[data-branch="{branch}"] td').all_inner_texts()
-        assert cells[1:] == [
-            f"{metrics[name]:.2f}" for name in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5@0.3", "R5@0.5", "R5@0.7")
-        ]
+        assert cells[1:] == [f"{metrics[name]:.2f}" for name in TABLE_NAMES]
     test_rows = [row for row in rows if row["split"] == "test"]
     assert page.locator("#list tbody tr").count() == len(test_rows)
     assert not all(row["has_audio"] for row in test_rows)  # clip5: its mean importance counts as img-eval's does

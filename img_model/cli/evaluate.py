@@ -17,6 +17,7 @@ from extract.core.errors import ImgVmrError, OutputWriteError
 from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
 from img_model.evaluate.evaluation import CONVERTED_NOTE
 from img_model.network.convert import CheckpointLayoutError
+from img_model.network.metrics import NMS_THRESHOLD
 from img_model.train.config import MAX_BATCH, MAX_SEED
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -58,12 +59,21 @@ PROGRAM = "img-eval"
     help="Seed of the slot noise (with --slot-noise always).",
 )
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
+@click.option(
+    "--nms-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=NMS_THRESHOLD,
+    show_default=True,
+    help="R5-NMS and mAP: greedy NMS over all candidate spans suppresses those whose IoU with a kept span is above "
+    "this (MMN's default; 2D-TAN's configs use 0.4-0.5); 1 suppresses nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option(
     "--predictions",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write per-query predictions (JSONL: each branch's top spans, scores, IoU, audio importance).",
+    help="Write per-query predictions (JSONL: each branch's top spans with and without NMS, scores, IoU, saliency "
+    "score per step; audio importance).",
 )
 @click.option(
     "--report",
@@ -86,6 +96,7 @@ def main(
     slot_noise: str,
     seed: int,
     drop_audio: bool,
+    nms_threshold: float,
     as_json: bool,
     predictions: Path | None,
     report: Path | None,
@@ -101,8 +112,11 @@ def main(
     """Evaluate CHECKPOINT (RUN/best.pt, or a converted official checkpoint) on a dataset split.
 
     \b
-    Prints R1@{0.3,0.5,0.7}, mIoU and R5@{0.3,0.5,0.7} (from the top-5 distinct spans) of the fused,
-    visual-only and audio-only branches; --json adds the breakdown by predicted audio importance. The data
+    Prints, for the fused, visual-only and audio-only branches, R1@{0.3,0.5,0.7} and mIoU (the paper's),
+    R5-NMS@{0.3,0.5,0.7} (top 5 after NMS: 2D-TAN's and MMN's R@5), mAP@0.5, mAP@0.75 and mAP@[0.5:0.95]
+    (Moment-DETR's), R5-noNMS@{0.3,0.5,0.7} (the 5 most probable distinct spans), and, where the dataset has
+    clip-level saliency labels, HL-mAP and HL-HIT@1 (Moment-DETR's highlight detection, >= Very Good). A span
+    is right at μ when its IoU >= μ. --json adds the breakdown by predicted audio importance. The data
     options default to those the checkpoint was trained with; inputs made with another recipe than the
     checkpoint's features and text are refused. Two runs give identical numbers.
 
@@ -136,6 +150,7 @@ def main(
         precision,
         workers or 0,
         threads or 0,
+        nms_threshold=nms_threshold,
     )
     try:
         evaluation = evaluate_checkpoint(request)

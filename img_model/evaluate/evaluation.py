@@ -23,6 +23,7 @@ from img_model.checkpoint import read_checkpoint
 from img_model.data.dataset import DataSources, data_overrides
 from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
 from img_model.network.convert import load_into
+from img_model.network.metrics import NMS_THRESHOLD
 from img_model.network.model import IMG
 from img_model.runtime import runtime_device
 
@@ -50,6 +51,7 @@ class EvaluationRequest:
     precision: str | None = None  # None: the run's
     workers: int = 0
     threads: int = 0
+    nms_threshold: float = NMS_THRESHOLD  # R5-NMS and the mAPs: NMS suppresses IoU above this
 
 
 @dataclass
@@ -80,7 +82,9 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
     precision = Precision.resolve(request.precision, device, checkpoint.recorded("runtime", "precision"))
     model.to(device).eval()
     chosen = sources.evaluation_splits(request.splits, checkpoint.held_out)
-    evaluator = Evaluator(device, precision, batch_size, request.workers, request.seed)
+    evaluator = Evaluator(
+        device, precision, batch_size, request.workers, request.seed, nms_threshold=request.nms_threshold
+    )
     selected_on = (checkpoint.training or {}).get("data", {})
     evaluation = Evaluation([], [])
     for split, records in chosen.items():
@@ -111,6 +115,7 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
                 align=data_config.align,
                 coverage=dataset.coverage.as_dict(),
                 notes=split_notes,
+                nms_threshold=request.nms_threshold,
             )
         )
         evaluation.rows += [prediction.as_json() for prediction in predictions]

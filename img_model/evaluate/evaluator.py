@@ -10,13 +10,21 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
     {"qid": "qid_12408", "video_id": "3MSZA", "query": "a person opens the door", "split": "test",
      "duration": 30.96, "num_steps": 31, "ground_truth": [24.3, 30.4], "has_audio": true, "audio_importance": 0.41,
      "branches": {"fused":  {"span": [24.0, 30.96], "steps": [24, 30], "score": 0.31, "iou": 0.87,
-                             "top": [{"span": [...], "steps": [...], "score": ..., "iou": ...}, ... 5]},
+                             "top": [{"span": [...], "steps": [...], "score": ..., "iou": ...}, ... 5],
+                             "top_nms": [{"span": ..., "steps": ..., "score": ..., "iou": ...}, ... 10],
+                             "saliency": [-1.2, 0.4, ... num_steps]},
                   "visual": {...}, "audio": {...}}}
 
 - times are seconds; `steps` the step indices (i, j) with span = [i·D/N, (j+1)·D/N] (§1.3), N = `num_steps`, the
   pooled length of the video's visual track; `score` = P_start(i)·P_end(j);
 - `span` is the branch's prediction (the authors' decoding, used for R1 and mIoU); `top` the five most probable
-  distinct spans, best first (used for R5; fewer when the video has under 3 steps);
+  distinct spans, best first (used for R5-noNMS; fewer when the video has under 3 steps); `top_nms` the first ten
+  spans that greedy NMS over all candidate spans keeps at img-eval's --nms-threshold, in rank order (the first five
+  give R5-NMS, all ten the mAPs; fewer when fewer survive);
+- `saliency` is the branch's saliency head's raw score (no sigmoid) of each of the video's `num_steps` steps
+  (fused: av_score, visual: v_score, audio: a_score), the per-clip scores of the highlight metrics;
+- `saliency_labels`, only where the dataset labels clips (custom JSONL `relevant_clip_ids` + `saliency_scores`):
+  `{"clip_length": 2.0, "relevant_clip_ids": [...], "saliency_scores": [[...], ...]}` as read;
 - `audio_importance` is the model's predicted p (the AIP output, §3.2 step 7); `has_audio` false means the video
   was read with a zero audio track (no audio, or --drop-audio).
 """
@@ -38,19 +46,37 @@ from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.batch import Batch, collate
 from img_model.data.dataset import DataSources, MomentDataset
 from img_model.distributed import evaluation_batches, in_batch_order
-from img_model.network.decoding import best_span, index_to_time, top_spans
-from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou
+from img_model.network.decoding import best_span, clip_steps, index_to_time, nms_spans, top_spans
+from img_model.network.metrics import (
+    HIGHLIGHT_NAMES,
+    MAP_AVERAGE,
+    MAP_NAMES,
+    MAP_WINDOWS,
+    NMS_THRESHOLD,
+    THRESHOLDS,
+    TOP_K,
+    highlight_metrics,
+    retrieval_metrics,
+    temporal_iou,
+    top_name,
+)
 from img_model.network.model import IMG, IMGOutput
 from img_model.runtime import SINGLE_PROCESS, RankContext, loader_workers
-from manifests.records import QueryRecord
+from manifests.records import ClipSaliency, QueryRecord
 
 BRANCHES = {
     "fused": ("start_logits_av", "end_logits_av"),
     "visual": ("start_logits_v", "end_logits_v"),
     "audio": ("start_logits_a", "end_logits_a"),
 }
+SALIENCY_SCORES = {"fused": "av_score", "visual": "v_score", "audio": "a_score"}  # IMGOutput's saliency heads
 IMPORTANCE_EDGES = (0.15, 0.25, 0.35, 0.45)  # the bins of the paper's Table 16
-METRIC_NAMES = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R5@0.3", "R5@0.5", "R5@0.7")
+TABLE_BLOCKS = (  # the table's blocks of columns (each under 120 characters wide)
+    (*(f"R1@{t}" for t in THRESHOLDS), "mIoU", *(top_name(t, nms=True) for t in THRESHOLDS)),
+    (*MAP_NAMES.values(), MAP_AVERAGE, *(top_name(t, nms=False) for t in THRESHOLDS)),
+    HIGHLIGHT_NAMES,
+)
+METRIC_NAMES = tuple(name for block in TABLE_BLOCKS for name in block)
 
 
 @dataclass
@@ -63,14 +89,31 @@ class BranchPrediction:
     top_spans: np.ndarray  # (k, 2) float seconds
     top_scores: np.ndarray  # (k,)
     top_ious: np.ndarray  # (k,)
+    nms_steps: np.ndarray = field(default_factory=lambda: np.full((0, 2), -1))  # (MAP_WINDOWS, 2), after NMS
+    nms_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    nms_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nms_ious: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    saliency: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (num_steps,) raw scores
 
     def as_json(self) -> dict[str, Any]:
-        top = [
-            {"span": [float(a), float(b)], "steps": [int(i), int(j)], "score": float(s), "iou": float(u)}
-            for (i, j), (a, b), s, u in zip(self.top_steps, self.top_spans, self.top_scores, self.top_ious, strict=True)
-            if i >= 0
-        ]
-        return {"span": list(self.span), "steps": list(self.steps), "score": self.score, "iou": self.iou, "top": top}
+        return {
+            "span": list(self.span),
+            "steps": list(self.steps),
+            "score": self.score,
+            "iou": self.iou,
+            "top": _spans_json(self.top_steps, self.top_spans, self.top_scores, self.top_ious),
+            "top_nms": _spans_json(self.nms_steps, self.nms_spans, self.nms_scores, self.nms_ious),
+            # float32's shortest decimal: its ranking (all the highlight metrics use) read back unchanged
+            "saliency": [float(str(value)) for value in np.asarray(self.saliency, np.float32)],
+        }
+
+
+def _spans_json(steps: np.ndarray, spans: np.ndarray, scores: np.ndarray, ious: np.ndarray) -> list[dict[str, Any]]:
+    return [
+        {"span": [float(a), float(b)], "steps": [int(i), int(j)], "score": float(s), "iou": float(u)}
+        for (i, j), (a, b), s, u in zip(steps, spans, scores, ious, strict=True)
+        if i >= 0
+    ]
 
 
 @dataclass
@@ -85,8 +128,10 @@ class QueryPrediction:
     branches: dict[str, BranchPrediction] = field(default_factory=dict)
     query: str = ""  # the sentence
     split: str = ""  # the split evaluated (train-val for the held-out training videos)
+    saliency_labels: ClipSaliency | None = None  # the dataset's clip-level saliency labels, if any
 
     def as_json(self) -> dict[str, Any]:
+        labels = self.saliency_labels
         return {
             "qid": self.qid,
             "video_id": self.video_id,
@@ -98,7 +143,31 @@ class QueryPrediction:
             "has_audio": self.has_audio,
             "audio_importance": self.audio_importance,
             "branches": {name: branch.as_json() for name, branch in self.branches.items()},
+            **(
+                {}
+                if labels is None
+                else {
+                    "saliency_labels": {
+                        "clip_length": labels.clip_length,
+                        "relevant_clip_ids": list(labels.clip_ids),
+                        "saliency_scores": [list(row) for row in labels.scores],
+                    }
+                }
+            ),
         }
+
+    def clip_scores(self, branch: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the branch's predicted score of each labelled clip (c,), the labels' scores (c, annotators)) or None
+        without labels. A clip's prediction is the saliency of the step holding the clip's middle."""
+        labels = self.saliency_labels
+        if labels is None or len(self.branches[branch].saliency) == 0:
+            return None
+        clips = labels.num_clips(self.duration)
+        truth = np.zeros((clips, len(labels.scores[0]) if labels.scores else 1))
+        if labels.clip_ids:
+            truth[list(labels.clip_ids)] = labels.scores
+        steps = clip_steps(clips, labels.clip_length, self.num_steps, self.duration)
+        return np.asarray(self.branches[branch].saliency, np.float64)[steps], truth
 
 
 def _branch_predictions(
@@ -108,10 +177,13 @@ def _branch_predictions(
     durations: np.ndarray,
     truth: tuple[np.ndarray, np.ndarray],
     k: int = TOP_K,
+    nms_threshold: float = NMS_THRESHOLD,
 ) -> list[BranchPrediction]:
     start_logits, end_logits = (getattr(outputs, field_name).float() for field_name in BRANCHES[name])
     best = best_span(start_logits, end_logits)
     top = top_spans(start_logits, end_logits, k)
+    kept = nms_spans(start_logits, end_logits, MAP_WINDOWS, nms_threshold)
+    saliency = getattr(outputs, SALIENCY_SCORES[name]).float().cpu().numpy()
     n, d = lengths[:, None], durations[:, None]
     best_start, best_end = index_to_time(best.start.cpu().numpy(), best.end.cpu().numpy(), lengths, durations)
     top_start_idx, top_end_idx = top.start.cpu().numpy(), top.end.cpu().numpy()
@@ -123,6 +195,12 @@ def _branch_predictions(
     top_iou = temporal_iou(top_start, top_end, truth[0][:, None], truth[1][:, None])
     best_scores = best.score.cpu().numpy()
     top_scores = top.score.cpu().numpy()
+    kept_start_idx, kept_end_idx = kept.start.cpu().numpy(), kept.end.cpu().numpy()
+    kept_start, kept_end = index_to_time(np.maximum(kept_start_idx, 0), np.maximum(kept_end_idx, 0), n, d)
+    kept_found = kept_start_idx >= 0
+    kept_start, kept_end = np.where(kept_found, kept_start, np.nan), np.where(kept_found, kept_end, np.nan)
+    kept_iou = temporal_iou(kept_start, kept_end, truth[0][:, None], truth[1][:, None])
+    kept_scores = kept.score.cpu().numpy()
     predictions = []
     for row in range(len(lengths)):
         predictions.append(
@@ -135,6 +213,11 @@ def _branch_predictions(
                 top_spans=np.stack([top_start[row], top_end[row]], axis=1),
                 top_scores=top_scores[row],
                 top_ious=top_iou[row],
+                nms_steps=np.stack([kept_start_idx[row], kept_end_idx[row]], axis=1),
+                nms_spans=np.stack([kept_start[row], kept_end[row]], axis=1),
+                nms_scores=kept_scores[row],
+                nms_ious=np.where(kept_found[row], kept_iou[row], np.nan),
+                saliency=saliency[row, : int(lengths[row])],
             )
         )
     return predictions
@@ -155,8 +238,10 @@ class Evaluator:
         workers: int = 0,
         seed: int = 0,
         rank: RankContext = SINGLE_PROCESS,
+        nms_threshold: float = NMS_THRESHOLD,
     ) -> None:
         self.device = device
+        self.nms_threshold = nms_threshold
         self.precision = precision
         self.batch_size = batch_size
         self.workers = workers
@@ -206,7 +291,10 @@ class Evaluator:
         lengths = batch.lengths.cpu().numpy()
         durations = batch.duration.cpu().numpy()
         truth = (batch.start_time.cpu().numpy(), batch.end_time.cpu().numpy())
-        per_branch = {name: _branch_predictions(outputs, name, lengths, durations, truth) for name in BRANCHES}
+        per_branch = {
+            name: _branch_predictions(outputs, name, lengths, durations, truth, nms_threshold=self.nms_threshold)
+            for name in BRANCHES
+        }
         importance = outputs.aip_prob.float().cpu().numpy()
         has_audio = batch.has_audio.cpu().numpy()
         return [
@@ -221,6 +309,7 @@ class Evaluator:
                 has_audio=bool(has_audio[row]),
                 audio_importance=float(importance[row]),
                 branches={name: per_branch[name][row] for name in BRANCHES},
+                saliency_labels=records[qid].saliency,
             )
             for row, qid in enumerate(batch.qids)
         ]
@@ -230,12 +319,28 @@ class Evaluator:
 
 
 def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True) -> dict[str, dict[str, float]]:
-    """Metrics (percent) of each branch over these predictions."""
+    """Metrics (percent) of each branch over these predictions; `with_top`: the ranked-list metrics too (R5s,
+    mAPs) and, when some queries have clip-level saliency labels, the highlight metrics over those queries."""
     out = {}
     for name in BRANCHES:
         best = np.array([p.branches[name].iou for p in predictions])
-        top = np.stack([p.branches[name].top_ious for p in predictions]) if with_top and predictions else None
-        out[name] = retrieval_metrics(best, top)
+        ranked = with_top and bool(predictions)
+        top = np.stack([p.branches[name].top_ious for p in predictions]) if ranked else None
+        kept = _padded([p.branches[name].nms_ious for p in predictions]) if ranked else None
+        if kept is not None and kept.shape[1] == 0:  # rows read back from a predictions file without top_nms
+            kept = None
+        out[name] = retrieval_metrics(best, top, kept)
+        labelled = [clips for p in predictions if (clips := p.clip_scores(name)) is not None] if ranked else []
+        if labelled:
+            out[name] |= highlight_metrics(labelled)
+    return out
+
+
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of unequal length as one (n, longest) array, NaN after each row's end."""
+    out = np.full((len(rows), max((len(row) for row in rows), default=0)), np.nan)
+    for number, row in enumerate(rows):
+        out[number, : len(row)] = row
     return out
 
 
@@ -266,6 +371,7 @@ class EvalReport:
     importance_bins: list[dict[str, Any]]
     mean_importance: float
     context: dict[str, Any] = field(default_factory=dict)
+    highlight_queries: int = 0  # queries with clip-level saliency labels (the HL metrics' queries)
 
     @classmethod
     def from_predictions(cls, split: str, predictions: Sequence[QueryPrediction], **context: Any) -> EvalReport:
@@ -276,6 +382,7 @@ class EvalReport:
             importance_bins=importance_breakdown(predictions),
             mean_importance=float(np.mean([p.audio_importance for p in predictions])) if predictions else float("nan"),
             context=dict(context),
+            highlight_queries=sum(p.saliency_labels is not None for p in predictions),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -285,19 +392,38 @@ class EvalReport:
             "branches": self.branches,
             "mean_audio_importance": self.mean_importance,
             "audio_importance_bins": self.importance_bins,
+            **({"highlight_queries": self.highlight_queries} if self.highlight_queries else {}),
             **self.context,
         }
 
     def table(self) -> str:
-        return metrics_table(self.branches, title=f"{self.split}: {self.queries} queries")
+        table = metrics_table(self.branches, title=f"{self.split}: {self.queries} queries")
+        threshold = self.context.get("nms_threshold", NMS_THRESHOLD)
+        legend = [
+            "a span is right when its IoU >= the threshold (R1, R5, mAP); R5-NMS: the top 5 after greedy NMS over all",
+            f"spans, IoU > {threshold:g} suppressed (2D-TAN/MMN's R@5); R5-noNMS: the 5 most probable distinct spans;",
+            "mAP: Moment-DETR's, on the top 10 after NMS",
+        ]
+        if self.highlight_queries:
+            legend.append(
+                "HL-mAP, HL-HIT@1: Moment-DETR's highlight detection (clips >= Very Good), on the "
+                f"{self.highlight_queries} queries with clip labels"
+            )
+        return "\n".join([table, *legend])
 
 
 def metrics_table(branches: dict[str, dict[str, float]], title: str = "") -> str:
-    names = [name for name in METRIC_NAMES if any(name in m for m in branches.values())]
+    """The metrics of each branch as text columns, a block of rows per TABLE_BLOCKS entry that has any."""
     lines = [title] if title else []
-    lines.append(f"{'branch':<8}" + "".join(f"{name:>8}" for name in names))
-    for branch, metrics in branches.items():
-        lines.append(f"{branch:<8}" + "".join(f"{metrics.get(name, float('nan')):8.2f}" for name in names))
+    for names in TABLE_BLOCKS:
+        block = [name for name in names if any(name in m for m in branches.values())]
+        if not block:
+            continue
+        widths = [max(8, len(name) + 2) for name in block]
+        lines.append(f"{'branch':<8}" + "".join(f"{name:>{w}}" for name, w in zip(block, widths, strict=True)))
+        for branch, metrics in branches.items():
+            values = (metrics.get(name, float("nan")) for name in block)
+            lines.append(f"{branch:<8}" + "".join(f"{v:{w}.2f}" for v, w in zip(values, widths, strict=True)))
     return "\n".join(lines)
 
 

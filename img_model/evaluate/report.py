@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from extract.core.files import write_atomically
-from img_model.evaluate.evaluator import BRANCHES, BranchPrediction, EvalReport, QueryPrediction
-from img_model.network.metrics import THRESHOLDS, TOP_K, recall_at
+from img_model.evaluate.evaluator import BRANCHES, METRIC_NAMES, BranchPrediction, EvalReport, QueryPrediction
+from img_model.network.metrics import MAP_WINDOWS, THRESHOLDS, TOP_K, recall_at
+from manifests.records import ClipSaliency
 
 HISTOGRAM_BINS = 10
 # [k/10, (k+1)/10): k/10 as written (np.histogram's linspace edges are 0.30000000000000004, 0.6000000000000001 and
@@ -49,6 +50,7 @@ def _branch(predicted: Mapping[str, Any]) -> BranchPrediction:
     """A branch of a predictions JSONL row read back (its `top` list padded to TOP_K as img-eval pads it)."""
     top = list(predicted.get("top", []))[:TOP_K]
     pad = TOP_K - len(top)
+    kept = list(predicted.get("top_nms", []))[:MAP_WINDOWS]
     return BranchPrediction(
         steps=tuple(predicted.get("steps", (0, 0))),
         span=tuple(predicted["span"]),
@@ -58,7 +60,20 @@ def _branch(predicted: Mapping[str, Any]) -> BranchPrediction:
         top_spans=np.array([span["span"] for span in top] + [(np.nan, np.nan)] * pad, np.float64).reshape(-1, 2),
         top_scores=np.array([span.get("score", 0.0) for span in top] + [0.0] * pad, np.float64),
         top_ious=np.array([span["iou"] for span in top] + [np.nan] * pad, np.float64),
+        nms_steps=np.array([span.get("steps", (0, 0)) for span in kept], np.int64).reshape(-1, 2),
+        nms_spans=np.array([span["span"] for span in kept], np.float64).reshape(-1, 2),
+        nms_scores=np.array([span.get("score", 0.0) for span in kept], np.float64),
+        nms_ious=np.array([span["iou"] for span in kept], np.float64),
+        saliency=np.array(predicted.get("saliency", []), np.float32),
     )
+
+
+def _saliency_labels(row: Mapping[str, Any]) -> ClipSaliency | None:
+    labels = row.get("saliency_labels")
+    if labels is None:
+        return None
+    scores = tuple(tuple(float(v) for v in scores) for scores in labels["saliency_scores"])
+    return ClipSaliency(float(labels["clip_length"]), tuple(labels["relevant_clip_ids"]), scores)
 
 
 def read_prediction(row: Mapping[str, Any]) -> QueryPrediction:
@@ -74,6 +89,7 @@ def read_prediction(row: Mapping[str, Any]) -> QueryPrediction:
         branches={name: _branch(row["branches"][name]) for name in BRANCHES},
         query=row.get("query", ""),
         split=row.get("split") or "test",
+        saliency_labels=_saliency_labels(row),
     )
 
 
@@ -85,6 +101,11 @@ def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "queries": len(predictions),
         "metrics": evaluated.branches,
+        # as img-eval's table prints them (Python rounds a tie to even, JavaScript's toFixed up: 14.625 -> 14.63)
+        "metrics_text": {
+            branch: {name: f"{value:.2f}" if np.isfinite(value) else "-" for name, value in metrics.items()}
+            for branch, metrics in evaluated.branches.items()
+        },
         "histogram": {},
         "recall": {},
         "mean_importance": mean_importance,
@@ -164,6 +185,7 @@ def report_data(
         "context": dict(context or {}),
         "branches": list(BRANCHES),
         "thresholds": list(THRESHOLDS),
+        "metric_names": list(METRIC_NAMES),
         "recall_thresholds": list(RECALL_THRESHOLDS),
         "histogram_bins": HISTOGRAM_BINS,
         "splits": splits,

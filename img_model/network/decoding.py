@@ -60,6 +60,42 @@ def top_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, k: int) -> S
     return Spans(start, end, torch.where(found, best.exp(), 0.0))
 
 
+def nms_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, k: int, threshold: float) -> Spans:
+    """The first k spans of greedy non-maximum suppression over every candidate span (start ≤ end) of each
+    sample, each (B, k), kept order = rank (2D-TAN's and MMN's R@5 evaluation).
+
+    Candidates are ranked by P_start(i)·P_end(j) (in log space, as top_spans); the best remaining candidate is
+    kept and every remaining one whose temporal IoU with it is above `threshold` is suppressed (strictly above, as
+    both references: mmn/data/datasets/evaluation.py `nms`, 2D-TAN lib/core/eval.py `nms`). IoUs are computed on
+    the step grid, [i, j + 1), which is the IoU in seconds scaled by D/N. threshold 1 suppresses nothing but the
+    kept span itself: the k most probable distinct spans. Where fewer than k spans survive, the rest are start =
+    end = -1 with score 0. Ties keep the first candidate in row-major (start, end) order."""
+    start_log = torch.log_softmax(start_logits.float(), dim=1)
+    end_log = torch.log_softmax(end_logits.float(), dim=1)
+    length = start_log.shape[1]
+    upper = torch.ones(length, length, dtype=torch.bool, device=start_log.device).triu()
+    valid = upper & (start_logits > MASKED).unsqueeze(2) & (end_logits > MASKED).unsqueeze(1)
+    scores = (start_log.unsqueeze(2) + end_log.unsqueeze(1)).masked_fill(~valid, float("-inf")).flatten(1)
+    grid = torch.arange(length, device=start_log.device, dtype=torch.float64)
+    cand_start = grid.repeat_interleave(length)  # (L²,): candidate c = (c // L, c % L)
+    cand_end = grid.repeat(length) + 1.0
+    starts, ends, kept_scores = [], [], []
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    for _ in range(k):
+        best, index = scores.max(dim=1)
+        found = torch.isfinite(best)
+        kept_start, kept_end = cand_start[index], cand_end[index]
+        intersection = torch.minimum(cand_end, kept_end[:, None]) - torch.maximum(cand_start, kept_start[:, None])
+        union = torch.maximum(cand_end, kept_end[:, None]) - torch.minimum(cand_start, kept_start[:, None])
+        iou = intersection.clamp(min=0.0) / union
+        scores = scores.masked_fill(iou > threshold, float("-inf"))
+        scores[rows, index] = float("-inf")
+        starts.append(torch.where(found, index // length, -1))
+        ends.append(torch.where(found, index % length, -1))
+        kept_scores.append(torch.where(found, best.exp(), 0.0))
+    return Spans(torch.stack(starts, dim=1), torch.stack(ends, dim=1), torch.stack(kept_scores, dim=1))
+
+
 def index_to_time(
     start_index: np.ndarray | int,
     end_index: np.ndarray | int,
@@ -72,6 +108,14 @@ def index_to_time(
     start = np.asarray(start_index).astype(np.float32) * seconds / steps
     end = (np.asarray(end_index) + 1).astype(np.float32) * seconds / steps
     return start, end
+
+
+def clip_steps(num_clips: int, clip_length: float, num_steps: int, duration: float) -> np.ndarray:
+    """The step holding the middle of each clip k = 0 … num_clips − 1, clip k covering [k·c, min((k+1)·c, D)): how
+    clip-level labels (QVHighlights' 2-s clips) meet the model's steps of D/N seconds."""
+    starts = np.arange(num_clips, dtype=np.float64) * clip_length
+    middles = (starts + np.minimum(starts + clip_length, duration)) / 2
+    return np.clip(np.floor(middles * num_steps / duration).astype(np.int64), 0, num_steps - 1)
 
 
 def time_to_index(
