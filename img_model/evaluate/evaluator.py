@@ -38,6 +38,7 @@ from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.batch import Batch, collate
 from img_model.data.dataset import DataSources, MomentDataset
 from img_model.distributed import evaluation_batches, in_batch_order
+from img_model.evaluate.breakdowns import RATIO_BINS, breakdown_table, equal_count_bins, length_bucket_masks
 from img_model.network.decoding import best_span, index_to_time, top_spans
 from img_model.network.metrics import TOP_K, retrieval_metrics, temporal_iou
 from img_model.network.model import IMG, IMGOutput
@@ -248,12 +249,45 @@ def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[st
         last = number == len(edges) - 2
         inside = (importance >= low) & ((importance < high) | (last & (importance == high)))
         members = [p for p, keep in zip(predictions, inside, strict=True) if keep]
-        entry: dict[str, Any] = {"range": [low, high], "queries": len(members)}
+        entry: dict[str, Any] = {"range": [low, high], "label": f"{low:g}-{high:g}", "queries": len(members)}
         if members:
             entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
             entry["branches"] = branch_metrics(members, with_top=False)
         bins.append(entry)
     return bins
+
+
+def _bin_entry(label: str, members: Sequence[QueryPrediction], **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"label": label, **extra, "queries": len(members)}
+    if members:
+        entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
+        entry["branches"] = branch_metrics(members, with_top=False)
+    return entry
+
+
+def ratio_breakdown(predictions: Sequence[QueryPrediction], bins: int = RATIO_BINS) -> list[dict[str, Any]]:
+    """Equal-count bins of the moment-to-video ratio (Figure 5), each with its smallest and largest ratio."""
+    ratios = np.array([(p.ground_truth[1] - p.ground_truth[0]) / p.duration for p in predictions])
+    entries = []
+    for chunk in equal_count_bins(ratios, bins):
+        low, high = float(ratios[chunk].min()), float(ratios[chunk].max())
+        members = [predictions[i] for i in sorted(chunk.tolist())]
+        entries.append(_bin_entry(f"{low:.3f}-{high:.3f}", members, range=[low, high]))
+    return entries
+
+
+def length_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[str, Any]]:
+    """Moment-DETR's short / middle / long buckets of ground-truth moment length (seconds)."""
+    lengths = np.array([p.ground_truth[1] - p.ground_truth[0] for p in predictions])
+    return [
+        _bin_entry(
+            f"{name} {'>' + format(low, 'g') if np.isinf(high) else format(low, 'g') + '-' + format(high, 'g')} s",
+            [p for p, keep in zip(predictions, mask, strict=True) if keep],
+            bucket=name,
+            range=[low, None if np.isinf(high) else high],
+        )
+        for name, low, high, mask in length_bucket_masks(lengths)
+    ]
 
 
 @dataclass
@@ -266,16 +300,22 @@ class EvalReport:
     importance_bins: list[dict[str, Any]]
     mean_importance: float
     context: dict[str, Any] = field(default_factory=dict)
+    ratio_bins: list[dict[str, Any]] = field(default_factory=list)
+    length_buckets: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_predictions(cls, split: str, predictions: Sequence[QueryPrediction], **context: Any) -> EvalReport:
+    def from_predictions(
+        cls, split: str, predictions: Sequence[QueryPrediction], ratio_bin_count: int = RATIO_BINS, **context: Any
+    ) -> EvalReport:
         return cls(
             split=split,
             queries=len(predictions),
             branches=branch_metrics(predictions),
             importance_bins=importance_breakdown(predictions),
             mean_importance=float(np.mean([p.audio_importance for p in predictions])) if predictions else float("nan"),
-            context=dict(context),
+            context={**context, "ratio_bin_count": ratio_bin_count},
+            ratio_bins=ratio_breakdown(predictions, ratio_bin_count),
+            length_buckets=length_breakdown(predictions),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -285,11 +325,25 @@ class EvalReport:
             "branches": self.branches,
             "mean_audio_importance": self.mean_importance,
             "audio_importance_bins": self.importance_bins,
+            "ratio_bins": self.ratio_bins,
+            "length_buckets": self.length_buckets,
             **self.context,
         }
 
     def table(self) -> str:
         return metrics_table(self.branches, title=f"{self.split}: {self.queries} queries")
+
+    def breakdown_tables(self) -> str:
+        """The three breakdowns, compact: ratio bins (edges shown), length buckets, audio importance bins."""
+        return "\n\n".join(
+            [
+                breakdown_table(
+                    f"by moment-to-video ratio ({len(self.ratio_bins)} equal-count bins)", self.ratio_bins, "ratio"
+                ),
+                breakdown_table("by moment length (Moment-DETR buckets)", self.length_buckets, "length"),
+                breakdown_table("by predicted audio importance (Table 16 bins)", self.importance_bins, "importance"),
+            ]
+        )
 
 
 def metrics_table(branches: dict[str, dict[str, float]], title: str = "") -> str:
