@@ -122,17 +122,28 @@ def test_noise_on_every_query_lowers_the_importance_of_audio_marked_queries(
 
 @pytest.mark.slow
 def test_missing_audio_on_every_query_is_drop_audio_and_a_share_is_reported(
-    learned: tuple[SyntheticDataset, Path],
+    learned: tuple[SyntheticDataset, Path], tmp_path: Path
 ) -> None:
     _, checkpoint = learned
     dropped = run_img_eval(checkpoint, "--threads", "1", "--json", "--drop-audio")
     missing = run_img_eval(checkpoint, "--threads", "1", "--json", "--audio-missing-fraction", "1")
     assert dropped.returncode == 0 and missing.returncode == 0, dropped.stderr + missing.stderr
     assert json.loads(missing.stdout)["branches"] == json.loads(dropped.stdout)["branches"]
-    share = run_img_eval(checkpoint, "--threads", "1", "--audio-missing-fraction", "0.5", "--noise-seed", "7")
+    report = tmp_path / "report.html"
+    share = run_img_eval(
+        checkpoint,
+        *("--threads", "1", "--audio-missing-fraction", "0.5", "--noise-seed", "7", "--ratio-bins", "3"),
+        *("--report", report),
+    )
     assert share.returncode == 0, share.stderr
-    assert "audio missing on " in share.stdout and "by moment-to-video ratio (5 equal-count bins)" in share.stdout
+    assert "audio missing on 16 queries" in share.stdout  # 18 of the 36 chosen (seed 7), 2 of them without audio
+    assert "by moment-to-video ratio (3 equal-count bins)" in share.stdout
     assert "short 0-10 s" in share.stdout and "by predicted audio importance" in share.stdout
+    page = report.read_text()
+    data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
+    breakdowns = data["overall"]["breakdowns"]
+    assert len(breakdowns["ratio"]) == 3 and [b["bucket"] for b in breakdowns["length"]] == ["short", "middle", "long"]
+    assert "audio missing on 16 queries" in " ".join(data["context"]["notes"]) and 'id="breakdown-table"' in page
 
 
 @pytest.mark.slow
