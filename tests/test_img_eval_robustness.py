@@ -49,6 +49,7 @@ def test_equal_count_bins_cut_sorted_values_into_groups_of_equal_size() -> None:
     assert [sorted(values[b].tolist()) for b in bins] == [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [0.9, 1.0]]
     assert [len(b) for b in equal_count_bins(np.arange(7.0), 3)] == [3, 2, 2]
     assert len(equal_count_bins(np.arange(2.0), 5)) == 2  # never an empty bin
+    assert equal_count_bins(np.array([]), 5) == []
 
 
 def test_ratio_breakdown_gives_each_bin_its_extreme_ratios_and_metrics() -> None:

@@ -30,6 +30,8 @@ def equal_count_bins(values: np.ndarray, k: int) -> list[np.ndarray]:
     """Index arrays of min(k, n) groups of equal count (±1) of `values` sorted ascending (stable on ties)."""
     if k < 1:
         raise ValueError(f"the number of bins must be at least 1, not {k}")
+    if len(values) == 0:
+        return []
     order = np.argsort(values, kind="stable")
     return [chunk for chunk in np.array_split(order, min(k, len(values))) if len(chunk)]
 
