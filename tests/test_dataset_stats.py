@@ -73,3 +73,15 @@ def test_cost_counts_the_published_model_per_module_as_table_12_groups_them() ->
     flops = {name: entry["flops"] for name, entry in cost["modules"].items()}
     assert all(value > 0 for value in flops.values()), flops
     assert sum(flops.values()) == cost["total"]["flops"]  # every FLOP inside one of the top-level modules
+
+
+def test_cost_of_a_recipe_counts_its_model(tmp_path: Path) -> None:
+    recipe = tmp_path / "small.toml"
+    recipe.write_text("[model]\ndim = 64\nnum_heads = 4\n")
+    result = run_img_train("cost", "--config", recipe, "--video-steps", "16", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    cost = json.loads(result.stdout)
+    assert cost["groups"]["AIP"]["trainable"] == 4 * 64 + 1  # Linear(4·dim → 1): 513 at the published dim 128
+    assert cost["inputs"] == {"batch": 1, "video_steps": 16, "query_words": 10}
+    refused = run_img_train("cost", "--config", recipe, "--video-steps", "999")
+    assert refused.returncode == 2 and "at most max_pos_len 128" in refused.stderr

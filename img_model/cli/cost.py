@@ -29,6 +29,13 @@ PRESETS = {"charades": IMGConfig(), "activitynet": ACTIVITYNET, "clip-sf": CHARA
     "I3D + VGGish; Charades CLIP+SlowFast + CLIP text).",
 )
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A recipe (img-train --config TOML) whose [model] section changes the --preset model (e.g. an ablation).",
+)
+@click.option(
     "--video-steps",
     type=click.IntRange(1, 8192),
     default=None,
@@ -39,7 +46,12 @@ PRESETS = {"charades": IMGConfig(), "activitynet": ACTIVITYNET, "clip-sf": CHARA
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def cost_command(
-    checkpoint: Path | None, preset: str, video_steps: int | None, query_words: int, as_json: bool
+    checkpoint: Path | None,
+    preset: str,
+    config_file: Path | None,
+    video_steps: int | None,
+    query_words: int,
+    as_json: bool,
 ) -> None:
     """Parameters and FLOPs of IMG per module and for Table 12's groups (AIP, MGF, the whole model).
 
@@ -50,10 +62,19 @@ def cost_command(
     Examples:
       img-train cost                      the published Charades-STA model
       img-train cost runs/charades/best.pt --json
+      img-train cost --config ablation.toml --video-steps 64
     """
     setup_logging("img-train")
     model = None
     config = PRESETS[preset]
+    if checkpoint is not None and config_file is not None:
+        fail("give CHECKPOINT or --config, not both (a checkpoint records its model)")
+    if config_file is not None:
+        try:
+            config = _recipe_model(config_file, config)
+        except ImgVmrError as error:
+            fail(str(error))
+            return
     if checkpoint is not None:
         from img_model.checkpoint import read_checkpoint
         from img_model.network.convert import load_into
@@ -74,3 +95,12 @@ def cost_command(
         fail(f"--query-words {query_words}: the model reads at most max_pos_len {config.max_pos_len} words")
     cost = model_cost(config, steps, query_words, model)
     click.echo(json.dumps(cost, indent=2) if as_json else cost_table(cost))
+
+
+def _recipe_model(path: Path, preset: IMGConfig) -> IMGConfig:
+    """The model of a recipe: its [model] section over the preset; the sizes the data decides are the preset's."""
+    from img_model.train.config import DATA_DERIVED, read_toml, resolve
+
+    dataset = read_toml(path).get("data", {}).get("dataset") or "charades-sta"
+    derived = {name: getattr(preset, name) for name in DATA_DERIVED if hasattr(preset, name)}
+    return resolve(path, {"data": {"dataset": dataset}}, derived).model
