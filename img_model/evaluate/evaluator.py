@@ -249,15 +249,12 @@ def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[st
         last = number == len(edges) - 2
         inside = (importance >= low) & ((importance < high) | (last & (importance == high)))
         members = [p for p, keep in zip(predictions, inside, strict=True) if keep]
-        entry: dict[str, Any] = {"range": [low, high], "label": f"{low:g}-{high:g}", "queries": len(members)}
-        if members:
-            entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
-            entry["branches"] = branch_metrics(members, with_top=False)
-        bins.append(entry)
+        bins.append(_bin_entry(f"{low:g}-{high:g}", members, range=[low, high]))
     return bins
 
 
 def _bin_entry(label: str, members: Sequence[QueryPrediction], **extra: Any) -> dict[str, Any]:
+    """One bin of a breakdown: its label, what defines it, its query count, mean importance and metrics."""
     entry: dict[str, Any] = {"label": label, **extra, "queries": len(members)}
     if members:
         entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
