@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from extract import __version__
+from extract.cli.datasets import datasets_group
 from extract.cli.doctor import doctor_command
 from extract.cli.manifest import manifest_command
 from extract.cli.run import run_command
@@ -24,6 +25,7 @@ def main() -> None:
     img-extract VIDEOS --out feats.h5 [options]   extract (same as `img-extract run ...`)
     img-extract inspect feats.h5                  what a store holds, with provenance and failures
     img-extract doctor                            what this machine gives img-vmr (ffmpeg, torch, GPUs, weights)
+    img-extract datasets stats NAME               query, moment, video and word statistics of a dataset
     """
 
 
@@ -38,6 +40,7 @@ for command in (
     text_command,
     compact_command,
     merge_command,
+    datasets_group,
 ):
     main.add_command(command)
 

@@ -40,6 +40,25 @@ class PositiveNumber(click.ParamType):
         return number
 
 
+class BoundedNumber(click.ParamType):
+    """A finite number within [least, most] (nan and inf refused at parse time, which click.FloatRange lets through
+    for nan)."""
+
+    name = "number"
+
+    def __init__(self, least: float, most: float) -> None:
+        self.least, self.most = least, most
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or not self.least <= number <= self.most:
+            self.fail(f"{value!r} is not a finite number from {self.least:g} to {self.most:g}", param, ctx)
+        return number
+
+
 def weights_dir_option(help_text: str = WEIGHTS_DIR_HELP) -> Callable[[Any], Any]:
     return click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help_text)
 

@@ -14,8 +14,12 @@ import click
 
 from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError
+from extract.core.options import BoundedNumber
 from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
+from img_model.data.audio_perturbation import MAX_NOISE_SEED, MAX_NOISE_STD, AudioPerturbation
+from img_model.evaluate.breakdowns import MAX_RATIO_BINS, RATIO_BINS
 from img_model.evaluate.evaluation import CONVERTED_NOTE
+from img_model.evaluate.robustness import perturbation_line
 from img_model.network.convert import CheckpointLayoutError
 from img_model.network.metrics import NMS_THRESHOLD
 from img_model.train.config import MAX_BATCH, MAX_SEED
@@ -67,6 +71,61 @@ PROGRAM = "img-eval"
     help="R5-NMS and mAP: greedy NMS over all candidate spans suppresses those whose IoU with a kept span is above "
     "this (MMN's default; 2D-TAN's configs use 0.4-0.5); 1 suppresses nothing.",
 )
+@click.option(
+    "--audio-noise-fraction",
+    type=BoundedNumber(0.0, 1.0),
+    default=0.0,
+    help="Add Gaussian noise (--audio-noise-std) to the audio features of this share of the queries, chosen by "
+    "--noise-seed and the query ids alone (the same queries in every run and for every checkpoint; Figure 4).",
+)
+@click.option(
+    "--audio-noise-std",
+    type=BoundedNumber(0.0, MAX_NOISE_STD),
+    default=1.0,
+    show_default=True,
+    help="Standard deviation of that noise, in the feature's units.",
+)
+@click.option(
+    "--audio-missing-fraction",
+    type=BoundedNumber(0.0, 1.0),
+    default=0.0,
+    help="Read the audio of this share of the queries as missing (zeros, has_audio false); 1 is --drop-audio.",
+)
+@click.option(
+    "--noise-seed",
+    type=click.IntRange(0, MAX_NOISE_SEED),
+    default=0,
+    show_default=True,
+    help="Seed of which queries get noisy / missing audio and of the noise values.",
+)
+@click.option(
+    "--ratio-bins",
+    type=click.IntRange(1, MAX_RATIO_BINS),
+    default=RATIO_BINS,
+    show_default=True,
+    help="Equal-count bins of the moment-to-video ratio in the breakdown (Figure 5).",
+)
+@click.option(
+    "--sweep",
+    "sweep_text",
+    default=None,
+    metavar="KEY=V1,V2,...",
+    help="Evaluate at every value of one setting: audio-noise-fraction, audio-missing-fraction or audio-noise-std "
+    "(the other settings as given); writes a table and a plot to --sweep-out (Figure 4).",
+)
+@click.option(
+    "--compare",
+    "compare",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --sweep: another checkpoint evaluated the same way, side by side (repeatable; e.g. IMG w/o AIP).",
+)
+@click.option(
+    "--sweep-out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="With --sweep: folder of sweep.md, sweep.csv, sweep.json, sweep.png, sweep.svg (default sweep-KEY).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option(
     "--predictions",
@@ -97,6 +156,14 @@ def main(
     seed: int,
     drop_audio: bool,
     nms_threshold: float,
+    audio_noise_fraction: float,
+    audio_noise_std: float,
+    audio_missing_fraction: float,
+    noise_seed: int,
+    ratio_bins: int,
+    sweep_text: str | None,
+    compare: tuple[Path, ...],
+    sweep_out: Path | None,
     as_json: bool,
     predictions: Path | None,
     report: Path | None,
@@ -125,6 +192,9 @@ def main(
       img-eval runs/charades/best.pt
       img-eval runs/charades/best.pt --dataset charades-am --json --predictions am.jsonl
       img-eval runs/charades/best.pt --split test --split train-val --report report.html --videos videos/
+      img-eval runs/charades/best.pt --audio-noise-fraction 0.4 --audio-noise-std 1 --noise-seed 0
+      img-eval runs/img/best.pt --compare runs/no-aip/best.pt \\
+               --sweep audio-noise-fraction=0,0.2,0.4,0.6,0.8,1 --sweep-out figure4/
       img-eval converted.pt --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet \\
                --audio panns --text text.h5 --slot-noise always --seed 1
     """
@@ -138,6 +208,8 @@ def main(
     setup_logging(PROGRAM, verbose)
     if videos is not None and report is None:
         fail("--videos links the videos into the HTML report: add --report report.html")
+    if (compare or sweep_out) and sweep_text is None:
+        fail("--compare and --sweep-out go with --sweep KEY=V1,V2,...")
     request = EvaluationRequest(
         checkpoint_path,
         splits or ("test",),
@@ -151,7 +223,12 @@ def main(
         workers or 0,
         threads or 0,
         nms_threshold=nms_threshold,
+        audio_perturbation=AudioPerturbation(audio_noise_fraction, audio_noise_std, audio_missing_fraction, noise_seed),
+        ratio_bins=ratio_bins,
     )
+    if sweep_text is not None:
+        _sweep(request, sweep_text, list(compare), sweep_out, as_json)
+        return
     try:
         evaluation = evaluate_checkpoint(request)
     except (CheckpointLayoutError, ImgVmrError) as error:
@@ -179,6 +256,29 @@ def main(
         fail(str(error))
 
 
+def _sweep(request: Any, sweep_text: str, compare: list[Path], out: Path | None, as_json: bool) -> None:
+    from img_model.evaluate.sweep import parse_sweep, run_sweep, sweep_markdown, write_sweep
+
+    try:
+        sweep = parse_sweep(sweep_text)
+        rows = run_sweep(request, compare, sweep)
+    except (CheckpointLayoutError, ImgVmrError) as error:
+        fail(str(error))
+        return
+    except Exception as error:
+        log.debug("internal error", exc_info=True)
+        fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
+        return
+    click.echo(json.dumps({"key": sweep.key, "rows": rows}, indent=2) if as_json else sweep_markdown(sweep, rows))
+    folder = out or Path(f"sweep-{sweep.key}")
+    try:
+        written = write_sweep(folder, sweep, rows)
+    except OutputWriteError as error:
+        log.debug("error", exc_info=True)
+        write_failed(PROGRAM, error, "run img-eval --sweep again (the table is printed above)")
+    log.info("wrote %s", ", ".join(str(path) for path in written))
+
+
 def _tables(report: Any) -> str:
     context = report.context
     lines = [report.table()]
@@ -191,6 +291,9 @@ def _tables(report: Any) -> str:
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
         + (", audio dropped" if context["drop_audio"] else "")
     )
+    if context.get("audio_perturbation"):
+        lines.append(perturbation_line(context["audio_perturbation"]))
+    lines += ["", report.breakdown_tables()]
     return "\n".join(lines)
 
 

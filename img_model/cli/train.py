@@ -21,6 +21,7 @@ from extract.core.console import (
     setup_logging,
 )
 from extract.core.errors import ImgVmrError, OutputWriteError
+from img_model.cli.cost import cost_command
 from img_model.cli.options import data_options, dataset_table, log_thread_failures, runtime_options, write_failed
 from img_model.network.convert import CheckpointLayoutError
 from img_model.train.config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
@@ -47,6 +48,7 @@ def main() -> None:
                                                    the same run on N processes (GPUs), DistributedDataParallel
     img-train convert-official IN.t7 OUT.pt --text text.h5
                                                    an authors' checkpoint as an img_model checkpoint
+    img-train cost [CHECKPOINT]                    parameters and FLOPs per module (Table 12)
 
     Every option: img-train train --help, img-train convert-official --help.
     """
@@ -277,6 +279,8 @@ def _write_converted(checkpoint: Any, target: Path) -> None:
         reason = f"{blocker} is a file, not a folder" if blocker is not None else error.strerror
         raise ImgVmrError(f"cannot write {target} ({reason}); choose another OUT.pt") from None
 
+
+main.add_command(cost_command)
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from extract.core.errors import ImgVmrError, UsageError
 from extract.store import video_durations
 from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
+from img_model.data.audio_perturbation import AudioPerturbation
 from img_model.data.batch import Sample, saliency_samples, sample_rng
 from img_model.data.coverage import Coverage
 from img_model.data.feature_stores import FeatureStores
@@ -218,8 +219,9 @@ class DataSources:
         max_pos_len: int,
         seed: int = 0,
         drop_audio: bool = False,
+        audio_perturbation: AudioPerturbation | None = None,
     ) -> MomentDataset:
-        return MomentDataset(self, records, split, role, max_pos_len, seed, drop_audio)
+        return MomentDataset(self, records, split, role, max_pos_len, seed, drop_audio, audio_perturbation)
 
     def close(self) -> None:
         self.stores.close()
@@ -230,7 +232,9 @@ class MomentDataset(Dataset):
     """The queries of one split with their labels; features are read (and aligned) when an item is fetched.
 
     An item key is an index, or (epoch, index) in training: the epoch seeds the saliency draw, so workers that
-    live across epochs (persistent workers) need no notice of the epoch."""
+    live across epochs (persistent workers) need no notice of the epoch. `audio_perturbation` (evaluation): the
+    audio of a seeded share of the queries read missing or noisy (img_model/data/audio_perturbation.py);
+    `audio_missing` and `audio_noisy` say which."""
 
     def __init__(
         self,
@@ -241,6 +245,7 @@ class MomentDataset(Dataset):
         max_pos_len: int,
         seed: int = 0,
         drop_audio: bool = False,
+        audio_perturbation: AudioPerturbation | None = None,
     ) -> None:
         self.sources = sources
         self.split = split
@@ -286,6 +291,13 @@ class MomentDataset(Dataset):
             raise DataError(f"{split}: none of the {len(records)} queries has features and text; nothing to read")
         self.records = kept
         self.has_audio = np.array(audio_flags, bool)
+        self.audio_perturbation = audio_perturbation
+        qids = [record.qid for record in kept]
+        self.audio_missing = audio_perturbation.missing(qids) & self.has_audio if audio_perturbation else None
+        if self.audio_missing is not None:
+            self.coverage.zero_audio += int(self.audio_missing.sum())
+            self.has_audio &= ~self.audio_missing
+        self.audio_noisy = audio_perturbation.noisy(qids) & self.has_audio if audio_perturbation else None
         self.lengths = np.array(lengths, np.int64)
         starts = np.array([r.start for r in kept])
         ends = np.array([r.end for r in kept])
@@ -340,6 +352,9 @@ class MomentDataset(Dataset):
         has_audio = bool(self.has_audio[index])
         if not has_audio or audio is None:
             audio = np.zeros((len(video), self.sources.audio_dim), np.float32)
+        elif self.audio_noisy is not None and self.audio_noisy[index]:
+            assert self.audio_perturbation is not None
+            audio = self.audio_perturbation.add_noise(audio, record.qid)
         start_index, end_index = int(self.start_index[index]), int(self.end_index[index])
         sample = Sample(
             qid=record.qid,

@@ -20,8 +20,11 @@ from extract.core.errors import writing
 from extract.core.files import write_atomically
 from extract.core.precision import Precision
 from img_model.checkpoint import read_checkpoint
+from img_model.data.audio_perturbation import AudioPerturbation
 from img_model.data.dataset import DataSources, data_overrides
+from img_model.evaluate.breakdowns import RATIO_BINS
 from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
+from img_model.evaluate.robustness import perturbation_line, perturbation_summary
 from img_model.network.convert import load_into
 from img_model.network.metrics import NMS_THRESHOLD
 from img_model.network.model import IMG
@@ -52,6 +55,8 @@ class EvaluationRequest:
     workers: int = 0
     threads: int = 0
     nms_threshold: float = NMS_THRESHOLD  # R5-NMS and the mAPs: NMS suppresses IoU above this
+    audio_perturbation: AudioPerturbation | None = None  # noisy / missing audio on a seeded share (Figure 4)
+    ratio_bins: int = RATIO_BINS  # equal-count moment-to-video ratio bins of the breakdown
 
 
 @dataclass
@@ -88,7 +93,14 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
     selected_on = (checkpoint.training or {}).get("data", {})
     evaluation = Evaluation([], [])
     for split, records in chosen.items():
-        dataset = sources.dataset(records, split, "eval", config.max_pos_len, drop_audio=request.drop_audio)
+        dataset = sources.dataset(
+            records,
+            split,
+            "eval",
+            config.max_pos_len,
+            drop_audio=request.drop_audio,
+            audio_perturbation=request.audio_perturbation,
+        )
         log.info("%s", dataset.coverage.summary())
         split_notes = list(notes)
         if selected_on.get("select_split") == split and selected_on["select_qids_sha256"] != dataset.qids_sha256():
@@ -102,6 +114,8 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
             EvalReport.from_predictions(
                 split,
                 predictions,
+                audio_perturbation=perturbation_summary(dataset, predictions),
+                ratio_bin_count=request.ratio_bins,
                 checkpoint=str(request.checkpoint),
                 checkpoint_source=checkpoint.source,
                 select_on=checkpoint.select_on,
@@ -143,6 +157,9 @@ def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | N
             context[key] = os.path.relpath(Path(context[key]).absolute(), path.absolute().parent)
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
+    if first.get("audio_perturbation"):
+        context["notes"] = [*context["notes"], perturbation_line(first["audio_perturbation"])]
+    context["ratio_bin_count"] = first.get("ratio_bin_count", RATIO_BINS)
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
     with writing(f"--report {path}", path.parent):
         write_report(path, rows, title, context, videos)

@@ -46,6 +46,7 @@ from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.batch import Batch, collate
 from img_model.data.dataset import DataSources, MomentDataset
 from img_model.distributed import evaluation_batches, in_batch_order
+from img_model.evaluate.breakdowns import RATIO_BINS, breakdown_table, equal_count_bins, length_bucket_masks
 from img_model.network.decoding import best_span, clip_steps, index_to_time, nms_spans, top_spans
 from img_model.network.metrics import (
     HIGHLIGHT_NAMES,
@@ -353,12 +354,42 @@ def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[st
         last = number == len(edges) - 2
         inside = (importance >= low) & ((importance < high) | (last & (importance == high)))
         members = [p for p, keep in zip(predictions, inside, strict=True) if keep]
-        entry: dict[str, Any] = {"range": [low, high], "queries": len(members)}
-        if members:
-            entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
-            entry["branches"] = branch_metrics(members, with_top=False)
-        bins.append(entry)
+        bins.append(_bin_entry(f"{low:g}-{high:g}", members, range=[low, high]))
     return bins
+
+
+def _bin_entry(label: str, members: Sequence[QueryPrediction], **extra: Any) -> dict[str, Any]:
+    """One bin of a breakdown: its label, what defines it, its query count, mean importance and metrics."""
+    entry: dict[str, Any] = {"label": label, **extra, "queries": len(members)}
+    if members:
+        entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
+        entry["branches"] = branch_metrics(members, with_top=False)
+    return entry
+
+
+def ratio_breakdown(predictions: Sequence[QueryPrediction], bins: int = RATIO_BINS) -> list[dict[str, Any]]:
+    """Equal-count bins of the moment-to-video ratio (Figure 5), each with its smallest and largest ratio."""
+    ratios = np.array([(p.ground_truth[1] - p.ground_truth[0]) / p.duration for p in predictions])
+    entries = []
+    for chunk in equal_count_bins(ratios, bins):
+        low, high = float(ratios[chunk].min()), float(ratios[chunk].max())
+        members = [predictions[i] for i in sorted(chunk.tolist())]
+        entries.append(_bin_entry(f"{low:.3f}-{high:.3f}", members, range=[low, high]))
+    return entries
+
+
+def length_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[str, Any]]:
+    """Moment-DETR's short / middle / long buckets of ground-truth moment length (seconds)."""
+    lengths = np.array([p.ground_truth[1] - p.ground_truth[0] for p in predictions])
+    return [
+        _bin_entry(
+            f"{name} {'>' + format(low, 'g') if np.isinf(high) else format(low, 'g') + '-' + format(high, 'g')} s",
+            [p for p, keep in zip(predictions, mask, strict=True) if keep],
+            bucket=name,
+            range=[low, None if np.isinf(high) else high],
+        )
+        for name, low, high, mask in length_bucket_masks(lengths)
+    ]
 
 
 @dataclass
@@ -372,17 +403,23 @@ class EvalReport:
     mean_importance: float
     context: dict[str, Any] = field(default_factory=dict)
     highlight_queries: int = 0  # queries with clip-level saliency labels (the HL metrics' queries)
+    ratio_bins: list[dict[str, Any]] = field(default_factory=list)
+    length_buckets: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_predictions(cls, split: str, predictions: Sequence[QueryPrediction], **context: Any) -> EvalReport:
+    def from_predictions(
+        cls, split: str, predictions: Sequence[QueryPrediction], ratio_bin_count: int = RATIO_BINS, **context: Any
+    ) -> EvalReport:
         return cls(
             split=split,
             queries=len(predictions),
             branches=branch_metrics(predictions),
             importance_bins=importance_breakdown(predictions),
             mean_importance=float(np.mean([p.audio_importance for p in predictions])) if predictions else float("nan"),
-            context=dict(context),
+            context={**context, "ratio_bin_count": ratio_bin_count},
             highlight_queries=sum(p.saliency_labels is not None for p in predictions),
+            ratio_bins=ratio_breakdown(predictions, ratio_bin_count),
+            length_buckets=length_breakdown(predictions),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -393,6 +430,8 @@ class EvalReport:
             "mean_audio_importance": self.mean_importance,
             "audio_importance_bins": self.importance_bins,
             **({"highlight_queries": self.highlight_queries} if self.highlight_queries else {}),
+            "ratio_bins": self.ratio_bins,
+            "length_buckets": self.length_buckets,
             **self.context,
         }
 
@@ -410,6 +449,18 @@ class EvalReport:
                 f"{self.highlight_queries} queries with clip labels"
             )
         return "\n".join([table, *legend])
+
+    def breakdown_tables(self) -> str:
+        """The three breakdowns, compact: ratio bins (edges shown), length buckets, audio importance bins."""
+        return "\n\n".join(
+            [
+                breakdown_table(
+                    f"by moment-to-video ratio ({len(self.ratio_bins)} equal-count bins)", self.ratio_bins, "ratio"
+                ),
+                breakdown_table("by moment length (Moment-DETR buckets)", self.length_buckets, "length"),
+                breakdown_table("by predicted audio importance (Table 16 bins)", self.importance_bins, "importance"),
+            ]
+        )
 
 
 def metrics_table(branches: dict[str, dict[str, float]], title: str = "") -> str:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from extract.core.files import write_atomically
+from img_model.evaluate.breakdowns import RATIO_BINS
 from img_model.evaluate.evaluator import BRANCHES, METRIC_NAMES, BranchPrediction, EvalReport, QueryPrediction
 from img_model.network.metrics import MAP_WINDOWS, THRESHOLDS, TOP_K, recall_at
 from manifests.records import ClipSaliency
@@ -93,10 +94,10 @@ def read_prediction(row: Mapping[str, Any]) -> QueryPrediction:
     )
 
 
-def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
-    """img-eval's metrics and mean audio importance (EvalReport), the IoU histogram and R1 against the threshold
-    of each branch over these predictions."""
-    evaluated = EvalReport.from_predictions("", predictions)
+def summary(predictions: Sequence[QueryPrediction], ratio_bins: int = RATIO_BINS) -> dict[str, Any]:
+    """img-eval's metrics, mean audio importance and breakdowns (EvalReport), the IoU histogram and R1 against the
+    threshold of each branch over these predictions."""
+    evaluated = EvalReport.from_predictions("", predictions, ratio_bins)
     mean_importance = evaluated.mean_importance if predictions else None
     out: dict[str, Any] = {
         "queries": len(predictions),
@@ -109,6 +110,11 @@ def summary(predictions: Sequence[QueryPrediction]) -> dict[str, Any]:
         "histogram": {},
         "recall": {},
         "mean_importance": mean_importance,
+        "breakdowns": {
+            "ratio": evaluated.ratio_bins,
+            "length": evaluated.length_buckets,
+            "importance": evaluated.importance_bins,
+        },
     }
     for branch in BRANCHES:
         best = np.array([prediction.branches[branch].iou for prediction in predictions], np.float64)
@@ -158,7 +164,8 @@ def report_data(
     videos = list(dict.fromkeys(row["video_id"] for row in rows))
     video_index = {video: number for number, video in enumerate(videos)}
     split_index = {split: number for number, split in enumerate(splits)}
-    summaries = {split: summary([p for p in predictions if p.split == split]) for split in splits}
+    ratio_bins = int((context or {}).get("ratio_bin_count", RATIO_BINS))
+    summaries = {split: summary([p for p in predictions if p.split == split], ratio_bins) for split in splits}
     compact = []
     for row in rows:
         spans = [
@@ -191,7 +198,7 @@ def report_data(
         "splits": splits,
         "videos": videos,
         "media": [links.get(video) for video in videos],
-        "overall": summary(predictions),
+        "overall": summary(predictions, ratio_bins),
         "summaries": summaries,
         "columns": [
             "qid",
