@@ -189,7 +189,7 @@ def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
     return merged
 
 
-def _build(section: str, values: Mapping[str, Any], where: str) -> Any:
+def build_section(section: str, values: Mapping[str, Any], where: str) -> Any:
     """A section's dataclass from its values: each of a type its field takes (lists for tuples), then each
     dataclass's own checks; one UsageError line saying where (a config file, "options", a checkpoint)."""
     cls = SECTIONS[section]
@@ -235,7 +235,7 @@ def resolve(
         raise UsageError("no dataset given; pass --dataset NAME|FILE.jsonl (or set [data] dataset in --config)")
     merged = _merge(dataset_defaults(dataset), file_layer, flag_layer, {"model": dict(derived_model or {})})
     where = str(config_file) if config_file else "options"
-    return TrainingRunConfig(**{section: _build(section, values, where) for section, values in merged.items()})
+    return TrainingRunConfig(**{section: build_section(section, values, where) for section, values in merged.items()})
 
 
 def as_dict(config: TrainingRunConfig) -> dict[str, dict[str, Any]]:
@@ -247,7 +247,7 @@ def from_dict(sections: Mapping[str, Mapping[str, Any]], where: str = "checkpoin
     unknown = sorted(str(name) for name in set(sections) - set(SECTIONS))
     if unknown:
         raise UsageError(f"{where}: unknown section [{unknown[0]}]")
-    return TrainingRunConfig(**{section: _build(section, sections.get(section, {}), where) for section in SECTIONS})
+    return TrainingRunConfig(**{section: build_section(section, sections.get(section, {}), where) for section in SECTIONS})
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------
