@@ -247,7 +247,9 @@ def from_dict(sections: Mapping[str, Mapping[str, Any]], where: str = "checkpoin
     unknown = sorted(str(name) for name in set(sections) - set(SECTIONS))
     if unknown:
         raise UsageError(f"{where}: unknown section [{unknown[0]}]")
-    return TrainingRunConfig(**{section: build_section(section, sections.get(section, {}), where) for section in SECTIONS})
+    return TrainingRunConfig(
+        **{section: build_section(section, sections.get(section, {}), where) for section in SECTIONS}
+    )
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------
