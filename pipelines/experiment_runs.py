@@ -106,13 +106,18 @@ def plan_runs(experiment: Experiment, out: Path) -> list[Run]:
                 bool(sections.get("train", {}).get("refit", False)),
             )
             written = run.folder / RECIPE_FILE
-            if written.is_file() and written.read_text(encoding="utf-8") != run.recipe:
+            if written.is_file() and _settings(written.read_text(encoding="utf-8")) != _settings(run.recipe):
                 raise UsageError(
                     f"{run.folder} holds a run of another recipe (its {RECIPE_FILE} differs from this experiment's); "
                     "use another --out, or remove that folder to train it again"
                 )
             runs.append(run)
     return runs
+
+
+def _settings(recipe: str) -> list[str]:
+    """A recipe's lines without its comments (the header names the experiment file, which may be renamed)."""
+    return [line for line in recipe.splitlines() if line.strip() and not line.startswith("#")]
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pipelines.cli import main
 from tests.img_cli import TINY_CONFIG, run_img_pipeline, start_img_pipeline, tiny_dataset
 
 SEEDS = (0, 1, 2)
-RATES = (0.003, 0.03)
 
 
 def recipe_tables(folder: Path, epochs: int = 2) -> str:
@@ -39,12 +38,14 @@ def recipe_tables(folder: Path, epochs: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """A 2-value learning-rate sweep over 3 seeds, run once: (experiment file, DIR, img-pipeline's stdout)."""
+    """Two selection protocols over 3 seeds, run once: validation selection (with the authors' fresh slot noise at
+    every selection evaluation) and its refit on all the training videos, each on half the training videos
+    (train_fraction). (experiment file, DIR, img-pipeline's stdout)."""
     folder = tmp_path_factory.mktemp("sweep")
-    experiment = folder / "lr.toml"
+    experiment = folder / "protocols.toml"
+    recipe = recipe_tables(folder).replace("[recipe.train]\n", '[recipe.train]\nselection_noise = "fresh"\n')
     experiment.write_text(
-        'seeds = "0-2"\n\n[grid]\n"train.learning_rate" = [0.003, 0.03]\n\n' + recipe_tables(folder),
-        encoding="utf-8",
+        f'seeds = "0-2"\ntrain_fraction = 0.5\n\n[grid]\n"train.refit" = [false, true]\n\n{recipe}', encoding="utf-8"
     )
     result = run_img_pipeline("experiment", experiment, "--out", folder / "out")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,8 +59,8 @@ def test_the_sweep_is_tabulated_as_mean_and_std_over_seeds_in_markdown_csv_and_j
     assert "6 runs: 6 done, 0 skipped" in stdout
     print((out / "results.md").read_text(encoding="utf-8"))  # the table of the closing note (pytest -s)
     rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
-    assert [(row["train.learning_rate"], row["branch"]) for row in rows] == [
-        (str(rate), branch) for rate in RATES for branch in ("fused", "visual", "audio")
+    assert [(row["train.refit"], row["branch"]) for row in rows] == [
+        (refit, branch) for refit in ("false", "true") for branch in ("fused", "visual", "audio")
     ]
     for row in rows:  # each mean and std is that of the three runs' own img-eval reports
         folder = out / row["folder"]
@@ -71,11 +72,11 @@ def test_the_sweep_is_tabulated_as_mean_and_std_over_seeds_in_markdown_csv_and_j
         assert row["n"] == "3" and row["missing"] == ""
     table = json.loads((out / "results.json").read_text(encoding="utf-8"))
     fused = table["settings"][1]["branches"]["fused"]
-    assert table["settings"][1]["setting"] == {"train.learning_rate": 0.03}
+    assert table["settings"][1]["setting"] == {"train.refit": True}
     assert fused["R1@0.7"]["n"] == 3 and len(fused["R1@0.7"]["values"]) == 3
     assert "mean_audio_importance" in fused  # the report's own numbers come with the fused branch
     markdown = (out / "results.md").read_text(encoding="utf-8")
-    assert markdown.count(" ± ") >= 2 * 3 * 7 and "| train.learning_rate | branch | n | R1@0.3 |" in markdown
+    assert markdown.count(" ± ") >= 2 * 3 * 7 and "| train.refit | branch | n | R1@0.3 |" in markdown
 
 
 def test_each_setting_links_to_its_run_folders(sweep: tuple[Path, Path, str]) -> None:
@@ -104,9 +105,18 @@ def test_running_the_experiment_again_skips_every_finished_run(sweep: tuple[Path
     assert "img-train" not in result.stderr  # no command ran
 
 
+def test_runs_of_another_recipe_are_refused_not_mixed_into_the_table(sweep: tuple[Path, Path, str]) -> None:
+    experiment, out, _ = sweep
+    edited = experiment.with_name("edited.toml")  # renamed too: only the settings count
+    edited.write_text(experiment.read_text(encoding="utf-8").replace("epochs = 2", "epochs = 3"), encoding="utf-8")
+    result = CliRunner().invoke(main, ["experiment", str(edited), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "holds a run of another recipe" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_stopped_experiment_resumes_its_run(tmp_path: Path) -> None:
     experiment = tmp_path / "one.toml"
-    experiment.write_text("seeds = [0]\n\n" + recipe_tables(tmp_path, epochs=12), encoding="utf-8")
+    experiment.write_text("seeds = [0]\n\n" + recipe_tables(tmp_path, epochs=6), encoding="utf-8")
     run = tmp_path / "out" / "runs" / "c00-base" / "seed-0"
     process = start_img_pipeline("experiment", experiment, "--out", tmp_path / "out")
     try:
@@ -159,31 +169,26 @@ def test_bad_experiment_values_are_refused_in_one_line(tmp_path: Path, text: str
     assert not (tmp_path / "out").exists()
 
 
-def test_selection_protocols_refit_on_all_training_videos_for_the_selected_steps(tmp_path: Path) -> None:
-    """train_fraction keeps half the training videos; the refit cell trains a second model on those and the
-    held-out ones for the step validation selected, evaluated instead of the selected one; selection with fresh
-    slot noise is recorded in every evaluation."""
-    experiment = tmp_path / "protocols.toml"
-    recipe = recipe_tables(tmp_path).replace("[recipe.train]\n", '[recipe.train]\nselection_noise = "fresh"\n')
-    experiment.write_text(
-        'seeds = [0]\ntrain_fraction = 0.5\n\n[grid]\n"train.refit" = [false, true]\n\n' + recipe, encoding="utf-8"
-    )
-    result = run_img_pipeline("experiment", experiment, "--out", tmp_path / "out")
-    assert result.returncode == 0, result.stderr[-3000:]
-    plain, refit = (tmp_path / "out" / "runs" / name / "seed-0" for name in ("c00-refit=false", "c01-refit=true"))
-    assert json.loads((plain / "eval.json").read_text())["checkpoint"] == str(plain / "best.pt")
-    assert json.loads((refit / "eval.json").read_text())["checkpoint"] == str(refit / "refit" / "best.pt")
-    selecting = [entry for _, entry in metrics_lines(refit / "metrics.jsonl")]
-    assert {entry["selection_noise"] for entry in selecting if entry["kind"] == "eval"} == {"fresh"}
-    best_step = next(entry["best_step"] for entry in selecting if entry["kind"] == "final")
-    refit_final = next(
-        entry for _, entry in metrics_lines(refit / "refit" / "metrics.jsonl") if entry["kind"] == "final"
-    )
-    assert refit_final["refit_steps"] == best_step == refit_final["step"]
-    trained = read_checkpoint(refit / "last.pt").training["data"]  # type: ignore[index]
-    refitted = read_checkpoint(refit / "refit" / "last.pt").training["data"]  # type: ignore[index]
-    assert refitted["train_queries"] > trained["train_queries"] and refitted["select_split"] == "test"
-    assert "training on 50% of the training videos" in (plain / "train.log").read_text(encoding="utf-8")
+def test_the_refit_setting_retrains_on_all_training_videos_for_the_selected_steps(
+    sweep: tuple[Path, Path, str],
+) -> None:
+    """train_fraction keeps half the training videos; the refit setting trains a second model on those and the
+    held-out ones for the step validation selected, and evaluates it instead of the selected one; selection with
+    fresh slot noise is recorded in every evaluation."""
+    _, out, _ = sweep
+    for seed in SEEDS:
+        plain, refit = (out / "runs" / name / f"seed-{seed}" for name in ("c00-refit=false", "c01-refit=true"))
+        assert json.loads((plain / "eval.json").read_text())["checkpoint"] == str(plain / "best.pt")
+        assert json.loads((refit / "eval.json").read_text())["checkpoint"] == str(refit / "refit" / "best.pt")
+        selecting = [entry for _, entry in metrics_lines(refit / "metrics.jsonl")]
+        assert {entry["selection_noise"] for entry in selecting if entry["kind"] == "eval"} == {"fresh"}
+        best_step = next(entry["best_step"] for entry in selecting if entry["kind"] == "final")
+        final = next(entry for _, entry in metrics_lines(refit / "refit" / "metrics.jsonl") if entry["kind"] == "final")
+        assert final["refit_steps"] == best_step == final["step"]
+        trained = read_checkpoint(refit / "last.pt").training["data"]  # type: ignore[index]
+        refitted = read_checkpoint(refit / "refit" / "last.pt").training["data"]  # type: ignore[index]
+        assert refitted["train_queries"] > trained["train_queries"] and refitted["select_split"] == "test"
+        assert "training on 50% of the training videos" in (plain / "train.log").read_text(encoding="utf-8")
 
 
 def test_fresh_selection_noise_draws_new_slots_at_each_seed_and_only_inside_the_selection_evaluation() -> None:
