@@ -132,10 +132,10 @@ def test_a_stopped_experiment_resumes_its_run(tmp_path: Path) -> None:
     assert process.returncode == 143, stderr
     assert "re-run the same command to continue" in stderr.strip().splitlines()[-1]
     assert (run / "last.pt").is_file() and not has_final_line(run)
-    result = run_img_pipeline("experiment", experiment, "--out", tmp_path / "out")
+    result = run_img_pipeline("experiment", experiment, "--out", tmp_path / "out", "--devices", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 runs: 1 done, 0 skipped" in result.stdout
-    assert f"img-train --resume {run}" in (run / "commands.log").read_text(encoding="utf-8")
+    assert f"img-train --resume {run} --no-progress --device cpu" in (run / "commands.log").read_text(encoding="utf-8")
     assert has_final_line(run) and (run / "eval.json").is_file()
 
 
