@@ -5,17 +5,21 @@ The CLI maps flags onto a Recipe and PipelineOptions and nothing else reads flag
 
 from __future__ import annotations
 
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from extract.core.console import EXIT_INTERRUPTED, OneLineCommand, fail, setup_logging
-from extract.core.errors import ImgVmrError
+from extract.core.console import EXIT_FAILED, EXIT_INTERRUPTED, OneLineCommand, fail, setup_logging
+from extract.core.errors import ImgVmrError, UsageError
 from extract.core.options import precision_option
 from pipelines.recipes import RECIPES
 
 PROGRAM = "img-pipeline"
+MAX_DEVICES = 64
 
 
 def _recipe_table() -> str:
@@ -31,9 +35,20 @@ def _recipe_table() -> str:
     return "\n".join(lines)
 
 
+class RecipeOrExperiment(OneLineCommand):
+    """`img-pipeline RECIPE ...` runs a recipe; `img-pipeline experiment FILE ...` runs an experiment (its own
+    --help). The recipe command keeps the whole --help of img-pipeline."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if words[:1] == ["experiment"]:
+            return experiment.main(words[1:], prog_name=f"{prog_name or PROGRAM} experiment", **kwargs)
+        return super().main(words, prog_name=prog_name, **kwargs)
+
+
 @click.command(
     PROGRAM,
-    cls=OneLineCommand,
+    cls=RecipeOrExperiment,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     epilog="\b\nRecipes:\n" + _recipe_table() + "\n\n\b\n"
     "Stages (each skipped when its output in WORK is complete, resumed when partial):\n"
@@ -44,7 +59,8 @@ def _recipe_table() -> str:
     "  train      img-train (--resume when WORK/run holds a last.pt)  -> WORK/run/\n"
     "  eval       img-eval WORK/run/best.pt --dataset D --json       -> WORK/eval/D.json\n\n\b\n"
     "Exit status: 0 done, 1 a stage failed (its own message is above; re-run the same command to continue),\n"
-    "2 usage error, 130 / 143 interrupted.",
+    "2 usage error, 130 / 143 interrupted.\n\n\b\n"
+    "Seeds, sweeps and ablations: img-pipeline experiment EXPERIMENT.toml --out DIR (img-pipeline experiment --help).",
 )
 @click.argument("recipe_name", metavar="RECIPE")
 @click.option(
@@ -169,6 +185,98 @@ def _parse(recipe_name: str, progress: bool, flags: dict[str, Any]) -> tuple[Any
         **flags,
     )
     return recipe, options
+
+
+@click.command(
+    f"{PROGRAM} experiment",
+    cls=OneLineCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    epilog="\b\nEXPERIMENT.toml:\n"
+    '  recipe = "base.toml"              img-train\'s --config file (relative paths: to it), or [recipe.SECTION]\n'
+    "                                    tables inline ([recipe.data] dataset, features, visual, audio, text)\n"
+    '  seeds = [0, 1, 2, 3, 4]           or "0-4"\n'
+    "  train_fraction = 0.5              optional: a seeded share of the training videos (Table 15)\n"
+    "  [grid]                            the product of every key's values; any img-train setting\n"
+    '  "objective.distill_temperature" = [0.5, 1, 2, 4]\n'
+    '  "model.event_num" = [2, 3, 4]\n'
+    '  "train.select_on" = ["val", "test"]   selection protocols side by side (also train.selection_noise,\n'
+    "                                        train.refit)\n\n\b\n"
+    "DIR:\n"
+    "  results.md, results.csv, results.json   mean ± std over seeds per setting, every metric and branch\n"
+    "  sweep.png                               each metric against the swept value (a grid of one key)\n"
+    "  runs/cNN-SETTING/seed-S/                the img-train run folder, recipe.toml, eval.json, commands.log\n\n\b\n"
+    "Exit status: 0 every run finished, 1 some run failed (the others ran; re-run to retry it), 2 usage error,\n"
+    "130 / 143 interrupted (re-run the same command: finished runs are skipped, stopped ones resume).",
+)
+@click.argument("experiment_file", metavar="EXPERIMENT.toml", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of the runs and the tables (reused to resume).",
+)
+@click.option(
+    "--devices",
+    default=None,
+    metavar="D1,D2,...",
+    help="Run one run per device at a time (e.g. cuda:0,cuda:1); default: one run at a time, on the recipe's "
+    "[runtime] device.",
+)
+@click.option("--dry-run", is_flag=True, help="Print every run, whether it would run, and its next command.")
+def experiment(experiment_file: Path, out: Path, devices: str | None, dry_run: bool) -> None:
+    """Train and evaluate every setting of a grid over several seeds, and tabulate mean ± std per setting.
+
+    Each setting x seed is one img-train run folder with its img-eval --json report; a finished run is skipped, a
+    stopped one resumes (img-train --resume), so the same command continues an experiment and, once everything is
+    finished, only writes the tables again.
+
+    \b
+    Examples:
+      img-pipeline experiment tau_sweep.toml --out experiments/tau
+      img-pipeline experiment slots.toml --out experiments/slots --devices cuda:0,cuda:1
+    """
+    from pipelines.experiment import load_experiment
+    from pipelines.experiment_runs import ExperimentInterrupted, plan_runs, run_all
+    from pipelines.experiment_table import write_tables
+
+    setup_logging(PROGRAM)
+    started = time.perf_counter()
+    try:
+        slots = _devices(devices)
+        plan = load_experiment(experiment_file)
+        runs = plan_runs(plan, out)
+        if dry_run:
+            for run in runs:
+                command = run.command(slots[0])
+                click.echo(f"{run.name}: {run.state()}" + (f"\n    {command.display()}" if command else ""))
+            return
+        tally = run_all(runs, slots)
+    except ExperimentInterrupted as stopped:
+        fail(str(stopped), stopped.code)
+    except ImgVmrError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot write in --out {out} ({error.strerror}); choose a writable folder")
+    written = write_tables(plan, runs, out)
+    elapsed = time.perf_counter() - started
+    failed = tally.failed or []
+    rate = f", {tally.done / elapsed * 3600:.1f} runs/hour" if tally.done else ""
+    click.echo(
+        f"{len(runs)} runs: {tally.done} done, {tally.skipped} skipped (finished before), {len(failed)} failed; "
+        f"{elapsed:.0f} s{rate}\n" + "\n".join(f"wrote {path}" for path in written)
+    )
+    if failed:
+        fail(f"{len(failed)} runs failed (first: {failed[0]}); re-run the same command to retry them", EXIT_FAILED)
+
+
+def _devices(devices: str | None) -> list[str | None]:
+    if devices is None:
+        return [None]
+    names = [name.strip() for name in devices.split(",")]
+    valid = all(re.fullmatch(r"cpu|cuda(:\d{1,3})?", name) for name in names)
+    if not valid or len(names) > MAX_DEVICES or len(set(names)) != len(names):
+        raise UsageError(f"--devices {devices!r}: give 1 to {MAX_DEVICES} distinct devices, e.g. cuda:0,cuda:1")
+    return list(names)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,13 @@ def start_img_predict(*args: str | Path) -> subprocess.Popen[str]:
     """img-predict started in the background (stdout and stderr piped): several can run at once."""
     command, env = _command("img_model.cli.predict", "img-predict", args)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_img_pipeline(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return _run("pipelines.cli", "img-pipeline", args, timeout)
+
+
+def start_img_pipeline(*args: str | Path) -> subprocess.Popen[str]:
+    """img-pipeline started in the background (stdout and stderr piped), e.g. to be stopped mid-run."""
+    command, env = _command("pipelines.cli", "img-pipeline", args)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -110,6 +110,28 @@ def main() -> None:
     "A custom .jsonl with its own 'val' split selects on that split instead.",
 )
 @click.option(
+    "--selection-noise",
+    type=click.Choice(["off", "fresh"]),
+    default=None,
+    help="Slot noise of the selection evaluations: off (initial slots = mu, default) or fresh (a new draw at "
+    "every evaluation, as the authors' code; img_spec.md §7.2).",
+)
+@click.option(
+    "--train-fraction",
+    type=float,
+    default=None,
+    metavar="F",
+    help="Train on a seeded share F in (0, 1] of the training videos (1; the paper's Table 15); seeded by "
+    "--val-seed, so every --seed trains on the same videos.",
+)
+@click.option(
+    "--refit",
+    is_flag=True,
+    default=None,
+    help="After selecting step S on validation data, train again on all training videos (validation ones too) "
+    "for S steps into RUN/refit/ and report that model: validation selection without losing its videos.",
+)
+@click.option(
     "--evals-per-epoch", type=click.IntRange(1, MAX_EVALS_PER_EPOCH), default=None, help="Evaluations per epoch (2)."
 )
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")

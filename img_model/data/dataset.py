@@ -399,3 +399,14 @@ def carve_validation(
     train = [r for r in records if r.video_id not in held_out]
     validation = [r for r in records if r.video_id in held_out]
     return train, validation
+
+
+def keep_video_fraction(records: Sequence[QueryRecord], fraction: float, seed: int) -> list[QueryRecord]:
+    """The queries of a seeded `fraction` of the records' videos (by video id, at least one video): training on
+    part of the data (the paper's Table 15). A fraction of 1 keeps every record."""
+    if fraction >= 1.0:
+        return list(records)
+    videos = sorted({r.video_id for r in records})
+    count = max(1, round(fraction * len(videos)))
+    kept = {videos[i] for i in np.random.default_rng(seed).permutation(len(videos))[:count].tolist()}
+    return [r for r in records if r.video_id in kept]

@@ -266,7 +266,8 @@ class Evaluator:
             )
         return self._loaders[key]
 
-    def predict(self, model: IMG, dataset: MomentDataset) -> list[QueryPrediction]:
+    def predict(self, model: IMG, dataset: MomentDataset, seed: int | None = None) -> list[QueryPrediction]:
+        """Every query's predictions, in dataset order; `seed` (default: the evaluator's) seeds the slot noise."""
         was_training = model.training
         model.eval()
         records = {record.qid: record for record in dataset.records}
@@ -275,7 +276,7 @@ class Evaluator:
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                torch.manual_seed(self.seed)
+                torch.manual_seed(self.seed if seed is None else seed)
                 for batch in self.loader(dataset, shared):
                     batches.append(self._predict_batch(model, batch.to(self.device), records, dataset.split))
         finally:

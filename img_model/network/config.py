@@ -2,7 +2,10 @@
 
 `IMGConfig()` is the Charades-STA I3D + PANNs + GloVe model of the paper (img_spec.md §3, 3,774,314 trainable
 parameters); `ObjectiveConfig()` is its Charades loss recipe (§4). The other published settings are presets below.
-Every quirk of the authors' code that changes outputs is the default here and has a named fix (§7).
+The quirks of the authors' code that change outputs are options with the published behaviour as the default
+(§7.1's batch-index encoding), except one: slot noise at evaluation (§7.2) is off by default (`slot_noise =
+"train"`: deterministic evaluation); `slot_noise = "always"`, `img-eval --slot-noise always` and `img-train
+--selection-noise fresh` reproduce it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ It reads top to bottom across three files: the building blocks and the query / v
 (img_model/network/fusion.py), then here the span predictors and `IMG` itself. With `IMGConfig()` defaults and weights
 converted by `img_model.network.convert`, it reproduces the published model to float32 rounding
 (tests/test_img_golden.py); the quirks of §7 it keeps on purpose are marked, and the ones that change outputs
-are options of `IMGConfig`.
+are options of `IMGConfig` (all defaulting to the published behaviour but the slot noise at evaluation, §7.2, which
+is off by default: see img_model/network/config.py).
 
 Mixed precision: under autocast the linear layers, convolutions, GRUs and attention products run in half
 precision; masking and every softmax (attention, pooling, context-query attention, slot attention), the

@@ -29,6 +29,7 @@ from img_model.data.dataset import DataConfig
 from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig, check_number, check_whole_number
 
 SelectOn = Literal["val", "test"]
+SelectionNoise = Literal["off", "fresh"]
 
 MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
 MAX_EPOCHS = 100_000
@@ -65,11 +66,27 @@ class TrainConfig:
     select_on: SelectOn = "val"  # "test": the paper's protocol (§7.15), recorded in every report
     val_fraction: float = 0.1  # of the training videos, held out by video id (select_on = "val")
     val_seed: int = 0  # seeds which videos are held out: the same validation videos for every training seed
+    # "fresh": every selection evaluation draws new slot noise (§7.2), as the authors' code does at each of its
+    # test evaluations; "off": the initial slots are mu at every evaluation (deterministic selection).
+    selection_noise: SelectionNoise = "off"
+    # A seeded share of the training videos (by video id, seeded by val_seed: the same videos for every seed),
+    # after the validation carve; the paper's Table 15.
+    train_fraction: float = 1.0
+    # After the run selected step S on validation data, train again from scratch on all the training videos
+    # (train + val, the same schedule) for S steps and report that model, unselected: RUN/refit/.
+    refit: bool = False
+    refit_steps: int = 0  # set by img-train in RUN/refit/: train this many steps, no selection (0: a normal run)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
             raise ValueError(f"select_on must be 'val' or 'test', not {self.select_on!r}")
+        if self.selection_noise not in ("off", "fresh"):
+            raise ValueError(f"selection_noise must be 'off' or 'fresh', not {self.selection_noise!r}")
+        if self.refit and self.select_on != "val":
+            raise ValueError("refit needs select_on = 'val' (it retrains on the validation videos too)")
+        check_whole_number("refit_steps", self.refit_steps, 0, MAX_EPOCHS * 10**6)
+        check_number("train_fraction", self.train_fraction, 0.0, 1.0, above_low=True)
         check_whole_number("epochs", self.epochs, 1, MAX_EPOCHS)
         check_whole_number("batch_size", self.batch_size, 1, MAX_BATCH)
         check_whole_number("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
@@ -172,7 +189,7 @@ def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
     return merged
 
 
-def _build(section: str, values: Mapping[str, Any], where: str) -> Any:
+def build_section(section: str, values: Mapping[str, Any], where: str) -> Any:
     """A section's dataclass from its values: each of a type its field takes (lists for tuples), then each
     dataclass's own checks; one UsageError line saying where (a config file, "options", a checkpoint)."""
     cls = SECTIONS[section]
@@ -218,7 +235,7 @@ def resolve(
         raise UsageError("no dataset given; pass --dataset NAME|FILE.jsonl (or set [data] dataset in --config)")
     merged = _merge(dataset_defaults(dataset), file_layer, flag_layer, {"model": dict(derived_model or {})})
     where = str(config_file) if config_file else "options"
-    return TrainingRunConfig(**{section: _build(section, values, where) for section, values in merged.items()})
+    return TrainingRunConfig(**{section: build_section(section, values, where) for section, values in merged.items()})
 
 
 def as_dict(config: TrainingRunConfig) -> dict[str, dict[str, Any]]:
@@ -230,7 +247,9 @@ def from_dict(sections: Mapping[str, Mapping[str, Any]], where: str = "checkpoin
     unknown = sorted(str(name) for name in set(sections) - set(SECTIONS))
     if unknown:
         raise UsageError(f"{where}: unknown section [{unknown[0]}]")
-    return TrainingRunConfig(**{section: _build(section, sections.get(section, {}), where) for section in SECTIONS})
+    return TrainingRunConfig(
+        **{section: build_section(section, sections.get(section, {}), where) for section in SECTIONS}
+    )
 
 
 # --- writing TOML (the standard library reads it only) ---------------------------------------------------------

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from extract.core.provenance import differences
-from img_model.data.dataset import OWN_VALIDATION_SPLIT, DataError, DataSources, MomentDataset
+from img_model.data.dataset import (
+    OWN_VALIDATION_SPLIT,
+    DataError,
+    DataSources,
+    MomentDataset,
+    keep_video_fraction,
+)
 from img_model.train.config import TrainingRunConfig
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -44,22 +50,31 @@ def prepare_data(run: TrainingRunConfig, sources: DataSources) -> RunData:
     """Splits: train, the selection split and test. Selecting on validation data (the default), the selection
     split is a custom JSONL's own `val` split, else `train-val`: a share of the training videos that have features
     and text, seeded by val_seed (not the training seed: every seed selects on the same videos), removed from train.
-    With select_on = test, train is the whole train split. Training queries of videos without audio follow
-    data.missing_audio."""
+    With select_on = test, train is the whole train split. train_fraction then keeps a seeded share of the
+    training videos (seeded by val_seed). A refit run (refit_steps > 0) trains on the selecting run's training
+    videos and its validation ones together, selects nothing, and reports on test. Training queries of videos
+    without audio follow data.missing_audio."""
     splits = sources.splits()
     if "train" not in splits:
         raise DataError(f"{run.data.dataset} has no train split (it has: {', '.join(sorted(splits))})")
-    max_pos_len, seed = run.model.max_pos_len, run.train.seed
+    max_pos_len, seed, fraction = run.model.max_pos_len, run.train.seed, run.train.train_fraction
     test_records = splits.get("test")
+    if (run.train.select_on == "test" or run.train.refit_steps) and not test_records:
+        why = "a refit run reports on test" if run.train.refit_steps else "--select-on test"
+        raise DataError(f"{why}: {run.data.dataset} has no test split")
     if run.train.select_on == "test":
-        if not test_records:
-            raise DataError(f"--select-on test: {run.data.dataset} has no test split")
-        train = sources.dataset(splits["train"], "train", "train", max_pos_len, seed)
-        select = sources.dataset(test_records, "test", "eval", max_pos_len)
-        return RunData(sources, train, select, None)
+        train_records = keep_video_fraction(splits["train"], fraction, run.train.val_seed)
+        train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
+        return RunData(sources, train, sources.dataset(test_records, "test", "eval", max_pos_len), None)
     name, train_records, val_records = sources.validation(splits, run.train.val_fraction, run.train.val_seed)
     if name == OWN_VALIDATION_SPLIT:
         log.info("selecting on the dataset's own %s split; --val-fraction and --val-seed do not apply", name)
+    train_records = keep_video_fraction(train_records, fraction, run.train.val_seed)
+    if fraction < 1.0:
+        log.info("training on %.0f%% of the training videos (train_fraction %g)", 100 * fraction, fraction)
+    if run.train.refit_steps:  # the selecting run's training videos and the ones it selected on
+        train = sources.dataset(train_records + val_records, "train", "train", max_pos_len, seed)
+        return RunData(sources, train, sources.dataset(test_records, "test", "eval", max_pos_len), None)
     train = sources.dataset(train_records, "train", "train", max_pos_len, seed)
     select = sources.dataset(val_records, name, "eval", max_pos_len)
     test = sources.dataset(test_records, "test", "eval", max_pos_len) if test_records else None

@@ -27,7 +27,7 @@ from img_model.runtime import RankContext
 from img_model.train.config import TrainingRunConfig, from_dict, resolve
 from img_model.train.run_data import model_inputs, prepare_data
 from img_model.train.run_log import finished_summary
-from img_model.train.trainer import Trainer
+from img_model.train.trainer import REFIT_FOLDER, Trainer
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -41,6 +41,9 @@ RECIPE_FLAGS = {
         "val_fraction",
         "val_seed",
         "evals_per_epoch",
+        "selection_noise",
+        "train_fraction",
+        "refit",
     ),
     "data": (
         "dataset",
@@ -116,7 +119,13 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
         recorded_run(checkpoint, last)  # a value no run can have is refused before anything else
         step = (checkpoint.training or {}).get("step", -1)
         summary = finished_summary(resume, step)
-        if summary is not None:  # nothing to train, nothing to write
+        if summary is not None:  # nothing to train, nothing to write (but the refit, when asked and unfinished)
+            finished = recorded_run(checkpoint, last)
+            if finished.train.refit:
+                best_step = (checkpoint.training or {}).get("best_step", -1)
+                moved = data_overrides(**{name: options.get(name) for name in RESUMABLE_DATA_FLAGS})
+                finished = restored_run(checkpoint, runtime, moved, where=last)
+                return refit(finished, resume, best_step, rank, request.stop_after)
             log.info(
                 "%s is already finished (step %d, its final line is in metrics.jsonl); nothing to do", resume, step
             )
@@ -170,6 +179,31 @@ def train(request: TrainingRequest, rank: RankContext) -> str | None:
             ) from None
         _write_held_records(early_log, attach_log_file(run_dir / "train.log"))
     result = trainer.fit(request.stop_after)
+    summary = result.final["summary"] if result.finished and rank.is_main else None
+    if result.finished and run.train.refit:
+        summary = "\n\n".join(part for part in (summary, refit(run, run_dir, result.best_step, rank)) if part)
+    return summary or None
+
+
+def refit(
+    run: TrainingRunConfig, run_dir: Path, best_step: int, rank: RankContext, stop_after: int | None = None
+) -> str | None:
+    """The refit of a finished run that selected `best_step` on validation data: a new model trained on all the
+    training videos (the validation ones too) for best_step steps, in RUN/refit/ (continued when it is there);
+    its summary when it finished here."""
+    folder = run_dir / REFIT_FOLDER
+    refit_run = replace(run, train=replace(run.train, refit=False, refit_steps=best_step))
+    checkpoint = read_checkpoint(folder / "last.pt") if (folder / "last.pt").is_file() else None
+    if checkpoint is not None:
+        step = (checkpoint.training or {}).get("step", -1)
+        summary = finished_summary(folder, step)
+        if summary is not None:
+            log.info("%s is already finished (step %d); nothing to do", folder, step)
+            return summary or None
+    log.info("refit: training again on every training video for the %d steps selected on validation", best_step)
+    data = prepare_data(refit_run, DataSources(refit_run.data))
+    trainer = Trainer(refit_run, data, folder, resume=checkpoint, rank=rank)
+    result = trainer.fit(stop_after)
     return result.final["summary"] if result.finished and rank.is_main else None
 
 

@@ -38,9 +38,11 @@ split, the pieces would hand that state back and forth.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ from img_model.data.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, DataErr
 from img_model.distributed import BatchShare, data_parallel, process_device
 from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
 from img_model.network.config import exp_up
+from img_model.network.fusion import SlotAttention
 from img_model.network.layers import batch_rows
 from img_model.network.losses import BatchScope, img_loss, loss_scalars
 from img_model.network.model import IMG
@@ -81,6 +84,7 @@ class TrainingDivergedError(ImgVmrError):
 log = logging.getLogger(f"img_vmr.{__name__}")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
+REFIT_FOLDER = "refit"  # RUN/refit/: the refit run of a run with train.refit (img_model/train/session.py)
 BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it
 
 
@@ -220,14 +224,14 @@ class Trainer:
         the epoch this call starts in: a preemption on purpose; --resume continues). A run that is finished
         already is left as it is."""
         train = self.run.train
-        if self.epoch >= train.epochs and (summary := finished_summary(self.run_dir, self.step)) is not None:
+        if self._trained() and (summary := finished_summary(self.run_dir, self.step)) is not None:
             log.info("%s is already finished (%d epochs, %d steps); nothing to do", self.run_dir, self.epoch, self.step)
             return self._result(finished=True, final={"summary": summary})
         stop_at = train.epochs if stop_after is None else min(train.epochs, self.epoch + stop_after)
         if self.rank.is_main:
             self.log.open(self.run, self.step)
         try:
-            while self.epoch < train.epochs:
+            while not self._trained():
                 if self.epoch >= stop_at:
                     log.info("stopped after epoch %d as asked; continue with --resume %s", self.epoch, self.run_dir)
                     self.log.close()
@@ -238,6 +242,11 @@ class Trainer:
             return self._result(finished=True, final=final)
         finally:
             self.log.abandon()
+
+    def _trained(self) -> bool:
+        """Every epoch is trained, or a refit run's `refit_steps`."""
+        refit_steps = self.run.train.refit_steps
+        return self.epoch >= self.run.train.epochs or bool(refit_steps and self.step >= refit_steps)
 
     def _train_epoch(self) -> None:
         epoch, train = self.epoch, self.run.train
@@ -260,8 +269,10 @@ class Trainer:
         for batch in progress:
             self._train_step(batch, self.batches.share(self.epoch_step), p_warm, kd_warm)
             progress.set_postfix(loss=f"{self._epoch_means()['loss/total']:.3f}")
-            if self.epoch_step in self.eval_steps:
+            if self.epoch_step in self.eval_steps or self.step == train.refit_steps:
                 self._evaluate_and_save()
+            if self.step == train.refit_steps:
+                break
         progress.close()
         log.info(
             "epoch %d/%d: mean loss %.4f over %d steps",
@@ -344,6 +355,33 @@ class Trainer:
         predictions = self.evaluator.predict(model or self.eval_model, dataset)
         return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
 
+    def _evaluate_for_selection(self) -> EvalReport:
+        """The selection split's report; with selection_noise = "fresh" the fused branch draws new slot noise at
+        every evaluation (§7.2: the authors' code evaluates with unseeded noise), seeded by the run's seed and
+        the step so that a resumed run draws the same."""
+        if self.run.train.selection_noise == "off":
+            return self._evaluate(self.data.select)
+        with slot_noise_drawn(self.model):
+            predictions = self.evaluator.predict(self.eval_model, self.data.select, seed=self._noise_seed())
+        return EvalReport.from_predictions(self.data.select.split, predictions, select_on=self.run.train.select_on)
+
+    def _noise_seed(self) -> int:
+        return (self.run.train.seed * 1_000_003 + self.step) % 2**63
+
+    def _save_refit_point(self) -> None:
+        """A refit run selects nothing and looks at no split on the way: last.pt at each evaluation point (to
+        resume from), and at `refit_steps` the model it reports (best.pt)."""
+        if not self.rank.is_main:
+            return
+        done = self.step >= self.run.train.refit_steps
+        if done:
+            self.best_step = self.step
+        checkpoint = self._checkpoint(None)
+        for name in ("best.pt", "last.pt") if done else ("last.pt",):
+            with self.log.writing(self.run_dir / name):
+                save_checkpoint(checkpoint, self.run_dir / name)
+        self.last_checkpoint = (self.run_dir / "last.pt", self.step)
+
     def _evaluate_and_save(self) -> None:
         names, parameters = zip(*self.model.named_parameters(), strict=True)
         finite = torch.stack([parameter.detach().isfinite().all() for parameter in parameters]).tolist()
@@ -353,8 +391,11 @@ class Trainer:
                 f"the weights are not finite after step {self.step} (epoch {self.epoch + 1}): {listed(bad)}; "
                 f"{self._kept()}"
             )
+        if self.run.train.refit_steps:
+            self._save_refit_point()
+            return
         started = time.perf_counter()
-        report = self._evaluate(self.data.select)
+        report = self._evaluate_for_selection()
         score = report.branches[SELECTION_BRANCH][SELECTION_METRIC]
         improved = score >= self.best_score  # ties count as better, as the authors' code does (§4.7)
         if improved:
@@ -370,6 +411,7 @@ class Trainer:
                 "epoch": self.epoch + 1,
                 "step": self.step,
                 "select_on": self.run.train.select_on,
+                "selection_noise": self.run.train.selection_noise,
                 "best": improved,
                 **metrics,
             }
@@ -396,6 +438,8 @@ class Trainer:
     def _final_report(self) -> dict[str, Any]:
         """Evaluate best.pt on the selection split's record and on test; print the summary table."""
         self.rank.barrier()  # rank 0 has written best.pt
+        if self.run.train.refit_steps:
+            return self._refit_report()
         best = read_checkpoint(self.run_dir / "best.pt")
         assert best.metrics is not None
         final: dict[str, Any] = {
@@ -434,5 +478,36 @@ class Trainer:
         self.log.log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
 
+    def _refit_report(self) -> dict[str, Any]:
+        """A refit run's final line: its model (the one after refit_steps) on test."""
+        model = read_checkpoint(self.run_dir / "best.pt").model().to(self.device)
+        report = self._evaluate(self.data.select, model)
+        if not self.rank.is_main:
+            return {}
+        test = {"split": "test", "branches": report.branches, "mean_audio_importance": report.mean_importance}
+        header = (
+            f"refit run {self.run_dir}: {self.step} steps on all {len(self.data.train)} training queries (the step "
+            "selected on the held-out videos), no selection"
+        )
+        summary = "\n\n".join([header, metrics_table(report.branches, f"test (after step {self.step})")])
+        final = {"kind": "final", "step": self.step, "best_step": self.step, "refit_steps": self.step, "test": test}
+        self.log.summary(summary)
+        self.log.log_metrics(final)
+        return final | {"summary": summary}
+
     def _result(self, finished: bool, final: dict[str, Any] | None = None) -> TrainResult:
         return TrainResult(self.run_dir, self.epoch, self.step, self.best_step, self.best_score, finished, final or {})
+
+
+@contextlib.contextmanager
+def slot_noise_drawn(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block the model's event slots start from mu + sigma·noise in evaluation too (§7.2)."""
+    slots = [module for module in model.modules() if isinstance(module, SlotAttention)]
+    previous = [module.noise for module in slots]
+    for module in slots:
+        module.noise = "always"
+    try:
+        yield
+    finally:
+        for module, noise in zip(slots, previous, strict=True):
+            module.noise = noise
