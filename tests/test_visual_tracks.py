@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from extract.core.errors import UsageError
-from extract.store import StoreWriter, Track, VideoRecord
+from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from img_model.data.alignment import align, img_resample
 from img_model.data.dataset import DataConfig, DataSources
 from img_model.data.synthetic import SyntheticSpec, write_audio_matters
@@ -151,3 +151,22 @@ def test_a_track_no_video_has_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="no 'slowfast' features in"):
         DataSources(config)
+
+
+def test_time_alignment_of_a_track_imported_without_times_is_one_line(tmp_path: Path) -> None:
+    """It used to read NaN spans: every step got the first row of the imported track, silently."""
+    from extract.store.interop import import_img
+
+    data = write_audio_matters(tmp_path / "data", SPEC)
+    released = tmp_path / "released"
+    released.mkdir()
+    with FeatureStore(data.features) as store:
+        for video_id in store.video_ids():
+            np.save(released / f"{video_id}.npy", np.ones((3, 4), np.float32))
+    import_img(released, data.features, "motion", None)
+    config = DataConfig(
+        str(data.annotations), (str(data.features),), f"{data.visual},motion", data.audio, str(data.text)
+    )
+    assert DataSources(config).video_dim == SPEC.visual_dim + 4  # the img rule needs no times
+    with pytest.raises(UsageError, match=r"'motion' was imported without them; import it again with .* --row-seconds"):
+        DataSources(replace(config, align="time"))

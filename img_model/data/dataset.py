@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from extract.core.errors import ImgVmrError, UsageError
 from extract.store import video_durations
+from extract.store.interop import UNKNOWN
 from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.data.batch import Sample, saliency_samples, sample_rng
 from img_model.data.coverage import Coverage
@@ -132,8 +133,20 @@ class DataSources:
         ]
         self.visual_recipe = combined_recipe([track["recipe"] for track in self.visual_tracks])
         self.audio_recipe = self.stores.recipe(config.audio)
+        if config.align == "time":
+            self._check_timed({**recipes, config.audio: self.audio_recipe})
         self.video_dim = sum(track["dim"] for track in self.visual_tracks)
         self.audio_dim = self._feature_dim(config.audio)
+
+    @staticmethod
+    def _check_timed(recipes: dict[str, dict[str, Any]]) -> None:
+        """--align time reads the rows' times: features imported without --row-seconds have none (NaN)."""
+        for name, recipe in recipes.items():
+            if recipe.get("imported_from") and recipe.get("sampling") == UNKNOWN:
+                raise UsageError(
+                    f"--align time needs the times of the rows, and {name!r} was imported without them; import it "
+                    "again with img-extract import-img --row-seconds S, or use --align img"
+                )
 
     def _feature_dim(self, feature: str) -> int:
         for video_id in self.stores.video_ids():
