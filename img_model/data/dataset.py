@@ -10,11 +10,12 @@ worker, any resume, draws the same ones.
 The lengths used for labels and decoding are those of the stored tracks (§7.18): the pooled visual length
 min(T, max_pos_len), read from the track's shape. Nothing else is trusted for it.
 
-Missing data never crashes a run: queries whose video has no visual features, whose video file was truncated when
-it was extracted (its tracks end early, the annotation's times and duration do not), or whose text is not in the
-text store, are left out and listed in one line; `strict=True` makes that an error. Videos without audio are dropped
-from training (`missing_audio="drop"`, the authors' behaviour) or get a zero audio track with has_audio false
-(`"zeros"`, always the case in evaluation, §7.17).
+Missing data never crashes a run: queries whose video has no visual features (or lacks one of several visual tracks
+read as one, `--visual clip,slowfast`), whose video file was truncated when it was extracted (its tracks end early,
+the annotation's times and duration do not), or whose text is not in the text store, are left out and listed in one
+line; `strict=True` makes that an error. Videos without audio are dropped from training (`missing_audio="drop"`, the
+authors' behaviour) or get a zero audio track with has_audio false (`"zeros"`, always the case in evaluation,
+§7.17).
 """
 
 from __future__ import annotations
@@ -128,14 +129,14 @@ class DataSources:
         self.stores = FeatureStores(config.features)
         self.texts = QueryTexts(config.text)
         recipes = {name: self.stores.recipe(name) for name in config.visual_tracks}  # first: names what stores hold
-        self.visual_tracks = [
+        self.visual_track_provenance = [
             {"name": name, "dim": self._feature_dim(name), "recipe": recipe} for name, recipe in recipes.items()
         ]
-        self.visual_recipe = combined_recipe([track["recipe"] for track in self.visual_tracks])
+        self.visual_recipe = combined_recipe([track["recipe"] for track in self.visual_track_provenance])
         self.audio_recipe = self.stores.recipe(config.audio)
         if config.align == "time":
             self._check_timed({**recipes, config.audio: self.audio_recipe})
-        self.video_dim = sum(track["dim"] for track in self.visual_tracks)
+        self.video_dim = sum(track["dim"] for track in self.visual_track_provenance)
         self.audio_dim = self._feature_dim(config.audio)
 
     @staticmethod
@@ -157,8 +158,8 @@ class DataSources:
     def visual_provenance(self) -> dict[str, Any]:
         """The visual input's name, width and recipe, and for several tracks read as one each track's."""
         visual: dict[str, Any] = {"name": self.config.visual, "dim": self.video_dim, "recipe": self.visual_recipe}
-        if len(self.visual_tracks) > 1:
-            visual["tracks"] = self.visual_tracks
+        if len(self.visual_track_provenance) > 1:
+            visual["tracks"] = self.visual_track_provenance
         return visual
 
     def provenance(self) -> dict[str, Any]:
