@@ -179,8 +179,10 @@ def export_command(store: Path, out: Path, visual: str | None, audio: str | None
     help="Seconds per row when known, 0.001 to 3600 (e.g. 0.96 for VGGish); otherwise timestamps are unknown (NaN).",
 )
 def import_command(source: Path, out: Path, feature: str, row_seconds: float | None) -> None:
-    """Import released features: a folder of .npy / .npz (key `features`) files, or a VGGish.pickle
-    (only dicts of numpy arrays are unpickled)."""
+    """Import released features: a folder of .npy / .npz (key `features`) / .pt files (one [T, D] tensor each,
+    as the IMG authors' InternVideo2 features), a VGGish.pickle (only dicts of numpy arrays are unpickled), or one
+    .pt file of video id -> tensor. PyTorch files are read with torch.load(weights_only=True): tensors and plain
+    containers only."""
     from extract.store.interop import import_img
 
     setup_logging("img-extract")

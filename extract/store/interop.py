@@ -5,13 +5,20 @@ Export writes what their loader reads:
     DIR/audio/<vid>.npy (PANNs)  or  DIR/audio/VGGish.pickle (dict vid -> [Ta, 128] uint8-range array)
     DIR/feature_shapes_<i3d|clip>_v.json, DIR/feature_shapes_a.json (vid -> rows), DIR/i3d_video/feature_shapes.json
 
-Import reads one released source (a folder of .npy / .npz files with key `features`, or a VGGish.pickle) into a
-store, with provenance "imported from DIR" and every unknown recipe field marked unknown. Pickles are read with
-an unpickler that only builds numpy arrays inside a dict: anything else (code, other classes) is refused.
+Import reads one released source (a folder of .npy / .npz files with key `features` or .pt files, or a
+VGGish.pickle, or one .pt file of video id -> tensor) into a store, with provenance "imported from DIR" and every
+unknown recipe field marked unknown. Pickles are read with an unpickler that only builds numpy arrays inside a
+dict: anything else (code, other classes) is refused. PyTorch files are the InternVideo2 setting's
+(iv2_features/visual_features_6b/<vid>.pt: one [T, 768] tensor per video, which the authors' loader reads with
+torch.load(...).numpy(), img_spec.md §2.1); they are read with torch.load(weights_only=True): a file that asks
+for anything but tensors and plain containers is refused for safety, in one line.
 
 No file makes import allocate more than its own bytes warrant: the size an array claims (a .npy header's shape,
 a pickle's arrays) is checked against the bytes the file holds before numpy allocates it, so a damaged or
-hostile header claiming terabytes is one line naming the file, not an out-of-memory traceback.
+hostile header claiming terabytes is one line naming the file, not an out-of-memory traceback. A .pt file must
+be in torch's zip format with its records stored (as torch.save writes them since torch 1.6), so that no record
+can be larger than the file, and torch checks each tensor's claimed size against its record before reading it;
+the older format (sizes read from the stream and allocated first) is refused.
 """
 
 from __future__ import annotations
@@ -97,6 +104,54 @@ def _read_npz_features(path: Path) -> np.ndarray:
             return _read_npy(handle, available, path)
 
 
+def _read_pt(path: Path) -> object:
+    """What a .pt file holds, read with torch.load(weights_only=True) once its records are known to fit the file."""
+    import torch
+
+    from extract.core.torch_files import torch_load_failure
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise StoreCorruptError(
+            f"{path}: not a PyTorch file in torch's zip format (torch >= 1.6); files of the older format are not "
+            "read (their sizes cannot be checked before loading): save the tensors again with torch.save"
+        ) from None
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED or member.file_size != member.compress_size:
+            raise StoreCorruptError(
+                f"{path}: its record {member.filename} is compressed or claims {byte_size(member.file_size)} "
+                f"from {byte_size(member.compress_size)}; torch.save stores records as they are: save it again"
+            )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except Exception as error:
+        raise StoreCorruptError(torch_load_failure(path, error)) from None
+
+
+def _tensor_rows(value: object, path: Path, key: str | None = None) -> np.ndarray:
+    """A tensor of a .pt file as a numpy array (bfloat16, which numpy lacks, as float32)."""
+    import torch
+
+    where = path if key is None else f"{path}[{key!r}]"
+    if not isinstance(value, torch.Tensor):
+        raise StoreCorruptError(f"{where}: holds a {type(value).__name__}, not a [T, D] feature tensor")
+    value = value.detach()
+    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+
+
+def _read_pt_source(path: Path) -> dict[str, np.ndarray]:
+    """One .pt file: a dict of video id -> tensor."""
+    loaded = _read_pt(path)
+    if not isinstance(loaded, dict):
+        raise StoreCorruptError(
+            f"{path}: holds a {type(loaded).__name__}, not a dict of video id -> tensor; a folder of <vid>.pt "
+            "files (one tensor each) is read by naming the folder"
+        )
+    return {str(video_id): _tensor_rows(rows, path, str(video_id)) for video_id, rows in loaded.items()}
+
+
 def _check_file_stem(video_id: str) -> None:
     if "/" in video_id or "." in video_id or not video_id:
         raise UsageError(
@@ -150,8 +205,10 @@ def export_img(store_path: Path, out: Path, visual: str | None, audio: str | Non
 def _read_source(source: Path) -> dict[str, np.ndarray]:
     if source.is_file() and source.suffix == ".pickle":
         return load_array_pickle(source)
+    if source.is_file() and source.suffix == ".pt":
+        return _read_pt_source(source)
     if not source.is_dir():
-        raise UsageError(f"{source} is neither a folder of .npy/.npz files nor a .pickle file")
+        raise UsageError(f"{source} is neither a folder of .npy/.npz/.pt files nor a .pickle or .pt file")
     out: dict[str, np.ndarray] = {}
     for path in sorted(source.iterdir()):
         stem = path.name.split(".", 1)[0]  # as the IMG loader does: the text before the first "."
@@ -161,10 +218,12 @@ def _read_source(source: Path) -> dict[str, np.ndarray]:
                     out[stem] = _read_npy(handle, path.stat().st_size, path)
             elif path.suffix == ".npz":
                 out[stem] = _read_npz_features(path)
+            elif path.suffix == ".pt":
+                out[stem] = _tensor_rows(_read_pt(path), path)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise StoreCorruptError(f"{path}: not a readable numpy array file ({error})") from None
     if not out:
-        raise UsageError(f"{source} holds no .npy or .npz feature files")
+        raise UsageError(f"{source} holds no .npy, .npz or .pt feature files")
     return out
 
 

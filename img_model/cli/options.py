@@ -62,7 +62,10 @@ def data_options(required: bool) -> Callable[[Callable[..., Any]], Callable[...,
             help="Feature store written by img-extract; repeat it for shards read as one." + recorded,
         ),
         click.option(
-            "--visual", default=None, help="Visual feature name in the store, e.g. i3d-charades-vslnet." + recorded
+            "--visual",
+            default=None,
+            help="Visual feature name in the store, e.g. i3d-charades-vslnet; several joined by ',' are read as one, "
+            "concatenated in that order on the first one's steps (clip,slowfast: 512 + 2304 = 2816-d)." + recorded,
         ),
         click.option("--audio", default=None, help="Audio feature name in the store, e.g. panns." + recorded),
         click.option(

@@ -8,10 +8,16 @@ Two rules:
   the last source row is never averaged in: this quirk is reproduced on purpose so features match the paper.
 - `time`: every output visual row keeps its time span, and each gets the mean of the audio rows whose spans
   overlap it (the nearest audio row when none does). Exact in time, independent of the two rates.
+
+Several visual tracks read as one (`--visual clip,slowfast`, img_model/data/visual_tracks.py): the first is the
+grid, pooled as a single visual track is; each other one is put on its steps by the same rule as the audio
+(`img`: the authors' rescale of SlowFast onto the pooled CLIP length, §2.2 step 3; `time`: by overlap in seconds),
+and the rows are concatenated in the order named.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -85,21 +91,32 @@ class AlignedVideo:
     spans: np.ndarray  # [T', 2] seconds covered by each visual row
 
 
+def onto_grid(track: Track, steps: int, spans: np.ndarray, rule: AlignmentRule) -> np.ndarray:
+    """A track's rows put on a grid of `steps` rows covering `spans`: by IMG's index rule or by time overlap."""
+    values = decode_values(track)
+    if rule == "img":
+        return img_resample(values, steps).astype(np.float32)
+    return time_resample(values, track.timestamps, spans).astype(np.float32)
+
+
 def align(
-    visual_track: Track, audio_track: Track | None, max_pos_len: int = 128, rule: AlignmentRule = "img"
+    visual_track: Track | Sequence[Track],
+    audio_track: Track | None,
+    max_pos_len: int = 128,
+    rule: AlignmentRule = "img",
 ) -> AlignedVideo:
-    """A visual track pooled to at most max_pos_len rows and an audio track (None: no audio) on the same grid."""
-    visual_rows = img_visual_sampling(decode_values(visual_track), max_pos_len)
-    spans = pooled_spans(visual_track.timestamps, max_pos_len)
-    audio_rows = None
-    if audio_track is not None:
-        values = decode_values(audio_track)
-        if rule == "img":
-            audio_rows = img_resample(values, len(visual_rows))
-        else:
-            audio_rows = time_resample(values, audio_track.timestamps, spans)
-        audio_rows = audio_rows.astype(np.float32)
-    return AlignedVideo(visual_rows.astype(np.float32), audio_rows, spans)
+    """A visual track pooled to at most max_pos_len rows and an audio track (None: no audio) on the same grid.
+    Several visual tracks: the first is the grid, the others are put on it as the audio is, and their rows are
+    concatenated in order."""
+    tracks = [visual_track] if isinstance(visual_track, Track) else list(visual_track)
+    grid = tracks[0]
+    visual_rows = img_visual_sampling(decode_values(grid), max_pos_len).astype(np.float32)
+    spans = pooled_spans(grid.timestamps, max_pos_len)
+    if len(tracks) > 1:
+        others = [onto_grid(track, len(visual_rows), spans, rule) for track in tracks[1:]]
+        visual_rows = np.concatenate([visual_rows, *others], axis=1)
+    audio_rows = None if audio_track is None else onto_grid(audio_track, len(visual_rows), spans, rule)
+    return AlignedVideo(visual_rows, audio_rows, spans)
 
 
 def aligned_length(visual_rows: int, max_pos_len: int) -> int:
@@ -118,14 +135,15 @@ class TrackSource(Protocol):
 def aligned_tracks(
     store: TrackSource,
     video_id: str,
-    visual: str,
+    visual: str | Sequence[str],
     audio: str | None,
     max_pos_len: int = 128,
     rule: AlignmentRule = "img",
 ) -> AlignedVideo:
-    """One video's visual track pooled to at most max_pos_len rows and its audio track on the same grid (audio None:
-    the video has no audio track). What the IMG datasets read (img_model/data/dataset.py)."""
+    """One video's visual track(s) pooled to at most max_pos_len rows and its audio track on the same grid (audio
+    None: the video has no audio track). What the IMG datasets read (img_model/data/dataset.py)."""
     audio_track = None
     if audio is not None and audio in store.feature_names(video_id):
         audio_track = store.track(video_id, audio)
-    return align(store.track(video_id, visual), audio_track, max_pos_len, rule)
+    names = [visual] if isinstance(visual, str) else list(visual)
+    return align([store.track(video_id, name) for name in names], audio_track, max_pos_len, rule)

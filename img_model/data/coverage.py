@@ -16,6 +16,7 @@ class Coverage:
     split: str
     queries: int = 0
     no_video: list[str] = field(default_factory=list)  # qids whose video has no visual features
+    missing_track: list[str] = field(default_factory=list)  # qids whose video lacks one of several visual tracks
     truncated: list[str] = field(default_factory=list)  # qids whose video file was cut short when it was extracted
     no_text: list[str] = field(default_factory=list)  # qids missing from the text store or with another sentence
     no_audio_track: list[str] = field(default_factory=list)  # videos said to have audio, but no audio track
@@ -24,7 +25,8 @@ class Coverage:
 
     @property
     def kept(self) -> int:
-        return self.queries - len(self.no_video) - len(self.truncated) - len(self.no_text) - self.dropped_no_audio
+        left_out = len(self.no_video) + len(self.missing_track) + len(self.truncated) + len(self.no_text)
+        return self.queries - left_out - self.dropped_no_audio
 
     def missing_lines(self) -> list[str]:
         lines = []
@@ -32,6 +34,11 @@ class Coverage:
             lines.append(
                 f"{len(self.no_video)} of {self.queries} {self.split} queries have no visual features: "
                 f"{listed(self.no_video)}"
+            )
+        if self.missing_track:
+            lines.append(
+                f"{len(self.missing_track)} of {self.queries} {self.split} queries are on videos without one of the "
+                f"visual tracks read as one: {listed(self.missing_track)}"
             )
         if self.truncated:
             lines.append(
@@ -65,6 +72,7 @@ class Coverage:
             "queries": self.queries,
             "kept": self.kept,
             "no_video": len(self.no_video),
+            "missing_track": len(self.missing_track),
             "truncated": len(self.truncated),
             "no_text": len(self.no_text),
             "no_audio_track": len(self.no_audio_track),

@@ -10,11 +10,12 @@ worker, any resume, draws the same ones.
 The lengths used for labels and decoding are those of the stored tracks (§7.18): the pooled visual length
 min(T, max_pos_len), read from the track's shape. Nothing else is trusted for it.
 
-Missing data never crashes a run: queries whose video has no visual features, whose video file was truncated when
-it was extracted (its tracks end early, the annotation's times and duration do not), or whose text is not in the
-text store, are left out and listed in one line; `strict=True` makes that an error. Videos without audio are dropped
-from training (`missing_audio="drop"`, the authors' behaviour) or get a zero audio track with has_audio false
-(`"zeros"`, always the case in evaluation, §7.17).
+Missing data never crashes a run: queries whose video has no visual features (or lacks one of several visual tracks
+read as one, `--visual clip,slowfast`), whose video file was truncated when it was extracted (its tracks end early,
+the annotation's times and duration do not), or whose text is not in the text store, are left out and listed in one
+line; `strict=True` makes that an error. Videos without audio are dropped from training (`missing_audio="drop"`, the
+authors' behaviour) or get a zero audio track with has_audio false (`"zeros"`, always the case in evaluation,
+§7.17).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from tqdm import tqdm
 
 from extract.core.errors import ImgVmrError, UsageError
 from extract.store import video_durations
+from extract.store.interop import UNKNOWN
 from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
 from img_model.data.audio_perturbation import AudioPerturbation
 from img_model.data.batch import Sample, saliency_samples, sample_rng
 from img_model.data.coverage import Coverage
 from img_model.data.feature_stores import FeatureStores
 from img_model.data.text_store import QueryTexts
+from img_model.data.visual_tracks import combined_recipe, visual_track_names
 from img_model.network.decoding import time_to_index
 from manifests.records import QueryRecord
 
@@ -61,7 +64,7 @@ class DataConfig:
 
     dataset: str = ""  # a dataset name of manifests/ (charades-sta, charades-am, activitynet) or a custom .jsonl
     features: tuple[str, ...] = ()
-    visual: str = ""
+    visual: str = ""  # a feature name, or several joined by ',' read as one (img_model/data/visual_tracks.py)
     audio: str = ""
     text: str = ""
     data_dir: str = ""  # annotation files (empty: $IMG_DATA_DIR or the cache)
@@ -77,6 +80,13 @@ class DataConfig:
             raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
         if not all(isinstance(store, str) and store for store in self.features):
             raise UsageError(f"features must be a list of feature store paths, not {list(self.features)!r}")
+        if self.visual:
+            visual_track_names(self.visual)
+
+    @property
+    def visual_tracks(self) -> tuple[str, ...]:
+        """The visual feature tracks read as one, in the order named (the first is the step grid)."""
+        return visual_track_names(self.visual)
 
 
 def data_overrides(**values: Any) -> dict[str, Any]:
@@ -119,10 +129,26 @@ class DataSources:
         self.config = config
         self.stores = FeatureStores(config.features)
         self.texts = QueryTexts(config.text)
-        self.visual_recipe = self.stores.recipe(config.visual)
+        recipes = {name: self.stores.recipe(name) for name in config.visual_tracks}  # first: names what stores hold
+        self.visual_track_provenance = [
+            {"name": name, "dim": self._feature_dim(name), "recipe": recipe} for name, recipe in recipes.items()
+        ]
+        self.visual_recipe = combined_recipe([track["recipe"] for track in self.visual_track_provenance])
         self.audio_recipe = self.stores.recipe(config.audio)
-        self.video_dim = self._feature_dim(config.visual)
+        if config.align == "time":
+            self._check_timed({**recipes, config.audio: self.audio_recipe})
+        self.video_dim = sum(track["dim"] for track in self.visual_track_provenance)
         self.audio_dim = self._feature_dim(config.audio)
+
+    @staticmethod
+    def _check_timed(recipes: dict[str, dict[str, Any]]) -> None:
+        """--align time reads the rows' times: features imported without --row-seconds have none (NaN)."""
+        for name, recipe in recipes.items():
+            if recipe.get("imported_from") and recipe.get("sampling") == UNKNOWN:
+                raise UsageError(
+                    f"--align time needs the times of the rows, and {name!r} was imported without them; import it "
+                    "again with img-extract import-img --row-seconds S, or use --align img"
+                )
 
     def _feature_dim(self, feature: str) -> int:
         for video_id in self.stores.video_ids():
@@ -130,10 +156,17 @@ class DataSources:
                 return int(self.stores.track_shape(video_id, feature)[1])
         raise UsageError(f"no video in {', '.join(map(str, self.stores.paths))} has a {feature!r} track")
 
+    def visual_provenance(self) -> dict[str, Any]:
+        """The visual input's name, width and recipe, and for several tracks read as one each track's."""
+        visual: dict[str, Any] = {"name": self.config.visual, "dim": self.video_dim, "recipe": self.visual_recipe}
+        if len(self.visual_track_provenance) > 1:
+            visual["tracks"] = self.visual_track_provenance
+        return visual
+
     def provenance(self) -> dict[str, Any]:
         """What the checkpoint records about its inputs, and what evaluation compares."""
         return {
-            "visual": {"name": self.config.visual, "dim": self.video_dim, "recipe": self.visual_recipe},
+            "visual": self.visual_provenance(),
             "audio": {"name": self.config.audio, "dim": self.audio_dim, "recipe": self.audio_recipe},
             "text": self.texts.provenance(),
         }
@@ -158,10 +191,14 @@ class DataSources:
 
     def unreadable(self, video_id: str) -> str | None:
         """Why a video's queries cannot be read, the one rule of the datasets and of validation carving:
-        "no visual track", or "truncated" (its file was cut short: the tracks end early while the annotations'
-        times do not); None when they can."""
-        if video_id not in self.stores or self.config.visual not in self.stores.feature_names(video_id):
+        "no visual track", "no <name> track" (one of several visual tracks read as one is missing), or "truncated"
+        (its file was cut short: the tracks end early while the annotations' times do not); None when they can."""
+        held = self.stores.feature_names(video_id) if video_id in self.stores else []
+        missing = [name for name in self.config.visual_tracks if name not in held]
+        if len(missing) == len(self.config.visual_tracks):
             return "no visual track"
+        if missing:
+            return f"no {missing[0]} track"
         if self.stores.metadata(video_id).get("truncated"):
             return "truncated"
         return None
@@ -269,6 +306,9 @@ class MomentDataset(Dataset):
             if info == "truncated":
                 self.coverage.truncated.append(f"{record.qid} (video {record.video_id})")
                 continue
+            if isinstance(info, str):  # "no <name> track": one of the visual tracks read as one is missing
+                self.coverage.missing_track.append(f"{record.qid} (video {record.video_id}: {info})")
+                continue
             assert isinstance(info, tuple)
             if sources.texts.sentences.get(record.qid) != record.sentence:
                 self.coverage.no_text.append(record.qid)
@@ -316,7 +356,7 @@ class MomentDataset(Dataset):
         if why is not None:
             return why
         metadata = stores.metadata(video_id)
-        length = aligned_length(stores.track_shape(video_id, config.visual)[0], self.max_pos_len)
+        length = aligned_length(stores.track_shape(video_id, config.visual_tracks[0])[0], self.max_pos_len)
         has_audio_track = config.audio in stores.feature_names(video_id)
         if not has_audio_track and metadata.get("has_audio", False):
             self.coverage.no_audio_track.append(video_id)
@@ -334,7 +374,7 @@ class MomentDataset(Dataset):
     def _read(self, video_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         config = self.sources.config
         aligned = aligned_tracks(
-            self.sources.stores, video_id, config.visual, config.audio, self.max_pos_len, config.align
+            self.sources.stores, video_id, config.visual_tracks, config.audio, self.max_pos_len, config.align
         )
         return aligned.visual, aligned.audio
 

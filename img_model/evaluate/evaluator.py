@@ -45,6 +45,7 @@ from extract.core.provenance import compare_recipes
 from img_model.checkpoint import Checkpoint, CheckpointMismatchError
 from img_model.data.batch import Batch, collate
 from img_model.data.dataset import DataSources, MomentDataset
+from img_model.data.visual_tracks import combination_mismatch
 from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.evaluate.breakdowns import RATIO_BINS, breakdown_table, equal_count_bins, length_bucket_masks
 from img_model.network.decoding import best_span, clip_steps, index_to_time, nms_spans, top_spans
@@ -486,6 +487,11 @@ def check_inputs(checkpoint: Checkpoint, sources: DataSources) -> list[str]:
     """Refuse (CheckpointMismatchError, one line naming the difference) inputs made otherwise than the
     checkpoint's; return notes on what could not be checked."""
     config, notes = checkpoint.config, []
+    recorded_visual = checkpoint.provenance.get("visual")
+    if recorded_visual is not None:
+        other_tracks = combination_mismatch(recorded_visual, sources.visual_provenance())
+        if other_tracks:
+            raise CheckpointMismatchError(other_tracks)
     sizes = [
         ("visual features", config.video_feature_dim, sources.video_dim),
         ("audio features", config.audio_feature_dim, sources.audio_dim),

@@ -114,6 +114,12 @@ def recorded_specs(checkpoint: Checkpoint, visual: str | None = None, audio: str
             continue
         if given[kind] is not None and given[kind] != recorded["name"]:
             raise UsageError(f"--{kind} {given[kind]}: the checkpoint was trained on {recorded['name']!r} features")
+        if "tracks" in recorded:
+            raise CheckpointMismatchError(
+                f"the checkpoint reads several {kind} tracks as one ({recorded['name']}); img-predict makes one "
+                f"{kind} track per video: extract them with img-extract and answer the queries with img-eval "
+                "--dataset QUERIES.jsonl --predictions FILE"
+            )
         if "preset" not in recorded["recipe"]:
             raise CheckpointMismatchError(
                 f"the checkpoint's {kind} features {recorded['name']!r} were not made by an img-extract preset (their "
