@@ -57,6 +57,13 @@ PROGRAM = "img-eval"
     show_default=True,
     help="Seed of the slot noise (with --slot-noise always).",
 )
+@click.option(
+    "--audio-weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Fuse with this audio weight instead of the model's own (its predicted importance by default); 0 is the "
+    "paper's Table 17 (AIP forced to p = 0). Recorded in the report.",
+)
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option(
@@ -85,6 +92,7 @@ def main(
     batch_size: int | None,
     slot_noise: str,
     seed: int,
+    audio_weight: float | None,
     drop_audio: bool,
     as_json: bool,
     predictions: Path | None,
@@ -136,6 +144,7 @@ def main(
         precision,
         workers or 0,
         threads or 0,
+        audio_weight=audio_weight,
     )
     try:
         evaluation = evaluate_checkpoint(request)
@@ -175,6 +184,7 @@ def _tables(report: Any) -> str:
         f"mean audio importance {report.mean_importance:.3f}; slot noise {context['slot_noise']}"
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
         + (", audio dropped" if context["drop_audio"] else "")
+        + (f", audio weight forced to {context['audio_weight']:g}" if context.get("audio_weight") is not None else "")
     )
     return "\n".join(lines)
 

@@ -81,7 +81,7 @@ class QueryPrediction:
     num_steps: int
     ground_truth: tuple[float, float]
     has_audio: bool
-    audio_importance: float
+    audio_importance: float | None  # None: the model has no per-query audio weight (add, concat, no audio)
     branches: dict[str, BranchPrediction] = field(default_factory=dict)
     query: str = ""  # the sentence
     split: str = ""  # the split evaluated (train-val for the held-out training videos)
@@ -206,8 +206,12 @@ class Evaluator:
         lengths = batch.lengths.cpu().numpy()
         durations = batch.duration.cpu().numpy()
         truth = (batch.start_time.cpu().numpy(), batch.end_time.cpu().numpy())
-        per_branch = {name: _branch_predictions(outputs, name, lengths, durations, truth) for name in BRANCHES}
-        importance = outputs.aip_prob.float().cpu().numpy()
+        per_branch = {
+            name: _branch_predictions(outputs, name, lengths, durations, truth)
+            for name in BRANCHES
+            if getattr(outputs, BRANCHES[name][0]) is not None  # a model without audio has no audio branch
+        }
+        importance = None if outputs.aip_prob is None else outputs.aip_prob.float().cpu().numpy()
         has_audio = batch.has_audio.cpu().numpy()
         return [
             QueryPrediction(
@@ -219,8 +223,8 @@ class Evaluator:
                 num_steps=int(lengths[row]),
                 ground_truth=(float(truth[0][row]), float(truth[1][row])),
                 has_audio=bool(has_audio[row]),
-                audio_importance=float(importance[row]),
-                branches={name: per_branch[name][row] for name in BRANCHES},
+                audio_importance=None if importance is None else float(importance[row]),
+                branches={name: branch[row] for name, branch in per_branch.items()},
             )
             for row, qid in enumerate(batch.qids)
         ]
@@ -233,6 +237,8 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
     """Metrics (percent) of each branch over these predictions."""
     out = {}
     for name in BRANCHES:
+        if predictions and name not in predictions[0].branches:  # the model has no such branch
+            continue
         best = np.array([p.branches[name].iou for p in predictions])
         top = np.stack([p.branches[name].top_ious for p in predictions]) if with_top and predictions else None
         out[name] = retrieval_metrics(best, top)
@@ -242,7 +248,7 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
 def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[str, Any]]:
     """Queries binned by their predicted audio importance (the paper's Table 16 bins), metrics per bin."""
     edges = (0.0, *IMPORTANCE_EDGES, 1.0)
-    importance = np.array([p.audio_importance for p in predictions])
+    importance = np.array([np.nan if p.audio_importance is None else p.audio_importance for p in predictions])
     bins = []
     for number, (low, high) in enumerate(itertools.pairwise(edges)):
         last = number == len(edges) - 2
@@ -254,6 +260,12 @@ def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[st
             entry["branches"] = branch_metrics(members, with_top=False)
         bins.append(entry)
     return bins
+
+
+def mean_importance(predictions: Sequence[QueryPrediction]) -> float:
+    """The mean audio importance of these predictions; NaN when there are none or the model has none."""
+    values = [p.audio_importance for p in predictions if p.audio_importance is not None]
+    return float(np.mean(values)) if values else float("nan")
 
 
 @dataclass
@@ -274,7 +286,7 @@ class EvalReport:
             queries=len(predictions),
             branches=branch_metrics(predictions),
             importance_bins=importance_breakdown(predictions),
-            mean_importance=float(np.mean([p.audio_importance for p in predictions])) if predictions else float("nan"),
+            mean_importance=mean_importance(predictions),
             context=dict(context),
         )
 
