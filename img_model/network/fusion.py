@@ -244,7 +244,7 @@ class MultiGranularityFusion(nn.Module):
         """`levels`: the fused features (B, Lv, d) of each kept granularity, by name."""
         lengths = mask.sum(dim=1).long().cpu()
         stage = [
-            self._run(getattr(self, f"{first}_{second}_gru"), torch.cat([levels[first], levels[second]], dim=2), lengths)
-            for first, second in self.pairs
+            self._run(getattr(self, f"{a}_{b}_gru"), torch.cat([levels[a], levels[b]], dim=2), lengths)
+            for a, b in self.pairs
         ] or list(levels.values())
         return self.projection(self._run(self.combined_gru, torch.cat(stage, dim=2), lengths))

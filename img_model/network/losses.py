@@ -170,9 +170,7 @@ def img_loss(
             loc_av = loc_a = sal_a = sal_av = kd_a = kd_v = absent
 
         if model.predicts_importance:
-            pl_label, keep = pseudo_labels(
-                loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature
-            )
+            pl_label, keep = pseudo_labels(loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature)
             bce = F.binary_cross_entropy(out.aip_prob, pl_label)  # type: ignore[arg-type]
         else:
             pl_label, keep, bce = absent, torch.ones_like(loc_v, dtype=torch.long), absent.sum()
