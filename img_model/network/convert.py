@@ -285,11 +285,11 @@ def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping
 # The modules of the authors' IMGNet that an ablation switch of IMGConfig removes (docs/model.md, "Ablations").
 # The authors released no ablated model, so how theirs would be laid out is unknown: the converter refuses one.
 ABLATED_MODULES = {
-    "PPmodule.": "the audio importance predictor (a model without AIP: a fixed or Table 1 audio weight)",
-    "local_audio_fusion.": "the local fusion level (a granularity ablation)",
-    "event_audio_fusion.": "the event fusion level (a granularity ablation)",
-    "global_audio_fusion.": "the global fusion level (a granularity ablation)",
-    "audio_affine.": "the audio branch (IMG w/o audio)",
+    "PPmodule.": ("audio importance predictor", "a model without AIP (a fixed or Table 1 audio weight)"),
+    "local_audio_fusion.": ("local fusion level", "a granularity ablation"),
+    "event_audio_fusion.": ("event fusion level", "a granularity ablation"),
+    "global_audio_fusion.": ("global fusion level", "a granularity ablation"),
+    "audio_affine.": ("audio branch", "IMG w/o audio"),
 }
 
 
@@ -308,11 +308,11 @@ def check_published_switches(config: IMGConfig, state_dict: Mapping[str, object]
             f"an ablated model ({', '.join(switched)}) has no layout in the authors' code; only the published "
             "IMGNet converts"
         )
-    for prefix, what in ABLATED_MODULES.items() if state_dict is not None else ():
+    for prefix, (module, ablation) in ABLATED_MODULES.items() if state_dict is not None else ():
         if not any(str(key).startswith(prefix) for key in state_dict):  # type: ignore[union-attr]
             raise CheckpointLayoutError(
-                f"this checkpoint has no {what} ({prefix}* keys): an ablated model, a switch convert-official cannot "
-                "express (the authors released no such model); only the published IMGNet converts"
+                f"this checkpoint has no {module} ({prefix}* keys): {ablation}, a switch convert-official cannot "
+                "express (the authors released no ablated model); only the published IMGNet converts"
             )
 
 
