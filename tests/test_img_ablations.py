@@ -7,6 +7,7 @@ advantage, "IMG w/o audio" scores the audio family near chance."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from extract.core.errors import UsageError
 from img_model.checkpoint import read_checkpoint
 from img_model.cli.train import main as train_main
 from img_model.data.synthetic import LEARNING_CHECK_CONFIG, SyntheticDataset, write_audio_matters
-from img_model.network.config import IMGConfig
+from img_model.network.config import IMGConfig, ObjectiveConfig
 from img_model.network.convert import CheckpointLayoutError, ours_to_official
+from img_model.network.losses import SpanLabels, img_loss
 from img_model.network.model import IMG
+from img_model.train.config import resolve
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, tiny_dataset, train_args
 
@@ -43,9 +47,147 @@ def with_model_lines(config: str, lines: str) -> str:
     return config.replace("[model]\n", f"[model]\n{lines}\n", 1)
 
 
+# --- the model and the objective of each switch (small, in this process) ----------------------------------------
+
+SMALL = {
+    "dim": 16,
+    "num_heads": 2,
+    "char_dim": 4,
+    "char_kernel_channels": (2, 2),
+    "max_pos_len": 12,
+    "glove_words": 20,
+    "word_dim": 8,
+    "video_feature_dim": 6,
+    "audio_feature_dim": 5,
+    "char_vocab_size": 10,
+    "fusion_gru_layers": 1,
+}
+
+
+def small_inputs(seed: int = 0, audio_seed: int | None = None) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(3, 10)
+    mask[0, 7:] = 0
+    audio = torch.randn(3, 10, 5, generator=torch.Generator().manual_seed(seed if audio_seed is None else audio_seed))
+    return {
+        "video": torch.randn(3, 10, 6, generator=generator),
+        "audio": audio,
+        "video_mask": mask,
+        "query_mask": torch.ones(3, 4),
+        "word_ids": torch.randint(1, 20, (3, 4), generator=generator),
+        "char_ids": torch.randint(1, 10, (3, 4, 5), generator=generator),
+    }
+
+
+def small_labels() -> SpanLabels:
+    return SpanLabels(
+        torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.tensor([[1, 2]] * 3), torch.tensor([[0, 8]] * 3)
+    )
+
+
+def test_audio_weight_0_makes_the_fused_answer_blind_to_the_audio() -> None:
+    torch.manual_seed(0)
+    model = IMG(IMGConfig(**SMALL)).eval()
+    with torch.no_grad():
+        own = model(**small_inputs(audio_seed=1))
+        model.force_audio_weight(0.0)
+        forced = [model(**small_inputs(audio_seed=seed)) for seed in (1, 2)]
+    assert torch.equal(forced[0].start_logits_av, forced[1].start_logits_av)  # other audio, same fused answer
+    assert not torch.equal(forced[0].start_logits_av, own.start_logits_av)
+    assert torch.equal(forced[0].aip_prob, own.aip_prob)  # the model's own prediction is still reported
+    assert not torch.equal(forced[0].start_logits_a, forced[1].start_logits_a)  # the audio branch still hears it
+
+
+def test_without_audio_the_model_reads_no_audio_and_its_fused_answer_is_the_visual_one() -> None:
+    torch.manual_seed(0)
+    model = IMG(IMGConfig(**SMALL, audio=False)).eval()
+    with torch.no_grad():
+        outputs = [model(**small_inputs(audio_seed=seed)) for seed in (1, 2)]
+    assert torch.equal(outputs[0].start_logits_av, outputs[1].start_logits_av)
+    assert outputs[0].start_logits_av is outputs[0].start_logits_v
+    assert outputs[0].start_logits_a is None and outputs[0].aip_prob is None
+    with pytest.raises(ValueError, match="no audio weight to force"):
+        model.force_audio_weight(0.0)
+
+
+@pytest.mark.parametrize(
+    ("switches", "absent"),
+    [
+        ({"audio_weight": 0.5}, ("audio_importance.",)),
+        ({"audio_weight": "concat"}, ("audio_importance.",)),
+        (
+            {"granularities": ("event",)},
+            ("local_fusion.", "global_fusion.", "multi_granularity_fusion.local_", "multi_granularity_fusion.event_"),
+        ),
+        (
+            {"granularities": ("local", "global")},
+            ("event_fusion.", "multi_granularity_fusion.local_event", "multi_granularity_fusion.event_"),
+        ),
+        ({"audio": False}, ("audio_", "fused_", "local_", "event_", "global_", "multi_granularity")),
+    ],
+)
+def test_a_switch_removes_its_modules_and_the_defaults_keep_the_published_keys(
+    switches: dict, absent: tuple[str, ...]
+) -> None:
+    published = set(IMG(IMGConfig(**SMALL)).state_dict())
+    assert set(mapping_table_ours()) == published  # the default is the authors' model, key for key
+    keys = set(IMG(IMGConfig(**SMALL, **switches)).state_dict())
+    assert not any(key.startswith(absent) for key in keys)
+    added = {key for key in keys - published}
+    assert all(".mix.projection." in key for key in added), added  # only concat's maps are new
+    assert len(added) == (6 if switches.get("audio_weight") == "concat" else 0)
+
+
+def mapping_table_ours() -> list[str]:
+    from img_model.network.convert import mapping_table
+
+    return [rule.ours for rule in mapping_table(IMGConfig(**SMALL))]
+
+
+@pytest.mark.parametrize("switches", [{"audio_weight": 0.5}, {"audio_weight": "similarity"}, {"audio": False}])
+def test_the_objective_has_only_the_terms_that_exist(switches: dict) -> None:
+    torch.manual_seed(0)
+    config = IMGConfig(**SMALL, **switches)
+    loss = img_loss(IMG(config)(**small_inputs(), p_warm=0.5), small_labels(), ObjectiveConfig(), 0.5, model=config)
+    assert loss.term_pl.item() == 0 and loss.keep.tolist() == [1, 1, 1]  # no AIP: no pseudo-label, no gate
+    if config.audio:
+        assert loss.location_audio.item() > 0 and loss.term_kd.item() > 0
+    else:
+        assert loss.location_audio.item() == loss.location_fused.item() == loss.term_kd.item() == 0
+        expected = loss.location_visual + 0.5 * loss.saliency_visual
+        assert loss.total_loss.item() == pytest.approx(expected.item())
+    loss.total_loss.backward()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("ablations") / "data")
+
+
+def train_in_this_process(data: SyntheticDataset, config: Path, out: Path) -> None:
+    """What `img-train --config config --epochs 1` runs on `data`, in this process (torch's threads restored)."""
+    from img_model.data.dataset import DataSources
+    from img_model.train.run_data import model_inputs, prepare_data
+    from img_model.train.trainer import Trainer
+
+    options = {
+        "data": {
+            "dataset": str(data.annotations),
+            "features": (str(data.features),),
+            "visual": data.visual,
+            "audio": data.audio,
+            "text": str(data.text),
+        },
+        "train": {"epochs": 1, "evals_per_epoch": 1},
+        "runtime": {"progress": False},
+    }
+    sources = DataSources(resolve(config, options).data)
+    run = resolve(config, options, model_inputs(sources))
+    threads = torch.get_num_threads()
+    try:
+        Trainer(run, prepare_data(run, sources), out).fit()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("switch", list(SWITCHES))
@@ -55,10 +197,7 @@ def test_each_switch_trains_is_recorded_and_img_eval_rebuilds_it(
     lines, recorded = SWITCHES[switch]
     config = tmp_path / "switch.toml"
     config.write_text(with_model_lines(TINY_CONFIG, lines), encoding="utf-8")
-    args = train_args(tiny, tmp_path / "run", "--epochs", "1")
-    args[args.index("--config") + 1] = str(config)
-    trained = run_img_train(*args)
-    assert trained.returncode == 0, trained.stderr
+    train_in_this_process(tiny, config, tmp_path / "run")  # img-train's code without its start-up (seconds each)
     checkpoint = read_checkpoint(tmp_path / "run" / "best.pt")
     for name, value in recorded.items():
         assert getattr(checkpoint.config, name) == value
@@ -90,16 +229,23 @@ def test_each_switch_trains_is_recorded_and_img_eval_rebuilds_it(
         ("audio = false\naudio_weight = 0.5", "audio = false is the visual branch alone"),
     ],
 )
-def test_a_bad_switch_is_one_line_at_parse_time(
-    lines: str, message: str, tiny: SyntheticDataset, tmp_path: Path
-) -> None:
+def test_a_bad_switch_is_one_line_when_the_config_is_read(lines: str, message: str, tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(with_model_lines(TINY_CONFIG, lines), encoding="utf-8")
+    with pytest.raises(UsageError, match=re.escape(message)) as error:
+        resolve(config, {"data": {"dataset": "charades-sta"}})
+    assert "\n" not in str(error.value) and str(config) in str(error.value)
+
+
+def test_img_train_refuses_a_bad_switch_with_exit_2_before_training(tiny: SyntheticDataset, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(with_model_lines(TINY_CONFIG, 'granularities = ["local", "frame"]'), encoding="utf-8")
     args = train_args(tiny, tmp_path / "run")
     args[args.index("--config") + 1] = str(config)
     result = run_img_train(*args)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "granularities must be a non-empty list of distinct" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
 
 

@@ -122,7 +122,8 @@ class Trainer:
         vocabulary = data.sources.texts.vocabulary
         if vocabulary is not None:
             with torch.no_grad():
-                for branch in (self.model.video_branch, self.model.audio_branch):
+                branches = ("video_branch", "audio_branch") if run.model.audio else ("video_branch",)
+                for branch in map(self.model.get_submodule, branches):
                     branch.query_embedding.words.glove_vectors.copy_(torch.from_numpy(vocabulary.vectors))
         self.model.to(self.device)
         self.batches = batches or EpochBatches(len(data.train), train.batch_size, train.seed, rank)
