@@ -1,8 +1,8 @@
 """The ablation switches of issue 17 ([model] audio_weight, granularities, audio; img-eval --audio-weight) end to end:
-each switch trains through img-train, is recorded in its checkpoint and rebuilt by img-eval; and on the synthetic
-"audio matters" families (img_model/data/synthetic.py) the ablations lose what the learning check
-(tests/test_img_learning.py) measures: a fixed weight ("w/o AIP") and --audio-weight 0 lose the audio family's
-advantage, "IMG w/o audio" scores the audio family near chance."""
+each switch trains, is recorded in its checkpoint and rebuilt by img-eval; and on the synthetic "audio matters"
+families (img_model/data/synthetic.py) the ablations lose what the learning check (tests/test_img_learning.py)
+measures: --audio-weight 0 loses the audio family, a fixed weight ("w/o AIP") the importance advantage of
+audio-marked queries, and "IMG w/o audio" scores the audio family near chance."""
 
 from __future__ import annotations
 
@@ -332,10 +332,8 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> LearningRuns:
     runs.evaluate("published", published)
     runs.reports["forced-0"] = runs.evaluate("forced-0", published, "--audio-weight", "0")
     runs.evaluate("fixed-0.5", runs.train("fixed-0.5", "audio_weight = 0.5"))
-    # Half the epochs: no amount of training lets a model without audio see the audio-marked moments.
-    runs.reports["no-audio"] = runs.evaluate(
-        "no-audio", runs.train("no-audio", "audio = false", "--epochs", "4"), "--report", runs.folder / "no-audio.html"
-    )
+    no_audio = runs.train("no-audio", "audio = false")
+    runs.reports["no-audio"] = runs.evaluate("no-audio", no_audio, "--report", runs.folder / "no-audio.html")
     for name, rows in runs.rows.items():  # the numbers for the report
         print(
             f"{name}: fused R1@0.5 per family {hit_rates(rows, runs.data, 'fused')}, visual branch "
@@ -370,6 +368,10 @@ def test_audio_weight_0_at_inference_loses_the_audio_family(learned: LearningRun
 def test_a_fixed_audio_weight_loses_the_importance_advantage(learned: LearningRuns) -> None:
     importance = importance_by_family(learned.rows["fixed-0.5"], learned.data)
     assert importance == {"audio": 0.5, "visual": 0.5, "both": 0.5}, importance  # no family gets more audio
+    # What it keeps: half the weight on the audio still finds the audio-marked moments on this data (measured:
+    # 1.0 on every family, as the published model), so the fused fusion with a fixed weight is a working model.
+    fused = hit_rates(learned.rows["fixed-0.5"], learned.data, "fused")
+    assert fused["audio"] >= 0.6, fused
     checkpoint = read_checkpoint(learned.folder / "fixed-0.5" / "best.pt")
     assert checkpoint.config.audio_weight == 0.5
     assert not any(key.startswith("audio_importance.") for key in checkpoint.state_dict)
@@ -378,7 +380,9 @@ def test_a_fixed_audio_weight_loses_the_importance_advantage(learned: LearningRu
 @pytest.mark.slow
 def test_without_audio_the_audio_family_is_near_chance(learned: LearningRuns) -> None:
     fused = hit_rates(learned.rows["no-audio"], learned.data, "fused")
-    assert fused["audio"] <= 0.35 and fused["visual"] >= 0.6, fused  # chance for these moments is about 0.1
+    # chance for these moments is about 0.1; the visual-marked moments it can see, it learns (as the published
+    # model's visual branch does)
+    assert fused["audio"] <= 0.35 < fused["audio"] + 0.25 <= (fused["visual"] + fused["both"]) / 2, fused
     report = learned.reports["no-audio"]
     assert set(report["branches"]) == {"fused", "visual"}  # no audio branch; the fused answer is the visual one
     assert report["branches"]["fused"] == report["branches"]["visual"]
