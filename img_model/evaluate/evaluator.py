@@ -18,7 +18,9 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
 - `span` is the branch's prediction (the authors' decoding, used for R1 and mIoU); `top` the five most probable
   distinct spans, best first (used for R5; fewer when the video has under 3 steps);
 - `audio_importance` is the model's predicted p (the AIP output, §3.2 step 7); `has_audio` false means the video
-  was read with a zero audio track (no audio, or --drop-audio).
+  was read with a zero audio track (no audio, or --drop-audio). Ablated models (docs/model.md, "Ablations"): the
+  model's own audio weight (fixed, similarity, entropy), null where it has none; without audio there is no
+  "audio" branch.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def official_to_ours(state_dict: object, config: IMGConfig | None = None) -> dic
     Raises `CheckpointLayoutError` listing unknown and missing keys. With `positional_encoding="temporal"` the
     authors' batch-position tables are not expected (the temporal encoding is computed, not stored)."""
     config = config or IMGConfig()
-    check_published_switches(config, state_dict if isinstance(state_dict, Mapping) else None)
+    check_published_switches(config)  # the modules an ablation removes: infer_config names them (one line)
     rules = mapping_table(config)
     expected = [rule.official for rule in rules]
     if config.positional_encoding == "temporal" and isinstance(state_dict, Mapping):
