@@ -128,8 +128,28 @@ ODD = IMGConfig(
 
 @pytest.mark.parametrize(
     "config",
-    [IMGConfig(), ACTIVITYNET, CHARADES_CLIP_SF, CHARADES_IV2, ODD],
-    ids=["charades", "activitynet", "clip-slowfast", "internvideo2", "odd"],
+    [
+        IMGConfig(),
+        ACTIVITYNET,
+        CHARADES_CLIP_SF,
+        CHARADES_IV2,
+        ODD,
+        *(IMGConfig(audio_weight=mode) for mode in (0.5, "add", "concat", "similarity", "entropy")),
+        IMGConfig(granularities=("event",), event_num=4, slot_iterations=2),
+        IMGConfig(granularities=("local", "global")),
+        IMGConfig(audio=False),
+    ],
+    ids=[
+        "charades",
+        "activitynet",
+        "clip-slowfast",
+        "internvideo2",
+        "odd",
+        *(f"audio-weight-{mode}" for mode in (0.5, "add", "concat", "similarity", "entropy")),
+        "event-only",
+        "local-global",
+        "no-audio",
+    ],
 )
 def test_the_size_bound_counts_every_weight_of_the_model(config: IMGConfig) -> None:
     model = IMG(config)

@@ -62,6 +62,13 @@ PROGRAM = "img-eval"
     show_default=True,
     help="Seed of the slot noise (with --slot-noise always).",
 )
+@click.option(
+    "--audio-weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Fuse with this audio weight instead of the model's own (its predicted importance by default); 0 is the "
+    "paper's Table 17 (AIP forced to p = 0). Recorded in the report.",
+)
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option(
     "--nms-threshold",
@@ -154,6 +161,7 @@ def main(
     batch_size: int | None,
     slot_noise: str,
     seed: int,
+    audio_weight: float | None,
     drop_audio: bool,
     nms_threshold: float,
     audio_noise_fraction: float,
@@ -225,6 +233,7 @@ def main(
         nms_threshold=nms_threshold,
         audio_perturbation=AudioPerturbation(audio_noise_fraction, audio_noise_std, audio_missing_fraction, noise_seed),
         ratio_bins=ratio_bins,
+        audio_weight=audio_weight,
     )
     if sweep_text is not None:
         _sweep(request, sweep_text, list(compare), sweep_out, as_json)
@@ -290,6 +299,7 @@ def _tables(report: Any) -> str:
         f"mean audio importance {report.mean_importance:.3f}; slot noise {context['slot_noise']}"
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
         + (", audio dropped" if context["drop_audio"] else "")
+        + (f", audio weight forced to {context['audio_weight']:g}" if context.get("audio_weight") is not None else "")
     )
     if context.get("audio_perturbation"):
         lines.append(perturbation_line(context["audio_perturbation"]))

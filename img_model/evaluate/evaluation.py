@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from extract.core.errors import writing
+from extract.core.errors import UsageError, writing
 from extract.core.files import write_atomically
 from extract.core.precision import Precision
 from img_model.checkpoint import read_checkpoint
@@ -57,6 +57,7 @@ class EvaluationRequest:
     nms_threshold: float = NMS_THRESHOLD  # R5-NMS and the mAPs: NMS suppresses IoU above this
     audio_perturbation: AudioPerturbation | None = None  # noisy / missing audio on a seeded share (Figure 4)
     ratio_bins: int = RATIO_BINS  # equal-count moment-to-video ratio bins of the breakdown
+    audio_weight: float | None = None  # fuse with this audio weight (Table 17: 0); None: the model's own
 
 
 @dataclass
@@ -83,6 +84,11 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
     config.check_batch_size(batch_size, "--batch-size")
     model = IMG(config)
     load_into(model, checkpoint.state_dict)
+    if request.audio_weight is not None:
+        try:
+            model.force_audio_weight(request.audio_weight)
+        except ValueError as error:
+            raise UsageError(f"--audio-weight {request.audio_weight:g}: {error}") from None
     device = runtime_device(request.device, request.threads)
     precision = Precision.resolve(request.precision, device, checkpoint.recorded("runtime", "precision"))
     model.to(device).eval()
@@ -123,6 +129,7 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
                 slot_noise=request.slot_noise,
                 seed=request.seed,
                 drop_audio=request.drop_audio,
+                audio_weight=request.audio_weight,
                 batch_size=batch_size,
                 precision=precision.name,
                 device=str(device),
@@ -160,6 +167,8 @@ def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | N
     if first.get("audio_perturbation"):
         context["notes"] = [*context["notes"], perturbation_line(first["audio_perturbation"])]
     context["ratio_bin_count"] = first.get("ratio_bin_count", RATIO_BINS)
+    if first.get("audio_weight") is not None:
+        context["notes"] = [*context["notes"], f"audio weight forced to {first['audio_weight']:g} (--audio-weight)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
     with writing(f"--report {path}", path.parent):
         write_report(path, rows, title, context, videos)

@@ -26,7 +26,9 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
 - `saliency_labels`, only where the dataset labels clips (custom JSONL `relevant_clip_ids` + `saliency_scores`):
   `{"clip_length": 2.0, "relevant_clip_ids": [...], "saliency_scores": [[...], ...]}` as read;
 - `audio_importance` is the model's predicted p (the AIP output, §3.2 step 7); `has_audio` false means the video
-  was read with a zero audio track (no audio, or --drop-audio).
+  was read with a zero audio track (no audio, or --drop-audio). Ablated models (docs/model.md, "Ablations"): the
+  model's own audio weight (fixed, similarity, entropy), null where it has none; without audio there is no
+  "audio" branch.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class QueryPrediction:
     num_steps: int
     ground_truth: tuple[float, float]
     has_audio: bool
-    audio_importance: float
+    audio_importance: float | None  # None: the model has no per-query audio weight (add, concat, no audio)
     branches: dict[str, BranchPrediction] = field(default_factory=dict)
     query: str = ""  # the sentence
     split: str = ""  # the split evaluated (train-val for the held-out training videos)
@@ -297,8 +299,9 @@ class Evaluator:
         per_branch = {
             name: _branch_predictions(outputs, name, lengths, durations, truth, nms_threshold=self.nms_threshold)
             for name in BRANCHES
+            if getattr(outputs, BRANCHES[name][0]) is not None  # a model without audio has no audio branch
         }
-        importance = outputs.aip_prob.float().cpu().numpy()
+        importance = None if outputs.aip_prob is None else outputs.aip_prob.float().cpu().numpy()
         has_audio = batch.has_audio.cpu().numpy()
         return [
             QueryPrediction(
@@ -310,8 +313,8 @@ class Evaluator:
                 num_steps=int(lengths[row]),
                 ground_truth=(float(truth[0][row]), float(truth[1][row])),
                 has_audio=bool(has_audio[row]),
-                audio_importance=float(importance[row]),
-                branches={name: per_branch[name][row] for name in BRANCHES},
+                audio_importance=None if importance is None else float(importance[row]),
+                branches={name: branch[row] for name, branch in per_branch.items()},
                 saliency_labels=records[qid].saliency,
             )
             for row, qid in enumerate(batch.qids)
@@ -326,6 +329,8 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
     mAPs) and, when some queries have clip-level saliency labels, the highlight metrics over those queries."""
     out = {}
     for name in BRANCHES:
+        if predictions and name not in predictions[0].branches:  # the model has no such branch
+            continue
         best = np.array([p.branches[name].iou for p in predictions])
         ranked = with_top and bool(predictions)
         top = np.stack([p.branches[name].top_ious for p in predictions]) if ranked else None
@@ -350,7 +355,7 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
 def importance_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[str, Any]]:
     """Queries binned by their predicted audio importance (the paper's Table 16 bins), metrics per bin."""
     edges = (0.0, *IMPORTANCE_EDGES, 1.0)
-    importance = np.array([p.audio_importance for p in predictions])
+    importance = np.array([np.nan if p.audio_importance is None else p.audio_importance for p in predictions])
     bins = []
     for number, (low, high) in enumerate(itertools.pairwise(edges)):
         last = number == len(edges) - 2
@@ -364,7 +369,7 @@ def _bin_entry(label: str, members: Sequence[QueryPrediction], **extra: Any) -> 
     """One bin of a breakdown: its label, what defines it, its query count, mean importance and metrics."""
     entry: dict[str, Any] = {"label": label, **extra, "queries": len(members)}
     if members:
-        entry["mean_importance"] = float(np.mean([p.audio_importance for p in members]))
+        entry["mean_importance"] = mean_importance(members)
         entry["branches"] = branch_metrics(members, with_top=False)
     return entry
 
@@ -394,6 +399,12 @@ def length_breakdown(predictions: Sequence[QueryPrediction]) -> list[dict[str, A
     ]
 
 
+def mean_importance(predictions: Sequence[QueryPrediction]) -> float:
+    """The mean audio importance of these predictions; NaN when there are none or the model has none."""
+    values = [p.audio_importance for p in predictions if p.audio_importance is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
 @dataclass
 class EvalReport:
     """What img-eval prints: metrics of the three branches, the importance breakdown, and how it was obtained."""
@@ -417,7 +428,7 @@ class EvalReport:
             queries=len(predictions),
             branches=branch_metrics(predictions),
             importance_bins=importance_breakdown(predictions),
-            mean_importance=float(np.mean([p.audio_importance for p in predictions])) if predictions else float("nan"),
+            mean_importance=mean_importance(predictions),
             context={**context, "ratio_bin_count": ratio_bin_count},
             highlight_queries=sum(p.saliency_labels is not None for p in predictions),
             ratio_bins=ratio_breakdown(predictions, ratio_bin_count),

@@ -86,8 +86,8 @@ def read_prediction(row: Mapping[str, Any]) -> QueryPrediction:
         num_steps=int(row.get("num_steps", 0)),
         ground_truth=tuple(row["ground_truth"]),
         has_audio=bool(row.get("has_audio", True)),
-        audio_importance=float(row["audio_importance"]),
-        branches={name: _branch(row["branches"][name]) for name in BRANCHES},
+        audio_importance=None if row.get("audio_importance") is None else float(row["audio_importance"]),
+        branches={name: _branch(row["branches"][name]) for name in BRANCHES if name in row["branches"]},
         query=row.get("query", ""),
         split=row.get("split") or "test",
         saliency_labels=_saliency_labels(row),
@@ -116,7 +116,7 @@ def summary(predictions: Sequence[QueryPrediction], ratio_bins: int = RATIO_BINS
             "importance": evaluated.importance_bins,
         },
     }
-    for branch in BRANCHES:
+    for branch in evaluated.branches:  # a model without audio has no audio branch
         best = np.array([prediction.branches[branch].iou for prediction in predictions], np.float64)
         out["histogram"][branch] = iou_histogram(best)
         out["recall"][branch] = [recall_at(best, t) for t in RECALL_THRESHOLDS]
@@ -132,7 +132,7 @@ def iou_histogram(ious: np.ndarray) -> list[int]:
 def _correct_bits(row: Mapping[str, Any]) -> int:
     """Bit (3·branch + threshold) set when that branch's IoU reaches THRESHOLDS[threshold]."""
     bits = 0
-    for b, branch in enumerate(BRANCHES):
+    for b, branch in enumerate(name for name in BRANCHES if name in row["branches"]):
         for t, threshold in enumerate(THRESHOLDS):
             if row["branches"][branch]["iou"] >= threshold:
                 bits |= 1 << (3 * b + t)
@@ -169,8 +169,15 @@ def report_data(
     compact = []
     for row in rows:
         spans = [
-            value for branch in BRANCHES for value in (*row["branches"][branch]["span"], row["branches"][branch]["iou"])
+            value
+            for branch in BRANCHES
+            for value in (
+                (*row["branches"][branch]["span"], row["branches"][branch]["iou"])
+                if branch in row["branches"]
+                else (np.nan,) * 3  # null on the page
+            )
         ]
+        importance = row.get("audio_importance")
         compact.append(
             [
                 row["qid"],
@@ -179,7 +186,7 @@ def report_data(
                 split_index[row.get("split") or "test"],
                 round(float(row["duration"]), 3),
                 *(round(float(t), 3) for t in row["ground_truth"]),
-                round(float(row["audio_importance"]), 4),
+                np.nan if importance is None else round(float(importance), 4),
                 int(bool(row.get("has_audio", True))),
                 _correct_bits(row),
                 *(round(float(v), 4) for v in spans),
@@ -190,7 +197,7 @@ def report_data(
         "title": title,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
         "context": dict(context or {}),
-        "branches": list(BRANCHES),
+        "branches": [name for name in BRANCHES if not rows or name in rows[0]["branches"]],
         "thresholds": list(THRESHOLDS),
         "metric_names": list(METRIC_NAMES),
         "recall_thresholds": list(RECALL_THRESHOLDS),

@@ -13,6 +13,9 @@ from img_model.evaluate.evaluator import QueryPrediction
 
 
 def _mean(values: np.ndarray) -> float | None:
+    """The mean of the values that are numbers; None when there are none (an empty group, or a model without a
+    predicted importance)."""
+    values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else None
 
 
@@ -25,7 +28,7 @@ def perturbation_summary(dataset: MomentDataset, predictions: Sequence[QueryPred
     assert dataset.audio_noisy is not None and dataset.audio_missing is not None
     if [p.qid for p in predictions] != [r.qid for r in dataset.records]:
         raise ValueError("the predictions are not those of the dataset's queries, in its order")
-    importance = np.array([p.audio_importance for p in predictions])
+    importance = np.array([np.nan if p.audio_importance is None else p.audio_importance for p in predictions])
     noisy, missing = dataset.audio_noisy, dataset.audio_missing
     clean = ~(noisy | missing)
     return {

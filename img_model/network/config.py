@@ -21,6 +21,14 @@ PositionalEncoding = Literal["official", "temporal"]
 SlotNoise = Literal["train", "always", "never"]
 QueryFeatures = Literal["glove_char", "precomputed"]
 
+# Ablation switches (docs/model.md, "Ablations"). The audio weight of the fusion: "predicted" (the AIP, published);
+# a number in [0, 1] (a fixed weight; 0.5 is the paper's "w/o AIP"); or one of Table 1's alternatives, which
+# are reconstructions: "add" (V + A), "concat" (a linear map of [V ; A]), "similarity" (from the cosine similarity
+# of the pooled streams), "entropy" (from the entropies of the streams' pooling attention).
+AUDIO_WEIGHT_MODES = ("predicted", "add", "concat", "similarity", "entropy")
+SCALAR_AUDIO_WEIGHTS = ("predicted", "similarity", "entropy")  # and fixed numbers: a weight w of (1 − w)·V + w·A
+GRANULARITIES = ("local", "event", "global")
+
 # Every size of the architecture, bounded (inclusive): far above the published settings (dim 128, 8 heads, 128
 # steps, 3 slots) and below what no accelerator holds. The input sizes are the data's (feature and text widths,
 # vocabularies). The model as a whole is bounded too: MAX_WEIGHTS.
@@ -104,6 +112,10 @@ class IMGConfig:
     # §7.2: initial slots = mu + sigma * noise. "train": noise only in training, mu in eval (deterministic);
     # "always": noise in eval too (the authors' code); "never": always mu (the golden vectors).
     slot_noise: SlotNoise = "train"
+    # Ablation switches; the defaults are the published model (docs/model.md, "Ablations").
+    audio_weight: str | float = "predicted"  # AUDIO_WEIGHT_MODES or a fixed weight in [0, 1]
+    granularities: tuple[str, ...] = GRANULARITIES  # any non-empty subset, fused by the GRU stack over those kept
+    audio: bool = True  # False: "IMG w/o audio", the visual branch alone (no audio encoder, AIP or fusion)
 
     def __post_init__(self) -> None:
         """ValueError (one line) for any field no model can have; types too (the values come from TOML files
@@ -135,12 +147,48 @@ class IMGConfig:
             raise ValueError(f"slot_noise must be 'train', 'always' or 'never', not {self.slot_noise!r}")
         if self.query_features not in ("glove_char", "precomputed"):
             raise ValueError(f"query_features must be 'glove_char' or 'precomputed', not {self.query_features!r}")
+        self._check_switches()
         weights = self.weight_count()
         if weights > MAX_WEIGHTS:
             raise ValueError(
                 f"this model would hold {weights:,} weights ({weights * 4 / 1e9:,.1f} GB in fp32); the bound is "
                 f"{MAX_WEIGHTS:,} (4 GB, and training needs 4 times that): lower dim, max_pos_len or the layer counts"
             )
+
+    def _check_switches(self) -> None:
+        """The ablation switches: one-line ValueErrors; granularities are stored in the canonical order and a
+        whole-number fixed weight (TOML `audio_weight = 0`) as a float, so equal models have equal configs."""
+        weight = self.audio_weight
+        if isinstance(weight, str):
+            if weight not in AUDIO_WEIGHT_MODES:
+                raise ValueError(
+                    f"audio_weight must be a number from 0 to 1 or one of {', '.join(map(repr, AUDIO_WEIGHT_MODES))}, "
+                    f"not {weight!r}"
+                )
+        else:
+            check_number("audio_weight", weight, 0.0, 1.0)
+            object.__setattr__(self, "audio_weight", float(weight))  # type: ignore[arg-type]
+        levels = self.granularities
+        if (
+            type(levels) is not tuple
+            or not levels
+            or not all(isinstance(level, str) and level in GRANULARITIES for level in levels)
+            or len(set(levels)) != len(levels)
+        ):
+            shown = reprlib.repr(list(levels) if isinstance(levels, tuple) else levels)
+            raise ValueError(f"granularities must be a non-empty list of distinct {list(GRANULARITIES)}, not {shown}")
+        object.__setattr__(self, "granularities", tuple(level for level in GRANULARITIES if level in levels))
+        if type(self.audio) is not bool:
+            raise ValueError(f"audio must be true or false, not {reprlib.repr(self.audio)}")
+        if not self.audio and (self.audio_weight != "predicted" or self.granularities != GRANULARITIES):
+            raise ValueError(
+                "audio = false is the visual branch alone (no fusion): leave audio_weight and granularities unset"
+            )
+
+    @property
+    def predicts_importance(self) -> bool:
+        """The model has the audio importance predictor (and so the pseudo-label loss)."""
+        return self.audio and self.audio_weight == "predicted"
 
     def weight_count(self) -> int:
         """The number of parameters and buffers of `IMG(self)` (GloVe rows included), computed from the sizes
@@ -169,23 +217,31 @@ class IMGConfig:
         context_query = 3 * d + linear(4 * d, d)
         concatenation = d + linear(2 * d, d)
         branch = query + steps * d + conv_encoder(self.encoder_conv_layers) + self_attention + cross_attention
-        branches = 2 * branch + context_query * 2 + concatenation * 2
-        branches += linear(self.video_feature_dim, d) + linear(self.audio_feature_dim, d)
-        mix = 2 * 2 * d  # two LayerNorms
-        importance = 2 * d + linear(2 * d, 1)
+        branch += context_query + concatenation
+        span = steps * d + conv_encoder(self.predictor_conv_layers) + 2 * 2 * d + 2 * (linear(2 * d, d) + linear(d, 1))
+        visual = branch + linear(self.video_feature_dim, d) + span + linear(d, 1)  # with its predictor and saliency
+        if not self.audio:
+            return visual
+        audio = branch + linear(self.audio_feature_dim, d) + span + linear(d, 1)
+        mix = 2 * 2 * d + (linear(2 * d, d) if self.audio_weight == "concat" else 0)  # two LayerNorms (and the map)
+        importance = 2 * d + linear(2 * d, 1) if self.audio_weight == "predicted" else 0
+        importance += 2 * d if self.audio_weight == "entropy" else 0  # the two attention pools
         local = 2 * sum(d * width + d for width in self.local_kernels) + 2 * linear(len(self.local_kernels) * d, d)
         slots = 2 * d + 3 * 2 * d + 3 * linear(d, d) + 2 * 3 * (d * d + d) + 2 * linear(d, d)
         event = 2 * slots + 2 * cross_attention
         global_ = 2 * d + 2 * linear(2 * d, d)
+        levels = {"local": local, "event": event, "global": global_}
 
         def gru(inputs: int, hidden: int, layers: int) -> int:  # bidirectional
             first = 3 * hidden * (inputs + hidden) + 6 * hidden
             later = 3 * hidden * (2 * hidden + hidden) + 6 * hidden
             return 2 * (first + (layers - 1) * later)
 
-        fusion = 3 * gru(2 * d, d // 2, self.fusion_gru_layers) + gru(3 * d, d, 1) + linear(2 * d, d)
-        span = steps * d + conv_encoder(self.predictor_conv_layers) + 2 * 2 * d + 2 * (linear(2 * d, d) + linear(d, 1))
-        return branches + importance + local + event + global_ + 3 * mix + fusion + 3 * span + 3 * linear(d, 1)
+        kept = len(self.granularities)
+        pairs = kept * (kept - 1) // 2
+        fusion = pairs * gru(2 * d, d // 2, self.fusion_gru_layers) + gru(max(pairs, 1) * d, d, 1) + linear(2 * d, d)
+        fused = sum(levels[level] + mix for level in self.granularities) + fusion + span + linear(d, 1)
+        return visual + audio + importance + fused
 
     def check_batch_size(self, batch_size: int, name: str) -> None:
         """UsageError (one line, before anything runs) for a batch this model cannot take: the official position

@@ -282,12 +282,47 @@ def _check_keys(state_dict: object, expected: list[str], layout: str) -> Mapping
     return state_dict
 
 
+# The modules of the authors' IMGNet that an ablation switch of IMGConfig removes (docs/model.md, "Ablations").
+# The authors released no ablated model, so how theirs would be laid out is unknown: the converter refuses one.
+ABLATED_MODULES = {
+    "PPmodule.": ("audio importance predictor", "a model without AIP (a fixed or Table 1 audio weight)"),
+    "local_audio_fusion.": ("local fusion level", "a granularity ablation"),
+    "event_audio_fusion.": ("event fusion level", "a granularity ablation"),
+    "global_audio_fusion.": ("global fusion level", "a granularity ablation"),
+    "audio_affine.": ("audio branch", "IMG w/o audio"),
+}
+
+
+def check_published_switches(config: IMGConfig, state_dict: Mapping[str, object] | None = None) -> None:
+    """CheckpointLayoutError (one line) for an ablated model: a config whose switches are not the published ones,
+    or an authors' state dict without a module a switch removes; the authors' layout has only the published
+    model."""
+    default = IMGConfig()
+    switched = [
+        f"{name} = {getattr(config, name)!r}"
+        for name in ("audio_weight", "granularities", "audio")
+        if getattr(config, name) != getattr(default, name)
+    ]
+    if switched:
+        raise CheckpointLayoutError(
+            f"an ablated model ({', '.join(switched)}) has no layout in the authors' code; only the published "
+            "IMGNet converts"
+        )
+    for prefix, (module, ablation) in ABLATED_MODULES.items() if state_dict is not None else ():
+        if not any(str(key).startswith(prefix) for key in state_dict):  # type: ignore[union-attr]
+            raise CheckpointLayoutError(
+                f"this checkpoint has no {module} ({prefix}* keys): {ablation}, a switch convert-official cannot "
+                "express (the authors released no ablated model); only the published IMGNet converts"
+            )
+
+
 def official_to_ours(state_dict: object, config: IMGConfig | None = None) -> dict[str, torch.Tensor]:
     """Rename and reshape the authors' state dict into one that `IMG(config).load_state_dict` accepts.
 
     Raises `CheckpointLayoutError` listing unknown and missing keys. With `positional_encoding="temporal"` the
     authors' batch-position tables are not expected (the temporal encoding is computed, not stored)."""
     config = config or IMGConfig()
+    check_published_switches(config)  # the modules an ablation removes: infer_config names them (one line)
     rules = mapping_table(config)
     expected = [rule.official for rule in rules]
     if config.positional_encoding == "temporal" and isinstance(state_dict, Mapping):
@@ -299,6 +334,7 @@ def official_to_ours(state_dict: object, config: IMGConfig | None = None) -> dic
 def ours_to_official(state_dict: object, config: IMGConfig | None = None) -> dict[str, torch.Tensor]:
     """The inverse of `official_to_ours`: a state dict the authors' code loads with `strict=True`."""
     config = config or IMGConfig()
+    check_published_switches(config)
     if config.positional_encoding != "official":
         raise CheckpointLayoutError("a model with positional_encoding='temporal' has no layout in the authors' code")
     rules = mapping_table(config)
@@ -373,7 +409,8 @@ def infer_config(official_state_dict: Mapping[str, torch.Tensor], **overrides: o
             f"the {' and '.join(missing)} of this checkpoint are not in its weights; put the authors' configs.json "
             "beside it (or pass --configs FILE), or give --slots N and --slot-iterations N"
         )
-    dim, video_dim, _ = shape("video_affine.linear.conv1d.weight")
+    dim, video_dim, _ = shape("video_affine.linear.conv1d.weight")  # first: is it an IMGNet at all?
+    check_published_switches(IMGConfig(), official_state_dict)
     fields: dict[str, object] = {
         "dim": dim,
         "video_feature_dim": video_dim,

@@ -38,15 +38,56 @@ class AudioImportancePredictor(nn.Module):
         return torch.sigmoid(self.classifier(pooled).float()).squeeze(1)
 
 
-class ImportanceWeightedSum(nn.Module):
-    """(1 − w)·LN(video) + w·LN(audio), with the audio weight w of shape (B, 1, 1)."""
+class SimilarityAudioWeight(nn.Module):
+    """Table 1's "cosine-Sim weight" (a reconstruction, docs/model.md): w = (1 + cos(mean(V̂), mean(Â))) / 2 over
+    the valid steps, per query: the more the text-guided audio agrees with the video, the more it counts. No
+    weights of its own."""
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = (mask / mask.sum(dim=1, keepdim=True).clamp(min=1)).unsqueeze(2)
+        pooled_video, pooled_audio = (video.float() * weights).sum(dim=1), (audio.float() * weights).sum(dim=1)
+        return (1 + F.cosine_similarity(pooled_video, pooled_audio, dim=1)) / 2
+
+
+class EntropyAudioWeight(nn.Module):
+    """Table 1's "attention-entropy weight" (a reconstruction, docs/model.md): each stream's attention pooling over
+    time has an entropy H, normalised by log(steps) to [0, 1]; the more focused stream counts more:
+    w = exp(−H_a) / (exp(−H_a) + exp(−H_v)) = sigmoid(H_v − H_a)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
+        self.audio_pool = WeightedPool(dim)
+        self.video_pool = WeightedPool(dim)
+
+    @staticmethod
+    def _entropy(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        steps = mask.sum(dim=1)
+        entropy = -(attention * torch.log(attention.clamp(min=1e-12)) * mask).sum(dim=1)
+        return torch.where(steps > 1, entropy / torch.log(steps.clamp(min=2)), torch.zeros_like(entropy))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.float()
+        audio_entropy = self._entropy(self.audio_pool.attention(audio, mask), mask)
+        video_entropy = self._entropy(self.video_pool.attention(video, mask), mask)
+        return torch.sigmoid(video_entropy - audio_entropy)
+
+
+class ImportanceWeightedSum(nn.Module):
+    """(1 − w)·LN(video) + w·LN(audio), with the audio weight w of shape (B, 1, 1); with no weight (None),
+    LN(video) + LN(audio) (Table 1's "add"); with `concat`, Linear([LN(video) ; LN(audio)]) (Table 1's "concat")."""
+
+    def __init__(self, dim: int, concat: bool = False) -> None:
+        super().__init__()
         self.video_norm = layer_norm(dim)
         self.audio_norm = layer_norm(dim)
+        if concat:
+            self.projection = nn.Linear(2 * dim, dim)
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor | None) -> torch.Tensor:
+        if hasattr(self, "projection"):
+            return self.projection(torch.cat([self.video_norm(video), self.audio_norm(audio)], dim=2))
+        if audio_weight is None:
+            return self.video_norm(video) + self.audio_norm(audio)
         return (1 - audio_weight) * self.video_norm(video) + audio_weight * self.audio_norm(audio)
 
 
@@ -66,14 +107,14 @@ class LocalFusion(nn.Module):
         self.video_convs = multi_width_convs()
         self.audio_projection = FeatureProjection(width, config.dim, config.drop_rate)
         self.video_projection = FeatureProjection(width, config.dim, config.drop_rate)
-        self.mix = ImportanceWeightedSum(config.dim)
+        self.mix = ImportanceWeightedSum(config.dim, config.audio_weight == "concat")
 
     @staticmethod
     def _local_features(x: torch.Tensor, convs: nn.ModuleList, projection: nn.Module) -> torch.Tensor:
         channels_first = x.transpose(1, 2)
         return projection(torch.cat([F.relu(conv(channels_first)) for conv in convs], dim=1).transpose(1, 2))
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, audio_weight: torch.Tensor | None) -> torch.Tensor:
         local_video = self._local_features(video, self.video_convs, self.video_projection)
         local_audio = self._local_features(audio, self.audio_convs, self.audio_projection)
         return self.mix(local_video, local_audio, audio_weight)
@@ -137,10 +178,10 @@ class EventFusion(nn.Module):
         self.video_slots = SlotAttention(config)
         self.audio_attention = CrossAttentionBlock(config.dim, config.num_heads, config.drop_rate)
         self.video_attention = CrossAttentionBlock(config.dim, config.num_heads, config.drop_rate)
-        self.mix = ImportanceWeightedSum(config.dim)
+        self.mix = ImportanceWeightedSum(config.dim, config.audio_weight == "concat")
 
     def forward(
-        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor
+        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor | None
     ) -> torch.Tensor:
         audio_slots = self.audio_slots(audio, mask)
         video_slots = self.video_slots(video, mask)
@@ -159,7 +200,7 @@ class GlobalFusion(nn.Module):
         self.video_pool = WeightedPool(config.dim)
         self.audio_projection = FeatureProjection(2 * config.dim, config.dim, config.drop_rate)
         self.video_projection = FeatureProjection(2 * config.dim, config.dim, config.drop_rate)
-        self.mix = ImportanceWeightedSum(config.dim)
+        self.mix = ImportanceWeightedSum(config.dim, config.audio_weight == "concat")
 
     @staticmethod
     def _with_summary(x: torch.Tensor, pool: WeightedPool, mask: torch.Tensor, projection: nn.Module) -> torch.Tensor:
@@ -167,7 +208,7 @@ class GlobalFusion(nn.Module):
         return projection(torch.cat([summary, x], dim=2))
 
     def forward(
-        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor
+        self, video: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor, audio_weight: torch.Tensor | None
     ) -> torch.Tensor:
         global_audio = self._with_summary(audio, self.audio_pool, mask, self.audio_projection)
         global_video = self._with_summary(video, self.video_pool, mask, self.video_projection)
@@ -175,20 +216,23 @@ class GlobalFusion(nn.Module):
 
 
 class MultiGranularityFusion(nn.Module):
-    """Bidirectional GRUs over each pair of granularities, a GRU over the three results, and a projection.
-    The GRUs run on packed sequences, so their outputs at padded steps are 0."""
+    """Bidirectional GRUs over each pair of granularities, a GRU over the pairs' results, and a projection.
+    The GRUs run on packed sequences, so their outputs at padded steps are 0.
+
+    With fewer granularities (`IMGConfig.granularities`, Tables 2 and 9) the same stack runs over the levels kept:
+    a pair GRU for each pair of kept levels, the combined GRU over their outputs; a single level goes into the
+    combined GRU directly (docs/model.md, "Ablations")."""
+
+    PAIRS = (("local", "event"), ("event", "global"), ("local", "global"))  # the authors' order (rnn1, rnn2, rnn3)
 
     def __init__(self, config: IMGConfig) -> None:
         super().__init__()
         dim = config.dim
-
-        def pair_gru() -> nn.GRU:
-            return nn.GRU(2 * dim, dim // 2, config.fusion_gru_layers, batch_first=True, bidirectional=True)
-
-        self.local_event_gru = pair_gru()
-        self.event_global_gru = pair_gru()
-        self.local_global_gru = pair_gru()
-        self.combined_gru = nn.GRU(3 * dim, dim, batch_first=True, bidirectional=True)
+        self.pairs = [pair for pair in self.PAIRS if set(pair) <= set(config.granularities)]
+        for first, second in self.pairs:
+            gru = nn.GRU(2 * dim, dim // 2, config.fusion_gru_layers, batch_first=True, bidirectional=True)
+            self.add_module(f"{first}_{second}_gru", gru)
+        self.combined_gru = nn.GRU(max(len(self.pairs), 1) * dim, dim, batch_first=True, bidirectional=True)
         self.projection = FeatureProjection(2 * dim, dim, config.drop_rate)
 
     @staticmethod
@@ -196,12 +240,11 @@ class MultiGranularityFusion(nn.Module):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
-    def forward(
-        self, local: torch.Tensor, event: torch.Tensor, global_: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, levels: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """`levels`: the fused features (B, Lv, d) of each kept granularity, by name."""
         lengths = mask.sum(dim=1).long().cpu()
-        local_event = self._run(self.local_event_gru, torch.cat([local, event], dim=2), lengths)
-        event_global = self._run(self.event_global_gru, torch.cat([event, global_], dim=2), lengths)
-        local_global = self._run(self.local_global_gru, torch.cat([local, global_], dim=2), lengths)
-        combined = self._run(self.combined_gru, torch.cat([local_event, event_global, local_global], dim=2), lengths)
-        return self.projection(combined)
+        stage = [
+            self._run(getattr(self, f"{a}_{b}_gru"), torch.cat([levels[a], levels[b]], dim=2), lengths)
+            for a, b in self.pairs
+        ] or list(levels.values())
+        return self.projection(self._run(self.combined_gru, torch.cat(stage, dim=2), lengths))

@@ -113,9 +113,12 @@ class WeightedPool(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim, 1))
         nn.init.xavier_uniform_(self.weight)
 
+    def attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pooling weights (B, L): a distribution over the valid steps."""
+        return torch.softmax(mask_logits((x @ self.weight).squeeze(-1), mask), dim=1)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        alpha = torch.softmax(mask_logits((x @ self.weight).squeeze(-1), mask), dim=1)  # (B, L)
-        return torch.einsum("bl,bld->bd", alpha.to(x.dtype), x)
+        return torch.einsum("bl,bld->bd", self.attention(x, mask).to(x.dtype), x)
 
 
 def multi_head_attention(

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from img_model.network.config import ObjectiveConfig
+from img_model.network.config import IMGConfig, ObjectiveConfig
 from img_model.network.model import IMGOutput
 
 _KEEP_EPS = 1e-6  # added to the number of kept samples before dividing, as the authors do
@@ -132,29 +132,48 @@ def pseudo_labels(
 
 
 def img_loss(
-    outputs: IMGOutput, labels: SpanLabels, config: ObjectiveConfig, kd_warm: float, scope: BatchScope | None = None
+    outputs: IMGOutput,
+    labels: SpanLabels,
+    config: ObjectiveConfig,
+    kd_warm: float,
+    scope: BatchScope | None = None,
+    model: IMGConfig | None = None,
 ) -> IMGLoss:
     """The full objective of one training step (§4.5), in the authors' order of operations. `kd_warm` is the
     distillation warm-up factor of the current epoch, `exp_up(epoch, config.distill_warmup_epochs)`; `scope`
-    the whole batch when these outputs are part of it (default: they are the batch).
+    the whole batch when these outputs are part of it (default: they are the batch); `model` the config of the
+    model that made the outputs (default: the published one).
 
     The pseudo-label gate `keep` also masks the audio-branch location, saliency and distillation terms (§7.7);
-    the audio saliency is still divided by B."""
-    scope = scope or BatchScope(outputs.aip_prob.shape[0])
-    with torch.autocast(outputs.aip_prob.device.type, enabled=False):
-        out = IMGOutput(*(tensor.float() for tensor in outputs))
-        av = (out.start_logits_av, out.end_logits_av)
-        loc_av = location_loss(*av, labels)
-        loc_v = location_loss(out.start_logits_v, out.end_logits_v, labels)
-        loc_a = location_loss(out.start_logits_a, out.end_logits_a, labels)
-        sal_v = saliency_loss(out.v_score, labels, config.saliency_margin, scope.size)
-        sal_a = saliency_loss(out.a_score, labels, config.saliency_margin, scope.size)
-        sal_av = saliency_loss(out.av_score, labels, config.saliency_margin, scope.size)
-        kd_a = distillation_loss((out.start_logits_a, out.end_logits_a), av, config.distill_temperature)
-        kd_v = distillation_loss((out.start_logits_v, out.end_logits_v), av, config.distill_temperature)
+    the audio saliency is still divided by B.
 
-        pl_label, keep = pseudo_labels(loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature)
-        bce = F.binary_cross_entropy(out.aip_prob, pl_label)
+    Ablated models (docs/model.md, "Ablations") have only the terms that exist for them: without the audio
+    importance predictor there is no pseudo-label, so no importance loss and no gate (every sample kept); without
+    audio the fused branch is the visual one, and only the visual location and saliency terms remain. The terms
+    that do not exist are 0."""
+    model = model or IMGConfig()
+    scope = scope or BatchScope(outputs.start_logits_v.shape[0])
+    with torch.autocast(outputs.start_logits_v.device.type, enabled=False):
+        out = IMGOutput(*(None if tensor is None else tensor.float() for tensor in outputs))
+        av = (out.start_logits_av, out.end_logits_av)
+        loc_v = location_loss(out.start_logits_v, out.end_logits_v, labels)
+        sal_v = saliency_loss(out.v_score, labels, config.saliency_margin, scope.size)
+        absent = torch.zeros_like(loc_v)
+        if model.audio:
+            loc_av = location_loss(*av, labels)
+            loc_a = location_loss(out.start_logits_a, out.end_logits_a, labels)  # type: ignore[arg-type]
+            sal_a = saliency_loss(out.a_score, labels, config.saliency_margin, scope.size)  # type: ignore[arg-type]
+            sal_av = saliency_loss(out.av_score, labels, config.saliency_margin, scope.size)
+            kd_a = distillation_loss((out.start_logits_a, out.end_logits_a), av, config.distill_temperature)  # type: ignore[arg-type]
+            kd_v = distillation_loss((out.start_logits_v, out.end_logits_v), av, config.distill_temperature)
+        else:
+            loc_av = loc_a = sal_a = sal_av = kd_a = kd_v = absent
+
+        if model.predicts_importance:
+            pl_label, keep = pseudo_labels(loc_v, loc_a, config.pseudo_label_threshold, config.pseudo_label_temperature)
+            bce = F.binary_cross_entropy(out.aip_prob, pl_label)  # type: ignore[arg-type]
+        else:
+            pl_label, keep, bce = absent, torch.ones_like(loc_v, dtype=torch.long), absent.sum()
         pl_loss = bce * (scope.weight * len(pl_label) / scope.size)  # the share of the mean, as BatchScope.mean
         kept = keep.float() * scope.weight
         n_keep = scope.sum_over_processes(kept.sum())

@@ -26,10 +26,12 @@ from torch import nn
 from img_model.network.config import IMGConfig
 from img_model.network.fusion import (
     AudioImportancePredictor,
+    EntropyAudioWeight,
     EventFusion,
     GlobalFusion,
     LocalFusion,
     MultiGranularityFusion,
+    SimilarityAudioWeight,
 )
 from img_model.network.layers import (
     ConvAttentionEncoder,
@@ -72,43 +74,72 @@ class SpanPredictor(nn.Module):
 
 class IMGOutput(NamedTuple):
     """Start / end logits (B, Lv) of the fused (av), visual (v) and audio (a) branches, with −1e30 added at padded
-    steps; raw saliency scores (B, Lv), unmasked and without sigmoid; the raw audio importance p (B,)."""
+    steps; raw saliency scores (B, Lv), unmasked and without sigmoid; the raw audio importance p (B,).
+
+    Ablated models (docs/model.md, "Ablations"): without audio (`audio = false`) the audio outputs are None and
+    the fused ones are the visual branch's; `aip_prob` is the AIP's p with the predicted weight, else the audio
+    weight the model itself gives each query (a fixed number, the similarity or entropy weight), and None where
+    its fusion has no scalar audio weight (add, concat) or there is no audio."""
 
     start_logits_av: torch.Tensor
     end_logits_av: torch.Tensor
     start_logits_v: torch.Tensor
     end_logits_v: torch.Tensor
-    start_logits_a: torch.Tensor
-    end_logits_a: torch.Tensor
+    start_logits_a: torch.Tensor | None
+    end_logits_a: torch.Tensor | None
     v_score: torch.Tensor
-    a_score: torch.Tensor
+    a_score: torch.Tensor | None
     av_score: torch.Tensor
-    aip_prob: torch.Tensor
+    aip_prob: torch.Tensor | None
 
 
 class IMG(nn.Module):
     """The IMG network (img_spec.md §3.2). Inputs: video (B, Lv, Dv) and audio (B, Lv, Da) features of equal
     length with their mask (B, Lv); the query as word_ids (B, Lq) + char_ids (B, Lq, Lc), or as precomputed
     query_features (B, Lq, Dt) when `config.query_features == "precomputed"`, with its mask (B, Lq).
-    `p_warm` blends the audio weight from 0.5 (p_warm = 0) to the predicted importance (p_warm = 1, evaluation)."""
+    `p_warm` blends the audio weight from 0.5 (p_warm = 0) to the predicted importance (p_warm = 1, evaluation).
+
+    The ablation switches of IMGConfig (audio_weight, granularities, audio) leave out the modules they remove;
+    with their defaults the model and its state dict are the published ones. `force_audio_weight(p)` fixes the
+    audio weight of the fusion at inference (img-eval --audio-weight, Table 17)."""
 
     def __init__(self, config: IMGConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or IMGConfig()
+        self.forced_audio_weight: float | None = None
         self.video_branch = TextGuidedEncoder(config, config.video_feature_dim)
-        self.audio_branch = TextGuidedEncoder(config, config.audio_feature_dim)
-        self.audio_importance = AudioImportancePredictor(config.dim)
-        self.local_fusion = LocalFusion(config)
-        self.event_fusion = EventFusion(config)
-        self.global_fusion = GlobalFusion(config)
-        self.multi_granularity_fusion = MultiGranularityFusion(config)
-        self.fused_span_predictor = SpanPredictor(config)
+        if config.audio:
+            self.audio_branch = TextGuidedEncoder(config, config.audio_feature_dim)
+            if config.audio_weight == "predicted":
+                self.audio_importance = AudioImportancePredictor(config.dim)
+            elif config.audio_weight == "similarity":
+                self.stream_audio_weight: nn.Module = SimilarityAudioWeight()
+            elif config.audio_weight == "entropy":
+                self.stream_audio_weight = EntropyAudioWeight(config.dim)
+            levels = {"local": LocalFusion, "event": EventFusion, "global": GlobalFusion}
+            for level in config.granularities:
+                self.add_module(f"{level}_fusion", levels[level](config))
+            self.multi_granularity_fusion = MultiGranularityFusion(config)
+            self.fused_span_predictor = SpanPredictor(config)
         self.video_span_predictor = SpanPredictor(config)
-        self.audio_span_predictor = SpanPredictor(config)
+        if config.audio:
+            self.audio_span_predictor = SpanPredictor(config)
         self.video_saliency = nn.Linear(config.dim, 1)
-        self.audio_saliency = nn.Linear(config.dim, 1)
-        self.fused_saliency = nn.Linear(config.dim, 1)
+        if config.audio:
+            self.audio_saliency = nn.Linear(config.dim, 1)
+            self.fused_saliency = nn.Linear(config.dim, 1)
         self._init_weights()
+
+    def force_audio_weight(self, weight: float | None) -> None:
+        """Fuse with this audio weight in [0, 1] instead of the model's own (None: the model's own again); the
+        output `aip_prob` still reports the model's own. ValueError for a model whose fusion has no audio weight."""
+        if weight is not None:
+            if not self.config.audio or self.config.audio_weight in ("add", "concat"):
+                what = "no audio" if not self.config.audio else f"audio_weight = {self.config.audio_weight!r}"
+                raise ValueError(f"this model's fusion has no audio weight to force ({what})")
+            if not 0.0 <= weight <= 1.0:
+                raise ValueError(f"the forced audio weight must be from 0 to 1, not {weight}")
+        self.forced_audio_weight = weight
 
     def _init_weights(self) -> None:
         """§3.3: xavier-uniform weights and zero biases for every linear map and convolution; the GRUs keep
@@ -134,14 +165,21 @@ class IMG(nn.Module):
         self._check_sizes(video_mask, query_mask)
         video_mask, query_mask = video_mask.float(), query_mask.float()
         video_text = self.video_branch(video, video_mask, query, query_mask)  # V̂
+        if not self.config.audio:  # "IMG w/o audio": the visual branch is the model's answer
+            start_v, end_v = self.video_span_predictor(video_text, video_mask)
+            v_score = self.video_saliency(video_text).squeeze(2).float()
+            return IMGOutput(start_v, end_v, start_v, end_v, None, None, v_score, None, v_score, None)
         audio_text = self.audio_branch(audio, video_mask, query, query_mask)  # Â
 
-        aip_prob = self.audio_importance(video_text, audio_text, video_mask)
-        audio_weight = (0.5 * (1 - p_warm) + p_warm * aip_prob).view(-1, 1, 1)
-        local = self.local_fusion(video_text, audio_text, audio_weight)
-        event = self.event_fusion(video_text, audio_text, video_mask, audio_weight)
-        global_ = self.global_fusion(video_text, audio_text, video_mask, audio_weight)
-        fused = self.multi_granularity_fusion(local, event, global_, video_mask)
+        aip_prob, audio_weight = self._audio_weight(video_text, audio_text, video_mask, p_warm)
+        levels = {}
+        if "local" in self.config.granularities:
+            levels["local"] = self.local_fusion(video_text, audio_text, audio_weight)
+        if "event" in self.config.granularities:
+            levels["event"] = self.event_fusion(video_text, audio_text, video_mask, audio_weight)
+        if "global" in self.config.granularities:
+            levels["global"] = self.global_fusion(video_text, audio_text, video_mask, audio_weight)
+        fused = self.multi_granularity_fusion(levels, video_mask)
 
         start_av, end_av = self.fused_span_predictor(fused, video_mask)
         start_v, end_v = self.video_span_predictor(video_text, video_mask)
@@ -158,6 +196,24 @@ class IMG(nn.Module):
             self.fused_saliency(fused).squeeze(2).float(),
             aip_prob,
         )
+
+    def _audio_weight(
+        self, video_text: torch.Tensor, audio_text: torch.Tensor, video_mask: torch.Tensor, p_warm: float
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(the model's own audio weight per query (B,) or None, the weight the fusion applies (B, 1, 1) or None)."""
+        mode = self.config.audio_weight
+        if mode in ("add", "concat"):
+            return None, None
+        if mode == "predicted":
+            aip_prob = self.audio_importance(video_text, audio_text, video_mask)
+            applied = 0.5 * (1 - p_warm) + p_warm * aip_prob
+        elif mode in ("similarity", "entropy"):
+            aip_prob = applied = self.stream_audio_weight(video_text, audio_text, video_mask)
+        else:
+            aip_prob = applied = video_mask.new_full(video_mask.shape[:1], float(mode), dtype=torch.float32)
+        if self.forced_audio_weight is not None:
+            applied = torch.full_like(aip_prob, self.forced_audio_weight)
+        return aip_prob, applied.view(-1, 1, 1)
 
     def _query_inputs(
         self, word_ids: torch.Tensor | None, char_ids: torch.Tensor | None, query_features: torch.Tensor | None

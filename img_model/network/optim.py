@@ -27,7 +27,8 @@ def decay_split(model: IMG) -> tuple[list[str], list[str]]:
     decayed, exempt = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decayed if authors_rule_decays(official[name]) else exempt).append(name)
+            # an ablation's own weights (docs/model.md, "Ablations") have no name in their code: the rule reads ours
+            (decayed if authors_rule_decays(official.get(name, name)) else exempt).append(name)
     return decayed, exempt
 
 

@@ -70,7 +70,7 @@ class QueryAnswer:
     score: float
     top: tuple[Span, ...]  # the top-k distinct spans, best first (the first is [start, end])
     branch: str  # "fused", or "visual" when no audio was used
-    audio_importance: float | None  # the predicted p; None when no audio was used
+    audio_importance: float | None  # the predicted p; None when no audio was used or the model has none
     unknown_words: tuple[str, ...] = ()  # words read as <UNK>
     tokens_dropped: int = 0  # tokens past the first max_pos_len, not read (as img-eval reads a query)
     start_probabilities: tuple[float, ...] = ()  # P_start per step of the video's grid
@@ -303,7 +303,7 @@ def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int
         score=predicted.score,
         top=top,
         branch=branch,
-        audio_importance=float(outputs.aip_prob[0].float()) if audio_used else None,
+        audio_importance=float(outputs.aip_prob[0].float()) if audio_used and outputs.aip_prob is not None else None,
         unknown_words=query.unknown_words,
         tokens_dropped=query.tokens_dropped,
         start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),

@@ -201,7 +201,13 @@ def build_section(section: str, values: Mapping[str, Any], where: str) -> Any:
         if not hasattr(defaults, name):
             raise UsageError(f"{where}: [{section}] has no setting {reprlib.repr(name)}")
         default = getattr(defaults, name)
-        if isinstance(default, tuple):
+        if section == "model" and name == "audio_weight":  # a mode's name or a number: IMGConfig checks which
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise UsageError(
+                    f"{where}: [model] audio_weight must be a number from 0 to 1 or a mode's name, not "
+                    f"{reprlib.repr(value)}"
+                )
+        elif isinstance(default, tuple):
             if not isinstance(value, list | tuple) or not all(isinstance(v, int | float | str) for v in value):
                 raise UsageError(f"{where}: [{section}] {name} must be a list of values, not {reprlib.repr(value)}")
             value = tuple(value)

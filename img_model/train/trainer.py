@@ -126,7 +126,8 @@ class Trainer:
         vocabulary = data.sources.texts.vocabulary
         if vocabulary is not None:
             with torch.no_grad():
-                for branch in (self.model.video_branch, self.model.audio_branch):
+                branches = ("video_branch", "audio_branch") if run.model.audio else ("video_branch",)
+                for branch in map(self.model.get_submodule, branches):
                     branch.query_embedding.words.glove_vectors.copy_(torch.from_numpy(vocabulary.vectors))
         self.model.to(self.device)
         self.batches = batches or EpochBatches(len(data.train), train.batch_size, train.seed, rank)
@@ -293,11 +294,11 @@ class Trainer:
         with self.precision.autocast(self.device), batch_rows(share.rows):
             outputs = self.forward_model(**batch.model_inputs(), p_warm=p_warm)
         # Non-finite outputs would make the importance BCE fail (or assert on a GPU): check them first.
-        output_sums = torch.stack([output.detach().float().sum() for output in outputs])
+        output_sums = torch.stack([output.detach().float().sum() for output in outputs if output is not None])
         if self.rank.sum((~torch.isfinite(output_sums)).any().float()).item():
             self._diverged("the model's outputs are not finite", batch.qids, share)
         scope = BatchScope(share.total, share.weight, self.rank.sum)
-        loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm, scope)
+        loss = img_loss(outputs, batch.labels(), self.run.objective, kd_warm, scope, self.run.model)
         names, values = zip(*loss_scalars(loss, scope).items(), strict=True)
         numbers = self.rank.sum(torch.stack([v.detach().float() for v in values])).tolist()
         scalars = dict(zip(names, numbers, strict=True))
