@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.made_once import made_once
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # img-extract's --backend default for the suite's subprocesses: torch, so that the many runs on throwaway weights do
@@ -67,13 +69,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised, tiny CLIP vision tower saved like a HF model folder (no download)."""
     from benchmarks.fixtures import random_clip
 
-    return random_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return made_once(tmp_path_factory, "tiny-clip", random_clip)
 
 
 @pytest.fixture(scope="session")
 def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --weights-dir holding the goldens' weights in the published files' names and layouts."""
-    return write_published_weights(tmp_path_factory.mktemp("weights"))
+    return made_once(tmp_path_factory, "weights", write_published_weights)
 
 
 def write_published_weights(folder: Path) -> Path:
@@ -108,7 +110,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, publishe
     """A checkpoint trained on CLIP + VGGish features of ffmpeg-made videos (tests/real_run.py), once per session."""
     from tests.real_run import make_real_run
 
-    return make_real_run(tmp_path_factory.mktemp("real-run"), tiny_clip, published_weights)
+    return made_once(tmp_path_factory, "real-run", lambda folder: make_real_run(folder, tiny_clip, published_weights))
 
 
 CHROMIUM_PACKAGE = "chromium-headless-shell"  # Debian's package; `playwright install` cannot download here
