@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.made_once import made_once
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # img-extract's --backend default for the suite's subprocesses: torch, so that the many runs on throwaway weights do
@@ -56,10 +58,16 @@ def _no_dataloader_sigchld_handler_between_tests() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests skipped for want of a GPU (reason NEEDS_CUDA) are marked `cuda`: benchmarks/gpu_check.sh runs them."""
+    """Tests skipped for want of a GPU (reason NEEDS_CUDA) are marked `cuda`: benchmarks/gpu_check.sh runs them.
+
+    The files with a `slow` test run first, the others after them (each in its own order): xdist's --dist
+    loadfile hands whole files out in this order, so the run ends on quick files and neither worker waits long
+    at the end for the other's last slow file."""
     for item in items:
         if any(mark.kwargs.get("reason") == NEEDS_CUDA for mark in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +75,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised, tiny CLIP vision tower saved like a HF model folder (no download)."""
     from benchmarks.fixtures import random_clip
 
-    return random_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return made_once(tmp_path_factory, "tiny-clip", random_clip)
 
 
 @pytest.fixture(scope="session")
 def published_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --weights-dir holding the goldens' weights in the published files' names and layouts."""
-    return write_published_weights(tmp_path_factory.mktemp("weights"))
+    return made_once(tmp_path_factory, "weights", write_published_weights)
 
 
 def write_published_weights(folder: Path) -> Path:
@@ -108,7 +116,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, publishe
     """A checkpoint trained on CLIP + VGGish features of ffmpeg-made videos (tests/real_run.py), once per session."""
     from tests.real_run import make_real_run
 
-    return make_real_run(tmp_path_factory.mktemp("real-run"), tiny_clip, published_weights)
+    return made_once(tmp_path_factory, "real-run", lambda folder: make_real_run(folder, tiny_clip, published_weights))
 
 
 CHROMIUM_PACKAGE = "chromium-headless-shell"  # Debian's package; `playwright install` cannot download here

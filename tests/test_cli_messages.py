@@ -48,6 +48,29 @@ def test_numbers_that_cannot_work_are_refused_at_parse_time(tmp_path: Path, opti
     assert not (tmp_path / "f.h5.parts").exists()
 
 
+PARSE_ONLY = """
+import sys
+from extract.cli.main import main
+code = 0
+try:
+    main(sys.argv[1:], prog_name="img-extract")
+except SystemExit as exit:
+    code = exit.code
+print(code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["run", "--help"], ["{videos}", "--out", "{videos}/f.h5", "--workers", "0"]]
+)
+def test_help_and_usage_errors_answer_without_loading_torch(tmp_path: Path, args: list[str]) -> None:
+    """Parsing img-extract's options needs no torch, whose import takes seconds: --help and a usage error answer
+    at once."""
+    command = [sys.executable, "-c", PARSE_ONLY, *(arg.format(videos=tmp_path) for arg in args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == ("0 False" if "--help" in args else "2 False"), result.stderr
+
+
 @pytest.mark.parametrize(
     ("command", "option", "value", "bounds"),
     [

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from img_model.data.synthetic import SyntheticDataset
-from tests.img_cli import run_img_train, tiny_dataset, train_args
+from tests.img_cli import run_img_train, train_args
+from tests.test_img_train import tiny_and_straight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,16 +118,14 @@ def run_on_a_filling_disk(
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
-    return tiny_dataset(tmp_path_factory.mktemp("tiny"))
+    return tiny_and_straight(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
-def straight(tiny: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run trained straight through on a disk with room (2 epochs of 2 steps, an evaluation per step)."""
-    run = tmp_path_factory.mktemp("straight") / "run"
-    result = run_img_train(*train_args(tiny, run))
-    assert result.returncode == 0, result.stderr
-    return run
+    result = tiny_and_straight(tmp_path_factory)[1]
+    return Path(result.args[result.args.index("--out") + 1])
 
 
 def files(run: Path) -> dict[str, bytes]:

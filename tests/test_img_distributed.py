@@ -18,7 +18,6 @@ import torch
 
 from extract.core.errors import UsageError
 from img_model.data.batch import Batch, Sample, collate
-from img_model.data.synthetic import SyntheticDataset
 from img_model.distributed import (
     BatchShare,
     batch_share,
@@ -33,7 +32,6 @@ from img_model.network.losses import BatchScope, img_loss
 from img_model.network.model import IMG
 from img_model.runtime import SINGLE_PROCESS, RankContext
 from tests.conftest import needs_cuda
-from tests.img_cli import tiny_dataset
 
 TINY_IMG = IMGConfig(
     dim=16,
@@ -284,15 +282,17 @@ def flat_metrics(path: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_and_resume_the_one_process_run(tmp_path: Path) -> None:
+def test_two_gloo_processes_train_and_resume_the_one_process_run(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """2 epochs of 2 steps, batch 8 (the last batch of each epoch has 7 queries: shares of 4 and 3), an
-    evaluation every step; the 2-process run stops after epoch 1 and resumes under torchrun."""
-    from tests.img_cli import run_img_train
+    evaluation every step; the 2-process run stops after epoch 1 and resumes under torchrun. The one-process
+    run is test_img_train's straight run of the same tiny dataset (made once per pytest run)."""
+    from tests.test_img_train import tiny_and_straight
 
-    data: SyntheticDataset = tiny_dataset(tmp_path / "data")
+    data, single = tiny_and_straight(tmp_path_factory)
+    one_run = Path(single.args[single.args.index("--out") + 1])
     args = [*data.cli_data_args(), "--config", data.folder / "tiny.toml", "--no-progress"]
-    single = run_img_train(*args, "--out", tmp_path / "one")
-    assert single.returncode == 0, single.stderr
     first = torchrun(2, *args, "--out", tmp_path / "two", "--stop-after", "1")
     assert first.returncode == 0, first.stderr
     assert "distributed: 2 processes (gloo)" in first.stderr and "img-train[rank 1]" not in first.stderr
@@ -300,7 +300,7 @@ def test_two_gloo_processes_train_and_resume_the_one_process_run(tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("test (best checkpoint") == 1  # rank 0 alone prints the summary
 
-    one, two = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("one", "two"))
+    one, two = (torch.load(run / "last.pt", weights_only=True) for run in (one_run, tmp_path / "two"))
     assert two["training"]["step"] == one["training"]["step"] == 4
     assert two["training"]["data"] == one["training"]["data"]  # the data fingerprint does not depend on processes
     for name, weights in one["state_dict"].items():
@@ -308,7 +308,7 @@ def test_two_gloo_processes_train_and_resume_the_one_process_run(tmp_path: Path)
         if weights.is_floating_point() and not INVARIANT.search(name):
             assert (other - weights).norm() <= 1e-5 * weights.norm(), name  # measured: at most 3e-6 after 4 steps
     one_metrics, two_metrics = (
-        flat_metrics(tmp_path / "one" / "metrics.jsonl"),
+        flat_metrics(one_run / "metrics.jsonl"),
         flat_metrics(tmp_path / "two" / "metrics.jsonl"),
     )
     assert len(one_metrics) == len(two_metrics) == 5

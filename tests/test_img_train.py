@@ -33,14 +33,29 @@ from img_model.train.config import DATA_DERIVED, TrainingRunConfig, read_toml, r
 from img_model.train.seeding import rng_state, set_rng_state
 from tests.golden import golden_tensors
 from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, start_img_train, tiny_dataset, train_args
+from tests.made_once import made_once
 from tests.test_img_golden import SMALL
 
 NOT_LEARNED = ("pe.pe", "pad_vec", "glove_vec")  # buffers in the authors' model or frozen (requires_grad False)
 
 
+def tiny_and_straight(factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, subprocess.CompletedProcess[str]]:
+    """The tiny dataset and its run trained straight through (2 epochs of 2 steps, last.pt after each): the run
+    every resumed one must equal. Made once per pytest run for this file and test_img_disk_full.py (neither
+    changes them: tests/made_once.py)."""
+
+    def make(folder: Path) -> tuple[SyntheticDataset, subprocess.CompletedProcess[str]]:
+        tiny = tiny_dataset(folder / "tiny")
+        result = run_img_train(*train_args(tiny, folder / "straight"))
+        assert result.returncode == 0, result.stderr
+        return tiny, result
+
+    return made_once(factory, "tiny-straight-run", make)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
-    return tiny_dataset(tmp_path_factory.mktemp("tiny"))
+    return tiny_and_straight(tmp_path_factory)[0]
 
 
 # --- configuration --------------------------------------------------------------------------------------------
@@ -211,13 +226,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
-    """The tiny run trained straight through (2 epochs of 2 steps, last.pt after each), once per module: the run
-    every resumed one must equal (its folder: `_straight_dir`)."""
-    folder = tmp_path_factory.mktemp("straight") / "straight"
-    result = run_img_train(*train_args(tiny, folder))
-    assert result.returncode == 0, result.stderr
-    return result
+def straight(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """tiny_and_straight's run (its folder: `_straight_dir`)."""
+    return tiny_and_straight(tmp_path_factory)[1]
 
 
 def _straight_dir(straight: subprocess.CompletedProcess[str]) -> Path:

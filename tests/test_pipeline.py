@@ -23,7 +23,7 @@ from pipelines.pipeline_stages import ExtractStage
 from pipelines.recipes import RECIPES
 from tests.conftest import run_cli
 from tests.img_cli import TINY_CONFIG
-from tests.test_text_glove import glove_6b_subset
+from tests.test_text_glove import shared_glove_6b
 from tests.videos import make_video
 
 SENTENCES = (
@@ -109,7 +109,7 @@ def _pipeline_args(data: Path, work: Path, tiny_clip: Path, weights: Path, glove
 def test_a_custom_recipe_runs_end_to_end_then_a_second_run_skips_every_stage(
     my_dataset: Path, tiny_clip: Path, published_weights: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    glove = glove_6b_subset(tmp_path_factory.getbasetemp())[0]
+    glove = shared_glove_6b(tmp_path_factory)[0]
     work = tmp_path_factory.mktemp("run") / "work"
     args = _pipeline_args(my_dataset, work, tiny_clip, published_weights, glove)
 

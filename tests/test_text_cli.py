@@ -13,7 +13,7 @@ from extract.cli.text import text_command
 from extract.store import StoreWriter, Track, VideoRecord
 from extract.text.store import TextStore
 from tests.test_text_encoders import minilm_dir, save_tiny_clip_text
-from tests.test_text_glove import glove_6b_subset
+from tests.test_text_glove import shared_glove_6b
 from tests.testdata import annotations_dir
 
 DATA = annotations_dir()
@@ -26,7 +26,7 @@ def _text(*args: str | Path) -> Result:
 
 @pytest.fixture(scope="module")
 def glove_6b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return glove_6b_subset(tmp_path_factory.getbasetemp())[0]
+    return shared_glove_6b(tmp_path_factory)[0]
 
 
 @pytest.fixture

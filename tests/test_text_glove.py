@@ -12,6 +12,7 @@ from extract.core.errors import MissingWeightsError
 from extract.text import glove
 from extract.text.glove import GloveFormatError, open_glove
 from extract.text.vocabulary import build_vocabulary
+from tests.made_once import made_once
 from tests.test_text_tokenize import vocabulary_tokens
 
 DIM = 300
@@ -89,9 +90,14 @@ def glove_6b_subset(folder: Path) -> tuple[Path, list[str], np.ndarray]:
     return path, subset, matrix
 
 
+def shared_glove_6b(factory: pytest.TempPathFactory) -> tuple[Path, list[str], np.ndarray]:
+    """glove_6b_subset, written once per pytest run for every test file that reads it (tests/made_once.py)."""
+    return made_once(factory, "glove-6b", glove_6b_subset)
+
+
 @pytest.fixture(scope="session")
 def glove_6b(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], np.ndarray]:
-    return glove_6b_subset(tmp_path_factory.getbasetemp())
+    return shared_glove_6b(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from extract.text.tokenize import tokenize
 from img_model.data.synthetic import SyntheticDataset
 from tests.conftest import run_cli
 from tests.img_cli import run_img_eval, tiny_dataset, train_tiny_checkpoint
-from tests.test_text_glove import glove_6b_subset
+from tests.test_text_glove import shared_glove_6b
 
 # Sentences the synthetic vocabulary has never seen, mixed with words it has.
 NEW_SENTENCES = ("a dog knocks on the sofa", "the zebra juggles a phone", "someone shouts twice loudly")
@@ -41,7 +41,7 @@ def write_new_queries(data: SyntheticDataset, path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def glove_6b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return glove_6b_subset(tmp_path_factory.getbasetemp())[0]
+    return shared_glove_6b(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")

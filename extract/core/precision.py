@@ -17,11 +17,13 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from extract.core import cpu
 from extract.core.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -30,7 +32,9 @@ RULE = (
     "bf16 runs on a GPU or a CPU with bf16 instructions, fp16 on CUDA only; one a device cannot run is refused "
     "when asked for and falls back to fp32 when it comes from a checkpoint's run; the precision that ran is recorded."
 )
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch is imported where a precision is used, not with this module: every CLI reads NAMES and RULE to parse its
+# options, and a usage error or --help must not wait seconds for torch to load.
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class Precision:
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES[self.name]
+        import torch
+
+        return getattr(torch, _DTYPES[self.name])
 
     def runs_on(self, device: torch.device) -> bool:
         if self.name == "fp32" or device.type == "cuda":
@@ -88,11 +94,15 @@ class Precision:
         if self.effective(device).name == "fp32":
             yield
             return
+        import torch
+
         with torch.autocast(device.type, dtype=self.dtype):
             yield
 
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
         """The gradient scaler of a training run: active for fp16 only."""
+        import torch
+
         return torch.amp.GradScaler(device.type, enabled=self.effective(device).name == "fp16")
 
 
