@@ -36,7 +36,8 @@ from bench_img import make_batch, training_step  # beside this script
 from torch.utils.data import DataLoader
 
 from img_model.data.batch import collate
-from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.config import DataConfig
+from img_model.data.dataset import DataSources
 from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, write_audio_matters
 from img_model.train.batches import EpochBatches
 

@@ -40,7 +40,8 @@ from extract.core.files import write_atomically
 from extract.text.tokenize import DEFAULT_TOKENIZER, tokenizer_recipe
 from extract.text.vocabulary import Vocabulary
 from extract.text.vocabulary_source import VocabularySource
-from img_model.data.dataset import DataConfig, HeldOut
+from img_model.data.config import DataConfig
+from img_model.data.dataset import HeldOut
 from img_model.network.config import IMGConfig
 from img_model.network.convert import CheckpointLayoutError, load_into, read_state_file
 from img_model.network.model import IMG

@@ -26,7 +26,7 @@ from extract.core.console import EXIT_INTERRUPTED, EXIT_TERMINATED, is_sigterm, 
 from extract.core.errors import ImgVmrError, UsageError
 from extract.core.files import write_atomically
 from img_model.train.config import sections_toml
-from img_model.train.trainer import REFIT_FOLDER
+from img_model.train.run_log import REFIT_FOLDER
 from pipelines.experiment import Cell, Experiment
 from pipelines.pipeline_stages import Command, run_finished
 

@@ -252,7 +252,7 @@ def check_training_config(plan: PipelinePlan, store: Path, text: Path) -> None:
     """Resolve the training configuration now (a bad --config is refused before hours of extraction) and refuse
     a run folder trained, or being trained, with another one."""
     from extract.core.provenance import compare_recipes
-    from img_model.data.dataset import data_overrides
+    from img_model.data.config import data_overrides
     from img_model.train.config import resolve
 
     options, recipe = plan.options, plan.recipe

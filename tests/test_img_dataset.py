@@ -17,7 +17,8 @@ from extract.core.errors import ProvenanceMismatchError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from extract.text.store import TextBatch, TextStoreWriter
 from img_model.data.batch import Sample, collate, saliency_samples, sample_rng
-from img_model.data.dataset import DataConfig, DataError, DataSources, MomentDataset, carve_validation
+from img_model.data.config import DataConfig
+from img_model.data.dataset import DataError, DataSources, MomentDataset, carve_validation
 from img_model.data.feature_stores import FeatureStores
 from img_model.data.synthetic import (
     AUDIO_FEATURE,

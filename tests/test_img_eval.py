@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import read_checkpoint
-from img_model.cli.evaluate import CONVERTED_NOTE
 from img_model.cli.train import main as img_train
-from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.config import DataConfig
+from img_model.data.dataset import DataSources
 from img_model.data.synthetic import SyntheticDataset, write_audio_matters
+from img_model.evaluate.evaluation import CONVERTED_NOTE
 from img_model.evaluate.evaluator import BRANCHES, IMPORTANCE_EDGES, Evaluator
 from img_model.network.metrics import retrieval_metrics
 from img_model.train.config import from_dict

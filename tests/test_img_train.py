@@ -392,7 +392,8 @@ def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_chec
     assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
     good = _state(run / "last.pt")
     # A train video's features become NaN (a new part supersedes its track): the next epoch meets it.
-    from img_model.data.dataset import DataConfig, DataSources
+    from img_model.data.config import DataConfig
+    from img_model.data.dataset import DataSources
 
     sources = DataSources(
         DataConfig(str(tiny.annotations), (str(tiny.features),), tiny.visual, tiny.audio, str(tiny.text))

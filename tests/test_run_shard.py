@@ -29,7 +29,8 @@ from extract.store import FeatureStore, StoreWriter, VideoRecord, list_parts, pa
 from extract.store.merge import merge_stores
 from extract.store.parts import next_part_name
 from extract.store.shards import SHARD_RECORD, ShardRecord, read_shard_record, write_shard_record
-from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.config import DataConfig
+from img_model.data.dataset import DataSources
 from img_model.data.feature_stores import FeatureStores
 from img_model.data.synthetic import SyntheticSpec, write_audio_matters
 from tests.conftest import run_cli

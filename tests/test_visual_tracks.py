@@ -12,7 +12,8 @@ import pytest
 from extract.core.errors import UsageError
 from extract.store import FeatureStore, StoreWriter, Track, VideoRecord
 from img_model.data.alignment import align, img_resample
-from img_model.data.dataset import DataConfig, DataSources
+from img_model.data.config import DataConfig
+from img_model.data.dataset import DataSources
 from img_model.data.synthetic import SyntheticSpec, write_audio_matters
 from img_model.data.visual_tracks import combination_mismatch, combined_recipe, visual_track_names
 

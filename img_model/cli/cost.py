@@ -12,7 +12,6 @@ import click
 from extract.core.console import fail, setup_logging
 from extract.core.errors import ImgVmrError
 from img_model.network.config import ACTIVITYNET, CHARADES_CLIP_SF, IMGConfig
-from img_model.network.convert import CheckpointLayoutError
 from img_model.network.cost import QUERY_WORDS, VIDEO_STEPS, cost_table, model_cost
 
 PRESETS = {"charades": IMGConfig(), "activitynet": ACTIVITYNET, "clip-sf": CHARADES_CLIP_SF}
@@ -77,7 +76,7 @@ def cost_command(
             return
     if checkpoint is not None:
         from img_model.checkpoint import read_checkpoint
-        from img_model.network.convert import load_into
+        from img_model.network.convert import CheckpointLayoutError, load_into
         from img_model.network.model import IMG
 
         try:

@@ -18,9 +18,6 @@ from extract.core.options import BoundedNumber
 from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
 from img_model.data.audio_perturbation import MAX_NOISE_SEED, MAX_NOISE_STD, AudioPerturbation
 from img_model.evaluate.breakdowns import MAX_RATIO_BINS, RATIO_BINS
-from img_model.evaluate.evaluation import CONVERTED_NOTE
-from img_model.evaluate.robustness import perturbation_line
-from img_model.network.convert import CheckpointLayoutError
 from img_model.network.metrics import NMS_THRESHOLD
 from img_model.train.config import MAX_BATCH, MAX_SEED
 
@@ -212,6 +209,7 @@ def main(
         write_evaluation_report,
         write_predictions,
     )
+    from img_model.network.convert import CheckpointLayoutError
 
     setup_logging(PROGRAM, verbose)
     if videos is not None and report is None:
@@ -267,6 +265,7 @@ def main(
 
 def _sweep(request: Any, sweep_text: str, compare: list[Path], out: Path | None, as_json: bool) -> None:
     from img_model.evaluate.sweep import parse_sweep, run_sweep, sweep_markdown, write_sweep
+    from img_model.network.convert import CheckpointLayoutError
 
     try:
         sweep = parse_sweep(sweep_text)
@@ -289,6 +288,9 @@ def _sweep(request: Any, sweep_text: str, compare: list[Path], out: Path | None,
 
 
 def _tables(report: Any) -> str:
+    from img_model.evaluate.evaluation import CONVERTED_NOTE
+    from img_model.evaluate.robustness import perturbation_line
+
     context = report.context
     lines = [report.table()]
     if context.get("checkpoint_source") == "convert-official":

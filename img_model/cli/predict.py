@@ -21,7 +21,6 @@ from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, se
 from extract.core.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
 from extract.core.options import precision_option
 from img_model.cli.options import write_failed
-from img_model.network.convert import CheckpointLayoutError
 from img_model.train.config import MAX_THREADS
 
 log = logging.getLogger("img_vmr.img_model.cli.predict")  # by name: `python -m` runs it as __main__
@@ -143,6 +142,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _one_line_errors(work: Callable[[], None]) -> None:
+    from img_model.network.convert import CheckpointLayoutError
+
     try:
         work()
     except VideoDecodeError as error:

@@ -23,7 +23,6 @@ from extract.core.console import (
 from extract.core.errors import ImgVmrError, OutputWriteError
 from img_model.cli.cost import cost_command
 from img_model.cli.options import data_options, dataset_table, log_thread_failures, runtime_options, write_failed
-from img_model.network.convert import CheckpointLayoutError
 from img_model.train.config import MAX_BATCH, MAX_EPOCHS, MAX_EVALS_PER_EPOCH, MAX_SEED
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -183,6 +182,7 @@ def train_command(
       img-train --resume runs/charades --device cuda
     """
     from img_model.distributed import launched_rank, stop_process_group
+    from img_model.network.convert import CheckpointLayoutError
     from img_model.train.session import TrainingRequest, train
     from img_model.train.trainer import TrainingDivergedError
 
@@ -266,6 +266,7 @@ def convert_official(
     checkpoint without either is refused rather than assumed 3/3. The vocabulary comes from --text.
     """
     from img_model.checkpoint import convert_official_checkpoint
+    from img_model.network.convert import CheckpointLayoutError
 
     setup_logging(PROGRAM)
     try:

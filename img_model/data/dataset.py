@@ -34,13 +34,14 @@ from tqdm import tqdm
 from extract.core.errors import ImgVmrError, UsageError
 from extract.store import video_durations
 from extract.store.interop import UNKNOWN
-from img_model.data.alignment import ALIGNMENT_RULES, AlignmentRule, aligned_length, aligned_tracks
+from img_model.data.alignment import aligned_length, aligned_tracks
 from img_model.data.audio_perturbation import AudioPerturbation
 from img_model.data.batch import Sample, saliency_samples, sample_rng
+from img_model.data.config import DataConfig
 from img_model.data.coverage import Coverage
 from img_model.data.feature_stores import FeatureStores
 from img_model.data.text_store import QueryTexts
-from img_model.data.visual_tracks import combined_recipe, visual_track_names
+from img_model.data.visual_tracks import combined_recipe
 from img_model.network.decoding import time_to_index
 from manifests.records import QueryRecord
 
@@ -51,56 +52,9 @@ class DataError(ImgVmrError):
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
-MissingAudio = Literal["drop", "zeros"]
 Role = Literal["train", "eval"]
 HELD_OUT_SPLIT = "train-val"  # the validation split carved from the training videos (see carve_validation)
 OWN_VALIDATION_SPLIT = "val"  # a custom JSONL's own validation split: selection uses it when present
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where a dataset's parts are and how they are put together. Paths are strings so the config round-trips
-    through TOML; `features` lists one or more feature stores read as one (shards)."""
-
-    dataset: str = ""  # a dataset name of manifests/ (charades-sta, charades-am, activitynet) or a custom .jsonl
-    features: tuple[str, ...] = ()
-    visual: str = ""  # a feature name, or several joined by ',' read as one (img_model/data/visual_tracks.py)
-    audio: str = ""
-    text: str = ""
-    data_dir: str = ""  # annotation files (empty: $IMG_DATA_DIR or the cache)
-    align: AlignmentRule = "img"
-    missing_audio: MissingAudio = "drop"
-    strict: bool = False
-    cache_features: bool = False
-
-    def __post_init__(self) -> None:
-        if self.align not in ALIGNMENT_RULES:
-            raise UsageError(f"align must be one of {', '.join(ALIGNMENT_RULES)}, not {self.align!r}")
-        if self.missing_audio not in ("drop", "zeros"):
-            raise UsageError(f"missing_audio must be 'drop' or 'zeros', not {self.missing_audio!r}")
-        if not all(isinstance(store, str) and store for store in self.features):
-            raise UsageError(f"features must be a list of feature store paths, not {list(self.features)!r}")
-        if self.visual:
-            visual_track_names(self.visual)
-
-    @property
-    def visual_tracks(self) -> tuple[str, ...]:
-        """The visual feature tracks read as one, in the order named (the first is the step grid)."""
-        return visual_track_names(self.visual)
-
-
-def data_overrides(**values: Any) -> dict[str, Any]:
-    """The data options that were given, as DataConfig fields (absolute paths as strings, stores as a tuple)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None or value == ():
-            continue
-        if name == "features":  # absolute, so that the run's config works from any folder (img-eval, --resume)
-            value = tuple(str(Path(p).absolute()) for p in value)
-        elif isinstance(value, Path) or (name == "dataset" and value.endswith(".jsonl")):
-            value = str(Path(value).absolute())
-        out[name] = value
-    return out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from extract.core.files import write_atomically
 from extract.core.precision import Precision
 from img_model.checkpoint import read_checkpoint
 from img_model.data.audio_perturbation import AudioPerturbation
-from img_model.data.dataset import DataSources, data_overrides
+from img_model.data.config import data_overrides
+from img_model.data.dataset import DataSources
 from img_model.evaluate.breakdowns import RATIO_BINS
 from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
 from img_model.evaluate.robustness import perturbation_line, perturbation_summary

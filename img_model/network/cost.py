@@ -13,13 +13,14 @@ also leaves out.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from typing import TYPE_CHECKING, Any
 
 from img_model.network.config import IMGConfig
-from img_model.network.model import IMG
+
+if TYPE_CHECKING:
+    import torch
+
+    from img_model.network.model import IMG
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "AIP": ("audio_importance",),
@@ -28,10 +29,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
 VIDEO_STEPS = 128  # a Charades-STA video pooled to max_pos_len rows
 QUERY_WORDS = 10  # Charades-STA queries have 6.2 words on average and at most 11 (img-extract datasets stats)
 CHARS_PER_WORD = 8
+# torch and the model are imported where a cost is counted, not with this module: img-train parses its cost
+# options (VIDEO_STEPS, QUERY_WORDS) from here, and a usage error or --help must not wait seconds for torch to load.
 
 
 def example_inputs(config: IMGConfig, video_steps: int, query_words: int) -> dict[str, torch.Tensor]:
     """One query of these sizes (random features, word id 1 and character id 1 everywhere)."""
+    import torch
+
     inputs: dict[str, Any] = {
         "video": torch.randn(1, video_steps, config.video_feature_dim),
         "audio": torch.randn(1, video_steps, config.audio_feature_dim),
@@ -51,6 +56,10 @@ def model_cost(
 ) -> dict[str, Any]:
     """{"modules": {name: {"parameters", "trainable", "flops"}}, "groups": {...}, "total": {...}, "inputs": {...}}
     for the top-level modules of IMG (with `model`'s weights when given; the counts do not depend on them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from img_model.network.model import IMG
+
     model = model if model is not None else IMG(config)
     model.eval()
     with FlopCounterMode(display=False) as counter:  # with autograd on: its module tracker needs grad_fns

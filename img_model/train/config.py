@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from extract.core.errors import UsageError
 from extract.core.precision import Precision
-from img_model.data.dataset import DataConfig
+from img_model.data.config import DataConfig
 from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig, check_number, check_whole_number
 
 SelectOn = Literal["val", "test"]

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
+REFIT_FOLDER = "refit"  # RUN/refit/: the refit run of a run with train.refit (img_model/train/session.py)
+
 
 def metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """metrics.jsonl's lines with their entries; a line torn by a kill while it was written is left out (it is

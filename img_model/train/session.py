@@ -20,14 +20,15 @@ from extract.core.console import attach_log_file
 from extract.core.errors import ImgVmrError, UsageError
 from extract.core.provenance import compare_recipes
 from img_model.checkpoint import DAMAGED, Checkpoint, CheckpointMismatchError, read_checkpoint
-from img_model.data.dataset import DataSources, data_overrides
+from img_model.data.config import data_overrides
+from img_model.data.dataset import DataSources
 from img_model.distributed import start_process_group
 from img_model.network.convert import CheckpointLayoutError
 from img_model.runtime import RankContext
 from img_model.train.config import TrainingRunConfig, from_dict, resolve
 from img_model.train.run_data import model_inputs, prepare_data
-from img_model.train.run_log import finished_summary
-from img_model.train.trainer import REFIT_FOLDER, Trainer
+from img_model.train.run_log import REFIT_FOLDER, finished_summary
+from img_model.train.trainer import Trainer
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 

@@ -84,7 +84,6 @@ class TrainingDivergedError(ImgVmrError):
 log = logging.getLogger(f"img_vmr.{__name__}")
 
 SELECTION_BRANCH, SELECTION_METRIC = "fused", "R1@0.7"
-REFIT_FOLDER = "refit"  # RUN/refit/: the refit run of a run with train.refit (img_model/train/session.py)
 BATCH_QIDS_LISTED = 16  # a batch of the paper's size is named whole when training stops on it
 
 
