@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +299,12 @@ def _tables(report: Any) -> str:
     elif context.get("select_on") == "test":
         lines.append("note: this checkpoint was selected on the test split (the paper's protocol, §7.15)")
     lines.append(
-        f"mean audio importance {report.mean_importance:.3f}; slot noise {context['slot_noise']}"
+        (
+            "mean audio importance n/a (none predicted)"
+            if math.isnan(report.mean_importance)
+            else f"mean audio importance {report.mean_importance:.3f}"
+        )
+        + f"; slot noise {context['slot_noise']}"
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
         + (", audio dropped" if context["drop_audio"] else "")
         + (f", audio weight forced to {context['audio_weight']:g}" if context.get("audio_weight") is not None else "")
