@@ -119,6 +119,16 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, publishe
     return made_once(tmp_path_factory, "real-run", lambda folder: make_real_run(folder, tiny_clip, published_weights))
 
 
+@pytest.fixture(scope="session")
+def learning_check(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The learning check's model trained on the synthetic audio-matters data and evaluated on its test split
+    through img-train and img-eval (tests/img_cli.py: LearningCheck), once per session for every file that reads it;
+    a test that would write into its folders copies them first."""
+    from tests.img_cli import train_learning_check
+
+    return made_once(tmp_path_factory, "learning-check", train_learning_check)
+
+
 CHROMIUM_PACKAGE = "chromium-headless-shell"  # Debian's package; `playwright install` cannot download here
 CHROMIUM_FLAGS = [
     "--no-sandbox",

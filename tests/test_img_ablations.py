@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from extract.core.errors import UsageError
 from img_model.checkpoint import read_checkpoint
 from img_model.cli.train import main as train_main
-from img_model.data.synthetic import LEARNING_CHECK_CONFIG, SyntheticDataset, write_audio_matters
+from img_model.data.synthetic import LEARNING_CHECK_CONFIG, SyntheticDataset
 from img_model.network.config import IMGConfig, ObjectiveConfig
 from img_model.network.convert import CheckpointLayoutError, ours_to_official
 from img_model.network.losses import SpanLabels, img_loss
 from img_model.network.model import IMG
 from img_model.train.config import resolve
 from tests.golden import golden_tensors
-from tests.img_cli import TINY_CONFIG, run_img_eval, run_img_train, tiny_dataset, train_args
+from tests.img_cli import TINY_CONFIG, LearningCheck, run_img_eval, run_img_train, tiny_dataset, train_args
 
 # TOML lines added to [model], and what the checkpoint must record.
 SWITCHES = {
@@ -305,14 +305,14 @@ def importance_by_family(rows: list[dict], data: SyntheticDataset) -> dict[str, 
 
 
 class LearningRuns:
-    """The learning check's data and model, trained as published, with a fixed audio weight 0.5 ("w/o AIP") and
-    without audio; the test-split predictions of img-eval for each (and for the published one with
-    --audio-weight 0), by name."""
+    """The learning check's data and model: trained as published (conftest.py's learning_check, shared with the
+    files that read it), with a fixed audio weight 0.5 ("w/o AIP") and without audio (trained here, into folder);
+    the test-split predictions of img-eval for each (and for the published one with --audio-weight 0), by name."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, published: LearningCheck) -> None:
         self.folder = folder
-        self.data = write_audio_matters(folder / "data")
-        self.rows: dict[str, list[dict]] = {}
+        self.data = published.data
+        self.rows: dict[str, list[dict]] = {"published": published.rows()}
         self.reports: dict[str, dict] = {}
 
     def train(self, name: str, model_lines: str, *extra: str) -> Path:
@@ -332,11 +332,9 @@ class LearningRuns:
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory: pytest.TempPathFactory) -> LearningRuns:
-    runs = LearningRuns(tmp_path_factory.mktemp("learning"))
-    published = runs.train("published", "")
-    runs.evaluate("published", published)
-    runs.reports["forced-0"] = runs.evaluate("forced-0", published, "--audio-weight", "0")
+def learned(tmp_path_factory: pytest.TempPathFactory, learning_check: LearningCheck) -> LearningRuns:
+    runs = LearningRuns(tmp_path_factory.mktemp("learning"), learning_check)
+    runs.reports["forced-0"] = runs.evaluate("forced-0", learning_check.checkpoint, "--audio-weight", "0")
     runs.evaluate("fixed-0.5", runs.train("fixed-0.5", "audio_weight = 0.5"))
     no_audio = runs.train("no-audio", "audio = false")
     runs.reports["no-audio"] = runs.evaluate("no-audio", no_audio, "--report", runs.folder / "no-audio.html")

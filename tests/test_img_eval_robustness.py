@@ -12,25 +12,12 @@ import numpy as np
 import pytest
 
 from img_model.data.audio_perturbation import AudioPerturbation, chosen_queries
-from img_model.data.synthetic import LEARNING_CHECK_CONFIG, SENTENCES, SyntheticDataset, write_audio_matters
+from img_model.data.synthetic import SENTENCES
 from img_model.evaluate.breakdowns import equal_count_bins, length_bucket_masks
 from img_model.evaluate.evaluator import BranchPrediction, QueryPrediction, length_breakdown, ratio_breakdown
-from tests.img_cli import run_img_eval, run_img_train
+from tests.img_cli import LearningCheck, run_img_eval
 
 FAMILY_OF = {sentence: family for family, sentences in SENTENCES.items() for sentence in sentences}
-
-
-@pytest.fixture(scope="module")
-def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path]:
-    """The learning check's small IMG trained through img-train on the synthetic audio-matters data (about 30 s
-    on one core): its audio importance is high on audio-marked queries, so perturbing their audio shows."""
-    folder = tmp_path_factory.mktemp("robust")
-    data = write_audio_matters(folder / "data")
-    config = folder / "small.toml"
-    config.write_text(LEARNING_CHECK_CONFIG)
-    trained = run_img_train(*data.cli_data_args(), "--config", config, "--out", folder / "run", "--no-progress")
-    assert trained.returncode == 0, trained.stderr
-    return data, folder / "run" / "best.pt"
 
 
 def _prediction(qid: str, truth: tuple[float, float], duration: float, iou: float = 1.0) -> QueryPrediction:
@@ -90,6 +77,8 @@ def test_chosen_queries_depend_on_seed_and_qids_only_and_grow_with_the_fraction(
 
 
 # --- through img-eval ----------------------------------------------------------------------------------------
+# on the learning check's model (conftest.py's learning_check): its audio importance is high on audio-marked
+# queries, so perturbing their audio shows
 
 
 def _family_importance(rows: list[dict]) -> dict[str, float]:
@@ -101,17 +90,16 @@ def _family_importance(rows: list[dict]) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_noise_on_every_query_lowers_the_importance_of_audio_marked_queries(
-    learned: tuple[SyntheticDataset, Path], tmp_path: Path
+    learning_check: LearningCheck, tmp_path: Path
 ) -> None:
-    _, checkpoint = learned
-    clean = run_img_eval(checkpoint, "--threads", "1", "--json", "--predictions", tmp_path / "clean.jsonl")
+    checkpoint = learning_check.checkpoint
     noisy = run_img_eval(
         checkpoint,
         *("--threads", "1", "--json", "--predictions", tmp_path / "noisy.jsonl"),
         *("--audio-noise-fraction", "1", "--audio-noise-std", "10", "--noise-seed", "0"),
     )
-    assert clean.returncode == 0 and noisy.returncode == 0, clean.stderr + noisy.stderr
-    before = _family_importance([json.loads(line) for line in (tmp_path / "clean.jsonl").read_text().splitlines()])
+    assert noisy.returncode == 0, noisy.stderr
+    before = _family_importance(learning_check.rows())  # img-eval's clean run: the same options without the noise
     after = _family_importance([json.loads(line) for line in (tmp_path / "noisy.jsonl").read_text().splitlines()])
     summary = json.loads(noisy.stdout)["audio_perturbation"]
     print("mean importance per family, clean", before, "noisy (std 10)", after, summary)  # for the report
@@ -123,9 +111,9 @@ def test_noise_on_every_query_lowers_the_importance_of_audio_marked_queries(
 
 @pytest.mark.slow
 def test_missing_audio_on_every_query_is_drop_audio_and_a_share_is_reported(
-    learned: tuple[SyntheticDataset, Path], tmp_path: Path
+    learning_check: LearningCheck, tmp_path: Path
 ) -> None:
-    _, checkpoint = learned
+    checkpoint = learning_check.checkpoint
     dropped = run_img_eval(checkpoint, "--threads", "1", "--json", "--drop-audio")
     missing = run_img_eval(checkpoint, "--threads", "1", "--json", "--audio-missing-fraction", "1")
     assert dropped.returncode == 0 and missing.returncode == 0, dropped.stderr + missing.stderr
@@ -148,10 +136,8 @@ def test_missing_audio_on_every_query_is_drop_audio_and_a_share_is_reported(
 
 
 @pytest.mark.slow
-def test_sweep_writes_one_table_and_one_plot_for_two_checkpoints(
-    learned: tuple[SyntheticDataset, Path], tmp_path: Path
-) -> None:
-    _, checkpoint = learned
+def test_sweep_writes_one_table_and_one_plot_for_two_checkpoints(learning_check: LearningCheck, tmp_path: Path) -> None:
+    checkpoint = learning_check.checkpoint
     twin = tmp_path / "twin" / "best.pt"
     twin.parent.mkdir()
     twin.write_bytes(checkpoint.read_bytes())

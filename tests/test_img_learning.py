@@ -4,14 +4,10 @@ alignment and the audio importance predictor end to end."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from img_model.data.synthetic import LEARNING_CHECK_CONFIG, write_audio_matters
-from tests.img_cli import run_img_eval, run_img_train
+from tests.img_cli import LearningCheck
 
 
 def hit_rate(rows: list[dict], branch: str) -> float:
@@ -19,16 +15,10 @@ def hit_rate(rows: list[dict], branch: str) -> float:
 
 
 @pytest.mark.slow
-def test_img_learns_from_audio_where_only_the_audio_shows_the_moment(tmp_path: Path) -> None:
-    data = write_audio_matters(tmp_path / "data")
-    config = tmp_path / "small.toml"
-    config.write_text(LEARNING_CHECK_CONFIG)
-    run = tmp_path / "run"
-    trained = run_img_train(*data.cli_data_args(), "--config", config, "--out", run, "--no-progress")
-    assert trained.returncode == 0, trained.stderr
-    evaluated = run_img_eval(run / "best.pt", "--predictions", tmp_path / "test.jsonl", "--threads", "1", "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    rows = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
+def test_img_learns_from_audio_where_only_the_audio_shows_the_moment(learning_check: LearningCheck) -> None:
+    # learning_check: LEARNING_CHECK_CONFIG trained by img-train on write_audio_matters' data, and the rows of
+    # `img-eval best.pt --predictions test.jsonl --threads 1 --json` (tests/img_cli.py, shared with other files)
+    data, rows = learning_check.data, learning_check.rows()
     families = {
         name: [row for row in rows if data.families[row["qid"]] == name] for name in ("audio", "visual", "both")
     }
