@@ -216,6 +216,10 @@ def test_each_switch_trains_is_recorded_and_img_eval_rebuilds_it(
         assert importance is None or np.isnan(importance)
     else:
         assert 0 <= importance <= 1
+    if switch == "add":  # the table says there is none, not "nan"
+        table = run_img_eval(tmp_path / "run" / "best.pt", "--threads", "1")
+        assert table.returncode == 0, table.stderr
+        assert "mean audio importance n/a (none predicted)" in table.stdout and " nan" not in table.stdout
     if switch == "concat":  # "add" alike (test_a_fusion_without_a_weight_has_none_to_force)
         forced = run_img_eval(tmp_path / "run" / "best.pt", "--audio-weight", "0", "--threads", "1")
         assert forced.returncode == 2 and "no audio weight to force" in forced.stderr
