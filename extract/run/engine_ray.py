@@ -258,6 +258,9 @@ class RayEngine:
         self.actors: list[Any] = []
         self.description: Description | None = None
         self.started = False
+        # This engine opened the process's connection (not a test or notebook that holds its own): close() ends
+        # it, so that nothing Ray forwards (raylet warnings) prints after the run's last line.
+        self.connected = False
         self.cpu_actors = 0  # model actors on CPUs: their compute is kept free of decode tasks (module doc)
         self.actor_asks: dict[str, float] = {}
         self.actors_ready_s = ACTORS_READY_S
@@ -265,7 +268,10 @@ class RayEngine:
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.description is not None:
             return self.description.provenance
+        ray_module = sys.modules.get("ray")  # not imported here: connect() sets what Ray reads at import first
+        held_before = ray_module is not None and ray_module.is_initialized()
         self.started = connect(self.config.ray_address)
+        self.connected = not held_before
         ray = import_ray()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
@@ -351,7 +357,7 @@ class RayEngine:
         _DriverLoop(self, items, writer, summary).run()
 
     def close(self) -> None:
-        if not self.actors and not self.started:
+        if not self.actors and not self.started and not self.connected:
             return
         ray = import_ray()
         for worker in self.actors:
@@ -360,9 +366,9 @@ class RayEngine:
             except Exception:
                 log.debug("killing a model actor failed", exc_info=True)
         self.actors, self.description = [], None
-        if self.started:
+        if self.started or self.connected:  # a cluster of our own stops with it; a joined one is only left
             ray.shutdown()
-            self.started = False
+            self.started = self.connected = False
 
 
 @dataclass
