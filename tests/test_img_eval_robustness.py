@@ -165,6 +165,8 @@ def test_sweep_writes_one_table_and_one_plot_for_two_checkpoints(learning_check:
     [
         (("--audio-noise-fraction", "nan"), "is not a finite number from 0 to 1"),
         (("--audio-noise-std", "inf"), "is not a finite number from 0"),
+        (("--audio-weight", "nan"), "is not a finite number from 0 to 1"),
+        (("--nms-threshold", "nan"), "is not a finite number from 0 to 1"),
         (("--sweep", "audio-noise-fraction=0,2"), "'2' is not a finite number from 0 to 1"),
         (("--compare", "other.pt"), "--compare and --sweep-out go with --sweep"),
     ],

@@ -62,7 +62,7 @@ PROGRAM = "img-eval"
 )
 @click.option(
     "--audio-weight",
-    type=click.FloatRange(0.0, 1.0),
+    type=BoundedNumber(0.0, 1.0),
     default=None,
     help="Fuse with this audio weight instead of the model's own (its predicted importance by default); 0 is the "
     "paper's Table 17 (AIP forced to p = 0). Recorded in the report.",
@@ -70,7 +70,7 @@ PROGRAM = "img-eval"
 @click.option("--drop-audio", is_flag=True, help="Evaluate with every audio track replaced by zeros (has_audio false).")
 @click.option(
     "--nms-threshold",
-    type=click.FloatRange(0.0, 1.0),
+    type=BoundedNumber(0.0, 1.0),
     default=NMS_THRESHOLD,
     show_default=True,
     help="R5-NMS and mAP: greedy NMS over all candidate spans suppresses those whose IoU with a kept span is above "
