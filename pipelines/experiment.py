@@ -22,13 +22,13 @@ import hashlib
 import itertools
 import re
 import reprlib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from extract.core.errors import UsageError
+from extract.core.files import load_toml_file
 from img_model.train.config import MAX_SEED, SECTIONS, TrainingRunConfig, build_section, read_toml
 
 TOP_LEVEL = ("recipe", "seeds", "train_fraction", "grid")
@@ -91,17 +91,7 @@ def _nearest(word: str, candidates: list[str]) -> str:
 
 def load_experiment(path: Path) -> Experiment:
     """The experiment of a TOML file, every value checked (UsageError, one line naming the file and the key)."""
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist; give the experiment's TOML file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"{path} is not valid TOML ({error})") from None
-    except RecursionError:
-        raise UsageError(f"{path} nests arrays or tables hundreds of levels deep: not an experiment") from None
+    raw = load_toml_file(path, str(path), "an experiment", "; give the experiment's TOML file")
     for key in raw:
         if key not in TOP_LEVEL:
             raise UsageError(

@@ -14,11 +14,12 @@ import fcntl
 import os
 import socket
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
-from extract.core.errors import StoreLockedError
+from extract.core.errors import StoreLockedError, UsageError
 
 Content = bytes | bytearray | memoryview | str | Callable[[BinaryIO], None]
 
@@ -130,3 +131,19 @@ def release_writer_lock(handle: IO[str] | None) -> None:
     if handle is not None:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def load_toml_file(path: Path, named: str, kind: str, missing_hint: str = "") -> dict[str, Any]:
+    """The TOML file at `path`, or a one-line UsageError: `named` is how the messages name it (e.g. "--config
+    FILE"), `kind` what the file should be ("an experiment"), `missing_hint` what follows "does not exist"."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"{named} does not exist{missing_hint}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{named} cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{named} is not valid TOML ({error})") from None
+    except RecursionError:  # the standard library's parser recurses once per level of nesting
+        raise UsageError(f"{named} nests arrays or tables hundreds of levels deep: not {kind}") from None

@@ -17,13 +17,13 @@ import dataclasses
 import json
 import math
 import reprlib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from extract.core.errors import UsageError
+from extract.core.files import load_toml_file
 from extract.core.precision import Precision
 from img_model.data.config import DataConfig
 from img_model.network.config import ACTIVITYNET_OBJECTIVE, IMGConfig, ObjectiveConfig, check_number, check_whole_number
@@ -156,19 +156,7 @@ def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
 
 def read_toml(path: Path) -> dict[str, dict[str, Any]]:
     """A config file's sections, checked against the fields they may set (one-line errors)."""
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"--config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--config {path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"--config {path} is not valid TOML ({error})") from None
-    except RecursionError:  # the standard library's parser recurses once per level of nesting
-        raise UsageError(
-            f"--config {path} nests arrays or tables hundreds of levels deep: not an img-train config"
-        ) from None
+    raw = load_toml_file(path, f"--config {path}", "an img-train config")
     for section, values in raw.items():
         if section not in SECTIONS:
             raise UsageError(f"{path}: unknown section [{section}]; use {', '.join(f'[{s}]' for s in SECTIONS)}")
