@@ -190,7 +190,7 @@ def _next_commands(shown: Path) -> list[str]:
     commands = {
         f"img-eval {shown / 'run' / 'best.pt'} --drop-audio": "the same model with the audio taken away (offline)",
         "img-extract videos/ --out feats.h5": "features of your own videos (downloads the models once)",
-        "img-pipeline charades-sta --help": "train on a real dataset (docs: training.md)",
+        "img-pipeline --help": "a real dataset end to end: the paper's recipes (docs: recipes.md)",
     }
     width = max(map(len, commands))
     return [f"  {command:<{width}}   {what}" for command, what in commands.items()]
