@@ -36,13 +36,16 @@ def _recipe_table() -> str:
 
 
 class RecipeOrExperiment(OneLineCommand):
-    """`img-pipeline RECIPE ...` runs a recipe; `img-pipeline experiment FILE ...` runs an experiment (its own
-    --help). The recipe command keeps the whole --help of img-pipeline."""
+    """`img-pipeline RECIPE ...` runs a recipe; `img-pipeline experiment FILE ...` runs an experiment and
+    `img-pipeline tour ...` the tour (each its own --help). The recipe command keeps the whole --help of
+    img-pipeline."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:
         words = list(sys.argv[1:] if args is None else args)
         if words[:1] == ["experiment"]:
             return experiment.main(words[1:], prog_name=f"{prog_name or PROGRAM} experiment", **kwargs)
+        if words[:1] == ["tour"]:
+            return tour.main(words[1:], prog_name=f"{prog_name or PROGRAM} tour", **kwargs)
         return super().main(words, prog_name=prog_name, **kwargs)
 
 
@@ -60,7 +63,8 @@ class RecipeOrExperiment(OneLineCommand):
     "  eval       img-eval WORK/run/best.pt --dataset D --json       -> WORK/eval/D.json\n\n\b\n"
     "Exit status: 0 done, 1 a stage failed (its own message is above; re-run the same command to continue),\n"
     "2 usage error, 130 / 143 interrupted.\n\n\b\n"
-    "Seeds, sweeps and ablations: img-pipeline experiment EXPERIMENT.toml --out DIR (img-pipeline experiment --help).",
+    "Seeds, sweeps and ablations: img-pipeline experiment EXPERIMENT.toml --out DIR (img-pipeline experiment --help).\n"
+    "A first look in a minute, offline and on a CPU: img-pipeline tour --out tour/ (img-pipeline tour --help).",
 )
 @click.argument("recipe_name", metavar="RECIPE")
 @click.option(
@@ -267,6 +271,53 @@ def experiment(experiment_file: Path, out: Path, devices: str | None, dry_run: b
     )
     if failed:
         fail(f"{len(failed)} runs failed (first: {failed[0]}); re-run the same command to retry them", EXIT_FAILED)
+
+
+@click.command(
+    f"{PROGRAM} tour",
+    cls=OneLineCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    epilog="\b\nOUT:\n"
+    "  report.html             img-eval's report: every test query on its timeline, per branch\n"
+    "  eval.json               img-eval --json (all the metrics); predictions.jsonl: every answer\n"
+    "  run/                    the img-train run folder (best.pt, metrics.jsonl, summary.txt, tensorboard/)\n"
+    "  data/                   the synthetic feature store, text store and queries; tour.toml: the model\n"
+    "  tour.log                the img-train and img-eval commands that ran\n\n\b\n"
+    "Exit status: 0 done, 1 a step failed (its message is above; re-run the same command to continue), 2 usage\n"
+    "error, 130 / 143 interrupted.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of the tour: new or empty, or an earlier tour's (finished steps are skipped).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def tour(out: Path, no_progress: bool) -> None:
+    """See img-vmr work in under a minute on a CPU, offline: no model download, no GPU, no dataset.
+
+    Writes a synthetic dataset through the real feature and text stores (videos whose queried moment shows only
+    in the audio, only in the video frames, or in both), trains a small IMG on it with img-train, evaluates it
+    with img-eval, writes the HTML report, and prints per family how often the fused, visual-only and
+    audio-only answers are right and how much the model trusts the audio.
+
+    \b
+    Example:
+      img-pipeline tour --out tour/
+    """
+    from pipelines.pipeline import StageFailed
+    from pipelines.tour import run_and_summarise
+
+    setup_logging(PROGRAM)
+    try:
+        shown = run_and_summarise(out, not no_progress)
+    except StageFailed as failure:
+        fail(str(failure), failure.code)
+    except ImgVmrError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; re-run the same command to continue", EXIT_INTERRUPTED)
+    click.echo(shown)
 
 
 def _devices(devices: str | None) -> list[str | None]:

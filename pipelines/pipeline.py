@@ -25,7 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,10 +352,16 @@ def run_plan(plan: PipelinePlan) -> None:
     """Run every stage that is not done, in order; StageFailed when one cannot go on."""
     check_inputs(plan.stages)
     claim_work_folder(plan)
-    journal = plan.options.work / "pipeline.log"
-    for number, stage in enumerate(plan.stages, start=1):
+    run_stages(plan.stages, plan.options.work / "pipeline.log")
+
+
+def run_stages(stages: Sequence[Stage], journal: Path, steps_before: int = 0) -> None:
+    """Run every stage that is not done, in order, each command logged in `journal`; the progress lines count
+    `steps_before` steps done before these (the tour writes its data itself first)."""
+    total = steps_before + len(stages)
+    for number, stage in enumerate(stages, start=steps_before + 1):
         status = stage.check()
-        prefix = f"[{number}/{len(plan.stages)}] {stage.name}"
+        prefix = f"[{number}/{total}] {stage.name}"
         if status.state == "done":
             log.info("%s: skipped, %s", prefix, status.detail)
             continue

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from img_model.data.synthetic import LEARNING_CHECK_CONFIG, SyntheticDataset, SyntheticSpec, write_audio_matters
+from img_model.data.synthetic import SyntheticDataset, SyntheticSpec, read_audio_matters, write_audio_matters
 
 # A few seconds of training on 2 CPU cores: the learning check's small IMG, smaller still.
 TINY_CONFIG = """\
@@ -97,29 +97,28 @@ def train_tiny_checkpoint(folder: Path) -> tuple[SyntheticDataset, Path]:
 
 @dataclass(frozen=True)
 class LearningCheck:
-    """The learning check's run (conftest's `learning_check`, made once per pytest run and only read): the synthetic
-    audio-matters data, LEARNING_CHECK_CONFIG trained on it through img-train into run/, and the test split's rows
-    that `img-eval run/best.pt --predictions test.jsonl --threads 1 --json` wrote."""
+    """The learning check's run (conftest's `learning_check`, made once per pytest run and only read):
+    `img-pipeline tour --out tour` (pipelines/tour.py), which writes the synthetic audio-matters data, trains
+    LEARNING_CHECK_CONFIG on it through img-train into tour/run/ and evaluates run/best.pt through img-eval
+    (`--json --predictions --report --threads 1`). `summary` is what the tour printed."""
 
     data: SyntheticDataset
     checkpoint: Path
     predictions: Path
+    report: Path
+    summary: str
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.predictions.read_text().splitlines()]
 
 
 def train_learning_check(folder: Path) -> LearningCheck:
-    """The learning check's data, img-train run and img-eval of its best.pt, made in folder (about 25 s on a core)."""
-    data = write_audio_matters(folder / "data")
-    config = folder / "small.toml"
-    config.write_text(LEARNING_CHECK_CONFIG, encoding="utf-8")
-    trained = run_img_train(*data.cli_data_args(), "--config", config, "--out", folder / "run", "--no-progress")
-    assert trained.returncode == 0, trained.stderr
-    checkpoint, predictions = folder / "run" / "best.pt", folder / "test.jsonl"
-    evaluated = run_img_eval(checkpoint, "--predictions", predictions, "--threads", "1", "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    return LearningCheck(data, checkpoint, predictions)
+    """The learning check made by the tour in folder/tour (about 25 s of CPU)."""
+    tour = folder / "tour"
+    toured = run_img_pipeline("tour", "--out", tour, "--no-progress")
+    assert toured.returncode == 0, toured.stderr
+    data, run = read_audio_matters(tour / "data"), tour / "run"
+    return LearningCheck(data, run / "best.pt", tour / "predictions.jsonl", tour / "report.html", toured.stdout)
 
 
 def _command(module: str, script: str, args: tuple[str | Path, ...]) -> tuple[list[str], dict[str, str]]:

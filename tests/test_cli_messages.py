@@ -236,7 +236,35 @@ def test_without_a_network_the_default_clip_fails_at_once_naming_the_hub(tmp_pat
     (line,) = _error_lines(result.stderr)
     assert "CLIP model 'openai/clip-vit-base-patch32' is not available offline (127.0.0.1:" in line
     assert "cannot be reached" in line and "into DIR/clip-vit-base-patch32 and pass --weights-dir DIR" in line
+    assert line.endswith("; to see img-vmr work without downloads: img-pipeline tour --out tour/")
     assert not (tmp_path / "a.h5").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "remedy"),
+    [
+        ("panns", "download https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1 into a folder"),
+        ("text bert", "download https://huggingface.co/bert-base-uncased into DIR/bert-base-uncased"),
+    ],
+)
+def test_a_model_that_cannot_be_fetched_offline_names_weights_dir_and_the_tour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, remedy: str
+) -> None:
+    """HF_HUB_OFFLINE=1 (run_cli) with empty caches: the published file or the hub's text model is named with where
+    to put it and the one command that needs no model (CLIP's line: the test above, one shared error type)."""
+    monkeypatch.setenv("IMG_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    if command == "text bert":
+        queries = tmp_path / "q.jsonl"
+        queries.write_text('{"video_id": "a", "start": 0, "end": 1, "duration": 2, "query": "a dog barks"}\n')
+        result = run_cli("text", "--annotations", queries, "--embed", "bert", "--out", tmp_path / "t.h5")
+    else:
+        make_video(tmp_path / "v" / "a.mp4", seconds=1, size="160x120")
+        result = run_cli(tmp_path / "v", "--out", tmp_path / "a.h5", "--features", command, "--no-progress")
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert remedy in line and "--weights-dir" in line, line
+    assert line.endswith("; to see img-vmr work without downloads: img-pipeline tour --out tour/"), line
 
 
 def test_a_clip_model_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:

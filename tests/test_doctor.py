@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from extract.models.weights import REGISTRY
 from extract.run.doctor import check_cuda, check_models, check_weights
-from tests.conftest import run_cli
+from tests.conftest import cli_entry, run_cli
 
 
 def test_doctor_on_a_working_machine_names_ffmpeg_torch_and_every_weights_file(published_weights: Path) -> None:
@@ -22,7 +24,7 @@ def test_doctor_on_a_working_machine_names_ffmpeg_torch_and_every_weights_file(p
     assert any(line.startswith(f"torch    ok     {torch.__version__}, ") for line in lines)
     for name in REGISTRY:
         assert any(f"{name}: present, " in line and str(published_weights) in line for line in lines), name
-    assert lines[-1] == "nothing required is broken"
+    assert lines[-1].startswith("nothing required is broken; offline: ")  # run_cli sets HF_HUB_OFFLINE=1
 
 
 def test_doctor_fails_when_ffmpeg_does_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +111,31 @@ def test_models_come_from_weights_dir_or_are_named_missing_offline(tiny_clip: Pa
     assert "offline (HF_HUB_OFFLINE=1" in check.lines[0]
     assert f"clip preset: openai/clip-vit-base-patch32 from {tiny_clip}" in check.lines
     assert any(line.startswith("text --embed bert: bert-base-uncased ") for line in check.lines)
+
+
+def test_doctor_says_offline_when_the_hub_cannot_be_reached(tmp_path: Path) -> None:
+    """No offline switch, but the hub's address refuses connections (a closed port): offline, not "online"."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when the block ends
+    switches = ("HF_HUB_OFFLINE", "IMG_VMR_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {name: value for name, value in os.environ.items() if name not in switches}
+    env |= {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HOME": str(tmp_path / "hf"),
+        "IMG_WEIGHTS_DIR": str(tmp_path / "empty-cache"),
+    }
+    result = subprocess.run([*cli_entry(), "doctor"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "online" not in result.stdout
+    models = next(line for line in lines if line.startswith("models "))
+    assert models.endswith(f"; offline: the hub 127.0.0.1:{port} cannot be reached (Connection refused)"), models
+    assert "clip preset: openai/clip-vit-base-patch32 not available offline (save it into --weights-dir " in (
+        result.stdout
+    )
+    assert any("offline: copy the missing files into the cache or --weights-dir" in line for line in lines)
+    assert lines[-1] == (
+        "nothing required is broken; offline: models and weights not on disk cannot be downloaded "
+        "(img-pipeline tour --out tour/ needs none)"
+    )

@@ -16,8 +16,8 @@ def hit_rate(rows: list[dict], branch: str) -> float:
 
 @pytest.mark.slow
 def test_img_learns_from_audio_where_only_the_audio_shows_the_moment(learning_check: LearningCheck) -> None:
-    # learning_check: LEARNING_CHECK_CONFIG trained by img-train on write_audio_matters' data, and the rows of
-    # `img-eval best.pt --predictions test.jsonl --threads 1 --json` (tests/img_cli.py, shared with other files)
+    # learning_check: `img-pipeline tour` (LEARNING_CHECK_CONFIG trained by img-train on write_audio_matters' data)
+    # and the rows of its `img-eval best.pt --predictions ... --threads 1 --json` (tests/img_cli.py, shared)
     data, rows = learning_check.data, learning_check.rows()
     families = {
         name: [row for row in rows if data.families[row["qid"]] == name] for name in ("audio", "visual", "both")

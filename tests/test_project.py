@@ -1,4 +1,4 @@
-"""The project's own promises: CI runs the README's test command, the README's first command works, ruff clean
+"""The project's own promises: CI runs the README's test command, the README's first command is the tour, ruff clean
 (the documentation site and its CLI reference: tests/test_docs.py)."""
 
 import hashlib
@@ -39,13 +39,17 @@ def test_help_teaches_every_command() -> None:
         assert result.returncode == 0 and "Usage:" in result.stdout
 
 
-def test_readme_first_command_extracts_a_folder_shipped_with_the_repository() -> None:
+def test_readme_first_command_installs_and_takes_the_offline_tour() -> None:
     blocks = re.findall(r"```bash\n(.*?)\n```", _readme(), re.DOTALL)
     install = next(block for block in blocks if "pip install" in block)
-    videos = re.search(r"img-extract (\S+) --out", install)
-    assert videos is not None, install
-    folder = ROOT / videos.group(1)
-    assert folder.is_dir() and any(p.suffix == ".mp4" for p in folder.iterdir()), folder
+    assert install.endswith("&& .venv/bin/img-pipeline tour --out tour/"), install  # tests/test_tour.py runs it
+    assert "HF_HUB_OFFLINE" not in install  # the tour downloads nothing: no switch needed
+    extract = next(block for block in blocks if "img-extract" in block)
+    assert extract == ".venv/bin/img-extract videos/ --out feats.h5"
+    commands = _readme().split("--8<-- [start:commands]", 1)[1].split("--8<-- [end:commands]", 1)[0]
+    folder = re.search(r"`(tests/data/media/)` holds one real clip", commands)
+    assert folder is not None
+    assert any(p.suffix == ".mp4" for p in (ROOT / folder.group(1)).iterdir())
 
 
 def test_test_data_readme_lists_every_file_with_its_sha256() -> None:
@@ -67,8 +71,8 @@ def test_tests_read_nothing_outside_the_repository() -> None:
 
 
 def test_what_the_first_command_writes_is_ignored_by_git(tmp_path: Path) -> None:
-    """`img-extract tests/data/media/ --out feats.h5` in a clone leaves feats.h5 and feats.h5.parts/ (parts,
-    writer.lock, extract.log): none of it may show up as untracked."""
+    """The first commands in a clone: `img-pipeline tour --out tour/` leaves tour/, `img-extract videos/ --out
+    feats.h5` feats.h5 and feats.h5.parts/ (parts, writer.lock, extract.log): none of it may show up as untracked."""
     git = shutil.which("git")
     if git is None:
         return  # nothing to check without git
@@ -77,6 +81,9 @@ def test_what_the_first_command_writes_is_ignored_by_git(tmp_path: Path) -> None
         "feats.h5.parts/writer.lock",
         "feats.h5.parts/extract.log",
         "feats.h5.parts/part-20250101T000000.000000-host-1-1.h5",
+        "tour/report.html",
+        "tour/run/best.pt",
+        "tour/tour.toml",
     ]
     result = subprocess.run([git, "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.split() == written, result.stderr

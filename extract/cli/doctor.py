@@ -22,7 +22,9 @@ def doctor_command(weights_dir: Path | None, verify: bool, as_json: bool) -> Non
 
     \b
     Fast: weights are checked by presence and size (every run verifies the files it loads); --verify hashes
-    them. Missing weights or models are notes: they are downloaded on first use when online.
+    them. Missing weights or models are notes: they are downloaded on first use when online. Offline means an
+    offline switch is set (HF_HUB_OFFLINE=1, IMG_VMR_OFFLINE=1) or the Hugging Face hub ($HF_ENDPOINT) does not
+    answer within 3 s; then the last line says so (img-pipeline tour runs without any model).
     """
     from extract.run.doctor import render, run_checks
 

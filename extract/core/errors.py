@@ -33,6 +33,14 @@ class MissingWeightsError(ImgVmrError):
     """A model's weights are not where they should be."""
 
 
+class ModelUnavailableError(MissingWeightsError):
+    """A model that is neither on disk nor downloadable now (the machine is offline, the hub cannot be reached, a
+    transfer failed). The message, which says where to put the files, ends by naming what runs without any model."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; to see img-vmr work without downloads: img-pipeline tour --out tour/")
+
+
 class StoreCorruptError(ImgVmrError):
     """A feature store file is unreadable or not an img-vmr store."""
 

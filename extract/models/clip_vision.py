@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from extract.core.download import hub_unreachable, offline, sha256_file
-from extract.core.errors import MissingWeightsError
+from extract.core.errors import MissingWeightsError, ModelUnavailableError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, NetworkPart, Windower
 from extract.models.presets import Preset
 from extract.models.weights import search_dirs
@@ -156,7 +156,7 @@ class ClipVisionExtractor(FeatureExtractor):
     def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
         name = model.rsplit("/", 1)[-1]
         why = f" ({reason})" if reason else ""
-        return MissingWeightsError(
+        return ModelUnavailableError(
             f"CLIP model {model!r} is not available offline{why}: download https://huggingface.co/{model} into "
             f"DIR/{name} and pass --weights-dir DIR (or --clip-model DIR/{name})"
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from extract.core.download import cache_dir, download, file_digest, mismatch, offline, sha256_file
-from extract.core.errors import MissingWeightsError, UsageError
+from extract.core.errors import MissingWeightsError, ModelUnavailableError, UsageError
 from extract.core.torch_files import batch_norm_counter, check_fits, read_torch_file
 
 
@@ -160,7 +160,7 @@ def locate_weights(name: str, weights_dir: Path | None, check: bool = True) -> P
         return local
     if offline():
         where = " or ".join(str(d) for d in search_dirs(weights_dir))
-        raise MissingWeightsError(
+        raise ModelUnavailableError(
             f"{name} is not in {where} and this machine is offline: download {entry.url} into a folder and pass "
             "--weights-dir FOLDER"
         )
@@ -176,7 +176,7 @@ def fetch_weights(name: str, folder: Path) -> Path:
         verify_weights(target, entry)
         return target
     remedy = f"download it by hand into {folder} or pass --weights-dir FOLDER (img-extract weights fetch {name})"
-    download(entry.url, target, entry.published_checksums(), remedy=remedy, error=MissingWeightsError)
+    download(entry.url, target, entry.published_checksums(), remedy=remedy, error=ModelUnavailableError)
     return target
 
 

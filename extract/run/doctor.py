@@ -9,7 +9,8 @@ Checks, each ok / note / BROKEN:
     weights   each published file (img-extract weights list): present (size) or missing, in --weights-dir
               or the cache; `--verify` compares every present file with its published checksums
     models    the Hugging Face models of the presets and text encoders: a local folder, in the HF cache, or
-              to be downloaded on first use; the HF cache folder and the offline switches
+              to be downloaded on first use; the HF cache folder, the offline switches, and whether the hub
+              answers (offline when it cannot be reached: then nothing missing can be downloaded)
 
 Fast by default (2 s of CPU here, mostly importing torch): it does not hash the weights (720 MB for all five
 files), because every run already verifies each file it loads against its published checksums; `--verify`
@@ -28,6 +29,8 @@ from typing import Any, Literal
 
 Status = Literal["ok", "note", "broken"]
 FFMPEG_TIMEOUT_S = 10.0
+HUB_TIMEOUT_S = 3.0  # a connection to the hub that has not opened by then counts as unreachable
+NO_MODEL_NEEDED = "img-pipeline tour --out tour/ needs none"
 HF_MODELS = {
     "clip preset": "openai/clip-vit-base-patch32",
     "text --embed clip": "openai/clip-vit-base-patch32",
@@ -40,6 +43,7 @@ class Check:
     name: str
     status: Status = "ok"
     lines: list[str] = field(default_factory=list)
+    summary: str = ""  # what the last line adds about this check, if anything
 
     def add(self, line: str, status: Status = "ok") -> None:
         self.lines.append(line)
@@ -47,7 +51,7 @@ class Check:
             self.status = status
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "lines": self.lines}
+        return {"name": self.name, "status": self.status, "lines": self.lines, "summary": self.summary}
 
 
 def check_ffmpeg() -> Check:
@@ -119,7 +123,8 @@ def check_cuda() -> Check:
     return check
 
 
-def check_weights(weights_dir: Path | None, verify: bool) -> Check:
+def check_weights(weights_dir: Path | None, verify: bool, unreachable: str | None = None) -> Check:
+    """`unreachable`: why the hub cannot be reached (then the machine counts as offline), None when it answers."""
     from extract.core.download import offline
     from extract.core.errors import MissingWeightsError
     from extract.models.weights import REGISTRY, default_weights_dir, find_local, search_dirs, verify_weights
@@ -144,7 +149,7 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
             check.add(f"{name}: {verify_weights(path, entry).describe().split(';')[0]}, {size} ({path})")
         except MissingWeightsError as error:
             check.add(str(error), "broken")
-    if missing and offline():
+    if missing and (offline() or unreachable):
         check.add(
             "offline: copy the missing files into the cache or --weights-dir (img-extract weights fetch "
             "NAME where there is internet)",
@@ -159,7 +164,8 @@ def check_weights(weights_dir: Path | None, verify: bool) -> Check:
     return check
 
 
-def check_models(weights_dir: Path | None) -> Check:
+def check_models(weights_dir: Path | None, unreachable: str | None = None) -> Check:
+    """`unreachable`: why the hub cannot be reached (hub_unreachable), None when it answers or was not asked."""
     from huggingface_hub import constants
 
     from extract.core.download import OFFLINE_ENVS, offline
@@ -168,7 +174,14 @@ def check_models(weights_dir: Path | None) -> Check:
 
     check = Check("models")
     switches = [f"{name}={os.environ[name]}" for name in (*OFFLINE_ENVS, "TRANSFORMERS_OFFLINE") if name in os.environ]
-    state = f"offline ({', '.join(switches)})" if offline() else "online (downloads allowed)"
+    if offline():
+        state = f"offline ({', '.join(switches)})"
+    elif unreachable:
+        state = f"offline: the hub {unreachable}"
+    else:
+        state = "online (downloads allowed)"
+    if offline() or unreachable:
+        check.summary = f"offline: models and weights not on disk cannot be downloaded ({NO_MODEL_NEEDED})"
     cache = Path(constants.HF_HUB_CACHE)
     check.add(f"Hugging Face cache {cache} ({'writable' if _writable(cache) else 'NOT writable'}); {state}")
     for use, model in HF_MODELS.items():
@@ -181,7 +194,7 @@ def check_models(weights_dir: Path | None) -> Check:
             check.add(f"{use}: {model} from {source}")
         elif model_file(source, WEIGHT_FILES) is not None:
             check.add(f"{use}: {model} in the Hugging Face cache")
-        elif offline():
+        elif offline() or unreachable:
             check.add(
                 f"{use}: {model} not available offline (save it into --weights-dir DIR/{model.split('/')[-1]})", "note"
             )
@@ -197,7 +210,16 @@ def _writable(folder: Path) -> bool:
 
 
 def run_checks(weights_dir: Path | None = None, verify: bool = False) -> list[Check]:
-    return [check_ffmpeg(), check_torch(), check_cuda(), check_weights(weights_dir, verify), check_models(weights_dir)]
+    from extract.core.download import hub_unreachable, offline
+
+    unreachable = None if offline() else hub_unreachable(HUB_TIMEOUT_S)
+    return [
+        check_ffmpeg(),
+        check_torch(),
+        check_cuda(),
+        check_weights(weights_dir, verify, unreachable),
+        check_models(weights_dir, unreachable),
+    ]
 
 
 def render(checks: list[Check]) -> str:
@@ -208,5 +230,6 @@ def render(checks: list[Check]) -> str:
             head = f"{check.name:<8} {marks[check.status]:<6}" if number == 0 else " " * 15
             lines.append(f"{head} {line}")
     broken = [check.name for check in checks if check.status == "broken"]
-    lines.append(f"broken: {', '.join(broken)}" if broken else "nothing required is broken")
+    last = f"broken: {', '.join(broken)}" if broken else "nothing required is broken"
+    lines.append("; ".join([last, *(check.summary for check in checks if check.summary)]))
     return "\n".join(lines)

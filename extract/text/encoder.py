@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from extract.core.download import sha256_file
-from extract.core.errors import MissingWeightsError, UsageError
+from extract.core.errors import MissingWeightsError, ModelUnavailableError, UsageError
 from extract.models.clip_vision import loads_locally, resolve_model_source, weights_file
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -66,9 +66,11 @@ class TokenFeatureEncoder:
 
     def _not_available(self, reason: str | None) -> MissingWeightsError:
         why = f" ({reason})" if reason else ""
-        return MissingWeightsError(
-            f"{self.kind} model {self.model_name!r} is not available offline{why}: download it from "
-            f"https://huggingface.co/{self.model_name} into DIR and pass --embed {self.kind}:DIR"
+        name = self.model_name.rsplit("/", 1)[-1]
+        return ModelUnavailableError(
+            f"{self.kind} model {self.model_name!r} is not available offline{why}: download "
+            f"https://huggingface.co/{self.model_name} into DIR/{name} and pass --weights-dir DIR (or --embed "
+            f"{self.kind}:DIR/{name})"
         )
 
     def _load(self, source: str, local_only: bool) -> tuple[Any, torch.nn.Module]:

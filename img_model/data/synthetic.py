@@ -130,7 +130,7 @@ def _plan(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Video]:
             length = float(rng.uniform(0.15, 0.35) * steps)
             start = float(rng.uniform(0, steps - length))
             sentence = str(rng.choice(SENTENCES[family]))
-            video_id = f"{split}-{family}-{number:04d}"
+            video_id = f"{split}-{family}-{number:04d}"  # family_of reads the family back from it
             videos.append(_Video(video_id, split, family, steps, start, start + length, sentence, number not in silent))
     return videos
 
@@ -211,6 +211,23 @@ def write_audio_matters(folder: str | Path, spec: SyntheticSpec | None = None) -
     write_text_store(text, records, spec, rng)
     families = {record.qid: video.family for record, video in zip(records, videos, strict=True)}
     return SyntheticDataset(folder, features, text, annotations, families=families)
+
+
+def family_of(video_id: str) -> str:
+    """The family of one of these videos, from its id (`SPLIT-FAMILY-NUMBER`, as `_plan` names them)."""
+    family = video_id.split("-")[1]
+    if family not in FAMILIES:
+        raise ValueError(f"{video_id!r} is not a video of the synthetic audio-matters data")
+    return family
+
+
+def read_audio_matters(folder: str | Path) -> SyntheticDataset:
+    """What write_audio_matters wrote into `folder` (by another process, e.g. `img-pipeline tour`), described."""
+    folder = Path(folder)
+    annotations = folder / "queries.jsonl"
+    rows = [json.loads(line) for line in annotations.read_text(encoding="utf-8").splitlines() if line.strip()]
+    families = {row["qid"]: family_of(row["video_id"]) for row in rows}
+    return SyntheticDataset(folder, folder / "feats.h5", folder / "text.h5", annotations, families=families)
 
 
 def write_text_store(path: Path, records: list[QueryRecord], spec: SyntheticSpec, rng: np.random.Generator) -> None:
