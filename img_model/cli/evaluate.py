@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
+from extract.core.console import EXIT_FAILED, OneLineCommand, fail, format_probability, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError
 from extract.core.options import BoundedNumber
 from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
@@ -302,7 +302,7 @@ def _tables(report: Any) -> str:
         (
             "mean audio importance n/a (none predicted)"
             if math.isnan(report.mean_importance)
-            else f"mean audio importance {report.mean_importance:.3f}"
+            else f"mean audio importance {format_probability(report.mean_importance)}"
         )
         + f"; slot noise {context['slot_noise']}"
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
@@ -311,6 +311,7 @@ def _tables(report: Any) -> str:
     )
     if context.get("audio_perturbation"):
         lines.append(perturbation_line(context["audio_perturbation"]))
+    lines += [f"warning: {warning}" for warning in report.warnings]
     lines += ["", report.breakdown_tables()]
     return "\n".join(lines)
 

@@ -50,6 +50,7 @@ from img_model.data.dataset import DataSources, MomentDataset
 from img_model.data.visual_tracks import combination_mismatch
 from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.evaluate.breakdowns import RATIO_BINS, breakdown_table, equal_count_bins, length_bucket_masks
+from img_model.evaluate.health import collapsed_importance
 from img_model.network.decoding import best_span, clip_steps, index_to_time, nms_spans, top_spans
 from img_model.network.metrics import (
     HIGHLIGHT_NAMES,
@@ -418,11 +419,22 @@ class EvalReport:
     highlight_queries: int = 0  # queries with clip-level saliency labels (the HL metrics' queries)
     ratio_bins: list[dict[str, Any]] = field(default_factory=list)
     length_buckets: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each (img_model/evaluate/health.py)
 
     @classmethod
     def from_predictions(
-        cls, split: str, predictions: Sequence[QueryPrediction], ratio_bin_count: int = RATIO_BINS, **context: Any
+        cls,
+        split: str,
+        predictions: Sequence[QueryPrediction],
+        ratio_bin_count: int = RATIO_BINS,
+        importance_predicted: bool = False,
+        **context: Any,
     ) -> EvalReport:
+        """The report of these predictions; `importance_predicted`: the model's audio weight is the AIP's predicted
+        importance (IMGConfig.predicts_importance), whose collapse is warned about."""
+        collapsed = importance_predicted and collapsed_importance(
+            [p.audio_importance for p in predictions], [p.has_audio for p in predictions], split
+        )
         return cls(
             split=split,
             queries=len(predictions),
@@ -433,6 +445,7 @@ class EvalReport:
             highlight_queries=sum(p.saliency_labels is not None for p in predictions),
             ratio_bins=ratio_breakdown(predictions, ratio_bin_count),
             length_buckets=length_breakdown(predictions),
+            warnings=[collapsed] if collapsed else [],
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -446,6 +459,7 @@ class EvalReport:
             "ratio_bins": self.ratio_bins,
             "length_buckets": self.length_buckets,
             **self.context,
+            "warnings": self.warnings,
         }
 
     def table(self) -> str:
