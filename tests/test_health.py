@@ -95,9 +95,7 @@ def test_a_healthy_run_warns_about_nothing(learning_check: LearningCheck) -> Non
     final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["kind"] == "final" and final["warnings"] == []
     assert "warning" not in (run / "summary.txt").read_text()
-    evaluated = run_img_eval(learning_check.checkpoint, "--threads", "1")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert "warning" not in evaluated.stdout and "mean audio importance 0." in evaluated.stdout
+    # img-eval's JSON of the same checkpoint says "warnings": [] (tests/test_qvhighlights.py's round trip)
 
 
 def test_img_train_records_what_the_warnings_need_in_the_checkpoint(learning_check: LearningCheck) -> None:

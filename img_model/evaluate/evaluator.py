@@ -167,12 +167,17 @@ class QueryPrediction:
         labels = self.saliency_labels
         if labels is None or len(self.branches[branch].saliency) == 0:
             return None
-        clips = labels.num_clips(self.duration)
-        truth = np.zeros((clips, len(labels.scores[0]) if labels.scores else 1))
-        if labels.clip_ids:
-            truth[list(labels.clip_ids)] = labels.scores
-        steps = clip_steps(clips, labels.clip_length, self.num_steps, self.duration)
+        truth = clip_truth(labels, self.duration)
+        steps = clip_steps(len(truth), labels.clip_length, self.num_steps, self.duration)
         return np.asarray(self.branches[branch].saliency, np.float64)[steps], truth
+
+
+def clip_truth(labels: ClipSaliency, duration: float) -> np.ndarray:
+    """The labels' score of every clip of the video (clips, annotators), 0 for the clips not listed."""
+    truth = np.zeros((labels.num_clips(duration), len(labels.scores[0]) if labels.scores else 1))
+    if labels.clip_ids:
+        truth[list(labels.clip_ids)] = labels.scores
+    return truth
 
 
 def _branch_predictions(
@@ -338,6 +343,8 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
         kept = _padded([p.branches[name].nms_ious for p in predictions]) if ranked else None
         if kept is not None and kept.shape[1] == 0:  # rows read back from a predictions file without top_nms
             kept = None
+        if top is not None and top.shape[1] == 0:  # predictions imported without the most probable spans
+            top = None
         out[name] = retrieval_metrics(best, top, kept)
         labelled = [clips for p in predictions if (clips := p.clip_scores(name)) is not None] if ranked else []
         if labelled:
