@@ -13,7 +13,8 @@ A run folder holds:
 
     config.toml      the resolved configuration (`img-train --config RUN/config.toml` repeats the run)
     best.pt          the selected checkpoint; last.pt the latest (every evaluation point): img_model/checkpoint.py
-    metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final")
+    metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final", with the
+                     run's warnings: img_model/evaluate/health.py)
     tensorboard/     scalars: every loss term, the learning rate, the warm-up factors (every log_every-th step,
                      and their epoch means), the branches' metrics (every evaluation)
     train.log        the log, with tracebacks
