@@ -39,6 +39,14 @@ def test_the_threshold_follows_the_digits() -> None:
     assert format_probability(0.0005, digits=4) == "0.0005"
 
 
+def test_img_pipelines_experiment_table_prints_a_collapsed_importance_as_below() -> None:
+    from pipelines.experiment_table import _shown
+
+    assert _shown(1e-17, 2e-18, probability=True) == "< 0.001 ± < 0.001"
+    assert _shown(0.41, 0.02, probability=True) == "0.410 ± 0.020"
+    assert _shown(41.0, 2.0) == "41.00 ± 2.00"  # percentages as before
+
+
 # --- the checks, on numbers --------------------------------------------------------------------------------------
 
 
