@@ -238,6 +238,8 @@ def main(
     if score_qvhighlights is not None:
         if checkpoint_path is not None:
             fail("--score-qvhighlights scores a predictions file, not a checkpoint: leave out CHECKPOINT")
+        if predictions or report or export_qvhighlights or sweep_text:
+            fail("--score-qvhighlights prints metrics only: leave out --predictions, --report, --export-*, --sweep")
         _score_qvhighlights(score_qvhighlights, splits or ("test",), data, as_json)
         return
     if checkpoint_path is None:

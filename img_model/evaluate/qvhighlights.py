@@ -42,7 +42,7 @@ from extract.core.files import write_atomically
 from img_model.evaluate.evaluator import BranchPrediction, EvalReport, QueryPrediction, clip_truth
 from img_model.network.decoding import clip_steps
 from img_model.network.metrics import MAP_WINDOWS, highlight_metrics, temporal_iou
-from manifests.records import DEFAULT_CLIP_LENGTH, QueryRecord
+from manifests.records import DEFAULT_CLIP_LENGTH, ClipSaliency, QueryRecord
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -63,7 +63,7 @@ def qvhighlights_row(row: dict[str, Any]) -> dict[str, Any]:
     labels = row.get("saliency_labels")
     clip_length = labels["clip_length"] if labels else DEFAULT_CLIP_LENGTH
     duration, steps = row["duration"], row["num_steps"]
-    clips = max(1, math.ceil(round(duration / clip_length, 6)))
+    clips = ClipSaliency(clip_length, (), ()).num_clips(duration)  # the labels' count of clips, labelled or not
     saliency = np.asarray(branch["saliency"], np.float64)
     qid = row["qid"]
     return {
@@ -151,7 +151,7 @@ def imported_prediction(record: QueryRecord, row: dict[str, Any]) -> QueryPredic
         top_spans=np.zeros((0, 2)),
         top_scores=np.zeros(0),
         top_ious=np.zeros(0),
-        nms_steps=np.full((len(ranked), 2), 0),
+        nms_steps=np.zeros((len(ranked), 2), np.int64),  # seconds only: the file has no step grid
         nms_spans=ranked[:, :2],
         nms_scores=ranked[:, 2],
         nms_ious=np.asarray(ranked_ious, np.float64),
