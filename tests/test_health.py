@@ -14,7 +14,7 @@ import torch
 from extract.core.console import format_probability
 from img_model.checkpoint import read_checkpoint, save_checkpoint
 from img_model.evaluate.health import TrainingHealth, collapsed_importance, loss_spikes, stuck_selection
-from tests.img_cli import LearningCheck, run_img_eval
+from tests.img_cli import LearningCheck, run_img_eval, train_tiny_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -115,6 +115,16 @@ def test_img_train_records_what_the_warnings_need_in_the_checkpoint(learning_che
     assert health["metric"] == "fused R1@0.7"
     assert health["selection_scores"] == scores[: len(health["selection_scores"])] and health["selection_scores"]
     assert health["loss"]["steps"] == checkpoint.training["step"]
+
+
+def test_img_trains_summary_warns_about_a_selection_metric_that_never_moved(tmp_path: Path) -> None:
+    # the tiny checkpoint's run: one epoch, one evaluation, whose fused R1@0.7 is 0 (measured)
+    _, checkpoint = train_tiny_checkpoint(tmp_path)
+    run = checkpoint.parent
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    stuck = "the selection metric (fused R1@0.7) stayed 0 at its one evaluation: best.pt was selected by nothing"
+    assert len(final["warnings"]) == 1 and final["warnings"][0].startswith(stuck)
+    assert f"\n\nwarning: {stuck}" in (run / "summary.txt").read_text()
 
 
 @pytest.fixture(scope="module")

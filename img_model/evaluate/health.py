@@ -52,9 +52,10 @@ def stuck_selection(scores: Sequence[float], metric: str) -> str | None:
     """The warning when the selection metric was 0 at every evaluation of the run, else None."""
     if not scores or any(score != 0 for score in scores):
         return None
+    when = "its one evaluation" if len(scores) == 1 else f"all {len(scores)} evaluations"
     return (
-        f"the selection metric ({metric}) stayed 0 at all {len(scores)} evaluations: best.pt was selected by "
-        "nothing (train longer, or check the data)"
+        f"the selection metric ({metric}) stayed 0 at {when}: best.pt was selected by nothing (train longer, or "
+        "check the data)"
     )
 
 
