@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extract.core.console import format_probability
 from extract.core.files import write_atomically
 from pipelines.experiment import Experiment, format_value
 from pipelines.experiment_runs import Run
@@ -25,6 +26,7 @@ TABLE_NAME = "results"  # DIR/results.md, results.csv, results.json
 PLOT_NAME = "sweep.png"
 FUSED = "fused"  # the branch a report's own numbers (mean_audio_importance) are shown with
 REPORT_LEVEL = "all"  # ... when the report has no fused branch
+IMPORTANCE = "mean_audio_importance"  # a probability: its cells print "< 0.001", not 0.00
 
 
 @dataclass
@@ -85,9 +87,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _shown(mean: float, std: float) -> str:
+def _shown(mean: float, std: float, probability: bool = False) -> str:
+    """A cell: mean ± std of percentages (2 decimals), or of a probability (3; "< 0.001" rather than 0.000)."""
     if math.isnan(mean):
         return "–"
+    if probability:
+        shown = format_probability(mean)
+        return shown if math.isnan(std) else f"{shown} ± {format_probability(std)}"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -108,7 +114,9 @@ def markdown(experiment: Experiment, results: list[CellResult], branches: list[s
                 continue
             settings = [format_value(result.values[key]) for key in keys] if experiment.grid else ["base recipe"]
             settings[0] = f"[{settings[0]}]({result.folder})"
-            cells = [_shown(*result.summary(branch, metric)[:2]) for metric in metrics]
+            cells = [
+                _shown(*result.summary(branch, metric)[:2], probability=metric == IMPORTANCE) for metric in metrics
+            ]
             n = max((result.summary(branch, metric)[2] for metric in metrics), default=0)
             links = " ".join(f"[{seed}]({folder})" for seed, folder in result.runs.items())
             missing = f" (missing: {', '.join(map(str, result.missing))})" if result.missing else ""

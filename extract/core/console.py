@@ -1,5 +1,5 @@
 """What every img-vmr command shares on the console: logging, the one-line error, exit codes, the click classes
-that make command-line mistakes one line too, and SIGTERM as an interrupt.
+that make command-line mistakes one line too, SIGTERM as an interrupt, and how a probability is printed.
 
 Every module logs to `img_vmr.` + its dotted name (img_vmr.extract.run.engine_local), so that a command can show
 or hide a package's lines by name. Every command (img-extract, img-train, img-eval, img-predict, img-pipeline)
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -80,6 +81,20 @@ def fail(message: str, code: int = EXIT_USAGE, program: str | None = None) -> No
     program = program or (_program[0] if _program else "img-vmr")
     click.echo(f"{program}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
+
+
+def format_probability(value: float | None, digits: int = 3) -> str:
+    """A probability or importance as a person reads it: `digits` decimals, "< 0.001" (for 3 digits) when it is
+    above 0 but would round to zero (a collapsed audio-importance head predicts ~1e-17, which "0.000" hides),
+    "0" when it is exactly 0, and "n/a" when there is none (None or NaN: a model without the head)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    smallest = 10.0**-digits
+    if 0 < value < smallest:
+        return f"< {smallest:.{digits}f}"
+    return f"{value:.{digits}f}"
 
 
 class OneLineErrors:

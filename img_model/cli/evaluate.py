@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from extract.core.console import EXIT_FAILED, OneLineCommand, fail, setup_logging
+from extract.core.console import EXIT_FAILED, OneLineCommand, fail, format_probability, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError
 from extract.core.options import BoundedNumber
 from img_model.cli.options import data_options, dataset_table, runtime_options, write_failed
@@ -34,7 +34,9 @@ PROGRAM = "img-eval"
     "2 usage error or inputs that do not fit the checkpoint, 3 --predictions or --report could not be written (a full "
     "disk; the metrics are printed first).",
 )
-@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "checkpoint_path", metavar="CHECKPOINT", required=False, type=click.Path(path_type=Path, dir_okay=False)
+)
 @data_options(required=False)
 @click.option(
     "--split",
@@ -152,9 +154,24 @@ PROGRAM = "img-eval"
     default=None,
     help="With --report: the folder of the videos (as img-extract scanned it); rows get a player (files linked).",
 )
+@click.option(
+    "--export-qvhighlights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the fused predictions in the QVHighlights / Moment-DETR layout (JSONL: qid, query, vid, "
+    "pred_relevant_windows [[start, end, score], ...] best first, pred_saliency_scores per 2-s clip) for their "
+    "standalone evaluation or lighthouse's.",
+)
+@click.option(
+    "--score-qvhighlights",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Instead of a CHECKPOINT: score a predictions file in that layout (another model's, or an export) against "
+    "--dataset's annotations (--split, --features for durations the annotations leave out) with these metrics.",
+)
 @runtime_options(workers=0, precision="the checkpoint's run's, fp32 for converted checkpoints")
 def main(
-    checkpoint_path: Path,
+    checkpoint_path: Path | None,
     splits: tuple[str, ...],
     batch_size: int | None,
     slot_noise: str,
@@ -174,6 +191,8 @@ def main(
     predictions: Path | None,
     report: Path | None,
     videos: Path | None,
+    export_qvhighlights: Path | None,
+    score_qvhighlights: Path | None,
     device: str | None,
     precision: str | None,
     workers: int | None,
@@ -203,6 +222,8 @@ def main(
                --sweep audio-noise-fraction=0,0.2,0.4,0.6,0.8,1 --sweep-out figure4/
       img-eval converted.pt --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet \\
                --audio panns --text text.h5 --slot-noise always --seed 1
+      img-eval runs/charades/best.pt --export-qvhighlights preds.jsonl
+      img-eval --score-qvhighlights their_preds.jsonl --dataset queries.jsonl --split val
     """
     from img_model.evaluate.evaluation import (
         EvaluationRequest,
@@ -210,9 +231,19 @@ def main(
         write_evaluation_report,
         write_predictions,
     )
+    from img_model.evaluate.qvhighlights import write_qvhighlights
     from img_model.network.convert import CheckpointLayoutError
 
     setup_logging(PROGRAM, verbose)
+    if score_qvhighlights is not None:
+        if checkpoint_path is not None:
+            fail("--score-qvhighlights scores a predictions file, not a checkpoint: leave out CHECKPOINT")
+        if predictions or report or export_qvhighlights or sweep_text:
+            fail("--score-qvhighlights prints metrics only: leave out --predictions, --report, --export-*, --sweep")
+        _score_qvhighlights(score_qvhighlights, splits or ("test",), data, as_json)
+        return
+    if checkpoint_path is None:
+        fail("give the CHECKPOINT to evaluate (or --score-qvhighlights FILE --dataset ANNOTATIONS)")
     if videos is not None and report is None:
         fail("--videos links the videos into the HTML report: add --report report.html")
     if (compare or sweep_out) and sweep_text is None:
@@ -255,6 +286,8 @@ def main(
     try:
         if predictions is not None:
             write_predictions(predictions, evaluation.rows)
+        if export_qvhighlights is not None:
+            write_qvhighlights(export_qvhighlights, evaluation.rows)
         if report is not None:
             write_evaluation_report(report, evaluation, videos)
     except OutputWriteError as error:
@@ -288,6 +321,37 @@ def _sweep(request: Any, sweep_text: str, compare: list[Path], out: Path | None,
     log.info("wrote %s", ", ".join(str(path) for path in written))
 
 
+def _score_qvhighlights(path: Path, splits: tuple[str, ...], data: dict[str, Any], as_json: bool) -> None:
+    from extract.store import video_durations
+    from img_model.data.dataset import dataset_splits
+    from img_model.data.feature_stores import FeatureStores
+    from img_model.evaluate.qvhighlights import score_qvhighlights
+
+    if not data.get("dataset"):
+        fail("--score-qvhighlights needs the annotations to score against: --dataset NAME or queries.jsonl")
+    features = data.get("features") or ()
+
+    def durations() -> dict[str, float]:  # of the videos whose annotations give none (a custom JSONL)
+        return video_durations(FeatureStores(features)) if features else {}
+
+    try:
+        annotations = dataset_splits(data["dataset"], data.get("data_dir"), durations)
+        reports = score_qvhighlights(path, annotations, splits, dataset=data["dataset"])
+    except ImgVmrError as error:
+        fail(str(error))
+        return
+    if as_json:
+        payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    note = (
+        f"{path.name} against {data['dataset']}: the fused row is the file's predictions; R1 and mIoU from each "
+        "query's first window, R5-NMS and mAP from its windows by score (the first 10), HL from "
+        "pred_saliency_scores"
+    )
+    click.echo("\n\n".join(f"{report.table()}\n{note}" for report in reports))
+
+
 def _tables(report: Any) -> str:
     from img_model.evaluate.evaluation import CONVERTED_NOTE
     from img_model.evaluate.robustness import perturbation_line
@@ -302,7 +366,7 @@ def _tables(report: Any) -> str:
         (
             "mean audio importance n/a (none predicted)"
             if math.isnan(report.mean_importance)
-            else f"mean audio importance {report.mean_importance:.3f}"
+            else f"mean audio importance {format_probability(report.mean_importance)}"
         )
         + f"; slot noise {context['slot_noise']}"
         + (f" (seed {context['seed']})" if context["slot_noise"] == "always" else "")
@@ -311,6 +375,7 @@ def _tables(report: Any) -> str:
     )
     if context.get("audio_perturbation"):
         lines.append(perturbation_line(context["audio_perturbation"]))
+    lines += [f"warning: {warning}" for warning in report.warnings]
     lines += ["", report.breakdown_tables()]
     return "\n".join(lines)
 

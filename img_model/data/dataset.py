@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +66,26 @@ class HeldOut:
 
 
 # --- the sources and the dataset -----------------------------------------------------------------------------
+
+
+def dataset_splits(
+    name: str, data_dir: Path | None, durations: Callable[[], Mapping[str, float]] = dict
+) -> dict[str, list[QueryRecord]]:
+    """The query records of every split of --dataset NAME: a manifests/ dataset, or a custom JSONL file whose rows
+    without a duration take the feature store's (`durations`, read only for a custom file)."""
+    from manifests.custom import read_custom
+    from manifests.registry import DATASETS, load_dataset
+
+    if name in DATASETS:
+        records = load_dataset(name, data_dir).records
+    elif name.endswith(".jsonl"):
+        records, _ = read_custom(Path(name), durations())
+    else:
+        raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")
+    splits: dict[str, list[QueryRecord]] = {}
+    for record in records:
+        splits.setdefault(record.split, []).append(record)
+    return splits
 
 
 class DataSources:
@@ -127,21 +147,8 @@ class DataSources:
 
     def splits(self) -> dict[str, list[QueryRecord]]:
         """The query records of every split of the dataset (a manifests/ name or a custom JSONL file)."""
-        from manifests.custom import read_custom
-        from manifests.registry import DATASETS, load_dataset
-
-        name = self.config.dataset
-        if name in DATASETS:
-            data_dir = Path(self.config.data_dir) if self.config.data_dir else None
-            records = load_dataset(name, data_dir).records
-        elif name.endswith(".jsonl"):
-            records, _ = read_custom(Path(name), video_durations(self.stores))
-        else:
-            raise UsageError(f"--dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file of your queries")
-        splits: dict[str, list[QueryRecord]] = {}
-        for record in records:
-            splits.setdefault(record.split, []).append(record)
-        return splits
+        data_dir = Path(self.config.data_dir) if self.config.data_dir else None
+        return dataset_splits(self.config.dataset, data_dir, lambda: video_durations(self.stores))
 
     def unreadable(self, video_id: str) -> str | None:
         """Why a video's queries cannot be read, the one rule of the datasets and of validation carving:

@@ -25,6 +25,7 @@ from img_model.data.config import data_overrides
 from img_model.data.dataset import DataSources
 from img_model.evaluate.breakdowns import RATIO_BINS
 from img_model.evaluate.evaluator import EvalReport, Evaluator, check_inputs
+from img_model.evaluate.health import training_warnings
 from img_model.evaluate.robustness import perturbation_line, perturbation_summary
 from img_model.network.convert import load_into
 from img_model.network.metrics import NMS_THRESHOLD
@@ -121,6 +122,7 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
             EvalReport.from_predictions(
                 split,
                 predictions,
+                importance_predicted=config.predicts_importance,
                 audio_perturbation=perturbation_summary(dataset, predictions),
                 ratio_bin_count=request.ratio_bins,
                 checkpoint=str(request.checkpoint),
@@ -140,6 +142,7 @@ def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
                 nms_threshold=request.nms_threshold,
             )
         )
+        evaluation.reports[-1].warnings[:0] = training_warnings(checkpoint.training)  # the run's, then this split's
         evaluation.rows += [prediction.as_json() for prediction in predictions]
     return evaluation
 
@@ -168,6 +171,7 @@ def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | N
     if first.get("audio_perturbation"):
         context["notes"] = [*context["notes"], perturbation_line(first["audio_perturbation"])]
     context["ratio_bin_count"] = first.get("ratio_bin_count", RATIO_BINS)
+    context["warnings"] = list(dict.fromkeys(warning for report in reports for warning in report.warnings))
     if first.get("audio_weight") is not None:
         context["notes"] = [*context["notes"], f"audio weight forced to {first['audio_weight']:g} (--audio-weight)"]
     title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"

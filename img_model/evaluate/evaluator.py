@@ -50,6 +50,7 @@ from img_model.data.dataset import DataSources, MomentDataset
 from img_model.data.visual_tracks import combination_mismatch
 from img_model.distributed import evaluation_batches, in_batch_order
 from img_model.evaluate.breakdowns import RATIO_BINS, breakdown_table, equal_count_bins, length_bucket_masks
+from img_model.evaluate.health import collapsed_importance
 from img_model.network.decoding import best_span, clip_steps, index_to_time, nms_spans, top_spans
 from img_model.network.metrics import (
     HIGHLIGHT_NAMES,
@@ -166,12 +167,17 @@ class QueryPrediction:
         labels = self.saliency_labels
         if labels is None or len(self.branches[branch].saliency) == 0:
             return None
-        clips = labels.num_clips(self.duration)
-        truth = np.zeros((clips, len(labels.scores[0]) if labels.scores else 1))
-        if labels.clip_ids:
-            truth[list(labels.clip_ids)] = labels.scores
-        steps = clip_steps(clips, labels.clip_length, self.num_steps, self.duration)
+        truth = clip_truth(labels, self.duration)
+        steps = clip_steps(len(truth), labels.clip_length, self.num_steps, self.duration)
         return np.asarray(self.branches[branch].saliency, np.float64)[steps], truth
+
+
+def clip_truth(labels: ClipSaliency, duration: float) -> np.ndarray:
+    """The labels' score of every clip of the video (clips, annotators), 0 for the clips not listed."""
+    truth = np.zeros((labels.num_clips(duration), len(labels.scores[0]) if labels.scores else 1))
+    if labels.clip_ids:
+        truth[list(labels.clip_ids)] = labels.scores
+    return truth
 
 
 def _branch_predictions(
@@ -337,6 +343,8 @@ def branch_metrics(predictions: Sequence[QueryPrediction], with_top: bool = True
         kept = _padded([p.branches[name].nms_ious for p in predictions]) if ranked else None
         if kept is not None and kept.shape[1] == 0:  # rows read back from a predictions file without top_nms
             kept = None
+        if top is not None and top.shape[1] == 0:  # predictions imported without the most probable spans
+            top = None
         out[name] = retrieval_metrics(best, top, kept)
         labelled = [clips for p in predictions if (clips := p.clip_scores(name)) is not None] if ranked else []
         if labelled:
@@ -418,11 +426,22 @@ class EvalReport:
     highlight_queries: int = 0  # queries with clip-level saliency labels (the HL metrics' queries)
     ratio_bins: list[dict[str, Any]] = field(default_factory=list)
     length_buckets: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each (img_model/evaluate/health.py)
 
     @classmethod
     def from_predictions(
-        cls, split: str, predictions: Sequence[QueryPrediction], ratio_bin_count: int = RATIO_BINS, **context: Any
+        cls,
+        split: str,
+        predictions: Sequence[QueryPrediction],
+        ratio_bin_count: int = RATIO_BINS,
+        importance_predicted: bool = False,
+        **context: Any,
     ) -> EvalReport:
+        """The report of these predictions; `importance_predicted`: the model's audio weight is the AIP's predicted
+        importance (IMGConfig.predicts_importance), whose collapse is warned about."""
+        collapsed = importance_predicted and collapsed_importance(
+            [p.audio_importance for p in predictions], [p.has_audio for p in predictions], split
+        )
         return cls(
             split=split,
             queries=len(predictions),
@@ -433,6 +452,7 @@ class EvalReport:
             highlight_queries=sum(p.saliency_labels is not None for p in predictions),
             ratio_bins=ratio_breakdown(predictions, ratio_bin_count),
             length_buckets=length_breakdown(predictions),
+            warnings=[collapsed] if collapsed else [],
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -446,6 +466,7 @@ class EvalReport:
             "ratio_bins": self.ratio_bins,
             "length_buckets": self.length_buckets,
             **self.context,
+            "warnings": self.warnings,
         }
 
     def table(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from extract.core.console import format_probability
 from img_model.data.dataset import MomentDataset
 from img_model.evaluate.evaluator import QueryPrediction
 
@@ -46,7 +47,7 @@ def perturbation_line(summary: dict[str, Any]) -> str:
     """One line for img-eval's table output."""
 
     def mean(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
+        return "-" if value is None else format_probability(value)
 
     parts = []
     if summary["noise_fraction"] > 0:

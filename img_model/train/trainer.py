@@ -13,7 +13,8 @@ A run folder holds:
 
     config.toml      the resolved configuration (`img-train --config RUN/config.toml` repeats the run)
     best.pt          the selected checkpoint; last.pt the latest (every evaluation point): img_model/checkpoint.py
-    metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final")
+    metrics.jsonl    one JSON object per evaluation ("kind": "eval") and one at the end ("kind": "final", with the
+                     run's warnings: img_model/evaluate/health.py)
     tensorboard/     scalars: every loss term, the learning rate, the warm-up factors (every log_every-th step,
                      and their epoch means), the branches' metrics (every evaluation)
     train.log        the log, with tracebacks
@@ -63,6 +64,7 @@ from img_model.data.batch import Batch, collate
 from img_model.data.dataset import HELD_OUT_SPLIT, OWN_VALIDATION_SPLIT, DataError, MomentDataset
 from img_model.distributed import BatchShare, data_parallel, process_device
 from img_model.evaluate.evaluator import EvalReport, Evaluator, metrics_table
+from img_model.evaluate.health import SPIKE_FACTOR, TrainingHealth, warning_lines
 from img_model.network.config import exp_up
 from img_model.network.fusion import SlotAttention
 from img_model.network.layers import batch_rows
@@ -141,6 +143,7 @@ class Trainer:
         self.step, self.epoch, self.epoch_step = 0, 0, 0
         self.epoch_totals: dict[str, list[float]] = {}  # scalar name -> [sum, count] over this epoch's steps
         self.best_score, self.best_step = -math.inf, -1
+        self.health = TrainingHealth(f"{SELECTION_BRANCH} {SELECTION_METRIC}")  # the warnings' state (health.py)
         self.last_checkpoint: tuple[Path, int] | None = None
         if resume is not None:
             self._restore(resume)
@@ -181,6 +184,8 @@ class Trainer:
         if self.epoch_step >= self.steps_per_epoch:  # saved at the end of an epoch: start the next one
             self.epoch, self.epoch_step, self.epoch_totals = self.epoch + 1, 0, {}
         self.best_score, self.best_step = training["best_score"], training["best_step"]
+        if training.get("health"):  # absent from the checkpoints of an older img-train: the warnings start afresh
+            self.health = TrainingHealth.from_dict(training["health"])
         set_rng_state(training["rng"], self.device)
         self.last_checkpoint = (self.run_dir / "last.pt", self.step)
         log.info(
@@ -213,6 +218,7 @@ class Trainer:
                 "best_step": self.best_step,
                 "data": self.data_fingerprint,
                 "epoch_totals": {name: list(total) for name, total in self.epoch_totals.items()},
+                "health": self.health.as_dict(),
             },
             metrics=metrics,
         )
@@ -319,6 +325,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.epoch_step += 1
+        running_mean = self.health.loss.running_mean()
+        if self.health.loss.update(self.step, scalars["loss/total"]):
+            log.warning(
+                "step %d: the loss %.4g spiked above %gx its running mean %.4g",
+                self.step,
+                scalars["loss/total"],
+                SPIKE_FACTOR,
+                running_mean,
+            )
         scalars |= {
             "train/lr": lr,
             "train/grad_norm": grad_norm,
@@ -353,7 +368,12 @@ class Trainer:
 
     def _evaluate(self, dataset: MomentDataset, model: IMG | None = None) -> EvalReport:
         predictions = self.evaluator.predict(model or self.eval_model, dataset)
-        return EvalReport.from_predictions(dataset.split, predictions, select_on=self.run.train.select_on)
+        return EvalReport.from_predictions(
+            dataset.split,
+            predictions,
+            importance_predicted=self.run.model.predicts_importance,
+            select_on=self.run.train.select_on,
+        )
 
     def _evaluate_for_selection(self) -> EvalReport:
         """The selection split's report; with selection_noise = "fresh" the fused branch draws new slot noise at
@@ -363,7 +383,12 @@ class Trainer:
             return self._evaluate(self.data.select)
         with slot_noise_drawn(self.model):
             predictions = self.evaluator.predict(self.eval_model, self.data.select, seed=self._noise_seed())
-        return EvalReport.from_predictions(self.data.select.split, predictions, select_on=self.run.train.select_on)
+        return EvalReport.from_predictions(
+            self.data.select.split,
+            predictions,
+            importance_predicted=self.run.model.predicts_importance,
+            select_on=self.run.train.select_on,
+        )
 
     def _noise_seed(self) -> int:
         return (self.run.train.seed * 1_000_003 + self.step) % 2**63
@@ -397,12 +422,18 @@ class Trainer:
         started = time.perf_counter()
         report = self._evaluate_for_selection()
         score = report.branches[SELECTION_BRANCH][SELECTION_METRIC]
+        self.health.selection_scores.append(score)
         improved = score >= self.best_score  # ties count as better, as the authors' code does (§4.7)
         if improved:
             self.best_score, self.best_step = score, self.step
         if not self.rank.is_main:
             return
-        metrics = {"split": report.split, "branches": report.branches, "mean_audio_importance": report.mean_importance}
+        metrics = {
+            "split": report.split,
+            "branches": report.branches,
+            "mean_audio_importance": report.mean_importance,
+            "warnings": report.warnings,
+        }
         # The logs first, then the checkpoints: a kill at any moment leaves logs up to the step of last.pt at least
         # (what a resume keeps), never a last.pt whose evaluation or scalars were lost; later lines are dropped.
         self.log.log_metrics(
@@ -452,6 +483,7 @@ class Trainer:
         tables = [
             metrics_table(best.metrics["branches"], f"{best.metrics['split']} (best checkpoint, step {self.best_step})")
         ]
+        warnings = [*self.health.warnings(), *best.metrics.get("warnings", [])]
         if self.data.test is not None:
             model = best.model().to(self.device)
             compiled = torch.compile(model, dynamic=True) if self.run.runtime.compile else model
@@ -460,8 +492,10 @@ class Trainer:
                 "split": "test",
                 "branches": report.branches,
                 "mean_audio_importance": report.mean_importance,
+                "warnings": report.warnings,
             }
             tables.append(metrics_table(report.branches, f"test (best checkpoint, step {self.best_step})"))
+            warnings += report.warnings
         if not self.rank.is_main:
             return {}
         selected = {
@@ -473,7 +507,8 @@ class Trainer:
             f"run {self.run_dir}: {self.epoch} epochs, {self.step} steps; selected on {selected} by fused "
             f"{SELECTION_METRIC} = {self.best_score:.2f} at step {self.best_step}"
         )
-        summary = "\n\n".join([header, *tables])
+        final["warnings"] = warnings
+        summary = "\n\n".join([header, *tables, *warning_lines(warnings)])
         self.log.summary(summary)
         self.log.log_metrics(final)  # last: the final line marks the run finished (finished_summary)
         return final | {"summary": summary}
@@ -484,13 +519,27 @@ class Trainer:
         report = self._evaluate(self.data.select, model)
         if not self.rank.is_main:
             return {}
-        test = {"split": "test", "branches": report.branches, "mean_audio_importance": report.mean_importance}
+        test = {
+            "split": "test",
+            "branches": report.branches,
+            "mean_audio_importance": report.mean_importance,
+            "warnings": report.warnings,
+        }
+        warnings = [*self.health.warnings(), *report.warnings]
         header = (
             f"refit run {self.run_dir}: {self.step} steps on all {len(self.data.train)} training queries (the step "
             "selected on the held-out videos), no selection"
         )
-        summary = "\n\n".join([header, metrics_table(report.branches, f"test (after step {self.step})")])
-        final = {"kind": "final", "step": self.step, "best_step": self.step, "refit_steps": self.step, "test": test}
+        table = metrics_table(report.branches, f"test (after step {self.step})")
+        summary = "\n\n".join([header, table, *warning_lines(warnings)])
+        final = {
+            "kind": "final",
+            "step": self.step,
+            "best_step": self.step,
+            "refit_steps": self.step,
+            "test": test,
+            "warnings": warnings,
+        }
         self.log.summary(summary)
         self.log.log_metrics(final)
         return final | {"summary": summary}
