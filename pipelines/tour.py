@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extract.core.console import format_probability
 from extract.core.errors import UsageError
 from img_model.data.synthetic import (
     FAMILIES,
@@ -143,12 +144,6 @@ def _hit_rate(rows: list[dict[str, Any]], branch: str) -> float | None:
     return 100.0 * sum(answer["iou"] >= HIT_IOU for answer in answered) / len(answered)
 
 
-def _importance(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return "< 0.001" if 0 < value < 0.001 else f"{value:.3f}"  # a collapsed importance is not shown as 0.000
-
-
 def _cell(value: float | None) -> str:
     return f"{'n/a' if value is None else f'{value:.1f}':>8}"
 
@@ -165,7 +160,7 @@ def family_table(rows: list[dict[str, Any]]) -> list[str]:
         mean = sum(importances) / len(importances) if importances else None
         cells = "".join(_cell(_hit_rate(members, branch)) for branch in BRANCHES)
         meaning = f"   ({FAMILY_MEANING[name]})" if name in FAMILY_MEANING else ""
-        lines.append(f"  {name:<8}{len(members):>8}{cells}  {_importance(mean):>16}{meaning}")
+        lines.append(f"  {name:<8}{len(members):>8}{cells}  {format_probability(mean):>16}{meaning}")
     return lines
 
 
