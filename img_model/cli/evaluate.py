@@ -151,8 +151,9 @@ PROGRAM = "img-eval"
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write a self-contained HTML report: metrics, IoU histogram, R1 per threshold, every query on its "
-    "timeline with filters (wrong answers, audio-decided, split).",
+    help="Write a self-contained HTML report: metrics, IoU histogram, R1 per threshold, per audio-importance bin and "
+    "per moment length, every query on its timeline (sortable; its P(start)/P(end)) with filters (wrong answers, "
+    "audio-decided, split).",
 )
 @click.option(
     "--videos",

@@ -1,19 +1,22 @@
 """img-eval --report: one self-contained HTML file to look at a model's answers (no network: the script, the
 style and the data are inside the file; videos are linked, never embedded).
 
-It shows, per split and for all splits together: the metrics table of the three branches and the mean
-predicted audio importance (img-eval's own numbers: the rows are read back into its QueryPredictions and go
-through EvalReport), a histogram of the IoU and R1 against the IoU threshold for the fused, visual-only and
-audio-only branches; then every query in a paged list with its true span and each branch's span drawn on the
-video's timeline, the IoU, the audio importance, and filters: wrong answers only (fused IoU below the
-threshold), audio-decided only (a video with audio where fused is right and visual-only wrong: the sound decided
-the answer), by split, by text. With `videos` (a folder as img-extract scans it: a video's id is its path
-without the extension, extract.media.sources.folder_video_id), a row whose video is there has a player that seeks to
-the predicted start.
+It shows img-eval's warnings first, then, per split and for all splits together: the metrics table of the three
+branches and the mean predicted audio importance (img-eval's own numbers: the rows are read back into its
+QueryPredictions and go through EvalReport; a branch that does not apply, no audio in the model or in any video,
+reads n/a), a histogram of the IoU, R1 against the IoU threshold, R1 per predicted audio importance bin (Table 16)
+and per moment length; with `compared`, a second evaluation of the same queries side by side. Then every query in
+a paged, sortable list with its true span and each branch's span drawn on the video's timeline, the IoU, the audio
+importance, its P(start)/P(end) curves on demand, and filters: wrong answers only (fused IoU below the threshold),
+audio-decided only (a video with audio where fused is right and visual-only wrong: the sound decided the answer),
+by split, by text. With `videos` (a folder as img-extract scans it: a video's id is its path without the
+extension, extract.media.sources.folder_video_id), a row whose video is there has a player that seeks to the
+predicted start. The rows export as CSV (report_csv; the page's link builds the same table).
 
-Sizes: the list renders one page (50 rows) at a time; the size and speed of a report of ActivityNet's test split
-are measured once, in docs/prediction.md ("The report"). Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here,
-in Python, with the same IoUs as the metrics, so filters and table can never disagree.
+Sizes: the list renders one page (50 rows) at a time; a row's curves take at most 2·CURVE_POINTS characters; the
+size and speed of a report of ActivityNet's test split are measured once, in docs/prediction.md ("The report").
+Whether a branch is right at 0.3 / 0.5 / 0.7 is decided here, in Python, with the same IoUs as the metrics, so
+filters and table can never disagree.
 
     from img_model.evaluate.report import write_report
     write_report("report.html", rows, title="charades test", videos="videos/")  # rows: predictions JSONL dicts
@@ -284,8 +287,6 @@ def report_data(
         if compared is None
         else {
             "label": compared.label,
-            "branches": [name for name in BRANCHES if not compared.rows or name in compared.rows[0]["branches"]],
-            "matched": sum(key in other for key in ((row.get("split") or "test", row["qid"]) for row in rows)),
             "overall": summary([read_prediction(row) for row in compared.rows], ratio_bins),
             "summaries": {
                 split: summary(scoped, ratio_bins)
