@@ -3,7 +3,9 @@
 One report comes from the real run through img-eval (metrics table against img-eval's own numbers, the split and
 wrong-answer filters, a player that seeks to the predicted start of an H.264 video made with ffmpeg); another from
 a generated predictions list of ActivityNet's size (17,502 queries) that must render one page at a time and
-filter without a reload."""
+filter without a reload; the learning check's model with and without audio side by side from one img-eval command
+(its CSV, its relative paths); sorting, per-row P(start)/P(end), n/a branches, warnings and chart text size on
+generated rows."""
 
 from __future__ import annotations
 

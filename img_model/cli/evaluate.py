@@ -227,16 +227,6 @@ def main(
       img-eval converted.pt --dataset charades-sta --features feats.h5 --visual i3d-charades-vslnet \\
                --audio panns --text text.h5 --slot-noise always --seed 1
     """
-    from img_model.evaluate.evaluation import (
-        EvaluationRequest,
-        evaluate_checkpoint,
-        evaluation_label,
-        write_evaluation_csv,
-        write_evaluation_report,
-        write_predictions,
-    )
-    from img_model.network.convert import CheckpointLayoutError
-
     setup_logging(PROGRAM, verbose)
     if (videos is not None or title is not None) and report is None:
         fail(f"{'--videos' if videos is not None else '--title'} goes into the HTML report: add --report report.html")
@@ -249,6 +239,17 @@ def main(
             fail("--compare without --sweep takes one checkpoint (the report has two columns); --sweep takes several")
     if sweep_text is not None and compare_drop_audio:
         fail("--compare-drop-audio goes with --report or --csv, not --sweep (sweep --audio-missing-fraction instead)")
+    # after the usage checks: a usage error answers at once, without loading torch (7 s on a busy machine)
+    from img_model.evaluate.evaluation import (
+        EvaluationRequest,
+        evaluate_checkpoint,
+        evaluation_label,
+        write_evaluation_csv,
+        write_evaluation_report,
+        write_predictions,
+    )
+    from img_model.network.convert import CheckpointLayoutError
+
     request = EvaluationRequest(
         checkpoint_path,
         splits or ("test",),
