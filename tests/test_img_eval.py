@@ -70,18 +70,15 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     fused = row["branches"]["fused"]
     kept = {"span", "steps", "score", "iou", "top", "top_nms", "saliency", "start_probability", "end_probability"}
     assert set(fused) == kept and 1 <= len(fused["top"]) <= 5
+    assert set(row["branches"]["visual"]) == kept - {"start_probability", "end_probability"}  # the report's: fused
     assert 1 <= len(fused["top_nms"]) <= 10 and len(fused["saliency"]) == row["num_steps"]
     i, j = fused["steps"]
-    for (
-        r
-    ) in rows:  # the report's curves: P_start and P_end over the video's steps, whose product at the span is its score
-        for predicted in r["branches"].values():
-            start, end = predicted["start_probability"], predicted["end_probability"]
-            assert len(start) == len(end) == r["num_steps"] and sum(start) == pytest.approx(1, abs=1e-5)
-            a, b = predicted["steps"]
-            assert start[a] * end[b] == pytest.approx(predicted["score"], rel=1e-5) and sum(end) == pytest.approx(
-                1, abs=1e-5
-            )
+    for r in rows:  # the report's curves: P_start and P_end over the steps, whose product at the span is its score
+        start, end = r["branches"]["fused"]["start_probability"], r["branches"]["fused"]["end_probability"]
+        assert len(start) == len(end) == r["num_steps"]
+        assert sum(start) == pytest.approx(1, abs=1e-5) and sum(end) == pytest.approx(1, abs=1e-5)
+        a, b = r["branches"]["fused"]["steps"]
+        assert start[a] * end[b] == pytest.approx(r["branches"]["fused"]["score"], rel=1e-5)
     assert fused["span"] == pytest.approx(
         [i * row["duration"] / row["num_steps"], (j + 1) * row["duration"] / row["num_steps"]]
     )

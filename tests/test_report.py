@@ -52,7 +52,7 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
     importance = rng.uniform(size=count)
     # one saliency list per branch, shared by the rows (img-eval writes float32's shortest decimals)
     saliency = {branch: np.round(np.random.default_rng(seed + 1).normal(size=128), 2).tolist() for branch in BRANCHES}
-    curves = {branch: probability_curves(128, seed + 2 + number) for number, branch in enumerate(BRANCHES)}
+    start, end = probability_curves(128, seed + 2)  # img-eval keeps the fused branch's curves
     rows = []
     for n in range(count):
         predicted = {}
@@ -69,8 +69,7 @@ def generated_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
                 "top": top,
                 "top_nms": top,
                 "saliency": saliency[branch],
-                "start_probability": curves[branch][0],
-                "end_probability": curves[branch][1],
+                **({"start_probability": start, "end_probability": end} if branch == "fused" else {}),
             }
         rows.append(
             {
