@@ -68,9 +68,17 @@ def test_two_evaluations_are_identical_and_predictions_hold_every_branch(
     assert all(r["query"] == sentences[r["qid"]] and r["split"] == "test" for r in rows)
     assert set(row["branches"]) == set(BRANCHES) == set(report["branches"])
     fused = row["branches"]["fused"]
-    assert set(fused) == {"span", "steps", "score", "iou", "top", "top_nms", "saliency"} and 1 <= len(fused["top"]) <= 5
+    kept = {"span", "steps", "score", "iou", "top", "top_nms", "saliency", "start_probability", "end_probability"}
+    assert set(fused) == kept and 1 <= len(fused["top"]) <= 5
+    assert set(row["branches"]["visual"]) == kept - {"start_probability", "end_probability"}  # the report's: fused
     assert 1 <= len(fused["top_nms"]) <= 10 and len(fused["saliency"]) == row["num_steps"]
     i, j = fused["steps"]
+    for r in rows:  # the report's curves: P_start and P_end over the steps, whose product at the span is its score
+        start, end = r["branches"]["fused"]["start_probability"], r["branches"]["fused"]["end_probability"]
+        assert len(start) == len(end) == r["num_steps"]
+        assert sum(start) == pytest.approx(1, abs=1e-5) and sum(end) == pytest.approx(1, abs=1e-5)
+        a, b = r["branches"]["fused"]["steps"]
+        assert start[a] * end[b] == pytest.approx(r["branches"]["fused"]["score"], rel=1e-5)
     assert fused["span"] == pytest.approx(
         [i * row["duration"] / row["num_steps"], (j + 1) * row["duration"] / row["num_steps"]]
     )

@@ -168,7 +168,8 @@ def test_sweep_writes_one_table_and_one_plot_for_two_checkpoints(learning_check:
         (("--audio-weight", "nan"), "is not a finite number from 0 to 1"),
         (("--nms-threshold", "nan"), "is not a finite number from 0 to 1"),
         (("--sweep", "audio-noise-fraction=0,2"), "'2' is not a finite number from 0 to 1"),
-        (("--compare", "other.pt"), "--compare and --sweep-out go with --sweep"),
+        (("--compare", "other.pt"), "--compare without --sweep puts a second column in the report"),
+        (("--sweep-out", "out"), "--sweep-out goes with --sweep"),
     ],
 )
 def test_bad_robustness_options_are_one_line_usage_errors(tmp_path: Path, args: tuple[str, ...], says: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,14 @@ PROGRAM = "img-eval"
     "compare",
     multiple=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="With --sweep: another checkpoint evaluated the same way, side by side (repeatable; e.g. IMG w/o AIP).",
+    help="Another checkpoint evaluated the same way, side by side: with --sweep in its table (repeatable; e.g. IMG "
+    "w/o AIP); else one, in a second column of --report and --csv (metrics and every query's fused answer).",
+)
+@click.option(
+    "--compare-drop-audio",
+    is_flag=True,
+    help="With --report or --csv: the compared column is read with every audio track replaced by zeros; without "
+    "--compare it is CHECKPOINT itself (with and without audio in one command).",
 )
 @click.option(
     "--sweep-out",
@@ -145,8 +153,9 @@ PROGRAM = "img-eval"
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write a self-contained HTML report: metrics, IoU histogram, R1 per threshold, every query on its "
-    "timeline with filters (wrong answers, audio-decided, split).",
+    help="Write a self-contained HTML report: metrics, IoU histogram, R1 per threshold, per audio-importance bin and "
+    "per moment length, every query on its timeline (sortable; its P(start)/P(end)) with filters (wrong answers, "
+    "audio-decided, split).",
 )
 @click.option(
     "--videos",
@@ -169,6 +178,15 @@ PROGRAM = "img-eval"
     help="Instead of a CHECKPOINT: score a predictions file in that layout (another model's, or an export) against "
     "--dataset's annotations (--split, --features for durations the annotations leave out) with these metrics.",
 )
+@click.option("--title", default=None, help="With --report: the page's title (default: dataset, splits, checkpoint).")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the report's per-query table as CSV (spans and IoU of each branch, audio importance; the report's "
+    "CSV link gives the same table).",
+)
 @runtime_options(workers=0, precision="the checkpoint's run's, fp32 for converted checkpoints")
 def main(
     checkpoint_path: Path | None,
@@ -186,6 +204,7 @@ def main(
     ratio_bins: int,
     sweep_text: str | None,
     compare: tuple[Path, ...],
+    compare_drop_audio: bool,
     sweep_out: Path | None,
     as_json: bool,
     predictions: Path | None,
@@ -193,6 +212,8 @@ def main(
     videos: Path | None,
     export_qvhighlights: Path | None,
     score_qvhighlights: Path | None,
+    title: str | None,
+    csv_path: Path | None,
     device: str | None,
     precision: str | None,
     workers: int | None,
@@ -217,6 +238,8 @@ def main(
       img-eval runs/charades/best.pt
       img-eval runs/charades/best.pt --dataset charades-am --json --predictions am.jsonl
       img-eval runs/charades/best.pt --split test --split train-val --report report.html --videos videos/
+      img-eval runs/img/best.pt --compare-drop-audio --report with-without-audio.html --csv answers.csv
+      img-eval runs/img/best.pt --compare runs/no-aip/best.pt --report side-by-side.html --title "IMG vs w/o AIP"
       img-eval runs/charades/best.pt --audio-noise-fraction 0.4 --audio-noise-std 1 --noise-seed 0
       img-eval runs/img/best.pt --compare runs/no-aip/best.pt \\
                --sweep audio-noise-fraction=0,0.2,0.4,0.6,0.8,1 --sweep-out figure4/
@@ -225,29 +248,42 @@ def main(
       img-eval runs/charades/best.pt --export-qvhighlights preds.jsonl
       img-eval --score-qvhighlights their_preds.jsonl --dataset queries.jsonl --split val
     """
+    setup_logging(PROGRAM, verbose)
+    if score_qvhighlights is not None:
+        if checkpoint_path is not None:
+            fail("--score-qvhighlights scores a predictions file, not a checkpoint: leave out CHECKPOINT")
+        if predictions or report or export_qvhighlights or sweep_text or csv_path or compare or compare_drop_audio:
+            fail(
+                "--score-qvhighlights prints metrics only: leave out --predictions, --report, --csv, --export-*, "
+                "--sweep, --compare*"
+            )
+        _score_qvhighlights(score_qvhighlights, splits or ("test",), data, as_json)
+        return
+    if checkpoint_path is None:
+        fail("give the CHECKPOINT to evaluate (or --score-qvhighlights FILE --dataset ANNOTATIONS)")
+    if (videos is not None or title is not None) and report is None:
+        fail(f"{'--videos' if videos is not None else '--title'} goes into the HTML report: add --report report.html")
+    if sweep_out and sweep_text is None:
+        fail("--sweep-out goes with --sweep KEY=V1,V2,...")
+    if sweep_text is None and (compare or compare_drop_audio):
+        if report is None and csv_path is None:
+            fail("--compare without --sweep puts a second column in the report: add --report report.html or --csv")
+        if len(compare) > 1:
+            fail("--compare without --sweep takes one checkpoint (the report has two columns); --sweep takes several")
+    if sweep_text is not None and compare_drop_audio:
+        fail("--compare-drop-audio goes with --report or --csv, not --sweep (sweep --audio-missing-fraction instead)")
+    # after the usage checks: a usage error answers at once, without loading torch (7 s on a busy machine)
     from img_model.evaluate.evaluation import (
         EvaluationRequest,
         evaluate_checkpoint,
+        evaluation_label,
+        write_evaluation_csv,
         write_evaluation_report,
         write_predictions,
     )
     from img_model.evaluate.qvhighlights import write_qvhighlights
     from img_model.network.convert import CheckpointLayoutError
 
-    setup_logging(PROGRAM, verbose)
-    if score_qvhighlights is not None:
-        if checkpoint_path is not None:
-            fail("--score-qvhighlights scores a predictions file, not a checkpoint: leave out CHECKPOINT")
-        if predictions or report or export_qvhighlights or sweep_text:
-            fail("--score-qvhighlights prints metrics only: leave out --predictions, --report, --export-*, --sweep")
-        _score_qvhighlights(score_qvhighlights, splits or ("test",), data, as_json)
-        return
-    if checkpoint_path is None:
-        fail("give the CHECKPOINT to evaluate (or --score-qvhighlights FILE --dataset ANNOTATIONS)")
-    if videos is not None and report is None:
-        fail("--videos links the videos into the HTML report: add --report report.html")
-    if (compare or sweep_out) and sweep_text is None:
-        fail("--compare and --sweep-out go with --sweep KEY=V1,V2,...")
     request = EvaluationRequest(
         checkpoint_path,
         splits or ("test",),
@@ -268,8 +304,16 @@ def main(
     if sweep_text is not None:
         _sweep(request, sweep_text, list(compare), sweep_out, as_json)
         return
+    compared_request = (
+        replace(
+            request, checkpoint=compare[0] if compare else checkpoint_path, drop_audio=drop_audio or compare_drop_audio
+        )
+        if compare or compare_drop_audio
+        else None
+    )
     try:
         evaluation = evaluate_checkpoint(request)
+        compared = None if compared_request is None else evaluate_checkpoint(compared_request)
     except (CheckpointLayoutError, ImgVmrError) as error:
         fail(str(error))
         return
@@ -280,16 +324,25 @@ def main(
     reports = evaluation.reports
     if as_json:  # the metrics first: a file that cannot be written (a full disk) loses none of them
         payload = reports[0].as_json() if len(reports) == 1 else {"splits": [r.as_json() for r in reports]}
+        if compared is not None:
+            payload["compared"] = {"splits": [r.as_json() for r in compared.reports]}
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo("\n\n".join(_tables(report) for report in reports))
+        if compared is not None:
+            click.echo(
+                f"\n\ncompared: {evaluation_label(compared, Path.cwd())}\n\n"
+                + "\n\n".join(_tables(r) for r in compared.reports)
+            )
     try:
         if predictions is not None:
             write_predictions(predictions, evaluation.rows)
         if export_qvhighlights is not None:
             write_qvhighlights(export_qvhighlights, evaluation.rows)
         if report is not None:
-            write_evaluation_report(report, evaluation, videos)
+            write_evaluation_report(report, evaluation, videos, title, compared)
+        if csv_path is not None:
+            write_evaluation_csv(csv_path, evaluation, compared)
     except OutputWriteError as error:
         log.debug("error", exc_info=True)
         write_failed(PROGRAM, error, "run img-eval again (the metrics are printed above)")

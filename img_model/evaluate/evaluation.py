@@ -67,6 +67,28 @@ class Evaluation:
     reports: list[EvalReport]  # one per split, in the order asked
     rows: list[dict[str, Any]]  # every query's prediction (img-eval --predictions), split after split
 
+    @property
+    def warnings(self) -> list[str]:
+        """The splits' warning lines (the run's and img-eval's own), each once: the top of the report."""
+        return list(dict.fromkeys(warning for report in self.reports for warning in report.warnings))
+
+
+def evaluation_label(evaluation: Evaluation, folder: Path) -> str:
+    """How the report names an evaluation: its checkpoint relative to the report's folder, and how the audio was
+    read when it was not as recorded."""
+    context = evaluation.reports[0].context
+    label = _relative(context["checkpoint"], folder)
+    if context["drop_audio"]:
+        label += ", audio dropped"
+    if context.get("audio_weight") is not None:
+        label += f", audio weight {context['audio_weight']:g}"
+    return label
+
+
+def _relative(file: str | Path, folder: Path) -> str:
+    """A file that exists as a path relative to `folder` (no folder of this machine shown), else as given."""
+    return os.path.relpath(Path(file).absolute(), folder.absolute()) if Path(file).is_file() else str(file)
+
 
 def evaluate_checkpoint(request: EvaluationRequest) -> Evaluation:
     """The report of each split, and the prediction rows of all of them."""
@@ -156,25 +178,47 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     log.info("wrote %d predictions to %s", len(rows), path)
 
 
-def write_evaluation_report(path: Path, evaluation: Evaluation, videos: Path | None) -> None:
-    """img-eval --report: the HTML report of every split's queries (img_model/evaluate/report.py)."""
-    from img_model.evaluate.report import write_report
+def write_evaluation_report(
+    path: Path,
+    evaluation: Evaluation,
+    videos: Path | None,
+    title: str | None = None,
+    compared: Evaluation | None = None,
+) -> None:
+    """img-eval --report: the HTML report of every split's queries (img_model/evaluate/report.py); `compared`
+    puts a second evaluation of the same queries beside this one."""
+    from img_model.evaluate.report import Compared, write_report
 
     reports, rows = evaluation.reports, evaluation.rows
     first = reports[0].context
     context = {key: first[key] for key in ("checkpoint", "dataset", "slot_noise", "select_on", "notes")}
     for key in ("checkpoint", "dataset"):  # files named relative to the report, as its video links are
-        if Path(context[key]).is_file():
-            context[key] = os.path.relpath(Path(context[key]).absolute(), path.absolute().parent)
+        context[key] = _relative(context[key], path.parent)
     if first["drop_audio"]:
         context["notes"] = [*context["notes"], "audio dropped (--drop-audio)"]
     if first.get("audio_perturbation"):
         context["notes"] = [*context["notes"], perturbation_line(first["audio_perturbation"])]
     context["ratio_bin_count"] = first.get("ratio_bin_count", RATIO_BINS)
-    context["warnings"] = list(dict.fromkeys(warning for report in reports for warning in report.warnings))
+    context["label"] = evaluation_label(evaluation, path.parent)
     if first.get("audio_weight") is not None:
         context["notes"] = [*context["notes"], f"audio weight forced to {first['audio_weight']:g} (--audio-weight)"]
-    title = f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
+    if title is None:
+        title = (
+            f"{Path(first['dataset']).name}: {', '.join(r.split for r in reports)} ({Path(first['checkpoint']).name})"
+        )
+    other = None if compared is None else Compared(evaluation_label(compared, path.parent), compared.rows)
     with writing(f"--report {path}", path.parent):
-        write_report(path, rows, title, context, videos)
+        write_report(path, rows, title, context, videos, evaluation.warnings, other)
     log.info("wrote the report of %d queries to %s", len(rows), path)
+
+
+def write_evaluation_csv(path: Path, evaluation: Evaluation, compared: Evaluation | None = None) -> None:
+    """img-eval --csv: the report's per-query table (its CSV link's), the compared fused answer too."""
+    from img_model.evaluate.report import Compared, report_csv, report_data
+
+    other = None if compared is None else Compared(evaluation_label(compared, path.parent), compared.rows)
+    data = report_data(evaluation.rows, "", compared=other)
+    with writing(f"--csv {path}", path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, report_csv(data))
+    log.info("wrote %d rows to %s", len(evaluation.rows), path)

@@ -12,7 +12,8 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
      "branches": {"fused":  {"span": [24.0, 30.96], "steps": [24, 30], "score": 0.31, "iou": 0.87,
                              "top": [{"span": [...], "steps": [...], "score": ..., "iou": ...}, ... 5],
                              "top_nms": [{"span": ..., "steps": ..., "score": ..., "iou": ...}, ... 10],
-                             "saliency": [-1.2, 0.4, ... num_steps]},
+                             "saliency": [-1.2, 0.4, ... num_steps],
+                             "start_probability": [0.01, 0.2, ... num_steps], "end_probability": [...]},  # fused
                   "visual": {...}, "audio": {...}}}
 
 - times are seconds; `steps` the step indices (i, j) with span = [i·D/N, (j+1)·D/N] (§1.3), N = `num_steps`, the
@@ -23,6 +24,8 @@ Predictions JSONL (`--predictions FILE`), one object per query, in dataset order
   give R5-NMS, all ten the mAPs; fewer when fewer survive);
 - `saliency` is the branch's saliency head's raw score (no sigmoid) of each of the video's `num_steps` steps
   (fused: av_score, visual: v_score, audio: a_score), the per-clip scores of the highlight metrics;
+- `start_probability` / `end_probability`, fused branch only: P_start and P_end of each step (the softmax of its
+  logits over the video's steps; `score` is the product at the span's steps), the curves of the report's rows;
 - `saliency_labels`, only where the dataset labels clips (custom JSONL `relevant_clip_ids` + `saliency_scores`):
   `{"clip_length": 2.0, "relevant_clip_ids": [...], "saliency_scores": [[...], ...]}` as read;
 - `audio_importance` is the model's predicted p (the AIP output, §3.2 step 7); `has_audio` false means the video
@@ -99,8 +102,20 @@ class BranchPrediction:
     nms_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     nms_ious: np.ndarray = field(default_factory=lambda: np.zeros(0))
     saliency: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (num_steps,) raw scores
+    # P_start and P_end of each step (softmax of the logits over the video's steps), for the report's curves; empty
+    # for the visual and audio branches and for rows read back from a predictions file written before they were kept
+    start_probability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    end_probability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def as_json(self) -> dict[str, Any]:
+        curves = {
+            name: [float(str(value)) for value in np.asarray(values, np.float32)]
+            for name, values in (
+                ("start_probability", self.start_probability),
+                ("end_probability", self.end_probability),
+            )
+            if len(values)
+        }
         return {
             "span": list(self.span),
             "steps": list(self.steps),
@@ -110,6 +125,7 @@ class BranchPrediction:
             "top_nms": _spans_json(self.nms_steps, self.nms_spans, self.nms_scores, self.nms_ious),
             # float32's shortest decimal: its ranking (all the highlight metrics use) read back unchanged
             "saliency": [float(str(value)) for value in np.asarray(self.saliency, np.float32)],
+            **curves,
         }
 
 
@@ -194,6 +210,11 @@ def _branch_predictions(
     top = top_spans(start_logits, end_logits, k)
     kept = nms_spans(start_logits, end_logits, MAP_WINDOWS, nms_threshold)
     saliency = getattr(outputs, SALIENCY_SCORES[name]).float().cpu().numpy()
+    # the fused branch's P_start and P_end, the report's curves (masked steps, -1e30, get 0); those of the visual and
+    # audio branches, which nothing reads, would add 2 x 3.7 KB per query of 128 steps to the predictions file
+    none = np.zeros((len(lengths), 0), np.float32)  # sliced per row: empty, left out of the JSON
+    start_probability = torch.softmax(start_logits, dim=1).cpu().numpy() if name == "fused" else none
+    end_probability = torch.softmax(end_logits, dim=1).cpu().numpy() if name == "fused" else none
     n, d = lengths[:, None], durations[:, None]
     best_start, best_end = index_to_time(best.start.cpu().numpy(), best.end.cpu().numpy(), lengths, durations)
     top_start_idx, top_end_idx = top.start.cpu().numpy(), top.end.cpu().numpy()
@@ -228,6 +249,8 @@ def _branch_predictions(
                 nms_scores=kept_scores[row],
                 nms_ious=np.where(kept_found[row], kept_iou[row], np.nan),
                 saliency=saliency[row, : int(lengths[row])],
+                start_probability=start_probability[row, : int(lengths[row])],
+                end_probability=end_probability[row, : int(lengths[row])],
             )
         )
     return predictions
