@@ -76,6 +76,7 @@ print(code, "torch" in sys.modules)
         ["img-eval", "{tmp}/best.pt", "--batch-size", "0"],
         ["img-predict", "serve", "--help"],
         ["img-predict", "--checkpoint", "{tmp}/best.pt", "{tmp}/v.mp4", "q", "--top-k", "0"],
+        ["img-predict", "--checkpoint", "{tmp}/best.pt", "{tmp}/v.mp4"],  # no query: refused before any model
         ["img-pipeline", "--help"],
         ["img-pipeline", "charades-sta", "--work", "{tmp}/work", "--epochs", "0"],
         ["img-pipeline", "no-such-recipe", "--work", "{tmp}/work"],

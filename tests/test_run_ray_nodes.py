@@ -238,48 +238,6 @@ def test_a_killed_driver_leaves_committed_videos_and_the_same_command_finishes(t
     report("driver killed, then the same command", started, driver, driver.out)
 
 
-def test_a_lost_node_never_hangs_the_run_its_work_moves_to_the_node_left(two_cpu_nodes, driver, hold) -> None:
-    """Issue 15: two one-CPU nodes, one lost mid-run. The model actor used to hold the last CPU, so no decode task
-    could start again and the run waited forever, silently."""
-    started = time.monotonic()
-    process = driver.start()
-    worker = driver.held_mid_run(process)
-    lost = two_cpu_nodes.worker_node_of(worker)
-    two_cpu_nodes.kill_raylet(lost)  # its workers, its objects and maybe the model actor go with it
-    hold.release()
-    code, stderr = driver.wait(process)
-    assert code == 0, stderr
-    assert_every_video_once(driver.out)
-    retried = [line for line in driver.lines() if "a Ray worker decoding it was lost" in line]
-    assert any(line.startswith(f"img-extract: {HOLD_VIDEO}: ") for line in retried), driver.lines()
-    report("node lost (raylet killed)", started, driver, driver.out)
-
-
-def test_a_cluster_left_without_cpus_stops_the_run_after_stall_seconds_saying_what_it_waits_for(
-    two_cpu_nodes, driver, hold
-) -> None:
-    started = time.monotonic()
-    process = driver.start("--stall-seconds", "30")
-    driver.held_mid_run(process)
-    for node in two_cpu_nodes.nodes[1:]:
-        if node.processes():
-            two_cpu_nodes.kill_raylet(node)
-    hold.release()
-    code, stderr = driver.wait(process, timeout=180)
-    lines = driver.lines()
-    assert code == 3, stderr
-    assert any("Ray: no progress for" in line and "waiting for" in line for line in lines), lines
-    last = lines[-1]
-    assert last.startswith("img-extract: error: the run stopped: WorkerLostError: no progress on the Ray cluster")
-    assert "decode task" in last and "to start (each asks 0.99 CPU)" in last, last  # what it waits for
-    assert "the cluster has no CPU and no GPU free on 1 live node" in last, last  # and what the cluster has
-    assert "re-run the same command to resume" in last
-    committed = records_per_video(driver.out)
-    assert committed and set(committed.values()) == {1}  # what had finished is in the store, once
-    assert f"{len(committed)} finished video" in last
-    report("every CPU node lost (--stall-seconds 30)", started, driver, driver.out)
-
-
 # --- SIGTERM and cancellation at the wrong moment (issue 15, item 2) ------------------------------------------
 
 SIGTERM_INSIDE_RAY_INIT = """
@@ -384,3 +342,48 @@ def test_a_decode_task_cancelled_while_it_reads_its_arguments_ends_cancelled(
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("TaskCancelledError"), result.stdout + result.stderr[-3000:]
     assert "Handlers" not in result.stdout + result.stderr
+
+
+# --- nodes lost (last: the cluster is left with fewer nodes, so no later test starts new ones) ---------------
+
+
+def test_a_lost_node_never_hangs_the_run_its_work_moves_to_the_node_left(two_cpu_nodes, driver, hold) -> None:
+    """Issue 15: two one-CPU nodes, one lost mid-run. The model actor used to hold the last CPU, so no decode task
+    could start again and the run waited forever, silently."""
+    started = time.monotonic()
+    process = driver.start()
+    worker = driver.held_mid_run(process)
+    lost = two_cpu_nodes.worker_node_of(worker)
+    two_cpu_nodes.kill_raylet(lost)  # its workers, its objects and maybe the model actor go with it
+    hold.release()
+    code, stderr = driver.wait(process)
+    assert code == 0, stderr
+    assert_every_video_once(driver.out)
+    retried = [line for line in driver.lines() if "a Ray worker decoding it was lost" in line]
+    assert any(line.startswith(f"img-extract: {HOLD_VIDEO}: ") for line in retried), driver.lines()
+    report("node lost (raylet killed)", started, driver, driver.out)
+
+
+def test_a_cluster_left_without_cpus_stops_the_run_after_stall_seconds_saying_what_it_waits_for(
+    two_cpu_nodes, driver, hold
+) -> None:
+    started = time.monotonic()
+    process = driver.start("--stall-seconds", "30")
+    driver.held_mid_run(process)
+    for node in two_cpu_nodes.nodes[1:]:
+        if node.processes():
+            two_cpu_nodes.kill_raylet(node)
+    hold.release()
+    code, stderr = driver.wait(process, timeout=180)
+    lines = driver.lines()
+    assert code == 3, stderr
+    assert any("Ray: no progress for" in line and "waiting for" in line for line in lines), lines
+    last = lines[-1]
+    assert last.startswith("img-extract: error: the run stopped: WorkerLostError: no progress on the Ray cluster")
+    assert "decode task" in last and "to start (each asks 0.99 CPU)" in last, last  # what it waits for
+    assert "the cluster has no CPU and no GPU free on 1 live node" in last, last  # and what the cluster has
+    assert "re-run the same command to resume" in last
+    committed = records_per_video(driver.out)
+    assert committed and set(committed.values()) == {1}  # what had finished is in the store, once
+    assert f"{len(committed)} finished video" in last
+    report("every CPU node lost (--stall-seconds 30)", started, driver, driver.out)

@@ -102,6 +102,10 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(flags: dict[str, Any], progress: bool) -> Any:
+    if not flags["verbose"]:  # here, not at start-up: transformers (and torch) load only when a model does
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     from img_model.predict.predictor import Predictor, PredictorOptions
 
     options = PredictorOptions(
@@ -136,14 +140,16 @@ def _setup_logging(verbose: bool) -> None:
         return
     for handler in logging.getLogger("img_vmr").handlers:
         handler.addFilter(_quiet)
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+
+def _layout_error(error: Exception) -> bool:
+    """Whether error is a CheckpointLayoutError: asked without importing its module (and torch with it), which
+    is loaded whenever one can be raised; an error before any model loads stays a torch-free start."""
+    convert = sys.modules.get("img_model.network.convert")
+    return convert is not None and isinstance(error, convert.CheckpointLayoutError)
 
 
 def _one_line_errors(work: Callable[[], None]) -> None:
-    from img_model.network.convert import CheckpointLayoutError
-
     try:
         work()
     except VideoDecodeError as error:
@@ -151,10 +157,10 @@ def _one_line_errors(work: Callable[[], None]) -> None:
     except OutputWriteError as error:  # the feature cache on a full disk: what it holds is whole
         log.debug("error", exc_info=True)
         write_failed(PROGRAM, error, "run img-predict again (or give --cache a folder with room)")
-    except (CheckpointLayoutError, ImgVmrError) as error:
-        log.debug("error", exc_info=True)
-        fail(str(error), EXIT_USAGE)
     except Exception as error:
+        if isinstance(error, ImgVmrError) or _layout_error(error):
+            log.debug("error", exc_info=True)
+            fail(str(error), EXIT_USAGE)
         log.debug("internal error", exc_info=True)
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
 
