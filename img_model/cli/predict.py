@@ -89,6 +89,22 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
         ),
+        click.option(
+            "--glove",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="GloVe models: the GloVe text file the checkpoint was trained with (e.g. glove.840B.300d.txt). Words "
+            "the training queries never had but the file has are read with their exact vectors (IMG's GloVe rows "
+            "are frozen), instead of <UNK>. Default: the file recorded at training, when its index is in "
+            "--glove-cache (img-extract text built it there).",
+        ),
+        click.option(
+            "--glove-cache",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where the GloVe index is (built on first use, as for img-extract text; default "
+            "$IMG_WEIGHTS_DIR/glove-index or ~/.cache/img-vmr/glove-index).",
+        ),
         click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         precision_option("the checkpoint's run's, as img-eval"),
@@ -118,6 +134,8 @@ def _load(flags: dict[str, Any], progress: bool) -> Any:
         visual=flags["visual"],
         audio=flags["audio"],
         progress=progress,
+        glove=flags["glove"],
+        glove_cache=flags["glove_cache"],
     )
     return Predictor.from_checkpoint(flags["checkpoint"], options)
 
@@ -225,8 +243,9 @@ def answer_command(
     \b
     The video's features are made with the presets and weights recorded in the checkpoint (their sha256 is
     checked) and cached, so a second query on the same video costs only the model. Words the checkpoint's
-    vocabulary does not know are read as <UNK> with a warning; a query with no known word is refused. A video
-    without audio is answered by the visual-only branch, and the answer says so.
+    vocabulary does not know are read from the GloVe file (--glove) with their exact vectors, else as <UNK> with
+    a warning; a query with no known word is refused. A video without audio is answered by the visual-only
+    branch, and the answer says so.
 
     \b
     Examples:

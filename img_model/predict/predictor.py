@@ -58,9 +58,17 @@ from img_model.checkpoint import Checkpoint, read_checkpoint
 from img_model.data.alignment import align
 from img_model.data.batch import Sample, collate
 from img_model.evaluate.evaluator import BRANCHES, SALIENCY_SCORES, BranchPrediction, _branch_predictions
+from img_model.network.layers import WordVectors
 from img_model.network.model import IMG
 from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
-from img_model.predict.queries import EncoderQueryReader, GloveQueryReader, QueryInput, query_reader, read_queries
+from img_model.predict.queries import (
+    EncoderQueryReader,
+    GloveQueryReader,
+    QueryInput,
+    glove_extension,
+    query_reader,
+    read_queries,
+)
 from img_model.runtime import runtime_device
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -106,7 +114,7 @@ class QueryAnswer:
     top: tuple[Span, ...]  # the top-k distinct spans, best first (the first is [start, end])
     branch: str  # "fused", or "visual" when no audio was used
     audio_importance: float | None  # the predicted p; None when no audio was used or the model has none
-    unknown_words: tuple[str, ...] = ()  # words read as <UNK>
+    unknown_words: tuple[str, ...] = ()  # words read as <UNK> (in neither the vocabulary nor the GloVe file)
     tokens_dropped: int = 0  # tokens past the first max_pos_len, not read (as img-eval reads a query)
     start_probabilities: tuple[float, ...] = ()  # P_start per step of the video's grid
     end_probabilities: tuple[float, ...] = ()
@@ -115,6 +123,7 @@ class QueryAnswer:
     truth: Truth | None = None  # the true span, when one was given
     iou: Mapping[str, float | None] | None = None  # per branch, against `truth` (None without truth)
     drop_audio: Span | None = None  # the fused span with the audio removed (when asked)
+    glove_words: tuple[str, ...] = ()  # words read from the GloVe file: beyond the checkpoint's vocabulary
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +134,7 @@ class QueryAnswer:
             "branch": self.branch,
             "audio_importance": self.audio_importance,
             "unknown_words": list(self.unknown_words),
+            "glove_words": list(self.glove_words),
             "tokens_dropped": self.tokens_dropped,
             "top": [span.as_json() for span in self.top],
             "start_probabilities": list(self.start_probabilities),
@@ -157,6 +167,7 @@ class QueryAnswer:
             truth=None if truth is None else (truth["start"], truth["end"]),
             iou=answer.get("iou"),
             drop_audio=Span.from_json(answer.get("drop_audio")),
+            glove_words=tuple(answer.get("glove_words", ())),
         )
 
 
@@ -222,6 +233,10 @@ class PredictorOptions:
     visual: str | None = None  # converted checkpoints (no recorded recipe): the presets of their features
     audio: str | None = None
     progress: bool = False
+    # GloVe models: the GloVe file extending the vocabulary (None: the one recorded at training, when its index is
+    # in glove_cache), and where its index is built (None: $IMG_WEIGHTS_DIR/glove-index or ~/.cache/img-vmr/...)
+    glove: str | os.PathLike[str] | None = None
+    glove_cache: str | os.PathLike[str] | None = None
 
 
 class Predictor:
@@ -268,7 +283,10 @@ class Predictor:
         cache = FeatureCache(
             specs, cache_dir, device, weights, options.clip_model, options.trust_weights, options.progress
         )
-        queries = query_reader(checkpoint, device, weights, options.text_model, options.trust_weights)
+        glove = Path(options.glove) if options.glove is not None else None
+        glove_cache = Path(options.glove_cache) if options.glove_cache is not None else None
+        extension = glove_extension(checkpoint, glove, glove_cache)
+        queries = query_reader(checkpoint, device, weights, options.text_model, options.trust_weights, extension)
         return cls(checkpoint, cache, queries, device, precision, options.top_k)
 
     def read_queries(self, queries: Sequence[str]) -> list[QueryInput]:
@@ -283,13 +301,43 @@ class Predictor:
                     self.config.max_pos_len,
                     query.tokens_dropped,
                 )
+            if query.glove_words:
+                log.info(
+                    "%r: %s read from %s (not in the checkpoint's vocabulary: their exact GloVe vectors)",
+                    query.text,
+                    ", ".join(query.glove_words),
+                    self.glove,
+                )
             if query.unknown_words:
                 log.warning(
-                    "%r: %s not in the checkpoint's vocabulary, read as <UNK> (the UNK vector)",
+                    "%r: %s not in the checkpoint's vocabulary%s, read as <UNK> (the UNK vector)",
                     query.text,
                     ", ".join(query.unknown_words),
+                    f" nor in {self.glove}" if self.glove else "",
                 )
+        self._hold_glove_rows()
         return inputs
+
+    @property
+    def glove(self) -> str | None:
+        """The GloVe file extending the vocabulary, as the user named it (None: none)."""
+        extension = getattr(self.queries, "extension", None)
+        return extension.name if extension is not None else None
+
+    def _hold_glove_rows(self) -> None:
+        """Append to the model's frozen GloVe matrix the rows of the words read from the GloVe file since the last
+        call (word id len(vocabulary) + k is row glove_words + k: the ids the query reader gave them)."""
+        reader = self.queries
+        if not isinstance(reader, GloveQueryReader) or reader.extension is None:
+            return
+        embeddings = [module for module in self.model.modules() if isinstance(module, WordVectors)]
+        held = embeddings[0].glove_vectors.shape[0] - (len(reader.vocabulary.words) - 2)
+        new = list(reader.added_words)[held:]
+        if not new:
+            return
+        rows = torch.from_numpy(reader.extension.vectors(new))
+        for module in embeddings:  # the video and the audio branch each hold the same frozen matrix
+            module.glove_vectors = torch.cat([module.glove_vectors, rows.to(module.glove_vectors)], dim=0)
 
     def predict(
         self,
@@ -317,8 +365,9 @@ class Predictor:
         truths: Sequence[Truth | None] | None = None,
         drop_audio: bool = False,
     ) -> VideoAnswers:
-        """The model's answers for already read features and queries."""
+        """The model's answers for already read features and queries (read by `read_queries`)."""
         truths = _checked_truths(truths, len(inputs))
+        self._hold_glove_rows()
         aligned = align(features.visual, features.audio, self.config.max_pos_len, self.align_rule)
         audio_used = aligned.audio is not None
         silence = np.zeros((len(aligned.visual), self.config.audio_feature_dim), np.float32)
@@ -345,6 +394,8 @@ class Predictor:
             note=note,
             answers=tuple(answers),
             precision=self.precision.name,
+            glove=self.glove,
+            added_words=tuple(dict.fromkeys(word for query in inputs for word in query.glove_words)),
         )
 
     def _forward(
@@ -430,6 +481,7 @@ def _answer(
         audio_importance=float(outputs.aip_prob[0].float()) if audio_used and outputs.aip_prob is not None else None,
         unknown_words=query.unknown_words,
         tokens_dropped=query.tokens_dropped,
+        glove_words=query.glove_words,
         start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),
         end_probabilities=tuple(torch.softmax(end_logits, dim=0).tolist()),
         branches=branches,
