@@ -20,12 +20,13 @@ import torch
 
 from extract.core.errors import StoreLockedError, UsageError
 from img_model.checkpoint import CheckpointMismatchError, read_checkpoint
-from img_model.cli.predict import _read_queries_file, probability_text
+from img_model.cli.predict import _read_queries_file
 from img_model.network.convert import CheckpointLayoutError
 from img_model.network.metrics import temporal_iou
 from img_model.predict.feature_cache import recorded_specs
 from img_model.predict.predictor import Predictor, PredictorOptions, VideoAnswers
 from img_model.predict.queries import QueryError
+from img_model.predict.text import probability_text
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_eval, run_img_predict, start_img_predict
 from tests.real_run import SILENT_VIDEO, RealRun

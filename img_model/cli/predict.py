@@ -43,8 +43,9 @@ def main() -> None:
     \b
     img-predict --checkpoint RUN/best.pt VIDEO "query" ["query" ...]   answer (same as `img-predict answer ...`)
     img-predict serve --checkpoint RUN/best.pt --videos DIR            a demo page on http://127.0.0.1:8080
+    img-predict batch --checkpoint RUN/best.pt --manifest M.csv --out DIR   many (video, query) rows: JSONL + HTML
 
-    Every option: img-predict answer --help, img-predict serve --help.
+    Every option: img-predict answer --help, img-predict serve --help, img-predict batch --help.
     """
 
 
@@ -267,7 +268,9 @@ def answer_command(
             check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
         answers = predictor.predict(video, texts, truths=truths, drop_audio=drop_audio)
-        click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
+        from img_model.predict.text import answers_text
+
+        click.echo(json.dumps(answers.as_json(), indent=2) if as_json else answers_text(answers))
         if plot is not None:
             from img_model.predict.plot import write_plot
 
@@ -307,57 +310,74 @@ def _read_queries_file(path: Path) -> list[tuple[str, tuple[float, float] | None
     return rows
 
 
-def probability_text(value: float) -> str:
-    """A probability with 3 decimals, "< 0.001" below that (never "0.000" for a value that is not 0), "0" for 0.
-    TODO(after merging issue 18's health work): extract.core.console.format_probability, the same rule."""
-    if value == 0:
-        return "0"
-    if 0 < value < 0.001:
-        return "< 0.001"
-    return f"{value:.3f}"
+@main.command(
+    "batch",
+    epilog="\b\nExit status: 0 every row answered, 1 some rows failed (their lines say why; the others are "
+    "answered) or an internal error, 2 usage error (a malformed manifest, a checkpoint or weights that do not fit), "
+    "3 --out or the feature cache could not be written (a full disk; the lines written so far are kept).",
+)
+@click.option(
+    "--manifest",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='The rows: a .jsonl file of {"video": ..., "query": ..., "start": s, "end": s} lines or a .csv '
+    "file with the columns video, query[, start, end][, video_id]. Video paths are relative to the manifest's "
+    "folder; start/end (seconds, optional) are the true span.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for answers.jsonl (one line per row: the answer JSON with the video's keys, row and video_id; "
+    "or the row's error) and report.html (a summary page). Created if missing; both files are replaced.",
+)
+@click.option(
+    "--drop-audio",
+    is_flag=True,
+    help="Also answer each row with the audio removed (as img-eval --drop-audio), in the JSONL and the page.",
+)
+@click.option("--title", default="img-predict batch", show_default=True, help="The summary page's title.")
+@predictor_options
+def batch_command(manifest: Path, out: Path, drop_audio: bool, title: str, **flags: Any) -> None:
+    """Answer every (video, query[, start, end]) row of a manifest with one checkpoint: one JSONL of answers and
+    one HTML summary in --out, without running img-extract, img-extract text or img-eval by hand.
 
+    \b
+    Each video's features are made once (and cached, as for img-predict answer); its queries are then answered
+    one by one. A video that cannot be read, or a query that cannot be (no known word), is a line with its
+    "error" and the others go on. Rows with start/end get each branch's IoU; the page shows mean IoU and R1 per
+    branch over them. The last line is the summary: rows, answered, failed, time and rows per second.
 
-def _span_text(span: Any) -> str:
-    return "n/a" if span is None else f"{span.start:.2f}-{span.end:.2f} s ({span.score:.4f})"
+    \b
+    Example:
+      img-predict batch --checkpoint runs/charades/best.pt --manifest rows.csv --out batch/ --drop-audio
+    """
+    _setup_logging(flags["verbose"])
+    failed = False
 
+    def work() -> None:
+        nonlocal failed
+        from extract.core.errors import writing
+        from extract.core.files import write_atomically
+        from img_model.predict.batch import ANSWERS_FILE, REPORT_FILE, read_manifest, run_batch
+        from img_model.predict.batch_report import batch_report
 
-def _without_audio_text(answer: Any) -> str:
-    """The --drop-audio line: the fused span with the audio removed, whether it moved, and its IoU with the truth."""
-    dropped, fused = answer.drop_audio, (answer.branches or {}).get("fused")
-    moved = fused is None or (fused.start, fused.end) != (dropped.start, dropped.end)
-    line = f"without audio: fused {_span_text(dropped)}, {'another span than' if moved else 'the same span as'} with it"
-    if answer.truth is not None:
-        from img_model.network.metrics import temporal_iou
+        rows = read_manifest(manifest)  # a malformed manifest fails before the model loads
+        with writing(f"--out {out}", out):
+            out.mkdir(parents=True, exist_ok=True)
+        predictor = _load(flags, progress=False)
+        answers = out / ANSWERS_FILE
+        with writing(f"--out {answers}", out):
+            with open(answers, "w", encoding="utf-8") as handle:
+                summary = run_batch(predictor, rows, handle, drop_audio=drop_audio)
+            line = summary.line()
+            write_atomically(out / REPORT_FILE, batch_report(summary.results, line, title))
+        click.echo(line)
+        click.echo(f"answers: {answers}; page: {out / REPORT_FILE}")
+        failed = summary.failed > 0
 
-        iou = float(temporal_iou(dropped.start, dropped.end, *answer.truth))
-        line += f"; IoU {iou:.2f}"
-    return line
-
-
-def _text(answers: Any) -> str:
-    audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
-    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}; {answers.precision}"]
-    if answers.glove is not None:
-        added = ", ".join(answers.added_words) or "none of these queries' words"
-        lines.append(f"vocabulary extended from {answers.glove}: {added}")
-    for number, answer in enumerate(answers.answers, 1):
-        importance = (
-            "" if answer.audio_importance is None else f", audio importance {probability_text(answer.audio_importance)}"
-        )
-        lines.append(
-            f'{number}. "{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.4f}{importance}'
-        )
-        if answer.branches:
-            lines.append(
-                "   branches: " + " | ".join(f"{name} {_span_text(span)}" for name, span in answer.branches.items())
-            )
-        if answer.truth is not None and answer.iou is not None:
-            ious = " | ".join(f"{name} {'n/a' if iou is None else f'{iou:.2f}'}" for name, iou in answer.iou.items())
-            lines.append(f"   truth {answer.truth[0]:.2f}-{answer.truth[1]:.2f} s, IoU: {ious}")
-        if answer.drop_audio is not None:
-            lines.append("   " + _without_audio_text(answer))
-        lines.append("   top: " + "  ".join(f"{s.start:.2f}-{s.end:.2f} ({s.score:.4f})" for s in answer.top))
-    return "\n".join(lines)
+    _one_line_errors(work)
+    sys.exit(EXIT_FAILED if failed else 0)
 
 
 @main.command(
