@@ -211,7 +211,8 @@ def test_the_plot_is_the_figure_of_the_answers_probabilities_spans_importance_an
         )
         title = axis.get_title()
         assert f'"{answer["query"]}": {answer["start"]:.2f}-{answer["end"]:.2f} s' in title
-        assert f"audio importance {answer['audio_importance']:.2f}" in title and "bars: top 5" in title
+        importance = probability_text(answer["audio_importance"])
+        assert f"audio importance {importance}" in title and "bars: top 5" in title
         legend = ["P(start)", "P(end)", "answer", *(["truth"] if answer["truth"] else []), "saliency"]
         assert [t.get_text() for t in axis.get_legend().get_texts()] == legend
         saliency = artists[f"saliency:{number}"]
@@ -559,7 +560,7 @@ def test_gt_prints_each_branchs_span_and_iou_and_the_answer_without_audio(
     lines = result.stdout.splitlines()
     first = lines.index(
         f'1. "{answer["query"]}": {answer["start"]:.2f}-{answer["end"]:.2f} s, score {answer["score"]:.4f}'
-        f", audio importance {answer['audio_importance']:.3f}"
+        f", audio importance {probability_text(answer['audio_importance'])}"
     )
     spans = [answer["branches"][name] for name in ("fused", "visual", "audio")]
     assert lines[first + 1] == "   branches: " + " | ".join(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from extract.core.errors import UsageError
-from img_model.predict.batch import BatchRow, read_manifest
+from img_model.predict.manifest import BatchRow, read_manifest
 from img_model.predict.predictor import Predictor, PredictorOptions
 from tests.img_cli import run_img_predict
 from tests.real_run import RealRun

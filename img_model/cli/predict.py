@@ -122,6 +122,11 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _load(flags: dict[str, Any], progress: bool) -> Any:
     from img_model.predict.predictor import Predictor, PredictorOptions
 
+    if not flags["verbose"]:  # imported here, as the models are: a usage error found before them needs neither
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
     options = PredictorOptions(
         device=flags["device"],
         cache_dir=flags["cache"],
@@ -156,14 +161,9 @@ def _setup_logging(verbose: bool) -> None:
         return
     for handler in logging.getLogger("img_vmr").handlers:
         handler.addFilter(_quiet)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
 
 
 def _one_line_errors(work: Callable[[], None]) -> None:
-    from img_model.network.convert import CheckpointLayoutError
-
     try:
         work()
     except VideoDecodeError as error:
@@ -171,10 +171,16 @@ def _one_line_errors(work: Callable[[], None]) -> None:
     except OutputWriteError as error:  # the feature cache on a full disk: what it holds is whole
         log.debug("error", exc_info=True)
         write_failed(PROGRAM, error, "run img-predict again (or give --cache a folder with room)")
-    except (CheckpointLayoutError, ImgVmrError) as error:
+    except ImgVmrError as error:
         log.debug("error", exc_info=True)
         fail(str(error), EXIT_USAGE)
     except Exception as error:
+        # imported here: torch loads with it, and a usage error found before any model needs none
+        from img_model.network.convert import CheckpointLayoutError
+
+        if isinstance(error, CheckpointLayoutError):
+            log.debug("error", exc_info=True)
+            fail(str(error), EXIT_USAGE)
         log.debug("internal error", exc_info=True)
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
 
@@ -284,7 +290,7 @@ def answer_command(
 
 def _read_queries_file(path: Path) -> list[tuple[str, tuple[float, float] | None]]:
     """(query, its true span or None) per line of a --queries file."""
-    from img_model.predict.predictor import check_truth
+    from img_model.predict.manifest import check_truth
 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -359,10 +365,12 @@ def batch_command(manifest: Path, out: Path, drop_audio: bool, title: str, **fla
         nonlocal failed
         from extract.core.errors import writing
         from extract.core.files import write_atomically
-        from img_model.predict.batch import ANSWERS_FILE, REPORT_FILE, read_manifest, run_batch
+        from img_model.predict.manifest import read_manifest
+
+        rows = read_manifest(manifest)  # a malformed manifest fails before torch and the model load
+        from img_model.predict.batch import ANSWERS_FILE, REPORT_FILE, run_batch
         from img_model.predict.batch_report import batch_report
 
-        rows = read_manifest(manifest)  # a malformed manifest fails before the model loads
         with writing(f"--out {out}", out):
             out.mkdir(parents=True, exist_ok=True)
         predictor = _load(flags, progress=False)

@@ -27,6 +27,7 @@ from extract.core.files import check_writable, write_atomically
 from extract.media.decode import AudioSampling, iter_audio
 from extract.media.probe import probe
 from img_model.predict.predictor import VideoAnswers
+from img_model.predict.text import probability_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -164,7 +165,7 @@ def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure
             )
         axis.set_ylim(-0.06 * peak * (len(answer.top) + 1.5), peak * 1.15)
         importance = (
-            f"audio importance {answer.audio_importance:.2f}"
+            f"audio importance {probability_text(answer.audio_importance)}"
             if answer.audio_importance is not None
             else "no audio: visual branch"
         )

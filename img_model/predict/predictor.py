@@ -61,6 +61,7 @@ from img_model.evaluate.evaluator import BRANCHES, SALIENCY_SCORES, BranchPredic
 from img_model.network.layers import WordVectors
 from img_model.network.model import IMG
 from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
+from img_model.predict.manifest import Truth, check_truth
 from img_model.predict.queries import (
     EncoderQueryReader,
     GloveQueryReader,
@@ -90,19 +91,7 @@ class Span:
         return None if data is None else cls(data["start"], data["end"], data["score"])
 
 
-Truth = tuple[float, float]  # a true span (start, end) in seconds
 SPAN_BRANCHES = ("fused", "visual", "audio")
-
-
-def check_truth(start: float, end: float, what: str = "the true span") -> Truth:
-    """(start, end) as floats when both are finite and 0 <= start < end; else a one-line UsageError."""
-    try:
-        low, high = float(start), float(end)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what}: start and end must be numbers of seconds, not {start!r} and {end!r}") from None
-    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
-        raise UsageError(f"{what}: need finite seconds with 0 <= start < end, not {start!r} and {end!r}")
-    return low, high
 
 
 @dataclass(frozen=True)
