@@ -128,6 +128,22 @@ def open_glove(path: Path, cache_dir: Path | None = None) -> GloveIndex:
     return _build(path, folder)
 
 
+def cached_index(name: str, size: int, sha256: str, cache_dir: Path | None = None) -> GloveIndex | None:
+    """The finished index of the GloVe file with this name, size and sha256 (as a recipe records it), if the
+    cache holds one; None otherwise. Reads no GloVe file: what a checkpoint records is enough to find it."""
+    folder = cache_dir or default_cache_dir()
+    if not folder.is_dir():
+        return None
+    for candidate in sorted(folder.glob(f"{name}-{size}-*")):
+        try:
+            index = _load(candidate)
+        except GloveFormatError:  # damaged or half-built: not this one
+            continue
+        if index.sha256 == sha256:
+            return index
+    return None
+
+
 def _load(folder: Path) -> GloveIndex:
     """A finished index; GloveFormatError when it is damaged or of another version (the caller rebuilds it)."""
     try:

@@ -19,7 +19,7 @@ import click
 
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
-from extract.core.options import precision_option
+from extract.core.options import BoundedNumber, precision_option
 from img_model.cli.options import write_failed
 from img_model.train.config import MAX_THREADS
 
@@ -27,6 +27,7 @@ log = logging.getLogger("img_vmr.img_model.cli.predict")  # by name: `python -m`
 PROGRAM = "img-predict"
 OUR_LOGGERS = ("img_vmr.img_model.predict.", "img_vmr.img_model.cli.predict")
 EXTRACTION_RUN_LOGGER = "img_vmr.extract.run."
+MAX_SECONDS = 1e7  # --gt: far beyond any video (115 days)
 EXIT_STATUS = (
     "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
     "internal error, 2 usage error: a bad query, a --plot path that cannot be written, a checkpoint or weights "
@@ -42,8 +43,9 @@ def main() -> None:
     \b
     img-predict --checkpoint RUN/best.pt VIDEO "query" ["query" ...]   answer (same as `img-predict answer ...`)
     img-predict serve --checkpoint RUN/best.pt --videos DIR            a demo page on http://127.0.0.1:8080
+    img-predict batch --checkpoint RUN/best.pt --manifest M.csv --out DIR   many (video, query) rows: JSONL + HTML
 
-    Every option: img-predict answer --help, img-predict serve --help.
+    Every option: img-predict answer --help, img-predict serve --help, img-predict batch --help.
     """
 
 
@@ -88,6 +90,22 @@ def predictor_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--audio", default=None, help="Converted checkpoints (no recorded recipe): the preset of their audio."
         ),
+        click.option(
+            "--glove",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="GloVe models: the GloVe text file the checkpoint was trained with (e.g. glove.840B.300d.txt). Words "
+            "the training queries never had but the file has are read with their exact vectors (IMG's GloVe rows "
+            "are frozen), instead of <UNK>. Default: the file recorded at training, when its index is in "
+            "--glove-cache (img-extract text built it there).",
+        ),
+        click.option(
+            "--glove-cache",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where the GloVe index is (built on first use, as for img-extract text; default "
+            "$IMG_WEIGHTS_DIR/glove-index or ~/.cache/img-vmr/glove-index).",
+        ),
         click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Distinct spans."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         precision_option("the checkpoint's run's, as img-eval"),
@@ -121,6 +139,8 @@ def _load(flags: dict[str, Any], progress: bool) -> Any:
         visual=flags["visual"],
         audio=flags["audio"],
         progress=progress,
+        glove=flags["glove"],
+        glove_cache=flags["glove_cache"],
     )
     return Predictor.from_checkpoint(flags["checkpoint"], options)
 
@@ -165,6 +185,15 @@ def _one_line_errors(work: Callable[[], None]) -> None:
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
 
 
+def _check_gt(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[float, float] | None:
+    if not value:  # click gives () for an absent nargs=2 option
+        return None
+    start, end = value
+    if start >= end:
+        raise click.BadParameter(f"START {start:g} must be before END {end:g}", ctx, param)
+    return float(start), float(end)
+
+
 @main.command("answer", epilog=EXIT_STATUS)
 @click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("queries", nargs=-1)
@@ -173,14 +202,33 @@ def _one_line_errors(work: Callable[[], None]) -> None:
     "queries_file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help='More queries: a JSONL file of {"query": "..."} lines (other keys are ignored).',
+    help='More queries: a JSONL file of {"query": "..."} lines; a line with "start" and "end" (seconds) is a true '
+    "span: the IoU of each branch is printed (other keys are ignored).",
+)
+@click.option(
+    "--gt",
+    "truth",
+    type=BoundedNumber(0.0, MAX_SECONDS),
+    nargs=2,
+    default=None,
+    metavar="START END",
+    callback=_check_gt,
+    help="The true span in seconds, for every query given (--queries lines with start/end keep theirs): prints "
+    "the IoU of the fused, visual and audio answers, and --plot draws it.",
+)
+@click.option(
+    "--drop-audio",
+    is_flag=True,
+    help="Also answer with the audio removed (a zero audio track, as img-eval's missing audio) and print both "
+    "fused answers: whether the audio changed the span.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the answers as one JSON object.")
 @click.option(
     "--plot",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write a figure: the waveform, P(start)/P(end) over time, the answer and the top-k spans per query.",
+    help="Write a figure: the waveform, P(start)/P(end) and the saliency over time, the answer, the top-k spans "
+    "and the true span (if given) per query.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar while the video's features are extracted.")
 @predictor_options
@@ -188,38 +236,47 @@ def answer_command(
     video: Path,
     queries: tuple[str, ...],
     queries_file: Path | None,
+    truth: tuple[float, float] | None,
+    drop_audio: bool,
     as_json: bool,
     plot: Path | None,
     no_progress: bool,
     **flags: Any,
 ) -> None:
     """Answer each QUERY on VIDEO: the moment's start and end in seconds, its score, the top-k distinct spans
-    and the audio-importance score.
+    and the audio-importance score; beside it the visual-only and audio-only branches' spans, and with a true
+    span (--gt, or start/end in --queries) the IoU of each.
 
     \b
     The video's features are made with the presets and weights recorded in the checkpoint (their sha256 is
     checked) and cached, so a second query on the same video costs only the model. Words the checkpoint's
-    vocabulary does not know are read as <UNK> with a warning; a query with no known word is refused. A video
-    without audio is answered by the visual-only branch, and the answer says so.
+    vocabulary does not know are read from the GloVe file (--glove) with their exact vectors, else as <UNK> with
+    a warning; a query with no known word is refused. A video without audio is answered by the visual-only
+    branch, and the answer says so.
 
     \b
     Examples:
       img-predict --checkpoint runs/charades/best.pt kitchen.mp4 "a person opens the fridge"
       img-predict --checkpoint runs/charades/best.pt kitchen.mp4 --queries q.jsonl --json --plot kitchen.png
+      img-predict --checkpoint runs/charades/best.pt kitchen.mp4 "a person opens the fridge" --gt 3.2 7.5 --drop-audio
     """
     _setup_logging(flags["verbose"])
 
     def work() -> None:
-        texts = [*queries, *(_read_queries_file(queries_file) if queries_file else [])]
-        if not texts:
+        rows = [*((text, None) for text in queries), *(_read_queries_file(queries_file) if queries_file else [])]
+        if not rows:
             raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
+        texts = [text for text, _ in rows]
+        truths = [row_truth or truth for _, row_truth in rows]
         if plot is not None:
             from img_model.predict.plot import check_plot_path
 
             check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
-        answers = predictor.predict(video, texts)
-        click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
+        answers = predictor.predict(video, texts, truths=truths, drop_audio=drop_audio)
+        from img_model.predict.text import answers_text
+
+        click.echo(json.dumps(answers.as_json(), indent=2) if as_json else answers_text(answers))
         if plot is not None:
             from img_model.predict.plot import write_plot
 
@@ -231,12 +288,15 @@ def answer_command(
     _one_line_errors(work)
 
 
-def _read_queries_file(path: Path) -> list[str]:
+def _read_queries_file(path: Path) -> list[tuple[str, tuple[float, float] | None]]:
+    """(query, its true span or None) per line of a --queries file."""
+    from img_model.predict.manifest import check_truth
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --queries {path} ({getattr(error, 'strerror', None) or error})") from None
-    texts = []
+    rows: list[tuple[str, tuple[float, float] | None]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -246,20 +306,86 @@ def _read_queries_file(path: Path) -> list[str]:
             raise UsageError(f"{path} line {number}: not JSON ({error.msg})") from None
         if not isinstance(item, dict) or not isinstance(item.get("query"), str):
             raise UsageError(f'{path} line {number}: expected an object with a "query" string')
-        texts.append(item["query"])
-    return texts
+        truth = None
+        if "start" in item or "end" in item:
+            start, end = item.get("start"), item.get("end")
+            if not all(type(value) in (int, float) for value in (start, end)):  # not "1", true or null
+                raise UsageError(f'{path} line {number}: "start" and "end" must both be numbers of seconds')
+            truth = check_truth(start, end, f"{path} line {number}")
+        rows.append((item["query"], truth))
+    return rows
 
 
-def _text(answers: Any) -> str:
-    audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
-    lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}; {answers.precision}"]
-    for number, answer in enumerate(answers.answers, 1):
-        importance = "" if answer.audio_importance is None else f", audio importance {answer.audio_importance:.3f}"
-        lines.append(
-            f'{number}. "{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.4f}{importance}'
-        )
-        lines.append("   top: " + "  ".join(f"{s.start:.2f}-{s.end:.2f} ({s.score:.4f})" for s in answer.top))
-    return "\n".join(lines)
+@main.command(
+    "batch",
+    epilog="\b\nExit status: 0 every row answered, 1 some rows failed (their lines say why; the others are "
+    "answered) or an internal error, 2 usage error (a malformed manifest, a checkpoint or weights that do not fit), "
+    "3 --out or the feature cache could not be written (a full disk; the lines written so far are kept).",
+)
+@click.option(
+    "--manifest",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='The rows: a .jsonl file of {"video": ..., "query": ..., "start": s, "end": s} lines or a .csv '
+    "file with the columns video, query[, start, end][, video_id]. Video paths are relative to the manifest's "
+    "folder; start/end (seconds, optional) are the true span.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for answers.jsonl (one line per row: the answer JSON with the video's keys, row and video_id; "
+    "or the row's error) and report.html (a summary page). Created if missing; both files are replaced.",
+)
+@click.option(
+    "--drop-audio",
+    is_flag=True,
+    help="Also answer each row with the audio removed (as img-eval --drop-audio), in the JSONL and the page.",
+)
+@click.option("--title", default="img-predict batch", show_default=True, help="The summary page's title.")
+@predictor_options
+def batch_command(manifest: Path, out: Path, drop_audio: bool, title: str, **flags: Any) -> None:
+    """Answer every (video, query[, start, end]) row of a manifest with one checkpoint: one JSONL of answers and
+    one HTML summary in --out, without running img-extract, img-extract text or img-eval by hand.
+
+    \b
+    Each video's features are made once (and cached, as for img-predict answer); its queries are then answered
+    one by one. A video that cannot be read, or a query that cannot be (no known word), is a line with its
+    "error" and the others go on. Rows with start/end get each branch's IoU; the page shows mean IoU and R1 per
+    branch over them. The last line is the summary: rows, answered, failed, time and rows per second.
+
+    \b
+    Example:
+      img-predict batch --checkpoint runs/charades/best.pt --manifest rows.csv --out batch/ --drop-audio
+    """
+    _setup_logging(flags["verbose"])
+    failed = False
+
+    def work() -> None:
+        nonlocal failed
+        from extract.core.errors import writing
+        from extract.core.files import write_atomically
+        from img_model.predict.manifest import read_manifest
+
+        rows = read_manifest(manifest)  # a malformed manifest fails before torch and the model load
+        from img_model.predict.batch import ANSWERS_FILE, REPORT_FILE, run_batch
+        from img_model.predict.batch_report import batch_report
+
+        with writing(f"--out {out}", out):
+            out.mkdir(parents=True, exist_ok=True)
+        predictor = _load(flags, progress=False)
+        answers = out / ANSWERS_FILE
+        with writing(f"--out {answers}", out):
+            with open(answers, "w", encoding="utf-8") as handle:
+                summary = run_batch(predictor, rows, handle, drop_audio=drop_audio)
+            line = summary.line()
+            write_atomically(out / REPORT_FILE, batch_report(summary.results, line, title))
+        click.echo(line)
+        click.echo(f"answers: {answers}; page: {out / REPORT_FILE}")
+        failed = summary.failed > 0
+
+    _one_line_errors(work)
+    sys.exit(EXIT_FAILED if failed else 0)
 
 
 @main.command(
