@@ -80,12 +80,13 @@ def upload_name(name: str) -> str:
     """The file name an upload called `name` (by the client) is kept under: its last path part, characters other
     than letters, digits, '.', '_' and '-' as '_', at most UPLOAD_NAME_CHARS; refused unless it ends in a video
     extension."""
-    base = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")
-    suffix = Path(base).suffix.lower()
+    base = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1])
+    stem, dot, extension = base.rpartition(".")
+    suffix = f".{extension.lower()}" if dot else ""
     if suffix not in VIDEO_EXTENSIONS:
         known = " ".join(sorted(VIDEO_EXTENSIONS))
         raise UploadRefused(f"{name[:100]!r} is not a video file name: upload a file ending in one of {known}")
-    stem = base[: -len(suffix)][: UPLOAD_NAME_CHARS - len(suffix)] or "video"
+    stem = stem.lstrip(".")[: UPLOAD_NAME_CHARS - len(suffix)] or "video"  # no hidden files
     return stem + suffix
 
 
