@@ -20,8 +20,9 @@ import torch
 
 from extract.core.errors import StoreLockedError, UsageError
 from img_model.checkpoint import CheckpointMismatchError, read_checkpoint
-from img_model.cli.predict import _read_queries_file
+from img_model.cli.predict import _read_queries_file, probability_text
 from img_model.network.convert import CheckpointLayoutError
+from img_model.network.metrics import temporal_iou
 from img_model.predict.feature_cache import recorded_specs
 from img_model.predict.predictor import Predictor, PredictorOptions, VideoAnswers
 from img_model.predict.queries import QueryError
@@ -55,31 +56,39 @@ def predictor_options(real_run: RealRun, cache: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cli_answers(real_run: RealRun, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """img-predict on the test video with audio: its test queries (one on the command line, one from --queries)
-    and a query with an unknown word, with --json and --plot; and img-eval's predictions of the same queries."""
+    """img-predict on the test video with audio: its test queries (one on the command line, one from --queries
+    with its true span) and a query with an unknown word, with --json, --drop-audio and --plot; and img-eval's
+    predictions of the same queries, with their audio and without (img-eval --drop-audio)."""
     folder = tmp_path_factory.mktemp("cli-answers")
-    evaluated = run_img_eval(
-        real_run.checkpoint, "--batch-size", "1", "--threads", "1", "--predictions", folder / "test.jsonl"
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
-    rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
-    evaluated_rows = [row for row in rows if row["video_id"] == "clip4"]
+    evaluated_rows = {}
+    for name, extra in (("test", ()), ("no-audio", ("--drop-audio",))):
+        predictions = folder / f"{name}.jsonl"
+        evaluated = run_img_eval(
+            real_run.checkpoint, "--batch-size", "1", "--threads", "1", "--predictions", predictions, *extra
+        )
+        assert evaluated.returncode == 0, evaluated.stderr
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        evaluated_rows[name] = [row for row in rows if row["video_id"] == "clip4"]
+    truth = evaluated_rows["test"][1]["ground_truth"]
     queries = folder / "queries.jsonl"
-    queries.write_text(json.dumps({"query": evaluated_rows[1]["query"], "qid": "ignored"}) + "\n\n")
+    line = {"query": evaluated_rows["test"][1]["query"], "qid": "ignored", "start": truth[0], "end": truth[1]}
+    queries.write_text(json.dumps(line) + "\n\n")
     predicted = run_img_predict(
         *real_run.predict_options(cache),
         real_run.videos / "clip4.mp4",
-        evaluated_rows[0]["query"],
+        evaluated_rows["test"][0]["query"],
         "--queries",
         queries,
         "a dog barks loudly",
         "--json",
+        "--drop-audio",
         "--plot",
         folder / "plot.png",
     )
     assert predicted.returncode == 0, predicted.stderr
     return {
-        "rows": evaluated_rows,
+        "rows": evaluated_rows["test"],
+        "rows_without_audio": evaluated_rows["no-audio"],
         "answers": json.loads(predicted.stdout),
         "stderr": predicted.stderr,
         "plot": folder / "plot.png",
@@ -100,6 +109,36 @@ def test_predict_answers_a_real_video_exactly_as_img_eval_scores_its_features(cl
         top = [[span["start"], span["end"]] for span in answer["top"]]
         np.testing.assert_allclose(top, [span["span"] for span in fused["top"]], atol=1e-4)
         assert len({tuple(span) for span in top}) == len(top) == 5
+
+
+def test_every_answer_shows_each_branch_its_saliency_and_the_iou_with_a_truth_as_img_eval(
+    cli_answers: dict[str, Any],
+) -> None:
+    """Fused, visual-only and audio-only spans side by side, the fused saliency head per step, and (for the
+    --queries line with start/end) the truth and each branch's IoU: all as img-eval computes them."""
+    answers = cli_answers["answers"]["answers"]
+    for row, answer in zip(cli_answers["rows"], (answers[0], answers[2]), strict=True):
+        for name in ("fused", "visual", "audio"):
+            branch = row["branches"][name]
+            span = answer["branches"][name]
+            assert [span["start"], span["end"]] == pytest.approx(branch["span"], abs=1e-4), name
+            assert span["score"] == pytest.approx(branch["score"], rel=1e-4)
+        assert answer["saliency"] == pytest.approx(row["branches"]["fused"]["saliency"], rel=1e-4, abs=1e-5)
+        assert len(answer["saliency"]) == cli_answers["answers"]["num_steps"]
+    assert answers[0]["truth"] is None and answers[0]["iou"] is None  # a command-line query has no truth
+    row, answer = cli_answers["rows"][1], answers[2]
+    assert [answer["truth"]["start"], answer["truth"]["end"]] == row["ground_truth"]
+    assert answer["iou"] == pytest.approx({name: row["branches"][name]["iou"] for name in ("fused", "visual", "audio")})
+
+
+def test_drop_audio_is_the_fused_answer_img_eval_gives_without_the_audio(cli_answers: dict[str, Any]) -> None:
+    answers = cli_answers["answers"]["answers"]
+    for row, answer in zip(cli_answers["rows_without_audio"], (answers[0], answers[2]), strict=True):
+        assert not row["has_audio"]
+        fused = row["branches"]["fused"]
+        dropped = answer["drop_audio"]
+        assert [dropped["start"], dropped["end"]] == pytest.approx(fused["span"], abs=1e-4)
+        assert dropped["score"] == pytest.approx(fused["score"], rel=1e-4)
 
 
 def test_an_unknown_word_reads_as_unk_with_a_warning_naming_it(cli_answers: dict[str, Any]) -> None:
@@ -135,7 +174,7 @@ def test_the_plot_is_the_figure_of_the_answers_probabilities_spans_importance_an
     np.testing.assert_array_equal(imread(tmp_path / "again.png"), imread(cli_answers["plot"]))  # --plot's figure
 
     artists = {a.get_gid(): a for axis in figure.axes for a in axis.get_children() if a.get_gid()}
-    wave, *panels = figure.axes
+    wave, *panels = figure.axes[: len(data["answers"]) + 1]  # then the saliency axes, twins of the panels
     assert len(panels) == len(data["answers"]) == 3 and wave.get_ylabel() == "audio"
     assert panels[-1].get_xlim() == (0.0, data["duration"]) and panels[-1].get_xlabel() == "seconds"
     envelope = artists["waveform"].get_paths()[0].vertices
@@ -172,13 +211,26 @@ def test_the_plot_is_the_figure_of_the_answers_probabilities_spans_importance_an
         title = axis.get_title()
         assert f'"{answer["query"]}": {answer["start"]:.2f}-{answer["end"]:.2f} s' in title
         assert f"audio importance {answer['audio_importance']:.2f}" in title and "bars: top 5" in title
-        assert [t.get_text() for t in axis.get_legend().get_texts()] == ["P(start)", "P(end)", "answer"]
+        legend = ["P(start)", "P(end)", "answer", *(["truth"] if answer["truth"] else []), "saliency"]
+        assert [t.get_text() for t in axis.get_legend().get_texts()] == legend
+        saliency = artists[f"saliency:{number}"]
+        np.testing.assert_allclose(saliency.get_xdata(), (np.arange(n) + 0.5) * duration / n)  # step centres
+        assert saliency.get_ydata().tolist() == answer["saliency"] and saliency.axes.get_ylabel() == "saliency (raw)"
+        assert saliency.axes.get_shared_x_axes().joined(saliency.axes, axis)
+        if answer["truth"]:
+            truth = artists[f"truth:{number}"]
+            assert (truth.get_x(), truth.get_x() + truth.get_width()) == pytest.approx(
+                (answer["truth"]["start"], answer["truth"]["end"])
+            )
+            assert f"IoU {answer['iou']['fused']:.2f} with the truth" in title
+        else:
+            assert f"truth:{number}" not in artists and "IoU" not in title
 
     # answered by the visual branch (a video without audio): no waveform is read, and the figure says why
     visual = [{**answer, "audio_importance": None, "branch": "visual"} for answer in data["answers"]]
     silent = {**data, "has_audio": False, "audio_used": False, "note": "no audio stream", "answers": visual}
     figure = video_figure(VideoAnswers.from_json(silent))
-    wave, *panels = figure.axes
+    wave, *panels = figure.axes[:4]
     assert not [a for a in wave.get_children() if a.get_gid() == "waveform"]
     assert [t.get_text() for t in wave.texts] == ["no audio stream"] and "audio not used" in wave.get_title()
     assert all("no audio: visual branch" in axis.get_title() for axis in panels)
@@ -478,3 +530,74 @@ def test_queries_file_lines_must_hold_a_query(tmp_path: Path) -> None:
     queries.write_text('{"query": "a person waves a hand"}\n{"sentence": "no query key"}\n')
     with pytest.raises(UsageError, match=f'{queries} line 2: expected an object with a "query" string'):
         _read_queries_file(queries)
+
+
+def test_queries_file_lines_keep_their_true_span_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query": "a", "start": 1, "end": 2.5}\n{"query": "b"}\n')
+    assert _read_queries_file(queries) == [("a", (1.0, 2.5)), ("b", None)]
+    for bad in ('"start": 3, "end": 2', '"start": 1', '"start": "1", "end": "2"', '"start": -1, "end": 2'):
+        queries.write_text(f'{{"query": "a", {bad}}}\n')
+        with pytest.raises(
+            UsageError, match=f'{queries} line 1: (.*0 <= start < end|"start" and "end" must both be numbers)'
+        ):
+            _read_queries_file(queries)
+
+
+def test_gt_prints_each_branchs_span_and_iou_and_the_answer_without_audio(
+    cli_answers: dict[str, Any], real_run: RealRun, cache: Path
+) -> None:
+    """The text output: the fused / visual / audio spans side by side, --gt's IoU of each, and --drop-audio's
+    fused span without the audio; the numbers are those of the JSON answer of the same query."""
+    answer = cli_answers["answers"]["answers"][0]
+    video = real_run.videos / "clip4.mp4"
+    result = run_img_predict(
+        *real_run.predict_options(cache), video, answer["query"], "--gt", "1", "4.5", "--drop-audio"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first = lines.index(
+        f'1. "{answer["query"]}": {answer["start"]:.2f}-{answer["end"]:.2f} s, score {answer["score"]:.4f}'
+        f", audio importance {answer['audio_importance']:.3f}"
+    )
+    spans = [answer["branches"][name] for name in ("fused", "visual", "audio")]
+    assert lines[first + 1] == "   branches: " + " | ".join(
+        f"{name} {span['start']:.2f}-{span['end']:.2f} s ({span['score']:.4f})"
+        for name, span in zip(("fused", "visual", "audio"), spans, strict=True)
+    )
+    ious = [temporal_iou(span["start"], span["end"], 1.0, 4.5) for span in spans]
+    assert lines[first + 2] == "   truth 1.00-4.50 s, IoU: " + " | ".join(
+        f"{name} {iou:.2f}" for name, iou in zip(("fused", "visual", "audio"), ious, strict=True)
+    )
+    dropped = answer["drop_audio"]
+    assert lines[first + 3].startswith(
+        f"   without audio: fused {dropped['start']:.2f}-{dropped['end']:.2f} s ({dropped['score']:.4f}), "
+    )
+    assert lines[first + 3].endswith(f"; IoU {temporal_iou(dropped['start'], dropped['end'], 1.0, 4.5):.2f}")
+    assert lines[first + 4].startswith("   top: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--gt", "4", "2"), "Invalid value for '--gt': START 4 must be before END 2"),
+        (("--gt", "nan", "2"), "Invalid value for '--gt': 'nan' is not a finite number from 0 to 1e+07"),
+        (("--gt", "1"), "Option '--gt' requires 2 arguments."),
+    ],
+)
+def test_a_bad_gt_is_one_line_exit_2_before_the_model_loads(
+    args: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    result = run_img_predict("--checkpoint", tmp_path / "absent.pt", tmp_path / "v.mp4", "a query", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_probability_below_0_001_prints_as_such_never_as_0_000() -> None:
+    assert [probability_text(p) for p in (0.0, 1e-17, 0.000999, 0.001, 0.5124, 1.0)] == [
+        "0",
+        "< 0.001",
+        "< 0.001",
+        "0.001",
+        "0.512",
+        "1.000",
+    ]

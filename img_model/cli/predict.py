@@ -19,7 +19,7 @@ import click
 
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
-from extract.core.options import precision_option
+from extract.core.options import BoundedNumber, precision_option
 from img_model.cli.options import write_failed
 from img_model.train.config import MAX_THREADS
 
@@ -27,6 +27,7 @@ log = logging.getLogger("img_vmr.img_model.cli.predict")  # by name: `python -m`
 PROGRAM = "img-predict"
 OUR_LOGGERS = ("img_vmr.img_model.predict.", "img_vmr.img_model.cli.predict")
 EXTRACTION_RUN_LOGGER = "img_vmr.extract.run."
+MAX_SECONDS = 1e7  # --gt: far beyond any video (115 days)
 EXIT_STATUS = (
     "\b\nExit status: 0 answered, 1 the video could not be read (the stage and the reason are said) or an "
     "internal error, 2 usage error: a bad query, a --plot path that cannot be written, a checkpoint or weights "
@@ -159,6 +160,15 @@ def _one_line_errors(work: Callable[[], None]) -> None:
         fail(f"internal error: {type(error).__name__}: {error} (run with -v for details)", EXIT_FAILED)
 
 
+def _check_gt(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[float, float] | None:
+    if not value:  # click gives () for an absent nargs=2 option
+        return None
+    start, end = value
+    if start >= end:
+        raise click.BadParameter(f"START {start:g} must be before END {end:g}", ctx, param)
+    return float(start), float(end)
+
+
 @main.command("answer", epilog=EXIT_STATUS)
 @click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("queries", nargs=-1)
@@ -167,14 +177,33 @@ def _one_line_errors(work: Callable[[], None]) -> None:
     "queries_file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help='More queries: a JSONL file of {"query": "..."} lines (other keys are ignored).',
+    help='More queries: a JSONL file of {"query": "..."} lines; a line with "start" and "end" (seconds) is a true '
+    "span: the IoU of each branch is printed (other keys are ignored).",
+)
+@click.option(
+    "--gt",
+    "truth",
+    type=BoundedNumber(0.0, MAX_SECONDS),
+    nargs=2,
+    default=None,
+    metavar="START END",
+    callback=_check_gt,
+    help="The true span in seconds, for every query given (--queries lines with start/end keep theirs): prints "
+    "the IoU of the fused, visual and audio answers, and --plot draws it.",
+)
+@click.option(
+    "--drop-audio",
+    is_flag=True,
+    help="Also answer with the audio removed (a zero audio track, as img-eval's missing audio) and print both "
+    "fused answers: whether the audio changed the span.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the answers as one JSON object.")
 @click.option(
     "--plot",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write a figure: the waveform, P(start)/P(end) over time, the answer and the top-k spans per query.",
+    help="Write a figure: the waveform, P(start)/P(end) and the saliency over time, the answer, the top-k spans "
+    "and the true span (if given) per query.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar while the video's features are extracted.")
 @predictor_options
@@ -182,13 +211,16 @@ def answer_command(
     video: Path,
     queries: tuple[str, ...],
     queries_file: Path | None,
+    truth: tuple[float, float] | None,
+    drop_audio: bool,
     as_json: bool,
     plot: Path | None,
     no_progress: bool,
     **flags: Any,
 ) -> None:
     """Answer each QUERY on VIDEO: the moment's start and end in seconds, its score, the top-k distinct spans
-    and the audio-importance score.
+    and the audio-importance score; beside it the visual-only and audio-only branches' spans, and with a true
+    span (--gt, or start/end in --queries) the IoU of each.
 
     \b
     The video's features are made with the presets and weights recorded in the checkpoint (their sha256 is
@@ -200,19 +232,22 @@ def answer_command(
     Examples:
       img-predict --checkpoint runs/charades/best.pt kitchen.mp4 "a person opens the fridge"
       img-predict --checkpoint runs/charades/best.pt kitchen.mp4 --queries q.jsonl --json --plot kitchen.png
+      img-predict --checkpoint runs/charades/best.pt kitchen.mp4 "a person opens the fridge" --gt 3.2 7.5 --drop-audio
     """
     _setup_logging(flags["verbose"])
 
     def work() -> None:
-        texts = [*queries, *(_read_queries_file(queries_file) if queries_file else [])]
-        if not texts:
+        rows = [*((text, None) for text in queries), *(_read_queries_file(queries_file) if queries_file else [])]
+        if not rows:
             raise UsageError('no query given: img-predict --checkpoint C VIDEO "what happens" (or --queries FILE)')
+        texts = [text for text, _ in rows]
+        truths = [row_truth or truth for _, row_truth in rows]
         if plot is not None:
             from img_model.predict.plot import check_plot_path
 
             check_plot_path(plot)  # before the answers are computed: a bad path fails at once
         predictor = _load(flags, progress=not no_progress)
-        answers = predictor.predict(video, texts)
+        answers = predictor.predict(video, texts, truths=truths, drop_audio=drop_audio)
         click.echo(json.dumps(answers.as_json(), indent=2) if as_json else _text(answers))
         if plot is not None:
             from img_model.predict.plot import write_plot
@@ -225,12 +260,15 @@ def answer_command(
     _one_line_errors(work)
 
 
-def _read_queries_file(path: Path) -> list[str]:
+def _read_queries_file(path: Path) -> list[tuple[str, tuple[float, float] | None]]:
+    """(query, its true span or None) per line of a --queries file."""
+    from img_model.predict.predictor import check_truth
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --queries {path} ({getattr(error, 'strerror', None) or error})") from None
-    texts = []
+    rows: list[tuple[str, tuple[float, float] | None]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -240,18 +278,65 @@ def _read_queries_file(path: Path) -> list[str]:
             raise UsageError(f"{path} line {number}: not JSON ({error.msg})") from None
         if not isinstance(item, dict) or not isinstance(item.get("query"), str):
             raise UsageError(f'{path} line {number}: expected an object with a "query" string')
-        texts.append(item["query"])
-    return texts
+        truth = None
+        if "start" in item or "end" in item:
+            start, end = item.get("start"), item.get("end")
+            if not all(type(value) in (int, float) for value in (start, end)):  # not "1", true or null
+                raise UsageError(f'{path} line {number}: "start" and "end" must both be numbers of seconds')
+            truth = check_truth(start, end, f"{path} line {number}")
+        rows.append((item["query"], truth))
+    return rows
+
+
+def probability_text(value: float) -> str:
+    """A probability with 3 decimals, "< 0.001" below that (never "0.000" for a value that is not 0), "0" for 0.
+    TODO(after merging issue 18's health work): extract.core.console.format_probability, the same rule."""
+    if value == 0:
+        return "0"
+    if 0 < value < 0.001:
+        return "< 0.001"
+    return f"{value:.3f}"
+
+
+def _span_text(span: Any) -> str:
+    return "n/a" if span is None else f"{span.start:.2f}-{span.end:.2f} s ({span.score:.4f})"
+
+
+def _without_audio_text(answer: Any) -> str:
+    """The --drop-audio line: the fused span with the audio removed, whether it moved, and its IoU with the truth."""
+    dropped, fused = answer.drop_audio, (answer.branches or {}).get("fused")
+    moved = fused is None or (fused.start, fused.end) != (dropped.start, dropped.end)
+    line = f"without audio: fused {_span_text(dropped)}, {'another span than' if moved else 'the same span as'} with it"
+    if answer.truth is not None:
+        from img_model.network.metrics import temporal_iou
+
+        iou = float(temporal_iou(dropped.start, dropped.end, *answer.truth))
+        line += f"; IoU {iou:.2f}"
+    return line
 
 
 def _text(answers: Any) -> str:
     audio = "audio used (fused branch)" if answers.audio_used else f"audio not used ({answers.note}): visual branch"
     lines = [f"{answers.video}: {answers.duration:.2f} s, {answers.num_steps} steps, {audio}; {answers.precision}"]
+    if answers.glove is not None:
+        added = ", ".join(answers.added_words) or "none of these queries' words"
+        lines.append(f"vocabulary extended from {answers.glove}: {added}")
     for number, answer in enumerate(answers.answers, 1):
-        importance = "" if answer.audio_importance is None else f", audio importance {answer.audio_importance:.3f}"
+        importance = (
+            "" if answer.audio_importance is None else f", audio importance {probability_text(answer.audio_importance)}"
+        )
         lines.append(
             f'{number}. "{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.4f}{importance}'
         )
+        if answer.branches:
+            lines.append(
+                "   branches: " + " | ".join(f"{name} {_span_text(span)}" for name, span in answer.branches.items())
+            )
+        if answer.truth is not None and answer.iou is not None:
+            ious = " | ".join(f"{name} {'n/a' if iou is None else f'{iou:.2f}'}" for name, iou in answer.iou.items())
+            lines.append(f"   truth {answer.truth[0]:.2f}-{answer.truth[1]:.2f} s, IoU: {ious}")
+        if answer.drop_audio is not None:
+            lines.append("   " + _without_audio_text(answer))
         lines.append("   top: " + "  ".join(f"{s.start:.2f}-{s.end:.2f} ({s.score:.4f})" for s in answer.top))
     return "\n".join(lines)
 

@@ -4,8 +4,9 @@ Top panel: the audio waveform (the file's soundtrack as the audio models hear it
 channels), as its peak envelope; it is decoded only when the answers used the audio (a stream that failed to
 decode for the features is not decoded again: the panel says the audio could not be decoded). Then one panel
 per query: P_start and P_end over the steps of the video's grid, the chosen span shaded, the top-k spans as
-bars under the curves (best first, darkest), and in the title the score and the audio-importance score (or that
-no audio was used).
+bars under the curves (best first, darkest), the true span when one was given (hatched, "truth"), the saliency
+head's raw score per step on its own right-hand axis (dotted, "saliency"), and in the title the score, the
+audio-importance score (or that no audio was used) and the IoU of the answer with the truth.
 
 img-predict checks the --plot path (check_plot_path) before it computes anything, and writes the figure after
 it has printed the answers: a figure that cannot be drawn never loses them. `video_figure(answers)` is that figure
@@ -111,7 +112,9 @@ def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure
 
     Its artists carry ids (`get_gid()`) naming what they show: "waveform" (the envelope, [bins, 2] min/max over
     equal slices of the duration), and per query n: "p_start:n" and "p_end:n" (steps over `step_times()`),
-    "answer:n" (the chosen span, shaded), "top:n:k" (the k-th most probable distinct span, best first)."""
+    "answer:n" (the chosen span, shaded), "top:n:k" (the k-th most probable distinct span, best first), "truth:n"
+    (the true span, when given) and "saliency:n" (the saliency per step, on a right-hand axis of its own: a twin
+    of the panel's, so `figure.axes` holds it after the panels)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -138,6 +141,16 @@ def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure
         axis.stairs(answer.end_probabilities, edges, color="#d62728", label="P(end)", gid=f"p_end:{number}")
         peak = max(max(answer.start_probabilities), max(answer.end_probabilities))
         axis.axvspan(answer.start, answer.end, color="#2ca02c", alpha=0.18, label="answer", gid=f"answer:{number}")
+        if answer.truth is not None:
+            axis.axvspan(
+                *answer.truth,
+                facecolor="none",
+                edgecolor="#000000",
+                hatch="//",
+                linewidth=1.0,
+                label="truth",
+                gid=f"truth:{number}",
+            )
         for rank, span in enumerate(answer.top):
             level = -0.06 * peak * (rank + 1)
             axis.hlines(
@@ -155,13 +168,30 @@ def answers_figure(answers: VideoAnswers, envelope: np.ndarray | None) -> Figure
             if answer.audio_importance is not None
             else "no audio: visual branch"
         )
+        truth = "" if answer.iou is None else f"; IoU {answer.iou[answer.branch] or 0:.2f} with the truth"
         axis.set_title(
             f'"{answer.query}": {answer.start:.2f}-{answer.end:.2f} s, score {answer.score:.3f}; {importance}; '
-            f"bars: top {len(answer.top)}",
+            f"bars: top {len(answer.top)}{truth}",
             fontsize=9,
         )
         axis.set_ylabel("probability")
-        axis.legend(loc="upper right", fontsize=7)
+        handles, labels = axis.get_legend_handles_labels()
+        if answer.saliency:
+            right = axis.twinx()
+            centres = (edges[:-1] + edges[1:]) / 2
+            (line,) = right.plot(
+                centres,
+                answer.saliency,
+                color="#7f7f7f",
+                linestyle=":",
+                marker=".",
+                label="saliency",
+                gid=f"saliency:{number}",
+            )
+            right.set_ylabel("saliency (raw)", fontsize=8)
+            right.tick_params(labelsize=7)
+            handles, labels = [*handles, line], [*labels, "saliency"]
+        axis.legend(handles, labels, loc="upper right", fontsize=7)
     axes[-1].set_xlim(0, duration)
     axes[-1].set_xlabel("seconds")
     figure.tight_layout()

@@ -8,6 +8,11 @@
         answer.start, answer.end, answer.score  # seconds, P_start(i) * P_end(j)
         answer.top  # the top-k distinct spans, best first
         answer.audio_importance  # the model's predicted p (None when no audio was used)
+        answer.branches  # the best span of the fused, visual-only and audio-only branches, side by side
+        answer.saliency  # the saliency head's raw score per step of the grid
+
+    predictor.predict("kitchen.mp4", "a person opens the fridge", truths=[(3.0, 7.5)], drop_audio=True)
+    # -> answer.iou per branch against the true span, answer.drop_audio: the fused span with the audio removed
 
 Features are made from the file with the checkpoint's recorded recipes and cached (img_model/predict/feature_cache.py);
 queries become the checkpoint's text inputs (img_model/predict/queries.py). Each answer is the fused branch's span,
@@ -15,6 +20,16 @@ decoded as img-eval decodes it (the argmax of P_start(i)·P_end(j), j >= i, img_
 uniform grid of N steps (a span (i, j) covers [i·D/N, (j+1)·D/N]). A video without audio is read with a zero
 audio track as evaluation does (§7.17) and answered by the visual-only branch; the answer says so
 (`audio_used` false, `branch` "visual", `note` why). Evaluation is deterministic: initial slots = mu.
+
+Each answer also carries what a researcher checks on one video (docs/prediction.md, "Checking an answer"):
+- `branches`: the best span of each branch from the same forward pass: "fused" (the answer's own branch: the
+  visual one when no audio was used, as for a model without audio), "visual" (the visual-only head) and "audio"
+  (the audio-only head; None when no audio was used or the model has no audio branch);
+- `saliency`: the saliency head of the answer's branch (av_score, or v_score when no audio was used), one raw
+  score per step: the hinge loss trains its ranking, so it has no probability scale (higher = more relevant);
+- `truth` and `iou` per branch, when a true span is given (`truths`);
+- `drop_audio` when asked: the fused branch's best span with the audio removed, exactly as img-eval's missing
+  audio reads a query (a zero audio track, §7.17); None for a model without audio.
 
 Each query runs in a batch of its own. The published model's outputs depend on the padding of its batch (the
 character CNN sees the longest word of the batch, the query encoder the longest query), so a batch of several
@@ -37,11 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.core.errors import UsageError
 from extract.core.precision import FP32, Precision
 from img_model.checkpoint import Checkpoint, read_checkpoint
 from img_model.data.alignment import align
 from img_model.data.batch import Sample, collate
-from img_model.evaluate.evaluator import BRANCHES, _branch_predictions
+from img_model.evaluate.evaluator import BRANCHES, SALIENCY_SCORES, BranchPrediction, _branch_predictions
 from img_model.network.model import IMG
 from img_model.predict.feature_cache import FeatureCache, VideoFeatures, default_cache_dir, recorded_specs
 from img_model.predict.queries import EncoderQueryReader, GloveQueryReader, QueryInput, query_reader, read_queries
@@ -61,6 +77,25 @@ class Span:
     def as_json(self) -> dict[str, float]:
         return {"start": self.start, "end": self.end, "score": self.score}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Span | None:
+        return None if data is None else cls(data["start"], data["end"], data["score"])
+
+
+Truth = tuple[float, float]  # a true span (start, end) in seconds
+SPAN_BRANCHES = ("fused", "visual", "audio")
+
+
+def check_truth(start: float, end: float, what: str = "the true span") -> Truth:
+    """(start, end) as floats when both are finite and 0 <= start < end; else a one-line UsageError."""
+    try:
+        low, high = float(start), float(end)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: start and end must be numbers of seconds, not {start!r} and {end!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
+        raise UsageError(f"{what}: need finite seconds with 0 <= start < end, not {start!r} and {end!r}")
+    return low, high
+
 
 @dataclass(frozen=True)
 class QueryAnswer:
@@ -75,6 +110,11 @@ class QueryAnswer:
     tokens_dropped: int = 0  # tokens past the first max_pos_len, not read (as img-eval reads a query)
     start_probabilities: tuple[float, ...] = ()  # P_start per step of the video's grid
     end_probabilities: tuple[float, ...] = ()
+    branches: Mapping[str, Span | None] = dataclasses.field(default_factory=dict)  # fused / visual / audio best span
+    saliency: tuple[float, ...] = ()  # the answer's branch's saliency head, raw score per step ((): none)
+    truth: Truth | None = None  # the true span, when one was given
+    iou: Mapping[str, float | None] | None = None  # per branch, against `truth` (None without truth)
+    drop_audio: Span | None = None  # the fused span with the audio removed (when asked)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,7 +129,35 @@ class QueryAnswer:
             "top": [span.as_json() for span in self.top],
             "start_probabilities": list(self.start_probabilities),
             "end_probabilities": list(self.end_probabilities),
+            "branches": {name: None if span is None else span.as_json() for name, span in self.branches.items()},
+            "saliency": list(self.saliency),
+            "truth": None if self.truth is None else {"start": self.truth[0], "end": self.truth[1]},
+            "iou": None if self.iou is None else dict(self.iou),
+            "drop_audio": None if self.drop_audio is None else self.drop_audio.as_json(),
         }
+
+    @classmethod
+    def from_json(cls, answer: Mapping[str, Any]) -> QueryAnswer:
+        """An answer of `as_json()` back; the keys older answers lack take their defaults."""
+        truth = answer.get("truth")
+        return cls(
+            query=answer["query"],
+            start=answer["start"],
+            end=answer["end"],
+            score=answer["score"],
+            top=tuple(Span(span["start"], span["end"], span["score"]) for span in answer["top"]),
+            branch=answer["branch"],
+            audio_importance=answer["audio_importance"],
+            unknown_words=tuple(answer["unknown_words"]),
+            tokens_dropped=answer.get("tokens_dropped", 0),
+            start_probabilities=tuple(answer["start_probabilities"]),
+            end_probabilities=tuple(answer["end_probabilities"]),
+            branches={name: Span.from_json(span) for name, span in answer.get("branches", {}).items()},
+            saliency=tuple(answer.get("saliency", ())),
+            truth=None if truth is None else (truth["start"], truth["end"]),
+            iou=answer.get("iou"),
+            drop_audio=Span.from_json(answer.get("drop_audio")),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +170,8 @@ class VideoAnswers:
     note: str  # why the audio was not used ("" when it was)
     answers: tuple[QueryAnswer, ...]
     precision: str = "fp32"  # the IMG model's precision (autocast) for these answers
+    glove: str | None = None  # the GloVe file extending the vocabulary (its name as given), if any
+    added_words: tuple[str, ...] = ()  # words of these queries read from it: beyond the training vocabulary
 
     def step_times(self) -> np.ndarray:
         """[N + 1] boundaries of the steps in seconds."""
@@ -109,25 +179,17 @@ class VideoAnswers:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VideoAnswers:
-        """The answers of an `as_json()` object (img-predict --json's output) back as dataclasses."""
-        answers = tuple(
-            QueryAnswer(
-                query=answer["query"],
-                start=answer["start"],
-                end=answer["end"],
-                score=answer["score"],
-                top=tuple(Span(span["start"], span["end"], span["score"]) for span in answer["top"]),
-                branch=answer["branch"],
-                audio_importance=answer["audio_importance"],
-                unknown_words=tuple(answer["unknown_words"]),
-                tokens_dropped=answer.get("tokens_dropped", 0),  # absent from older answers
-                start_probabilities=tuple(answer["start_probabilities"]),
-                end_probabilities=tuple(answer["end_probabilities"]),
-            )
-            for answer in data["answers"]
-        )
+        """The answers of an `as_json()` object (img-predict --json's output) back as dataclasses (older answers,
+        without the keys added since, load with their defaults)."""
+        answers = tuple(QueryAnswer.from_json(answer) for answer in data["answers"])
         fields = ("video", "duration", "num_steps", "has_audio", "audio_used", "note", "precision")
-        return cls(**{name: data[name] for name in fields}, answers=answers)
+        vocabulary = data.get("vocabulary") or {}
+        return cls(
+            **{name: data[name] for name in fields},
+            answers=answers,
+            glove=vocabulary.get("glove"),
+            added_words=tuple(vocabulary.get("added_words", ())),
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +200,7 @@ class VideoAnswers:
             "audio_used": self.audio_used,
             "note": self.note,
             "precision": self.precision,
+            "vocabulary": {"glove": self.glove, "added_words": list(self.added_words)},
             "answers": [answer.as_json() for answer in self.answers],
         }
 
@@ -229,28 +292,47 @@ class Predictor:
         return inputs
 
     def predict(
-        self, video: str | os.PathLike[str], queries: str | Sequence[str], top_k: int | None = None
+        self,
+        video: str | os.PathLike[str],
+        queries: str | Sequence[str],
+        top_k: int | None = None,
+        truths: Sequence[Truth | None] | None = None,
+        drop_audio: bool = False,
     ) -> VideoAnswers:
-        """Answer every query (or the one query a str is) on one video file."""
-        inputs = self.read_queries([queries] if isinstance(queries, str) else queries)  # before the extraction
+        """Answer every query (or the one query a str is) on one video file. `truths`: a true span (start, end) in
+        seconds per query, or None for a query without one (check_truth says what is accepted); `drop_audio`: also
+        the fused answer with the audio removed."""
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        checked = _checked_truths(truths, len(texts))
+        inputs = self.read_queries(texts)  # before the extraction
         features = self.features.features(video)
-        return self.answer(features, inputs, top_k or self.top_k)
+        return self.answer(features, inputs, top_k or self.top_k, checked, drop_audio)
 
     @torch.inference_mode()
-    def answer(self, features: VideoFeatures, inputs: Sequence[QueryInput], top_k: int) -> VideoAnswers:
+    def answer(
+        self,
+        features: VideoFeatures,
+        inputs: Sequence[QueryInput],
+        top_k: int,
+        truths: Sequence[Truth | None] | None = None,
+        drop_audio: bool = False,
+    ) -> VideoAnswers:
         """The model's answers for already read features and queries."""
+        truths = _checked_truths(truths, len(inputs))
         aligned = align(features.visual, features.audio, self.config.max_pos_len, self.align_rule)
         audio_used = aligned.audio is not None
-        audio = (
-            aligned.audio if audio_used else np.zeros((len(aligned.visual), self.config.audio_feature_dim), np.float32)
-        )
+        silence = np.zeros((len(aligned.visual), self.config.audio_feature_dim), np.float32)
+        audio = aligned.audio if audio_used else silence
         branch = "fused" if audio_used else "visual"
         answers: list[QueryAnswer] = []
-        for query in inputs:  # one query per forward: see the module's docstring
-            batch = collate([_sample(aligned.visual, audio, audio_used, features.duration, query)]).to(self.device)
-            with self.precision.autocast(self.device):
-                outputs = self.model(**batch.model_inputs(), p_warm=1.0)
-            answers.append(_answer(outputs, branch, query, batch, top_k, audio_used))
+        for query, truth in zip(inputs, truths, strict=True):  # one query per forward: see the module's docstring
+            outputs, batch = self._forward(aligned.visual, audio, audio_used, features.duration, query)
+            without = None
+            if drop_audio and self.config.audio:  # img-eval's missing audio: a zero track, has_audio false
+                silent = (outputs, batch) if not audio_used else None
+                silent = silent or self._forward(aligned.visual, silence, False, features.duration, query)
+                without = _best(_decode(silent[0], "fused", silent[1], top_k, truth))
+            answers.append(_answer(outputs, branch, query, batch, top_k, audio_used, truth, without))
         note = features.audio_note or ("" if audio_used else "no audio features")
         if not audio_used:
             log.info("%s: %s; answered by the visual-only branch", features.path, note)
@@ -264,6 +346,22 @@ class Predictor:
             answers=tuple(answers),
             precision=self.precision.name,
         )
+
+    def _forward(
+        self, visual: np.ndarray, audio: np.ndarray, has_audio: bool, duration: float, query: QueryInput
+    ) -> tuple[Any, Any]:
+        batch = collate([_sample(visual, audio, has_audio, duration, query)]).to(self.device)
+        with self.precision.autocast(self.device):
+            outputs = self.model(**batch.model_inputs(), p_warm=1.0)
+        return outputs, batch
+
+
+def _checked_truths(truths: Sequence[Truth | None] | None, count: int) -> list[Truth | None]:
+    if truths is None:
+        return [None] * count
+    if len(truths) != count:
+        raise UsageError(f"{len(truths)} true spans for {count} queries: give one per query (None for none)")
+    return [None if truth is None else check_truth(*truth) for truth in truths]
 
 
 def _sample(visual: np.ndarray, audio: np.ndarray, has_audio: bool, duration: float, query: QueryInput) -> Sample:
@@ -284,18 +382,44 @@ def _sample(visual: np.ndarray, audio: np.ndarray, has_audio: bool, duration: fl
     )
 
 
-def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int, audio_used: bool) -> QueryAnswer:
-    """The answer of a batch of one query, decoded by img-eval's own code (evaluator._branch_predictions)."""
-    no_truth = (np.zeros(1), np.zeros(1))  # there is no true span: the IoUs it computes are not used
-    predicted = _branch_predictions(
-        outputs, branch, batch.lengths.cpu().numpy(), batch.duration.cpu().numpy(), no_truth, top_k
-    )[0]
+def _decode(outputs: Any, branch: str, batch: Any, top_k: int, truth: Truth | None) -> BranchPrediction:
+    """One branch's prediction of a batch of one query, decoded by img-eval's own code (_branch_predictions)."""
+    spans = (np.array([truth[0]]), np.array([truth[1]])) if truth else (np.zeros(1), np.zeros(1))
+    lengths, durations = batch.lengths.cpu().numpy(), batch.duration.cpu().numpy()
+    return _branch_predictions(outputs, branch, lengths, durations, spans, top_k)[0]
+
+
+def _best(predicted: BranchPrediction) -> Span:
+    return Span(float(predicted.span[0]), float(predicted.span[1]), float(predicted.score))
+
+
+def _answer(
+    outputs: Any,
+    branch: str,
+    query: QueryInput,
+    batch: Any,
+    top_k: int,
+    audio_used: bool,
+    truth: Truth | None = None,
+    drop_audio: Span | None = None,
+) -> QueryAnswer:
+    """The answer of a batch of one query: `branch` is the answer; the other branches' best spans beside it."""
+    predicted = _decode(outputs, branch, batch, top_k, truth)
     found = predicted.top_steps[:, 0] >= 0
     top = tuple(
         Span(float(start), float(end), float(score))
         for (start, end), score in zip(predicted.top_spans[found], predicted.top_scores[found], strict=True)
     )
+    side = {
+        "fused": predicted,
+        "visual": predicted if branch == "visual" else _decode(outputs, "visual", batch, 1, truth),
+    }
+    if audio_used and outputs.start_logits_a is not None:
+        side["audio"] = _decode(outputs, "audio", batch, 1, truth)
+    branches = {name: _best(side[name]) if name in side else None for name in SPAN_BRANCHES}
+    iou = None if truth is None else {name: float(side[name].iou) if name in side else None for name in SPAN_BRANCHES}
     start_logits, end_logits = (getattr(outputs, name)[0].float() for name in BRANCHES[branch])
+    saliency = getattr(outputs, SALIENCY_SCORES[branch])[0].float().cpu().numpy()[: int(batch.lengths[0])]
     return QueryAnswer(
         query=query.text,
         start=predicted.span[0],
@@ -308,4 +432,9 @@ def _answer(outputs: Any, branch: str, query: QueryInput, batch: Any, top_k: int
         tokens_dropped=query.tokens_dropped,
         start_probabilities=tuple(torch.softmax(start_logits, dim=0).tolist()),
         end_probabilities=tuple(torch.softmax(end_logits, dim=0).tolist()),
+        branches=branches,
+        saliency=tuple(float(str(value)) for value in saliency),  # float32's shortest decimal, as img-eval writes it
+        truth=truth,
+        iou=iou,
+        drop_audio=drop_audio,
     )
