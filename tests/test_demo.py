@@ -681,7 +681,9 @@ def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run:
             ".every((image) => image.complete && image.naturalWidth === 160)"
         )
         assert page.locator("#spans img").count() == 8
-        page.wait_for_function(f"Math.abs(document.getElementById('player').currentTime - {best['start']}) < 1.5")
+        page.wait_for_function(  # the answer plays (and stops at its end)
+            f"player.currentTime >= {best['start']} - 0.05 && player.currentTime <= {best['end']} + 0.05"
+        )
         save_screenshot(page, tmp_path / "demo.png", "demo.png")
 
         page.select_option("#video", "silent.mp4")
@@ -747,7 +749,7 @@ def test_the_true_span_keyframes_and_waveform_are_checked_before_use(
         status, body = raw_get(port, "/api/waveform?video=a.mp4")
         wave = json.loads(body)
         assert status == 200 and wave["duration"] == pytest.approx(1.0, abs=0.05) and len(wave["peaks"]) == 800
-        assert 0.5 < max(high for _, high in wave["peaks"]) <= 1  # make_video's full-scale sine
+        assert 0.1 < max(high for _, high in wave["peaks"]) < 0.2  # make_video's sine: lavfi's amplitude, 1/8
     assert demo_predictor.calls == calls
 
 
@@ -768,6 +770,11 @@ def ask_on_page(page: Any, query: str = "a person waves a hand") -> dict[str, An
     """Type `query`, press Find, and return the answer the page holds once it is drawn."""
     page.fill("#query", query)
     page.click("#submit")
+    page.wait_for_function(
+        "query => answer && answer.answers[0].query === query && !document.getElementById('submit').disabled",
+        arg=query,
+        timeout=120_000,
+    )
     return answered(page)
 
 
@@ -866,7 +873,7 @@ def test_p_start_and_p_end_share_one_labelled_probability_axis(
         top = float(page.get_attribute("#probability-axis", "data-max"))
         peak = max(answer["start_probabilities"] + answer["end_probabilities"])
         assert peak <= top < 5 * peak
-        labels = page.locator("#probability-axis text").all_inner_texts()
+        labels = page.locator("#probability-axis text").evaluate_all("nodes => nodes.map((node) => node.textContent)")
         assert "probability" in labels and f"{top:g}" in labels
         step = page.evaluate(
             "Math.min(answer.num_steps - 1, Math.floor(player.currentTime / answer.duration * answer.num_steps))"
@@ -895,7 +902,7 @@ def test_a_shared_link_restores_the_query_and_runs_it(
             "0.2",
             "0.6",
         )
-        assert answer["truth"] == {"start": 0.2, "end": 0.6} and len(answer["top"]) == 3
+        assert answer["truth"] == {"start": 0.2, "end": 0.6} and page.evaluate("asked.top_k") == 3
         assert float(page.get_attribute("#truth-bar", "data-end")) == 0.6
         fused = page.locator("#branches tr[data-branch='fused'] td").all_inner_texts()
         assert fused[-1] == f"{answer['iou']['fused']:.3f}"

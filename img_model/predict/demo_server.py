@@ -357,18 +357,20 @@ def create_app(
         path = media_path(root, request.video)
         if path is None:
             return _error(f"no video {request.video!r} under the served folder", 404)
-        asked: dict[str, Any] = {}  # the Predictor's optional arguments, only where the request gives them
-        if (truth := request.truth()) is not None:
-            asked["truths"] = [truth]
-        if request.drop_audio:
-            asked["drop_audio"] = True
 
         def served_name(text: str) -> str:  # the name the page knows, never the server's path
             return text.replace(str(path), request.video).replace(str(root) + "/", "")
 
         app.state.waiting += 1
         try:
-            queued = model.submit(predictor.predict, path, [request.query], request.top_k, **asked)
+            queued = model.submit(
+                predictor.predict,
+                path,
+                [request.query],
+                request.top_k,
+                truths=[request.truth()],
+                drop_audio=request.drop_audio,
+            )
             job = asyncio.wrap_future(queued)
             while not (await asyncio.wait({job}, timeout=DISCONNECT_POLL_SECONDS))[0]:
                 if await connection.is_disconnected() and queued.cancel():  # False once it runs: it finishes
