@@ -568,10 +568,16 @@ def resident_bytes(pid: int) -> int:
 
 
 @pytest.mark.slow  # a subprocess CLI (~5 s of imports)
-def test_max_body_bytes_is_bounded(tmp_path: Path) -> None:
+def test_max_body_and_upload_bytes_are_bounded(tmp_path: Path) -> None:
     for value in ("100", str(64 * 2**20)):
         result = run_img_predict("serve", "--videos", tmp_path, "--max-body-bytes", value, "--checkpoint", "x.pt")
         assert result.returncode == 2 and "'--max-body-bytes'" in result.stderr and "1024<=x<=16777216" in result.stderr
+    result = run_img_predict("serve", "--videos", tmp_path, "--max-upload-bytes", "1000", "--checkpoint", "x.pt")
+    assert (
+        result.returncode == 2
+        and "'--max-upload-bytes'" in result.stderr
+        and "1048576<=x<=68719476736" in result.stderr
+    )
 
 
 @pytest.mark.slow
