@@ -832,6 +832,26 @@ def test_the_page_uploads_a_video_and_refuses_what_is_not_one(
 
 
 @pytest.mark.slow
+def test_an_upload_the_folder_cannot_keep_is_one_line_without_the_servers_path(
+    demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    folder = tmp_path / "served"
+    make_video(folder / "a.mp4", seconds=1.0, size="64x48")
+    (folder / "uploads").write_text("a file where the uploads folder would be")
+    with serving(create_app(demo_predictor, folder)) as port, logged() as records:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/api/upload?name=clip.mp4", (folder / "a.mp4").read_bytes())
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert raw_get(port, "/api/videos")[0] == 200  # and it keeps serving
+    assert (response.status, answer) == (
+        500,
+        {"error": "cannot keep the upload in the served folder's uploads/: File exists"},
+    )
+    assert [record.levelno for record in records if "cannot keep an upload" in record.getMessage()] == [logging.ERROR]
+
+
+@pytest.mark.slow
 def test_a_span_plays_to_its_end_and_stops_or_loops(
     chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor
 ) -> None:

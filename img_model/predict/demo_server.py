@@ -336,6 +336,9 @@ def create_app(
             return _error(str(error), 415)
         except ClientDisconnect:
             return Response(status_code=CLIENT_GONE)
+        except OSError as error:  # a read-only served folder, a full disk: the server's, said without its paths
+            log.error("cannot keep an upload in %s: %s", uploads, error)
+            return _error(f"cannot keep the upload in the served folder's {UPLOAD_FOLDER}/: {error.strerror}", 500)
         served = kept.relative_to(root).as_posix()
         log.info("upload kept as %s (%d bytes)", served, kept.stat().st_size)
         return JSONResponse({"video": served, "videos": list_videos(root)})
