@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Request
 
+from img_model.predict.demo_media import UploadRefused, upload_name
 from img_model.predict.demo_server import RequestBodyLimit, create_app, host_names, list_videos, media_path
 from tests.broken_media import make_broken_audio_video
 from tests.img_cli import run_img_predict
@@ -99,14 +100,14 @@ class CountingPredictor:
         self.running = self.most = self.calls = 0
         self._lock = threading.Lock()
 
-    def predict(self, *args: Any) -> Any:
+    def predict(self, *args: Any, **options: Any) -> Any:
         with self._lock:
             self.running += 1
             self.calls += 1
             self.most = max(self.most, self.running)
         try:
             time.sleep(0.2)  # long enough for the other requests to arrive while this one runs
-            return self.predictor.predict(*args)
+            return self.predictor.predict(*args, **options)
         finally:
             with self._lock:
                 self.running -= 1
@@ -331,14 +332,14 @@ class GatedPredictor:
         self.calls = self.running = self.most = 0
         self._lock = threading.Lock()
 
-    def predict(self, *args: Any) -> Any:
+    def predict(self, *args: Any, **options: Any) -> Any:
         with self._lock:
             self.calls += 1
             self.running += 1
             self.most = max(self.most, self.running)
         try:
             self.gate.wait(timeout=300)
-            return self.predictor.predict(*args)
+            return self.predictor.predict(*args, **options)
         finally:
             with self._lock:
                 self.running -= 1
@@ -350,7 +351,7 @@ class BrokenPredictor:
     def __init__(self, predictor: Any) -> None:
         self.top_k = predictor.top_k
 
-    def predict(self, *args: Any) -> Any:
+    def predict(self, *args: Any, **options: Any) -> Any:
         raise RuntimeError("CUDA out of memory")
 
 
@@ -567,10 +568,16 @@ def resident_bytes(pid: int) -> int:
 
 
 @pytest.mark.slow  # a subprocess CLI (~5 s of imports)
-def test_max_body_bytes_is_bounded(tmp_path: Path) -> None:
+def test_max_body_and_upload_bytes_are_bounded(tmp_path: Path) -> None:
     for value in ("100", str(64 * 2**20)):
         result = run_img_predict("serve", "--videos", tmp_path, "--max-body-bytes", value, "--checkpoint", "x.pt")
         assert result.returncode == 2 and "'--max-body-bytes'" in result.stderr and "1024<=x<=16777216" in result.stderr
+    result = run_img_predict("serve", "--videos", tmp_path, "--max-upload-bytes", "1000", "--checkpoint", "x.pt")
+    assert (
+        result.returncode == 2
+        and "'--max-upload-bytes'" in result.stderr
+        and "1048576<=x<=68719476736" in result.stderr
+    )
 
 
 @pytest.mark.slow
@@ -631,43 +638,319 @@ def test_the_page_keeps_queries_to_the_servers_limit_and_shows_its_refusal(
         assert page.inner_text("#status") == "query too long: 66 characters, at most 40"
 
 
+def shown_probability(value: float) -> str:
+    """A probability as the page writes it (contract: below 0.001 and above 0, "< 0.001"; never "0.000")."""
+    return "0" if value == 0 else "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
 @pytest.mark.slow
 def test_the_demo_page_shows_the_answer_on_its_timeline(chromium: Any, real_run: RealRun, tmp_path: Path) -> None:
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(real_run.videos / "clip4.mp4", videos / "kitchen.mp4")
     shutil.copy(real_run.videos / "clip5.mp4", videos / "silent.mp4")
+    query = "someone knocks on the door"
     with serving_cli(real_run, videos, tmp_path / "cache", "--allow-host", "demo.local") as (port, server):
-        page = chromium.new_page(viewport={"width": 1300, "height": 760})
+        page = chromium.new_page(viewport={"width": 1300, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#video option", state="attached")
-        assert page.locator("#video option").all_inner_texts() == ["kitchen.mp4", "silent.mp4"]
-        page.fill("#query", "someone knocks on the door")
-        page.fill("#topk", "8")
-        page.click("#submit")
+        page.goto(
+            f"http://127.0.0.1:{port}/?video=kitchen.mp4&q={query.replace(' ', '+')}&k=8&start=4&end=9&drop_audio=1"
+        )
         page.wait_for_selector("#timeline .span.best", timeout=120_000)
+        assert page.locator("#video option").all_inner_texts() == ["kitchen.mp4", "silent.mp4"]
         spans = page.locator("#timeline .span")
         assert spans.count() == 8
         timeline = page.locator("#timeline").bounding_box()
         for number in range(8):  # every top span is drawn inside the timeline, which grows with k
             box = spans.nth(number).bounding_box()
             assert box["y"] + box["height"] <= timeline["y"] + timeline["height"], number
-        status, answer = post(port, {"video": "kitchen.mp4", "query": "someone knocks on the door", "top_k": 8})
+        request = {"video": "kitchen.mp4", "query": query, "top_k": 8, "start": 4, "end": 9, "drop_audio": True}
+        status, answer = post(port, request)
         best = answer["answers"][0]
         assert status == 200 and float(spans.first.get_attribute("data-start")) == pytest.approx(best["start"])
         assert float(spans.first.get_attribute("data-end")) == pytest.approx(best["end"])
-        assert page.inner_text("#importance-value") == f"{best['audio_importance']:.3f}"
-        assert "knocks" in page.inner_text("#status")  # the unknown word is named
-        page.wait_for_function(f"Math.abs(document.getElementById('player').currentTime - {best['start']}) < 1.5")
+        assert page.inner_text("#importance-value") == shown_probability(best["audio_importance"])
+        assert "knocks" in page.inner_text("#words")  # the unknown word is named
+        rows = page.locator("#branches tr").evaluate_all("rows => rows.map((row) => row.dataset.branch)")
+        assert rows == ["fused", "visual only", "audio only", "fused, audio dropped", "truth"]
+        for name, branch in (("fused", "fused"), ("visual only", "visual"), ("audio only", "audio")):
+            cells = page.locator(f"#branches tr[data-branch='{name}'] td").all_inner_texts()
+            assert cells[1] == f"{best['branches'][branch]['start']:.2f} s", name
+            assert cells[4] == f"{best['iou'][branch]:.3f}", name
+        dropped = page.locator("#branches tr[data-branch='fused, audio dropped'] td").all_inner_texts()
+        assert dropped[1:3] == [f"{best['drop_audio'][key]:.2f} s" for key in ("start", "end")]
+        assert page.locator("#saliency").count() == (1 if best["saliency"] else 0)
+        assert page.locator("#waveform").count() == 1
+        page.wait_for_function(  # every top span's keyframe, made by the server, decoded by the browser
+            "[...document.querySelectorAll('#spans img')]"
+            ".every((image) => image.complete && image.naturalWidth === 160)"
+        )
+        assert page.locator("#spans img").count() == 8
+        page.wait_for_function(  # the answer plays (and stops at its end)
+            f"player.currentTime >= {best['start']} - 0.05 && player.currentTime <= {best['end']} + 0.05"
+        )
         save_screenshot(page, tmp_path / "demo.png", "demo.png")
 
         page.select_option("#video", "silent.mp4")
+        page.fill("#truth-start", "")
+        page.fill("#truth-end", "")
         page.click("#submit")
         page.wait_for_selector("#timeline .span.best", timeout=120_000)
         assert "answered by the visual-only branch" in page.inner_text("#importance")
+        audio_only = page.locator("#branches tr[data-branch='audio only'] td").all_inner_texts()
+        assert audio_only[1:] == ["n/a"] * 4
         assert not errors, errors
         assert raw_get(port, "/api/videos", {"Host": f"demo.local:{port}"})[0] == 200  # --allow-host
         assert raw_get(port, "/api/videos", {"Host": f"evil.example:{port}"})[0] == 400
     assert f"img-predict: demo page on http://127.0.0.1:{port} (Ctrl-C stops it)" in server.output
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("clip.mp4", "clip.mp4"),
+        ("my clip (1).MKV", "my_clip_1_.mkv"),
+        ("../../etc/passwd.mp4", "passwd.mp4"),
+        ("C:\\Users\\me\\x.webm", "x.webm"),
+        (".hidden.mp4", "hidden.mp4"),
+        (".mp4", "video.mp4"),
+        ("a" * 300 + ".mp4", "a" * 96 + ".mp4"),
+        ("notes.txt", None),
+        ("clip.mp4.exe", None),
+    ],
+)
+def test_an_upload_is_kept_under_a_plain_video_name(name: str, kept: str | None) -> None:
+    if kept is None:
+        with pytest.raises(UploadRefused, match="is not a video file name: upload a file ending in one of"):
+            upload_name(name)
+    else:
+        assert upload_name(name) == kept
+
+
+@pytest.mark.slow
+def test_the_true_span_keyframes_and_waveform_are_checked_before_use(
+    served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    calls = demo_predictor.calls
+    ask = {"video": "a.mp4", "query": "a person waves a hand"}
+    with serving(create_app(demo_predictor, served[0])) as port:
+        assert post(port, {**ask, "start": 5, "end": 2}) == (422, {"error": "start 5 s must be before end 2 s"})
+        assert post(port, {**ask, "start": 1}) == (
+            422,
+            {"error": "start and end: give both (the true span) or neither"},
+        )
+        below = post(port, {**ask, "start": -1, "end": 2})
+        assert below == (422, {"error": "start: Input should be greater than or equal to 0"})
+        not_finite = post(port, json.dumps({**ask, "start": float("nan"), "end": 2}))
+        assert not_finite == (422, {"error": "start: Input should be a finite number"})
+        status, image = raw_get(port, "/api/keyframe?video=sub/b.mp4&t=0.5")
+        assert status == 200 and image[:3] == b"\xff\xd8\xff"  # a JPEG
+        for address in ("/api/keyframe?video=a.mp4&t=-1", "/api/keyframe?video=a.mp4&t=inf"):
+            assert raw_get(port, address)[0] == 422, address
+        status, body = raw_get(port, "/api/keyframe?video=a.mp4&t=30")
+        assert status == 422 and json.loads(body)["error"].startswith("a.mp4: no frame at 30.00 s, past its end")
+        for address in ("/api/keyframe?video=outside-link.mp4&t=0", "/api/waveform?video=../outside/secret.mp4"):
+            assert raw_get(port, address) == (404, b'{"error":"no such video under the served folder"}'), address
+        status, body = raw_get(port, "/api/waveform?video=a.mp4")
+        wave = json.loads(body)
+        assert status == 200 and wave["duration"] == pytest.approx(1.0, abs=0.05) and len(wave["peaks"]) == 800
+        assert 0.1 < max(high for _, high in wave["peaks"]) < 0.2  # make_video's sine: lavfi's amplitude, 1/8
+    assert demo_predictor.calls == calls
+
+
+# --- the page's upload, playback, chart, link and download, in headless Chromium ------------------------------
+
+
+def open_page(chromium: Any, port: int, address: str = "/") -> Any:
+    """The demo page at `address`, its video list loaded; page errors fail the test when it ends (see answered)."""
+    page = chromium.new_page(viewport={"width": 1300, "height": 760})
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{port}{address}")
+    page.wait_for_selector("#video option", state="attached")
+    return page
+
+
+def ask_on_page(page: Any, query: str = "a person waves a hand") -> dict[str, Any]:
+    """Type `query`, press Find, and return the answer the page holds once it is drawn."""
+    page.fill("#query", query)
+    page.click("#submit")
+    page.wait_for_function(
+        "query => answer && answer.answers[0].query === query && !document.getElementById('submit').disabled",
+        arg=query,
+        timeout=120_000,
+    )
+    return answered(page)
+
+
+def answered(page: Any) -> dict[str, Any]:
+    page.wait_for_selector("#timeline .span.best", timeout=120_000)
+    assert not page.errors, page.errors
+    return page.evaluate("answer")
+
+
+@pytest.mark.slow
+def test_the_page_uploads_a_video_and_refuses_what_is_not_one(
+    chromium: Any, demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    folder = tmp_path / "served"
+    make_video(folder / "a.mp4", seconds=1.0, size="64x48")
+    clip = make_video(tmp_path / "my clip.mp4", seconds=1.0, size="64x48")
+    (tmp_path / "fake.mp4").write_text("ffconcat version 1.0\nfile a.mp4\n")  # a video's name, not its content
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "big.mp4").write_bytes(bytes(200_000))
+    with serving(create_app(demo_predictor, folder, max_upload_bytes=100_000)) as port:
+        page = open_page(chromium, port)
+
+        def upload(name: str) -> str:
+            page.set_input_files("#upload", tmp_path / name)
+            page.wait_for_function("!document.getElementById('status').textContent.startsWith('Uploading')")
+            return page.inner_text("#status")
+
+        assert upload("my clip.mp4") == "Uploaded as uploads/my_clip.mp4"
+        assert upload("my clip.mp4") == "Uploaded as uploads/my_clip-1.mp4"  # never replaces a file
+        assert page.locator("#video option").all_inner_texts() == [
+            "a.mp4",
+            "uploads/my_clip-1.mp4",
+            "uploads/my_clip.mp4",
+        ]
+        assert page.input_value("#video") == "uploads/my_clip-1.mp4"
+        assert raw_get(port, "/media/uploads/my_clip.mp4") == (200, clip.read_bytes())  # served as the others
+        fake = upload("fake.mp4")
+        assert fake.startswith("fake.mp4: not a readable media file (") and fake.endswith("; upload a video file")
+        assert upload("notes.txt").startswith("'notes.txt' is not a video file name: upload a file ending in one of")
+        too_big = "request body larger than 100000 bytes, this server's limit (--max-upload-bytes)"
+        assert upload("big.mp4") == too_big  # the page says the server's refusal before sending the file
+        assert page.eval_on_selector("#status", "node => node.className") == "error"
+        assert not page.errors, page.errors
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/api/upload?name=big.mp4", bytes(200_000))
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())) == (413, {"error": too_big})
+    assert sorted(path.name for path in (folder / "uploads").iterdir()) == ["my_clip-1.mp4", "my_clip.mp4"]
+
+
+@pytest.mark.slow
+def test_an_upload_the_folder_cannot_keep_is_one_line_without_the_servers_path(
+    demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    folder = tmp_path / "served"
+    make_video(folder / "a.mp4", seconds=1.0, size="64x48")
+    (folder / "uploads").write_text("a file where the uploads folder would be")
+    with serving(create_app(demo_predictor, folder)) as port, logged() as records:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/api/upload?name=clip.mp4", (folder / "a.mp4").read_bytes())
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert raw_get(port, "/api/videos")[0] == 200  # and it keeps serving
+    assert (response.status, answer) == (
+        500,
+        {"error": "cannot keep the upload in the served folder's uploads/: File exists"},
+    )
+    assert [record.levelno for record in records if "cannot keep an upload" in record.getMessage()] == [logging.ERROR]
+
+
+@pytest.mark.slow
+def test_a_span_plays_to_its_end_and_stops_or_loops(
+    chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    address = "/?video=a.mp4&q=a+person+waves+a+hand&start=0.1&end=0.45"
+    with serving(create_app(demo_predictor, served[0])) as port:
+        page = open_page(chromium, port, address)
+        answered(page)
+        page.evaluate("player.pause()")
+        page.evaluate(  # what the player does from now on: its times, when it starts playing, where it seeks to
+            "window.seen = []; player.addEventListener('timeupdate', () => seen.push(player.currentTime));"
+            "player.addEventListener('playing', () => seen.push('playing'));"
+            "player.addEventListener('seeked', () => seen.push('seeked ' + player.currentTime.toFixed(2)))"
+        )
+        page.click("#play-truth")
+        page.wait_for_function("seen.includes('playing') && player.paused", timeout=30_000)
+        assert page.evaluate("player.currentTime") == pytest.approx(0.45)  # stopped at the truth's end, not 1.0 s
+        assert max(t for t in page.evaluate("seen") if isinstance(t, float)) <= 0.45 + 0.1
+        page.select_option("#at-end", "loop")
+        page.evaluate("seen = []")
+        page.click("#play-truth")
+        page.wait_for_function(  # played to the end and went back to the start twice, and plays on
+            "seen.slice(seen.indexOf('playing')).filter((event) => event === 'seeked 0.10').length >= 2",
+            timeout=30_000,
+        )
+        assert not page.evaluate("player.paused")
+        assert max(t for t in page.evaluate("seen") if isinstance(t, float)) <= 0.45 + 0.1
+        assert not page.errors, page.errors
+
+
+@pytest.mark.slow
+def test_p_start_and_p_end_share_one_labelled_probability_axis(
+    chromium: Any, real_run: RealRun, demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    (tmp_path / "videos").mkdir()
+    shutil.copy(real_run.videos / "clip4.mp4", tmp_path / "videos" / "kitchen.mp4")  # 12 s: 12 steps
+    with serving(create_app(demo_predictor, tmp_path / "videos")) as port:
+        page = open_page(chromium, port)
+        answer = ask_on_page(page)["answers"][0]
+        scales = []  # pixels per unit of probability, of each curve
+        for name, values in (("p-start", answer["start_probabilities"]), ("p-end", answer["end_probabilities"])):
+            heights = [float(point.split(",")[1]) for point in page.get_attribute(f"#{name}", "points").split()]
+            low, high = values.index(min(values)), values.index(max(values))
+            scales.append((heights[low] - heights[high]) / (values[high] - values[low]))
+        assert scales[0] == pytest.approx(scales[1], rel=1e-2)  # each scaled to its own peak, they differ
+        top = float(page.get_attribute("#probability-axis", "data-max"))
+        peak = max(answer["start_probabilities"] + answer["end_probabilities"])
+        assert peak <= top < 5 * peak
+        labels = page.locator("#probability-axis text").evaluate_all("nodes => nodes.map((node) => node.textContent)")
+        assert "probability" in labels and f"{top:g}" in labels
+        step = page.evaluate(
+            "Math.min(answer.num_steps - 1, Math.floor(player.currentTime / answer.duration * answer.num_steps))"
+        )
+        legend = page.inner_text("#playhead-legend")
+        assert f"P(start) {answer['start_probabilities'][step]:.3f}" in legend.replace("< 0.001", "0.000")
+        sizes = page.evaluate(
+            "[...document.querySelectorAll('#timeline text, .legend, #playhead-legend')]"
+            ".map((node) => parseFloat(getComputedStyle(node).fontSize))"
+        )
+        assert min(sizes) >= 11
+        assert not page.errors, page.errors
+
+
+@pytest.mark.slow
+def test_a_shared_link_restores_the_query_and_runs_it(
+    chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor
+) -> None:
+    address = "/?video=sub%2Fb.mp4&q=a+person+waves+a+hand&k=3&start=0.2&end=0.6"
+    with serving(create_app(demo_predictor, served[0])) as port:
+        page = open_page(chromium, port, address)
+        answer = answered(page)["answers"][0]
+        assert page.input_value("#video") == "sub/b.mp4" and page.input_value("#query") == "a person waves a hand"
+        assert (page.input_value("#topk"), page.input_value("#truth-start"), page.input_value("#truth-end")) == (
+            "3",
+            "0.2",
+            "0.6",
+        )
+        assert answer["truth"] == {"start": 0.2, "end": 0.6} and page.evaluate("asked.top_k") == 3
+        assert float(page.get_attribute("#truth-bar", "data-end")) == 0.6
+        fused = page.locator("#branches tr[data-branch='fused'] td").all_inner_texts()
+        assert fused[-1] == f"{answer['iou']['fused']:.3f}"
+        page.fill("#truth-start", "")
+        page.fill("#truth-end", "")
+        ask_on_page(page, "the door slams shut")
+        assert page.evaluate("location.search") == "?video=sub%2Fb.mp4&q=the+door+slams+shut&k=3"
+        assert page.get_attribute("#share", "href") == "/" + page.evaluate("location.search")
+        assert not page.errors, page.errors
+
+
+@pytest.mark.slow
+def test_the_answer_downloads_as_the_servers_json(
+    chromium: Any, served: tuple[Path, Path], demo_predictor: CountingPredictor, tmp_path: Path
+) -> None:
+    with serving(create_app(demo_predictor, served[0])) as port:
+        page = open_page(chromium, port)
+        shown = ask_on_page(page)
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = tmp_path / "answer.json"
+        download.value.save_as(saved)
+        assert download.value.suggested_filename == "a-answer.json"
+        direct = post(port, {"video": "a.mp4", "query": "a person waves a hand"})
+    assert direct == (200, shown) and json.loads(saved.read_text()) == shown

@@ -422,12 +422,28 @@ def batch_command(manifest: Path, out: Path, drop_audio: bool, title: str, **fla
     help="Largest request body the page's requests may send, 1 KiB to 16 MiB (a query is a few hundred bytes); "
     "a larger one is refused with 413 before it is read.",
 )
+@click.option(
+    "--max-upload-bytes",
+    type=click.IntRange(min=2**20, max=64 * 2**30),
+    default=512 * 2**20,  # demo_server.MAX_UPLOAD_BYTES
+    show_default=True,
+    help="Largest video the page may upload, 1 MiB to 64 GiB; uploads are kept in --videos/uploads/ (never "
+    "replacing a file) and must open as a video.",
+)
 @predictor_options
 def serve_command(
-    videos: Path, host: str, allow_hosts: tuple[str, ...], port: int, max_body_bytes: int, **flags: Any
+    videos: Path,
+    host: str,
+    allow_hosts: tuple[str, ...],
+    port: int,
+    max_body_bytes: int,
+    max_upload_bytes: int,
+    **flags: Any,
 ) -> None:
-    """A local demo page: pick a video from --videos, type a query, see the top spans on a timeline with the
-    player seeking to them, and the audio-importance score.
+    """A local demo page: pick a video from --videos (or upload one), type a query (and the true span, if known),
+    see P(start) and P(end), the saliency and the waveform on a timeline, the fused, visual-only and audio-only
+    spans side by side with their IoU, keyframes of the top spans, and play any span (stopping or looping at its
+    end). The page's address holds the query: share it to ask again.
 
     \b
     Requests are answered one at a time per model (others wait in line; the page stays responsive). Only files
@@ -447,7 +463,11 @@ def serve_command(
         listening = _listen(host, port)  # before the model loads: a port in use fails at once
         predictor = _load(flags, progress=False)
         app = create_app(
-            predictor, videos, allowed_hosts=[*host_names(host), *allow_hosts], max_body_bytes=max_body_bytes
+            predictor,
+            videos,
+            allowed_hosts=[*host_names(host), *allow_hosts],
+            max_body_bytes=max_body_bytes,
+            max_upload_bytes=max_upload_bytes,
         )
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("--host %s: other machines can reach the page and every video under %s", host, videos)

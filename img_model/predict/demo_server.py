@@ -1,15 +1,23 @@
 """The local demo page of img-predict serve (FastAPI, run by uvicorn).
 
     GET  /                  the page (inline script and style: nothing is fetched from elsewhere)
-    GET  /api/videos        {"videos": [paths relative to DIR], "top_k": k, "max_query_chars": n}
+    GET  /api/videos        {"videos": [paths relative to DIR], "top_k": k, "max_query_chars": n,
+                             "max_upload_bytes": n}
     GET  /media/{path}      a video file under DIR (range requests, so the player can seek)
-    POST /api/predict       {"video": path, "query": text, "top_k": k} -> the Predictor's answer as JSON
+    POST /api/predict       {"video": path, "query": text, "top_k": k, optional "start"/"end" (the true span,
+                             seconds) and "drop_audio": true} -> the Predictor's answer as JSON
+    GET  /api/waveform?video=path        {"duration": s, "peaks": [[min, max], ...] | null (no audio)}
+    GET  /api/keyframe?video=path&t=s    the frame shown at t, a JPEG 160 px wide (the top spans' thumbnails)
+    POST /api/upload?name=file.mp4       the body is the video; kept under DIR/uploads/ -> {"video": its served
+                                         path, "videos": the new list} (demo_media: never replaces a file)
 
 Every error, every refusal included, is {"error": one line} with its status: 400 a bad query (empty, longer
 than max_query_chars, or not valid text such as a lone UTF-16 surrogate) or a Host header that names another
-machine, 404 no such video (or page), 413 a request body over the limit, 422 a video that fails to decode or a
-malformed request, 500 anything else. Video paths in answers and errors are the names relative to DIR, never the
-server's own paths. A client's error is never logged with a traceback; only a 500 is.
+machine, 404 no such video (or page), 413 a request body over the limit (an upload's is --max-upload-bytes),
+415 an upload that is not a video (by its name's extension or by its content), 422 a video that fails to decode
+or a malformed request (a true span must be finite, 0 <= start < end), 500 anything else. Video paths in answers
+and errors are the names relative to DIR, never the server's own paths. A client's error is never logged with a
+traceback; only a 500 is.
 
 Only files under DIR are served: a requested path is resolved (links followed) and must stay inside DIR's own
 resolved path, so `../`, its percent-encoded forms and links pointing out of DIR are all refused alike (404,
@@ -37,16 +45,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extract.core.errors import VideoDecodeError
 from extract.media.sources import VIDEO_EXTENSIONS, video_files
+from img_model.predict.demo_media import (
+    UploadRefused,
+    keep_upload,
+    keyframe_jpeg,
+    receive_upload,
+    upload_name,
+    waveform,
+)
 from img_model.predict.queries import QueryError
 
 log = logging.getLogger(f"img_vmr.{__name__}")
@@ -57,12 +75,28 @@ CLIENT_GONE = 499  # the status logged for a request dropped because its client 
 MAX_BODY_BYTES = 2**20  # a prediction request is a few hundred bytes
 MAX_QUERY_CHARS = 1000  # a long caption is ~300; the model reads only its first max_pos_len tokens anyway
 MAX_VIDEO_CHARS = 4096  # the longest path Linux opens (PATH_MAX)
+MAX_UPLOAD_BYTES = 512 * 2**20  # a few minutes of 1080p H.264
+UPLOAD_FOLDER = "uploads"  # under the served folder: uploads are listed and served as its other videos
 
 
 class PredictRequest(BaseModel):
     video: str
     query: str
     top_k: int = Field(default=5, ge=1, le=50)
+    start: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # the true span, seconds (optional)
+    end: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    drop_audio: bool = False  # also answer with the audio removed, as img-eval's missing audio
+
+    @model_validator(mode="after")
+    def _truth(self) -> PredictRequest:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("start and end: give both (the true span) or neither")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"start {self.start:g} s must be before end {self.end:g} s")
+        return self
+
+    def truth(self) -> tuple[float, float] | None:
+        return None if self.start is None or self.end is None else (self.start, self.end)
 
 
 def media_path(root: Path, requested: str) -> Path | None:
@@ -211,7 +245,8 @@ def _validation_line(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg", "invalid")))
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "malformed request"
 
 
@@ -221,11 +256,13 @@ def create_app(
     allowed_hosts: Sequence[str] = LOCAL_HOSTS,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_query_chars: int = MAX_QUERY_CHARS,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The demo app for one Predictor and one folder of videos, answering requests whose Host is one of
-    `allowed_hosts` (see host_names) and whose body is at most `max_body_bytes`, queries of at most
-    `max_query_chars` characters."""
+    `allowed_hosts` (see host_names) and whose body is at most `max_body_bytes` (an upload's at most
+    `max_upload_bytes`), queries of at most `max_query_chars` characters."""
     root = Path(videos).resolve(strict=True)
+    uploads = root / UPLOAD_FOLDER
     model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="img-predict-model")  # one request at a time
     page = resources.files("img_model").joinpath("templates/demo.html").read_text(encoding="utf-8")
 
@@ -235,7 +272,8 @@ def create_app(
         model.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="img-predict demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(RequestBodyLimit, max_bytes=max_body_bytes)
+    upload_limit = {"/api/upload": (max_upload_bytes, "--max-upload-bytes")}
+    app.add_middleware(RequestBodyLimit, max_bytes=max_body_bytes, route_limits=upload_limit)
     app.add_middleware(AllowedHosts, names=list(allowed_hosts))  # added last: it runs first
     app.state.waiting = 0  # predictions waiting for the model or running (for the log and the tests)
 
@@ -258,7 +296,52 @@ def create_app(
 
     @app.get("/api/videos")
     def videos_list() -> dict[str, Any]:
-        return {"videos": list_videos(root), "top_k": predictor.top_k, "max_query_chars": max_query_chars}
+        return {
+            "videos": list_videos(root),
+            "top_k": predictor.top_k,
+            "max_query_chars": max_query_chars,
+            "max_upload_bytes": max_upload_bytes,
+        }
+
+    def served_video(requested: str) -> Path:
+        path = media_path(root, requested)
+        if path is None:
+            raise HTTPException(404, "no such video under the served folder")
+        return path
+
+    def video_problem(requested: str, error: VideoDecodeError) -> JSONResponse:
+        return _error(str(error).replace(str(served_video(requested)), requested).replace(str(root) + "/", ""), 422)
+
+    @app.get("/api/waveform")
+    def waveform_peaks(video: str) -> Response:
+        try:
+            return JSONResponse(waveform(served_video(video)).as_json())
+        except VideoDecodeError as error:
+            return video_problem(video, error)
+
+    @app.get("/api/keyframe")
+    def keyframe(video: str, t: float = Query(ge=0, allow_inf_nan=False)) -> Response:
+        try:
+            return Response(keyframe_jpeg(served_video(video), t), media_type="image/jpeg")
+        except VideoDecodeError as error:
+            return video_problem(video, error)
+
+    @app.post("/api/upload")
+    async def upload(request: Request, name: str) -> Response:
+        try:
+            kept_name = upload_name(name)
+            part = await receive_upload(uploads, request.stream())
+            kept = await run_in_threadpool(keep_upload, part, kept_name)
+        except UploadRefused as error:
+            return _error(str(error), 415)
+        except ClientDisconnect:
+            return Response(status_code=CLIENT_GONE)
+        except OSError as error:  # a read-only served folder, a full disk: the server's, said without its paths
+            log.error("cannot keep an upload in %s: %s", uploads, error)
+            return _error(f"cannot keep the upload in the served folder's {UPLOAD_FOLDER}/: {error.strerror}", 500)
+        served = kept.relative_to(root).as_posix()
+        log.info("upload kept as %s (%d bytes)", served, kept.stat().st_size)
+        return JSONResponse({"video": served, "videos": list_videos(root)})
 
     @app.get("/media/{requested:path}", response_model=None)
     def media(requested: str) -> FileResponse | JSONResponse:
@@ -283,7 +366,14 @@ def create_app(
 
         app.state.waiting += 1
         try:
-            queued = model.submit(predictor.predict, path, [request.query], request.top_k)
+            queued = model.submit(
+                predictor.predict,
+                path,
+                [request.query],
+                request.top_k,
+                truths=[request.truth()],
+                drop_audio=request.drop_audio,
+            )
             job = asyncio.wrap_future(queued)
             while not (await asyncio.wait({job}, timeout=DISCONNECT_POLL_SECONDS))[0]:
                 if await connection.is_disconnected() and queued.cancel():  # False once it runs: it finishes
