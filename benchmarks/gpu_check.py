@@ -35,8 +35,8 @@ batch, fp32 extraction runs as a CPU runs them, the DDP check on 2 gloo processe
     benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--deadline-s 360] [--steps setup,extract,...]
     benchmarks/gpu_check.sh --preflight       # only the checks of the machine
 
-The code the steps run is Python 3.11 code that also runs on 3.12 (the GPU nodes' Python): it runs from the
-source tree with PYTHONPATH, no install, so pyproject's requires-python does not stop it.
+The code the steps run is the project's, for Python 3.11 to 3.13 (requires-python; the GPU nodes' Python is 3.12):
+it runs from the source tree with PYTHONPATH, no install.
 
 On a GPU node without internet (the device machine: Python 3.12 with torch, transformers, h5py, ... but no
 imageio-ffmpeg and no system ffmpeg), bring the missing wheels: here, with PyPI, `bash benchmarks/gpu_wheels.sh`
