@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,9 @@ def packed_gru(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
 
-def outputs_and_gradients(run, gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+def outputs_and_gradients(
+    run: Callable[..., torch.Tensor], gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor
+) -> list[torch.Tensor]:
     """The output, then the gradients of x and of every GRU weight, for a loss that weighs every output."""
     x = x.detach().clone().requires_grad_()
     gru.zero_grad(set_to_none=True)
@@ -49,7 +53,8 @@ def test_the_padded_fusion_gru_is_the_packed_one(
 
     monkeypatch.setattr(fusion, "pack_padded_sequence", no_packing)
     got = outputs_and_gradients(MultiGranularityFusion._run, gru, x, steps)
-    for name, a, b in zip(["output", "input gradient", *(n for n, _ in gru.named_parameters())], got, expected):
+    names = ["output", "input gradient", *(name for name, _ in gru.named_parameters())]
+    for name, a, b in zip(names, got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     padded = torch.arange(9) >= steps.unsqueeze(1)
     assert torch.equal(got[0][padded], torch.zeros_like(got[0][padded]))
