@@ -217,7 +217,8 @@ class GlobalFusion(nn.Module):
 
 class MultiGranularityFusion(nn.Module):
     """Bidirectional GRUs over each pair of granularities, a GRU over the pairs' results, and a projection.
-    The GRUs run on packed sequences, so their outputs at padded steps are 0.
+    The GRUs compute what they compute on packed sequences (the authors' code packs them): a row's outputs at
+    its valid steps depend on its valid steps only, and its outputs at padded steps are 0 (`_run`).
 
     With fewer granularities (`IMGConfig.granularities`, Tables 2 and 9) the same stack runs over the levels kept:
     a pair GRU for each pair of kept levels, the combined GRU over their outputs; a single level goes into the
@@ -237,8 +238,37 @@ class MultiGranularityFusion(nn.Module):
 
     @staticmethod
     def _run(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        """`gru` over each row's first `lengths` steps, 0 at the steps after them.
+
+        On the CPU the GRU runs on the padded batch instead of a packed one: a padded GRU projects the inputs of
+        all steps in one matrix product and steps every row together, where a packed one projects step by step
+        over a shrinking batch and sorts and unsorts the rows (1.1-1.2x on the fusion GRUs, forward + backward).
+        Padding changes nothing a valid step sees: forward in time, a row's padded steps come after its valid
+        ones; backward in time, each layer runs the reverse direction's weights over each row reversed within
+        its own length (`_reversed_rows`), so its valid steps again come first. The results are the packed
+        GRU's up to float rounding (tests/test_img_cpu_step.py)."""
+        steps = x.shape[1]
+        if bool((lengths == steps).all()):  # nothing padded: the padded GRU is the packed one
+            return gru(x)[0]
+        if x.device.type != "cpu" or gru.dropout:  # (the fusion GRUs have no dropout between layers)
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=steps)[0]
+        valid = torch.arange(steps) < lengths.unsqueeze(1)
+        order = _reversed_rows(lengths, steps)
+        initial = x.new_zeros(1, x.shape[0], gru.hidden_size)
+        forward, backward = x, _take_steps(x, order)  # each row in time order / reversed within its length
+        weights = gru._flat_weights  # per layer: 4 tensors (w_ih, w_hh, b_ih, b_hh) forward, then 4 reverse
+        per_direction = len(weights) // (2 * gru.num_layers)
+        for layer in range(gru.num_layers):
+            first = 2 * per_direction * layer
+            forward_weights = weights[first : first + per_direction]
+            reverse_weights = weights[first + per_direction : first + 2 * per_direction]
+            ahead = torch._VF.gru(forward, initial, forward_weights, gru.bias, 1, 0.0, gru.training, False, True)[0]
+            behind = torch._VF.gru(backward, initial, reverse_weights, gru.bias, 1, 0.0, gru.training, False, True)[0]
+            forward = torch.cat([ahead, _take_steps(behind, order)], dim=2)
+            if layer + 1 < gru.num_layers:
+                backward = torch.cat([_take_steps(ahead, order), behind], dim=2)
+        return forward.masked_fill(~valid.unsqueeze(2), 0)
 
     def forward(self, levels: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """`levels`: the fused features (B, Lv, d) of each kept granularity, by name."""
@@ -248,3 +278,18 @@ class MultiGranularityFusion(nn.Module):
             for a, b in self.pairs
         ] or list(levels.values())
         return self.projection(self._run(self.combined_gru, torch.cat(stage, dim=2), lengths))
+
+
+def _reversed_rows(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """Flat indices into (B·steps) rows that reverse each row of a batch within its length: step t of row b is
+    step lengths[b] − 1 − t for t < lengths[b], and stays where it is after. The permutation is its own inverse."""
+    positions = torch.arange(steps)
+    within = positions < lengths.unsqueeze(1)
+    taken = torch.where(within, lengths.unsqueeze(1) - 1 - positions, positions)
+    return (taken + torch.arange(len(lengths)).unsqueeze(1) * steps).reshape(-1)
+
+
+def _take_steps(x: torch.Tensor, flat_order: torch.Tensor) -> torch.Tensor:
+    """x (B, L, D) with its steps rearranged by `_reversed_rows`."""
+    batch, steps, _ = x.shape
+    return x.reshape(batch * steps, -1).index_select(0, flat_order.to(x.device)).view(batch, steps, -1)

@@ -77,15 +77,30 @@ def _whole_batch_like(x: torch.Tensor, total: int) -> torch.Tensor:
     return x.new_empty(shape).permute(*sorted(range(x.dim()), key=order.__getitem__))
 
 
+def _scaled_dropout_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
+    """The scaled dropout mask (0 or 1/(1 − p)) for a tensor laid out as `buffer`, written into `buffer`.
+
+    On the CPU in float32/float64 the mask is `uniform >= p`: torch's CPU `bernoulli_` (what F.dropout draws with)
+    is the slower kernel (measured 1.15x on this project's CPUs), and the mask keeps a value with the same
+    probability 1 − p. It draws a different random stream than F.dropout, so a training run is not bit-identical
+    to one made before this change (docs/training.md, "Reproducibility"). Elsewhere (CUDA's fused dropout,
+    half precision) F.dropout's own mask, drawn from ones."""
+    if buffer.device.type == "cpu" and buffer.dtype in (torch.float32, torch.float64):
+        return buffer.uniform_().ge_(p).div_(1 - p)
+    return F.dropout(buffer.fill_(1), p, training=True)
+
+
 class Dropout(nn.Dropout):
-    """nn.Dropout; inside `batch_rows`, these rows of the mask drawn for the whole batch."""
+    """nn.Dropout with the mask of `_scaled_dropout_mask`; inside `batch_rows`, these rows of the mask drawn for
+    the whole batch (the same draw, in the same memory order, as one process makes for the whole batch)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _batch_rows
-        if rows is None or not self.training or self.p == 0:
+        if not self.training or not 0 < self.p < 1:
             return super().forward(x)
-        # F.dropout of ones is the scaled mask itself, drawn by the same kernel as for the whole batch's input
-        scaled_mask = F.dropout(_whole_batch_like(x, rows.total).fill_(1), self.p, training=True)
+        rows = _batch_rows
+        if rows is None:
+            return x * _scaled_dropout_mask(torch.empty_like(x), self.p)
+        scaled_mask = _scaled_dropout_mask(_whole_batch_like(x, rows.total), self.p)
         return x * scaled_mask[rows.start : rows.start + x.shape[0]]
 
 
