@@ -84,12 +84,15 @@ def write_error(store: Path, error: OSError) -> StoreWriteError:
     return cannot_write(f"the feature store {store}", store.parent, error, StoreWriteError)
 
 
-def hdf5_image(fill: Callable[[h5py.File], None]) -> memoryview:
-    """An HDF5 file built in memory; only write_atomically (extract/core/files.py) touches the disk."""
+def hdf5_image(fill: Callable[[h5py.File], None]) -> bytes:
+    """An HDF5 file built in memory; only write_atomically (extract/core/files.py) touches the disk.
+
+    bytes, not a view of the buffer: on Python 3.12 a view still held by a failed write's traceback (a full disk)
+    made the exit crash ("deallocated BytesIO object has exported buffers", exit 139)."""
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
-    return buffer.getbuffer()
+    return buffer.getvalue()
 
 
 def write_failures(
