@@ -96,14 +96,19 @@ def _assert_close(got: np.ndarray, want: np.ndarray, key: str, rtol: float = RTO
     return diff
 
 
-def _assert_float16_rounding_of(stored: np.ndarray, want: np.ndarray, key: str) -> float:
-    """float16 rows equal to the reference's float16 rows, but where float32 noise crosses a rounding tie: one
-    float16 step there."""
+def _assert_float16_rounding_of(
+    stored: np.ndarray, want: np.ndarray, key: str, ours: np.ndarray, theirs: np.ndarray
+) -> float:
+    """float16 rows equal to the reference's float16 rows, but where the float32 rows differ (the noise the float32
+    tests allow: other CPUs' kernels sum in other orders): there, at most one float16 step plus that difference
+    (tiny values have tiny float16 steps, so a 1e-7 difference can cross two of them)."""
     assert stored.dtype == np.float16 and stored.shape == want.shape, key
-    steps = np.abs(stored.astype(np.float32) - want.astype(np.float32)) / np.spacing(np.abs(want).astype(np.float16))
-    assert steps.max() <= 1, f"{key}: {steps.max():.0f} float16 steps apart"
-    assert (steps > 0).mean() < 1e-3, f"{key}: {(steps > 0).mean():.2%} of the values differ"
-    return float(np.abs(stored.astype(np.float32) - want.astype(np.float32)).max())
+    np.testing.assert_array_equal(stored, ours.astype(np.float16))  # our rows are our float32 rows, rounded
+    gap = np.abs(stored.astype(np.float64) - want.astype(np.float64))
+    allowed = np.spacing(np.abs(want).astype(np.float16)).astype(np.float64) + np.abs(ours - theirs.astype(np.float64))
+    assert (gap <= allowed).all(), f"{key}: {int((gap > allowed).sum())} values beyond rounding of the float32 noise"
+    assert (gap > 0).mean() < 1e-2, f"{key}: {(gap > 0).mean():.2%} of the values differ"  # seen: 0.17%
+    return float(gap.max())
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +142,8 @@ def test_features_match_the_reference_implementation(expected, small_features, c
 @pytest.mark.parametrize("case", SMALL)
 def test_float16_rows_match_what_the_reference_stores(expected, small_features, case) -> None:
     stored = torch.from_numpy(small_features[case]).half().numpy()  # what SlowFastExtractor.embed returns
-    diff = _assert_float16_rounding_of(stored, expected[f"{case}/stored"], f"{case} stored")
+    want, theirs = expected[f"{case}/stored"], expected[f"{case}/features"]
+    diff = _assert_float16_rounding_of(stored, want, f"{case} stored", small_features[case], theirs)
     print(f"\nSlowFast {case} float16 rows: max |diff| {diff:.3g}")
 
 
@@ -293,5 +299,6 @@ def test_golden_video_through_decode_clips_and_extractor(weights_dir, inputs, ex
     monkeypatch.setattr(extractor.model, "extract_features", spy)
     stored = extractor.embed(clips)
     diff = _assert_close(torch.cat(seen).numpy(), expected["full/features"], "full features")
-    stored_diff = _assert_float16_rounding_of(stored, expected["full/stored"], "full stored")
+    ours, theirs = torch.cat(seen).numpy(), expected["full/features"]
+    stored_diff = _assert_float16_rounding_of(stored, expected["full/stored"], "full stored", ours, theirs)
     print(f"\nSlowFast 224x224 through the product path: max |diff| {diff:.3g} (float32), {stored_diff:.3g} (float16)")
