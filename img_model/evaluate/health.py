@@ -43,8 +43,8 @@ def collapsed_importance(importances: Sequence[float | None], has_audio: Sequenc
         return None
     queries = sum(1 for p, audio in zip(importances, has_audio, strict=True) if audio and p is not None)
     return (
-        f"audio importance collapsed: every predicted p is below {COLLAPSED_BELOW:g} on the {queries} {where} "
-        f"queries with audio (highest {highest:.2g}): the fusion gives the audio no weight"
+        f"audio importance collapsed: p < {COLLAPSED_BELOW:g} on all {queries} {where} queries with audio "
+        f"(max {highest:.2g}): audio gets no weight"
     )
 
 
@@ -53,10 +53,7 @@ def stuck_selection(scores: Sequence[float], metric: str) -> str | None:
     if not scores or any(score != 0 for score in scores):
         return None
     when = "its one evaluation" if len(scores) == 1 else f"all {len(scores)} evaluations"
-    return (
-        f"the selection metric ({metric}) stayed 0 at {when}: best.pt was selected by nothing (train longer, or "
-        "check the data)"
-    )
+    return f"{metric} (selection) stayed 0 at {when}: best.pt chose nothing"
 
 
 @dataclass
@@ -93,10 +90,10 @@ class LossSpikes:
         if not self.spikes or self.first is None or self.worst is None:
             return None
         step, loss, mean = self.worst
-        first = "" if self.first == self.worst else f"; first at step {self.first[0]}"
+        first = "" if self.first == self.worst else f"; first {self.first[0]}"
         return (
-            f"the training loss spiked above {SPIKE_FACTOR:g}x its running mean at {self.spikes} step"
-            f"{'s' if self.spikes > 1 else ''} (worst at step {step}: {loss:.4g} against {mean:.4g}{first})"
+            f"loss spiked > {SPIKE_FACTOR:g}x its running mean at {self.spikes} step{'s' if self.spikes > 1 else ''} "
+            f"(worst step {step}: {loss:.4g} vs {mean:.4g}{first})"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,7 +153,7 @@ def training_warnings(training: dict[str, Any] | None) -> list[str]:
         return []
     step = training.get("step")
     found = TrainingHealth.from_dict(training["health"]).warnings()
-    return [f"{warning} (training up to step {step})" for warning in found]
+    return [f"{warning} (training to step {step})" for warning in found]
 
 
 def warning_lines(warnings: Sequence[str]) -> list[str]:
