@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -147,3 +148,20 @@ def load_toml_file(path: Path, named: str, kind: str, missing_hint: str = "") ->
         raise UsageError(f"{named} is not valid TOML ({error})") from None
     except RecursionError:  # the standard library's parser recurses once per level of nesting
         raise UsageError(f"{named} nests arrays or tables hundreds of levels deep: not {kind}") from None
+
+
+def jsonl_objects(text: str, where: str, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL text, or a one-line UsageError: `where` names the file
+    as the messages do ("manifest videos.jsonl"), `expected` what a line holds ('an object with "query"')."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{where} line {number}: not JSON ({error.msg})") from None
+        except RecursionError:  # the parser recurses once per level of nesting
+            raise UsageError(f"{where} line {number}: nested hundreds of levels deep; expected {expected}") from None
+        if not isinstance(item, dict):
+            raise UsageError(f"{where} line {number}: expected {expected}")
+        yield number, item

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extract.core.errors import UsageError
+from extract.core.files import jsonl_objects
 
 log = logging.getLogger(f"img_vmr.{__name__}")
 
@@ -96,18 +96,8 @@ def _manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     except UnicodeDecodeError:
         raise UsageError(f"manifest {manifest} is not UTF-8 text; save it as UTF-8") from None
     if manifest.suffix.lower() == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"manifest {manifest} line {number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"manifest {manifest} line {number}: expected an object with video_id and path")
-            rows.append((number, {k: str(v) for k, v in row.items()}))
-        return rows
+        objects = jsonl_objects(text, f"manifest {manifest}", "an object with video_id and path")
+        return [(number, {k: str(v) for k, v in row.items()}) for number, row in objects]
     reader = csv.DictReader(text.splitlines())
     return [(number, dict(row)) for number, row in enumerate(reader, 2)]
 

@@ -19,6 +19,7 @@ import click
 
 from extract.core.console import EXIT_FAILED, EXIT_USAGE, CommandGroup, fail, setup_logging
 from extract.core.errors import ImgVmrError, OutputWriteError, UsageError, VideoDecodeError
+from extract.core.files import jsonl_objects
 from extract.core.options import BoundedNumber, precision_option
 from img_model.cli.options import write_failed
 from img_model.train.config import MAX_THREADS
@@ -293,18 +294,12 @@ def _read_queries_file(path: Path) -> list[tuple[str, tuple[float, float] | None
     from img_model.predict.manifest import check_truth
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --queries {path} ({getattr(error, 'strerror', None) or error})") from None
     rows: list[tuple[str, tuple[float, float] | None]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{path} line {number}: not JSON ({error.msg})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("query"), str):
+    for number, item in jsonl_objects(text, str(path), 'an object with a "query" string'):
+        if not isinstance(item.get("query"), str):
             raise UsageError(f'{path} line {number}: expected an object with a "query" string')
         truth = None
         if "start" in item or "end" in item:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from extract.core.errors import UsageError, listed, writing
-from extract.core.files import write_atomically
+from extract.core.files import jsonl_objects, write_atomically
 from img_model.evaluate.evaluator import BranchPrediction, EvalReport, QueryPrediction, clip_truth
 from img_model.network.decoding import clip_steps
 from img_model.network.metrics import MAP_WINDOWS, highlight_metrics, temporal_iou
@@ -96,15 +96,10 @@ def read_qvhighlights(path: Path) -> dict[str, dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--score-qvhighlights {path}: cannot read it ({error})") from None
     rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    expected = f"an object with {', '.join(FIELDS)} (QVHighlights' layout)"
+    for number, row in jsonl_objects(text, f"--score-qvhighlights {path}", expected):
         where = f"--score-qvhighlights {path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{where}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or any(name not in row for name in FIELDS):
+        if any(name not in row for name in FIELDS):
             raise UsageError(f"{where}: expected an object with {', '.join(FIELDS)} (QVHighlights' layout)")
         windows = row["pred_relevant_windows"]
         if not isinstance(windows, list) or not windows or not all(_is_window(window) for window in windows):

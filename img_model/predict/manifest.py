@@ -16,7 +16,6 @@ Every row is read and checked at once; anything malformed is a UsageError naming
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from extract.core.errors import UsageError
+from extract.core.files import jsonl_objects
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 
@@ -78,16 +78,7 @@ def _items(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
         for number, item in enumerate(reader, 2):
             yield number, {key: value for key, value in item.items() if key is not None and value not in ("", None)}
         return
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{path} line {number}: not JSON ({error.msg})") from None
-        if not isinstance(item, dict):
-            raise UsageError(f'{path} line {number}: expected an object with "video" and "query"')
-        yield number, item
+    yield from jsonl_objects(text, str(path), 'an object with "video" and "query"')
 
 
 def _row(manifest: Path, number: int, item: Mapping[str, Any]) -> BatchRow:
