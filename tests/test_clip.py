@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from extract.core import cpu
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import FrameSampling, iter_frames
 from extract.media.probe import probe
@@ -50,6 +51,25 @@ def test_our_decode_path_matches_clip_image_processor(
     print(f"{source} on {backend}: cosine per frame min {cosine.min():.6f} mean {cosine.mean():.6f}")
     assert ours.shape == reference.shape
     assert cosine.min() >= 0.999
+
+
+@pytest.mark.skipif(not cpu.native_bf16(), reason="--precision bf16 runs only on a CPU with bf16 instructions")
+def test_bf16_on_the_real_video_is_the_documented_distance_from_fp32(tiny_clip: Path, backend: str) -> None:
+    """--precision bf16 through the product path on each backend against fp32 on the same frames
+    (docs/performance.md)."""
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        options = ExtractorOptions(device=torch.device("cpu"), precision=precision, backend=backend)
+        extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), options)
+        assert extractor.backend_runtime()["backend"] == backend and extractor.frame_sampling is not None
+        rows[precision] = extractor.embed(_frames(REAL_VIDEO, extractor.frame_sampling)).astype(np.float64)
+    diff = np.abs(rows["bf16"] - rows["fp32"]).max()
+    cosine = _cosine(rows["bf16"], rows["fp32"])
+    print(
+        f"\nCLIP bf16 on {backend} vs fp32: max |diff| {diff:.3g} (max |value| {np.abs(rows['fp32']).max():.3g}),"
+        f" cosine per frame min {cosine.min():.6f}"
+    )
+    assert 0 < diff < 0.1 and cosine.min() > 0.999
 
 
 def test_recipe_records_the_resolved_model(tiny_clip: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from extract.core import cpu
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import iter_frames
 from extract.media.probe import probe
@@ -204,6 +205,19 @@ def test_golden_clip_through_the_product_path(imagenet_layout_file, golden_video
     features = extractor.embed(windows)  # (1, 1, 1024)
     diff = _assert_close(features.reshape(1, 1024, 1, 1, 1), expected["features"], "features via decode")
     print(f"\nI3D features through decode and windows on {backend}: max |diff| {diff:.3g}")
+
+
+@pytest.mark.skipif(not cpu.native_bf16(), reason="--precision bf16 runs only on a CPU with bf16 instructions")
+def test_bf16_golden_clip_is_the_documented_distance_from_fp32(imagenet_layout_file, golden_video, expected, backend):
+    """--precision bf16 through the product path on each backend, against the fp32 golden (docs/performance.md)."""
+    extractor = _extractor(imagenet_layout_file.parent, backend, "bf16")
+    assert extractor.backend_runtime()["backend"] == backend
+    got = extractor.embed(_product_windows(extractor, golden_video)).reshape(-1).astype(np.float64)
+    want = expected["features"].reshape(-1).astype(np.float64)
+    diff = np.abs(got - want).max()
+    cosine = got @ want / np.linalg.norm(got) / np.linalg.norm(want)
+    print(f"\nI3D bf16 on {backend} vs the fp32 golden: max |diff| {diff:.3g}, cosine {cosine:.7f}")
+    assert 0 < diff < 0.1 and cosine > 0.999  # bf16 really ran (not 0), within the documented distance
 
 
 def test_folded_batch_norm_keeps_every_endpoint_and_the_logits(golden_state_dict, expected):

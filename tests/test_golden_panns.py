@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from extract.core import cpu
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import iter_audio
 from extract.media.probe import probe
@@ -198,6 +199,29 @@ def test_golden_soundtrack_through_the_product_path_matches_the_original(
     )
     np.testing.assert_allclose(log_mel, expected["logmel"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(embedding, expected["embedding"], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(not cpu.native_bf16(), reason="--precision bf16 runs only on a CPU with bf16 instructions")
+def test_bf16_golden_soundtrack_is_the_documented_distance_from_fp32(
+    published_file: Path, tmp_path: Path, backend: str
+) -> None:
+    """--precision bf16 through the product path on each backend, against the fp32 golden (docs/performance.md)."""
+    options = ExtractorOptions(
+        torch.device("cpu"), published_file.parent, "bf16", verify_weights=False, backend=backend
+    )
+    extractor = build_extractor(PANNS_PRESET.with_options(audio_window=3.0, audio_hop=3.0), options)
+    assert extractor.backend_runtime()["backend"] == backend
+    assert isinstance(extractor, PannsExtractor)
+    windows, _ = _product_units(extractor, _soundtrack(tmp_path, np.load(PANNS / "inputs.npz")["waveform"][0]))
+    got = extractor.embed(windows).reshape(-1).astype(np.float64)
+    want = np.load(PANNS / "expected.npz")["embedding"].reshape(-1).astype(np.float64)
+    diff = np.abs(got - want).max()
+    cosine = got @ want / np.linalg.norm(got) / np.linalg.norm(want)
+    print(
+        f"\npanns bf16 on {backend} vs the fp32 golden: max |diff| {diff:.3g} (max |value| {np.abs(want).max():.3g}),"
+        f" cosine {cosine:.7f}"
+    )
+    assert 0 < diff < 0.1 and cosine > 0.999
 
 
 def test_windows_of_a_3_2_second_soundtrack_have_exact_timestamps(extractor: PannsExtractor, tmp_path: Path) -> None:

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from extract.core import cpu
 from extract.core.errors import MissingWeightsError
 from extract.media.decode import iter_audio
 from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
-from extract.models.presets import VGGISH_QUANTIZED
+from extract.models.presets import VGGISH, VGGISH_QUANTIZED
 from extract.models.published import VGGishExtractor
 from extract.models.vggish import VGGish, VGGishPostprocessor, load_pca_params, load_vggish_checkpoint
 from tests.golden import golden_arrays, load_npz
@@ -131,6 +132,32 @@ def test_golden_soundtrack_end_to_end_on_each_backend(golden_weights, golden_sou
     ours = extractor.embed(product_windows(extractor, golden_soundtrack))
     _report(f"end_to_end on {backend}", ours, expected["embedding_postprocessed"])
     _assert_quantised_match_except_at_rounding_ties(ours, expected)
+
+
+@pytest.mark.skipif(not cpu.native_bf16(), reason="--precision bf16 runs only on a CPU with bf16 instructions")
+def test_bf16_golden_soundtrack_is_the_documented_distance_from_fp32(
+    golden_weights, golden_soundtrack, expected, backend
+):
+    """--precision bf16 through the product path on each backend: the raw embeddings against the fp32 golden, and
+    how many of the 8-bit values flip (docs/performance.md)."""
+    options = ExtractorOptions(torch.device("cpu"), golden_weights, "bf16", verify_weights=False, backend=backend)
+    raw_extractor = build_extractor(VGGISH, options)
+    quantised_extractor = build_extractor(VGGISH_QUANTIZED, options)
+    assert raw_extractor.backend_runtime()["backend"] == quantised_extractor.backend_runtime()["backend"] == backend
+    windows = product_windows(quantised_extractor, golden_soundtrack)
+    raw = raw_extractor.embed(windows).astype(np.float64)
+    want = expected["embedding_raw"].astype(np.float64)
+    diff = np.abs(raw - want).max()
+    cosine = ((raw * want).sum(1) / np.linalg.norm(raw, axis=1) / np.linalg.norm(want, axis=1)).min()
+    reference = expected["embedding_postprocessed"].astype(np.int64)
+    steps = np.abs(quantised_extractor.embed(windows).astype(np.int64) - reference)
+    flipped = int((steps > 0).sum())
+    print(
+        f"\nVGGish bf16 on {backend} vs the fp32 golden: raw max |diff| {diff:.3g} "
+        f"(max |value| {np.abs(want).max():.3g}), cosine min {cosine:.6f}; "
+        f"8-bit: {flipped} of {steps.size} flipped, max {steps.max()} steps"
+    )
+    assert 0 < diff < 0.2 and cosine > 0.999 and steps.max() <= 2
 
 
 def _random_embeddings(rows: int = 16) -> torch.Tensor:
