@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.file_order import order_longest_first
 from tests.made_once import made_once
+
+pytest_plugins = ["tests.file_order"]
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -60,14 +63,12 @@ def _no_dataloader_sigchld_handler_between_tests() -> Iterator[None]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests skipped for want of a GPU (reason NEEDS_CUDA) are marked `cuda`: benchmarks/gpu_check.sh runs them.
 
-    The files with a `slow` test run first, the others after them (each in its own order): xdist's --dist
-    loadfile hands whole files out in this order, so the run ends on quick files and neither worker waits long
-    at the end for the other's last slow file."""
+    The longest files run first (tests/file_order.py): xdist's --dist loadfile hands whole files out in this
+    order, so the run ends on quick files and neither worker waits long at the end for the other's last slow file."""
     for item in items:
         if any(mark.kwargs.get("reason") == NEEDS_CUDA for mark in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)
-    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+    order_longest_first(items)
 
 
 @pytest.fixture(scope="session")
