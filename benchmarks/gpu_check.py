@@ -9,7 +9,9 @@ failure takes down only what depends on it:
 
     setup        the goldens' weights in the published layouts and a CLIP with random weights (ViT-B/32 shape;
                  tiny in --dry-run), saved where the presets look for them: nothing is downloaded, so a GPU node
-                 without internet works; the doctor's report of the machine
+                 without internet works; the doctor's report of the machine. With --weights-dir DIR (a folder
+                 that tests/conftest.py's write_published_weights filled, as the test suite has one) the goldens'
+                 files are linked from DIR instead of written again (about 850 MB)
     cuda-tests   pytest -m cuda: the tests skipped without a GPU (`needs_cuda`, tests/conftest.py)
     train-step   IMG training step (forward, loss, backward; Charades configuration, B=16, Lv=128): median
                  time and peak memory in fp32, bf16 and fp16 autocast
@@ -33,6 +35,7 @@ batch, fp32 extraction runs as a CPU runs them, the DDP check on 2 gloo processe
 (tests/test_gpu_check.py).
 
     benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--deadline-s 360] [--steps setup,extract,...]
+                            [--weights-dir DIR]  # the goldens' weights already written: linked, not rewritten
     benchmarks/gpu_check.sh --preflight       # only the checks of the machine
 
 The code the steps run is the project's, for Python 3.11 to 3.13 (requires-python; the GPU nodes' Python is 3.12):
@@ -65,7 +68,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,10 +227,12 @@ class Sizes:
     precision_seconds: float  # of synthetic input per extractor in the precision step
     precision_units: int  # units compared per extractor
     threads: int  # torch CPU threads (0: torch's choice); a tiny model on busy cores is fastest on one
+    weights_from: Path | None = None  # --weights-dir: the goldens' weights are linked from there, not written
 
 
 GPU = Sizes("cuda", 16, 8.0, 64, min(8, os.cpu_count() or 1), "fp16", 12, 16, 128, 5, 8.0, 16, 0)
-DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp32", 1, 2, 16, 1, 3.0, 1, 1)
+# 1 s of synthetic input is one unit for each extractor (CLIP samples 1 frame/s, I3D a 24-frame window at 24 fps)
+DRY = Sizes("cpu", 1, 0.6, 8, 1, "fp32", 1, 2, 16, 1, 1.0, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ class Step:
     name: str
     timeout_s: float
     run: Callable[[Path, Sizes, Path], dict[str, Any]]  # (work, sizes, result file) -> result
+    torch: bool = True  # the step's process imports torch (and takes the sizes' thread count)
 
 
 # --- the steps (each runs in its own process: `gpu_check.py --step NAME`) ----------------------------------
@@ -248,12 +254,26 @@ def setup_step(work: Path, sizes: Sizes, result_file: Path) -> dict[str, Any]:
     started = time.perf_counter()
     weights = work / "weights"
     weights.mkdir(parents=True, exist_ok=True)
-    write_published_weights(weights)
+    for entry in weights.iterdir():  # links of an earlier run: a write must not go through them into their folder
+        if entry.is_symlink():
+            entry.unlink()
+    if sizes.weights_from is None:
+        write_published_weights(weights)
+        source = "written"
+    else:
+        given = sorted(path for path in sizes.weights_from.resolve().iterdir() if path.is_file())
+        if not given:
+            raise RuntimeError(f"--weights-dir {sizes.weights_from} holds no files: give the folder of the weights")
+        for path in given:
+            (weights / path.name).unlink(missing_ok=True)
+            (weights / path.name).symlink_to(path)
+        source = f"linked from {sizes.weights_from}"
     # found as weights/clip-vit-base-patch32 by the clip preset
     random_clip(weights / "clip-vit-base-patch32", TINY_CLIP if sizes.clip_layers < 12 else VIT_B_32)
     checks = run_checks(weights)
     return {
         "setup_s": round(time.perf_counter() - started, 1),
+        "weights": source,
         "machine": {check.name: check.lines for check in checks if check.name in ("ffmpeg", "torch", "cuda")},
         "broken": [check.name for check in checks if check.status == "broken"],
     }
@@ -544,7 +564,7 @@ STEPS = [
     Step("cuda-tests", 90, cuda_tests_step),
     Step("train-step", 40, train_step_step),
     Step("precision", 40, precision_step),
-    Step("videos", 30, videos_step),
+    Step("videos", 30, videos_step, torch=False),
     Step("extract", 120, extract_step),
     Step("ddp", 60, ddp_step),
 ]
@@ -557,13 +577,14 @@ def result_path(work: Path, name: str) -> Path:
     return work / "results" / f"{name}.json"
 
 
-def run_step(step: Step, work: Path, dry_run: bool, timeout: float) -> dict[str, Any]:
+def run_step(step: Step, work: Path, dry_run: bool, timeout: float, weights_dir: Path | None = None) -> dict[str, Any]:
     """One step in its own process group, killed at the timeout; its result (what it saved before a timeout)
     or why there is none."""
     result_file = result_path(work, step.name)
     result_file.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--work", str(work)]
     command += ["--dry-run"] if dry_run else []
+    command += ["--weights-dir", str(weights_dir)] if weights_dir is not None else []
     started = time.perf_counter()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT
@@ -693,7 +714,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         else:
             timeout = min(args.timeout_s or step.timeout_s, remaining)
             print(f"gpu_check: {step.name} (at most {timeout:.0f} s)", flush=True)
-            entry = run_step(step, work, args.dry_run, timeout)
+            entry = run_step(step, work, args.dry_run, timeout, args.weights_dir)
         print(f"gpu_check: {step.name}: {entry['status']} {_summary(entry)}", flush=True)
         report["steps"][step.name] = entry
         report["total_s"] = round(time.perf_counter() - started, 1)
@@ -712,11 +733,20 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=lambda s: s.split(","), default=None, help="only these steps, in order")
     parser.add_argument("--timeout-s", type=float, default=None, help="one timeout for every step")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="a folder holding the goldens' weights as tests/conftest.py's write_published_weights wrote them: "
+        "setup links them instead of writing them again",
+    )
     parser.add_argument("--preflight", action="store_true", help="only check the machine (exit 2 when short)")
     parser.add_argument("--print-wheels", action="store_true", help="NAME==VERSION of the wheels a GPU node lacks")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.weights_dir is not None and not args.weights_dir.is_dir():
+        parser.error(f"--weights-dir {args.weights_dir} is not a folder: give the folder that holds the weights")
     if args.print_wheels:
         print("\n".join(wheels_to_carry()))
         return
@@ -734,12 +764,12 @@ def main() -> None:
         sys.exit(2 if problems else 0)
     if args.step is None:
         sys.exit(orchestrate(args))
-    sizes = DRY if args.dry_run else GPU
-    if sizes.threads:
+    sizes = replace(DRY if args.dry_run else GPU, weights_from=args.weights_dir)
+    step = next(s for s in STEPS if s.name == args.step)
+    if sizes.threads and step.torch:
         import torch
 
         torch.set_num_threads(sizes.threads)
-    step = next(s for s in STEPS if s.name == args.step)
     target = result_path(args.work, step.name)
     result = step.run(args.work, sizes, target)
     target.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

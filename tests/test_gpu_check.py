@@ -148,9 +148,14 @@ def test_a_step_past_its_timeout_is_killed_recorded_and_the_check_goes_on(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_dry_run_runs_every_step_on_the_cpu_without_what_the_gpu_node_lacks(tmp_path: Path) -> None:
+def test_the_dry_run_runs_every_step_on_the_cpu_without_what_the_gpu_node_lacks(
+    tmp_path: Path, published_weights: Path
+) -> None:
     """Every step the GPU run makes, with tiny inputs, with the packages the GPU node lacks unimportable; a
-    stand-in nvidia-smi feeds the utilisation sampler."""
+    stand-in nvidia-smi feeds the utilisation sampler. The goldens' weights are the session's, linked by setup
+    (--weights-dir) instead of written again. Each step keeps a time box, one a loaded machine cannot reach (the
+    GPU node's boxes are test_the_steps_and_the_preflight_end_well_inside_eight_minutes's, the killing of a step
+    past its box test_a_step_past_its_timeout_is_killed_recorded_and_the_check_goes_on's)."""
     driver = tmp_path / "driver"
     driver.mkdir()
     smi = driver / "nvidia-smi"  # answers the sampler's query only: no GPU for the device checks
@@ -160,14 +165,29 @@ def test_the_dry_run_runs_every_step_on_the_cpu_without_what_the_gpu_node_lacks(
     smi.chmod(0o755)
     out = tmp_path / "out"
     site = unimportable(tmp_path / "site", *NOT_ON_THE_NODE)
+    given = {path.name: path.stat().st_mtime_ns for path in published_weights.iterdir()}
     result = gpu_check(
-        "--dry-run", "--out", out, env={"PATH": f"{driver}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": site}
+        "--dry-run",
+        "--out",
+        out,
+        "--weights-dir",
+        published_weights,
+        "--timeout-s",
+        "240",
+        "--deadline-s",
+        "840",
+        env={"PATH": f"{driver}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": site},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert list(report["steps"]) == [step.name for step in STEPS]
     assert {name: entry["status"] for name, entry in report["steps"].items()} == {s.name: "ok" for s in STEPS}
     steps = {name: entry["result"] for name, entry in report["steps"].items()}
+    assert steps["setup"]["weights"] == f"linked from {published_weights}" and steps["setup"]["broken"] == []
+    for name in given:  # linked, not copied; the session's files are read, never written
+        assert (out / "work" / "weights" / name).resolve() == (published_weights / name).resolve()
+    assert {path.name: path.stat().st_mtime_ns for path in published_weights.iterdir()} == given
+    assert (out / "work" / "weights" / "clip-vit-base-patch32" / "config.json").exists()
     assert "skipped" in steps["cuda-tests"]["summary"] and "test_cuda.py" in steps["cuda-tests"]["files"]
     assert set(steps["extract"]["presets"]) == set(PRESET_NAMES)
     for extraction in steps["extract"]["presets"].values():
