@@ -3,7 +3,8 @@ skipped when it is finished, resumed (img-train --resume) when it is half done, 
 
     DIR/runs/c00-SETTING/seed-0/    the img-train run folder (config.toml, best.pt, last.pt, metrics.jsonl, ...)
         recipe.toml                 the img-train --config this run was started with (a changed recipe is refused)
-        eval.json                   img-eval --json of best.pt (of refit/best.pt for a refit run) on test
+        eval.json                   img-eval --json of best.pt (of refit/best.pt for a refit run) on test, on the
+                                    recipe's [runtime] threads as its training
         commands.log                what ran, when, and the commands' own output
 
 A run is done when its eval.json is newer than the checkpoint it evaluated and the training finished; a killed
@@ -52,6 +53,7 @@ class Run:
     folder: Path  # the img-train run folder
     recipe: str  # the img-train --config text
     refit: bool
+    threads: int = 0  # the recipe's [runtime] threads (0: torch's choice), for its img-eval as for its img-train
 
     @property
     def name(self) -> str:
@@ -85,7 +87,8 @@ class Run:
         if state == "resume":  # also starts or continues RUN/refit/ once the selecting run finished
             return Command("img-train", ("--resume", str(self.folder), *runtime))
         if state == "evaluate":
-            args = (str(self.model_folder / "best.pt"), "--json", *runtime)
+            threads = ("--threads", str(self.threads)) if self.threads else ()
+            args = (str(self.model_folder / "best.pt"), "--json", *runtime, *threads)
             return Command("img-eval", args, stdout=self.report)
         return None
 
@@ -104,6 +107,7 @@ def plan_runs(experiment: Experiment, out: Path) -> list[Run]:
                 out / cell.folder / f"seed-{seed}",
                 sections_toml(sections, header),
                 bool(sections.get("train", {}).get("refit", False)),
+                int(sections.get("runtime", {}).get("threads", 0)),
             )
             written = run.folder / RECIPE_FILE
             if written.is_file() and _settings(written.read_text(encoding="utf-8")) != _settings(run.recipe):

@@ -40,10 +40,11 @@ def recipe_tables(folder: Path, epochs: int = 2) -> str:
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """Two selection protocols over 3 seeds, run once: validation selection (with the authors' fresh slot noise at
     every selection evaluation) and its refit on all the training videos, each on half the training videos
-    (train_fraction). (experiment file, DIR, img-pipeline's stdout)."""
+    (train_fraction). One epoch (two selection evaluations) per run: 12 img-train and img-eval subprocesses, each
+    run's cost mostly the start of its processes. (experiment file, DIR, img-pipeline's stdout)."""
     folder = tmp_path_factory.mktemp("sweep")
     experiment = folder / "protocols.toml"
-    recipe = recipe_tables(folder).replace("[recipe.train]\n", '[recipe.train]\nselection_noise = "fresh"\n')
+    recipe = recipe_tables(folder, epochs=1).replace("[recipe.train]\n", '[recipe.train]\nselection_noise = "fresh"\n')
     experiment.write_text(
         f'seeds = "0-2"\ntrain_fraction = 0.5\n\n[grid]\n"train.refit" = [false, true]\n\n{recipe}', encoding="utf-8"
     )
@@ -98,17 +99,19 @@ def test_running_the_experiment_again_skips_every_finished_run(sweep: tuple[Path
     experiment, out, _ = sweep
     checkpoints = sorted(out.glob("runs/*/seed-*/best.pt"))
     before = [path.stat().st_mtime_ns for path in checkpoints]
-    result = run_img_pipeline("experiment", experiment, "--out", out)
-    assert result.returncode == 0, result.stderr
+    # in this process: the command line as users run it is the sweep's own img-pipeline
+    result = CliRunner().invoke(main, ["experiment", str(experiment), "--out", str(out)])
+    assert result.exit_code == 0, result.output
     assert "6 runs: 0 done, 6 skipped" in result.stdout
     assert [path.stat().st_mtime_ns for path in checkpoints] == before
-    assert "img-train" not in result.stderr  # no command ran
+    assert "6 finished before (skipped), 0 to run" in result.stderr  # its log is read here ...
+    assert "img-train" not in result.stderr and "img-eval" not in result.stderr  # ... and no command ran
 
 
 def test_runs_of_another_recipe_are_refused_not_mixed_into_the_table(sweep: tuple[Path, Path, str]) -> None:
     experiment, out, _ = sweep
     edited = experiment.with_name("edited.toml")  # renamed too: only the settings count
-    edited.write_text(experiment.read_text(encoding="utf-8").replace("epochs = 2", "epochs = 3"), encoding="utf-8")
+    edited.write_text(experiment.read_text(encoding="utf-8").replace("epochs = 1", "epochs = 3"), encoding="utf-8")
     result = CliRunner().invoke(main, ["experiment", str(edited), "--out", str(out)])
     assert result.exit_code == 2
     assert "holds a run of another recipe" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -132,8 +135,11 @@ def test_a_stopped_experiment_resumes_its_run(tmp_path: Path) -> None:
     assert process.returncode == 143, stderr
     assert "re-run the same command to continue" in stderr.strip().splitlines()[-1]
     assert (run / "last.pt").is_file() and not has_final_line(run)
-    result = run_img_pipeline("experiment", experiment, "--out", tmp_path / "out", "--devices", "cpu")
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the same command again, in this process (its img-train and img-eval are subprocesses all the same)
+    result = CliRunner().invoke(
+        main, ["experiment", str(experiment), "--out", str(tmp_path / "out"), "--devices", "cpu"]
+    )
+    assert result.exit_code == 0, result.output[-3000:]
     assert "1 runs: 1 done, 0 skipped" in result.stdout
     assert f"img-train --resume {run} --no-progress --device cpu" in (run / "commands.log").read_text(encoding="utf-8")
     assert has_final_line(run) and (run / "eval.json").is_file()
@@ -189,6 +195,10 @@ def test_the_refit_setting_retrains_on_all_training_videos_for_the_selected_step
         refitted = read_checkpoint(refit / "refit" / "last.pt").training["data"]  # type: ignore[index]
         assert refitted["train_queries"] > trained["train_queries"] and refitted["select_split"] == "test"
         assert "training on 50% of the training videos" in (plain / "train.log").read_text(encoding="utf-8")
+        # img-eval on the recipe's [runtime] threads = 1, as its training
+        assert f"img-eval {refit / 'refit' / 'best.pt'} --json --no-progress --threads 1 >" in (
+            refit / "commands.log"
+        ).read_text(encoding="utf-8")
 
 
 def test_fresh_selection_noise_draws_new_slots_at_each_seed_and_only_inside_the_selection_evaluation() -> None:

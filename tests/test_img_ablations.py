@@ -170,8 +170,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_dataset(tmp_path_factory.mktemp("ablations") / "data")
 
 
-def train_in_this_process(data: SyntheticDataset, config: Path, out: Path) -> None:
-    """What `img-train --config config --epochs 1` runs on `data`, in this process (torch's threads restored)."""
+def train_in_this_process(data: SyntheticDataset, config: Path, out: Path, one_epoch: bool = True) -> None:
+    """What `img-train --config config --epochs 1` (or with the config's own epochs: one_epoch False) runs on
+    `data`, in this process (torch's threads restored)."""
     from img_model.data.dataset import DataSources
     from img_model.train.run_data import model_inputs, prepare_data
     from img_model.train.trainer import Trainer
@@ -184,7 +185,7 @@ def train_in_this_process(data: SyntheticDataset, config: Path, out: Path) -> No
             "audio": data.audio,
             "text": str(data.text),
         },
-        "train": {"epochs": 1, "evals_per_epoch": 1},
+        "train": {"epochs": 1, "evals_per_epoch": 1} if one_epoch else {},
         "runtime": {"progress": False},
     }
     sources = DataSources(resolve(config, options).data)
@@ -311,7 +312,12 @@ def importance_by_family(rows: list[dict], data: SyntheticDataset) -> dict[str, 
 class LearningRuns:
     """The learning check's data and model: trained as published (conftest.py's learning_check, shared with the
     files that read it), with a fixed audio weight 0.5 ("w/o AIP") and without audio (trained here, into folder);
-    the test-split predictions of img-eval for each (and for the published one with --audio-weight 0), by name."""
+    the test-split predictions of img-eval for each (and for the published one with --audio-weight 0), by name.
+
+    The two ablations train and every evaluation runs in this process (img-train's trainer, img-eval's command
+    through click): what these tests check is what the models learnt, and each start of a subprocess costs seconds
+    of importing torch. The commands themselves run as subprocesses in the learning check (the tour) and in
+    test_each_switch_trains_is_recorded_and_img_eval_rebuilds_it (img-eval --audio-weight there too)."""
 
     def __init__(self, folder: Path, published: LearningCheck) -> None:
         self.folder = folder
@@ -319,18 +325,23 @@ class LearningRuns:
         self.rows: dict[str, list[dict]] = {"published": published.rows()}
         self.reports: dict[str, dict] = {}
 
-    def train(self, name: str, model_lines: str, *extra: str) -> Path:
+    def train(self, name: str, model_lines: str) -> Path:
         config = self.folder / f"{name}.toml"
         config.write_text(with_model_lines(LEARNING_CHECK_CONFIG, model_lines), encoding="utf-8")
-        run = self.folder / name
-        trained = run_img_train(*self.data.cli_data_args(), "--config", config, "--out", run, "--no-progress", *extra)
-        assert trained.returncode == 0, trained.stderr
-        return run / "best.pt"
+        train_in_this_process(self.data, config, self.folder / name, one_epoch=False)
+        return self.folder / name / "best.pt"
 
     def evaluate(self, name: str, checkpoint: Path, *extra: str) -> dict:
+        from img_model.cli.evaluate import main as img_eval
+
         predictions = self.folder / f"{name}.jsonl"
-        evaluated = run_img_eval(checkpoint, "--predictions", predictions, "--threads", "1", "--json", *extra)
-        assert evaluated.returncode == 0, evaluated.stderr
+        args = [str(checkpoint), "--predictions", str(predictions), "--threads", "1", "--json", *map(str, extra)]
+        threads = torch.get_num_threads()
+        try:
+            evaluated = CliRunner().invoke(img_eval, args)
+        finally:
+            torch.set_num_threads(threads)
+        assert evaluated.exit_code == 0, evaluated.output
         self.rows[name] = [json.loads(line) for line in predictions.read_text().splitlines()]
         return json.loads(evaluated.stdout)
 
