@@ -149,16 +149,17 @@ def test_a_custom_recipe_runs_end_to_end_then_a_second_run_skips_every_stage(
     # Another query set about the same videos shares the work folder's features, and only them.
     other = work.parent / "other.jsonl"
     other.write_text((my_dataset / "queries.jsonl").read_text().replace("the door", "a door"))
-    planned = run_pipeline(other, *args[1:], "--dry-run")
-    assert planned.returncode == 0, planned.stderr
+    # The dry runs start no stage: in this process (the subprocess path is the runs above).
+    planned = pipeline_in_process(other, *args[1:], "--dry-run")
+    assert planned.exit_code == 0, planned.output
     assert "[1/5] manifest: run" in planned.stdout and "[2/5] extract: run (no video list yet)" in planned.stdout
     listed = run_cli("manifest", other, "--videos", my_dataset / "videos", "--out", work / "other" / "videos.jsonl")
     assert listed.returncode == 0, listed.stderr  # what its manifest stage runs
-    planned = run_pipeline(other, *args[1:], "--dry-run")
+    planned = pipeline_in_process(other, *args[1:], "--dry-run")
     assert "[2/5] extract: skip" in planned.stdout and "[3/5] text: run" in planned.stdout
     assert f"{work / 'other' / 'text.h5'}" in planned.stdout
-    presets = run_pipeline(*args[:-1], "--audio", "panns", "--dry-run")
-    assert presets.returncode == 2 and "holds a pipeline of other inputs (audio: 'vggish' -> 'panns')" in presets.stderr
+    presets = pipeline_in_process(*args[:-1], "--audio", "panns", "--dry-run")
+    assert presets.exit_code == 2 and "holds a pipeline of other inputs (audio: 'vggish' -> 'panns')" in presets.stderr
 
 
 @pytest.mark.slow
