@@ -141,8 +141,9 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    """Headless Chromium driven by Playwright; the browser tests skip, naming the package, where it is missing."""
+def chromium_browser() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright, one per session; the browser tests skip, naming the package, where
+    it is missing. Tests take `chromium`, whose pages close when the test ends."""
     executable = shutil.which(CHROMIUM_PACKAGE)
     if executable is None:
         pytest.skip(f"browser tests need Debian's {CHROMIUM_PACKAGE} (apt-get install {CHROMIUM_PACKAGE})")
@@ -151,6 +152,33 @@ def chromium() -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
+
+
+class ClosingBrowser:
+    """The session's Chromium as a test sees it: new_page (Playwright's Browser.new_page: a page in a context of
+    its own), and every page it opened closed when the test ends. A page left open keeps running in the shared
+    browser: a video left playing in a loop kept a renderer at a quarter of a core for the rest of the session."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.pages: list[Any] = []
+
+    def new_page(self, **options: Any) -> Any:
+        page = self.browser.new_page(**options)
+        self.pages.append(page)
+        return page
+
+    def close(self) -> None:
+        for page in self.pages:
+            page.close()  # its own context closes with it
+
+
+@pytest.fixture
+def chromium(chromium_browser: Any) -> Iterator[ClosingBrowser]:
+    """The session's headless Chromium for one test: its pages are closed when the test ends."""
+    browser = ClosingBrowser(chromium_browser)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from extract.store import StoreWriter, Track, VideoRecord
 from img_model.checkpoint import read_checkpoint
@@ -32,6 +32,18 @@ from tests.test_img_convert import GOLDEN_WORDS, write_golden_text_store
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path]:
     """The tiny dataset and a checkpoint trained on it for one epoch (in this process, on 1 thread)."""
     return train_tiny_checkpoint(tmp_path_factory.mktemp("eval"))
+
+
+def in_process_img_eval(*args: str) -> Result:
+    """img-eval's click command run in this process (torch's thread count restored afterwards): a refusal that
+    needs the checkpoint read, without another process start (the installed script runs above and below)."""
+    from img_model.cli.evaluate import main as img_eval
+
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(img_eval, list(args))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _lines(path: Path) -> list[dict]:
@@ -143,8 +155,8 @@ def test_features_or_text_made_otherwise_are_refused_in_one_line(
     assert "visual features 'synthetic-visual' were made differently" in result.stderr
     assert "marker_strength: 2.5 -> 3.0" in result.stderr
     other = write_audio_matters(tmp_path / "other", replace(TINY_SPEC, seed=1))
-    result = run_img_eval(checkpoint, "--text", other.text)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    result = in_process_img_eval(str(checkpoint), "--text", str(other.text))  # the same refusal path, in-process
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "was made differently from the checkpoint's text: vocabulary_sha256" in result.stderr
 
 
@@ -208,8 +220,8 @@ def test_a_converted_official_checkpoint_evaluates_with_img_eval(tmp_path: Path)
     assert any("no visual feature provenance" in note for note in report["notes"])
     assert "records no visual feature provenance" in evaluated.stderr
     assert report["select_on"] == "test" and CONVERTED_NOTE in report["notes"]  # the authors selected on test
-    tables = run_img_eval(converted, *data_args, "--threads", "1", "--batch-size", "40")
-    assert tables.returncode == 2 and tables.stderr.count("error:") == 1  # it used to fail at the first batch
+    tables = in_process_img_eval(str(converted), *map(str, data_args), "--threads", "1", "--batch-size", "40")
+    assert tables.exit_code == 2 and tables.stderr.count("error:") == 1  # it used to fail at the first batch
     assert "--batch-size 40 exceeds max_pos_len 32: the official batch-index position encoding" in tables.stderr
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from img_model.data.audio_perturbation import AudioPerturbation, chosen_queries
 from img_model.data.synthetic import SENTENCES
@@ -173,6 +174,10 @@ def test_sweep_writes_one_table_and_one_plot_for_two_checkpoints(learning_check:
     ],
 )
 def test_bad_robustness_options_are_one_line_usage_errors(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
-    result = run_img_eval(tmp_path / "best.pt", *args)  # refused before the checkpoint is read
-    assert result.returncode == 2, result.stderr
+    """img-eval's click command in this process (a usage error through the installed script: test_img_eval.py's
+    test_an_error_is_one_line_whatever_its_message_holds); refused before the checkpoint is read."""
+    from img_model.cli.evaluate import main as img_eval
+
+    result = CliRunner().invoke(img_eval, [str(tmp_path / "best.pt"), *args])
+    assert result.exit_code == 2, result.output
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

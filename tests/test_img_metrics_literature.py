@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner, Result
 
 from img_model.data.synthetic import SyntheticDataset
 from img_model.evaluate.evaluator import BRANCHES, METRIC_NAMES
@@ -196,6 +197,18 @@ def test_bad_saliency_labels_are_one_line_errors(tmp_path: Path, row: dict, mess
 # --- img-eval, as users run it ---------------------------------------------------------------------------------
 
 
+def in_process_img_eval(*args: str) -> Result:
+    """img-eval's click command in this process (torch's thread count restored afterwards): its tables and its
+    refusals without another process start; the JSON run below is the installed script."""
+    from img_model.cli.evaluate import main as img_eval
+
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(img_eval, list(args))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticDataset, Path, Path]:
     """The tiny checkpoint, and its dataset's annotations with QVHighlights-style labels on half the test queries:
@@ -251,8 +264,8 @@ def test_img_eval_reports_the_literature_metrics_and_exports_saliency_per_step(
                 steps = np.floor(middles * row["num_steps"] / row["duration"]).astype(int)
                 queries.append((np.array(predicted["saliency"])[steps], truth))
         assert highlight_metrics(queries) == pytest.approx({k: metrics[k] for k in ("HL-mAP", "HL-HIT@1")})
-    tables = run_img_eval(checkpoint, "--dataset", annotations, "--threads", "1")
-    assert tables.returncode == 0, tables.stderr
+    tables = in_process_img_eval(str(checkpoint), "--dataset", str(annotations), "--threads", "1")  # its tables
+    assert tables.exit_code == 0, tables.output
     for name in ("R1@0.7", "R5-NMS@0.5", "R5-noNMS@0.5", "mAP@[0.5:0.95]", "HL-HIT@1"):
         assert name in tables.stdout
     assert "a span is right when its IoU >= the threshold" in tables.stdout and "IoU > 0.5 suppressed" in tables.stdout
@@ -264,12 +277,12 @@ def test_img_eval_refuses_an_nms_threshold_outside_0_1_and_bad_labels_in_one_lin
     labelled: tuple[SyntheticDataset, Path, Path], tmp_path: Path
 ) -> None:
     _, checkpoint, annotations = labelled
-    refused = run_img_eval(checkpoint, "--nms-threshold", "1.5")
-    assert refused.returncode == 2 and "--nms-threshold" in refused.stderr
+    refused = in_process_img_eval(str(checkpoint), "--nms-threshold", "1.5")
+    assert refused.exit_code == 2 and "--nms-threshold" in refused.stderr
     rows = annotations.read_text().splitlines()
     broken = json.loads(rows[-1]) | {"relevant_clip_ids": [0], "saliency_scores": [7]}
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join([*rows[:-1], json.dumps(broken)]) + "\n", encoding="utf-8")
-    refused = run_img_eval(checkpoint, "--dataset", bad, "--threads", "1")
-    assert refused.returncode == 2 and refused.stderr.count("error:") == 1
+    refused = in_process_img_eval(str(checkpoint), "--dataset", str(bad), "--threads", "1")
+    assert refused.exit_code == 2 and refused.stderr.count("error:") == 1
     assert f"line {len(rows)}: saliency_scores must be in [0, 4]" in refused.stderr

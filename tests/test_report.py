@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from img_model.evaluate.evaluator import BRANCHES
 from img_model.evaluate.report import CURVE_ALPHABET, CURVE_POINTS, Compared, encode_curves, report_data, write_report
 from img_model.network.metrics import temporal_iou
-from tests.img_cli import LearningCheck, run_img_eval, train_tiny_checkpoint
+from tests.img_cli import LearningCheck, run_img_eval
 from tests.real_run import RealRun
 
 TABLE_NAMES = (  # without clip-level saliency labels: no HL-mAP / HL-HIT@1
@@ -153,18 +154,18 @@ def report_context(report: Path) -> dict[str, Any]:
     return json.loads(data)["context"]
 
 
-def test_the_report_names_the_checkpoint_and_the_dataset_relative_to_itself(tmp_path: Path) -> None:
+def test_the_report_names_the_checkpoint_and_the_dataset_relative_to_itself(side_by_side: dict[str, Any]) -> None:
     """A report is read where it lies, like its video links: the files it names are found from it, and the
     folders of the machine that wrote it are not shown (img-eval was given absolute paths here)."""
-    data, checkpoint = train_tiny_checkpoint(tmp_path / "trained")
-    report = tmp_path / "published" / "report.html"
-    evaluated = run_img_eval(checkpoint, "--report", report, "--threads", "1")
-    assert evaluated.returncode == 0, evaluated.stderr
+    learning_check, report = side_by_side["learning_check"], side_by_side["report"]
+    assert learning_check.checkpoint.is_absolute() and learning_check.data.annotations.is_absolute()
     context = report_context(report)
-    assert context["checkpoint"] == os.path.join("..", "trained", "run", "best.pt")
-    assert context["dataset"] == os.path.relpath(data.annotations, report.parent)
-    assert (report.parent / context["dataset"]).resolve() == data.annotations.resolve()
-    assert str(tmp_path) not in report.read_text(encoding="utf-8")
+    assert context["checkpoint"] == os.path.relpath(learning_check.checkpoint, report.parent)
+    assert context["checkpoint"].startswith(os.path.join("..", ".."))  # the checkpoint lies in another folder
+    assert context["dataset"] == os.path.relpath(learning_check.data.annotations, report.parent)
+    assert (report.parent / context["dataset"]).resolve() == learning_check.data.annotations.resolve()
+    text = report.read_text(encoding="utf-8")
+    assert str(learning_check.checkpoint.parents[2]) not in text and str(report.parent) not in text
 
 
 def test_the_filters_flags_are_the_metrics_ious() -> None:
@@ -602,10 +603,11 @@ def csv_cells(text: str) -> list[list[Any]]:
     return [[value(cell) for cell in row] for row in csv.reader(io.StringIO(text))]
 
 
-def test_one_img_eval_command_shows_the_checkpoint_with_and_without_audio_side_by_side(
-    chromium: Any, learning_check: LearningCheck, tmp_path: Path
-) -> None:
-    out = tmp_path / "published"
+@pytest.fixture(scope="module")
+def side_by_side(learning_check: LearningCheck, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One img-eval command on the learning check's checkpoint, with and without audio, into a report and a CSV
+    in a folder of their own (absolute paths given): its result, the report, the CSV and the learning check."""
+    out = tmp_path_factory.mktemp("side-by-side") / "published"
     report, table = out / "report.html", out / "rows.csv"
     evaluated = run_img_eval(
         learning_check.checkpoint,
@@ -614,10 +616,18 @@ def test_one_img_eval_command_shows_the_checkpoint_with_and_without_audio_side_b
         *("--threads", "1", "--json"),
     )
     assert evaluated.returncode == 0, evaluated.stderr
+    return {"evaluated": evaluated, "report": report, "table": table, "learning_check": learning_check}
+
+
+def test_one_img_eval_command_shows_the_checkpoint_with_and_without_audio_side_by_side(
+    chromium: Any, side_by_side: dict[str, Any]
+) -> None:
+    evaluated, report, table = side_by_side["evaluated"], side_by_side["report"], side_by_side["table"]
+    learning_check, out = side_by_side["learning_check"], side_by_side["report"].parent
     result = json.loads(evaluated.stdout)
     with_audio, without = result["branches"], result["compared"]["splits"][0]["branches"]
     text = report.read_text(encoding="utf-8")
-    assert str(tmp_path) not in text and str(learning_check.checkpoint.parent) not in text  # no machine paths
+    assert str(out) not in text and str(learning_check.checkpoint.parent) not in text  # no machine paths
     page, requests = open_page(chromium, report.as_uri())
     assert page.inner_text("#title") == page.title() == "with and without audio"
     label = os.path.relpath(learning_check.checkpoint, out)
@@ -657,5 +667,8 @@ def test_one_img_eval_command_shows_the_checkpoint_with_and_without_audio_side_b
     ],
 )
 def test_side_by_side_and_title_options_say_what_they_need(options: list[str], message: str, tmp_path: Path) -> None:
-    evaluated = run_img_eval(tmp_path / "best.pt", *options)
-    assert evaluated.returncode == 2 and message in evaluated.stderr and len(evaluated.stderr.splitlines()) == 1
+    """img-eval's click command in this process (the installed script's usage errors: test_img_eval.py)."""
+    from img_model.cli.evaluate import main as img_eval
+
+    evaluated = CliRunner().invoke(img_eval, [str(tmp_path / "best.pt"), *options])
+    assert evaluated.exit_code == 2 and message in evaluated.stderr and len(evaluated.stderr.splitlines()) == 1
