@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,14 @@ def test_index_opens_with_plain_h5py(zoo_run) -> None:
         assert index["videos"]["plain"]["clip"]["features"].shape == (3, 16)
 
 
+def _copies(video: Path, paths: list[Path]) -> None:
+    """One ffmpeg-made video under several names (each name is a video of its own), made once: ffmpeg per copy
+    would cost more than the extraction it tests."""
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(video, path)
+
+
 def test_manifests_jsonl_and_csv(tmp_path: Path, tiny_clip: Path) -> None:
     make_video(tmp_path / "media" / "a.mp4", seconds=2)
     make_video(tmp_path / "media" / "b.mp4", seconds=3, audio=False)
@@ -162,8 +171,7 @@ def test_manifests_jsonl_and_csv(tmp_path: Path, tiny_clip: Path) -> None:
 
 
 def test_limit_then_resume_extracts_the_rest(tmp_path: Path, tiny_clip: Path) -> None:
-    for i in range(3):
-        make_video(tmp_path / "v" / f"{i}.mp4", seconds=1)
+    _copies(make_video(tmp_path / "made.mp4", seconds=1), [tmp_path / "v" / f"{i}.mp4" for i in range(3)])
     out = tmp_path / "feats.h5"
     first = run_cli(tmp_path / "v", "--out", out, "--clip-model", tiny_clip, "--limit", "2")
     assert first.returncode == 0 and "2 done" in first.stderr
@@ -233,8 +241,8 @@ def test_second_writer_is_refused_and_the_first_keeps_its_store(tmp_path: Path, 
 
 def test_kill_9_loses_only_uncommitted_work_and_resume_completes(tmp_path: Path, tiny_clip: Path) -> None:
     count = 24
-    for i in range(count):
-        make_video(tmp_path / "v" / f"{i:02d}.mp4", seconds=4, size="160x120", audio=False)
+    made = make_video(tmp_path / "made.mp4", seconds=4, size="160x120", audio=False)
+    _copies(made, [tmp_path / "v" / f"{i:02d}.mp4" for i in range(count)])
     out = tmp_path / "feats.h5"
     args = [
         tmp_path / "v",

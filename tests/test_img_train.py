@@ -53,6 +53,18 @@ def tiny_and_straight(factory: pytest.TempPathFactory) -> tuple[SyntheticDataset
     return made_once(factory, "tiny-straight-run", make)
 
 
+def tiny_stopped(factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The same tiny run stopped after its first epoch through the CLI (`--stop-after 1`): the folder and the
+    invocation. Made once per pytest run; a test that resumes it copies the folder first (tests/made_once.py)."""
+
+    def make(folder: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        result = run_img_train(*train_args(tiny_and_straight(factory)[0], folder / "run", "--stop-after", "1"))
+        assert result.returncode == 0, result.stderr
+        return folder / "run", result
+
+    return made_once(factory, "tiny-stopped-run", make)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     return tiny_and_straight(tmp_path_factory)[0]
@@ -251,10 +263,13 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_continues_bit_for_bit(
-    tiny: SyntheticDataset, straight: subprocess.CompletedProcess[str], tmp_path: Path
+    tiny: SyntheticDataset,
+    straight: subprocess.CompletedProcess[str],
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    first = run_img_train(*train_args(tiny, tmp_path / "resumed", "--stop-after", "1"))
-    assert first.returncode == 0, first.stderr
+    stopped, first = tiny_stopped(tmp_path_factory)  # the first invocation, copied: a run folder may move too
+    shutil.copytree(stopped, tmp_path / "resumed")
     assert "stopped after epoch 1" in first.stderr and not (tmp_path / "resumed" / "summary.txt").exists()
     # --stop-after counts the epochs of this invocation; the stores may have moved (a copy staged elsewhere)
     moved = tmp_path / "moved"
@@ -389,7 +404,7 @@ def test_kills_inside_checkpoint_and_metrics_writes_leave_a_run_that_resumes_exa
 def test_a_nan_loss_stops_with_its_step_and_queries_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     tiny = tiny_dataset(tmp_path / "data")  # its own: the store is damaged below
     run = tmp_path / "run"
-    assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
+    _stop_after_one_epoch(tiny, run)
     good = _state(run / "last.pt")
     # A train video's features become NaN (a new part supersedes its track): the next epoch meets it.
     from img_model.data.config import DataConfig
@@ -531,7 +546,7 @@ def test_fp16_without_a_gpu_is_refused_in_one_line() -> None:
 def test_resume_refuses_training_data_that_changed_in_one_line(tmp_path: Path) -> None:
     tiny = tiny_dataset(tmp_path / "data")  # its own: the annotations change below
     run = tmp_path / "run"
-    assert run_img_train(*train_args(tiny, run, "--stop-after", "1")).returncode == 0
+    _stop_after_one_epoch(tiny, run)
     recorded = _state(run / "last.pt")["training"]["data"]
     assert recorded["train_queries"] == 15 and recorded["select_split"] == "train-val"
     assert len(recorded["train_qids_sha256"]) == 64 and recorded["steps_per_epoch"] == 2
@@ -562,6 +577,22 @@ def _tiny_run(tiny: SyntheticDataset, **train: object) -> TrainingRunConfig:
     }
     run = resolve(tiny.folder / "tiny.toml", {"data": data, "train": train, "runtime": {"progress": False}})
     return replace(run, model=replace(run.model, **model_inputs(DataSources(run.data))))
+
+
+def _stop_after_one_epoch(tiny: SyntheticDataset, run_dir: Path) -> None:
+    """The first epoch of the tiny run into run_dir, in this process (what `img-train --stop-after 1` trains; torch's
+    thread count restored): a run for img-train --resume to meet something in."""
+    from img_model.data.dataset import DataSources
+    from img_model.train.run_data import prepare_data
+    from img_model.train.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    try:
+        run = _tiny_run(tiny)
+        result = Trainer(run, prepare_data(run, DataSources(run.data)), run_dir).fit(stop_after=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert not result.finished and read_checkpoint(run_dir / "last.pt").training["step"] == 2  # 2 steps an epoch
 
 
 @pytest.fixture

@@ -387,22 +387,32 @@ def test_a_query_longer_than_max_pos_len_is_read_up_to_there_as_img_eval_reads_i
 
 
 def test_a_full_disk_under_the_cache_or_the_plot_is_one_line_exit_3_and_loses_nothing(
-    real_run: RealRun, tmp_path: Path
+    real_run: RealRun, cache: Path, tmp_path: Path
 ) -> None:
     """It used to be "feature extraction stopped (...)" with exit 2, or a half-written figure."""
     from tests.test_img_disk_full import run_on_a_filling_disk
 
-    cache, video, plot = tmp_path / "cache", real_run.videos / "clip4.mp4", tmp_path / "out" / "answers.png"
-    args = [*real_run.predict_options(cache), video, "a person waves a hand", "--json"]
-    cached = run_on_a_filling_disk(tmp_path, "img_model.cli.predict", "part-*.h5.tmp", 1, 0, *args)
+    empty, video, plot = tmp_path / "cache", real_run.videos / "clip4.mp4", tmp_path / "out" / "answers.png"
+    query = [video, "a person waves a hand", "--json"]
+    cached = run_on_a_filling_disk(
+        tmp_path, "img_model.cli.predict", "part-*.h5.tmp", 1, 0, *real_run.predict_options(empty), *query
+    )
     assert cached.returncode == 3, cached.stderr
     last = cached.stderr.splitlines()[-1]
-    assert last.startswith(f"img-predict: error: cannot write the feature store {cache}/") and "Traceback" not in last
+    assert last.startswith(f"img-predict: error: cannot write the feature store {empty}/") and "Traceback" not in last
     assert ": no space left on device; make room (" in last
     assert last.endswith("then run img-predict again (or give --cache a folder with room)")
-    assert not list(cache.rglob("*.tmp")) and cached.stdout == ""
-    plotted = run_on_a_filling_disk(
-        tmp_path, "img_model.cli.predict", ".answers.png.*.tmp", 1, 1_000, *args, "--plot", plot
+    assert not list(empty.rglob("*.tmp")) and cached.stdout == ""
+    plotted = run_on_a_filling_disk(  # the module's cache: the video's features are read, not extracted again
+        tmp_path,
+        "img_model.cli.predict",
+        ".answers.png.*.tmp",
+        1,
+        1_000,
+        *real_run.predict_options(cache),
+        *query,
+        "--plot",
+        plot,
     )
     assert plotted.returncode == 3, plotted.stderr
     assert plotted.stderr.splitlines()[-1].startswith(f"img-predict: error: cannot write --plot {plot}: no space left")
