@@ -7,7 +7,7 @@ The script copies it into --workdir, writes random weights in each model's publi
 peer's I3D rgb file, its CLIP ViT-B/32 state dict as `custom`, torchvggish's files where its VGGish looks for
 them; ours under the published names), and runs the peer in a virtual environment that reuses this one's
 packages (the same torch build on both sides) plus the few the peer needs that this one lacks (omegaconf,
-ftfy, regex, resampy, soundfile), installed with pip once.
+ftfy, regex, resampy, soundfile; scipy for its I3D, which imports RAFT), installed with pip once.
 
 Recipes, as close as the peer allows: I3D RGB at 24 fps, 24-frame windows every 24 frames (the Charades recipe; the
 peer's streams=rgb, stack_size=step_size=24), CLIP ViT-B/32 at 1 fps, VGGish 0.96-s examples. Each pair runs both
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.process_tree import TreeRun, run_measured  # noqa: E402
 
-PEER_PACKAGES = ["omegaconf", "ftfy", "regex", "resampy", "soundfile"]
+PEER_PACKAGES = ["omegaconf", "ftfy", "regex", "resampy", "soundfile", "scipy"]
 MODELS = ("i3d", "clip", "vggish")
 OURS = {"i3d": "i3d-charades-vslnet", "clip": "clip", "vggish": "vggish-quantized"}
 
