@@ -46,21 +46,17 @@ def peer_environment(workdir: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-        site = Path(
-            subprocess.check_output(
-                [str(python), "-c", "import site; print(site.getsitepackages()[0])"], text=True
-            ).strip()
-        )
-        (site / "img_vmr_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        missing = [
-            name
-            for name in PEER_PACKAGES
-            if subprocess.run([str(python), "-c", f"import {name}"], capture_output=True).returncode
-        ]
-        if missing:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), *missing], check=True
-            )
+    site = Path(
+        subprocess.check_output([str(python), "-c", "import site; print(site.getsitepackages()[0])"], text=True).strip()
+    )
+    (site / "img_vmr_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    missing = [
+        name
+        for name in PEER_PACKAGES
+        if subprocess.run([str(python), "-c", f"import {name}"], capture_output=True).returncode
+    ]
+    if missing:  # checked at every start: a venv made by an earlier version of this script may lack one
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), *missing], check=True)
     return python
 
 
