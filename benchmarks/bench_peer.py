@@ -191,10 +191,11 @@ def main() -> None:
             f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f}x)"
         )
         for side, found in runs.items():
-            peaks = [r.peak_rss_mb for r in found]
+            peaks, anonymous = [r.peak_rss_mb for r in found], [r.peak_anonymous_mb for r in found]
             print(
                 f"  peak RSS {side:<4} median {statistics.median(peaks):6.0f} MiB  "
-                f"(min {min(peaks):.0f}, max {max(peaks):.0f})"
+                f"(min {min(peaks):.0f}, max {max(peaks):.0f}); anonymous part median "
+                f"{statistics.median(anonymous):.0f} MiB (min {min(anonymous):.0f}, max {max(anonymous):.0f})"
             )
 
 

@@ -8,6 +8,11 @@ shows the parent's whole RSS for it: summed naively, every ffmpeg start looks li
 a few ms (peaks of 2.3 GB against 1.4 GB between identical VGGish runs). Such a child (kcmp(KCMP_VM) says it
 shares the parent's address space) is not counted.
 
+Beside the total, the anonymous part (resident minus file-backed and shared pages, /proc/PID/statm) is sampled:
+the file-backed part (mapped libraries, memory-mapped checkpoints) moves between identical runs with the page
+cache (a fault on a mapped file also maps the neighbouring pages that happen to be cached), so a swing of the
+total that the anonymous part does not show is the page cache, not the run's own memory.
+
     python benchmarks/process_tree.py -- img-extract videos/ --out x.h5    # prints wall time and peak RSS
 """
 
@@ -49,31 +54,42 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _rss_bytes(pid: int) -> int:
+def _rss_bytes(pid: int) -> tuple[int, int]:
+    """(resident, anonymous resident) bytes of one process."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
+            fields = f.read().split()
+        resident, shared = int(fields[1]), int(fields[2])
+        return resident * PAGE_SIZE, (resident - shared) * PAGE_SIZE
     except (OSError, IndexError, ValueError):
-        return 0
+        return 0, 0
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants now."""
-    total, stack = _rss_bytes(root), [root]
+def tree_rss_parts(root: int) -> tuple[int, int]:
+    """(resident, anonymous resident) bytes of `root` and all its descendants now."""
+    total, anonymous = _rss_bytes(root)
+    stack = [root]
     while stack:
         parent = stack.pop()
         for child in _children(parent):
             if not _shares_memory(parent, child):
-                total += _rss_bytes(child)
+                resident, private = _rss_bytes(child)
+                total, anonymous = total + resident, anonymous + private
             stack.append(child)
-    return total
+    return total, anonymous
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants now."""
+    return tree_rss_parts(root)[0]
 
 
 class PeakSampler:
-    """Samples tree_rss(pid) on a thread until stopped; `peak` is the largest sum seen."""
+    """Samples the tree's resident bytes on a thread until stopped; `peak` is the largest sum seen, `peak_anonymous`
+    the largest anonymous part (each at its own moment)."""
 
     def __init__(self, pid: int, interval: float = SAMPLE_S) -> None:
-        self.pid, self.interval, self.peak = pid, interval, 0
+        self.pid, self.interval, self.peak, self.peak_anonymous = pid, interval, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
@@ -87,7 +103,8 @@ class PeakSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            total, anonymous = tree_rss_parts(self.pid)
+            self.peak, self.peak_anonymous = max(self.peak, total), max(self.peak_anonymous, anonymous)
             self._stop.wait(self.interval)
 
 
@@ -97,6 +114,7 @@ class TreeRun:
     peak_rss_mb: float
     returncode: int
     stderr: str
+    peak_anonymous_mb: float = 0.0
 
 
 def run_measured(
@@ -114,7 +132,8 @@ def run_measured(
             process.kill()
             _, stderr = process.communicate()
     wall = time.perf_counter() - start
-    return TreeRun(wall, sampler.peak / 2**20, process.returncode, stderr.decode(errors="replace"))
+    stderr_text = stderr.decode(errors="replace")
+    return TreeRun(wall, sampler.peak / 2**20, process.returncode, stderr_text, sampler.peak_anonymous / 2**20)
 
 
 def main() -> None:

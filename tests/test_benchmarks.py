@@ -49,3 +49,4 @@ def test_the_process_tree_peak_counts_the_children_too() -> None:
     run = run_measured([sys.executable, "-c", parent])
     assert run.returncode == 0, run.stderr
     assert 280 < run.peak_rss_mb < 600
+    assert 280 < run.peak_anonymous_mb <= run.peak_rss_mb  # the bytearrays are anonymous memory
