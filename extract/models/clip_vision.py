@@ -175,14 +175,14 @@ class ClipVisionExtractor(FeatureExtractor):
         """Fetch a hub id's config, first weights file and preprocessor config into the Hugging Face cache (the
         machine is online and the hub answers: loads_locally said so)."""
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
         for names, required in ((("config.json",), True), (WEIGHT_FILES, True), ((PREPROCESSOR_FILE,), False)):
             for name in names:
                 try:
                     hf_hub_download(self.source, name)
                     break
-                except EntryNotFoundError:
+                except RemoteEntryNotFoundError:  # the repository has no such file: try the next name
                     continue
                 except OSError as exc:
                     raise self._not_available(model, str(exc).splitlines()[0] if str(exc) else None) from None
