@@ -210,7 +210,8 @@ def vision_tensors(state_dict: object, source: str) -> Mapping[str, Any]:
 
 
 def read_checkpoint(path: Path) -> object:
-    """model.safetensors (memory-mapped) or pytorch_model.bin (torch.load, weights only)."""
+    """model.safetensors (safetensors.torch.load_file) or pytorch_model.bin (read_weights_file: weights only,
+    memory-mapped)."""
     if path.suffix != ".safetensors":
         return read_weights_file(path)
     from safetensors import SafetensorError
