@@ -1,3 +1,6 @@
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +14,12 @@ from extract.media.decode import FrameSampling, iter_frames
 from extract.media.probe import probe
 from extract.models import ExtractorOptions, build_extractor
 from extract.models.presets import CLIP
+from extract.store import FeatureStore
+from tests.conftest import cli_entry
 from tests.videos import REAL_VIDEO, make_video
 
 CPU = ExtractorOptions(device=torch.device("cpu"))
+TORCH_CPU = ExtractorOptions(device=torch.device("cpu"), backend="torch")
 
 
 def _frames(path: Path, sampling: FrameSampling) -> np.ndarray:
@@ -26,6 +32,18 @@ def _hf_reference(model_dir: Path, frames: np.ndarray) -> np.ndarray:
     processor = CLIPImageProcessor.from_pretrained(model_dir)
     model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
     pixels = processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        return model(pixel_values=pixels).image_embeds.numpy()
+
+
+def _hf_on_pixels(model_dir: Path, frames: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """transformers' CLIPVisionModelWithProjection on our decoded frames, normalised as the extractor does."""
+    from transformers import CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
+    shape = (1, 3, 1, 1)
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255.0)
+    pixels = (pixels - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
     with torch.inference_mode():
         return model(pixel_values=pixels).image_embeds.numpy()
 
@@ -94,3 +112,43 @@ def test_missing_model_offline_is_one_line_with_the_fix(tmp_path: Path) -> None:
     message = str(error.value)
     assert "\n" not in message and "https://huggingface.co/openai/not-a-model-here" in message
     assert "--weights-dir" in message
+
+
+def test_our_clip_network_equals_transformers_on_the_real_video(tiny_clip: Path) -> None:
+    """extract/models/clip_network.py against transformers' model on the same pixels: float32 noise at most."""
+    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), TORCH_CPU)
+    assert extractor.frame_sampling is not None
+    frames = _frames(REAL_VIDEO, extractor.frame_sampling)
+    preprocessing = extractor.preset.preprocessing
+    reference = _hf_on_pixels(tiny_clip, frames, preprocessing["mean"], preprocessing["std"])
+    diff = np.abs(extractor.embed(frames) - reference).max()
+    print(f"\nCLIP network vs transformers on {len(frames)} real frames: max |diff| {diff:.3g}")
+    assert diff <= 1e-5
+
+
+def test_img_extract_computes_clip_without_importing_transformers(tiny_clip: Path, tmp_path: Path) -> None:
+    """The CLI's CLIP features equal transformers' on the same frames, and no process of the run imported
+    transformers (PYTHONPROFILEIMPORTTIME reaches every process it starts)."""
+    video = make_video(tmp_path / "videos" / "a.mp4", seconds=2)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPROFILEIMPORTTIME": "1"}
+    out = tmp_path / "f.h5"
+    command = [*cli_entry(), str(video.parent), "--out", str(out), "--clip-model", str(tiny_clip)]
+    result = subprocess.run(
+        [*command, "--device", "cpu", "--backend", "torch", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = re.findall(r"^import time:.*\|\s*(\S+)$", result.stderr, flags=re.MULTILINE)
+    assert "torch" in imported and not [name for name in imported if name.split(".")[0] == "transformers"]
+    with FeatureStore(out) as store:
+        stored = store.track("a", "clip").features
+    extractor = build_extractor(CLIP.with_options(weights=str(tiny_clip)), TORCH_CPU)
+    assert extractor.frame_sampling is not None
+    frames = _frames(video, extractor.frame_sampling)
+    preprocessing = extractor.preset.preprocessing
+    reference = _hf_on_pixels(tiny_clip, frames, preprocessing["mean"], preprocessing["std"])
+    assert stored.shape == reference.shape and len(stored) == 2
+    assert np.abs(stored - reference).max() <= 1e-5

@@ -1,8 +1,10 @@
-"""CLIP image tower (transformers' CLIPVisionModelWithProjection): the projected `image_embeds` per frame.
+"""CLIP image tower (extract/models/clip_network.py, transformers' CLIPVisionModelWithProjection in plain torch): the
+projected `image_embeds` per frame.
 
 The decoder already resizes the shorter side to the model's input size (bicubic) and centre-crops it, which is
-what CLIPImageProcessor does; here the frames are only rescaled to [0, 1] and normalised with the processor's
-mean/std. tests/test_clip.py checks the result against CLIPImageProcessor on the same frames.
+what CLIPImageProcessor does; here the frames are only rescaled to [0, 1] and normalised with the mean/std of the
+folder's preprocessor_config.json. tests/test_clip.py checks the result against CLIPImageProcessor and transformers'
+model on the same frames.
 """
 
 from __future__ import annotations
@@ -20,17 +22,13 @@ import torch
 from extract.core.download import hub_unreachable, offline, sha256_file
 from extract.core.errors import MissingWeightsError, ModelUnavailableError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, NetworkPart, Windower
+from extract.models.clip_network import load_clip_image_encoder
 from extract.models.presets import Preset
 from extract.models.weights import search_dirs
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+PREPROCESSOR_FILE = "preprocessor_config.json"
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
-
-
-def _version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def _looks_like_path(model: str) -> bool:
@@ -109,48 +107,88 @@ def config_sha256(config_file: Path) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+def processor_values(
+    processor_file: Path | None, mean: tuple[float, ...], std: tuple[float, ...], image_size: int
+) -> tuple[tuple[float, ...], tuple[float, ...], int, int]:
+    """(mean, std, shorter side, crop) from a CLIPImageProcessor's preprocessor_config.json; without one (or where
+    it is unreadable or lacks a value), CLIP's published mean/std at the model's input size."""
+    try:
+        processor = json.loads(processor_file.read_text(encoding="utf-8")) if processor_file else {}
+    except (OSError, ValueError):
+        processor = {}
+    if not isinstance(processor, dict):
+        processor = {}
+
+    def side(value: Any, key: str) -> int:  # a bare int is the old form of size and crop_size
+        value = value.get(key) if isinstance(value, dict) else value
+        return image_size if value is None else int(value)
+
+    try:
+        return (
+            tuple(float(v) for v in processor.get("image_mean", mean)),
+            tuple(float(v) for v in processor.get("image_std", std)),
+            side(processor.get("size"), "shortest_edge"),
+            side(processor.get("crop_size"), "height"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return mean, std, image_size, image_size
+
+
 class ClipVisionExtractor(FeatureExtractor):
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         super().__init__(preset, options)
         self.source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
-        local = loads_locally(self.source, lambda reason: self._not_available(preset.weights, reason))
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        try:
-            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=local)
-        except OSError:
-            raise self._not_available(preset.weights) from None
-        self.model = model.eval().to(options.device)
-        image_size = int(model.config.image_size)
-        mean, std = preset.preprocessing["mean"], preset.preprocessing["std"]
-        short_side, crop = image_size, image_size
-        try:
-            processor = CLIPImageProcessor.from_pretrained(self.source, local_files_only=local)
-            mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-            short_side = int(processor.size["shortest_edge"])
-            crop = int(processor.crop_size["height"])
-        except (OSError, KeyError, TypeError, ValueError):
-            pass  # no preprocessor_config.json: CLIP's published defaults at the model's input size
+        if not loads_locally(self.source, lambda reason: self._not_available(preset.weights, reason)):
+            self._download(preset.weights)
+        config_file = model_file(self.source, ("config.json",))
+        weights_path = weights_file(self.source)
+        if config_file is None or weights_path is None:
+            raise self._not_available(preset.weights)
+        self.model = load_clip_image_encoder(config_file, weights_path).to(options.device)
+        config = self.model.config
+        mean, std, short_side, crop = processor_values(
+            model_file(self.source, (PREPROCESSOR_FILE,)),
+            preset.preprocessing["mean"],
+            preset.preprocessing["std"],
+            config.image_size,
+        )
         assert preset.frames is not None
         frames = dataclasses.replace(preset.frames, short_side=short_side, crop=crop)
         preprocessing = {**preset.preprocessing, "mean": mean, "std": std}
-        weights_path = weights_file(self.source)
-        config_file = model_file(self.source, ("config.json",))
-        self.config_sha256 = config_sha256(config_file) if config_file else None
+        self.config_sha256 = config_sha256(config_file)
         self.preset = dataclasses.replace(
             preset,
             frames=frames,
             preprocessing=preprocessing,
-            output_dim=int(model.config.projection_dim),
-            weights_sha256=sha256_file(weights_path) if weights_path else None,
+            output_dim=config.projection_dim,
+            weights_sha256=sha256_file(weights_path),
         )
         self.weights_file = weights_path
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
-        part = NetworkPart(self.model, lambda model, pixels: model(pixel_values=pixels).image_embeds)
-        example = torch.zeros(2, 3, image_size, image_size)
-        self.load_network(part, example, weights_path, config_sha256=self.config_sha256, transformers=_version())
+        example = torch.zeros(2, 3, config.image_size, config.image_size)
+        part = NetworkPart(self.model, lambda model, pixels: model(pixels))
+        self.load_network(part, example, weights_path, config_sha256=self.config_sha256)
+
+    def _download(self, model: str) -> None:
+        """Fetch a hub id's config, first weights file and preprocessor config into the Hugging Face cache (the
+        machine is online and the hub answers: loads_locally said so)."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        for names, required in ((("config.json",), True), (WEIGHT_FILES, True), ((PREPROCESSOR_FILE,), False)):
+            for name in names:
+                try:
+                    hf_hub_download(self.source, name)
+                    break
+                except RemoteEntryNotFoundError:  # the repository has no such file: try the next name
+                    continue
+                except OSError as exc:
+                    raise self._not_available(model, str(exc).splitlines()[0] if str(exc) else None) from None
+            else:
+                if required:
+                    raise self._not_available(model, f"it has none of {', '.join(names)}")
 
     @staticmethod
     def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
@@ -176,7 +214,7 @@ class ClipVisionExtractor(FeatureExtractor):
         the same model reached through another folder extends a store."""
         recipe = self.preset.recipe()
         del recipe["weights"]
-        recipe["weights_file"] = self.weights_file.name if self.weights_file else None
+        recipe["weights_file"] = self.weights_file.name
         recipe["model_config_sha256"] = self.config_sha256
         return recipe
 

@@ -106,7 +106,12 @@ def run_glove(
         "chars": len(vocab.chars),
         "vocabulary_sha256": vocab.sha256(),
     }
-    provenance = {"recipe": recipe, "software": software_versions(), "runtime": {}, "queries": dict(queries.source)}
+    provenance = {
+        "recipe": recipe,
+        "software": software_versions("transformers"),
+        "runtime": {},
+        "queries": dict(queries.source),
+    }
     summary = _write_glove(queries, tokens, vocab, vectors, provenance, out, resume)
     in_glove = len(vocab.glove_words)
     distinct = len({word for query in vocab_tokens for word in query})
@@ -135,7 +140,7 @@ def run_glove_with_vocabulary(
     tokens = tokenize_all((r.sentence for r in queries.records), source.tokenizer)
     provenance = {
         "recipe": source.recipe,
-        "software": software_versions(),
+        "software": software_versions("transformers"),
         "runtime": {},
         "queries": dict(queries.source),
         "vocabulary_from": source.origin,
@@ -197,7 +202,7 @@ def run_encoder(
     recipe = encoder.recipe()
     provenance = {
         "recipe": recipe,
-        "software": software_versions(),
+        "software": software_versions("transformers"),
         "runtime": {"device": str(encoder.device), "batch_size": encoder.batch_size},
         "queries": dict(queries.source),
     }
