@@ -109,51 +109,95 @@ def config_sha256(config_file: Path) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-class ClipVisionExtractor(FeatureExtractor):
-    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
-        super().__init__(preset, options)
-        self.source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
-        local = loads_locally(self.source, lambda reason: self._not_available(preset.weights, reason))
+@dataclasses.dataclass(frozen=True)
+class ClipModel:
+    """A CLIP model as found here, by its files, its weights not loaded: where it loads from, and the preset as
+    transformers reads the model's config and image processor (input sizes, mean/std, projection size) with the
+    weights' sha256. The recipe comes from this alone, so a resumed run with nothing to extract reads no weights."""
+
+    source: str
+    local: bool  # loads from disk alone (local_files_only)
+    preset: Preset
+    weights_file: Path | None
+    config_sha256: str | None
+    image_size: int
+
+    @classmethod
+    def find(cls, preset: Preset, options: ExtractorOptions) -> ClipModel:
+        source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
+        local = loads_locally(source, lambda reason: ClipVisionExtractor.not_available(preset.weights, reason))
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        try:
-            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=local)
+        try:  # the config as from_pretrained reads it for the model
+            config = CLIPVisionModelWithProjection.config_class.from_pretrained(source, local_files_only=local)
         except OSError:
-            raise self._not_available(preset.weights) from None
-        self.model = model.eval().to(options.device)
-        image_size = int(model.config.image_size)
+            raise ClipVisionExtractor.not_available(preset.weights) from None
+        image_size = int(config.image_size)
         mean, std = preset.preprocessing["mean"], preset.preprocessing["std"]
         short_side, crop = image_size, image_size
         try:
-            processor = CLIPImageProcessor.from_pretrained(self.source, local_files_only=local)
+            processor = CLIPImageProcessor.from_pretrained(source, local_files_only=local)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
             short_side = int(processor.size["shortest_edge"])
             crop = int(processor.crop_size["height"])
         except (OSError, KeyError, TypeError, ValueError):
             pass  # no preprocessor_config.json: CLIP's published defaults at the model's input size
         assert preset.frames is not None
-        frames = dataclasses.replace(preset.frames, short_side=short_side, crop=crop)
-        preprocessing = {**preset.preprocessing, "mean": mean, "std": std}
-        weights_path = weights_file(self.source)
-        config_file = model_file(self.source, ("config.json",))
-        self.config_sha256 = config_sha256(config_file) if config_file else None
-        self.preset = dataclasses.replace(
+        weights_path = weights_file(source)
+        config_file = model_file(source, ("config.json",))
+        resolved = dataclasses.replace(
             preset,
-            frames=frames,
-            preprocessing=preprocessing,
-            output_dim=int(model.config.projection_dim),
+            frames=dataclasses.replace(preset.frames, short_side=short_side, crop=crop),
+            preprocessing={**preset.preprocessing, "mean": mean, "std": std},
+            output_dim=int(config.projection_dim),
             weights_sha256=sha256_file(weights_path) if weights_path else None,
         )
-        self.weights_file = weights_path
+        identity = config_sha256(config_file) if config_file else None
+        return cls(source, local, resolved, weights_path, identity, image_size)
+
+    def recipe(self) -> dict[str, Any]:
+        """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:
+        the same model reached through another folder extends a store."""
+        recipe = self.preset.recipe()
+        del recipe["weights"]
+        recipe["weights_file"] = self.weights_file.name if self.weights_file else None
+        recipe["model_config_sha256"] = self.config_sha256
+        return recipe
+
+
+class ClipVisionExtractor(FeatureExtractor):
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        super().__init__(preset, options)
+        self.found = ClipModel.find(preset, options)
+        self.source = self.found.source
+        from transformers import CLIPVisionModelWithProjection
+
+        try:
+            model = CLIPVisionModelWithProjection.from_pretrained(self.source, local_files_only=self.found.local)
+        except OSError:
+            raise self.not_available(preset.weights) from None
+        self.model = model.eval().to(options.device)
+        self.preset = self.found.preset
+        self.config_sha256 = self.found.config_sha256
+        self.weights_file = self.found.weights_file
+        mean, std = self.preset.preprocessing["mean"], self.preset.preprocessing["std"]
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
         part = NetworkPart(self.model, lambda model, pixels: model(pixel_values=pixels).image_embeds)
-        example = torch.zeros(2, 3, image_size, image_size)
-        self.load_network(part, example, weights_path, config_sha256=self.config_sha256, transformers=_version())
+        size = self.found.image_size
+        example = torch.zeros(2, 3, size, size)
+        self.load_network(part, example, self.weights_file, config_sha256=self.config_sha256, transformers=_version())
+
+    @classmethod
+    def recipe_without_model(cls, preset: Preset, options: ExtractorOptions) -> dict[str, Any] | None:
+        """The recipe from the model's config, image processor and weights' sha256: transformers reads the two
+        configs as it does for the model, but no weights are loaded."""
+        cls.check_options(preset, options)
+        return ClipModel.find(preset, options).recipe()
 
     @staticmethod
-    def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
+    def not_available(model: str, reason: str | None = None) -> MissingWeightsError:
         name = model.rsplit("/", 1)[-1]
         why = f" ({reason})" if reason else ""
         return ModelUnavailableError(
@@ -172,13 +216,7 @@ class ClipVisionExtractor(FeatureExtractor):
         return self.network(pixels).float().cpu().numpy()
 
     def recipe(self) -> dict[str, Any]:
-        """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:
-        the same model reached through another folder extends a store."""
-        recipe = self.preset.recipe()
-        del recipe["weights"]
-        recipe["weights_file"] = self.weights_file.name if self.weights_file else None
-        recipe["model_config_sha256"] = self.config_sha256
-        return recipe
+        return self.found.recipe()
 
     def runtime(self) -> dict[str, Any]:
         return {"weights_source": self.source}
