@@ -1,9 +1,9 @@
 """One img-extract invocation: take the store's lock, load the models, plan the missing tracks, run an engine.
 
-The plan is made first with the recipes the engine knows without loading its models (the presets and the weights'
-checksums, cached per file): when nothing is left to extract the run ends there, checked against the store's
-recipes all the same, and no model is loaded (a finished command run again). Otherwise the models are loaded and the
-run planned with their provenance.
+A resumed run plans first with the recipes the engine knows without loading its models (the presets and the
+weights' checksums, cached per file): when nothing is left to extract the run ends there, the store checked against
+those recipes as against the models' provenance, and no model is loaded (a finished command run again). Otherwise
+the models are loaded and that plan kept (planned again only if their recipes differ, which would be a bug).
 
 An engine (extract/run/engine_local.py: threads in this process; engine_devices.py: one such process per
 device; engine_ray.py: a Ray cluster) loads its models in `prepare` (returning their provenance) and executes
@@ -117,10 +117,17 @@ class ExtractionRun:
             has_parts = bool(list_parts(writer.parts_dir))
             record_run_shard(self.store_path, writer.parts_dir, self.config.shard, has_parts)
             engine = self.engine()
-            plan = self._plan_without_models(engine, writer, summary)
-            if plan is None:
-                writer.provenance = engine.prepare()
+            recipes = self._recipes_without_models(engine)
+            plan = None
+            if recipes is not None:  # planned with them first: nothing to extract needs no model
+                writer.provenance = {name: {"recipe": recipe} for name, recipe in recipes.items()}
                 plan = self._plan(writer, summary)
+            if plan is None or plan.items:
+                writer.provenance = engine.prepare()
+                if plan is None or {name: r["recipe"] for name, r in writer.provenance.items()} != recipes:
+                    plan = self._plan(writer, summary)
+            else:
+                log.debug("nothing to extract: no model loaded")
         except BaseException:
             writer.abandon()
             raise
@@ -173,19 +180,12 @@ class ExtractionRun:
             self._engine.close()
             self._engine = None
 
-    def _plan_without_models(self, engine: Engine, writer: StoreWriter, summary: RunSummary) -> Plan | None:
-        """The plan, when it has nothing to extract and the engine's recipes are known without its models (the
-        store is checked against them as against the loaded models' provenance); None otherwise: the models are
-        loaded and the run planned with their provenance."""
-        recipes = engine.recipes_without_models()
-        if recipes is None:
+    def _recipes_without_models(self, engine: Engine) -> dict[str, dict[str, Any]] | None:
+        """The engine's recipes found without its models, where the store may already hold every track (it exists
+        and the run resumes); None otherwise, or where the engine cannot tell before loading its models."""
+        if not self.config.resume or not FeatureStore.exists(self.store_path):
             return None
-        writer.provenance = {name: {"recipe": recipe} for name, recipe in recipes.items()}
-        plan = self._plan(writer, summary)
-        if plan.items:
-            return None
-        log.debug("nothing to extract: no model loaded")
-        return plan
+        return engine.recipes_without_models()
 
     def _plan(self, writer: StoreWriter, summary: RunSummary) -> Plan:
         existing = FeatureStore(self.store_path) if FeatureStore.exists(self.store_path) else None
