@@ -191,6 +191,8 @@ def test_changed_settings_are_refused_instead_of_mixed(tmp_path: Path, tiny_clip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("img-extract: error: ")
     assert "frames.fps: 1.0 -> 2.0" in result.stderr
+    resumed = run_cli(tmp_path / "v", "--out", out, "--clip-model", tiny_clip, "--fps", "2")  # no model loaded
+    assert resumed.returncode == 2 and "made differently (frames.fps: 1.0 -> 2.0)" in resumed.stderr
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,21 @@ EXTRACTORS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_extractor(preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+def extractor_class(preset: Preset) -> type[FeatureExtractor]:
     if preset.model not in EXTRACTORS:
         raise UsageError(f"preset {preset.name!r} names an unknown model {preset.model!r}")
     module, name = EXTRACTORS[preset.model]
-    return getattr(importlib.import_module(module), name)(preset, options)
+    return getattr(importlib.import_module(module), name)
+
+
+def build_extractor(preset: Preset, options: ExtractorOptions) -> FeatureExtractor:
+    return extractor_class(preset)(preset, options)
+
+
+def recipe_without_model(preset: Preset, options: ExtractorOptions) -> dict[str, Any] | None:
+    """The recipe `build_extractor(preset, options).recipe()` gives, without building the model; None where only
+    the built model knows it (FeatureExtractor.recipe_without_model)."""
+    return extractor_class(preset).recipe_without_model(preset, options)
 
 
 def __getattr__(name: str) -> Any:
@@ -40,4 +50,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EXTRACTORS", "ExtractorOptions", "FeatureExtractor", "build_extractor"]
+__all__ = ["EXTRACTORS", "ExtractorOptions", "FeatureExtractor", "build_extractor", "recipe_without_model"]

@@ -98,12 +98,24 @@ class FeatureExtractor(abc.ABC):
     weights_checked: bool = False
 
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
-        if options.precision.name == "bf16":  # refused before any weights are read where the CPU lacks bf16
-            options.precision.checked(options.device)  # (fp16 asked of a model on a CPU runs fp32: .effective)
+        self.check_options(preset, options)
         self.preset = preset
         self.options = options
         self.backend = resolve_backend(options.backend, options.device)
         self.network: LoadedNetwork | None = None
+
+    @classmethod
+    def check_options(cls, preset: Preset, options: ExtractorOptions) -> None:
+        """UsageError for options this model cannot run with, before any weights are read."""
+        if options.precision.name == "bf16":  # refused where the CPU lacks bf16
+            options.precision.checked(options.device)  # (fp16 asked of a model on a CPU runs fp32: .effective)
+        resolve_backend(options.backend, options.device)
+
+    @classmethod
+    def recipe_without_model(cls, preset: Preset, options: ExtractorOptions) -> dict[str, Any] | None:
+        """What `recipe()` of this preset will be once built, found without building the network (a resumed run
+        whose videos are all in the store needs no model); None where only the built model knows (the default)."""
+        return None
 
     @property
     def name(self) -> str:

@@ -22,7 +22,7 @@ import torch
 from extract.core.download import hub_unreachable, offline, sha256_file
 from extract.core.errors import MissingWeightsError, ModelUnavailableError
 from extract.models.base import ExtractorOptions, FeatureExtractor, FrameUnits, NetworkPart, Windower
-from extract.models.clip_network import load_clip_image_encoder
+from extract.models.clip_network import ClipVisionConfig, load_clip_image_encoder
 from extract.models.presets import Preset
 from extract.models.weights import search_dirs
 
@@ -134,64 +134,103 @@ def processor_values(
         return mean, std, image_size, image_size
 
 
-class ClipVisionExtractor(FeatureExtractor):
-    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
-        super().__init__(preset, options)
-        self.source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
-        if not loads_locally(self.source, lambda reason: self._not_available(preset.weights, reason)):
-            self._download(preset.weights)
-        config_file = model_file(self.source, ("config.json",))
-        weights_path = weights_file(self.source)
+def download_model(source: str, model: str) -> None:
+    """Fetch a hub id's config, first weights file and preprocessor config into the Hugging Face cache (the
+    machine is online and the hub answers: loads_locally said so)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    for names, required in ((("config.json",), True), (WEIGHT_FILES, True), ((PREPROCESSOR_FILE,), False)):
+        for name in names:
+            try:
+                hf_hub_download(source, name)
+                break
+            except RemoteEntryNotFoundError:  # the repository has no such file: try the next name
+                continue
+            except OSError as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else None
+                raise ClipVisionExtractor.not_available(model, reason) from None
+        else:
+            if required:
+                raise ClipVisionExtractor.not_available(model, f"it has none of {', '.join(names)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipModel:
+    """A CLIP model as found here, by its files, its weights not loaded: where it loads from, its config, and the
+    preset as the model's config and image processor make it (input sizes, mean/std, projection size) with the
+    weights' sha256. The recipe comes from this alone, so a resumed run with nothing to extract reads no weights."""
+
+    source: str
+    preset: Preset
+    config_file: Path
+    weights_file: Path
+    config_sha256: str
+    config: ClipVisionConfig
+
+    @classmethod
+    def find(cls, preset: Preset, options: ExtractorOptions) -> ClipModel:
+        source = resolve_model_source(preset.weights, options.weights_dir, CLIP_MODEL_TYPES)
+        if not loads_locally(source, lambda reason: ClipVisionExtractor.not_available(preset.weights, reason)):
+            download_model(source, preset.weights)
+        config_file = model_file(source, ("config.json",))
+        weights_path = weights_file(source)
         if config_file is None or weights_path is None:
-            raise self._not_available(preset.weights)
-        self.model = load_clip_image_encoder(config_file, weights_path).to(options.device)
-        config = self.model.config
+            raise ClipVisionExtractor.not_available(preset.weights)
+        config = ClipVisionConfig.from_file(config_file)
         mean, std, short_side, crop = processor_values(
-            model_file(self.source, (PREPROCESSOR_FILE,)),
+            model_file(source, (PREPROCESSOR_FILE,)),
             preset.preprocessing["mean"],
             preset.preprocessing["std"],
             config.image_size,
         )
         assert preset.frames is not None
-        frames = dataclasses.replace(preset.frames, short_side=short_side, crop=crop)
-        preprocessing = {**preset.preprocessing, "mean": mean, "std": std}
-        self.config_sha256 = config_sha256(config_file)
-        self.preset = dataclasses.replace(
+        resolved = dataclasses.replace(
             preset,
-            frames=frames,
-            preprocessing=preprocessing,
+            frames=dataclasses.replace(preset.frames, short_side=short_side, crop=crop),
+            preprocessing={**preset.preprocessing, "mean": mean, "std": std},
             output_dim=config.projection_dim,
             weights_sha256=sha256_file(weights_path),
         )
-        self.weights_file = weights_path
+        return cls(source, resolved, config_file, weights_path, config_sha256(config_file), config)
+
+    def recipe(self) -> dict[str, Any]:
+        """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:
+        the same model reached through another folder extends a store."""
+        recipe = self.preset.recipe()
+        del recipe["weights"]
+        recipe["weights_file"] = self.weights_file.name
+        recipe["model_config_sha256"] = self.config_sha256
+        return recipe
+
+
+class ClipVisionExtractor(FeatureExtractor):
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        super().__init__(preset, options)
+        self.found = ClipModel.find(preset, options)
+        self.source = self.found.source
+        self.model = load_clip_image_encoder(self.found.config_file, self.found.weights_file).to(options.device)
+        self.preset = self.found.preset
+        self.config_sha256 = self.found.config_sha256
+        self.weights_file = self.found.weights_file
+        mean, std = self.preset.preprocessing["mean"], self.preset.preprocessing["std"]
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=options.device).view(shape)
         self._std = torch.tensor(std, dtype=torch.float32, device=options.device).view(shape)
-        example = torch.zeros(2, 3, config.image_size, config.image_size)
+        size = self.found.config.image_size
+        example = torch.zeros(2, 3, size, size)
         part = NetworkPart(self.model, lambda model, pixels: model(pixels))
-        self.load_network(part, example, weights_path, config_sha256=self.config_sha256)
+        self.load_network(part, example, self.weights_file, config_sha256=self.config_sha256)
 
-    def _download(self, model: str) -> None:
-        """Fetch a hub id's config, first weights file and preprocessor config into the Hugging Face cache (the
-        machine is online and the hub answers: loads_locally said so)."""
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import RemoteEntryNotFoundError
-
-        for names, required in ((("config.json",), True), (WEIGHT_FILES, True), ((PREPROCESSOR_FILE,), False)):
-            for name in names:
-                try:
-                    hf_hub_download(self.source, name)
-                    break
-                except RemoteEntryNotFoundError:  # the repository has no such file: try the next name
-                    continue
-                except OSError as exc:
-                    raise self._not_available(model, str(exc).splitlines()[0] if str(exc) else None) from None
-            else:
-                if required:
-                    raise self._not_available(model, f"it has none of {', '.join(names)}")
+    @classmethod
+    def recipe_without_model(cls, preset: Preset, options: ExtractorOptions) -> dict[str, Any] | None:
+        """The recipe from the model's config, image processor and weights' sha256 (read as for the model), no
+        weights loaded."""
+        cls.check_options(preset, options)
+        return ClipModel.find(preset, options).recipe()
 
     @staticmethod
-    def _not_available(model: str, reason: str | None = None) -> MissingWeightsError:
+    def not_available(model: str, reason: str | None = None) -> MissingWeightsError:
         name = model.rsplit("/", 1)[-1]
         why = f" ({reason})" if reason else ""
         return ModelUnavailableError(
@@ -210,13 +249,7 @@ class ClipVisionExtractor(FeatureExtractor):
         return self.network(pixels).float().cpu().numpy()
 
     def recipe(self) -> dict[str, Any]:
-        """The model by its identity (config and weights sha256), not by the folder or id it was loaded from:
-        the same model reached through another folder extends a store."""
-        recipe = self.preset.recipe()
-        del recipe["weights"]
-        recipe["weights_file"] = self.weights_file.name
-        recipe["model_config_sha256"] = self.config_sha256
-        return recipe
+        return self.found.recipe()
 
     def runtime(self) -> dict[str, Any]:
         return {"weights_source": self.source}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from extract.models.presets import ClipWindowing, ExampleWindowing, FrameWindowi
 from extract.models.weights import locate_weights, registry_entry
 from extract.models.windows import AudioWindows, FrameWindows
 
+if TYPE_CHECKING:
+    from extract.models.panns import Cnn14Config
+
 
 def published_checksum(name: str) -> bool:
     """Whether `locate_weights(name, check=True)` compares the file with a published checksum: weights.verify compares
@@ -27,16 +31,21 @@ def published_checksum(name: str) -> bool:
     return bool(registry_entry(name).published_checksums())
 
 
-class _PublishedExtractor(FeatureExtractor):
-    """Resolves and checksums the preset's published files; the recipe records what was loaded."""
+@dataclasses.dataclass(frozen=True)
+class PublishedFiles:
+    """A preset's published files as found here (verified unless --trust-weights) and the recipe they make: the
+    preset with the weights' sha256, the file's name, the extra files' sha256 (cached by path, size and mtime)."""
 
-    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
-        super().__init__(preset, options)
+    preset: Preset
+    weights_path: Path
+    extra_paths: tuple[Path, ...]
+
+    @classmethod
+    def locate(cls, preset: Preset, options: ExtractorOptions) -> PublishedFiles:
         check = options.verify_weights
-        self.weights_path = locate_weights(preset.weights, options.weights_dir, check)
-        self.extra_paths = [locate_weights(name, options.weights_dir, check) for name in preset.extra_weights]
-        self.preset = dataclasses.replace(preset, weights_sha256=sha256_file(self.weights_path))
-        self.weights_checked = check and all(map(published_checksum, (preset.weights, *preset.extra_weights)))
+        weights_path = locate_weights(preset.weights, options.weights_dir, check)
+        extra_paths = tuple(locate_weights(name, options.weights_dir, check) for name in preset.extra_weights)
+        return cls(dataclasses.replace(preset, weights_sha256=sha256_file(weights_path)), weights_path, extra_paths)
 
     def recipe(self) -> dict[str, Any]:
         recipe = self.preset.recipe()
@@ -44,6 +53,33 @@ class _PublishedExtractor(FeatureExtractor):
         if self.extra_paths:
             recipe["extra_weights_sha256"] = [sha256_file(p) for p in self.extra_paths]
         return recipe
+
+
+class _PublishedExtractor(FeatureExtractor):
+    """Resolves and checksums the preset's published files; the recipe records what was loaded."""
+
+    def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
+        super().__init__(preset, options)
+        self.check_preset(preset)
+        self.files = PublishedFiles.locate(preset, options)
+        self.weights_path, self.extra_paths = self.files.weights_path, list(self.files.extra_paths)
+        self.preset = self.files.preset
+        check = options.verify_weights
+        self.weights_checked = check and all(map(published_checksum, (preset.weights, *preset.extra_weights)))
+
+    @classmethod
+    def check_preset(cls, preset: Preset) -> None:
+        """UsageError for a preset (a user's option in it) this model cannot run, before any file is read."""
+
+    def recipe(self) -> dict[str, Any]:
+        return self.files.recipe()
+
+    @classmethod
+    def recipe_without_model(cls, preset: Preset, options: ExtractorOptions) -> dict[str, Any] | None:
+        """The published files' recipe: the network is not needed (the weights are known by their sha256)."""
+        cls.check_options(preset, options)
+        cls.check_preset(preset)
+        return PublishedFiles.locate(preset, options).recipe()
 
 
 class I3DExtractor(_PublishedExtractor):
@@ -113,25 +149,37 @@ class PannsExtractor(_PublishedExtractor):
     def __init__(self, preset: Preset, options: ExtractorOptions) -> None:
         from extract.models.panns import load_cnn14_checkpoint
 
-        super().__init__(preset, options)
+        super().__init__(preset, options)  # check_preset: the window fits Cnn14Config(), which the model uses
         self.model = load_cnn14_checkpoint(self.weights_path).eval().to(options.device)
-        sample_rate, windowing = self.model.config.sample_rate, preset.windowing
-        assert isinstance(windowing, SecondsWindowing)
-        self.window = round(windowing.window_seconds * sample_rate)
-        self.hop = round(windowing.hop_seconds * sample_rate)
-        if self.window < self.model.config.min_samples:
-            raise UsageError(
-                f"--audio-window {windowing.window_seconds} s is shorter than Cnn14 accepts "
-                f"({self.model.config.min_samples / sample_rate:.2f} s)"
-            )
-        if not 1 <= self.hop <= self.window:
-            raise UsageError(
-                f"--audio-hop must be between one sample and --audio-window (got {windowing.hop_seconds} s)"
-            )
+        self.window, self.hop = self.windows(self.preset, self.model.config)
         self.max_batch = 256 if options.device.type == "cuda" else 32
         example = torch.zeros(2, self.window)
         part = NetworkPart(self.model, lambda model, waveform: model(waveform).embedding)
         self.load_network(part, example, self.weights_path, window_samples=self.window)
+
+    @classmethod
+    def check_preset(cls, preset: Preset) -> None:
+        from extract.models.panns import Cnn14Config
+
+        cls.windows(preset, Cnn14Config())
+
+    @staticmethod
+    def windows(preset: Preset, config: Cnn14Config) -> tuple[int, int]:
+        """(window, hop) in samples at the model's rate; UsageError for a window Cnn14 cannot take."""
+        windowing = preset.windowing
+        assert isinstance(windowing, SecondsWindowing)
+        window = round(windowing.window_seconds * config.sample_rate)
+        hop = round(windowing.hop_seconds * config.sample_rate)
+        if window < config.min_samples:
+            raise UsageError(
+                f"--audio-window {windowing.window_seconds} s is shorter than Cnn14 accepts "
+                f"({config.min_samples / config.sample_rate:.2f} s)"
+            )
+        if not 1 <= hop <= window:
+            raise UsageError(
+                f"--audio-hop must be between one sample and --audio-window (got {windowing.hop_seconds} s)"
+            )
+        return window, hop
 
     def windower(self) -> Windower:
         return AudioWindows(self.window, self.hop, self.model.config.sample_rate, keep_tail=True)
@@ -149,13 +197,9 @@ class SlowFastExtractor(_PublishedExtractor):
         from extract.models.hero_clips import ClipRule
         from extract.models.slowfast import load_slowfast_checkpoint, normalize_clips
 
+        self.check_preset(preset)
         frames, windowing = preset.frames, preset.windowing
         assert frames is not None and frames.fps is not None and isinstance(windowing, ClipWindowing)
-        if frames.fps != int(frames.fps):
-            raise UsageError(
-                f"--fps {frames.fps:g} does not fit {preset.name}: HERO's clips need a whole frame rate (30 by "
-                f"default); extract {preset.name} in a run of its own without --fps (the same --out store is fine)"
-            )
         self.rule = ClipRule(
             Fraction(windowing.clip_seconds), int(frames.fps), windowing.samples_per_clip, windowing.sampling_rate
         )
@@ -168,6 +212,16 @@ class SlowFastExtractor(_PublishedExtractor):
         example = torch.zeros(2, windowing.samples_per_clip, side, side, 3, dtype=torch.uint8)
         part = NetworkPart(self.model, lambda model, clips: model.extract_features(normalize_clips(clips)))
         self.load_network(part, example, self.weights_path)
+
+    @classmethod
+    def check_preset(cls, preset: Preset) -> None:
+        frames = preset.frames
+        assert frames is not None and frames.fps is not None
+        if frames.fps != int(frames.fps):
+            raise UsageError(
+                f"--fps {frames.fps:g} does not fit {preset.name}: HERO's clips need a whole frame rate (30 by "
+                f"default); extract {preset.name} in a run of its own without --fps (the same --out store is fine)"
+            )
 
     def windower(self) -> Windower:
         from extract.models.hero_clips import HeroClips

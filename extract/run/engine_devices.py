@@ -161,6 +161,11 @@ class DeviceWorkers:
         self.provenance = records[0]
         return records[0]
 
+    def recipes_without_models(self) -> dict[str, dict[str, Any]] | None:
+        """None: each worker resolves its own device (CUDA is never started in this process) and the workers'
+        recipes are compared with each other once they are loaded."""
+        return None
+
     def _await_ready(self) -> list[dict[str, dict[str, Any]]]:
         records: dict[int, dict[str, dict[str, Any]]] = {}
         deadline = time.monotonic() + READY_TIMEOUT_S

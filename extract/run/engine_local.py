@@ -29,7 +29,7 @@ from extract.run.collector import Collector, progress_bar
 from extract.run.config import RunConfig
 from extract.run.events import Embedded, Event
 from extract.run.plan import WorkItem
-from extract.run.provenance import load_models
+from extract.run.provenance import load_models, recipes_without_models
 from extract.run.stages import AudioSource, Commit, Embed, FrameSource, Probe, video_events
 from extract.run.summary import RunSummary
 from extract.store import FailureRecord, StoreWriter, VideoRecord
@@ -78,6 +78,11 @@ class LocalModels:
         if self.extractors is None:
             self.extractors, self.provenance = load_models(self.presets, self.options, self.build)
         return self.provenance
+
+    def recipes_without_models(self) -> dict[str, dict[str, Any]] | None:
+        if self.extractors is not None:
+            return {name: record["recipe"] for name, record in self.provenance.items()}
+        return recipes_without_models(self.presets, self.options, self.build)
 
     def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
         assert self.extractors is not None, "prepare() loads the models first"

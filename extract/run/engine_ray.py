@@ -265,6 +265,10 @@ class RayEngine:
         self.actor_asks: dict[str, float] = {}
         self.actors_ready_s = ACTORS_READY_S
 
+    def recipes_without_models(self) -> dict[str, dict[str, Any]] | None:
+        """None: the models' devices and weights files are the cluster's, known once its actors have loaded them."""
+        return None
+
     def prepare(self) -> dict[str, dict[str, Any]]:
         if self.description is not None:
             return self.description.provenance

@@ -1,5 +1,10 @@
 """One img-extract invocation: take the store's lock, load the models, plan the missing tracks, run an engine.
 
+A resumed run plans first with the recipes the engine knows without loading its models (the presets and the
+weights' checksums, cached per file): when nothing is left to extract the run ends there, the store checked against
+those recipes as against the models' provenance, and no model is loaded (a finished command run again). Otherwise
+the models are loaded and that plan kept (planned again only if their recipes differ, which would be a bug).
+
 An engine (extract/run/engine_local.py: threads in this process; engine_devices.py: one such process per
 device; engine_ray.py: a Ray cluster) loads its models in `prepare` (returning their provenance) and executes
 a plan in `extract`, reporting into a RunSummary and committing through the store's writer, which it closes
@@ -36,6 +41,11 @@ class Engine(Protocol):
 
     def prepare(self) -> dict[str, dict[str, Any]]:
         """Load the models (once; later calls return the same); their provenance records by feature name."""
+        ...
+
+    def recipes_without_models(self) -> dict[str, dict[str, Any]] | None:
+        """The recipes `prepare` will record, by feature name, found without loading a model; None where the
+        engine cannot tell before its models are loaded."""
         ...
 
     def extract(self, items: list[WorkItem], writer: StoreWriter, summary: RunSummary) -> None:
@@ -107,8 +117,17 @@ class ExtractionRun:
             has_parts = bool(list_parts(writer.parts_dir))
             record_run_shard(self.store_path, writer.parts_dir, self.config.shard, has_parts)
             engine = self.engine()
-            writer.provenance = engine.prepare()
-            plan = self._plan(writer, summary)
+            recipes = self._recipes_without_models(engine)
+            plan = None
+            if recipes is not None:  # planned with them first: nothing to extract needs no model
+                writer.provenance = {name: {"recipe": recipe} for name, recipe in recipes.items()}
+                plan = self._plan(writer, summary)
+            if plan is None or plan.items:
+                writer.provenance = engine.prepare()
+                if plan is None or {name: r["recipe"] for name, r in writer.provenance.items()} != recipes:
+                    plan = self._plan(writer, summary)
+            else:
+                log.debug("nothing to extract: no model loaded")
         except BaseException:
             writer.abandon()
             raise
@@ -131,7 +150,10 @@ class ExtractionRun:
                 plan.retried_other_recipe,
             )
         try:
-            engine.extract(plan.items, writer, summary)
+            if plan.items:
+                engine.extract(plan.items, writer, summary)
+            else:
+                writer.close()  # what an engine does with no work: commit nothing, rebuild the index, unlock
         except BaseException as error:
             summary.stopped = True
             raise RunStopped(summary, error) from error
@@ -157,6 +179,13 @@ class ExtractionRun:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+    def _recipes_without_models(self, engine: Engine) -> dict[str, dict[str, Any]] | None:
+        """The engine's recipes found without its models, where the store may already hold every track (it exists
+        and the run resumes); None otherwise, or where the engine cannot tell before loading its models."""
+        if not self.config.resume or not FeatureStore.exists(self.store_path):
+            return None
+        return engine.recipes_without_models()
 
     def _plan(self, writer: StoreWriter, summary: RunSummary) -> Plan:
         existing = FeatureStore(self.store_path) if FeatureStore.exists(self.store_path) else None

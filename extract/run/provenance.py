@@ -39,29 +39,57 @@ def provenance_records(extractors: Sequence[FeatureExtractor]) -> dict[str, dict
             import decord
 
             decoder["decord"] = getattr(decord, "__version__", "unknown")
-        # bf16 / fp16 change the numbers, so the precision that really ran belongs to the recipe: bf16 rows never
-        # join fp32 rows of the same feature.
-        precision = options.precision.effective(options.device).name
         records[extractor.name] = {
-            "recipe": {**extractor.recipe(), "precision": precision},
+            "recipe": run_recipe(extractor.recipe(), options),
             "software": {**software, **decoder},
             "runtime": runtime,
         }
     return records
 
 
-def load_models(
-    presets: Sequence[Preset], options: ExtractorOptions, build: Build, device: str | None = None
-) -> tuple[list[FeatureExtractor], dict[str, dict[str, Any]]]:
-    """Every engine's model loading: the presets' models (on `device`, resolved here where the models will run:
-    'auto', 'cpu', 'cuda', 'cuda:1'; None keeps options.device) and their provenance records."""
+def run_recipe(recipe: dict[str, Any], options: ExtractorOptions) -> dict[str, Any]:
+    """An extractor's recipe as a run records it. bf16 / fp16 change the numbers, so the precision that really
+    runs belongs to the recipe: bf16 rows never join fp32 rows of the same feature."""
+    return {**recipe, "precision": options.precision.effective(options.device).name}
+
+
+def run_options(options: ExtractorOptions, device: str | None = None) -> ExtractorOptions:
+    """The options the models are built with: on `device`, resolved here where the models will run ('auto',
+    'cpu', 'cuda', 'cuda:1'; None keeps options.device), in a precision that device runs (else UsageError)."""
     if device is not None:
         from extract.core.devices import resolve_device
 
         options = dataclasses.replace(options, device=resolve_device(device))
-    options = dataclasses.replace(options, precision=options.precision.checked(options.device))
+    return dataclasses.replace(options, precision=options.precision.checked(options.device))
+
+
+def load_models(
+    presets: Sequence[Preset], options: ExtractorOptions, build: Build, device: str | None = None
+) -> tuple[list[FeatureExtractor], dict[str, dict[str, Any]]]:
+    """Every engine's model loading: the presets' models (run_options: on `device`) and their provenance records."""
+    options = run_options(options, device)
     extractors = [build(preset, options) for preset in presets]
     return extractors, provenance_records(extractors)
+
+
+def recipes_without_models(
+    presets: Sequence[Preset], options: ExtractorOptions, build: Build
+) -> dict[str, dict[str, Any]] | None:
+    """The recipes load_models(presets, options, build) records, found without building a model (each preset's
+    recipe_without_model); None when `build` is not build_extractor (a test's stand-in) or a preset's recipe
+    needs its model. A run that finds nothing to extract stops with these, never loading a model."""
+    from extract.models import build_extractor, recipe_without_model
+
+    if build is not build_extractor:
+        return None
+    options = run_options(options)
+    recipes = {}
+    for preset in presets:
+        recipe = recipe_without_model(preset, options)
+        if recipe is None:
+            return None
+        recipes[preset.name] = run_recipe(recipe, options)
+    return recipes
 
 
 def check_same_recipes(workers: Sequence[tuple[str, dict[str, dict[str, Any]]]], remedy: str) -> None:
