@@ -126,12 +126,29 @@ def our_command(model: str, videos: Path, out: Path, weights: Path, backend: str
     return command
 
 
-def one(command: list[str], out: Path, cwd: Path | None, env: dict[str, str]) -> TreeRun:
+def ffmpeg_folder(work: Path) -> Path:
+    """A folder holding `ffmpeg`, the binary img-extract runs (the peer looks for it on PATH; without it every video
+    fails inside the peer, which prints the error, goes on and exits 0)."""
+    from extract.media.ffmpeg import ffmpeg_path
+
+    folder = work / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ffmpeg"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(ffmpeg_path())
+    return folder
+
+
+def one(command: list[str], out: Path, cwd: Path | None, env: dict[str, str], outputs: int | None = None) -> TreeRun:
+    """One measured run; `outputs`: the .npy files the peer must have written (it exits 0 when every video failed)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     run = run_measured(command, env=env, cwd=cwd)
     if run.returncode:
         raise SystemExit(f"{' '.join(command[:3])} ... failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    if outputs is not None and (written := len(list(out.rglob("*.npy")))) < outputs:
+        raise SystemExit(f"the peer wrote {written} of {outputs} feature files:\n{run.stderr[-2000:]}")
     return run
 
 
@@ -159,6 +176,7 @@ def main() -> None:
     peer = peer_copy(args.peer_checkout.resolve(), work, python)
     threads = str(args.threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env["PATH"] = f"{ffmpeg_folder(work)}{os.pathsep}{env.get('PATH', '')}"
     print(
         f"{len(videos)} videos x {args.seconds:g} s, {args.pairs} pairs, {threads} threads, ours --backend "
         f"{args.backend}; peer {peer}"
@@ -182,7 +200,8 @@ def main() -> None:
                     command = our_command(model, videos[0].parent, out, weights, args.backend)
                     runs[side].append(one(command, out, None, env))
                 else:
-                    runs[side].append(one(peer_command(python, model, videos, out), out, peer, env))
+                    command = peer_command(python, model, videos, out)
+                    runs[side].append(one(command, out, peer, env, outputs=len(videos)))
         rates = {side: [len(videos) / r.wall_s for r in found] for side, found in runs.items()}
         ratios = [ours / peer for ours, peer in zip(rates["ours"], rates["peer"], strict=True)]
         print(
